@@ -1,0 +1,20 @@
+//! rbe-runner: a runner for Buildbarn's bb_worker.
+//!
+//! Module map:
+//! - [`proto`]: generated wire types (`buildbarn.runner`, `buildbarn.resourceusage`, `google.rpc`).
+//! - [`config`]: the bb_runner Jsonnet configuration, evaluated and decoded into typed, documented values.
+//! - [`runner`]: the internal [`runner::Runner`] trait, the local runner and one decorator per file.
+//! - [`build_directory`]: resolving request paths strictly beneath the build directory.
+//! - [`process`]: spawning actions, reaping, and graceful termination of process groups.
+//! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters.
+//! - [`server`]: listeners, shutdown, and the one mapping from runner errors to gRPC statuses.
+//! - [`client`]: the operator CLI's client side (`rbe-runner exec`).
+
+pub mod build_directory;
+pub mod cgroup;
+pub mod client;
+pub mod config;
+pub mod process;
+pub mod proto;
+pub mod runner;
+pub mod server;
