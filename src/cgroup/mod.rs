@@ -6,10 +6,13 @@
 //!   the PSI files, single values).
 //! - [`counters`]: a snapshot of a cgroup's cumulative counters and the
 //!   per-action usage between two snapshots, as the protocol message.
+//! - [`peak`]: the peak memory use during one action, through a
+//!   `memory.peak` descriptor reset for that action.
 
 pub mod counters;
 pub mod locate;
 pub mod parse;
+pub mod peak;
 
 #[cfg(test)]
 mod test_support;
@@ -20,10 +23,12 @@ pub use locate::{
     DEFAULT_PROC_SELF_MOUNTINFO,
 };
 pub use parse::{MemoryEvents, ParseError, PressureTotals};
+pub use peak::{MemoryPeakTracker, PeakError, PeakUnavailable};
 
 // Names of the cgroup v2 interface files we use, relative to a cgroup
 // directory.
 const MEMORY_EVENTS_FILE: &str = "memory.events";
+const MEMORY_PEAK_FILE: &str = "memory.peak";
 const CPU_PRESSURE_FILE: &str = "cpu.pressure";
 const MEMORY_PRESSURE_FILE: &str = "memory.pressure";
 const IO_PRESSURE_FILE: &str = "io.pressure";
