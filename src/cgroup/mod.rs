@@ -23,7 +23,7 @@ pub mod parse;
 pub mod peak;
 
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 pub use capabilities::{
     check_required_files, probe_capabilities, CapabilityError, CgroupCapabilities,
