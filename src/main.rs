@@ -11,6 +11,7 @@ use rbe_runner::build_directory::BuildDirectory;
 use rbe_runner::client::{self, ActionDirectory, Target};
 use rbe_runner::config::{self, Config};
 use rbe_runner::process::spawn::Identity;
+use rbe_runner::runner::cgroup_sampling::{self, Concurrency, OwnCgroupSource};
 use rbe_runner::runner::local::{LocalRunner, LocalRunnerOptions};
 use rbe_runner::runner::SharedRunner;
 use rbe_runner::server::BoundServers;
@@ -128,10 +129,6 @@ fn reject_unimplemented(config: &Config) -> anyhow::Result<()> {
             !config.symlink_temporary_directories.is_empty(),
         ),
         ("runCommandCleaner", config.run_command_cleaner.is_some()),
-        (
-            "sampleCgroupResourceUsage",
-            config.sample_cgroup_resource_usage,
-        ),
         ("actionCgroups", config.action_cgroups.is_some()),
     ];
     for (field, set) in unimplemented {
@@ -162,7 +159,18 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         },
     );
     let terminator = local.terminator();
-    let runner: SharedRunner = Arc::new(local);
+    let mut runner: SharedRunner = Arc::new(local);
+
+    // sampleCgroupResourceUsage: cgroup v2 counter deltas and OOM attribution per action.
+    if config.sample_cgroup_resource_usage {
+        let cgroup = cgroup_sampling::prepare(&OwnCgroupSource::default())?;
+        runner = cgroup_sampling::new(
+            runner,
+            cgroup,
+            build_directory.clone(),
+            Concurrency::OneActionAtATime,
+        );
+    }
 
     let servers = BoundServers::bind(&config.grpc_servers).await?;
     let stop_gracefully = config
