@@ -5,7 +5,8 @@
 //! counters (`memory.events`, the PSI totals) and resets a `memory.peak`
 //! descriptor of its own; when the action has exited it appends the deltas
 //! and the peak to the response as a `CgroupResourceUsage`, after the
-//! `POSIXResourceUsage` the local runner reported.
+//! `POSIXResourceUsage` the local runner reported. The runner process is in
+//! that cgroup too, so the peak includes its own few MiB.
 //!
 //! The deltas also settle who is to blame for an OOM kill. `memory.events`
 //! counts `oom` when this cgroup (or one below it) hit its own `memory.max`
