@@ -103,3 +103,20 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         message: "configuration loading is not written yet".into(),
     })
 }
+
+/// Parses a protobuf-JSON Duration such as `5s` or `0.5s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let seconds = text
+        .strip_suffix('s')
+        .ok_or_else(|| format!("{text:?} is not a duration such as \"5s\""))?;
+    let value: f64 = seconds
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as \"5s\""))?;
+    Duration::try_from_secs_f64(value).map_err(|err| format!("{text:?}: {err}"))
+}
+
+impl std::fmt::Display for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:#?}")
+    }
+}

@@ -1,1 +1,285 @@
-fn main() {}
+//! rbe-runner: argv → config → runner chain → serve; and the operator CLI.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use rbe_runner::build_directory::BuildDirectory;
+use rbe_runner::client::{self, ActionDirectory, Target};
+use rbe_runner::config::{self, Config};
+use rbe_runner::process::spawn::Identity;
+use rbe_runner::runner::local::{LocalRunner, LocalRunnerOptions};
+use rbe_runner::runner::SharedRunner;
+use rbe_runner::server::BoundServers;
+
+const USAGE: &str = "\
+usage:
+  rbe-runner CONFIG                 serve, configured by the Jsonnet file CONFIG
+  rbe-runner check-config CONFIG    evaluate and validate CONFIG, print what was understood
+  rbe-runner exec (--socket PATH | --address HOST:PORT) --build-dir DIR
+                  [--env K=V]... [--timeout DURATION] -- CMD ARGS...
+                                    run one action as a worker would; prints JSON
+  rbe-runner --version";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        None | Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            return if args.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+        Some("--version") => {
+            println!("rbe-runner {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some("check-config") => check_config(&args[1..]),
+        Some("exec") => return exec(&args[1..]),
+        Some(_) if args.len() == 1 => serve(PathBuf::from(&args[0])),
+        Some(_) => Err(anyhow::anyhow!("unexpected arguments {:?}\n{USAGE}", &args[1..])),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rbe-runner: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(args: &[String]) -> anyhow::Result<()> {
+    let [file] = args else {
+        bail!("check-config takes exactly one argument, the configuration file\n{USAGE}");
+    };
+    let config = config::load(std::path::Path::new(file))?;
+    println!("{config}");
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(config_file: PathBuf) -> anyhow::Result<()> {
+    init_logging();
+    let config = config::load(&config_file)?;
+    reject_unimplemented(&config)?;
+    apply_process_settings(&config)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(serve_config(config))
+}
+
+/// Settings of the runner process itself, inherited by every action.
+fn apply_process_settings(config: &Config) -> anyhow::Result<()> {
+    if let Some(umask) = config.global.set_umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
+        tracing::info!(umask = format!("{umask:03o}"), "umask set for the runner and its actions");
+    }
+    for key in &config.global.ignored_keys {
+        tracing::warn!(key, "configuration key has no effect in rbe-runner and is ignored");
+    }
+    if !config.apple_xcode_developer_directories.is_empty() {
+        tracing::warn!("appleXcodeDeveloperDirectories is ignored on Linux");
+    }
+    // Orphans of actions are re-parented to us rather than to init, so
+    // they are reaped (and accounted for) here, also when we are PID 1.
+    nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
+    Ok(())
+}
+
+/// Decorators that are decoded but not built yet.
+fn reject_unimplemented(config: &Config) -> anyhow::Result<()> {
+    let unimplemented = [
+        ("cleanTemporaryDirectories", !config.clean_temporary_directories.is_empty()),
+        ("cleanProcessTable", config.clean_process_table),
+        ("readinessCheckingPathnames", !config.readiness_checking_pathnames.is_empty()),
+        ("symlinkTemporaryDirectories", !config.symlink_temporary_directories.is_empty()),
+        ("runCommandCleaner", config.run_command_cleaner.is_some()),
+        ("sampleCgroupResourceUsage", config.sample_cgroup_resource_usage),
+        ("actionCgroups", config.action_cgroups.is_some()),
+    ];
+    for (field, set) in unimplemented {
+        if set {
+            bail!("{field} is not implemented yet in this version of rbe-runner");
+        }
+    }
+    Ok(())
+}
+
+async fn serve_config(config: Config) -> anyhow::Result<()> {
+    let build_directory = Arc::new(
+        BuildDirectory::open(&config.build_directory_path)
+            .context("buildDirectoryPath")?,
+    );
+
+    // The runner chain, innermost first, as bb_runner composes it.
+    // Executes actions as child processes.
+    let local = LocalRunner::new(
+        build_directory.clone(),
+        LocalRunnerOptions {
+            set_tmpdir_environment_variable: config.set_tmpdir_environment_variable,
+            chroot_into_input_root: config.chroot_into_input_root,
+            run_commands_as: config.run_commands_as.as_ref().map(|identity| Identity {
+                user_id: identity.user_id,
+                group_id: identity.group_id,
+                additional_group_ids: identity.additional_group_ids.clone(),
+            }),
+            termination_grace_period: config.termination_grace_period,
+        },
+    );
+    let terminator = local.terminator();
+    let runner: SharedRunner = Arc::new(local);
+
+    let servers = BoundServers::bind(&config.grpc_servers).await?;
+    let stop_gracefully = config.grpc_servers.iter().all(|server| server.stop_gracefully);
+    tracing::info!(
+        listeners = ?servers.listener_names(),
+        build_directory = %build_directory.path().display(),
+        "serving"
+    );
+    let shutdown = async move {
+        wait_for_shutdown_signal().await;
+        if stop_gracefully {
+            tracing::info!("shutting down: letting running actions finish");
+        } else {
+            tracing::info!("shutting down: terminating running actions");
+            terminator.terminate_all();
+        }
+    };
+    servers.serve(runner, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; shut down with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+}
+
+/// Parsed `exec` arguments.
+struct ExecArgs {
+    target: Target,
+    build_dir: PathBuf,
+    environment: Vec<(String, String)>,
+    timeout: Option<Duration>,
+    command: Vec<String>,
+}
+
+/// PATH given to actions started by `exec` unless `--env PATH=...` is used:
+/// the runner never lets its own environment leak into actions, so without
+/// this a bare `sh` could not be found.
+const EXEC_DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+fn parse_exec_args(args: &[String]) -> anyhow::Result<ExecArgs> {
+    let mut socket = None;
+    let mut address = None;
+    let mut build_dir = None;
+    let mut environment = Vec::new();
+    let mut timeout = None;
+    let mut iter = args.iter();
+    let mut command = Vec::new();
+    while let Some(arg) = iter.next() {
+        let mut value = |name: &str| {
+            iter.next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--socket" => socket = Some(PathBuf::from(value("--socket")?)),
+            "--address" => address = Some(value("--address")?),
+            "--build-dir" => build_dir = Some(PathBuf::from(value("--build-dir")?)),
+            "--env" => {
+                let pair = value("--env")?;
+                let (key, val) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--env {pair:?} is not of the form K=V"))?;
+                environment.push((key.to_string(), val.to_string()));
+            }
+            "--timeout" => {
+                let text = value("--timeout")?;
+                let duration = config::parse_duration(&text)
+                    .map_err(|err| anyhow::anyhow!("--timeout {text:?}: {err}"))?;
+                timeout = Some(duration);
+            }
+            "--" => {
+                command = iter.cloned().collect();
+                break;
+            }
+            other => bail!("exec: unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let target = match (socket, address) {
+        (Some(socket), None) => Target::Socket(socket),
+        (None, Some(address)) => Target::Address(address),
+        _ => bail!("exec needs exactly one of --socket and --address\n{USAGE}"),
+    };
+    let build_dir = build_dir.context("exec needs --build-dir (the runner's build directory)")?;
+    if command.is_empty() {
+        bail!("exec needs a command after --\n{USAGE}");
+    }
+    if !environment.iter().any(|(key, _)| key == "PATH") {
+        environment.push(("PATH".into(), EXEC_DEFAULT_PATH.into()));
+    }
+    Ok(ExecArgs {
+        target,
+        build_dir,
+        environment,
+        timeout,
+        command,
+    })
+}
+
+/// `exec`: exit status is the action's exit code, 128+signal when it was
+/// killed by a signal, 2 on a gRPC or usage error.
+fn exec(args: &[String]) -> ExitCode {
+    let args = match parse_exec_args(args) {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("rbe-runner exec: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("rbe-runner exec: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        let action = ActionDirectory::create(&args.build_dir)?;
+        let channel = client::connect(&args.target).await?;
+        let request = action.request(args.command, args.environment);
+        let response = client::run(channel, request, args.timeout).await?;
+        Ok::<_, client::ClientError>((action, response))
+    });
+    match result {
+        Ok((action, response)) => {
+            println!("{}", client::response_json(&response, &action));
+            ExitCode::from(client::exit_status(&response).clamp(0, 255) as u8)
+        }
+        Err(err) => {
+            eprintln!("rbe-runner exec: {err}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,315 @@
-//! placeholder
+//! The local runner: executes an action as a child process of the runner.
+//!
+//! It resolves the request's paths beneath the build directory, starts the
+//! program as the leader of its own process group, and waits for it through
+//! the reaper so that the reported rusage is that child's own. If the Run
+//! future is dropped (the RPC was cancelled or its deadline passed, which
+//! is how bb_worker enforces timeouts) the action is terminated by a task
+//! detached from the RPC: SIGTERM to the group, the grace period, SIGKILL.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::sync::{oneshot, watch};
+
+use crate::build_directory::{open_directory_beneath, BuildDirectory, PathError};
+use crate::process::lookup::find_program;
+use crate::process::reaper::{ChildExit, SpawnedChild};
+use crate::process::spawn::{spawn, Identity, ProcessSpec};
+use crate::process::terminate::{signal_group, terminate_group};
+use crate::process::signal_name;
+use crate::proto::resourceusage::PosixResourceUsage;
+use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
+
+use super::{Runner, RunnerError};
+
+/// Options of the local runner, from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct LocalRunnerOptions {
+    /// Add `TMPDIR=<temporary directory>` unless the request sets TMPDIR.
+    pub set_tmpdir_environment_variable: bool,
+    /// Chroot into the input root before exec.
+    pub chroot_into_input_root: bool,
+    /// Drop to this identity before exec.
+    pub run_commands_as: Option<Identity>,
+    /// Time between SIGTERM and SIGKILL when an action is stopped.
+    pub termination_grace_period: Duration,
+}
+
+/// Runs actions as child processes. See the module documentation.
+pub struct LocalRunner {
+    build_directory: Arc<BuildDirectory>,
+    options: LocalRunnerOptions,
+    /// Set to true to terminate every running action (shutdown).
+    terminate_all: Arc<watch::Sender<bool>>,
+}
+
+/// Terminates every action of a [`LocalRunner`], for shutdown.
+#[derive(Clone)]
+pub struct ActionTerminator(Arc<watch::Sender<bool>>);
+
+impl ActionTerminator {
+    /// Starts graceful termination of all running and future actions.
+    pub fn terminate_all(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl LocalRunner {
+    /// Creates a runner executing actions in `build_directory`.
+    pub fn new(build_directory: Arc<BuildDirectory>, options: LocalRunnerOptions) -> Self {
+        LocalRunner {
+            build_directory,
+            options,
+            terminate_all: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// A handle that terminates all actions of this runner.
+    pub fn terminator(&self) -> ActionTerminator {
+        ActionTerminator(self.terminate_all.clone())
+    }
+}
+
+#[tonic::async_trait]
+impl Runner for LocalRunner {
+    async fn check_readiness(&self, request: CheckReadinessRequest) -> Result<(), RunnerError> {
+        let build_directory = self.build_directory.clone();
+        blocking(move || match build_directory.check_exists(&request.path, "path") {
+            Ok(()) => Ok(()),
+            // bb_runner answers INTERNAL for a missing readiness path.
+            Err(err @ PathError::NotFound { .. }) => Err(RunnerError::Internal(err.to_string())),
+            Err(err) => Err(path_error(err)),
+        })
+        .await
+    }
+
+    async fn run(&self, request: RunRequest) -> Result<RunResponse, RunnerError> {
+        if request.arguments.is_empty() {
+            return Err(RunnerError::InvalidArgument(
+                "arguments is empty: the first argument must name the program to run".into(),
+            ));
+        }
+        let argv0 = request.arguments[0].clone();
+        let build_directory = self.build_directory.clone();
+        let options = self.options.clone();
+        let child = blocking(move || prepare_and_spawn(&build_directory, &options, &request)).await?;
+        let pid = child.pid;
+        let started = Instant::now();
+        tracing::debug!(pid, argv0, "action started");
+
+        // Dropping `cancel` (because this future was dropped) tells the
+        // supervisor to terminate the action; it runs detached from the RPC.
+        let (cancel, cancelled) = oneshot::channel::<()>();
+        let supervisor = tokio::spawn(supervise(
+            child,
+            cancelled,
+            self.terminate_all.subscribe(),
+            self.options.termination_grace_period,
+        ));
+        let supervised = supervisor
+            .await
+            .map_err(|err| RunnerError::Internal(format!("action supervisor failed: {err}")))?;
+        drop(cancel);
+        match supervised {
+            Supervised::Exited(exit) => {
+                tracing::info!(pid, argv0, exit_code = ?exit.exit_code(), signal = ?exit.signal(),
+                    elapsed = ?started.elapsed(), "action exited");
+                response(&exit)
+            }
+            Supervised::Terminated => Err(RunnerError::unavailable(format!(
+                "action {argv0:?} was terminated because the runner is shutting down"
+            ))),
+        }
+    }
+}
+
+enum Supervised {
+    Exited(ChildExit),
+    Terminated,
+}
+
+/// Waits for the action's exit, or terminates it when the RPC is gone or
+/// the runner shuts down. Always returns after the leader was reaped.
+async fn supervise(
+    mut child: SpawnedChild,
+    mut cancelled: oneshot::Receiver<()>,
+    mut terminate_all: watch::Receiver<bool>,
+    grace: Duration,
+) -> Supervised {
+    let pid = child.pid;
+    let reason = tokio::select! {
+        exit = &mut child.exit => {
+            // Background processes the action left in its group (`cmd &`)
+            // must not outlive it.
+            signal_group(pid, Signal::SIGKILL);
+            return match exit {
+                Ok(exit) => Supervised::Exited(exit),
+                // The reaper keeps every registered sender until it reaps.
+                Err(_) => Supervised::Terminated,
+            };
+        }
+        _ = &mut cancelled => "the RPC was cancelled or its deadline passed",
+        _ = terminate_all.wait_for(|terminate| *terminate) => "the runner is shutting down",
+    };
+    tracing::info!(pid, reason, "terminating action");
+    let (_, outcome) = terminate_group(pid, &mut child.exit, grace).await;
+    tracing::info!(pid, reason, %outcome, "action terminated");
+    Supervised::Terminated
+}
+
+/// Resolves everything the request names and starts the process.
+fn prepare_and_spawn(
+    build_directory: &BuildDirectory,
+    options: &LocalRunnerOptions,
+    request: &RunRequest,
+) -> Result<SpawnedChild, RunnerError> {
+    let input_root = build_directory
+        .open_directory(&request.input_root_directory, "input_root_directory")
+        .map_err(path_error)?;
+    let working_directory = open_directory_beneath(
+        input_root.fd.as_fd(),
+        &request.working_directory,
+        "working_directory",
+    )
+    .map_err(path_error)?;
+
+    let mut environment: BTreeMap<String, String> = request
+        .environment_variables
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if options.set_tmpdir_environment_variable && !request.temporary_directory.is_empty() {
+        let temporary = build_directory
+            .open_directory(&request.temporary_directory, "temporary_directory")
+            .map_err(path_error)?;
+        environment
+            .entry("TMPDIR".into())
+            .or_insert_with(|| temporary.path.to_string_lossy().into_owned());
+    }
+
+    let argv0 = &request.arguments[0];
+    let root = options.chroot_into_input_root.then(|| input_root.fd.as_fd());
+    let program = find_program(
+        argv0,
+        environment.get("PATH").map(String::as_str),
+        working_directory.as_fd(),
+        root,
+    )
+    .map_err(|err| RunnerError::InvalidArgument(err.to_string()))?;
+
+    let stdout = create_output(build_directory, &request.stdout_path, "stdout_path")?;
+    let stderr = create_output(build_directory, &request.stderr_path, "stderr_path")?;
+    let chroot_directory = if options.chroot_into_input_root {
+        Some(input_root.fd)
+    } else {
+        None
+    };
+    spawn(ProcessSpec {
+        program: program.clone(),
+        arguments: request.arguments.clone(),
+        environment: environment.into_iter().collect(),
+        working_directory,
+        chroot_directory,
+        identity: options.run_commands_as.clone(),
+        stdout,
+        stderr,
+    })
+    .map_err(|err| spawn_error(argv0, &program, err))
+}
+
+fn create_output(
+    build_directory: &BuildDirectory,
+    relative: &str,
+    field: &'static str,
+) -> Result<std::fs::File, RunnerError> {
+    if relative.is_empty() {
+        return Err(RunnerError::InvalidArgument(format!(
+            "{field} is empty: a path relative to the build directory is required"
+        )));
+    }
+    build_directory.create_file(relative, field).map_err(path_error)
+}
+
+fn path_error(err: PathError) -> RunnerError {
+    if err.is_request_error() {
+        RunnerError::InvalidArgument(err.to_string())
+    } else {
+        RunnerError::Internal(err.to_string())
+    }
+}
+
+fn spawn_error(argv0: &str, program: &str, err: std::io::Error) -> RunnerError {
+    let message = if argv0 == program {
+        format!("cannot execute {argv0:?}: {err}")
+    } else {
+        format!("cannot execute {argv0:?} (found as {program:?}): {err}")
+    };
+    match err.raw_os_error() {
+        Some(libc::ENOENT | libc::EACCES | libc::EPERM | libc::EISDIR | libc::ENOEXEC | libc::ENOTDIR) => {
+            RunnerError::InvalidArgument(message)
+        }
+        _ => RunnerError::Internal(message),
+    }
+}
+
+/// The response for an exited action: its exit code (or -1 and the signal
+/// name) and its own rusage.
+fn response(exit: &ChildExit) -> Result<RunResponse, RunnerError> {
+    let mut usage = posix_resource_usage(&exit.rusage);
+    let exit_code = match (exit.exit_code(), exit.signal()) {
+        (Some(code), _) => i64::from(code),
+        (None, Some(signal)) => {
+            usage.termination_signal = signal_name(signal);
+            -1
+        }
+        (None, None) => {
+            return Err(RunnerError::Internal(format!(
+                "unexpected wait status {:#x}",
+                exit.status
+            )))
+        }
+    };
+    let any = prost_types::Any::from_msg(&usage)
+        .map_err(|err| RunnerError::Internal(format!("cannot encode POSIXResourceUsage: {err}")))?;
+    Ok(RunResponse {
+        exit_code,
+        resource_usage: vec![any],
+    })
+}
+
+fn posix_resource_usage(rusage: &libc::rusage) -> PosixResourceUsage {
+    let duration = |tv: libc::timeval| prost_types::Duration {
+        seconds: tv.tv_sec,
+        nanos: (tv.tv_usec * 1000) as i32,
+    };
+    PosixResourceUsage {
+        user_time: Some(duration(rusage.ru_utime)),
+        system_time: Some(duration(rusage.ru_stime)),
+        // Linux reports ru_maxrss in KiB; the protocol wants bytes.
+        maximum_resident_set_size: rusage.ru_maxrss.saturating_mul(1024),
+        page_reclaims: rusage.ru_minflt,
+        page_faults: rusage.ru_majflt,
+        swaps: rusage.ru_nswap,
+        block_input_operations: rusage.ru_inblock,
+        block_output_operations: rusage.ru_oublock,
+        messages_sent: rusage.ru_msgsnd,
+        messages_received: rusage.ru_msgrcv,
+        signals_received: rusage.ru_nsignals,
+        voluntary_context_switches: rusage.ru_nvcsw,
+        involuntary_context_switches: rusage.ru_nivcsw,
+        termination_signal: String::new(),
+    }
+}
+
+/// Runs blocking filesystem and process work off the async worker threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RunnerError> + Send + 'static,
+) -> Result<T, RunnerError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| RunnerError::Internal(format!("blocking task failed: {err}")))?
+}

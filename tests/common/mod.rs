@@ -1,0 +1,222 @@
+//! Starting the real `rbe-runner` binary on a temporary socket for tests.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rbe_runner::client::{self, ActionDirectory, Target};
+use rbe_runner::proto::resourceusage::PosixResourceUsage;
+use rbe_runner::proto::runner::runner_client::RunnerClient;
+use rbe_runner::proto::runner::{RunRequest, RunResponse};
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+/// How long a test waits for the runner to report that it serves.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_rbe-runner");
+
+/// PATH for actions started by tests.
+pub const TEST_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// A running `rbe-runner` serving on a socket in a temporary directory.
+pub struct TestRunner {
+    pub dir: tempfile::TempDir,
+    pub build_dir: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestRunner {
+    /// Starts a runner whose configuration is the default one (build
+    /// directory and socket in a tempdir) merged with `extra`.
+    pub fn start(extra: Value) -> TestRunner {
+        Self::start_with(extra, |_| {})
+    }
+
+    /// Like [`TestRunner::start`], letting the caller adjust the command
+    /// (environment, ...).
+    pub fn start_with(extra: Value, adjust: impl FnOnce(&mut Command)) -> TestRunner {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let build_dir = dir.path().join("build");
+        std::fs::create_dir(&build_dir).expect("create build dir");
+        let socket = dir.path().join("runner.sock");
+        let mut config = json!({
+            "buildDirectoryPath": build_dir,
+            "grpcServers": [{
+                "listenPaths": [socket],
+                "authenticationPolicy": { "allow": {} },
+            }],
+            "terminationGracePeriod": "2s",
+        });
+        merge(&mut config, extra);
+        let config_path = dir.path().join("runner.jsonnet");
+        std::fs::write(&config_path, config.to_string()).expect("write config");
+
+        let mut command = Command::new(BIN);
+        command
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        adjust(&mut command);
+        let mut child = command.spawn().expect("start rbe-runner");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (serving_tx, serving_rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let log_writer = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[runner] {line}");
+                if line.contains("serving") {
+                    let _ = serving_tx.send(line.clone());
+                }
+                log_writer.lock().unwrap().push(line);
+            }
+        });
+        let runner = TestRunner {
+            dir,
+            build_dir,
+            socket,
+            child: Some(child),
+            log,
+        };
+        if serving_rx.recv_timeout(STARTUP_TIMEOUT).is_err() {
+            panic!("rbe-runner did not start serving; log:\n{}", runner.log().join("\n"));
+        }
+        runner
+    }
+
+    /// Everything the runner logged so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        client::connect(&Target::Socket(self.socket.clone()))
+            .await
+            .expect("connect to runner")
+    }
+
+    pub async fn client(&self) -> RunnerClient<Channel> {
+        RunnerClient::new(self.channel().await)
+    }
+
+    /// A fresh action directory, as bb_worker would prepare it.
+    pub fn action(&self) -> ActionDirectory {
+        ActionDirectory::create(&self.build_dir).expect("create action directory")
+    }
+
+    /// Runs `sh -c script` in a fresh action directory.
+    pub async fn run_shell(&self, script: &str) -> (ActionDirectory, Result<RunResponse, tonic::Status>) {
+        let action = self.action();
+        let request = shell_request(&action, script);
+        let result = self.client().await.run(request).await.map(|r| r.into_inner());
+        (action, result)
+    }
+
+    /// Sends SIGTERM and waits for the runner to exit; returns its status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal_terminate();
+        self.wait()
+    }
+
+    /// Sends SIGTERM to the runner without waiting.
+    pub fn signal_terminate(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("signal runner");
+    }
+
+    /// Waits for the runner to exit; returns its status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("runner already stopped");
+        child.wait().expect("wait for runner")
+    }
+
+    /// Pid of the runner process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("runner running").id()
+    }
+}
+
+impl Drop for TestRunner {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A Run request for `sh -c script` with the test PATH.
+pub fn shell_request(action: &ActionDirectory, script: &str) -> RunRequest {
+    action.request(
+        vec!["sh".into(), "-c".into(), script.into()],
+        vec![("PATH".into(), TEST_PATH.into())],
+    )
+}
+
+/// The POSIXResourceUsage of a response (always its first usage message).
+pub fn posix_usage(response: &RunResponse) -> PosixResourceUsage {
+    response.resource_usage[0]
+        .to_msg::<PosixResourceUsage>()
+        .expect("first resource usage is POSIXResourceUsage")
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()))
+}
+
+/// Whether a process with this pid exists (zombies included).
+pub fn process_exists(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Waits (bounded) until `condition` holds. For effects that have no
+/// notification to await, such as a process disappearing after SIGKILL.
+pub async fn eventually(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition() {
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(base), Value::Object(extra)) => {
+            for (key, value) in extra {
+                match base.get_mut(&key) {
+                    Some(existing) if existing.is_object() && value.is_object() => merge(existing, value),
+                    _ => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        // Arrays of objects merge element-wise, so a test can adjust the
+        // first gRPC server without restating its socket.
+        (Value::Array(base), Value::Array(extra)) => {
+            for (index, value) in extra.into_iter().enumerate() {
+                match base.get_mut(index) {
+                    Some(existing) if existing.is_object() && value.is_object() => merge(existing, value),
+                    Some(existing) => *existing = value,
+                    None => base.push(value),
+                }
+            }
+        }
+        (base, extra) => *base = extra,
+    }
+}

@@ -1,0 +1,402 @@
+//! End-to-end tests of the runner service: the real binary on a temporary
+//! Unix socket, driven over gRPC as bb_worker drives it. Each test names the
+//! point of the Run semantics it proves.
+
+mod common;
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::time::Duration;
+
+use common::*;
+use rbe_runner::proto::runner::{CheckReadinessRequest, RunRequest};
+use serde_json::json;
+use tonic::Code;
+
+/// Generous bound for effects that have no notification (processes dying).
+const SETTLE: Duration = Duration::from_secs(20);
+
+// ---- 1. arguments ----
+
+#[tokio::test]
+async fn empty_arguments_are_invalid() {
+    let runner = TestRunner::start(json!({}));
+    let action = runner.action();
+    let request = action.request(vec![], vec![]);
+    let status = runner.client().await.run(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("arguments"), "{}", status.message());
+}
+
+// ---- 2. paths stay inside the build directory ----
+
+#[tokio::test]
+async fn paths_escaping_the_build_directory_are_refused_and_nothing_is_written_outside() {
+    let runner = TestRunner::start(json!({}));
+    let outside = runner.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let action = runner.action();
+    symlink(&outside, action.path.join("link-out")).unwrap();
+    let base = shell_request(&action, "echo hi");
+    let escapes: Vec<(&str, RunRequest)> = vec![
+        ("stdout_path", RunRequest { stdout_path: outside.join("abs").display().to_string(), ..base.clone() }),
+        ("stdout_path", RunRequest { stdout_path: format!("{}/../../outside/dotdot", action.relative), ..base.clone() }),
+        ("stderr_path", RunRequest { stderr_path: format!("{}/link-out/via-symlink", action.relative), ..base.clone() }),
+        ("input_root_directory", RunRequest { input_root_directory: "/".into(), ..base.clone() }),
+        ("input_root_directory", RunRequest { input_root_directory: format!("{}/link-out", action.relative), ..base.clone() }),
+        ("working_directory", RunRequest { working_directory: "../../..".into(), ..base.clone() }),
+        ("temporary_directory", RunRequest { temporary_directory: "..".into(), ..base.clone() }),
+    ];
+    let mut client = runner.client().await;
+    for (field, request) in escapes {
+        let status = client.run(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {}", status.message());
+        assert!(status.message().contains(field), "{field}: {}", status.message());
+    }
+    let written: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
+    assert!(written.is_empty(), "files were created outside: {written:?}");
+}
+
+// ---- 3. stdout/stderr are created exclusively and written by the child ----
+
+#[tokio::test]
+async fn existing_output_file_is_an_error_and_is_not_clobbered() {
+    let runner = TestRunner::start(json!({}));
+    let action = runner.action();
+    std::fs::write(action.path.join("stdout"), "precious").unwrap();
+    let status = runner
+        .client()
+        .await
+        .run(shell_request(&action, "echo overwritten"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("stdout_path"), "{}", status.message());
+    assert_eq!(read(&action.path.join("stdout")), "precious");
+}
+
+#[tokio::test]
+async fn a_64_mib_stdout_arrives_whole() {
+    let runner = TestRunner::start(json!({}));
+    let (action, result) = runner.run_shell("head -c 67108864 /dev/zero; echo err >&2").await;
+    assert_eq!(result.unwrap().exit_code, 0);
+    let metadata = std::fs::metadata(action.path.join("stdout")).unwrap();
+    assert_eq!(metadata.len(), 64 * 1024 * 1024);
+    assert_eq!(read(&action.path.join("stderr")), "err\n");
+}
+
+// ---- 4. working directory and PATH lookup ----
+
+#[tokio::test]
+async fn working_directory_is_relative_to_the_input_root() {
+    let runner = TestRunner::start(json!({}));
+    let action = runner.action();
+    std::fs::create_dir_all(action.path.join("root/pkg/sub")).unwrap();
+    let request = RunRequest {
+        working_directory: "pkg/sub".into(),
+        ..shell_request(&action, "pwd")
+    };
+    let response = runner.client().await.run(request).await.unwrap().into_inner();
+    assert_eq!(response.exit_code, 0);
+    let pwd = read(&action.path.join("stdout"));
+    assert_eq!(pwd.trim(), action.path.join("root/pkg/sub").display().to_string());
+}
+
+#[tokio::test]
+async fn relative_path_entries_resolve_in_the_working_directory_and_argv0_stays_relative() {
+    let runner = TestRunner::start(json!({}));
+    let action = runner.action();
+    let tool = action.path.join("root/tools/bin/hello");
+    std::fs::create_dir_all(tool.parent().unwrap()).unwrap();
+    std::fs::write(&tool, "#!/bin/sh\necho \"0=$0 1=$1\"\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let request = action.request(
+        vec!["hello".into(), "world".into()],
+        vec![("PATH".into(), format!("/nonexistent:tools/bin:{TEST_PATH}"))],
+    );
+    let response = runner.client().await.run(request).await.unwrap().into_inner();
+    assert_eq!(response.exit_code, 0, "{}", read(&action.path.join("stderr")));
+    assert_eq!(read(&action.path.join("stdout")), "0=tools/bin/hello 1=world\n");
+}
+
+#[tokio::test]
+async fn program_not_in_path_is_invalid_and_named() {
+    let runner = TestRunner::start(json!({}));
+    let action = runner.action();
+    let request = action.request(
+        vec!["no-such-program-xyz".into()],
+        vec![("PATH".into(), "/nonexistent:rel/bin".into())],
+    );
+    let status = runner.client().await.run(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("no-such-program-xyz"), "{}", status.message());
+    assert!(status.message().contains("/nonexistent:rel/bin"), "{}", status.message());
+}
+
+// ---- 5. environment ----
+
+#[tokio::test]
+async fn environment_is_exactly_the_request_plus_tmpdir() {
+    let runner = TestRunner::start_with(json!({ "setTmpdirEnvironmentVariable": true }), |command| {
+        command.env("RUNNER_SECRET_MARKER", "must-not-leak");
+    });
+    let action = runner.action();
+    let request = action.request(
+        vec!["/usr/bin/env".into()],
+        vec![("PATH".into(), TEST_PATH.into()), ("FOO".into(), "bar baz".into())],
+    );
+    let response = runner.client().await.run(request).await.unwrap().into_inner();
+    assert_eq!(response.exit_code, 0);
+    let mut lines: Vec<String> = read(&action.path.join("stdout")).lines().map(String::from).collect();
+    lines.sort();
+    let mut expected = vec![
+        "FOO=bar baz".to_string(),
+        format!("PATH={TEST_PATH}"),
+        format!("TMPDIR={}", action.path.join("tmp").display()),
+    ];
+    expected.sort();
+    assert_eq!(lines, expected);
+}
+
+#[tokio::test]
+async fn tmpdir_from_the_request_wins() {
+    let runner = TestRunner::start(json!({ "setTmpdirEnvironmentVariable": true }));
+    let action = runner.action();
+    let request = action.request(
+        vec!["/bin/sh".into(), "-c".into(), "echo $TMPDIR".into()],
+        vec![("TMPDIR".into(), "/custom".into())],
+    );
+    runner.client().await.run(request).await.unwrap();
+    assert_eq!(read(&action.path.join("stdout")), "/custom\n");
+}
+
+// ---- 6. spawn failures ----
+
+#[tokio::test]
+async fn spawn_failures_are_invalid_arguments_naming_the_path() {
+    let runner = TestRunner::start(json!({}));
+    let action = runner.action();
+    let root = action.path.join("root");
+    std::fs::write(root.join("not-executable"), "#!/bin/sh\n").unwrap();
+    std::fs::write(root.join("garbage"), [0u8, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+    std::fs::set_permissions(root.join("garbage"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(root.join("a-directory")).unwrap();
+    let mut client = runner.client().await;
+    for program in ["./not-executable", "./garbage", "./a-directory", "./missing", "/nonexistent/tool"] {
+        let action = runner.action();
+        for name in ["not-executable", "garbage", "a-directory"] {
+            let _ = std::fs::rename(root.join(name), action.path.join("root").join(name));
+        }
+        let request = action.request(vec![program.into()], vec![]);
+        let status = client.run(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{program}: {}", status.message());
+        assert!(status.message().contains(program), "{program}: {}", status.message());
+        for name in ["not-executable", "garbage", "a-directory"] {
+            let _ = std::fs::rename(action.path.join("root").join(name), root.join(name));
+        }
+    }
+}
+
+// ---- 7. exit codes and signals ----
+
+#[tokio::test]
+async fn exit_code_is_reported_as_is() {
+    let runner = TestRunner::start(json!({}));
+    let (_, result) = runner.run_shell("exit 42").await;
+    let response = result.unwrap();
+    assert_eq!(response.exit_code, 42);
+    assert_eq!(posix_usage(&response).termination_signal, "");
+}
+
+#[tokio::test]
+async fn killed_by_a_signal_is_minus_one_and_the_signal_name() {
+    let runner = TestRunner::start(json!({}));
+    for (signal, name) in [("SEGV", "SEGV"), ("KILL", "KILL"), ("TERM", "TERM")] {
+        let (_, result) = runner.run_shell(&format!("kill -{signal} $$")).await;
+        let response = result.unwrap();
+        assert_eq!(response.exit_code, -1, "{signal}");
+        assert_eq!(posix_usage(&response).termination_signal, name);
+    }
+}
+
+// ---- 8. each action's own rusage ----
+
+#[tokio::test]
+async fn resource_usage_is_the_actions_own() {
+    let runner = TestRunner::start(json!({}));
+    // A big allocation (dd's 64 MiB buffer) runs concurrently with a small
+    // action; with RUSAGE_CHILDREN the small one would report the big RSS.
+    let big = runner.run_shell("dd if=/dev/zero of=/dev/null bs=64M count=4 2>/dev/null");
+    let small = runner.run_shell("sleep 0.5; true");
+    let ((_, big), (_, small)) = tokio::join!(big, small);
+    let (big, small) = (big.unwrap(), small.unwrap());
+    let any = &big.resource_usage[0];
+    assert_eq!(any.type_url, "type.googleapis.com/buildbarn.resourceusage.POSIXResourceUsage");
+    let big_rss = posix_usage(&big).maximum_resident_set_size;
+    let small_rss = posix_usage(&small).maximum_resident_set_size;
+    assert!(big_rss >= 64 * 1024 * 1024, "dd's maxrss in bytes: {big_rss}");
+    assert!(small_rss < 32 * 1024 * 1024, "the small action's maxrss: {small_rss}");
+    assert!(small_rss > 0);
+}
+
+// ---- 9. concurrency ----
+
+#[tokio::test]
+async fn six_actions_run_concurrently() {
+    let runner = TestRunner::start(json!({}));
+    let barrier = runner.dir.path().join("barrier");
+    std::fs::create_dir(&barrier).unwrap();
+    // Each action creates its file, then waits until all six exist. Only
+    // concurrent execution lets any of them finish before the timeout.
+    let script = |i: usize| {
+        format!(
+            "touch {b}/{i}; n=0; while [ $(ls {b} | wc -l) -lt 6 ]; do n=$((n+1)); [ $n -gt 600 ] && exit 1; sleep 0.1; done",
+            b = barrier.display()
+        )
+    };
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let mut client = runner.client().await;
+        let request = shell_request(&runner.action(), &script(i));
+        calls.spawn(async move { client.run(request).await });
+    }
+    let all = async {
+        while let Some(result) = calls.join_next().await {
+            assert_eq!(result.unwrap().unwrap().into_inner().exit_code, 0);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("the six actions did not meet at the barrier");
+}
+
+// ---- 10. cancellation and leftovers ----
+
+#[tokio::test]
+async fn cancelled_action_gets_sigterm_and_its_whole_group_is_gone() {
+    let runner = TestRunner::start(json!({ "terminationGracePeriod": "5s" }));
+    let action = runner.action();
+    let script = "trap 'echo got-TERM > term; exit 0' TERM; sleep 1000 & echo $! > bg; echo $$ > pid; wait";
+    let mut request = tonic::Request::new(shell_request(&action, script));
+    request.set_timeout(Duration::from_millis(1500));
+    let status = runner.client().await.run(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    let root = action.path.join("root");
+    eventually("the action records its pids", SETTLE, || root.join("bg").exists()).await;
+    let leader: i32 = read(&root.join("pid")).trim().parse().unwrap();
+    let background: i32 = read(&root.join("bg")).trim().parse().unwrap();
+    eventually("the trap runs", SETTLE, || root.join("term").exists()).await;
+    assert_eq!(read(&root.join("term")), "got-TERM\n");
+    eventually("the group is gone", SETTLE, || {
+        !process_exists(leader) && !process_exists(background)
+    })
+    .await;
+    let log = runner.log().join("\n");
+    assert!(log.contains("stopped by SIGTERM"), "{log}");
+}
+
+#[tokio::test]
+async fn action_ignoring_sigterm_is_killed_at_the_grace_deadline() {
+    let runner = TestRunner::start(json!({ "terminationGracePeriod": "1s" }));
+    let action = runner.action();
+    let script = "trap '' TERM; echo $$ > pid; while :; do sleep 0.1; done";
+    let mut request = tonic::Request::new(shell_request(&action, script));
+    request.set_timeout(Duration::from_millis(1000));
+    let status = runner.client().await.run(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    let root = action.path.join("root");
+    eventually("the action records its pid", SETTLE, || root.join("pid").exists()).await;
+    let leader: i32 = read(&root.join("pid")).trim().parse().unwrap();
+    eventually("the action is killed", SETTLE, || !process_exists(leader)).await;
+    eventually("the kill is logged", SETTLE, || {
+        runner.log().join("\n").contains("killed with SIGKILL at the grace deadline")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn background_children_do_not_survive_a_normal_exit() {
+    let runner = TestRunner::start(json!({}));
+    let (action, result) = runner.run_shell("sleep 1000 & echo $! > bg").await;
+    assert_eq!(result.unwrap().exit_code, 0);
+    let background: i32 = read(&action.path.join("root/bg")).trim().parse().unwrap();
+    eventually("the background child is gone", SETTLE, || !process_exists(background)).await;
+}
+
+// ---- 11. readiness ----
+
+#[tokio::test]
+async fn check_readiness_requires_the_path_to_exist() {
+    let runner = TestRunner::start(json!({}));
+    let action = runner.action();
+    let mut client = runner.client().await;
+    client
+        .check_readiness(CheckReadinessRequest { path: action.relative.clone() })
+        .await
+        .unwrap();
+    let status = client
+        .check_readiness(CheckReadinessRequest { path: "missing".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert!(status.message().contains("missing"), "{}", status.message());
+}
+
+// ---- 13. shutdown ----
+
+#[tokio::test]
+async fn shutdown_terminates_running_actions_and_removes_the_socket() {
+    let mut runner = TestRunner::start(json!({ "terminationGracePeriod": "5s" }));
+    let action = runner.action();
+    let request = shell_request(&action, "trap 'echo got-TERM > term; exit 0' TERM; echo $$ > pid; sleep 1000 & wait");
+    let mut client = runner.client().await;
+    let call = tokio::spawn(async move { client.run(request).await });
+    let root = action.path.join("root");
+    eventually("the action started", SETTLE, || root.join("pid").exists()).await;
+    let status = runner.stop();
+    assert!(status.success(), "runner exit status: {status}");
+    assert!(!runner.socket.exists(), "socket file left behind");
+    assert_eq!(read(&root.join("term")), "got-TERM\n");
+    let answer = call.await.unwrap().unwrap_err();
+    assert_eq!(answer.code(), Code::Unavailable, "{}", answer.message());
+}
+
+#[tokio::test]
+async fn shutdown_with_stop_gracefully_lets_actions_finish() {
+    let mut runner = TestRunner::start(json!({ "grpcServers": [{ "stopGracefully": true }] }));
+    let action = runner.action();
+    let marker = runner.dir.path().join("go");
+    let script = format!(
+        "echo started > started; while [ ! -e {} ]; do sleep 0.05; done; echo finished",
+        marker.display()
+    );
+    let request = shell_request(&action, &script);
+    let mut client = runner.client().await;
+    let call = tokio::spawn(async move { client.run(request).await });
+    let root = action.path.join("root");
+    eventually("the action started", SETTLE, || root.join("started").exists()).await;
+    runner.signal_terminate();
+    // The runner must let the action run; allow it to finish now.
+    std::fs::write(&marker, "").unwrap();
+    let response = call.await.unwrap().unwrap().into_inner();
+    assert_eq!(response.exit_code, 0);
+    assert_eq!(read(&action.path.join("stdout")), "finished\n");
+    let status = runner.wait();
+    assert!(status.success(), "runner exit status: {status}");
+    assert!(!runner.socket.exists(), "socket file left behind");
+}
+
+// ---- health and reflection ----
+
+#[tokio::test]
+async fn health_service_reports_serving() {
+    let runner = TestRunner::start(json!({}));
+    let mut health = tonic_health::pb::health_client::HealthClient::new(runner.channel().await);
+    let response = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "buildbarn.runner.Runner".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
