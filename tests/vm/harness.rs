@@ -68,7 +68,8 @@ pub fn vm_or_skip(test: &str) -> Option<VmGuard> {
 }
 
 /// Builds everything a boot needs (`tests/vm/build`), so that build time
-/// stays out of the boot timeouts. Cached: quick when nothing changed.
+/// stays out of [`SERVE_READY_TIMEOUT`]. Cached: quick when nothing changed.
+/// (`tests/vm/run` builds before it starts its own boot timeout.)
 pub fn build() {
     let output = Command::new(vm_dir().join("build"))
         .stdin(Stdio::null())
@@ -93,7 +94,6 @@ pub struct ScenarioRun {
 /// Panics if the VM did not boot, the scenario did not finish, or it exited
 /// non-zero; the script's report is printed either way.
 pub fn run_scenario(name: &str) -> ScenarioRun {
-    build();
     let dir = tempfile::tempdir().expect("tempdir");
     let output = Command::new(vm_dir().join("run"))
         .arg("--out")

@@ -192,13 +192,24 @@ build_hog() {
     fi
 }
 
-# Sets INITRAMFS. Rebuilt on every call: it takes about a second, and
-# skipping it would need a list of inputs that could go stale.
+# Sets INITRAMFS, rebuilding it when any input changed (by path, size or
+# modification time; RBE_VM_RUNNER_BIN switching binaries counts).
 build_initramfs() {
-    local stage
-    stage=$(mktemp -d "$VM_CACHE_DIR/initramfs-stage.XXXXXX")
-    # shellcheck disable=SC2064  # expand now: stage is local
-    trap "rm -rf '$stage'" RETURN
+    INITRAMFS=$VM_CACHE_DIR/initramfs.cpio
+    local stamp=$VM_CACHE_DIR/initramfs.inputs inputs
+    inputs=$(
+        stat -c '%n %s %y' /bin/busybox "$RUNNER_BIN" "$HOG_BIN" \
+            "$KERNEL_MODULES_DIR/modules.order" "$VM_SOURCE_DIR/lib.sh"
+        find "$VM_SOURCE_DIR/guest" -type f -exec stat -c '%n %s %y' {} + | LC_ALL=C sort
+    ) || die "cannot stat the initramfs inputs"
+    if [[ -f $INITRAMFS && -f $stamp && $(<"$stamp") == "$inputs" ]]; then
+        return
+    fi
+
+    # A fixed path: builds hold the lock, and a crashed build's leftovers
+    # are simply replaced.
+    local stage=$VM_CACHE_DIR/initramfs-stage
+    rm -rf "$stage"
     mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc,lib/modules,scenarios,rbe-vm}
     cp /bin/busybox "$stage/bin/busybox"
     cp "$RUNNER_BIN" "$stage/bin/rbe-runner"
@@ -210,13 +221,14 @@ build_initramfs() {
 
     kernel_modules_install "$stage/lib/modules" "${GUEST_MODULES[@]}"
 
-    # Uncompressed: under TCG the guest would spend longer decompressing it
-    # than QEMU spends reading it.
-    INITRAMFS=$VM_CACHE_DIR/initramfs.cpio
+    # Uncompressed: under TCG the guest's decompression is slow, while QEMU
+    # reads a few more megabytes in no time.
     (cd "$stage" && find . -print0 | LC_ALL=C sort -z |
         cpio --null --create --format=newc --quiet --owner=0:0) >"$INITRAMFS.tmp" ||
         die "packing the initramfs failed"
     mv "$INITRAMFS.tmp" "$INITRAMFS"
+    printf '%s\n' "$inputs" >"$stamp"
+    rm -rf "$stage"
 }
 
 # Everything a boot needs; sets KERNEL_IMAGE, INITRAMFS and friends.

@@ -24,7 +24,8 @@ start_runner() {
     fi
     # The child moves itself into the cgroup before exec, so that not even
     # the runner's first allocation is charged elsewhere.
-    sh -c 'echo $$ >"$0/cgroup.procs" && exec rbe-runner "$1"' \
+    # NO_COLOR: the log goes to a file, where ANSI escapes are noise.
+    NO_COLOR=1 sh -c 'echo $$ >"$0/cgroup.procs" && exec rbe-runner "$1"' \
         "$RUNNER_CGROUP" "$1" </dev/null >>"$3" 2>&1 &
     RUNNER_PID=$!
 }
