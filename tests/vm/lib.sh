@@ -86,6 +86,7 @@ kernel_fetch() {
     fi
 
     local dir=$VM_CACHE_DIR/kernel/$version
+    rm -rf "$VM_CACHE_DIR"/kernel-download.* # an interrupted download's
     if [[ ! -f $dir/.complete ]]; then
         log "fetching kernel linux-image-$version (download and unpack only, not installed)"
         local download apt_options=()
@@ -249,6 +250,14 @@ shell_quote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 
 # Escapes commas for a QEMU option value.
 qemu_escape() { printf '%s' "${1//,/,,}"; }
+
+# Prints a new run directory under target/vm/runs, first removing those
+# older than a day: failed runs are kept there for inspection.
+vm_new_run_dir() {
+    mkdir -p "$VM_CACHE_DIR/runs"
+    find "$VM_CACHE_DIR/runs" -mindepth 1 -maxdepth 1 -mtime +0 -exec rm -rf {} + 2>/dev/null || true
+    mktemp -d "$VM_CACHE_DIR/runs/$1.XXXXXX"
+}
 
 # Prepares RUN_DIR for a boot; callers then add guest parameters with
 # vm_param, shares with vm_share, and so on.
