@@ -289,6 +289,7 @@ vm_share() {
 # vm_forward_port HOSTPORT: 127.0.0.1:HOSTPORT on the host reaches the
 # runner's port in the guest. restrict=on: the guest can reach nothing else.
 vm_forward_port() {
+    # shellcheck disable=SC2054  # the commas belong to QEMU's option syntax
     QEMU_EXTRA_ARGS+=(
         -netdev "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$1-:$GUEST_RUNNER_PORT"
         -device virtio-net-pci,netdev=net0
@@ -304,6 +305,7 @@ vm_qemu_args() {
         kvm) accel=(-accel kvm -cpu host) ;;
         *) die "RBE_VM_ACCEL must be tcg or kvm" ;;
     esac
+    # shellcheck disable=SC2034  # for the caller
     QEMU_ARGS=(
         qemu-system-x86_64 "${accel[@]}" -m "$memory" -smp 2
         -nodefaults -no-user-config -display none -monitor none -no-reboot

@@ -1,5 +1,6 @@
 # Helpers shared by the guest's /init and its scenarios (busybox sh).
 # Installed as /lib/rbe-vm.sh in the initramfs.
+# shellcheck disable=SC2034  # variables set here are used by the sourcing scripts
 
 CGROUP_ROOT=/sys/fs/cgroup
 # The runner runs here, alone, so that memory.events counts only it and its

@@ -2,6 +2,7 @@
 # memory.max is OOM-killed, and memory.events says so. If this fails, the
 # kernel or the harness is at fault, not rbe-runner.
 set -u
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . /lib/rbe-vm.sh
 
 cgroup=$CGROUP_ROOT/hog

@@ -3,6 +3,7 @@
 # action (not the runner), memory.events must count it, and exec must report
 # the SIGKILL. This script only records; tests/vm.rs asserts.
 set -u
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . /lib/rbe-vm.sh
 
 mkdir -p /build
