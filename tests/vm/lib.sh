@@ -222,8 +222,8 @@ build_initramfs() {
 
     kernel_modules_install "$stage/lib/modules" "${GUEST_MODULES[@]}"
 
-    # Uncompressed: under TCG the guest's decompression is slow, while QEMU
-    # reads a few more megabytes in no time.
+    # Uncompressed: gzip -1 made no measurable difference to boot time
+    # (2.8-4.8 s to /init either way under TCG), so skip the work.
     (cd "$stage" && find . -print0 | LC_ALL=C sort -z |
         cpio --null --create --format=newc --quiet --owner=0:0) >"$INITRAMFS.tmp" ||
         die "packing the initramfs failed"
