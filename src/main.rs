@@ -29,7 +29,11 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         None | Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
-            return if args.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if args.is_empty() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
         Some("--version") => {
             println!("rbe-runner {}", env!("CARGO_PKG_VERSION"));
@@ -38,7 +42,10 @@ fn main() -> ExitCode {
         Some("check-config") => check_config(&args[1..]),
         Some("exec") => return exec(&args[1..]),
         Some(_) if args.len() == 1 => serve(PathBuf::from(&args[0])),
-        Some(_) => Err(anyhow::anyhow!("unexpected arguments {:?}\n{USAGE}", &args[1..])),
+        Some(_) => Err(anyhow::anyhow!(
+            "unexpected arguments {:?}\n{USAGE}",
+            &args[1..]
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,10 +90,16 @@ fn serve(config_file: PathBuf) -> anyhow::Result<()> {
 fn apply_process_settings(config: &Config) -> anyhow::Result<()> {
     if let Some(umask) = config.global.set_umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
-        tracing::info!(umask = format!("{umask:03o}"), "umask set for the runner and its actions");
+        tracing::info!(
+            umask = format!("{umask:03o}"),
+            "umask set for the runner and its actions"
+        );
     }
     for key in &config.global.ignored_keys {
-        tracing::warn!(key, "configuration key has no effect in rbe-runner and is ignored");
+        tracing::warn!(
+            key,
+            "configuration key has no effect in rbe-runner and is ignored"
+        );
     }
     if !config.apple_xcode_developer_directories.is_empty() {
         tracing::warn!("appleXcodeDeveloperDirectories is ignored on Linux");
@@ -100,12 +113,24 @@ fn apply_process_settings(config: &Config) -> anyhow::Result<()> {
 /// Decorators that are decoded but not built yet.
 fn reject_unimplemented(config: &Config) -> anyhow::Result<()> {
     let unimplemented = [
-        ("cleanTemporaryDirectories", !config.clean_temporary_directories.is_empty()),
+        (
+            "cleanTemporaryDirectories",
+            !config.clean_temporary_directories.is_empty(),
+        ),
         ("cleanProcessTable", config.clean_process_table),
-        ("readinessCheckingPathnames", !config.readiness_checking_pathnames.is_empty()),
-        ("symlinkTemporaryDirectories", !config.symlink_temporary_directories.is_empty()),
+        (
+            "readinessCheckingPathnames",
+            !config.readiness_checking_pathnames.is_empty(),
+        ),
+        (
+            "symlinkTemporaryDirectories",
+            !config.symlink_temporary_directories.is_empty(),
+        ),
         ("runCommandCleaner", config.run_command_cleaner.is_some()),
-        ("sampleCgroupResourceUsage", config.sample_cgroup_resource_usage),
+        (
+            "sampleCgroupResourceUsage",
+            config.sample_cgroup_resource_usage,
+        ),
         ("actionCgroups", config.action_cgroups.is_some()),
     ];
     for (field, set) in unimplemented {
@@ -117,10 +142,8 @@ fn reject_unimplemented(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn serve_config(config: Config) -> anyhow::Result<()> {
-    let build_directory = Arc::new(
-        BuildDirectory::open(&config.build_directory_path)
-            .context("buildDirectoryPath")?,
-    );
+    let build_directory =
+        Arc::new(BuildDirectory::open(&config.build_directory_path).context("buildDirectoryPath")?);
 
     // The runner chain, innermost first, as bb_runner composes it.
     // Executes actions as child processes.
@@ -141,7 +164,10 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     let runner: SharedRunner = Arc::new(local);
 
     let servers = BoundServers::bind(&config.grpc_servers).await?;
-    let stop_gracefully = config.grpc_servers.iter().all(|server| server.stop_gracefully);
+    let stop_gracefully = config
+        .grpc_servers
+        .iter()
+        .all(|server| server.stop_gracefully);
     tracing::info!(
         listeners = ?servers.listener_names(),
         build_directory = %build_directory.path().display(),
@@ -163,9 +189,10 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
 
 async fn wait_for_shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; shut down with SIGKILL");
         return std::future::pending().await;
     };
@@ -258,7 +285,10 @@ fn exec(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("rbe-runner exec: cannot start the async runtime: {err}");
