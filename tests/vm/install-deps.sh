@@ -14,8 +14,9 @@ set -euo pipefail
 # cpio              packing the initramfs
 # xz-utils zstd     decompressing kernel modules (Debian ships them .ko.xz)
 # gcc libc6-dev     the static memory hog helper (tests/vm/guest/hog.c)
+# binutils          readelf, to check that guest binaries are static
 # util-linux        flock, setsid
-readonly PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils zstd gcc libc6-dev util-linux)
+readonly PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils zstd gcc libc6-dev binutils util-linux)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

@@ -1,4 +1,4 @@
-# Shared pieces of the VM harness; sourced by tests/vm/run and tests/vm/serve.
+# Shared pieces of the VM harness; sourced by tests/vm/build, run and serve.
 #
 # Everything built or downloaded lives under target/vm/ (gitignored):
 #   kernel/<version>/   Debian's linux-image deb, unpacked (never installed)
@@ -69,46 +69,70 @@ kernel_newest_cached() {
     done | sort -V | tail -n 1
 }
 
-# Sets KERNEL_VERSION, KERNEL_IMAGE and KERNEL_MODULES_DIR, downloading and
-# unpacking the kernel first if it is not cached yet.
-kernel_fetch() {
-    local version
-    version=$(kernel_newest_available)
-    if [[ -z $version && $(id -u) -eq 0 ]]; then
-        log "apt-cache knows no 6.12 kernel yet; running apt-get update"
-        apt-get update -q >&2 || log "apt-get update failed"
-        version=$(kernel_newest_available)
+# kernel_download VERSION: downloads linux-image-VERSION and unpacks it
+# into the cache, replacing older versions. Fails (returns 1) quietly
+# enough for the caller to try something else.
+kernel_download() {
+    local version=$1 dir=$VM_CACHE_DIR/kernel/$1 download apt_options=()
+    log "fetching kernel linux-image-$version (download and unpack only, not installed)"
+    mkdir -p "$VM_CACHE_DIR/kernel"
+    download=$(mktemp -d "$VM_CACHE_DIR/kernel-download.XXXXXX") || return 1
+    # As root apt would hand the download to its _apt user, who may not
+    # write here; apt verifies the file either way.
+    [[ $(id -u) -ne 0 ]] || apt_options=(-o APT::Sandbox::User=root)
+    if ! (cd "$download" && apt-get download -q "${apt_options[@]}" "linux-image-$version" >&2); then
+        log "apt-get download linux-image-$version failed"
+        rm -rf "$download"
+        return 1
     fi
-    if [[ -z $version ]]; then
-        version=$(kernel_newest_cached)
-        [[ -n $version ]] || die "no linux-image-6.12.*+deb12-amd64 in apt's lists and none cached; run apt-get update as root"
-        log "apt offers no 6.12 kernel; using cached $version"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    if ! dpkg-deb -x "$download"/linux-image-"$version"_*.deb "$dir"; then
+        log "unpacking linux-image-$version failed"
+        rm -rf "$download" "$dir"
+        return 1
+    fi
+    rm -rf "$download"
+    touch "$dir/.complete"
+    # Older versions are dead weight (hundreds of MB of modules each).
+    local old
+    for old in "$VM_CACHE_DIR"/kernel/*/; do
+        [[ ${old%/} == "$dir" ]] || rm -rf "${old%/}"
+    done
+}
+
+# Sets KERNEL_VERSION, KERNEL_IMAGE and KERNEL_MODULES_DIR: the newest
+# kernel apt offers, downloaded if not cached yet. Stale apt lists are
+# refreshed once when running as root; without a network the newest cached
+# kernel is used, with a warning.
+kernel_fetch() {
+    rm -rf "$VM_CACHE_DIR"/kernel-download.* # an interrupted download's
+    local version cached
+    version=$(kernel_newest_available)
+    if [[ -n $version && -f $VM_CACHE_DIR/kernel/$version/.complete ]]; then
+        :
+    elif [[ -n $version ]] && kernel_download "$version"; then
+        :
+    else
+        version=''
+        if [[ $(id -u) -eq 0 ]]; then
+            log "refreshing apt's lists (apt-get update) and retrying"
+            apt-get update -q >&2 || log "apt-get update failed"
+            version=$(kernel_newest_available)
+            if [[ -n $version && ! -f $VM_CACHE_DIR/kernel/$version/.complete ]]; then
+                kernel_download "$version" || version=''
+            fi
+        fi
+        if [[ -z $version ]]; then
+            cached=$(kernel_newest_cached)
+            [[ -n $cached ]] ||
+                die "cannot get a linux-image-6.12.*+deb12-amd64 (none in apt's lists or download failed; none cached)"
+            log "warning: using the cached kernel $cached; apt offers no newer one that downloads"
+            version=$cached
+        fi
     fi
 
     local dir=$VM_CACHE_DIR/kernel/$version
-    rm -rf "$VM_CACHE_DIR"/kernel-download.* # an interrupted download's
-    if [[ ! -f $dir/.complete ]]; then
-        log "fetching kernel linux-image-$version (download and unpack only, not installed)"
-        local download apt_options=()
-        mkdir -p "$VM_CACHE_DIR/kernel"
-        download=$(mktemp -d "$VM_CACHE_DIR/kernel-download.XXXXXX") || die "cannot create a download directory"
-        # As root apt would hand the download to its _apt user, who may not
-        # write here; the file is verified by apt either way.
-        [[ $(id -u) -ne 0 ]] || apt_options=(-o APT::Sandbox::User=root)
-        (cd "$download" && apt-get download -q "${apt_options[@]}" "linux-image-$version" >&2) ||
-            { rm -rf "$download"; die "apt-get download linux-image-$version failed"; }
-        rm -rf "$dir"
-        mkdir -p "$dir"
-        dpkg-deb -x "$download"/linux-image-"$version"_*.deb "$dir" ||
-            { rm -rf "$download" "$dir"; die "unpacking linux-image-$version failed"; }
-        rm -rf "$download"
-        touch "$dir/.complete"
-        # Older versions are dead weight (hundreds of MB of modules each).
-        local old
-        for old in "$VM_CACHE_DIR"/kernel/*/; do
-            [[ ${old%/} == "$dir" ]] || rm -rf "${old%/}"
-        done
-    fi
     KERNEL_VERSION=$version
     KERNEL_IMAGE=$dir/boot/vmlinuz-$version
     KERNEL_MODULES_DIR=$dir/lib/modules/$version
@@ -309,7 +333,7 @@ vm_qemu_args() {
     QEMU_ARGS=(
         qemu-system-x86_64 "${accel[@]}" -m "$memory" -smp 2
         -nodefaults -no-user-config -display none -monitor none -no-reboot
-        -serial "file:$RUN_DIR/console.log"
+        -chardev "file,id=console,path=$(qemu_escape "$RUN_DIR/console.log")" -serial chardev:console
         -kernel "$KERNEL_IMAGE" -initrd "$INITRAMFS"
         -append "console=ttyS0 panic=-1 loglevel=4 edd=off"
         -virtfs "local,path=$(qemu_escape "$RUN_DIR"),mount_tag=rbevm,security_model=none"
