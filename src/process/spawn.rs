@@ -39,14 +39,16 @@ pub struct ProcessSpec {
 
 /// Starts the process described by `spec` as the leader of a new process
 /// group, registered with the reaper.
+///
+/// The final exec is an `execve` of our own, made at the end of the
+/// pre-exec hook: std would `execvp`, whose fallback of running a file that
+/// fails with ENOEXEC through `/bin/sh` would hide a broken executable
+/// behind exit code 127 instead of reporting it, as bb_runner does.
 pub fn spawn(spec: ProcessSpec) -> io::Result<SpawnedChild> {
+    let exec = ExecArguments::new(&spec)?;
     let mut command = Command::new(&spec.program);
-    if let Some((argv0, rest)) = spec.arguments.split_first() {
-        command.arg0(argv0).args(rest);
-    }
     command
         .env_clear()
-        .envs(spec.environment.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(spec.stdout)
         .stderr(spec.stderr)
@@ -56,16 +58,15 @@ pub fn spawn(spec: ProcessSpec) -> io::Result<SpawnedChild> {
 
     let working_directory = spec.working_directory.as_raw_fd();
     let chroot_directory = spec.chroot_directory.as_ref().map(|fd| fd.as_raw_fd());
-    let identity = spec.identity.clone().map(|identity| {
-        let groups: Vec<libc::gid_t> = identity.additional_group_ids.clone();
-        (identity, groups)
-    });
+    let identity = spec.identity.clone();
     let dot = CString::new(".").expect("no NUL in a literal");
     // SAFETY: the closure runs in the child between fork and exec, where
     // only async-signal-safe functions may be called. It calls only raw
-    // system calls (fchdir, chroot, setgroups, setgid, setuid) on values
-    // prepared before the fork, and allocates nothing. The descriptors it
-    // uses are kept open by `spec`, which outlives `spawn` below.
+    // system calls (fchdir, chroot, setgroups, setgid, setuid, execve) on
+    // values prepared before the fork, and allocates nothing. The
+    // descriptors it uses are kept open by `spec`, which outlives `spawn`
+    // below; the argv and envp arrays point into `exec`, which the closure
+    // owns.
     unsafe {
         command.pre_exec(move || {
             if let Some(root) = chroot_directory {
@@ -75,20 +76,85 @@ pub fn spawn(spec: ProcessSpec) -> io::Result<SpawnedChild> {
             // After a chroot this descriptor still names the working
             // directory, which lies inside the new root.
             check(libc::fchdir(working_directory))?;
-            if let Some((identity, groups)) = &identity {
+            if let Some(identity) = &identity {
                 // Groups first, then gid, then uid: after setuid we would
                 // no longer be allowed to change the others.
+                let groups = &identity.additional_group_ids;
                 check(libc::setgroups(groups.len(), groups.as_ptr()))?;
                 check(libc::setgid(identity.group_id))?;
                 check(libc::setuid(identity.user_id))?;
             }
-            Ok(())
+            libc::execve(exec.program.as_ptr(), exec.argv(), exec.envp());
+            // execve only returns on failure; std reports this error from
+            // spawn().
+            Err(io::Error::last_os_error())
         });
     }
     let spawned = reaper().spawn(&mut command);
     drop(spec.working_directory);
     drop(spec.chroot_directory);
     spawned
+}
+
+/// NUL-terminated argv and envp arrays, built before the fork so that the
+/// child allocates nothing. Pointers are stored as `usize` (same size and
+/// representation on Linux) so that the closure owning them is Send.
+struct ExecArguments {
+    program: CString,
+    _strings: Vec<CString>,
+    argv: Vec<usize>,
+    envp: Vec<usize>,
+}
+
+impl ExecArguments {
+    fn new(spec: &ProcessSpec) -> io::Result<Self> {
+        let cstring = |text: String| {
+            CString::new(text).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "argument or environment contains NUL",
+                )
+            })
+        };
+        let program = cstring(spec.program.clone())?;
+        let argv_strings = spec
+            .arguments
+            .iter()
+            .map(|argument| cstring(argument.clone()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let env_strings = spec
+            .environment
+            .iter()
+            .map(|(key, value)| cstring(format!("{key}={value}")))
+            .collect::<io::Result<Vec<_>>>()?;
+        // Moving a CString does not move its heap buffer, so these pointers
+        // stay valid for as long as `_strings` lives.
+        let pointers = |strings: &[CString]| {
+            strings
+                .iter()
+                .map(|s| s.as_ptr() as usize)
+                .chain(std::iter::once(0))
+                .collect::<Vec<usize>>()
+        };
+        let argv = pointers(&argv_strings);
+        let envp = pointers(&env_strings);
+        let mut strings = argv_strings;
+        strings.extend(env_strings);
+        Ok(ExecArguments {
+            program,
+            _strings: strings,
+            argv,
+            envp,
+        })
+    }
+
+    fn argv(&self) -> *const *const libc::c_char {
+        self.argv.as_ptr() as *const *const libc::c_char
+    }
+
+    fn envp(&self) -> *const *const libc::c_char {
+        self.envp.as_ptr() as *const *const libc::c_char
+    }
 }
 
 fn check(result: libc::c_int) -> io::Result<()> {

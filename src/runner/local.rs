@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio::sync::{oneshot, watch};
 
-use crate::build_directory::{open_directory_beneath, BuildDirectory, PathError};
+use crate::build_directory::{
+    open_directory_beneath, BuildDirectory, PathError, ResolvedDirectory,
+};
 use crate::process::lookup::find_program;
 use crate::process::reaper::{ChildExit, SpawnedChild};
 use crate::process::signal_name;
@@ -182,15 +184,29 @@ fn prepare_and_spawn(
     )
     .map_err(path_error)?;
 
+    // Directories the local runner itself does not use are still checked,
+    // so that no request path, used or not, may point out of the build
+    // directory.
+    let temporary_directory = optional_directory(
+        build_directory,
+        &request.temporary_directory,
+        "temporary_directory",
+    )?;
+    optional_directory(
+        build_directory,
+        &request.server_logs_directory,
+        "server_logs_directory",
+    )?;
+
     let mut environment: BTreeMap<String, String> = request
         .environment_variables
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    if options.set_tmpdir_environment_variable && !request.temporary_directory.is_empty() {
-        let temporary = build_directory
-            .open_directory(&request.temporary_directory, "temporary_directory")
-            .map_err(path_error)?;
+    if let (true, Some(temporary)) = (
+        options.set_tmpdir_environment_variable,
+        &temporary_directory,
+    ) {
         environment
             .entry("TMPDIR".into())
             .or_insert_with(|| temporary.path.to_string_lossy().into_owned());
@@ -228,6 +244,20 @@ fn prepare_and_spawn(
     .map_err(|err| spawn_error(argv0, &program, err))
 }
 
+fn optional_directory(
+    build_directory: &BuildDirectory,
+    relative: &str,
+    field: &'static str,
+) -> Result<Option<ResolvedDirectory>, RunnerError> {
+    if relative.is_empty() {
+        return Ok(None);
+    }
+    build_directory
+        .open_directory(relative, field)
+        .map(Some)
+        .map_err(path_error)
+}
+
 fn create_output(
     build_directory: &BuildDirectory,
     relative: &str,
@@ -257,6 +287,9 @@ fn spawn_error(argv0: &str, program: &str, err: std::io::Error) -> RunnerError {
     } else {
         format!("cannot execute {argv0:?} (found as {program:?}): {err}")
     };
+    if err.kind() == std::io::ErrorKind::InvalidInput {
+        return RunnerError::InvalidArgument(message);
+    }
     match err.raw_os_error() {
         Some(
             libc::ENOENT
