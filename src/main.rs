@@ -129,8 +129,10 @@ fn reject_unimplemented(config: &Config) -> anyhow::Result<()> {
             !config.symlink_temporary_directories.is_empty(),
         ),
         ("runCommandCleaner", config.run_command_cleaner.is_some()),
-        ("actionCgroups", config.action_cgroups.is_some()),
     ];
+    if config.sample_cgroup_resource_usage && config.action_cgroups.is_some() {
+        bail!("sampleCgroupResourceUsage together with actionCgroups is not implemented yet");
+    }
     for (field, set) in unimplemented {
         if set {
             bail!("{field} is not implemented yet in this version of rbe-runner");
@@ -142,6 +144,24 @@ fn reject_unimplemented(config: &Config) -> anyhow::Result<()> {
 async fn serve_config(config: Config) -> anyhow::Result<()> {
     let build_directory =
         Arc::new(BuildDirectory::open(&config.build_directory_path).context("buildDirectoryPath")?);
+
+    // Every action in a cgroup of its own, in the subtree delegated to us;
+    // leftovers of a previous runner are removed before we serve.
+    let action_cgroups = match &config.action_cgroups {
+        Some(action_cgroups) => {
+            let parent_path = action_cgroups.parent_path.clone();
+            let manager = tokio::task::spawn_blocking(move || setup_action_cgroups(parent_path))
+                .await
+                .context("action cgroup setup")??;
+            Some(manager)
+        }
+        None => None,
+    };
+    let action_oom_score_adj = action_cgroups.as_ref().and_then(|_| {
+        rbe_runner::process::lower_own_oom_score_adj(std::path::Path::new(
+            rbe_runner::process::spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ,
+        ))
+    });
 
     // The runner chain, innermost first, as bb_runner composes it.
     // Executes actions as child processes.
@@ -156,6 +176,8 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
                 additional_group_ids: identity.additional_group_ids.clone(),
             }),
             termination_grace_period: config.termination_grace_period,
+            action_cgroups,
+            action_oom_score_adj,
         },
     );
     let terminator = local.terminator();
@@ -194,6 +216,34 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     servers.serve(runner, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Finds the cgroup to manage (`parentPath`, or the one we started in) and
+/// takes it over.
+fn setup_action_cgroups(
+    parent_path: Option<String>,
+) -> anyhow::Result<Arc<rbe_runner::cgroup::action::ActionCgroupManager>> {
+    use rbe_runner::cgroup::action::{mount_point_of, ActionCgroupManager};
+    use rbe_runner::cgroup::{
+        locate_own_cgroup, DEFAULT_PROC_SELF_CGROUP, DEFAULT_PROC_SELF_MOUNTINFO,
+    };
+    let own = locate_own_cgroup(
+        std::path::Path::new(DEFAULT_PROC_SELF_CGROUP),
+        std::path::Path::new(DEFAULT_PROC_SELF_MOUNTINFO),
+    )
+    .context("actionCgroups: cannot find the runner's cgroup v2")?;
+    let parent = match parent_path {
+        Some(path) => mount_point_of(&own).join(path.trim_start_matches('/')),
+        // Restarted inside the leaf a previous runner moved itself into:
+        // manage that runner's parent again.
+        None if own.ends_with("runner")
+            && own.parent().is_some_and(|p| p.join("actions").is_dir()) =>
+        {
+            own.parent().map(PathBuf::from).unwrap_or(own)
+        }
+        None => own,
+    };
+    ActionCgroupManager::setup(&parent).context("actionCgroups")
 }
 
 async fn wait_for_shutdown_signal() {

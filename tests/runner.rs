@@ -569,3 +569,63 @@ async fn health_service_reports_serving() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+// ---- 10. subreaper: orphans are reaped ----
+
+/// Children of the runner process that are zombies (exited, not reaped).
+fn zombie_children(pid: u32) -> Vec<String> {
+    let mut zombies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace() {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // The state follows the parenthesised command name.
+            if stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+            {
+                zombies.push(child.to_string());
+            }
+        }
+    }
+    zombies
+}
+
+#[tokio::test]
+async fn orphans_of_actions_are_adopted_and_reaped() {
+    let runner = TestRunner::start(json!({}));
+    // The grandchild escapes the action's process group (setsid) and
+    // outlives the action; when it exits it has been re-parented to the
+    // runner (a subreaper), which must reap it.
+    let (action, result) = runner
+        .run_shell(
+            "setsid sh -c 'echo $$ > orphan.tmp; mv orphan.tmp orphan; sleep 2' < /dev/null > /dev/null 2>&1 &
+             while [ ! -e orphan ]; do sleep 0.05; done",
+        )
+        .await;
+    assert_eq!(result.unwrap().exit_code, 0);
+    let root = action.path.join("root");
+    eventually("the orphan records its pid", SETTLE, || {
+        root.join("orphan").exists()
+    })
+    .await;
+    let orphan: i32 = read(&root.join("orphan")).trim().parse().unwrap();
+    let parent = std::fs::read_to_string(format!("/proc/{orphan}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:").map(|pid| pid.trim().to_string()))
+        .unwrap();
+    assert_eq!(
+        parent,
+        runner.pid().to_string(),
+        "the runner adopts orphans"
+    );
+    eventually("the orphan exits and is reaped", SETTLE, || {
+        !process_exists(orphan)
+    })
+    .await;
+    assert!(zombie_children(runner.pid()).is_empty());
+}

@@ -35,7 +35,17 @@ pub struct ProcessSpec {
     pub identity: Option<Identity>,
     pub stdout: File,
     pub stderr: File,
+    /// `cgroup.procs` of the action's cgroup: the child moves itself in
+    /// before anything else, so no instruction of the action runs outside.
+    pub cgroup_procs: Option<File>,
+    /// Value the child writes to its own `oom_score_adj` (the runner lowers
+    /// its own; actions get back what the runner started with).
+    pub oom_score_adj: Option<i32>,
 }
+
+/// Where a process sets its own OOM-killer preference. Opened by the child
+/// after fork, so `self` is the child.
+pub const DEFAULT_PROC_SELF_OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 
 /// Starts the process described by `spec` as the leader of a new process
 /// group, registered with the reaper.
@@ -56,19 +66,35 @@ pub fn spawn(spec: ProcessSpec) -> io::Result<SpawnedChild> {
         // reaches every process it forked without touching the runner.
         .process_group(0);
 
+    let cgroup_procs = spec.cgroup_procs.as_ref().map(|file| file.as_raw_fd());
+    let oom_score_adj = spec.oom_score_adj.map(|value| {
+        let path = CString::new(DEFAULT_PROC_SELF_OOM_SCORE_ADJ).expect("no NUL in a constant");
+        (path, value.to_string().into_bytes())
+    });
     let working_directory = spec.working_directory.as_raw_fd();
     let chroot_directory = spec.chroot_directory.as_ref().map(|fd| fd.as_raw_fd());
     let identity = spec.identity.clone();
     let dot = CString::new(".").expect("no NUL in a literal");
     // SAFETY: the closure runs in the child between fork and exec, where
     // only async-signal-safe functions may be called. It calls only raw
-    // system calls (fchdir, chroot, setgroups, setgid, setuid, execve) on
-    // values prepared before the fork, and allocates nothing. The
-    // descriptors it uses are kept open by `spec`, which outlives `spawn`
-    // below; the argv and envp arrays point into `exec`, which the closure
-    // owns.
+    // system calls (write, open, close, fchdir, chroot, setgroups, setgid,
+    // setuid, execve) on values prepared before the fork, and allocates
+    // nothing. The descriptors it uses are kept open by `spec`, which
+    // outlives `spawn` below; the argv and envp arrays point into `exec`,
+    // which the closure owns.
     unsafe {
         command.pre_exec(move || {
+            if let Some(procs) = cgroup_procs {
+                // "0" moves the writing process: this child.
+                check_write(libc::write(procs, b"0".as_ptr().cast(), 1))?;
+            }
+            if let Some((path, value)) = &oom_score_adj {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                check(fd)?;
+                let written = libc::write(fd, value.as_ptr().cast(), value.len());
+                libc::close(fd);
+                check_write(written)?;
+            }
             if let Some(root) = chroot_directory {
                 check(libc::fchdir(root))?;
                 check(libc::chroot(dot.as_ptr()))?;
@@ -93,6 +119,7 @@ pub fn spawn(spec: ProcessSpec) -> io::Result<SpawnedChild> {
     let spawned = reaper().spawn(&mut command);
     drop(spec.working_directory);
     drop(spec.chroot_directory);
+    drop(spec.cgroup_procs);
     spawned
 }
 
@@ -154,6 +181,14 @@ impl ExecArguments {
 
     fn envp(&self) -> *const *const libc::c_char {
         self.envp.as_ptr() as *const *const libc::c_char
+    }
+}
+
+fn check_write(result: libc::ssize_t) -> io::Result<()> {
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
