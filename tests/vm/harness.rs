@@ -94,10 +94,17 @@ pub struct ScenarioRun {
 /// Panics if the VM did not boot, the scenario did not finish, or it exited
 /// non-zero; the script's report is printed either way.
 pub fn run_scenario(name: &str) -> ScenarioRun {
+    run_scenario_with(name, &[])
+}
+
+/// [`run_scenario`] with extra options for `tests/vm/run`, such as
+/// `["--vm-memory", "256M"]`.
+pub fn run_scenario_with(name: &str, options: &[&str]) -> ScenarioRun {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = Command::new(vm_dir().join("run"))
         .arg("--out")
         .arg(dir.path())
+        .args(options)
         .arg(name)
         .stdin(Stdio::null())
         .output()
