@@ -157,11 +157,11 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let action_oom_score_adj = action_cgroups.as_ref().and_then(|_| {
-        rbe_runner::process::lower_own_oom_score_adj(std::path::Path::new(
-            rbe_runner::process::spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ,
-        ))
-    });
+    // Under memory pressure the kernel should kill an action (retryable)
+    // before the runner that serves all of them.
+    let action_oom_score_adj = rbe_runner::process::lower_own_oom_score_adj(std::path::Path::new(
+        rbe_runner::process::spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ,
+    ));
 
     // The runner chain, innermost first, as bb_runner composes it.
     // Executes actions as child processes.

@@ -629,3 +629,39 @@ async fn orphans_of_actions_are_adopted_and_reaped() {
     .await;
     assert!(zombie_children(runner.pid()).is_empty());
 }
+
+// ---- the runner is not the OOM killer's first choice ----
+
+#[tokio::test]
+async fn the_runner_lowers_its_oom_score_adj_and_actions_keep_the_initial_one() {
+    let initial: i32 = read(std::path::Path::new("/proc/self/oom_score_adj"))
+        .trim()
+        .parse()
+        .unwrap();
+    let runner = TestRunner::start(json!({}));
+    let (action, result) = runner.run_shell("cat /proc/self/oom_score_adj").await;
+    assert_eq!(result.unwrap().exit_code, 0);
+    assert_eq!(
+        read(&action.path.join("stdout")).trim(),
+        initial.to_string()
+    );
+    let own: i32 = read(std::path::Path::new(&format!(
+        "/proc/{}/oom_score_adj",
+        runner.pid()
+    )))
+    .trim()
+    .parse()
+    .unwrap();
+    // Lowering needs CAP_SYS_RESOURCE (some sandboxes drop it even for
+    // root); the runner must say which case it is in, and be right.
+    let log = runner.log().join("\n");
+    if log.contains("lowered the runner's oom_score_adj") {
+        assert_eq!(own, (initial - 500).max(-1000));
+    } else {
+        assert!(
+            log.contains("cannot lower the runner's oom_score_adj"),
+            "{log}"
+        );
+        assert_eq!(own, initial);
+    }
+}
