@@ -130,9 +130,6 @@ fn reject_unimplemented(config: &Config) -> anyhow::Result<()> {
         ),
         ("runCommandCleaner", config.run_command_cleaner.is_some()),
     ];
-    if config.sample_cgroup_resource_usage && config.action_cgroups.is_some() {
-        bail!("sampleCgroupResourceUsage together with actionCgroups is not implemented yet");
-    }
     for (field, set) in unimplemented {
         if set {
             bail!("{field} is not implemented yet in this version of rbe-runner");
@@ -176,22 +173,36 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
                 additional_group_ids: identity.additional_group_ids.clone(),
             }),
             termination_grace_period: config.termination_grace_period,
-            action_cgroups,
+            sample_action_cgroups: config.sample_cgroup_resource_usage && action_cgroups.is_some(),
+            action_cgroups: action_cgroups.clone(),
             action_oom_score_adj,
         },
     );
     let terminator = local.terminator();
     let mut runner: SharedRunner = Arc::new(local);
 
-    // sampleCgroupResourceUsage: cgroup v2 counter deltas and OOM attribution per action.
+    // sampleCgroupResourceUsage: cgroup v2 counter deltas and OOM attribution
+    // per action: measured by the local runner in each action's own cgroup
+    // (any concurrency), or around each Run in the cgroup all actions share
+    // (one at a time).
     if config.sample_cgroup_resource_usage {
-        let cgroup = cgroup_sampling::prepare(&OwnCgroupSource::default())?;
-        runner = cgroup_sampling::new(
-            runner,
-            cgroup,
-            build_directory.clone(),
-            Concurrency::OneActionAtATime,
-        );
+        runner = match &action_cgroups {
+            Some(manager) => {
+                let actions = manager.actions_directory().to_path_buf();
+                rbe_runner::cgroup::check_required_files(&actions)
+                    .context("sampleCgroupResourceUsage with actionCgroups: action cgroups cannot be sampled")?;
+                cgroup_sampling::new_for_action_cgroups(runner, actions, build_directory.clone())
+            }
+            None => {
+                let cgroup = cgroup_sampling::prepare(&OwnCgroupSource::default())?;
+                cgroup_sampling::new(
+                    runner,
+                    cgroup,
+                    build_directory.clone(),
+                    Concurrency::OneActionAtATime,
+                )
+            }
+        };
     }
 
     let servers = BoundServers::bind(&config.grpc_servers).await?;

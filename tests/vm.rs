@@ -388,3 +388,51 @@ fn sampling_without_the_memory_controller_refuses_to_start() {
         );
     }
 }
+
+/// Issue "per-action cgroups": with actionCgroups, each action's usage
+/// comes from its own cgroup, so concurrent actions are measured exactly.
+#[test]
+fn action_cgroups_measure_concurrent_actions_each_in_its_own_cgroup() {
+    let Some(_vm) =
+        harness::vm_or_skip("action_cgroups_measure_concurrent_actions_each_in_its_own_cgroup")
+    else {
+        return;
+    };
+    let run = harness::run_scenario("action-cgroups-concurrent");
+    let context = format!("runner log:\n{}", run.read("runner.log"));
+    assert!(
+        run.read("runner.cgroup")
+            .trim()
+            .ends_with("/rbe-runner/runner"),
+        "{context}"
+    );
+    let controllers = run.read("subtree_control");
+    assert!(
+        controllers.contains("memory"),
+        "controllers for actions: {controllers}; {context}"
+    );
+
+    let mut peaks = Vec::new();
+    for mebibytes in [120, 12] {
+        let exec = run.json(&format!("hog-{mebibytes}.json"));
+        assert_eq!(exec["exitCode"], 0, "hog {mebibytes}: {exec}; {context}");
+        let cgroup = usage_of_type(&exec["resourceUsage"], CGROUP_USAGE_TYPE);
+        assert_eq!(cgroup["memoryEventsOomKill"], 0, "{cgroup}");
+        let peak = cgroup["memoryPeak"].as_i64().unwrap_or(0);
+        peaks.push(peak);
+        eprintln!(
+            "action-cgroups-concurrent: hog {mebibytes} MiB peak {peak} bytes ({:.1} MiB)",
+            peak as f64 / MIB as f64
+        );
+    }
+    // Each peak is the action's own: the big one at least its allocation,
+    // the small one nowhere near the big one's, although they overlapped.
+    assert!(peaks[0] >= 120 * MIB && peaks[0] < 140 * MIB, "{peaks:?}");
+    assert!(peaks[1] >= 12 * MIB && peaks[1] < 32 * MIB, "{peaks:?}");
+    assert_eq!(
+        run.read("actions.left").trim(),
+        "",
+        "no action cgroup is left"
+    );
+    assert_eq!(run.number("runner.status"), 0);
+}

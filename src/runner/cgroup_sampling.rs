@@ -21,8 +21,10 @@
 //!
 //! A delta of a shared cgroup belongs to one action only if no other action
 //! ran meanwhile, so by default a second Run arriving while one is sampled
-//! is refused ([`Concurrency`]). Once each action has a cgroup of its own
-//! that refusal can be switched off.
+//! is refused ([`Concurrency`]). With `actionCgroups` each action has a
+//! cgroup of its own, which the local runner measures just before removing
+//! it; this decorator then only applies the OOM rule to that measurement
+//! ([`new_for_action_cgroups`]), and any concurrency is exact.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -36,6 +38,7 @@ use crate::cgroup::{
 };
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
+use prost::Name;
 
 use super::local::blocking;
 use super::{Runner, RunnerError, SharedRunner};
@@ -142,6 +145,26 @@ pub fn new(
         build_directory,
         concurrency,
         sampling: AtomicBool::new(false),
+        measured_by_base: false,
+    })
+}
+
+/// Wraps `base`, a local runner that runs every action in a cgroup of its
+/// own below `actions_directory` and appends that cgroup's
+/// `CgroupResourceUsage` itself, so that an OOM kill the action's own
+/// cgroup did not cause fails the Run with UNAVAILABLE, with the evidence.
+pub fn new_for_action_cgroups(
+    base: SharedRunner,
+    actions_directory: PathBuf,
+    build_directory: Arc<BuildDirectory>,
+) -> SharedRunner {
+    Arc::new(CgroupSamplingRunner {
+        base,
+        cgroup: actions_directory,
+        build_directory,
+        concurrency: Concurrency::Unrestricted,
+        sampling: AtomicBool::new(false),
+        measured_by_base: true,
     })
 }
 
@@ -154,6 +177,9 @@ struct CgroupSamplingRunner {
     concurrency: Concurrency,
     /// Whether a Run is being sampled, for [`Concurrency::OneActionAtATime`].
     sampling: AtomicBool,
+    /// The base appends the usage of the action's own cgroup; only the OOM
+    /// rule is applied here.
+    measured_by_base: bool,
 }
 
 /// Marks a Run as being sampled until dropped, which also happens when the
@@ -247,6 +273,31 @@ impl Runner for CgroupSamplingRunner {
     }
 
     async fn run(&self, request: RunRequest) -> Result<RunResponse, RunnerError> {
+        if self.measured_by_base {
+            let server_logs_directory = request.server_logs_directory.clone();
+            let mut response = self.base.run(request).await?;
+            let position = response
+                .resource_usage
+                .iter()
+                .position(|any| any.type_url == CgroupResourceUsage::type_url());
+            let Some(position) = position else {
+                return Err(RunnerError::Internal(
+                    "the local runner returned no CgroupResourceUsage for the action's cgroup"
+                        .into(),
+                ));
+            };
+            let usage_any = response.resource_usage[position].clone();
+            let usage = usage_any.to_msg::<CgroupResourceUsage>().map_err(|error| {
+                RunnerError::Internal(format!("cannot decode CgroupResourceUsage: {error}"))
+            })?;
+            if usage.memory_events_oom_kill > 0 && usage.memory_events_oom == 0 {
+                response.resource_usage.remove(position);
+                return Err(self
+                    .foreign_oom_kill(usage, usage_any, response, &server_logs_directory)
+                    .await);
+            }
+            return Ok(response);
+        }
         let _slot = self.claim_slot()?;
         let server_logs_directory = request.server_logs_directory.clone();
 

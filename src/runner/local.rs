@@ -19,12 +19,14 @@ use crate::build_directory::{
     open_directory_beneath, BuildDirectory, PathError, ResolvedDirectory,
 };
 use crate::cgroup::action::{ActionCgroup, ActionCgroupManager};
+use crate::cgroup::parse::parse_single_value;
+use crate::cgroup::CgroupCounters;
 use crate::process::lookup::find_program;
 use crate::process::reaper::{ChildExit, SpawnedChild};
 use crate::process::signal_name;
 use crate::process::spawn::{spawn, Identity, ProcessSpec};
 use crate::process::terminate::{signal_group, terminate_cgroup, terminate_group};
-use crate::proto::resourceusage::PosixResourceUsage;
+use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 
 use super::{Runner, RunnerError};
@@ -45,6 +47,9 @@ pub struct LocalRunnerOptions {
     /// `oom_score_adj` for actions (what the runner started with, before
     /// lowering its own).
     pub action_oom_score_adj: Option<i32>,
+    /// With action cgroups: append each action's own `CgroupResourceUsage`,
+    /// measured just before its cgroup is removed.
+    pub sample_action_cgroups: bool,
 }
 
 /// Runs actions as child processes. See the module documentation.
@@ -146,10 +151,24 @@ impl Runner for LocalRunner {
             .map_err(|err| RunnerError::Internal(format!("action supervisor failed: {err}")))?;
         drop(cancel);
         match supervised {
-            Supervised::Exited(exit) => {
+            Supervised::Exited(exit, cgroup_usage) => {
                 tracing::info!(pid, argv0, exit_code = ?exit.exit_code(), signal = ?exit.signal(),
                     elapsed = ?started.elapsed(), "action exited");
-                response(&exit)
+                let mut response = response(&exit)?;
+                match cgroup_usage {
+                    None => {}
+                    Some(Ok(usage)) => {
+                        response
+                            .resource_usage
+                            .push(prost_types::Any::from_msg(&usage).map_err(|err| {
+                                RunnerError::Internal(format!(
+                                    "cannot encode CgroupResourceUsage: {err}"
+                                ))
+                            })?)
+                    }
+                    Some(Err(err)) => return Err(RunnerError::Internal(err)),
+                }
+                Ok(response)
             }
             Supervised::Terminated => Err(RunnerError::unavailable(format!(
                 "action {argv0:?} was terminated because the runner is shutting down"
@@ -159,7 +178,9 @@ impl Runner for LocalRunner {
 }
 
 enum Supervised {
-    Exited(ChildExit),
+    /// The action exited; with sampled action cgroups, its cgroup's usage
+    /// (or why it could not be measured).
+    Exited(ChildExit, Option<Result<CgroupResourceUsage, String>>),
     Terminated,
 }
 
@@ -181,9 +202,13 @@ async fn supervise(
                 // (`cmd &`) must not outlive it.
                 signal_group(pid, Signal::SIGKILL);
             }
+            let usage = match &cgroup {
+                Some(handle) if handle.before.is_some() => Some(measure(handle).await),
+                _ => None,
+            };
             release(cgroup, pid, "exited").await;
             return match exit {
-                Ok(exit) => Supervised::Exited(exit),
+                Ok(exit) => Supervised::Exited(exit, usage),
                 // The reaper keeps every registered sender until it reaps.
                 Err(_) => Supervised::Terminated,
             };
@@ -213,12 +238,53 @@ async fn supervise(
 struct ActionCgroupHandle {
     manager: Arc<ActionCgroupManager>,
     cgroup: ActionCgroup,
+    /// Counters right after creation, when the action's usage is sampled.
+    before: Option<CgroupCounters>,
+}
+
+/// The usage of an exited action's own cgroup. Everything the action did
+/// is in it, and nothing else: no reset of memory.peak is needed, and it
+/// works on kernels before 6.12 too.
+async fn measure(handle: &ActionCgroupHandle) -> Result<CgroupResourceUsage, String> {
+    let path = handle.cgroup.path.clone();
+    let before = handle.before.clone();
+    tokio::task::spawn_blocking(move || {
+        let after = CgroupCounters::read(&path)
+            .map_err(|err| format!("cannot read the action's cgroup after it exited: {err}"))?;
+        let mut usage = match &before {
+            Some(before) => after.usage_since(before),
+            None => after.usage_since(&after),
+        };
+        usage.memory_peak = read_memory_peak(&path);
+        Ok(usage)
+    })
+    .await
+    .map_err(|err| format!("measuring the action's cgroup failed: {err}"))?
+}
+
+/// `memory.peak` of a cgroup, or 0 ("not measured") without one.
+fn read_memory_peak(cgroup: &std::path::Path) -> i64 {
+    let path = cgroup.join("memory.peak");
+    match std::fs::read_to_string(&path).map(|text| parse_single_value(&text)) {
+        Ok(Ok(bytes)) => i64::try_from(bytes).unwrap_or(i64::MAX),
+        Ok(Err(err)) => {
+            tracing::error!(path = %path.display(), %err, "cannot parse memory.peak; reporting 0");
+            0
+        }
+        Err(err) => {
+            tracing::warn!(path = %path.display(), %err, "cannot read memory.peak; reporting 0");
+            0
+        }
+    }
 }
 
 /// Kills what is left of the action, verifies its cgroup is empty and
 /// removes it. A failure has already marked the runner dirty.
 async fn release(cgroup: Option<ActionCgroupHandle>, pid: i32, ended: &str) {
-    let Some(ActionCgroupHandle { manager, cgroup }) = cgroup else {
+    let Some(ActionCgroupHandle {
+        manager, cgroup, ..
+    }) = cgroup
+    else {
         return;
     };
     let path = cgroup.path.clone();
@@ -296,12 +362,10 @@ fn prepare_and_spawn(
         None
     };
     let cgroup = match &options.action_cgroups {
-        Some(manager) => Some(ActionCgroupHandle {
-            manager: manager.clone(),
-            cgroup: manager.create().map_err(|err| {
-                RunnerError::Internal(format!("cannot create the action's cgroup: {err}"))
-            })?,
-        }),
+        Some(manager) => Some(create_action_cgroup(
+            manager,
+            options.sample_action_cgroups,
+        )?),
         None => None,
     };
     let cgroup_procs = match &cgroup {
@@ -325,13 +389,45 @@ fn prepare_and_spawn(
     match spawned {
         Ok(child) => Ok((child, cgroup)),
         Err(err) => {
-            if let Some(ActionCgroupHandle { manager, cgroup }) = cgroup {
+            if let Some(ActionCgroupHandle {
+                manager, cgroup, ..
+            }) = cgroup
+            {
                 // Nothing ran in it; a failure here marks the runner dirty.
                 let _ = manager.release(cgroup);
             }
             Err(spawn_error(argv0, &program, err))
         }
     }
+}
+
+/// Creates the action's cgroup and, when its usage is sampled, reads its
+/// initial counters.
+fn create_action_cgroup(
+    manager: &Arc<ActionCgroupManager>,
+    sample: bool,
+) -> Result<ActionCgroupHandle, RunnerError> {
+    let cgroup = manager.create().map_err(|err| {
+        RunnerError::Internal(format!("cannot create the action's cgroup: {err}"))
+    })?;
+    let before = if sample {
+        match CgroupCounters::read(&cgroup.path) {
+            Ok(counters) => Some(counters),
+            Err(err) => {
+                let _ = manager.release(cgroup);
+                return Err(RunnerError::Internal(format!(
+                    "cannot read the new action cgroup's counters: {err}"
+                )));
+            }
+        }
+    } else {
+        None
+    };
+    Ok(ActionCgroupHandle {
+        manager: manager.clone(),
+        cgroup,
+        before,
+    })
 }
 
 fn optional_directory(
