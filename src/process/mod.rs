@@ -12,6 +12,10 @@ pub mod reaper;
 pub mod spawn;
 pub mod terminate;
 
+/// Where the process table is mounted; everything that reads it takes the
+/// root as a parameter so tests can point it elsewhere.
+pub const DEFAULT_PROC_ROOT: &str = "/proc";
+
 /// The name of a signal without its `SIG` prefix, as bb_runner reports it in
 /// `termination_signal` (`KILL`, `SEGV`, `RTMIN+3`).
 pub fn signal_name(signal: i32) -> String {
