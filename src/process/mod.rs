@@ -6,8 +6,11 @@
 //! - [`spawn`]: building the child: its directory, root, identity, process
 //!   group and descriptors, set up between fork and exec.
 //! - [`terminate`]: graceful termination of a process group.
+//! - [`privileges`]: whether the runner may do what its configuration asks
+//!   of the kernel (switching identity, chroot).
 
 pub mod lookup;
+pub mod privileges;
 pub mod reaper;
 pub mod spawn;
 pub mod terminate;
