@@ -9,6 +9,7 @@
 
 pub mod clean;
 pub mod local;
+pub mod readiness;
 
 use std::sync::Arc;
 
