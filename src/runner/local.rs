@@ -234,7 +234,9 @@ fn create_output(
     build_directory.create_file(relative, field).map_err(path_error)
 }
 
-fn path_error(err: PathError) -> RunnerError {
+/// A path the request names is its own fault (INVALID_ARGUMENT) unless the
+/// failure is the host's.
+pub(crate) fn path_error(err: PathError) -> RunnerError {
     if err.is_request_error() {
         RunnerError::InvalidArgument(err.to_string())
     } else {

@@ -10,6 +10,7 @@
 pub mod clean;
 pub mod local;
 pub mod readiness;
+pub mod temporary_directory_symlinking;
 
 use std::sync::Arc;
 
