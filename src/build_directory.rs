@@ -225,7 +225,10 @@ mod tests {
     #[test]
     fn opens_nested_directory_and_reports_host_path() {
         let f = fixture();
-        let dir = f.build.open_directory("action/root", "input_root_directory").unwrap();
+        let dir = f
+            .build
+            .open_directory("action/root", "input_root_directory")
+            .unwrap();
         assert_eq!(dir.path, f.build.path().join("action/root"));
         let sub = open_directory_beneath(dir.fd.as_fd(), "sub", "working_directory").unwrap();
         drop(sub);
@@ -241,7 +244,10 @@ mod tests {
     #[test]
     fn absolute_paths_are_refused_with_the_field_name() {
         let f = fixture();
-        let err = f.build.open_directory("/etc", "input_root_directory").unwrap_err();
+        let err = f
+            .build
+            .open_directory("/etc", "input_root_directory")
+            .unwrap_err();
         assert!(matches!(err, PathError::Absolute { .. }), "{err}");
         assert!(err.to_string().contains("input_root_directory"));
         let err = f.build.create_file("/tmp/x", "stdout_path").unwrap_err();
@@ -251,17 +257,28 @@ mod tests {
     #[test]
     fn dot_dot_leaving_the_build_directory_is_refused() {
         let f = fixture();
-        let err = f.build.open_directory("../outside", "temporary_directory").unwrap_err();
+        let err = f
+            .build
+            .open_directory("../outside", "temporary_directory")
+            .unwrap_err();
         assert!(matches!(err, PathError::Escapes { .. }), "{err}");
-        let err = f.build.create_file("action/../../outside/new", "stdout_path").unwrap_err();
+        let err = f
+            .build
+            .create_file("action/../../outside/new", "stdout_path")
+            .unwrap_err();
         assert!(matches!(err, PathError::Escapes { .. }), "{err}");
-        assert!(!f.outside.join("new").exists(), "nothing may be created outside");
+        assert!(
+            !f.outside.join("new").exists(),
+            "nothing may be created outside"
+        );
     }
 
     #[test]
     fn dot_dot_staying_inside_is_allowed() {
         let f = fixture();
-        f.build.open_directory("action/root/../root/sub", "working_directory").unwrap();
+        f.build
+            .open_directory("action/root/../root/sub", "working_directory")
+            .unwrap();
     }
 
     #[test]
@@ -270,20 +287,28 @@ mod tests {
         symlink(&f.outside, f.build.path().join("action/out")).unwrap();
         symlink("../../outside", f.build.path().join("action/rel-out")).unwrap();
         for link in ["action/out", "action/rel-out"] {
-            let err = f.build.open_directory(link, "input_root_directory").unwrap_err();
+            let err = f
+                .build
+                .open_directory(link, "input_root_directory")
+                .unwrap_err();
             assert!(matches!(err, PathError::Escapes { .. }), "{link}: {err}");
             let file = format!("{link}/stdout");
             let err = f.build.create_file(&file, "stdout_path").unwrap_err();
             assert!(matches!(err, PathError::Escapes { .. }), "{file}: {err}");
         }
-        assert!(!f.outside.join("stdout").exists(), "nothing may be written outside");
+        assert!(
+            !f.outside.join("stdout").exists(),
+            "nothing may be written outside"
+        );
     }
 
     #[test]
     fn symlink_within_the_build_directory_is_followed() {
         let f = fixture();
         symlink("root", f.build.path().join("action/alias")).unwrap();
-        f.build.open_directory("action/alias/sub", "working_directory").unwrap();
+        f.build
+            .open_directory("action/alias/sub", "working_directory")
+            .unwrap();
     }
 
     #[test]
@@ -291,28 +316,50 @@ mod tests {
         let f = fixture();
         let mut file = f.build.create_file("action/stdout", "stdout_path").unwrap();
         file.write_all(b"hello").unwrap();
-        let err = f.build.create_file("action/stdout", "stdout_path").unwrap_err();
+        let err = f
+            .build
+            .create_file("action/stdout", "stdout_path")
+            .unwrap_err();
         assert!(matches!(err, PathError::AlreadyExists { .. }), "{err}");
-        assert_eq!(std::fs::read(f.build.path().join("action/stdout")).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::read(f.build.path().join("action/stdout")).unwrap(),
+            b"hello"
+        );
     }
 
     #[test]
     fn final_symlink_of_an_output_file_is_not_followed() {
         let f = fixture();
-        symlink(f.outside.join("secret"), f.build.path().join("action/stderr")).unwrap();
-        let err = f.build.create_file("action/stderr", "stderr_path").unwrap_err();
+        symlink(
+            f.outside.join("secret"),
+            f.build.path().join("action/stderr"),
+        )
+        .unwrap();
+        let err = f
+            .build
+            .create_file("action/stderr", "stderr_path")
+            .unwrap_err();
         assert!(matches!(err, PathError::AlreadyExists { .. }), "{err}");
-        assert_eq!(std::fs::read_to_string(f.outside.join("secret")).unwrap(), "secret");
+        assert_eq!(
+            std::fs::read_to_string(f.outside.join("secret")).unwrap(),
+            "secret"
+        );
     }
 
     #[test]
     fn missing_and_non_directory_paths_are_named() {
         let f = fixture();
-        let err = f.build.open_directory("action/nope", "temporary_directory").unwrap_err();
+        let err = f
+            .build
+            .open_directory("action/nope", "temporary_directory")
+            .unwrap_err();
         assert!(matches!(err, PathError::NotFound { .. }), "{err}");
         assert!(err.to_string().contains("action/nope"));
         std::fs::write(f.build.path().join("action/file"), "").unwrap();
-        let err = f.build.open_directory("action/file", "temporary_directory").unwrap_err();
+        let err = f
+            .build
+            .open_directory("action/file", "temporary_directory")
+            .unwrap_err();
         assert!(matches!(err, PathError::NotADirectory { .. }), "{err}");
     }
 
@@ -333,10 +380,16 @@ mod tests {
     #[test]
     fn open_in_root_treats_the_directory_as_root() {
         let f = fixture();
-        let root = f.build.open_directory("action/root", "input_root_directory").unwrap();
+        let root = f
+            .build
+            .open_directory("action/root", "input_root_directory")
+            .unwrap();
         // "/sub" and "/../sub" both name <root>/sub, never the host's /.
         open_in_root(root.fd.as_fd(), "/sub").unwrap();
         open_in_root(root.fd.as_fd(), "/../sub").unwrap();
-        assert_eq!(open_in_root(root.fd.as_fd(), "/etc").unwrap_err(), Errno::ENOENT);
+        assert_eq!(
+            open_in_root(root.fd.as_fd(), "/etc").unwrap_err(),
+            Errno::ENOENT
+        );
     }
 }

@@ -68,10 +68,13 @@ pub async fn connect(target: &Target) -> Result<Channel, ClientError> {
                 target: target_name(target),
                 source,
             })?;
-            endpoint.connect().await.map_err(|source| ClientError::Connect {
-                target: target_name(target),
-                source,
-            })
+            endpoint
+                .connect()
+                .await
+                .map_err(|source| ClientError::Connect {
+                    target: target_name(target),
+                    source,
+                })
         }
     }
 }
@@ -104,13 +107,18 @@ impl ActionDirectory {
         let path = build_directory.join(&relative);
         for sub in ["root", "tmp", "server_logs"] {
             let dir = path.join(sub);
-            std::fs::create_dir_all(&dir).map_err(|source| ClientError::Prepare { path: dir, source })?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| ClientError::Prepare { path: dir, source })?;
         }
         Ok(ActionDirectory { relative, path })
     }
 
     /// The Run request for `arguments` in this directory.
-    pub fn request(&self, arguments: Vec<String>, environment: Vec<(String, String)>) -> RunRequest {
+    pub fn request(
+        &self,
+        arguments: Vec<String>,
+        environment: Vec<(String, String)>,
+    ) -> RunRequest {
         let at = |sub: &str| format!("{}/{sub}", self.relative);
         RunRequest {
             arguments,
@@ -212,14 +220,20 @@ pub fn any_json(any: &prost_types::Any) -> Value {
             return Value::Object(object);
         }
     }
-    object.insert("valueHex".into(), Value::String(any.value.iter().map(|b| format!("{b:02x}")).collect()));
+    object.insert(
+        "valueHex".into(),
+        Value::String(any.value.iter().map(|b| format!("{b:02x}")).collect()),
+    );
     Value::Object(object)
 }
 
 fn posix_json(usage: &PosixResourceUsage) -> Map<String, Value> {
     let mut map = Map::new();
     map.insert("userTime".into(), duration_json(usage.user_time.as_ref()));
-    map.insert("systemTime".into(), duration_json(usage.system_time.as_ref()));
+    map.insert(
+        "systemTime".into(),
+        duration_json(usage.system_time.as_ref()),
+    );
     let numbers = [
         ("maximumResidentSetSize", usage.maximum_resident_set_size),
         ("pageReclaims", usage.page_reclaims),
@@ -231,7 +245,10 @@ fn posix_json(usage: &PosixResourceUsage) -> Map<String, Value> {
         ("messagesReceived", usage.messages_received),
         ("signalsReceived", usage.signals_received),
         ("voluntaryContextSwitches", usage.voluntary_context_switches),
-        ("involuntaryContextSwitches", usage.involuntary_context_switches),
+        (
+            "involuntaryContextSwitches",
+            usage.involuntary_context_switches,
+        ),
     ];
     for (name, value) in numbers {
         map.insert(name.into(), json!(value));
@@ -250,7 +267,10 @@ fn cgroup_json(usage: &CgroupResourceUsage) -> Map<String, Value> {
         ("memoryEventsMax", usage.memory_events_max),
         ("memoryEventsOom", usage.memory_events_oom),
         ("memoryEventsOomKill", usage.memory_events_oom_kill),
-        ("memoryEventsOomGroupKill", usage.memory_events_oom_group_kill),
+        (
+            "memoryEventsOomGroupKill",
+            usage.memory_events_oom_group_kill,
+        ),
         ("memoryPeak", usage.memory_peak),
     ];
     for (name, value) in numbers {
@@ -325,7 +345,10 @@ mod tests {
             ..Default::default()
         };
         let value = any_json(&prost_types::Any::from_msg(&usage).unwrap());
-        assert_eq!(value["@type"], "type.googleapis.com/buildbarn.resourceusage.POSIXResourceUsage");
+        assert_eq!(
+            value["@type"],
+            "type.googleapis.com/buildbarn.resourceusage.POSIXResourceUsage"
+        );
         assert_eq!(value["maximumResidentSetSize"], 4096);
         assert_eq!(value["terminationSignal"], "SEGV");
     }

@@ -18,8 +18,8 @@ use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHRO
 use rbe_runner::process::spawn::Identity;
 use rbe_runner::process::DEFAULT_PROC_ROOT;
 use rbe_runner::runner::local::{LocalRunner, LocalRunnerOptions};
-use rbe_runner::runner::{clean, readiness, temporary_directory_symlinking};
 use rbe_runner::runner::SharedRunner;
+use rbe_runner::runner::{clean, readiness, temporary_directory_symlinking};
 use rbe_runner::server::BoundServers;
 
 const USAGE: &str = "\
@@ -36,7 +36,11 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         None | Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
-            return if args.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if args.is_empty() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
         Some("--version") => {
             println!("rbe-runner {}", env!("CARGO_PKG_VERSION"));
@@ -45,7 +49,10 @@ fn main() -> ExitCode {
         Some("check-config") => check_config(&args[1..]),
         Some("exec") => return exec(&args[1..]),
         Some(_) if args.len() == 1 => serve(PathBuf::from(&args[0])),
-        Some(_) => Err(anyhow::anyhow!("unexpected arguments {:?}\n{USAGE}", &args[1..])),
+        Some(_) => Err(anyhow::anyhow!(
+            "unexpected arguments {:?}\n{USAGE}",
+            &args[1..]
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,10 +97,16 @@ fn serve(config_file: PathBuf) -> anyhow::Result<()> {
 fn apply_process_settings(config: &Config) -> anyhow::Result<()> {
     if let Some(umask) = config.global.set_umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
-        tracing::info!(umask = format!("{umask:03o}"), "umask set for the runner and its actions");
+        tracing::info!(
+            umask = format!("{umask:03o}"),
+            "umask set for the runner and its actions"
+        );
     }
     for key in &config.global.ignored_keys {
-        tracing::warn!(key, "configuration key has no effect in rbe-runner and is ignored");
+        tracing::warn!(
+            key,
+            "configuration key has no effect in rbe-runner and is ignored"
+        );
     }
     if !config.apple_xcode_developer_directories.is_empty() {
         tracing::warn!("appleXcodeDeveloperDirectories is ignored on Linux");
@@ -107,7 +120,10 @@ fn apply_process_settings(config: &Config) -> anyhow::Result<()> {
 /// Decorators that are decoded but not built yet.
 fn reject_unimplemented(config: &Config) -> anyhow::Result<()> {
     let unimplemented = [
-        ("sampleCgroupResourceUsage", config.sample_cgroup_resource_usage),
+        (
+            "sampleCgroupResourceUsage",
+            config.sample_cgroup_resource_usage,
+        ),
         ("actionCgroups", config.action_cgroups.is_some()),
     ];
     for (field, set) in unimplemented {
@@ -119,10 +135,8 @@ fn reject_unimplemented(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn serve_config(config: Config) -> anyhow::Result<()> {
-    let build_directory = Arc::new(
-        BuildDirectory::open(&config.build_directory_path)
-            .context("buildDirectoryPath")?,
-    );
+    let build_directory =
+        Arc::new(BuildDirectory::open(&config.build_directory_path).context("buildDirectoryPath")?);
 
     // The runner chain, innermost first, as bb_runner composes it.
     let proc_root = Path::new(DEFAULT_PROC_ROOT);
@@ -173,7 +187,9 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         ));
     }
     for path in &config.clean_temporary_directories {
-        cleaners.push(Box::new(DirectoryCleaner::open(path).context("cleanTemporaryDirectories")?));
+        cleaners.push(Box::new(
+            DirectoryCleaner::open(path).context("cleanTemporaryDirectories")?,
+        ));
     }
     if let Some(cleaner) = &config.run_command_cleaner {
         cleaners.push(Box::new(CommandCleaner::new(cleaner.arguments.clone())));
@@ -189,7 +205,10 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     }
 
     let servers = BoundServers::bind(&config.grpc_servers).await?;
-    let stop_gracefully = config.grpc_servers.iter().all(|server| server.stop_gracefully);
+    let stop_gracefully = config
+        .grpc_servers
+        .iter()
+        .all(|server| server.stop_gracefully);
     tracing::info!(
         listeners = ?servers.listener_names(),
         build_directory = %build_directory.path().display(),
@@ -211,9 +230,10 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
 
 async fn wait_for_shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; shut down with SIGKILL");
         return std::future::pending().await;
     };
@@ -306,7 +326,10 @@ fn exec(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("rbe-runner exec: cannot start the async runtime: {err}");

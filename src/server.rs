@@ -18,9 +18,9 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::{Code, Request, Response, Status};
 
 use crate::config::GrpcServerConfig;
+use crate::proto::rpc;
 use crate::proto::runner::runner_server::{Runner as RunnerService, RunnerServer};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
-use crate::proto::rpc;
 use crate::runner::{RunnerError, SharedRunner};
 
 /// Maps a runner error to its gRPC status. The only such mapping.
@@ -99,8 +99,14 @@ pub enum ServeError {
 
 /// A bound listener, ready to serve.
 enum Listener {
-    Unix { path: PathBuf, listener: UnixListener },
-    Tcp { address: String, listener: TcpListener },
+    Unix {
+        path: PathBuf,
+        listener: UnixListener,
+    },
+    Tcp {
+        address: String,
+        listener: TcpListener,
+    },
 }
 
 impl Listener {
@@ -126,20 +132,24 @@ impl BoundServers {
             let mut listeners = Vec::new();
             for path in &config.listen_paths {
                 remove_stale_socket(path)?;
-                let listener = UnixListener::bind(path).map_err(|source| ServeError::UnixSocket {
-                    path: path.clone(),
-                    source,
-                })?;
+                let listener =
+                    UnixListener::bind(path).map_err(|source| ServeError::UnixSocket {
+                        path: path.clone(),
+                        source,
+                    })?;
                 listeners.push(Listener::Unix {
                     path: path.clone(),
                     listener,
                 });
             }
             for address in &config.listen_addresses {
-                let listener = TcpListener::bind(address).await.map_err(|source| ServeError::Tcp {
-                    address: address.clone(),
-                    source,
-                })?;
+                let listener =
+                    TcpListener::bind(address)
+                        .await
+                        .map_err(|source| ServeError::Tcp {
+                            address: address.clone(),
+                            source,
+                        })?;
                 let address = listener
                     .local_addr()
                     .map(|a| a.to_string())
@@ -201,7 +211,10 @@ impl BoundServers {
                             router
                                 .serve_with_incoming_shutdown(incoming, stopped)
                                 .await
-                                .map_err(|source| ServeError::Transport { listener: name, source })
+                                .map_err(|source| ServeError::Transport {
+                                    listener: name,
+                                    source,
+                                })
                         });
                     }
                     Listener::Tcp { listener, .. } => {
@@ -210,7 +223,10 @@ impl BoundServers {
                             router
                                 .serve_with_incoming_shutdown(incoming, stopped)
                                 .await
-                                .map_err(|source| ServeError::Transport { listener: name, source })
+                                .map_err(|source| ServeError::Transport {
+                                    listener: name,
+                                    source,
+                                })
                         });
                     }
                 }
@@ -269,7 +285,10 @@ mod tests {
     #[test]
     fn every_error_kind_maps_to_its_code() {
         let cases = [
-            (RunnerError::InvalidArgument("bad".into()), Code::InvalidArgument),
+            (
+                RunnerError::InvalidArgument("bad".into()),
+                Code::InvalidArgument,
+            ),
             (RunnerError::Internal("ours".into()), Code::Internal),
             (RunnerError::unavailable("retry"), Code::Unavailable),
         ];
@@ -307,7 +326,10 @@ mod tests {
         assert!(!socket.exists());
         let file = dir.path().join("precious");
         std::fs::write(&file, "data").unwrap();
-        assert!(matches!(remove_stale_socket(&file), Err(ServeError::NotASocket { .. })));
+        assert!(matches!(
+            remove_stale_socket(&file),
+            Err(ServeError::NotASocket { .. })
+        ));
         assert!(file.exists());
     }
 }

@@ -24,7 +24,11 @@ async fn empty_arguments_are_invalid() {
     let request = action.request(vec![], vec![]);
     let status = runner.client().await.run(request).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("arguments"), "{}", status.message());
+    assert!(
+        status.message().contains("arguments"),
+        "{}",
+        status.message()
+    );
 }
 
 // ---- 2. paths stay inside the build directory ----
@@ -38,22 +42,76 @@ async fn paths_escaping_the_build_directory_are_refused_and_nothing_is_written_o
     symlink(&outside, action.path.join("link-out")).unwrap();
     let base = shell_request(&action, "echo hi");
     let escapes: Vec<(&str, RunRequest)> = vec![
-        ("stdout_path", RunRequest { stdout_path: outside.join("abs").display().to_string(), ..base.clone() }),
-        ("stdout_path", RunRequest { stdout_path: format!("{}/../../outside/dotdot", action.relative), ..base.clone() }),
-        ("stderr_path", RunRequest { stderr_path: format!("{}/link-out/via-symlink", action.relative), ..base.clone() }),
-        ("input_root_directory", RunRequest { input_root_directory: "/".into(), ..base.clone() }),
-        ("input_root_directory", RunRequest { input_root_directory: format!("{}/link-out", action.relative), ..base.clone() }),
-        ("working_directory", RunRequest { working_directory: "../../..".into(), ..base.clone() }),
-        ("temporary_directory", RunRequest { temporary_directory: "..".into(), ..base.clone() }),
+        (
+            "stdout_path",
+            RunRequest {
+                stdout_path: outside.join("abs").display().to_string(),
+                ..base.clone()
+            },
+        ),
+        (
+            "stdout_path",
+            RunRequest {
+                stdout_path: format!("{}/../../outside/dotdot", action.relative),
+                ..base.clone()
+            },
+        ),
+        (
+            "stderr_path",
+            RunRequest {
+                stderr_path: format!("{}/link-out/via-symlink", action.relative),
+                ..base.clone()
+            },
+        ),
+        (
+            "input_root_directory",
+            RunRequest {
+                input_root_directory: "/".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "input_root_directory",
+            RunRequest {
+                input_root_directory: format!("{}/link-out", action.relative),
+                ..base.clone()
+            },
+        ),
+        (
+            "working_directory",
+            RunRequest {
+                working_directory: "../../..".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "temporary_directory",
+            RunRequest {
+                temporary_directory: "..".into(),
+                ..base.clone()
+            },
+        ),
     ];
     let mut client = runner.client().await;
     for (field, request) in escapes {
         let status = client.run(request).await.unwrap_err();
-        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {}", status.message());
-        assert!(status.message().contains(field), "{field}: {}", status.message());
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{field}: {}",
+            status.message()
+        );
+        assert!(
+            status.message().contains(field),
+            "{field}: {}",
+            status.message()
+        );
     }
     let written: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
-    assert!(written.is_empty(), "files were created outside: {written:?}");
+    assert!(
+        written.is_empty(),
+        "files were created outside: {written:?}"
+    );
 }
 
 // ---- 3. stdout/stderr are created exclusively and written by the child ----
@@ -70,14 +128,20 @@ async fn existing_output_file_is_an_error_and_is_not_clobbered() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("stdout_path"), "{}", status.message());
+    assert!(
+        status.message().contains("stdout_path"),
+        "{}",
+        status.message()
+    );
     assert_eq!(read(&action.path.join("stdout")), "precious");
 }
 
 #[tokio::test]
 async fn a_64_mib_stdout_arrives_whole() {
     let runner = TestRunner::start(json!({}));
-    let (action, result) = runner.run_shell("head -c 67108864 /dev/zero; echo err >&2").await;
+    let (action, result) = runner
+        .run_shell("head -c 67108864 /dev/zero; echo err >&2")
+        .await;
     assert_eq!(result.unwrap().exit_code, 0);
     let metadata = std::fs::metadata(action.path.join("stdout")).unwrap();
     assert_eq!(metadata.len(), 64 * 1024 * 1024);
@@ -95,10 +159,19 @@ async fn working_directory_is_relative_to_the_input_root() {
         working_directory: "pkg/sub".into(),
         ..shell_request(&action, "pwd")
     };
-    let response = runner.client().await.run(request).await.unwrap().into_inner();
+    let response = runner
+        .client()
+        .await
+        .run(request)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.exit_code, 0);
     let pwd = read(&action.path.join("stdout"));
-    assert_eq!(pwd.trim(), action.path.join("root/pkg/sub").display().to_string());
+    assert_eq!(
+        pwd.trim(),
+        action.path.join("root/pkg/sub").display().to_string()
+    );
 }
 
 #[tokio::test]
@@ -113,9 +186,23 @@ async fn relative_path_entries_resolve_in_the_working_directory_and_argv0_stays_
         vec!["hello".into(), "world".into()],
         vec![("PATH".into(), format!("/nonexistent:tools/bin:{TEST_PATH}"))],
     );
-    let response = runner.client().await.run(request).await.unwrap().into_inner();
-    assert_eq!(response.exit_code, 0, "{}", read(&action.path.join("stderr")));
-    assert_eq!(read(&action.path.join("stdout")), "0=tools/bin/hello 1=world\n");
+    let response = runner
+        .client()
+        .await
+        .run(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        response.exit_code,
+        0,
+        "{}",
+        read(&action.path.join("stderr"))
+    );
+    assert_eq!(
+        read(&action.path.join("stdout")),
+        "0=tools/bin/hello 1=world\n"
+    );
 }
 
 #[tokio::test]
@@ -128,25 +215,46 @@ async fn program_not_in_path_is_invalid_and_named() {
     );
     let status = runner.client().await.run(request).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("no-such-program-xyz"), "{}", status.message());
-    assert!(status.message().contains("/nonexistent:rel/bin"), "{}", status.message());
+    assert!(
+        status.message().contains("no-such-program-xyz"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("/nonexistent:rel/bin"),
+        "{}",
+        status.message()
+    );
 }
 
 // ---- 5. environment ----
 
 #[tokio::test]
 async fn environment_is_exactly_the_request_plus_tmpdir() {
-    let runner = TestRunner::start_with(json!({ "setTmpdirEnvironmentVariable": true }), |command| {
-        command.env("RUNNER_SECRET_MARKER", "must-not-leak");
-    });
+    let runner =
+        TestRunner::start_with(json!({ "setTmpdirEnvironmentVariable": true }), |command| {
+            command.env("RUNNER_SECRET_MARKER", "must-not-leak");
+        });
     let action = runner.action();
     let request = action.request(
         vec!["/usr/bin/env".into()],
-        vec![("PATH".into(), TEST_PATH.into()), ("FOO".into(), "bar baz".into())],
+        vec![
+            ("PATH".into(), TEST_PATH.into()),
+            ("FOO".into(), "bar baz".into()),
+        ],
     );
-    let response = runner.client().await.run(request).await.unwrap().into_inner();
+    let response = runner
+        .client()
+        .await
+        .run(request)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.exit_code, 0);
-    let mut lines: Vec<String> = read(&action.path.join("stdout")).lines().map(String::from).collect();
+    let mut lines: Vec<String> = read(&action.path.join("stdout"))
+        .lines()
+        .map(String::from)
+        .collect();
     lines.sort();
     let mut expected = vec![
         "FOO=bar baz".to_string(),
@@ -181,15 +289,30 @@ async fn spawn_failures_are_invalid_arguments_naming_the_path() {
     std::fs::set_permissions(root.join("garbage"), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::create_dir(root.join("a-directory")).unwrap();
     let mut client = runner.client().await;
-    for program in ["./not-executable", "./garbage", "./a-directory", "./missing", "/nonexistent/tool"] {
+    for program in [
+        "./not-executable",
+        "./garbage",
+        "./a-directory",
+        "./missing",
+        "/nonexistent/tool",
+    ] {
         let action = runner.action();
         for name in ["not-executable", "garbage", "a-directory"] {
             let _ = std::fs::rename(root.join(name), action.path.join("root").join(name));
         }
         let request = action.request(vec![program.into()], vec![]);
         let status = client.run(request).await.unwrap_err();
-        assert_eq!(status.code(), Code::InvalidArgument, "{program}: {}", status.message());
-        assert!(status.message().contains(program), "{program}: {}", status.message());
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{program}: {}",
+            status.message()
+        );
+        assert!(
+            status.message().contains(program),
+            "{program}: {}",
+            status.message()
+        );
         for name in ["not-executable", "garbage", "a-directory"] {
             let _ = std::fs::rename(action.path.join("root").join(name), root.join(name));
         }
@@ -230,11 +353,20 @@ async fn resource_usage_is_the_actions_own() {
     let ((_, big), (_, small)) = tokio::join!(big, small);
     let (big, small) = (big.unwrap(), small.unwrap());
     let any = &big.resource_usage[0];
-    assert_eq!(any.type_url, "type.googleapis.com/buildbarn.resourceusage.POSIXResourceUsage");
+    assert_eq!(
+        any.type_url,
+        "type.googleapis.com/buildbarn.resourceusage.POSIXResourceUsage"
+    );
     let big_rss = posix_usage(&big).maximum_resident_set_size;
     let small_rss = posix_usage(&small).maximum_resident_set_size;
-    assert!(big_rss >= 64 * 1024 * 1024, "dd's maxrss in bytes: {big_rss}");
-    assert!(small_rss < 32 * 1024 * 1024, "the small action's maxrss: {small_rss}");
+    assert!(
+        big_rss >= 64 * 1024 * 1024,
+        "dd's maxrss in bytes: {big_rss}"
+    );
+    assert!(
+        small_rss < 32 * 1024 * 1024,
+        "the small action's maxrss: {small_rss}"
+    );
     assert!(small_rss > 0);
 }
 
@@ -275,13 +407,17 @@ async fn six_actions_run_concurrently() {
 async fn cancelled_action_gets_sigterm_and_its_whole_group_is_gone() {
     let runner = TestRunner::start(json!({ "terminationGracePeriod": "5s" }));
     let action = runner.action();
-    let script = "trap 'echo got-TERM > term; exit 0' TERM; sleep 1000 & echo $! > bg; echo $$ > pid; wait";
+    let script =
+        "trap 'echo got-TERM > term; exit 0' TERM; sleep 1000 & echo $! > bg; echo $$ > pid; wait";
     let mut request = tonic::Request::new(shell_request(&action, script));
     request.set_timeout(Duration::from_millis(1500));
     let status = runner.client().await.run(request).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
     let root = action.path.join("root");
-    eventually("the action records its pids", SETTLE, || root.join("bg").exists()).await;
+    eventually("the action records its pids", SETTLE, || {
+        root.join("bg").exists()
+    })
+    .await;
     let leader: i32 = read(&root.join("pid")).trim().parse().unwrap();
     let background: i32 = read(&root.join("bg")).trim().parse().unwrap();
     eventually("the trap runs", SETTLE, || root.join("term").exists()).await;
@@ -304,11 +440,17 @@ async fn action_ignoring_sigterm_is_killed_at_the_grace_deadline() {
     let status = runner.client().await.run(request).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
     let root = action.path.join("root");
-    eventually("the action records its pid", SETTLE, || root.join("pid").exists()).await;
+    eventually("the action records its pid", SETTLE, || {
+        root.join("pid").exists()
+    })
+    .await;
     let leader: i32 = read(&root.join("pid")).trim().parse().unwrap();
     eventually("the action is killed", SETTLE, || !process_exists(leader)).await;
     eventually("the kill is logged", SETTLE, || {
-        runner.log().join("\n").contains("killed with SIGKILL at the grace deadline")
+        runner
+            .log()
+            .join("\n")
+            .contains("killed with SIGKILL at the grace deadline")
     })
     .await;
 }
@@ -319,7 +461,10 @@ async fn background_children_do_not_survive_a_normal_exit() {
     let (action, result) = runner.run_shell("sleep 1000 & echo $! > bg").await;
     assert_eq!(result.unwrap().exit_code, 0);
     let background: i32 = read(&action.path.join("root/bg")).trim().parse().unwrap();
-    eventually("the background child is gone", SETTLE, || !process_exists(background)).await;
+    eventually("the background child is gone", SETTLE, || {
+        !process_exists(background)
+    })
+    .await;
 }
 
 // ---- 11. readiness ----
@@ -330,11 +475,15 @@ async fn check_readiness_requires_the_path_to_exist() {
     let action = runner.action();
     let mut client = runner.client().await;
     client
-        .check_readiness(CheckReadinessRequest { path: action.relative.clone() })
+        .check_readiness(CheckReadinessRequest {
+            path: action.relative.clone(),
+        })
         .await
         .unwrap();
     let status = client
-        .check_readiness(CheckReadinessRequest { path: "missing".into() })
+        .check_readiness(CheckReadinessRequest {
+            path: "missing".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Internal);
@@ -347,7 +496,10 @@ async fn check_readiness_requires_the_path_to_exist() {
 async fn shutdown_terminates_running_actions_and_removes_the_socket() {
     let mut runner = TestRunner::start(json!({ "terminationGracePeriod": "5s" }));
     let action = runner.action();
-    let request = shell_request(&action, "trap 'echo got-TERM > term; exit 0' TERM; echo $$ > pid; sleep 1000 & wait");
+    let request = shell_request(
+        &action,
+        "trap 'echo got-TERM > term; exit 0' TERM; echo $$ > pid; sleep 1000 & wait",
+    );
     let mut client = runner.client().await;
     let call = tokio::spawn(async move { client.run(request).await });
     let root = action.path.join("root");
@@ -373,7 +525,10 @@ async fn shutdown_with_stop_gracefully_lets_actions_finish() {
     let mut client = runner.client().await;
     let call = tokio::spawn(async move { client.run(request).await });
     let root = action.path.join("root");
-    eventually("the action started", SETTLE, || root.join("started").exists()).await;
+    eventually("the action started", SETTLE, || {
+        root.join("started").exists()
+    })
+    .await;
     runner.signal_terminate();
     // The runner must let the action run; allow it to finish now.
     std::fs::write(&marker, "").unwrap();
@@ -398,5 +553,8 @@ async fn health_service_reports_serving() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(response.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        response.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }

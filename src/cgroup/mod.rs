@@ -1,1 +1,94 @@
-//! placeholder
+//! The cgroup v2 model that per-action accounting builds on.
+//!
+//! - [`locate`]: finding the runner's own cgroup directory from
+//!   `/proc/self/cgroup` and `/proc/self/mountinfo`.
+//! - [`parse`]: pure parsers of the kernel files we read (`memory.events`,
+//!   the PSI files, single values).
+//! - [`counters`]: a snapshot of a cgroup's cumulative counters and the
+//!   per-action usage between two snapshots, as the protocol message.
+//! - [`peak`]: the peak memory use during one action, through a
+//!   `memory.peak` descriptor reset for that action.
+//! - [`capabilities`]: the startup check (accounting cannot work without
+//!   it) and the probe of optional measurements (for the startup log).
+//!
+//! Every function takes the cgroup directory (or the `/proc` files) as a
+//! parameter; the real locations appear only as `DEFAULT_` constants in
+//! [`locate`]. The file I/O here is blocking; async callers use
+//! `spawn_blocking`.
+
+pub mod capabilities;
+pub mod counters;
+pub mod locate;
+pub mod parse;
+pub mod peak;
+
+#[cfg(test)]
+mod test_support;
+
+pub use capabilities::{
+    check_required_files, probe_capabilities, CapabilityError, CgroupCapabilities,
+    MemoryPeakCapability,
+};
+pub use counters::{CgroupCounters, CounterError};
+pub use locate::{
+    locate_cgroup, locate_own_cgroup, LocateError, DEFAULT_PROC_SELF_CGROUP,
+    DEFAULT_PROC_SELF_MOUNTINFO,
+};
+pub use parse::{MemoryEvents, ParseError, PressureTotals};
+pub use peak::{MemoryPeakTracker, PeakError, PeakUnavailable};
+
+// Names of the cgroup v2 interface files we use, relative to a cgroup
+// directory.
+const CGROUP_PROCS_FILE: &str = "cgroup.procs";
+const CGROUP_TYPE_FILE: &str = "cgroup.type";
+const MEMORY_EVENTS_FILE: &str = "memory.events";
+const MEMORY_PEAK_FILE: &str = "memory.peak";
+const CPU_PRESSURE_FILE: &str = "cpu.pressure";
+const MEMORY_PRESSURE_FILE: &str = "memory.pressure";
+const IO_PRESSURE_FILE: &str = "io.pressure";
+
+#[cfg(test)]
+mod host_tests {
+    //! Read-only checks against the kernel the tests run on. They never
+    //! write to any cgroup.
+
+    use std::path::Path;
+
+    use super::*;
+
+    /// The PSI files of this process's cgroup v2 as the running kernel writes
+    /// them. On a hybrid host the process sits in the unified hierarchy's
+    /// root (/sys/fs/cgroup/unified), whose PSI files are system-wide. Fails
+    /// loudly on a host without cgroup v2 or PSI, which the runner needs.
+    #[test]
+    fn the_running_kernel_psi_files_parse() {
+        let cgroup = locate_own_cgroup(
+            Path::new(DEFAULT_PROC_SELF_CGROUP),
+            Path::new(DEFAULT_PROC_SELF_MOUNTINFO),
+        )
+        .expect("locating this process's cgroup v2");
+        for file in [CPU_PRESSURE_FILE, MEMORY_PRESSURE_FILE, IO_PRESSURE_FILE] {
+            let path = cgroup.join(file);
+            let read = || {
+                let text = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
+                parse::parse_pressure(&text)
+                    .unwrap_or_else(|error| panic!("parsing {}: {error}\n{text}", path.display()))
+            };
+            let first = read();
+            let second = read();
+            // Full stalls are a subset of partial ones.
+            assert!(
+                first.some_micros >= first.full_micros,
+                "{}: {first:?}",
+                path.display()
+            );
+            // Totals only grow.
+            assert!(
+                second.some_micros >= first.some_micros && second.full_micros >= first.full_micros,
+                "{}: {first:?} then {second:?}",
+                path.display()
+            );
+        }
+    }
+}

@@ -92,8 +92,14 @@ mod tests {
     fn argv0_with_a_slash_is_used_as_is() {
         let dir = tempfile::tempdir().unwrap();
         let wd = open_dir(dir.path());
-        assert_eq!(find_program("./tool", None, wd.as_fd(), None).unwrap(), "./tool");
-        assert_eq!(find_program("/bin/sh", None, wd.as_fd(), None).unwrap(), "/bin/sh");
+        assert_eq!(
+            find_program("./tool", None, wd.as_fd(), None).unwrap(),
+            "./tool"
+        );
+        assert_eq!(
+            find_program("/bin/sh", None, wd.as_fd(), None).unwrap(),
+            "/bin/sh"
+        );
     }
 
     #[test]
@@ -122,7 +128,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         executable(&dir.path().join("script"));
         let wd = open_dir(dir.path());
-        assert_eq!(find_program("script", Some("/nonexistent:"), wd.as_fd(), None).unwrap(), "./script");
+        assert_eq!(
+            find_program("script", Some("/nonexistent:"), wd.as_fd(), None).unwrap(),
+            "./script"
+        );
     }
 
     #[test]
@@ -133,18 +142,25 @@ mod tests {
         std::fs::write(dir.path().join("b/tool"), "").unwrap();
         executable(&dir.path().join("c/tool"));
         let wd = open_dir(dir.path());
-        assert_eq!(find_program("tool", Some("a:b:c"), wd.as_fd(), None).unwrap(), "c/tool");
+        assert_eq!(
+            find_program("tool", Some("a:b:c"), wd.as_fd(), None).unwrap(),
+            "c/tool"
+        );
     }
 
     #[test]
     fn not_found_names_argv0_and_path() {
         let dir = tempfile::tempdir().unwrap();
         let wd = open_dir(dir.path());
-        let err = find_program("no-such-tool", Some("/nonexistent:rel"), wd.as_fd(), None).unwrap_err();
+        let err =
+            find_program("no-such-tool", Some("/nonexistent:rel"), wd.as_fd(), None).unwrap_err();
         let message = err.to_string();
         assert!(message.contains("no-such-tool"), "{message}");
         assert!(message.contains("/nonexistent:rel"), "{message}");
-        assert!(find_program("sh", None, wd.as_fd(), None).is_err(), "no PATH in the request means no lookup");
+        assert!(
+            find_program("sh", None, wd.as_fd(), None).is_err(),
+            "no PATH in the request means no lookup"
+        );
     }
 
     #[test]

@@ -100,7 +100,9 @@ impl Reaper {
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         // A panic while holding the lock cannot leave the map inconsistent
         // (each operation is a single insert or remove), so keep going.
-        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn reap_forever(&self) {

@@ -32,7 +32,9 @@ impl std::fmt::Display for TerminationOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             TerminationOutcome::ExitedAfterSigterm => "stopped by SIGTERM",
-            TerminationOutcome::KilledAtGraceDeadline => "killed with SIGKILL at the grace deadline",
+            TerminationOutcome::KilledAtGraceDeadline => {
+                "killed with SIGKILL at the grace deadline"
+            }
         })
     }
 }

@@ -18,9 +18,9 @@ use tokio::sync::{oneshot, watch};
 use crate::build_directory::{open_directory_beneath, BuildDirectory, PathError};
 use crate::process::lookup::find_program;
 use crate::process::reaper::{ChildExit, SpawnedChild};
+use crate::process::signal_name;
 use crate::process::spawn::{spawn, Identity, ProcessSpec};
 use crate::process::terminate::{signal_group, terminate_group};
-use crate::process::signal_name;
 use crate::proto::resourceusage::PosixResourceUsage;
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 
@@ -78,12 +78,16 @@ impl LocalRunner {
 impl Runner for LocalRunner {
     async fn check_readiness(&self, request: CheckReadinessRequest) -> Result<(), RunnerError> {
         let build_directory = self.build_directory.clone();
-        blocking(move || match build_directory.check_exists(&request.path, "path") {
-            Ok(()) => Ok(()),
-            // bb_runner answers INTERNAL for a missing readiness path.
-            Err(err @ PathError::NotFound { .. }) => Err(RunnerError::Internal(err.to_string())),
-            Err(err) => Err(path_error(err)),
-        })
+        blocking(
+            move || match build_directory.check_exists(&request.path, "path") {
+                Ok(()) => Ok(()),
+                // bb_runner answers INTERNAL for a missing readiness path.
+                Err(err @ PathError::NotFound { .. }) => {
+                    Err(RunnerError::Internal(err.to_string()))
+                }
+                Err(err) => Err(path_error(err)),
+            },
+        )
         .await
     }
 
@@ -96,7 +100,8 @@ impl Runner for LocalRunner {
         let argv0 = request.arguments[0].clone();
         let build_directory = self.build_directory.clone();
         let options = self.options.clone();
-        let child = blocking(move || prepare_and_spawn(&build_directory, &options, &request)).await?;
+        let child =
+            blocking(move || prepare_and_spawn(&build_directory, &options, &request)).await?;
         let pid = child.pid;
         let started = Instant::now();
         tracing::debug!(pid, argv0, "action started");
@@ -192,7 +197,9 @@ fn prepare_and_spawn(
     }
 
     let argv0 = &request.arguments[0];
-    let root = options.chroot_into_input_root.then(|| input_root.fd.as_fd());
+    let root = options
+        .chroot_into_input_root
+        .then(|| input_root.fd.as_fd());
     let program = find_program(
         argv0,
         environment.get("PATH").map(String::as_str),
@@ -231,7 +238,9 @@ fn create_output(
             "{field} is empty: a path relative to the build directory is required"
         )));
     }
-    build_directory.create_file(relative, field).map_err(path_error)
+    build_directory
+        .create_file(relative, field)
+        .map_err(path_error)
 }
 
 /// A path the request names is its own fault (INVALID_ARGUMENT) unless the
@@ -251,9 +260,14 @@ fn spawn_error(argv0: &str, program: &str, err: std::io::Error) -> RunnerError {
         format!("cannot execute {argv0:?} (found as {program:?}): {err}")
     };
     match err.raw_os_error() {
-        Some(libc::ENOENT | libc::EACCES | libc::EPERM | libc::EISDIR | libc::ENOEXEC | libc::ENOTDIR) => {
-            RunnerError::InvalidArgument(message)
-        }
+        Some(
+            libc::ENOENT
+            | libc::EACCES
+            | libc::EPERM
+            | libc::EISDIR
+            | libc::ENOEXEC
+            | libc::ENOTDIR,
+        ) => RunnerError::InvalidArgument(message),
         _ => RunnerError::Internal(message),
     }
 }

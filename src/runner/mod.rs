@@ -67,7 +67,9 @@ impl RunnerError {
     /// Prefixes the message with context, keeping the kind and any details.
     pub fn context(self, prefix: impl std::fmt::Display) -> Self {
         match self {
-            RunnerError::InvalidArgument(m) => RunnerError::InvalidArgument(format!("{prefix}: {m}")),
+            RunnerError::InvalidArgument(m) => {
+                RunnerError::InvalidArgument(format!("{prefix}: {m}"))
+            }
             RunnerError::Unavailable { message, details } => RunnerError::Unavailable {
                 message: format!("{prefix}: {message}"),
                 details,

@@ -89,7 +89,10 @@ impl TestRunner {
             log,
         };
         if serving_rx.recv_timeout(STARTUP_TIMEOUT).is_err() {
-            panic!("rbe-runner did not start serving; log:\n{}", runner.log().join("\n"));
+            panic!(
+                "rbe-runner did not start serving; log:\n{}",
+                runner.log().join("\n")
+            );
         }
         runner
     }
@@ -115,10 +118,18 @@ impl TestRunner {
     }
 
     /// Runs `sh -c script` in a fresh action directory.
-    pub async fn run_shell(&self, script: &str) -> (ActionDirectory, Result<RunResponse, tonic::Status>) {
+    pub async fn run_shell(
+        &self,
+        script: &str,
+    ) -> (ActionDirectory, Result<RunResponse, tonic::Status>) {
         let action = self.action();
         let request = shell_request(&action, script);
-        let result = self.client().await.run(request).await.map(|r| r.into_inner());
+        let result = self
+            .client()
+            .await
+            .run(request)
+            .await
+            .map(|r| r.into_inner());
         (action, result)
     }
 
@@ -199,7 +210,9 @@ fn merge(base: &mut Value, extra: Value) {
         (Value::Object(base), Value::Object(extra)) => {
             for (key, value) in extra {
                 match base.get_mut(&key) {
-                    Some(existing) if existing.is_object() && value.is_object() => merge(existing, value),
+                    Some(existing) if existing.is_object() && value.is_object() => {
+                        merge(existing, value)
+                    }
                     _ => {
                         base.insert(key, value);
                     }
@@ -211,7 +224,9 @@ fn merge(base: &mut Value, extra: Value) {
         (Value::Array(base), Value::Array(extra)) => {
             for (index, value) in extra.into_iter().enumerate() {
                 match base.get_mut(index) {
-                    Some(existing) if existing.is_object() && value.is_object() => merge(existing, value),
+                    Some(existing) if existing.is_object() && value.is_object() => {
+                        merge(existing, value)
+                    }
                     Some(existing) => *existing = value,
                     None => base.push(value),
                 }
