@@ -45,6 +45,9 @@ pub struct LocalRunner {
     options: LocalRunnerOptions,
     /// Set to true to terminate every running action (shutdown).
     terminate_all: Arc<watch::Sender<bool>>,
+    /// Actions started and not yet reaped, including those still being
+    /// terminated after their call was dropped.
+    actions_running: Arc<watch::Sender<usize>>,
 }
 
 /// Terminates every action of a [`LocalRunner`], for shutdown.
@@ -65,7 +68,16 @@ impl LocalRunner {
             build_directory,
             options,
             terminate_all: Arc::new(watch::channel(false).0),
+            actions_running: Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// The number of actions started and not yet reaped. A dropped Run
+    /// call returns at once while its action is still being terminated
+    /// (SIGTERM, grace period, SIGKILL); this count says when it is gone,
+    /// for decorators that must not act while it lives (cleaning).
+    pub fn actions_running(&self) -> watch::Receiver<usize> {
+        self.actions_running.subscribe()
     }
 
     /// A handle that terminates all actions of this runner.
@@ -109,12 +121,17 @@ impl Runner for LocalRunner {
         // Dropping `cancel` (because this future was dropped) tells the
         // supervisor to terminate the action; it runs detached from the RPC.
         let (cancel, cancelled) = oneshot::channel::<()>();
-        let supervisor = tokio::spawn(supervise(
+        let running = RunningAction::count(self.actions_running.clone());
+        let supervision = supervise(
             child,
             cancelled,
             self.terminate_all.subscribe(),
             self.options.termination_grace_period,
-        ));
+        );
+        let supervisor = tokio::spawn(async move {
+            let _running = running;
+            supervision.await
+        });
         let supervised = supervisor
             .await
             .map_err(|err| RunnerError::Internal(format!("action supervisor failed: {err}")))?;
@@ -129,6 +146,22 @@ impl Runner for LocalRunner {
                 "action {argv0:?} was terminated because the runner is shutting down"
             ))),
         }
+    }
+}
+
+/// Counts one action in [`LocalRunner::actions_running`] until dropped.
+struct RunningAction(Arc<watch::Sender<usize>>);
+
+impl RunningAction {
+    fn count(actions_running: Arc<watch::Sender<usize>>) -> Self {
+        actions_running.send_modify(|count| *count += 1);
+        RunningAction(actions_running)
+    }
+}
+
+impl Drop for RunningAction {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| *count = count.saturating_sub(1));
     }
 }
 
