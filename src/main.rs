@@ -165,6 +165,7 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         },
     );
     let terminator = local.terminator();
+    let actions_running = local.actions_running();
     let mut runner: SharedRunner = Arc::new(local);
 
     // symlinkTemporaryDirectories: each path (e.g. /tmp) leads to the
@@ -195,7 +196,7 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         cleaners.push(Box::new(CommandCleaner::new(cleaner.arguments.clone())));
     }
     if !cleaners.is_empty() {
-        runner = clean::new(runner, cleaners);
+        runner = clean::new(runner, cleaners, actions_running);
     }
 
     // readinessCheckingPathnames: host paths (an NFS mount, ...) without

@@ -92,6 +92,43 @@ async fn a_daemon_left_behind_by_an_action_is_gone_before_the_next_action_starts
     );
 }
 
+#[tokio::test]
+async fn a_cancelled_action_keeps_its_grace_period_before_leftovers_are_killed() {
+    if !running_as_root("a_cancelled_action_keeps_its_grace_period_before_leftovers_are_killed") {
+        return;
+    }
+    const USER_ID: u32 = 48_302;
+    let runner = TestRunner::start(json!({
+        "runCommandsAs": { "userId": USER_ID, "groupId": USER_ID },
+        "cleanProcessTable": true,
+        "terminationGracePeriod": "10s",
+    }));
+    let action = runner.action();
+    let root = action.path.join("root");
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // The trap takes a second to finish: cleaning the process table as soon
+    // as the call is dropped would SIGKILL it first.
+    let script = "trap 'sleep 1; echo done > handled; exit 0' TERM; touch started; \
+                  while :; do sleep 0.1; done";
+    let mut request = tonic::Request::new(shell_request(&action, script));
+    request.set_timeout(std::time::Duration::from_millis(1500));
+    let status = runner.client().await.run(request).await.unwrap_err();
+    // The client's own timer may fire first (CANCELLED, "Timeout expired").
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert!(root.join("started").exists());
+    let handled = root.join("handled");
+    eventually(
+        "the SIGTERM handler finishes",
+        std::time::Duration::from_secs(20),
+        || handled.exists(),
+    )
+    .await;
+    assert_eq!(read(&handled), "done\n");
+}
+
 // ---- cleanTemporaryDirectories ----
 
 #[tokio::test]

@@ -14,7 +14,11 @@
 //! 1 → 0 cleaning still happen, so leaving is done by a guard whose `Drop`
 //! starts it. Cleaning itself always runs in a task of its own: the caller
 //! that triggered it may disappear, but callers arriving meanwhile wait for
-//! it, and must not find it abandoned halfway.
+//! it, and must not find it abandoned halfway. And since the local runner
+//! terminates the action of a dropped call in the background (SIGTERM, a
+//! grace period, SIGKILL), cleaning first waits until it reports no action
+//! running: killing leftovers or emptying `/tmp` under a terminating action
+//! would cut its grace period short or race its last writes.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -36,13 +40,22 @@ use super::{Runner, RunnerError, SharedRunner};
 /// bb_runner's order, which main keeps: process table first (so nothing is
 /// still writing), then temporary directories, then the command.
 ///
+/// `actions_running` is the local runner's count of actions not yet gone
+/// ([`super::local::LocalRunner::actions_running`]); every cleaning waits
+/// for it to be zero first.
+///
 /// Must be called within a Tokio runtime: cleanings started by a dropped
 /// call are spawned onto it.
-pub fn new(base: SharedRunner, cleaners: Vec<Box<dyn Cleaner>>) -> SharedRunner {
+pub fn new(
+    base: SharedRunner,
+    cleaners: Vec<Box<dyn Cleaner>>,
+    actions_running: watch::Receiver<usize>,
+) -> SharedRunner {
     Arc::new(CleanRunner {
         base,
         idle: Arc::new(IdleCleaner {
             cleaners,
+            actions_running,
             state: Mutex::new(State::default()),
             runtime: Handle::current(),
         }),
@@ -101,6 +114,7 @@ impl Transition {
 /// The count of calls in flight, and the cleaning in progress if any.
 struct IdleCleaner {
     cleaners: Vec<Box<dyn Cleaner>>,
+    actions_running: watch::Receiver<usize>,
     state: Mutex<State>,
     runtime: Handle,
 }
@@ -215,8 +229,12 @@ impl IdleCleaner {
         })
     }
 
-    /// Runs every cleaner in order; reports all that failed.
+    /// Once no action is left running, runs every cleaner in order;
+    /// reports all that failed.
     async fn run_cleaners(&self, transition: Transition) -> Result<(), RunnerError> {
+        let mut actions_running = self.actions_running.clone();
+        // An error means the local runner is gone, and with it its actions.
+        let _ = actions_running.wait_for(|count| *count == 0).await;
         let mut failures = Vec::new();
         for cleaner in &self.cleaners {
             if let Err(err) = cleaner.clean().await {
@@ -345,6 +363,8 @@ mod tests {
         runs: Arc<Semaphore>,
         /// Permits let held cleanings finish (only when built with one).
         cleanings: Arc<Semaphore>,
+        /// Plays the local runner's count of actions not yet gone.
+        actions_running: watch::Sender<usize>,
     }
 
     impl Harness {
@@ -372,8 +392,10 @@ mod tests {
                 started,
                 gate: runs.clone(),
             });
+            let (actions_running, actions_running_receiver) = watch::channel(0);
             Harness {
-                runner: new(base, cleaners),
+                runner: new(base, cleaners, actions_running_receiver),
+                actions_running,
                 journal,
                 cleans,
                 runs_started,
@@ -566,6 +588,29 @@ mod tests {
                 "clean a"
             ])
         );
+    }
+
+    /// A dropped Run returns while the local runner still terminates its
+    /// action; cleaning then must wait until the action is gone, or it
+    /// would kill it before its grace period ends and race its last writes.
+    #[tokio::test]
+    async fn cleaning_waits_until_no_action_is_running() {
+        let h = Harness::new(false, &["a"]);
+        let run = h.run("cancelled");
+        h.until_runs_started(1).await;
+        h.actions_running.send_replace(1);
+        run.abort();
+        assert!(run.await.unwrap_err().is_cancelled());
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            *h.cleans.borrow(),
+            1,
+            "cleaned while the action was still terminating"
+        );
+        h.actions_running.send_replace(0);
+        h.until_cleans(2).await;
     }
 
     /// Callers arriving during the 0 → 1 cleaning wait for it, then run
