@@ -104,7 +104,13 @@ impl ActionDirectory {
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let relative = format!("exec-{nanos}-{}", std::process::id());
-        let path = build_directory.join(&relative);
+        // Absolute, so that the printed stdout/stderr paths work from anywhere.
+        let path = std::path::absolute(build_directory)
+            .map_err(|source| ClientError::Prepare {
+                path: build_directory.to_path_buf(),
+                source,
+            })?
+            .join(&relative);
         for sub in ["root", "tmp", "server_logs"] {
             let dir = path.join(sub);
             std::fs::create_dir_all(&dir)

@@ -224,6 +224,11 @@ pub fn load_with_env(file: &Path, env: &BTreeMap<String, String>) -> Result<Conf
 /// be freed. Only the pages actually used are backed by memory.
 const EVALUATION_STACK_BYTES: usize = 256 << 20;
 
+/// Stack tried when the kernel refuses [`EVALUATION_STACK_BYTES`] (small
+/// machines, `vm.overcommit_memory=2`): ordinary configurations need far
+/// less, and a runner that starts beats one that refuses to.
+const FALLBACK_EVALUATION_STACK_BYTES: usize = 16 << 20;
+
 /// Runs jrsonnet on `file` and copies the result out of its lazy values.
 ///
 /// This happens on a thread of its own: jrsonnet keeps its evaluation
@@ -236,12 +241,16 @@ fn evaluate_jsonnet(file: &Path, env: &BTreeMap<String, String>) -> Result<Json,
         file: file.to_path_buf(),
         message,
     };
-    let thread_file = file.to_path_buf();
-    let thread_env = env.clone();
-    let evaluation = std::thread::Builder::new()
-        .name("jsonnet-evaluation".to_owned())
-        .stack_size(EVALUATION_STACK_BYTES)
-        .spawn(move || evaluate_on_this_thread(&thread_file, &thread_env))
+    let start = |stack_bytes: usize| {
+        let thread_file = file.to_path_buf();
+        let thread_env = env.clone();
+        std::thread::Builder::new()
+            .name("jsonnet-evaluation".to_owned())
+            .stack_size(stack_bytes)
+            .spawn(move || evaluate_on_this_thread(&thread_file, &thread_env))
+    };
+    let evaluation = start(EVALUATION_STACK_BYTES)
+        .or_else(|_| start(FALLBACK_EVALUATION_STACK_BYTES))
         .map_err(|error| jsonnet_error(format!("cannot start the evaluation thread: {error}")))?;
     match evaluation.join() {
         Ok(Ok(json)) => Ok(json),

@@ -17,6 +17,7 @@ use rbe_runner::config::{self, Config};
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
 use rbe_runner::process::spawn::Identity;
 use rbe_runner::process::DEFAULT_PROC_ROOT;
+use rbe_runner::runner::cgroup_sampling::{self, Concurrency, OwnCgroupSource};
 use rbe_runner::runner::local::{LocalRunner, LocalRunnerOptions};
 use rbe_runner::runner::SharedRunner;
 use rbe_runner::runner::{clean, readiness, temporary_directory_symlinking};
@@ -78,6 +79,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -117,19 +119,10 @@ fn apply_process_settings(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Decorators that are decoded but not built yet.
+/// Combinations that are decoded but not built yet.
 fn reject_unimplemented(config: &Config) -> anyhow::Result<()> {
-    let unimplemented = [
-        (
-            "sampleCgroupResourceUsage",
-            config.sample_cgroup_resource_usage,
-        ),
-        ("actionCgroups", config.action_cgroups.is_some()),
-    ];
-    for (field, set) in unimplemented {
-        if set {
-            bail!("{field} is not implemented yet in this version of rbe-runner");
-        }
+    if config.sample_cgroup_resource_usage && config.action_cgroups.is_some() {
+        bail!("sampleCgroupResourceUsage together with actionCgroups is not implemented yet");
     }
     Ok(())
 }
@@ -137,6 +130,24 @@ fn reject_unimplemented(config: &Config) -> anyhow::Result<()> {
 async fn serve_config(config: Config) -> anyhow::Result<()> {
     let build_directory =
         Arc::new(BuildDirectory::open(&config.build_directory_path).context("buildDirectoryPath")?);
+
+    // Every action in a cgroup of its own, in the subtree delegated to us;
+    // leftovers of a previous runner are removed before we serve.
+    let action_cgroups = match &config.action_cgroups {
+        Some(action_cgroups) => {
+            let parent_path = action_cgroups.parent_path.clone();
+            let manager = tokio::task::spawn_blocking(move || setup_action_cgroups(parent_path))
+                .await
+                .context("action cgroup setup")??;
+            Some(manager)
+        }
+        None => None,
+    };
+    // Under memory pressure the kernel should kill an action (retryable)
+    // before the runner that serves all of them.
+    let action_oom_score_adj = rbe_runner::process::lower_own_oom_score_adj(std::path::Path::new(
+        rbe_runner::process::spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ,
+    ));
 
     // The runner chain, innermost first, as bb_runner composes it.
     let proc_root = Path::new(DEFAULT_PROC_ROOT);
@@ -162,11 +173,24 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
                 additional_group_ids: identity.additional_group_ids.clone(),
             }),
             termination_grace_period: config.termination_grace_period,
+            action_cgroups,
+            action_oom_score_adj,
         },
     );
     let terminator = local.terminator();
     let actions_running = local.actions_running();
     let mut runner: SharedRunner = Arc::new(local);
+
+    // sampleCgroupResourceUsage: cgroup v2 counter deltas and OOM attribution per action.
+    if config.sample_cgroup_resource_usage {
+        let cgroup = cgroup_sampling::prepare(&OwnCgroupSource::default())?;
+        runner = cgroup_sampling::new(
+            runner,
+            cgroup,
+            build_directory.clone(),
+            Concurrency::OneActionAtATime,
+        );
+    }
 
     // symlinkTemporaryDirectories: each path (e.g. /tmp) leads to the
     // running action's temporary directory; one action at a time.
@@ -227,6 +251,34 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     servers.serve(runner, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Finds the cgroup to manage (`parentPath`, or the one we started in) and
+/// takes it over.
+fn setup_action_cgroups(
+    parent_path: Option<String>,
+) -> anyhow::Result<Arc<rbe_runner::cgroup::action::ActionCgroupManager>> {
+    use rbe_runner::cgroup::action::{mount_point_of, ActionCgroupManager};
+    use rbe_runner::cgroup::{
+        locate_own_cgroup, DEFAULT_PROC_SELF_CGROUP, DEFAULT_PROC_SELF_MOUNTINFO,
+    };
+    let own = locate_own_cgroup(
+        std::path::Path::new(DEFAULT_PROC_SELF_CGROUP),
+        std::path::Path::new(DEFAULT_PROC_SELF_MOUNTINFO),
+    )
+    .context("actionCgroups: cannot find the runner's cgroup v2")?;
+    let parent = match parent_path {
+        Some(path) => mount_point_of(&own).join(path.trim_start_matches('/')),
+        // Restarted inside the leaf a previous runner moved itself into:
+        // manage that runner's parent again.
+        None if own.ends_with("runner")
+            && own.parent().is_some_and(|p| p.join("actions").is_dir()) =>
+        {
+            own.parent().map(PathBuf::from).unwrap_or(own)
+        }
+        None => own,
+    };
+    ActionCgroupManager::setup(&parent).context("actionCgroups")
 }
 
 async fn wait_for_shutdown_signal() {

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 
 use prost::Message;
 use tokio::net::{TcpListener, UnixListener};
@@ -203,33 +204,25 @@ impl BoundServers {
                 let stopped = async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 };
-                match listener {
+                // One serving future per listener; only the stream of
+                // incoming connections differs between Unix and TCP.
+                let serving: Pin<Box<dyn Future<Output = _> + Send>> = match listener {
                     Listener::Unix { path, listener } => {
                         socket_paths.push(path);
                         let incoming = UnixListenerStream::new(listener);
-                        tasks.spawn(async move {
-                            router
-                                .serve_with_incoming_shutdown(incoming, stopped)
-                                .await
-                                .map_err(|source| ServeError::Transport {
-                                    listener: name,
-                                    source,
-                                })
-                        });
+                        Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
                     }
                     Listener::Tcp { listener, .. } => {
                         let incoming = TcpListenerStream::new(listener);
-                        tasks.spawn(async move {
-                            router
-                                .serve_with_incoming_shutdown(incoming, stopped)
-                                .await
-                                .map_err(|source| ServeError::Transport {
-                                    listener: name,
-                                    source,
-                                })
-                        });
+                        Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
                     }
-                }
+                };
+                tasks.spawn(async move {
+                    serving.await.map_err(|source| ServeError::Transport {
+                        listener: name,
+                        source,
+                    })
+                });
             }
         }
 

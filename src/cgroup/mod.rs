@@ -8,6 +8,8 @@
 //!   per-action usage between two snapshots, as the protocol message.
 //! - [`peak`]: the peak memory use during one action, through a
 //!   `memory.peak` descriptor reset for that action.
+//! - [`action`]: per-action cgroups in a delegated subtree: creation,
+//!   verified cleanup, crash recovery, and the dirty-cgroup gate.
 //! - [`capabilities`]: the startup check (accounting cannot work without
 //!   it) and the probe of optional measurements (for the startup log).
 //!
@@ -16,6 +18,7 @@
 //! [`locate`]. The file I/O here is blocking; async callers use
 //! `spawn_blocking`.
 
+pub mod action;
 pub mod capabilities;
 pub mod counters;
 pub mod locate;
@@ -23,7 +26,7 @@ pub mod parse;
 pub mod peak;
 
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 pub use capabilities::{
     check_required_files, probe_capabilities, CapabilityError, CgroupCapabilities,

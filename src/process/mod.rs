@@ -36,6 +36,48 @@ pub fn signal_name(signal: i32) -> String {
     }
 }
 
+/// How far the runner lowers its own `oom_score_adj` below its initial
+/// value: under memory pressure the kernel should pick an action, whose
+/// failure bb_worker can retry, before the runner that serves all of them.
+pub const RUNNER_OOM_SCORE_ADJ_OFFSET: i32 = 500;
+
+/// Lowers this process's `oom_score_adj` (file at `path`, normally
+/// [`spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ`]) by
+/// [`RUNNER_OOM_SCORE_ADJ_OFFSET`]. Returns the initial value, which actions
+/// should get back, when lowering succeeded; lowering needs
+/// CAP_SYS_RESOURCE, and without it the runner keeps its value (logged).
+pub fn lower_own_oom_score_adj(path: &std::path::Path) -> Option<i32> {
+    let initial: i32 = match std::fs::read_to_string(path).map(|text| text.trim().parse()) {
+        Ok(Ok(value)) => value,
+        Ok(Err(err)) => {
+            tracing::warn!(path = %path.display(), %err, "cannot parse oom_score_adj");
+            return None;
+        }
+        Err(err) => {
+            tracing::warn!(path = %path.display(), %err, "cannot read oom_score_adj");
+            return None;
+        }
+    };
+    let lowered = (initial - RUNNER_OOM_SCORE_ADJ_OFFSET).max(-1000);
+    if lowered == initial {
+        return None;
+    }
+    match std::fs::write(path, lowered.to_string()) {
+        Ok(()) => {
+            tracing::info!(
+                initial,
+                lowered,
+                "lowered the runner's oom_score_adj; actions keep the initial value"
+            );
+            Some(initial)
+        }
+        Err(err) => {
+            tracing::warn!(%err, initial, "cannot lower the runner's oom_score_adj (needs CAP_SYS_RESOURCE)");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,18 +35,30 @@ pub struct ProcessSpec {
     pub identity: Option<Identity>,
     pub stdout: File,
     pub stderr: File,
+    /// `cgroup.procs` of the action's cgroup: the child moves itself in
+    /// before anything else, so no instruction of the action runs outside.
+    pub cgroup_procs: Option<File>,
+    /// Value the child writes to its own `oom_score_adj` (the runner lowers
+    /// its own; actions get back what the runner started with).
+    pub oom_score_adj: Option<i32>,
 }
+
+/// Where a process sets its own OOM-killer preference. Opened by the child
+/// after fork, so `self` is the child.
+pub const DEFAULT_PROC_SELF_OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 
 /// Starts the process described by `spec` as the leader of a new process
 /// group, registered with the reaper.
+///
+/// The final exec is an `execve` of our own, made at the end of the
+/// pre-exec hook: std would `execvp`, whose fallback of running a file that
+/// fails with ENOEXEC through `/bin/sh` would hide a broken executable
+/// behind exit code 127 instead of reporting it, as bb_runner does.
 pub fn spawn(spec: ProcessSpec) -> io::Result<SpawnedChild> {
+    let exec = ExecArguments::new(&spec)?;
     let mut command = Command::new(&spec.program);
-    if let Some((argv0, rest)) = spec.arguments.split_first() {
-        command.arg0(argv0).args(rest);
-    }
     command
         .env_clear()
-        .envs(spec.environment.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(spec.stdout)
         .stderr(spec.stderr)
@@ -54,20 +66,35 @@ pub fn spawn(spec: ProcessSpec) -> io::Result<SpawnedChild> {
         // reaches every process it forked without touching the runner.
         .process_group(0);
 
+    let cgroup_procs = spec.cgroup_procs.as_ref().map(|file| file.as_raw_fd());
+    let oom_score_adj = spec.oom_score_adj.map(|value| {
+        let path = CString::new(DEFAULT_PROC_SELF_OOM_SCORE_ADJ).expect("no NUL in a constant");
+        (path, value.to_string().into_bytes())
+    });
     let working_directory = spec.working_directory.as_raw_fd();
     let chroot_directory = spec.chroot_directory.as_ref().map(|fd| fd.as_raw_fd());
-    let identity = spec.identity.clone().map(|identity| {
-        let groups: Vec<libc::gid_t> = identity.additional_group_ids.clone();
-        (identity, groups)
-    });
+    let identity = spec.identity.clone();
     let dot = CString::new(".").expect("no NUL in a literal");
     // SAFETY: the closure runs in the child between fork and exec, where
     // only async-signal-safe functions may be called. It calls only raw
-    // system calls (fchdir, chroot, setgroups, setgid, setuid) on values
-    // prepared before the fork, and allocates nothing. The descriptors it
-    // uses are kept open by `spec`, which outlives `spawn` below.
+    // system calls (write, open, close, fchdir, chroot, setgroups, setgid,
+    // setuid, execve) on values prepared before the fork, and allocates
+    // nothing. The descriptors it uses are kept open by `spec`, which
+    // outlives `spawn` below; the argv and envp arrays point into `exec`,
+    // which the closure owns.
     unsafe {
         command.pre_exec(move || {
+            if let Some(procs) = cgroup_procs {
+                // "0" moves the writing process: this child.
+                check_write(libc::write(procs, b"0".as_ptr().cast(), 1))?;
+            }
+            if let Some((path, value)) = &oom_score_adj {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                check(fd)?;
+                let written = libc::write(fd, value.as_ptr().cast(), value.len());
+                libc::close(fd);
+                check_write(written)?;
+            }
             if let Some(root) = chroot_directory {
                 check(libc::fchdir(root))?;
                 check(libc::chroot(dot.as_ptr()))?;
@@ -75,20 +102,94 @@ pub fn spawn(spec: ProcessSpec) -> io::Result<SpawnedChild> {
             // After a chroot this descriptor still names the working
             // directory, which lies inside the new root.
             check(libc::fchdir(working_directory))?;
-            if let Some((identity, groups)) = &identity {
+            if let Some(identity) = &identity {
                 // Groups first, then gid, then uid: after setuid we would
                 // no longer be allowed to change the others.
+                let groups = &identity.additional_group_ids;
                 check(libc::setgroups(groups.len(), groups.as_ptr()))?;
                 check(libc::setgid(identity.group_id))?;
                 check(libc::setuid(identity.user_id))?;
             }
-            Ok(())
+            libc::execve(exec.program.as_ptr(), exec.argv(), exec.envp());
+            // execve only returns on failure; std reports this error from
+            // spawn().
+            Err(io::Error::last_os_error())
         });
     }
     let spawned = reaper().spawn(&mut command);
     drop(spec.working_directory);
     drop(spec.chroot_directory);
+    drop(spec.cgroup_procs);
     spawned
+}
+
+/// NUL-terminated argv and envp arrays, built before the fork so that the
+/// child allocates nothing. Pointers are stored as `usize` (same size and
+/// representation on Linux) so that the closure owning them is Send.
+struct ExecArguments {
+    program: CString,
+    _strings: Vec<CString>,
+    argv: Vec<usize>,
+    envp: Vec<usize>,
+}
+
+impl ExecArguments {
+    fn new(spec: &ProcessSpec) -> io::Result<Self> {
+        let cstring = |text: String| {
+            CString::new(text).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "argument or environment contains NUL",
+                )
+            })
+        };
+        let program = cstring(spec.program.clone())?;
+        let argv_strings = spec
+            .arguments
+            .iter()
+            .map(|argument| cstring(argument.clone()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let env_strings = spec
+            .environment
+            .iter()
+            .map(|(key, value)| cstring(format!("{key}={value}")))
+            .collect::<io::Result<Vec<_>>>()?;
+        // Moving a CString does not move its heap buffer, so these pointers
+        // stay valid for as long as `_strings` lives.
+        let pointers = |strings: &[CString]| {
+            strings
+                .iter()
+                .map(|s| s.as_ptr() as usize)
+                .chain(std::iter::once(0))
+                .collect::<Vec<usize>>()
+        };
+        let argv = pointers(&argv_strings);
+        let envp = pointers(&env_strings);
+        let mut strings = argv_strings;
+        strings.extend(env_strings);
+        Ok(ExecArguments {
+            program,
+            _strings: strings,
+            argv,
+            envp,
+        })
+    }
+
+    fn argv(&self) -> *const *const libc::c_char {
+        self.argv.as_ptr() as *const *const libc::c_char
+    }
+
+    fn envp(&self) -> *const *const libc::c_char {
+        self.envp.as_ptr() as *const *const libc::c_char
+    }
+}
+
+fn check_write(result: libc::ssize_t) -> io::Result<()> {
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn check(result: libc::c_int) -> io::Result<()> {

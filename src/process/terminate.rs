@@ -4,6 +4,7 @@
 //! how every timed-out action ends. It kills the whole process group, not
 //! only the direct child, because build tools routinely fork helpers.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -13,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::reaper::ChildExit;
+use crate::cgroup::action::{is_populated, kill_cgroup, signal_all};
 
 /// How often an emptying process group is polled. Groups have no
 /// notification for "now empty"; polling is cheap and bounded by the grace
@@ -84,6 +86,65 @@ pub async fn terminate_group(
         }
     };
     signal_group(leader, Signal::SIGKILL);
+    let child_exit = match leader_exit {
+        Some(exit) => exit,
+        None => exit.await.ok(),
+    };
+    (child_exit, outcome)
+}
+
+/// Like [`terminate_group`], for an action in its own cgroup: SIGTERM to
+/// every process in the cgroup (daemons that left the process group
+/// included), wait up to `grace` for the cgroup to empty, then
+/// `cgroup.kill`, and wait for the leader's exit. Verifying that the cgroup
+/// is empty and removing it is the caller's next step.
+pub async fn terminate_cgroup(
+    cgroup: &Path,
+    exit: &mut oneshot::Receiver<ChildExit>,
+    grace: Duration,
+) -> (Option<ChildExit>, TerminationOutcome) {
+    let path: PathBuf = cgroup.to_path_buf();
+    let in_blocking = |work: fn(&Path) -> bool| {
+        let path = path.clone();
+        async move {
+            tokio::task::spawn_blocking(move || work(&path))
+                .await
+                .unwrap_or(true)
+        }
+    };
+    in_blocking(|path| {
+        signal_all(path, Signal::SIGTERM);
+        true
+    })
+    .await;
+    let deadline = Instant::now() + grace;
+    let mut leader_exit = None;
+    let outcome = loop {
+        if leader_exit.is_none() {
+            tokio::select! {
+                result = &mut *exit => leader_exit = Some(result.ok()),
+                _ = tokio::time::sleep(GROUP_POLL_INTERVAL) => {}
+            }
+        } else {
+            tokio::time::sleep(GROUP_POLL_INTERVAL).await;
+        }
+        let populated = in_blocking(|path| is_populated(path).unwrap_or(true)).await;
+        if leader_exit.is_some() && !populated {
+            break TerminationOutcome::ExitedAfterSigterm;
+        }
+        if Instant::now() >= deadline {
+            break TerminationOutcome::KilledAtGraceDeadline;
+        }
+    };
+    if outcome == TerminationOutcome::KilledAtGraceDeadline {
+        in_blocking(|path| {
+            if let Err(err) = kill_cgroup(path) {
+                tracing::warn!(%err, "cgroup.kill failed");
+            }
+            true
+        })
+        .await;
+    }
     let child_exit = match leader_exit {
         Some(exit) => exit,
         None => exit.await.ok(),

@@ -15,12 +15,15 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio::sync::{oneshot, watch};
 
-use crate::build_directory::{open_directory_beneath, BuildDirectory, PathError};
+use crate::build_directory::{
+    open_directory_beneath, BuildDirectory, PathError, ResolvedDirectory,
+};
+use crate::cgroup::action::{ActionCgroup, ActionCgroupManager};
 use crate::process::lookup::find_program;
 use crate::process::reaper::{ChildExit, SpawnedChild};
 use crate::process::signal_name;
 use crate::process::spawn::{spawn, Identity, ProcessSpec};
-use crate::process::terminate::{signal_group, terminate_group};
+use crate::process::terminate::{signal_group, terminate_cgroup, terminate_group};
 use crate::proto::resourceusage::PosixResourceUsage;
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 
@@ -37,6 +40,11 @@ pub struct LocalRunnerOptions {
     pub run_commands_as: Option<Identity>,
     /// Time between SIGTERM and SIGKILL when an action is stopped.
     pub termination_grace_period: Duration,
+    /// When set, every action runs in a cgroup of its own (`actionCgroups`).
+    pub action_cgroups: Option<Arc<ActionCgroupManager>>,
+    /// `oom_score_adj` for actions (what the runner started with, before
+    /// lowering its own).
+    pub action_oom_score_adj: Option<i32>,
 }
 
 /// Runs actions as child processes. See the module documentation.
@@ -62,6 +70,21 @@ impl ActionTerminator {
 }
 
 impl LocalRunner {
+    /// While an action cgroup could not be cleaned, this runner cannot
+    /// promise that nothing of an earlier action is still running: refuse
+    /// work so that bb_worker stops trusting it until it is clean.
+    fn refuse_if_dirty(&self) -> Result<(), RunnerError> {
+        match self
+            .options
+            .action_cgroups
+            .as_ref()
+            .and_then(|m| m.dirty_reason())
+        {
+            Some(reason) => Err(RunnerError::unavailable(reason)),
+            None => Ok(()),
+        }
+    }
+
     /// Creates a runner executing actions in `build_directory`.
     pub fn new(build_directory: Arc<BuildDirectory>, options: LocalRunnerOptions) -> Self {
         LocalRunner {
@@ -89,6 +112,7 @@ impl LocalRunner {
 #[tonic::async_trait]
 impl Runner for LocalRunner {
     async fn check_readiness(&self, request: CheckReadinessRequest) -> Result<(), RunnerError> {
+        self.refuse_if_dirty()?;
         let build_directory = self.build_directory.clone();
         blocking(
             move || match build_directory.check_exists(&request.path, "path") {
@@ -109,10 +133,11 @@ impl Runner for LocalRunner {
                 "arguments is empty: the first argument must name the program to run".into(),
             ));
         }
+        self.refuse_if_dirty()?;
         let argv0 = request.arguments[0].clone();
         let build_directory = self.build_directory.clone();
         let options = self.options.clone();
-        let child =
+        let (child, cgroup) =
             blocking(move || prepare_and_spawn(&build_directory, &options, &request)).await?;
         let pid = child.pid;
         let started = Instant::now();
@@ -124,6 +149,7 @@ impl Runner for LocalRunner {
         let running = RunningAction::count(self.actions_running.clone());
         let supervision = supervise(
             child,
+            cgroup,
             cancelled,
             self.terminate_all.subscribe(),
             self.options.termination_grace_period,
@@ -171,9 +197,11 @@ enum Supervised {
 }
 
 /// Waits for the action's exit, or terminates it when the RPC is gone or
-/// the runner shuts down. Always returns after the leader was reaped.
+/// the runner shuts down. Always returns after the leader was reaped and,
+/// with action cgroups, after the action's cgroup was emptied and removed.
 async fn supervise(
     mut child: SpawnedChild,
+    cgroup: Option<ActionCgroupHandle>,
     mut cancelled: oneshot::Receiver<()>,
     mut terminate_all: watch::Receiver<bool>,
     grace: Duration,
@@ -181,9 +209,12 @@ async fn supervise(
     let pid = child.pid;
     let reason = tokio::select! {
         exit = &mut child.exit => {
-            // Background processes the action left in its group (`cmd &`)
-            // must not outlive it.
-            signal_group(pid, Signal::SIGKILL);
+            if cgroup.is_none() {
+                // Background processes the action left in its group
+                // (`cmd &`) must not outlive it.
+                signal_group(pid, Signal::SIGKILL);
+            }
+            release(cgroup, pid, "exited").await;
             return match exit {
                 Ok(exit) => Supervised::Exited(exit),
                 // The reaper keeps every registered sender until it reaps.
@@ -191,12 +222,47 @@ async fn supervise(
             };
         }
         _ = &mut cancelled => "the RPC was cancelled or its deadline passed",
-        _ = terminate_all.wait_for(|terminate| *terminate) => "the runner is shutting down",
+        // The watch guard is dropped at once, which must not be held across
+        // the awaits below.
+        _ = async { drop(terminate_all.wait_for(|terminate| *terminate).await) } => {
+            "the runner is shutting down"
+        }
     };
     tracing::info!(pid, reason, "terminating action");
-    let (_, outcome) = terminate_group(pid, &mut child.exit, grace).await;
+    let outcome = match &cgroup {
+        Some(handle) => {
+            terminate_cgroup(&handle.cgroup.path, &mut child.exit, grace)
+                .await
+                .1
+        }
+        None => terminate_group(pid, &mut child.exit, grace).await.1,
+    };
+    release(cgroup, pid, &outcome.to_string()).await;
     tracing::info!(pid, reason, %outcome, "action terminated");
     Supervised::Terminated
+}
+
+/// An action's cgroup with the manager that removes it.
+struct ActionCgroupHandle {
+    manager: Arc<ActionCgroupManager>,
+    cgroup: ActionCgroup,
+}
+
+/// Kills what is left of the action, verifies its cgroup is empty and
+/// removes it. A failure has already marked the runner dirty.
+async fn release(cgroup: Option<ActionCgroupHandle>, pid: i32, ended: &str) {
+    let Some(ActionCgroupHandle { manager, cgroup }) = cgroup else {
+        return;
+    };
+    let path = cgroup.path.clone();
+    let result = tokio::task::spawn_blocking(move || manager.release(cgroup)).await;
+    match result {
+        Ok(Ok(())) => {
+            tracing::info!(pid, ended, cgroup = %path.display(), "action cgroup emptied and removed")
+        }
+        Ok(Err(err)) => tracing::error!(pid, ended, %err, "action cgroup could not be cleaned"),
+        Err(err) => tracing::error!(pid, ended, %err, "action cgroup cleanup failed"),
+    }
 }
 
 /// Resolves everything the request names and starts the process.
@@ -204,7 +270,7 @@ fn prepare_and_spawn(
     build_directory: &BuildDirectory,
     options: &LocalRunnerOptions,
     request: &RunRequest,
-) -> Result<SpawnedChild, RunnerError> {
+) -> Result<(SpawnedChild, Option<ActionCgroupHandle>), RunnerError> {
     let input_root = build_directory
         .open_directory(&request.input_root_directory, "input_root_directory")
         .map_err(path_error)?;
@@ -215,15 +281,29 @@ fn prepare_and_spawn(
     )
     .map_err(path_error)?;
 
+    // Directories the local runner itself does not use are still checked,
+    // so that no request path, used or not, may point out of the build
+    // directory.
+    let temporary_directory = optional_directory(
+        build_directory,
+        &request.temporary_directory,
+        "temporary_directory",
+    )?;
+    optional_directory(
+        build_directory,
+        &request.server_logs_directory,
+        "server_logs_directory",
+    )?;
+
     let mut environment: BTreeMap<String, String> = request
         .environment_variables
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    if options.set_tmpdir_environment_variable && !request.temporary_directory.is_empty() {
-        let temporary = build_directory
-            .open_directory(&request.temporary_directory, "temporary_directory")
-            .map_err(path_error)?;
+    if let (true, Some(temporary)) = (
+        options.set_tmpdir_environment_variable,
+        &temporary_directory,
+    ) {
         environment
             .entry("TMPDIR".into())
             .or_insert_with(|| temporary.path.to_string_lossy().into_owned());
@@ -248,7 +328,22 @@ fn prepare_and_spawn(
     } else {
         None
     };
-    spawn(ProcessSpec {
+    let cgroup = match &options.action_cgroups {
+        Some(manager) => Some(ActionCgroupHandle {
+            manager: manager.clone(),
+            cgroup: manager.create().map_err(|err| {
+                RunnerError::Internal(format!("cannot create the action's cgroup: {err}"))
+            })?,
+        }),
+        None => None,
+    };
+    let cgroup_procs = match &cgroup {
+        Some(handle) => Some(handle.cgroup.procs.try_clone().map_err(|err| {
+            RunnerError::Internal(format!("cannot duplicate cgroup.procs descriptor: {err}"))
+        })?),
+        None => None,
+    };
+    let spawned = spawn(ProcessSpec {
         program: program.clone(),
         arguments: request.arguments.clone(),
         environment: environment.into_iter().collect(),
@@ -257,8 +352,33 @@ fn prepare_and_spawn(
         identity: options.run_commands_as.clone(),
         stdout,
         stderr,
-    })
-    .map_err(|err| spawn_error(argv0, &program, err))
+        cgroup_procs,
+        oom_score_adj: options.action_oom_score_adj,
+    });
+    match spawned {
+        Ok(child) => Ok((child, cgroup)),
+        Err(err) => {
+            if let Some(ActionCgroupHandle { manager, cgroup }) = cgroup {
+                // Nothing ran in it; a failure here marks the runner dirty.
+                let _ = manager.release(cgroup);
+            }
+            Err(spawn_error(argv0, &program, err))
+        }
+    }
+}
+
+fn optional_directory(
+    build_directory: &BuildDirectory,
+    relative: &str,
+    field: &'static str,
+) -> Result<Option<ResolvedDirectory>, RunnerError> {
+    if relative.is_empty() {
+        return Ok(None);
+    }
+    build_directory
+        .open_directory(relative, field)
+        .map(Some)
+        .map_err(path_error)
 }
 
 fn create_output(
@@ -292,6 +412,9 @@ fn spawn_error(argv0: &str, program: &str, err: std::io::Error) -> RunnerError {
     } else {
         format!("cannot execute {argv0:?} (found as {program:?}): {err}")
     };
+    if err.kind() == std::io::ErrorKind::InvalidInput {
+        return RunnerError::InvalidArgument(message);
+    }
     match err.raw_os_error() {
         Some(
             libc::ENOENT

@@ -7,6 +7,7 @@
 //! runner to the generated gRPC service and maps [`RunnerError`] to a gRPC
 //! status in one place.
 
+pub mod cgroup_sampling;
 pub mod clean;
 pub mod local;
 pub mod readiness;

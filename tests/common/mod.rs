@@ -205,29 +205,25 @@ pub async fn eventually(what: &str, limit: Duration, mut condition: impl FnMut()
     }
 }
 
+/// Merges `extra` into `base`: objects key by key and arrays element by
+/// element (so a test can adjust the first gRPC server without restating
+/// its socket); anything else is replaced.
 fn merge(base: &mut Value, extra: Value) {
     match (base, extra) {
         (Value::Object(base), Value::Object(extra)) => {
             for (key, value) in extra {
                 match base.get_mut(&key) {
-                    Some(existing) if existing.is_object() && value.is_object() => {
-                        merge(existing, value)
-                    }
-                    _ => {
+                    Some(existing) => merge(existing, value),
+                    None => {
                         base.insert(key, value);
                     }
                 }
             }
         }
-        // Arrays of objects merge element-wise, so a test can adjust the
-        // first gRPC server without restating its socket.
         (Value::Array(base), Value::Array(extra)) => {
             for (index, value) in extra.into_iter().enumerate() {
                 match base.get_mut(index) {
-                    Some(existing) if existing.is_object() && value.is_object() => {
-                        merge(existing, value)
-                    }
-                    Some(existing) => *existing = value,
+                    Some(existing) => merge(existing, value),
                     None => base.push(value),
                 }
             }

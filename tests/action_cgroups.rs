@@ -1,0 +1,361 @@
+//! Per-action cgroups on this machine's real cgroup2 mount.
+//!
+//! Each test creates a uniquely named parent cgroup (removed afterwards,
+//! whatever happens), starts the real runner inside it with
+//! `actionCgroups: {}`, and checks what the kernel reports. No controllers
+//! are needed: `cgroup.kill`, `cgroup.events` and `cgroup.procs` are core
+//! files. Needs root; without it the tests say so loudly and return, except
+//! under CI, where they fail.
+
+mod common;
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use rbe_runner::cgroup::action::{kill_cgroup, mount_point_of, wait_until_empty};
+use rbe_runner::cgroup::{
+    locate_own_cgroup, DEFAULT_PROC_SELF_CGROUP, DEFAULT_PROC_SELF_MOUNTINFO,
+};
+use serde_json::json;
+use tonic::Code;
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// A test-owned parent cgroup, removed on drop with everything in it.
+struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates the cgroup, or returns None (after saying why) when this
+    /// machine cannot run the test.
+    fn create() -> Option<TestCgroup> {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let problem = if !nix::unistd::Uid::effective().is_root() {
+            Some("needs root".to_string())
+        } else {
+            match locate_own_cgroup(
+                Path::new(DEFAULT_PROC_SELF_CGROUP),
+                Path::new(DEFAULT_PROC_SELF_MOUNTINFO),
+            ) {
+                Ok(own) => {
+                    let mount = mount_point_of(&own);
+                    let path = mount.join(format!(
+                        "rbe-runner-test-{}-{}",
+                        std::process::id(),
+                        COUNTER.fetch_add(1, Ordering::SeqCst)
+                    ));
+                    match std::fs::create_dir(&path) {
+                        Ok(()) => return Some(TestCgroup { path }),
+                        Err(err) => Some(format!("cannot create {}: {err}", path.display())),
+                    }
+                }
+                Err(err) => Some(format!("no cgroup v2 here: {err}")),
+            }
+        };
+        let problem = problem.unwrap_or_default();
+        if std::env::var_os("CI").is_some() {
+            panic!("per-action cgroup tests cannot run: {problem}");
+        }
+        eprintln!("SKIPPED (per-action cgroup tests): {problem}");
+        None
+    }
+
+    fn actions(&self) -> PathBuf {
+        self.path.join("actions")
+    }
+
+    /// Names of the action cgroups currently present.
+    fn action_cgroups(&self) -> Vec<String> {
+        std::fs::read_dir(self.actions())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Starts a runner inside this cgroup.
+    fn start_runner(&self, extra: serde_json::Value) -> TestRunner {
+        let mut config = json!({ "actionCgroups": {}, "terminationGracePeriod": "2s" });
+        merge_into(&mut config, extra);
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))
+            .unwrap();
+        TestRunner::start_with(config, move |command| {
+            let fd = procs.as_raw_fd();
+            // SAFETY: only write(2) on a descriptor opened before the fork.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            // Keep the descriptor open until spawn (the closure owns a copy
+            // of the number only).
+            std::mem::forget(procs);
+        })
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = kill_cgroup(&self.path);
+        let _ = wait_until_empty(&self.path, Duration::from_secs(10));
+        remove_tree(&self.path);
+    }
+}
+
+fn remove_tree(path: &Path) {
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(path);
+}
+
+fn merge_into(base: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(base), serde_json::Value::Object(extra)) = (base.as_object_mut(), extra) {
+        base.extend(extra);
+    }
+}
+
+/// The cgroup v2 path of a process, from /proc/<pid>/cgroup.
+fn cgroup_of(pid: u32) -> String {
+    read(Path::new(&format!("/proc/{pid}/cgroup")))
+        .lines()
+        .find_map(|line| line.strip_prefix("0::").map(String::from))
+        .unwrap_or_default()
+}
+
+/// Whether the process is gone or only a zombie awaiting its reaper.
+fn not_running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+fn pid_in(path: &Path) -> i32 {
+    read(path).trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_runner_moves_into_a_leaf_and_concurrent_actions_get_their_own_cgroups() {
+    let Some(cgroup) = TestCgroup::create() else {
+        return;
+    };
+    let runner = cgroup.start_runner(json!({}));
+    assert!(
+        cgroup_of(runner.pid()).ends_with("/runner"),
+        "{}",
+        cgroup_of(runner.pid())
+    );
+
+    let barrier = runner.dir.path().join("barrier");
+    std::fs::create_dir(&barrier).unwrap();
+    let script = |i: usize| {
+        format!(
+            "grep '^0::' /proc/self/cgroup > cgroup; touch {b}/{i}; \
+             while [ $(ls {b} | wc -l) -lt 2 ]; do sleep 0.05; done",
+            b = barrier.display()
+        )
+    };
+    let (first, second) = (runner.action(), runner.action());
+    let (mut c1, mut c2) = (runner.client().await, runner.client().await);
+    let (r1, r2) = tokio::join!(
+        c1.run(shell_request(&first, &script(0))),
+        c2.run(shell_request(&second, &script(1)))
+    );
+    assert_eq!(r1.unwrap().into_inner().exit_code, 0);
+    assert_eq!(r2.unwrap().into_inner().exit_code, 0);
+    let first_cgroup = read(&first.path.join("root/cgroup"));
+    let second_cgroup = read(&second.path.join("root/cgroup"));
+    let parent_name = cgroup
+        .path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    for path in [&first_cgroup, &second_cgroup] {
+        assert!(path.contains(&format!("{parent_name}/actions/")), "{path}");
+    }
+    assert_ne!(first_cgroup, second_cgroup);
+    assert!(
+        cgroup.action_cgroups().is_empty(),
+        "left: {:?}",
+        cgroup.action_cgroups()
+    );
+}
+
+#[tokio::test]
+async fn a_daemonizing_action_leaves_no_survivor_once_run_returns() {
+    let Some(cgroup) = TestCgroup::create() else {
+        return;
+    };
+    let runner = cgroup.start_runner(json!({}));
+    // Double fork plus setsid: the daemon leaves the process group and is
+    // re-parented, which process-group cleanup cannot follow.
+    let script = "sh -c 'setsid sh -c \"echo \\$\\$ > daemon; exec sleep 1000\" < /dev/null > /dev/null 2>&1 &' ; \
+                  while [ ! -s daemon ]; do sleep 0.05; done";
+    let (action, result) = runner.run_shell(script).await;
+    assert_eq!(result.unwrap().exit_code, 0);
+    let daemon = pid_in(&action.path.join("root/daemon"));
+    assert!(
+        not_running(daemon),
+        "the daemon {daemon} survived its action"
+    );
+    assert!(
+        cgroup.action_cgroups().is_empty(),
+        "left: {:?}",
+        cgroup.action_cgroups()
+    );
+    let log = runner.log().join("\n");
+    assert!(log.contains("action cgroup emptied and removed"), "{log}");
+}
+
+#[tokio::test]
+async fn a_cancelled_action_gets_sigterm_in_every_process_and_nothing_survives() {
+    let Some(cgroup) = TestCgroup::create() else {
+        return;
+    };
+    let runner = cgroup.start_runner(json!({ "terminationGracePeriod": "5s" }));
+    let action = runner.action();
+    // The daemon is outside the action's process group: only the cgroup
+    // reaches it, so its trap firing proves the SIGTERM went to the cgroup.
+    let script = "setsid sh -c 'trap \"echo daemon-got-TERM > daemon-term; exit 0\" TERM; echo $$ > daemon; while :; do sleep 0.05; done' \
+                  < /dev/null > /dev/null 2>&1 & \
+                  trap 'echo got-TERM > term; exit 0' TERM; while [ ! -s daemon ]; do sleep 0.05; done; echo $$ > pid; \
+                  while :; do sleep 0.05; done";
+    let mut request = tonic::Request::new(shell_request(&action, script));
+    request.set_timeout(Duration::from_millis(1500));
+    let status = runner.client().await.run(request).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+    let root = action.path.join("root");
+    eventually("the action's cgroup is removed", SETTLE, || {
+        root.join("pid").exists() && cgroup.action_cgroups().is_empty()
+    })
+    .await;
+    assert_eq!(read(&root.join("term")), "got-TERM\n");
+    assert_eq!(read(&root.join("daemon-term")), "daemon-got-TERM\n");
+    assert!(not_running(pid_in(&root.join("pid"))));
+    assert!(not_running(pid_in(&root.join("daemon"))));
+    eventually("the outcome is logged", SETTLE, || {
+        runner.log().join("\n").contains("stopped by SIGTERM")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_action_ignoring_sigterm_is_killed_at_the_grace_deadline() {
+    let Some(cgroup) = TestCgroup::create() else {
+        return;
+    };
+    let runner = cgroup.start_runner(json!({ "terminationGracePeriod": "1s" }));
+    let action = runner.action();
+    let script = "trap '' TERM; echo $$ > pid; while :; do sleep 0.05; done";
+    let mut request = tonic::Request::new(shell_request(&action, script));
+    request.set_timeout(Duration::from_millis(1000));
+    runner.client().await.run(request).await.unwrap_err();
+    eventually("the action's cgroup is removed", SETTLE, || {
+        cgroup.action_cgroups().is_empty()
+    })
+    .await;
+    assert!(not_running(pid_in(&action.path.join("root/pid"))));
+    eventually("the outcome is logged", SETTLE, || {
+        runner
+            .log()
+            .join("\n")
+            .contains("killed with SIGKILL at the grace deadline")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_restarted_runner_removes_the_action_a_killed_runner_left_behind() {
+    let Some(cgroup) = TestCgroup::create() else {
+        return;
+    };
+    let mut runner = cgroup.start_runner(json!({}));
+    let action = runner.action();
+    let request = shell_request(&action, "echo $$ > pid; exec sleep 1000");
+    let mut client = runner.client().await;
+    let call = tokio::spawn(async move { client.run(request).await });
+    let root = action.path.join("root");
+    eventually("the action started", SETTLE, || {
+        root.join("pid").exists() && !read(&root.join("pid")).is_empty()
+    })
+    .await;
+    let orphan = pid_in(&root.join("pid"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(runner.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    runner.wait();
+    let _ = call.await;
+    assert!(
+        !not_running(orphan),
+        "the action must outlive the killed runner for this test"
+    );
+    assert_eq!(cgroup.action_cgroups().len(), 1);
+
+    let restarted = cgroup.start_runner(json!({}));
+    // Recovery happens before serving, so it is complete once start returns.
+    assert!(
+        cgroup.action_cgroups().is_empty(),
+        "left: {:?}",
+        cgroup.action_cgroups()
+    );
+    eventually("the orphaned action is reaped", SETTLE, || {
+        not_running(orphan)
+    })
+    .await;
+    let log = restarted.log().join("\n");
+    assert!(log.contains("left behind by a previous runner"), "{log}");
+}
+
+#[test]
+fn the_hierarchy_root_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runner.jsonnet");
+    let mut file = std::fs::File::create(&config).unwrap();
+    write!(
+        file,
+        "{{ buildDirectoryPath: '{}', grpcServers: [{{ listenPaths: ['{}'], authenticationPolicy: {{ allow: {{}} }} }}], actionCgroups: {{ parentPath: '/' }} }}",
+        dir.path().display(),
+        dir.path().join("sock").display()
+    )
+    .unwrap();
+    let output = std::process::Command::new(BIN)
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Either the root is refused (a cgroup2 host) or no cgroup v2 exists;
+    // both must say what to do.
+    assert!(
+        stderr.contains("root of the cgroup hierarchy") || stderr.contains("cgroup v2"),
+        "{stderr}"
+    );
+}

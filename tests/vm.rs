@@ -1,0 +1,390 @@
+//! Real-kernel tests: rbe-runner in a QEMU VM running Debian's 6.12 kernel
+//! with cgroup v2, driven by the harness in `tests/vm/` (see its README).
+//!
+//! They need `qemu-system-x86_64` and a few Debian packages
+//! (`sudo tests/vm/install-deps.sh`). Without them a developer's `cargo test`
+//! skips them with one line on stderr; under `CI=true` they fail instead.
+//! The VM runs one test at a time.
+
+#[path = "vm/harness.rs"]
+mod harness;
+
+use std::process::{Command, Stdio};
+
+use harness::{ExecResult, Serve};
+
+/// The harness itself, without the runner: a process over its cgroup's
+/// memory.max is OOM-killed and counted. When this fails, suspect the
+/// kernel or the harness; when only the runner tests fail, suspect the runner.
+#[test]
+fn kernel_oom_kills_a_hog_over_its_cgroups_memory_max() {
+    let Some(_vm) = harness::vm_or_skip("kernel_oom_kills_a_hog_over_its_cgroups_memory_max")
+    else {
+        return;
+    };
+    let run = harness::run_scenario("cgroup-oom");
+
+    assert_eq!(run.number("memory.max"), 64 << 20);
+    assert_eq!(
+        run.number("hog.status"),
+        128 + 9,
+        "the hog should die of SIGKILL"
+    );
+    let events = run.flat_keyed("memory.events");
+    // Killed under its own cgroup's limit: both counters move (a system OOM
+    // would show oom 0, oom_kill 1; `oom` may exceed `oom_kill`).
+    assert!(events["oom"] >= 1, "memory.events: {events:?}");
+    assert!(events["oom_kill"] >= 1, "memory.events: {events:?}");
+}
+
+/// The first runner scenario: an action that outgrows the runner's cgroup
+/// is OOM-killed by the kernel, the cgroup counts it, the runner survives,
+/// and `exec` reports the SIGKILL as bb_worker would see it.
+#[test]
+fn runner_action_over_the_runners_memory_max_is_oom_killed() {
+    let Some(_vm) = harness::vm_or_skip("runner_action_over_the_runners_memory_max_is_oom_killed")
+    else {
+        return;
+    };
+    let run = harness::run_scenario("runner-oom");
+
+    assert_eq!(run.number("memory.max"), 64 << 20);
+    let events = run.flat_keyed("memory.events");
+    assert!(events["oom"] >= 1, "memory.events: {events:?}");
+    assert!(events["oom_kill"] >= 1, "memory.events: {events:?}");
+
+    let exec = run.json("exec.json");
+    assert_eq!(
+        harness::termination_signal(&exec),
+        Some("KILL"),
+        "exec's JSON: {exec}\nexec's stderr: {}",
+        run.read("exec.stderr")
+    );
+    assert_eq!(run.number("exec.status"), 128 + 9, "exec exits 128+signal");
+
+    // The OOM killer's victim was the action, not the runner.
+    let dmesg = run.read("dmesg.txt");
+    assert!(
+        dmesg.lines().any(
+            |line| line.contains("Memory cgroup out of memory: Killed process")
+                && line.contains("(hog)")
+        ),
+        "no memcg OOM kill of the hog in dmesg:\n{dmesg}"
+    );
+    assert_eq!(run.read("runner-alive-after-action").trim(), "yes");
+    assert_eq!(
+        run.number("runner.status"),
+        0,
+        "the runner should exit 0 on SIGTERM"
+    );
+}
+
+/// `tests/vm/serve` as a developer uses it: the runner in the guest, the
+/// build directory shared with the host, and a host-side client preparing
+/// action directories and calling it over TCP.
+#[test]
+fn serve_runs_host_prepared_actions_on_the_guest_kernel() {
+    let Some(_vm) = harness::vm_or_skip("serve_runs_host_prepared_actions_on_the_guest_kernel")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let build_dir = dir.path().join("build");
+    let config_dir = dir.path().join("config");
+    std::fs::create_dir_all(&config_dir).expect("create config dir");
+    // A relative import, and a build directory and listener that serve must
+    // replace: the config is evaluated in the guest, where neither exists.
+    std::fs::write(
+        config_dir.join("common.libsonnet"),
+        "{ terminationGracePeriod: '2s' }\n",
+    )
+    .expect("write libsonnet");
+    std::fs::write(
+        config_dir.join("runner.jsonnet"),
+        "(import 'common.libsonnet') + {\n  buildDirectoryPath: '/nonexistent',\n  grpcServers: [],\n}\n",
+    )
+    .expect("write config");
+
+    let serve = Serve::start(
+        &config_dir.join("runner.jsonnet"),
+        &build_dir,
+        &["--runner-memory-max", "64M"],
+    );
+
+    let hello = exec(
+        &serve,
+        &build_dir,
+        &["/bin/sh", "-c", "uname -r; cat /proc/self/cgroup"],
+    );
+    assert_eq!(
+        hello.json["exitCode"], 0,
+        "exec: {}\n{}",
+        hello.json, hello.stderr
+    );
+    assert!(hello.status.success());
+    let stdout = hello.stdout_file();
+    assert!(
+        stdout.starts_with("6.12."),
+        "not the guest's kernel: {stdout:?}"
+    );
+    assert!(
+        stdout.contains("0::/rbe-runner"),
+        "not in the runner's cgroup: {stdout:?}"
+    );
+
+    let hog = exec(&serve, &build_dir, &["/bin/hog", "200"]);
+    assert_eq!(
+        hog.termination_signal(),
+        Some("KILL"),
+        "exec: {}\n{}",
+        hog.json,
+        hog.stderr
+    );
+    assert_eq!(hog.status.code(), Some(128 + 9));
+
+    let status = serve.stop();
+    assert!(status.success(), "serve exited with {status} after SIGTERM");
+}
+
+/// Runs `rbe-runner exec` on the host against `serve`'s runner.
+fn exec(serve: &Serve, build_dir: &std::path::Path, command: &[&str]) -> ExecResult {
+    let output = Command::new(env!("CARGO_BIN_EXE_rbe-runner"))
+        .arg("exec")
+        .arg("--address")
+        .arg(serve.address())
+        .arg("--build-dir")
+        .arg(build_dir)
+        .args(["--timeout", "120s", "--"])
+        .args(command)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run rbe-runner exec");
+    ExecResult::from_output(output)
+}
+
+// ----- sampleCgroupResourceUsage (src/runner/cgroup_sampling.rs)
+
+const CGROUP_USAGE_TYPE: &str = "type.googleapis.com/buildbarn.resourceusage.CgroupResourceUsage";
+const POSIX_USAGE_TYPE: &str = "type.googleapis.com/buildbarn.resourceusage.POSIXResourceUsage";
+const MIB: i64 = 1 << 20;
+
+/// The usage entry of type `type_url` in a list of rendered usages.
+fn usage_of_type<'a>(usages: &'a serde_json::Value, type_url: &str) -> &'a serde_json::Value {
+    usages
+        .as_array()
+        .and_then(|usages| usages.iter().find(|usage| usage["@type"] == type_url))
+        .unwrap_or_else(|| panic!("no {type_url} in {usages}"))
+}
+
+/// A protobuf-JSON duration ("1.250s") in seconds.
+fn seconds(duration: &serde_json::Value) -> f64 {
+    duration
+        .as_str()
+        .and_then(|text| text.strip_suffix('s'))
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| panic!("not a duration: {duration}"))
+}
+
+/// Seconds between the guest uptimes recorded in `NAME.start` and `NAME.end`.
+fn elapsed(run: &harness::ScenarioRun, name: &str) -> f64 {
+    let read = |suffix: &str| -> f64 {
+        let text = run.read(&format!("{name}.{suffix}"));
+        text.trim()
+            .parse()
+            .unwrap_or_else(|err| panic!("{name}.{suffix}: {err}: {text:?}"))
+    };
+    read("end") - read("start")
+}
+
+/// An action over the runner cgroup's own memory.max fails the build
+/// honestly: the Run succeeds with the SIGKILL, and the cgroup usage shows
+/// the action's own OOM and a peak at the limit.
+#[test]
+fn sampling_an_action_over_its_own_limit_reports_the_oom_and_the_peak() {
+    let Some(_vm) =
+        harness::vm_or_skip("sampling_an_action_over_its_own_limit_reports_the_oom_and_the_peak")
+    else {
+        return;
+    };
+    let run = harness::run_scenario("sampling-own-oom");
+    let exec = run.json("exec.json");
+    let context = format!("exec: {exec}\nexec's stderr: {}", run.read("exec.stderr"));
+
+    assert_eq!(run.number("memory.max"), 64 * MIB);
+    assert_eq!(exec["exitCode"], -1, "{context}");
+    assert_eq!(
+        harness::termination_signal(&exec),
+        Some("KILL"),
+        "{context}"
+    );
+    let usages = &exec["resourceUsage"];
+    assert_eq!(
+        usages[0]["@type"], POSIX_USAGE_TYPE,
+        "POSIX usage first: {context}"
+    );
+    let cgroup = usage_of_type(usages, CGROUP_USAGE_TYPE);
+    assert!(cgroup["memoryEventsOom"].as_i64() >= Some(1), "{context}");
+    assert!(
+        cgroup["memoryEventsOomKill"].as_i64() >= Some(1),
+        "{context}"
+    );
+    let peak = cgroup["memoryPeak"].as_i64().unwrap_or(0);
+    assert!(
+        (56 * MIB..=64 * MIB).contains(&peak),
+        "memory peak {peak} is not close to the 64 MiB limit: {context}"
+    );
+    eprintln!(
+        "sampling-own-oom: memory peak {peak} bytes ({:.1} MiB), Run took {:.2} s; {cgroup}",
+        peak as f64 / MIB as f64,
+        elapsed(&run, "exec")
+    );
+    assert_eq!(run.number("runner.status"), 0);
+}
+
+/// The node runs out of memory, not the action: the Run fails with
+/// UNAVAILABLE (which Bazel retries) carrying both usages, and the action's
+/// server logs explain what happened.
+#[test]
+fn sampling_a_node_oom_is_unavailable_with_the_evidence() {
+    let Some(_vm) = harness::vm_or_skip("sampling_a_node_oom_is_unavailable_with_the_evidence")
+    else {
+        return;
+    };
+    // 320M rather than 256M: the runner reserves a 256 MiB stack for Jsonnet
+    // evaluation, which a guest with about 210 MiB of RAM refuses to map.
+    let run = harness::run_scenario_with("sampling-node-oom", &["--vm-memory", "320M"]);
+    let stderr = run.read("exec.stderr");
+    let context = format!(
+        "exec's stderr: {stderr}\nmemory.events: {}\nrunner log:\n{}",
+        run.read("memory.events"),
+        run.read("runner.log")
+    );
+
+    assert_eq!(run.read("memory.max").trim(), "max", "no limit of its own");
+    assert_eq!(run.number("exec.status"), 2, "a gRPC error: {context}");
+    assert!(stderr.contains("Unavailable: An action process was OOM-killed without the action reaching its cgroup memory limit"), "{context}");
+    let details: serde_json::Value = stderr
+        .split_once("details: ")
+        .and_then(|(_, json)| serde_json::from_str(json).ok())
+        .unwrap_or_else(|| panic!("no details in exec's stderr: {context}"));
+    assert_eq!(
+        usage_of_type(&details, POSIX_USAGE_TYPE)["terminationSignal"],
+        "KILL",
+        "{context}"
+    );
+    let cgroup = usage_of_type(&details, CGROUP_USAGE_TYPE);
+    assert_eq!(cgroup["memoryEventsOom"], 0, "{context}");
+    assert!(
+        cgroup["memoryEventsOomKill"].as_i64() >= Some(1),
+        "{context}"
+    );
+
+    let diagnosis = run.read("rbe-runner-oom.txt");
+    for expected in [
+        "without the action reaching its cgroup memory limit",
+        "oom 0, oom_kill",
+        "What to do",
+    ] {
+        assert!(
+            diagnosis.contains(expected),
+            "{expected:?} not in the diagnosis:\n{diagnosis}"
+        );
+    }
+    let dmesg = run.read("dmesg.txt");
+    assert!(
+        dmesg
+            .lines()
+            .any(|line| line.contains("Out of memory: Killed process") && line.contains("(hog)")),
+        "no global OOM kill of the hog in dmesg:\n{dmesg}"
+    );
+    assert_eq!(run.read("runner-alive-after-action").trim(), "yes");
+    eprintln!(
+        "sampling-node-oom: Run took {:.2} s; {cgroup}",
+        elapsed(&run, "exec")
+    );
+}
+
+/// memory.peak keeps the cgroup's lifetime maximum; only the runner's
+/// per-descriptor reset lets a small action after a big one report its own
+/// peak.
+#[test]
+fn sampling_reports_each_actions_own_memory_peak() {
+    let Some(_vm) = harness::vm_or_skip("sampling_reports_each_actions_own_memory_peak") else {
+        return;
+    };
+    let run = harness::run_scenario("sampling-peak-reset");
+    let peak = |mebibytes: u32| {
+        let exec = run.json(&format!("hog-{mebibytes}.json"));
+        assert_eq!(exec["exitCode"], 0, "hog {mebibytes}: {exec}");
+        usage_of_type(&exec["resourceUsage"], CGROUP_USAGE_TYPE)["memoryPeak"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no memoryPeak: {exec}"))
+    };
+    let (big, small) = (peak(200), peak(20));
+    let lifetime = run.number("memory.peak.lifetime");
+    eprintln!(
+        "sampling-peak-reset: 200 MiB action peak {:.1} MiB ({:.2} s), 20 MiB action peak {:.1} MiB ({:.2} s), lifetime {:.1} MiB",
+        big as f64 / MIB as f64,
+        elapsed(&run, "hog-200"),
+        small as f64 / MIB as f64,
+        elapsed(&run, "hog-20"),
+        lifetime as f64 / MIB as f64,
+    );
+    assert!(big >= 200 * MIB, "the 200 MiB action's peak is {big}");
+    assert!(lifetime >= 200 * MIB, "lifetime peak {lifetime}");
+    assert!(
+        (20 * MIB..64 * MIB).contains(&small),
+        "the 20 MiB action's peak is {small}, not its own"
+    );
+}
+
+/// A throttled action waits for CPU, and the cgroup's PSI shows it.
+#[test]
+fn sampling_reports_cpu_pressure_of_a_throttled_action() {
+    let Some(_vm) = harness::vm_or_skip("sampling_reports_cpu_pressure_of_a_throttled_action")
+    else {
+        return;
+    };
+    let run = harness::run_scenario("sampling-cpu-pressure");
+    let exec = run.json("exec.json");
+    assert_eq!(exec["exitCode"], 0, "{exec}\n{}", run.read("exec.stderr"));
+    let cgroup = usage_of_type(&exec["resourceUsage"], CGROUP_USAGE_TYPE);
+    let some = seconds(&cgroup["cpuPressureSomeTotal"]);
+    let throttled = run.flat_keyed("cpu.stat");
+    eprintln!(
+        "sampling-cpu-pressure: cpu.max {}, cpu pressure some {some:.3} s over a {:.2} s Run, nr_throttled {}; {cgroup}",
+        run.read("cpu.max").trim(),
+        elapsed(&run, "exec"),
+        throttled.get("nr_throttled").copied().unwrap_or(0)
+    );
+    assert!(some > 0.0, "no CPU pressure reported: {cgroup}");
+}
+
+/// Sampling without the memory controller would have no OOM attribution:
+/// the runner refuses to start and says what is missing and how to fix it.
+#[test]
+fn sampling_without_the_memory_controller_refuses_to_start() {
+    let Some(_vm) = harness::vm_or_skip("sampling_without_the_memory_controller_refuses_to_start")
+    else {
+        return;
+    };
+    let run = harness::run_scenario("sampling-no-memory-controller");
+    let files = run.read("runner-cgroup.files");
+    assert!(
+        !files.contains("memory.events"),
+        "the setup failed: {files}"
+    );
+    let log = run.read("runner.log");
+    assert_eq!(run.number("runner.status"), 1, "runner log:\n{log}");
+    for expected in [
+        "sampleCgroupResourceUsage is enabled",
+        "memory.events is missing",
+        "/sys/fs/cgroup/no-memory/rbe-runner",
+        "cgroup.subtree_control",
+    ] {
+        assert!(
+            log.contains(expected),
+            "{expected:?} not in the runner log:\n{log}"
+        );
+    }
+}

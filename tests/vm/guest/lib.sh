@@ -1,0 +1,82 @@
+# Helpers shared by the guest's /init and its scenarios (busybox sh).
+# Installed as /lib/rbe-vm.sh in the initramfs.
+# shellcheck disable=SC2034  # variables set here are used by the sourcing scripts
+
+CGROUP_ROOT=/sys/fs/cgroup
+# The runner runs here, alone, so that memory.events counts only it and its
+# actions. A leaf: whatever the runner creates below it is its own business.
+RUNNER_CGROUP=$CGROUP_ROOT/rbe-runner
+# The host's per-run share: params in, results/ and runner.log out.
+SHARE=/rbe-vm
+RESULTS=$SHARE/results
+
+# Lines the host looks for on the serial console.
+marker() { echo "RBE-VM: $*" >/dev/console; }
+
+uptime_seconds() { cut -d' ' -f1 /proc/uptime; }
+
+# start_runner CONFIG MEMORY_MAX LOG: starts `rbe-runner CONFIG` inside
+# RUNNER_CGROUP, whose memory.max becomes MEMORY_MAX (empty: no limit), with
+# stdout and stderr appended to LOG. Sets RUNNER_PID.
+start_runner() {
+    mkdir -p "$RUNNER_CGROUP" || return 1
+    if [ -n "$2" ]; then
+        echo "$2" >"$RUNNER_CGROUP/memory.max" || { echo "cannot set memory.max to $2" >&2; return 1; }
+    fi
+    # The child moves itself into the cgroup before exec, so that not even
+    # the runner's first allocation is charged elsewhere.
+    # NO_COLOR: the log goes to a file, where ANSI escapes are noise.
+    NO_COLOR=1 sh -c 'echo $$ >"$0/cgroup.procs" && exec rbe-runner "$1"' \
+        "$RUNNER_CGROUP" "$1" </dev/null >>"$3" 2>&1 &
+    RUNNER_PID=$!
+}
+
+# listening tcp PORT | listening unix PATH: whether a socket listens there.
+listening() {
+    case $1 in
+    tcp)
+        # Local address column "<hex addr>:<hex port>", state 0A = LISTEN.
+        grep -qE "^ *[0-9]+: [0-9A-F]+:$(printf '%04X' "$2") [0-9A-F]+:0000 0A " /proc/net/tcp /proc/net/tcp6
+        ;;
+    unix)
+        # Flags 00010000 = __SO_ACCEPTCON, i.e. listen() was called.
+        awk -v path="$2" '$4 == "00010000" && $NF == path { found = 1 } END { exit !found }' /proc/net/unix
+        ;;
+    esac
+}
+
+# wait_listening KIND WHERE SECONDS: waits until the runner listens, giving
+# up early if it exits. Polls: /proc/net offers nothing to block on.
+wait_listening() {
+    tries=$(($3 * 10))
+    while ! listening "$1" "$2"; do
+        if ! kill -0 "$RUNNER_PID" 2>/dev/null; then
+            echo "the runner exited before listening on $1 $2" >&2
+            return 1
+        fi
+        tries=$((tries - 1))
+        if [ "$tries" -le 0 ]; then
+            echo "the runner did not listen on $1 $2 within $3 s" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+# stop_runner SECONDS: SIGTERM, then SIGKILL after SECONDS. Sets
+# RUNNER_STATUS to the runner's exit status. (Not a $(...) function: a
+# subshell cannot wait for its parent's child.)
+stop_runner() {
+    kill -TERM "$RUNNER_PID" 2>/dev/null
+    tries=$(($1 * 10))
+    while kill -0 "$RUNNER_PID" 2>/dev/null && [ "$tries" -gt 0 ]; do
+        sleep 0.1
+        tries=$((tries - 1))
+    done
+    if kill -0 "$RUNNER_PID" 2>/dev/null; then
+        echo "the runner ignored SIGTERM for $1 s; killing it" >&2
+        kill -KILL "$RUNNER_PID"
+    fi
+    wait "$RUNNER_PID"
+    RUNNER_STATUS=$?
+}
