@@ -6,12 +6,14 @@
 //! - [`runner`]: the internal [`runner::Runner`] trait, the local runner and one decorator per file.
 //! - [`build_directory`]: resolving request paths strictly beneath the build directory.
 //! - [`process`]: spawning actions, reaping, and graceful termination of process groups.
+//! - [`cleaner`]: restoring the host between actions (leftover processes, temporary directories, a command).
 //! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters.
 //! - [`server`]: listeners, shutdown, and the one mapping from runner errors to gRPC statuses.
 //! - [`client`]: the operator CLI's client side (`rbe-runner exec`).
 
 pub mod build_directory;
 pub mod cgroup;
+pub mod cleaner;
 pub mod client;
 pub mod config;
 pub mod process;

@@ -1,6 +1,6 @@
 //! rbe-runner: argv → config → runner chain → serve; and the operator CLI.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,12 +8,19 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use rbe_runner::build_directory::BuildDirectory;
+use rbe_runner::cleaner::command::CommandCleaner;
+use rbe_runner::cleaner::directory::DirectoryCleaner;
+use rbe_runner::cleaner::process_table::ProcessTableCleaner;
+use rbe_runner::cleaner::Cleaner;
 use rbe_runner::client::{self, ActionDirectory, Target};
 use rbe_runner::config::{self, Config};
+use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
 use rbe_runner::process::spawn::Identity;
+use rbe_runner::process::DEFAULT_PROC_ROOT;
 use rbe_runner::runner::cgroup_sampling::{self, Concurrency, OwnCgroupSource};
 use rbe_runner::runner::local::{LocalRunner, LocalRunnerOptions};
 use rbe_runner::runner::SharedRunner;
+use rbe_runner::runner::{clean, readiness, temporary_directory_symlinking};
 use rbe_runner::server::BoundServers;
 
 const USAGE: &str = "\
@@ -79,7 +86,6 @@ fn init_logging() {
 fn serve(config_file: PathBuf) -> anyhow::Result<()> {
     init_logging();
     let config = config::load(&config_file)?;
-    reject_unimplemented(&config)?;
     apply_process_settings(&config)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -112,32 +118,6 @@ fn apply_process_settings(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Decorators that are decoded but not built yet.
-fn reject_unimplemented(config: &Config) -> anyhow::Result<()> {
-    let unimplemented = [
-        (
-            "cleanTemporaryDirectories",
-            !config.clean_temporary_directories.is_empty(),
-        ),
-        ("cleanProcessTable", config.clean_process_table),
-        (
-            "readinessCheckingPathnames",
-            !config.readiness_checking_pathnames.is_empty(),
-        ),
-        (
-            "symlinkTemporaryDirectories",
-            !config.symlink_temporary_directories.is_empty(),
-        ),
-        ("runCommandCleaner", config.run_command_cleaner.is_some()),
-    ];
-    for (field, set) in unimplemented {
-        if set {
-            bail!("{field} is not implemented yet in this version of rbe-runner");
-        }
-    }
-    Ok(())
-}
-
 async fn serve_config(config: Config) -> anyhow::Result<()> {
     let build_directory =
         Arc::new(BuildDirectory::open(&config.build_directory_path).context("buildDirectoryPath")?);
@@ -161,6 +141,17 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     ));
 
     // The runner chain, innermost first, as bb_runner composes it.
+    let proc_root = Path::new(DEFAULT_PROC_ROOT);
+
+    // runCommandsAs and chrootIntoInputRoot need privileges; without them
+    // every action would fail with EPERM, so refuse to start instead.
+    if config.run_commands_as.is_some() {
+        privileges::require(proc_root, "runCommandsAs", &[CAP_SETUID, CAP_SETGID])?;
+    }
+    if config.chroot_into_input_root {
+        privileges::require(proc_root, "chrootIntoInputRoot", &[CAP_SYS_CHROOT])?;
+    }
+
     // Executes actions as child processes.
     let local = LocalRunner::new(
         build_directory.clone(),
@@ -179,6 +170,7 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         },
     );
     let terminator = local.terminator();
+    let actions_running = local.actions_running();
     let mut runner: SharedRunner = Arc::new(local);
 
     // sampleCgroupResourceUsage: cgroup v2 counter deltas and OOM attribution
@@ -203,6 +195,43 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
                 )
             }
         };
+    }
+
+    // symlinkTemporaryDirectories: each path (e.g. /tmp) leads to the
+    // running action's temporary directory; one action at a time.
+    for path in &config.symlink_temporary_directories {
+        runner = temporary_directory_symlinking::new(runner, path.clone(), build_directory.clone());
+    }
+
+    // cleanProcessTable, cleanTemporaryDirectories, runCommandCleaner: clean
+    // whenever the runner becomes busy or idle. bb_runner's order: kill
+    // leftover processes first, so that nothing writes to what is emptied.
+    let mut cleaners: Vec<Box<dyn Cleaner>> = Vec::new();
+    if config.clean_process_table {
+        let actions_user_id = match &config.run_commands_as {
+            Some(identity) => identity.user_id,
+            None => nix::unistd::geteuid().as_raw(),
+        };
+        cleaners.push(Box::new(
+            ProcessTableCleaner::new(proc_root, actions_user_id).context("cleanProcessTable")?,
+        ));
+    }
+    for path in &config.clean_temporary_directories {
+        cleaners.push(Box::new(
+            DirectoryCleaner::open(path).context("cleanTemporaryDirectories")?,
+        ));
+    }
+    if let Some(cleaner) = &config.run_command_cleaner {
+        cleaners.push(Box::new(CommandCleaner::new(cleaner.arguments.clone())));
+    }
+    if !cleaners.is_empty() {
+        runner = clean::new(runner, cleaners, actions_running);
+    }
+
+    // readinessCheckingPathnames: host paths (an NFS mount, ...) without
+    // which the runner is not ready, and a failed action is not trusted.
+    if !config.readiness_checking_pathnames.is_empty() {
+        runner = readiness::new(runner, config.readiness_checking_pathnames.clone());
     }
 
     let servers = BoundServers::bind(&config.grpc_servers).await?;

@@ -6,11 +6,18 @@
 //! - [`spawn`]: building the child: its directory, root, identity, process
 //!   group and descriptors, set up between fork and exec.
 //! - [`terminate`]: graceful termination of a process group.
+//! - [`privileges`]: whether the runner may do what its configuration asks
+//!   of the kernel (switching identity, chroot).
 
 pub mod lookup;
+pub mod privileges;
 pub mod reaper;
 pub mod spawn;
 pub mod terminate;
+
+/// Where the process table is mounted; everything that reads it takes the
+/// root as a parameter so tests can point it elsewhere.
+pub const DEFAULT_PROC_ROOT: &str = "/proc";
 
 /// The name of a signal without its `SIG` prefix, as bb_runner reports it in
 /// `termination_signal` (`KILL`, `SEGV`, `RTMIN+3`).

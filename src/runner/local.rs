@@ -58,6 +58,9 @@ pub struct LocalRunner {
     options: LocalRunnerOptions,
     /// Set to true to terminate every running action (shutdown).
     terminate_all: Arc<watch::Sender<bool>>,
+    /// Actions started and not yet reaped, including those still being
+    /// terminated after their call was dropped.
+    actions_running: Arc<watch::Sender<usize>>,
 }
 
 /// Terminates every action of a [`LocalRunner`], for shutdown.
@@ -93,7 +96,16 @@ impl LocalRunner {
             build_directory,
             options,
             terminate_all: Arc::new(watch::channel(false).0),
+            actions_running: Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// The number of actions started and not yet reaped. A dropped Run
+    /// call returns at once while its action is still being terminated
+    /// (SIGTERM, grace period, SIGKILL); this count says when it is gone,
+    /// for decorators that must not act while it lives (cleaning).
+    pub fn actions_running(&self) -> watch::Receiver<usize> {
+        self.actions_running.subscribe()
     }
 
     /// A handle that terminates all actions of this runner.
@@ -139,13 +151,18 @@ impl Runner for LocalRunner {
         // Dropping `cancel` (because this future was dropped) tells the
         // supervisor to terminate the action; it runs detached from the RPC.
         let (cancel, cancelled) = oneshot::channel::<()>();
-        let supervisor = tokio::spawn(supervise(
+        let running = RunningAction::count(self.actions_running.clone());
+        let supervision = supervise(
             child,
             cgroup,
             cancelled,
             self.terminate_all.subscribe(),
             self.options.termination_grace_period,
-        ));
+        );
+        let supervisor = tokio::spawn(async move {
+            let _running = running;
+            supervision.await
+        });
         let supervised = supervisor
             .await
             .map_err(|err| RunnerError::Internal(format!("action supervisor failed: {err}")))?;
@@ -174,6 +191,22 @@ impl Runner for LocalRunner {
                 "action {argv0:?} was terminated because the runner is shutting down"
             ))),
         }
+    }
+}
+
+/// Counts one action in [`LocalRunner::actions_running`] until dropped.
+struct RunningAction(Arc<watch::Sender<usize>>);
+
+impl RunningAction {
+    fn count(actions_running: Arc<watch::Sender<usize>>) -> Self {
+        actions_running.send_modify(|count| *count += 1);
+        RunningAction(actions_running)
+    }
+}
+
+impl Drop for RunningAction {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| *count = count.saturating_sub(1));
     }
 }
 
@@ -459,7 +492,9 @@ fn create_output(
         .map_err(path_error)
 }
 
-fn path_error(err: PathError) -> RunnerError {
+/// A path the request names is its own fault (INVALID_ARGUMENT) unless the
+/// failure is the host's.
+pub(crate) fn path_error(err: PathError) -> RunnerError {
     if err.is_request_error() {
         RunnerError::InvalidArgument(err.to_string())
     } else {

@@ -8,7 +8,10 @@
 //! status in one place.
 
 pub mod cgroup_sampling;
+pub mod clean;
 pub mod local;
+pub mod readiness;
+pub mod temporary_directory_symlinking;
 
 use std::sync::Arc;
 

@@ -231,3 +231,16 @@ fn merge(base: &mut Value, extra: Value) {
         (base, extra) => *base = extra,
     }
 }
+
+/// Whether a test that needs root may go on. Not root: prints a loud
+/// SKIPPED line and returns false, except under CI, which must not skip.
+pub fn running_as_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} needs root, and CI must not skip it");
+    }
+    eprintln!("SKIPPED (needs root): {test}");
+    false
+}
