@@ -192,6 +192,7 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
                     cgroup,
                     build_directory.clone(),
                     Concurrency::OneActionAtATime,
+                    Some(actions_running.clone()),
                 )
             }
         };

@@ -31,6 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use crate::build_directory::BuildDirectory;
 use crate::cgroup::{
     check_required_files, locate_own_cgroup, probe_capabilities, CapabilityError, CgroupCounters,
@@ -133,11 +135,17 @@ pub enum Concurrency {
 /// `cgroup` is the directory [`prepare`] returned. `build_directory` is
 /// where the diagnosis is written, beneath the request's
 /// `server_logs_directory`.
+///
+/// `actions_running`, the local runner's count of actions not yet reaped,
+/// lets a Run wait for an action whose call was dropped but which is still
+/// being terminated (up to the grace period): otherwise its last moments
+/// would be charged to the next action.
 pub fn new(
     base: SharedRunner,
     cgroup: PathBuf,
     build_directory: Arc<BuildDirectory>,
     concurrency: Concurrency,
+    actions_running: Option<watch::Receiver<usize>>,
 ) -> SharedRunner {
     Arc::new(CgroupSamplingRunner {
         base,
@@ -146,6 +154,7 @@ pub fn new(
         concurrency,
         sampling: AtomicBool::new(false),
         measured_by_base: false,
+        actions_running,
     })
 }
 
@@ -165,6 +174,7 @@ pub fn new_for_action_cgroups(
         concurrency: Concurrency::Unrestricted,
         sampling: AtomicBool::new(false),
         measured_by_base: true,
+        actions_running: None,
     })
 }
 
@@ -180,6 +190,8 @@ struct CgroupSamplingRunner {
     /// The base appends the usage of the action's own cgroup; only the OOM
     /// rule is applied here.
     measured_by_base: bool,
+    /// See [`new`].
+    actions_running: Option<watch::Receiver<usize>>,
 }
 
 /// Marks a Run as being sampled until dropped, which also happens when the
@@ -299,6 +311,13 @@ impl Runner for CgroupSamplingRunner {
             return Ok(response);
         }
         let _slot = self.claim_slot()?;
+        if self.concurrency == Concurrency::OneActionAtATime {
+            if let Some(actions_running) = &self.actions_running {
+                // Holding the slot, any action still counted is one being
+                // terminated after its call was dropped.
+                let _ = actions_running.clone().wait_for(|count| *count == 0).await;
+            }
+        }
         let server_logs_directory = request.server_logs_directory.clone();
 
         let cgroup = self.cgroup.clone();
@@ -614,6 +633,7 @@ mod tests {
                 cgroup.path().to_owned(),
                 build_directory,
                 concurrency,
+                None,
             );
             Fixture {
                 cgroup,

@@ -142,30 +142,28 @@ impl Runner for LocalRunner {
         let argv0 = request.arguments[0].clone();
         let build_directory = self.build_directory.clone();
         let options = self.options.clone();
-        let (child, cgroup) =
-            blocking(move || prepare_and_spawn(&build_directory, &options, &request)).await?;
-        let pid = child.pid;
-        let started = Instant::now();
-        tracing::debug!(pid, argv0, "action started");
+        let grace = self.options.termination_grace_period;
+        let terminate_all = self.terminate_all.subscribe();
 
         // Dropping `cancel` (because this future was dropped) tells the
-        // supervisor to terminate the action; it runs detached from the RPC.
+        // supervisor to terminate the action. Spawning and supervision run
+        // in one task detached from the RPC, so that a call dropped while
+        // the child is being spawned still gets it terminated, not orphaned.
         let (cancel, cancelled) = oneshot::channel::<()>();
         let running = RunningAction::count(self.actions_running.clone());
-        let supervision = supervise(
-            child,
-            cgroup,
-            cancelled,
-            self.terminate_all.subscribe(),
-            self.options.termination_grace_period,
-        );
         let supervisor = tokio::spawn(async move {
             let _running = running;
-            supervision.await
+            let (child, cgroup) =
+                blocking(move || prepare_and_spawn(&build_directory, &options, &request)).await?;
+            let pid = child.pid;
+            tracing::debug!(pid, "action started");
+            let started = Instant::now();
+            let supervised = supervise(child, cgroup, cancelled, terminate_all, grace).await;
+            Ok::<_, RunnerError>((pid, started, supervised))
         });
-        let supervised = supervisor
+        let (pid, started, supervised) = supervisor
             .await
-            .map_err(|err| RunnerError::Internal(format!("action supervisor failed: {err}")))?;
+            .map_err(|err| RunnerError::Internal(format!("action supervisor failed: {err}")))??;
         drop(cancel);
         match supervised {
             Supervised::Exited(exit, cgroup_usage) => {
@@ -177,7 +175,7 @@ impl Runner for LocalRunner {
                     Some(Ok(usage)) => {
                         response
                             .resource_usage
-                            .push(prost_types::Any::from_msg(&usage).map_err(|err| {
+                            .push(prost_types::Any::from_msg(&*usage).map_err(|err| {
                                 RunnerError::Internal(format!(
                                     "cannot encode CgroupResourceUsage: {err}"
                                 ))
@@ -213,7 +211,7 @@ impl Drop for RunningAction {
 enum Supervised {
     /// The action exited; with sampled action cgroups, its cgroup's usage
     /// (or why it could not be measured).
-    Exited(ChildExit, Option<Result<CgroupResourceUsage, String>>),
+    Exited(ChildExit, Option<Result<Box<CgroupResourceUsage>, String>>),
     Terminated,
 }
 
@@ -236,7 +234,7 @@ async fn supervise(
                 signal_group(pid, Signal::SIGKILL);
             }
             let usage = match &cgroup {
-                Some(handle) if handle.before.is_some() => Some(measure(handle).await),
+                Some(handle) if handle.before.is_some() => Some(measure(handle).await.map(Box::new)),
                 _ => None,
             };
             release(cgroup, pid, "exited").await;
@@ -280,7 +278,7 @@ struct ActionCgroupHandle {
 /// works on kernels before 6.12 too.
 async fn measure(handle: &ActionCgroupHandle) -> Result<CgroupResourceUsage, String> {
     let path = handle.cgroup.path.clone();
-    let before = handle.before.clone();
+    let before = handle.before;
     tokio::task::spawn_blocking(move || {
         let after = CgroupCounters::read(&path)
             .map_err(|err| format!("cannot read the action's cgroup after it exited: {err}"))?;

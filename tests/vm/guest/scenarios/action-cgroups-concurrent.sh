@@ -21,7 +21,7 @@ done
 wait "$pid_120"; echo $? >"$RESULTS/hog-120.status"
 # shellcheck disable=SC2154
 wait "$pid_12"; echo $? >"$RESULTS/hog-12.status"
-ls "$RUNNER_CGROUP/actions" >"$RESULTS/actions.left"
+find "$RUNNER_CGROUP/actions" -mindepth 1 -maxdepth 1 -type d >"$RESULTS/actions.left"
 
 stop_runner 20
 echo "$RUNNER_STATUS" >"$RESULTS/runner.status"
