@@ -6,7 +6,6 @@
 //! absence only makes some fields read 0 or stay unset.
 
 use std::fmt;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -165,22 +164,12 @@ fn exists(path: &Path) -> Result<bool, CapabilityError> {
     })
 }
 
-/// Reads a file, or `None` when it does not exist or the kernel refuses it
-/// as unsupported (PSI files under `psi=0` on some kernels).
+/// [`super::read_optional`], with the error naming the file.
 fn read_if_present(path: &Path) -> Result<Option<String>, CapabilityError> {
-    match fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(error)
-            if error.kind() == io::ErrorKind::NotFound
-                || error.raw_os_error() == Some(libc::EOPNOTSUPP) =>
-        {
-            Ok(None)
-        }
-        Err(source) => Err(CapabilityError::Io {
-            path: path.to_owned(),
-            source,
-        }),
-    }
+    super::read_optional(path).map_err(|source| CapabilityError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Whether a PSI file is present; a present but malformed one is an error,

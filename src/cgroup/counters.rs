@@ -108,23 +108,12 @@ impl CgroupCounters {
     }
 }
 
-/// Reads an optional file, returning `None` when it does not exist or the
-/// kernel refuses it as unsupported (PSI files on kernels booted with
-/// `psi=0`, before such files were hidden outright).
+/// [`super::read_optional`], with the error naming the file.
 fn read_optional_text(path: &Path) -> Result<Option<String>, CounterError> {
-    match fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(error)
-            if error.kind() == io::ErrorKind::NotFound
-                || error.raw_os_error() == Some(libc::EOPNOTSUPP) =>
-        {
-            Ok(None)
-        }
-        Err(source) => Err(CounterError::Io {
-            path: path.to_owned(),
-            source,
-        }),
-    }
+    super::read_optional(path).map_err(|source| CounterError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn read_pressure(path: &Path) -> Result<Option<PressureTotals>, CounterError> {

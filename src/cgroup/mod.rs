@@ -50,6 +50,22 @@ const CPU_PRESSURE_FILE: &str = "cpu.pressure";
 const MEMORY_PRESSURE_FILE: &str = "memory.pressure";
 const IO_PRESSURE_FILE: &str = "io.pressure";
 
+/// Reads an optional interface file: `None` when it does not exist or the
+/// kernel refuses it as unsupported (PSI files on kernels booted with
+/// `psi=0`, before such files were hidden outright).
+fn read_optional(path: &std::path::Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(error)
+            if error.kind() == std::io::ErrorKind::NotFound
+                || error.raw_os_error() == Some(libc::EOPNOTSUPP) =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
 #[cfg(test)]
 mod host_tests {
     //! Read-only checks against the kernel the tests run on. They never
