@@ -22,7 +22,6 @@ use rbe_runner::cgroup::{
     locate_own_cgroup, DEFAULT_PROC_SELF_CGROUP, DEFAULT_PROC_SELF_MOUNTINFO,
 };
 use serde_json::json;
-use tonic::Code;
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -242,15 +241,11 @@ async fn a_cancelled_action_gets_sigterm_in_every_process_and_nothing_survives()
     let script = "setsid sh -c 'trap \"echo daemon-got-TERM > daemon-term; exit 0\" TERM; echo $$ > daemon; while :; do sleep 0.05; done' \
                   < /dev/null > /dev/null 2>&1 & \
                   trap 'echo got-TERM > term; exit 0' TERM; while [ ! -s daemon ]; do sleep 0.05; done; echo $$ > pid; \
-                  while :; do sleep 0.05; done";
-    let mut request = tonic::Request::new(shell_request(&action, script));
-    request.set_timeout(Duration::from_millis(1500));
-    let status = runner.client().await.run(request).await.unwrap_err();
-    assert!(
-        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
-        "{status:?}"
-    );
+                  touch ready; while :; do sleep 0.05; done";
     let root = action.path.join("root");
+    runner
+        .run_and_cancel_when(shell_request(&action, script), &root.join("ready"))
+        .await;
     eventually("the action's cgroup is removed", SETTLE, || {
         root.join("pid").exists() && cgroup.action_cgroups().is_empty()
     })
@@ -272,10 +267,13 @@ async fn an_action_ignoring_sigterm_is_killed_at_the_grace_deadline() {
     };
     let runner = cgroup.start_runner(json!({ "terminationGracePeriod": "1s" }));
     let action = runner.action();
-    let script = "trap '' TERM; echo $$ > pid; while :; do sleep 0.05; done";
-    let mut request = tonic::Request::new(shell_request(&action, script));
-    request.set_timeout(Duration::from_millis(1000));
-    runner.client().await.run(request).await.unwrap_err();
+    let script = "trap '' TERM; echo $$ > pid; touch ready; while :; do sleep 0.05; done";
+    runner
+        .run_and_cancel_when(
+            shell_request(&action, script),
+            &action.path.join("root/ready"),
+        )
+        .await;
     eventually("the action's cgroup is removed", SETTLE, || {
         cgroup.action_cgroups().is_empty()
     })

@@ -133,6 +133,23 @@ impl TestRunner {
         (action, result)
     }
 
+    /// Sends `request`, waits until the action created `ready` (a file it
+    /// writes once its signal handlers are installed), then drops the call,
+    /// as bb_worker does when an action times out. Cancelling on a marker
+    /// rather than a deadline keeps the test independent of machine load.
+    pub async fn run_and_cancel_when(&self, request: RunRequest, ready: &Path) {
+        let mut client = self.client().await;
+        let call = tokio::spawn(async move { client.run(request).await });
+        eventually(
+            "the action is ready to be cancelled",
+            STARTUP_TIMEOUT,
+            || ready.exists(),
+        )
+        .await;
+        call.abort();
+        let _ = call.await;
+    }
+
     /// Sends SIGTERM and waits for the runner to exit; returns its status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         self.signal_terminate();
