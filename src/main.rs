@@ -180,10 +180,16 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     if config.sample_cgroup_resource_usage {
         runner = match &action_cgroups {
             Some(manager) => {
-                let actions = manager.actions_directory().to_path_buf();
-                rbe_runner::cgroup::check_required_files(&actions)
-                    .context("sampleCgroupResourceUsage with actionCgroups: action cgroups cannot be sampled")?;
-                cgroup_sampling::new_for_action_cgroups(runner, actions, build_directory.clone())
+                for cgroup in [manager.parent(), manager.actions_directory()] {
+                    rbe_runner::cgroup::check_required_files(cgroup).context(
+                        "sampleCgroupResourceUsage with actionCgroups: action cgroups cannot be sampled",
+                    )?;
+                }
+                cgroup_sampling::new_for_action_cgroups(
+                    runner,
+                    manager.parent().to_path_buf(),
+                    build_directory.clone(),
+                )
             }
             None => {
                 let cgroup = cgroup_sampling::prepare(&OwnCgroupSource::default())?;

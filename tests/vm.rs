@@ -436,3 +436,43 @@ fn action_cgroups_measure_concurrent_actions_each_in_its_own_cgroup() {
     );
     assert_eq!(run.number("runner.status"), 0);
 }
+
+/// With actionCgroups, a kill by the runner's own memory limit shows as
+/// `oom_kill` without `oom` in the action's cgroup; it must still count as
+/// the action's fault (build fails with evidence), not as node pressure.
+#[test]
+fn action_cgroups_attribute_a_kill_by_the_runners_limit_to_the_action() {
+    let Some(_vm) =
+        harness::vm_or_skip("action_cgroups_attribute_a_kill_by_the_runners_limit_to_the_action")
+    else {
+        return;
+    };
+    let run = harness::run_scenario("action-cgroups-runner-limit");
+    let context = format!(
+        "exec's stderr: {}\nrunner log:\n{}",
+        run.read("exec.stderr"),
+        run.read("runner.log")
+    );
+    assert_eq!(
+        run.number("exec.status"),
+        137,
+        "a normal response for a killed action: {context}"
+    );
+    let exec = run.json("exec.json");
+    assert_eq!(exec["exitCode"], -1, "{context}");
+    assert_eq!(
+        harness::termination_signal(&exec),
+        Some("KILL"),
+        "{context}"
+    );
+    let cgroup = usage_of_type(&exec["resourceUsage"], CGROUP_USAGE_TYPE);
+    assert!(
+        cgroup["memoryEventsOomKill"].as_i64() >= Some(1),
+        "{cgroup}"
+    );
+    assert!(
+        run.read("memory.events").contains("oom_kill 1"),
+        "{context}"
+    );
+    assert_eq!(run.number("runner.status"), 0);
+}

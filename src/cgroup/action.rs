@@ -59,6 +59,10 @@ pub enum ActionCgroupError {
     NotACgroup { path: PathBuf },
     #[error("{path} could not be emptied: {processes}")]
     NotEmptied { path: PathBuf, processes: String },
+    #[error("{path} does not exist: actionCgroups needs cgroup.kill (Linux 5.14 or newer)")]
+    NoCgroupKill { path: PathBuf },
+    #[error("{path} already exists; refusing to reuse another action's cgroup")]
+    AlreadyExists { path: PathBuf },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ActionCgroupError + '_ {
@@ -88,6 +92,8 @@ pub struct ActionCgroupManager {
     parent: PathBuf,
     actions: PathBuf,
     next_id: AtomicU64,
+    /// Milliseconds since the epoch when the manager was created.
+    started: u128,
     /// Cgroups that could not be removed, with what was left in them.
     dirty: Mutex<BTreeMap<PathBuf, String>>,
     cleanup: Box<CleanupStep>,
@@ -108,9 +114,10 @@ impl ActionCgroupManager {
     /// enables the available controllers for actions, and removes action
     /// cgroups a previous runner left behind (crash recovery). Blocking.
     pub fn setup(parent: &Path) -> Result<Arc<Self>, ActionCgroupError> {
-        let manager = Self::new(parent, Box::new(kill_and_remove));
+        let manager = Arc::new(Self::new(parent, Box::new(kill_and_remove)));
         manager.take_over()?;
-        Ok(Arc::new(manager))
+        manager.recover()?;
+        Ok(manager)
     }
 
     /// A manager of `parent` with a custom cleanup step, without touching
@@ -120,6 +127,10 @@ impl ActionCgroupManager {
             parent: parent.to_path_buf(),
             actions: parent.join("actions"),
             next_id: AtomicU64::new(0),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default(),
             dirty: Mutex::new(BTreeMap::new()),
             cleanup,
             cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
@@ -131,6 +142,11 @@ impl ActionCgroupManager {
     pub fn with_retry_interval(mut self, interval: Duration) -> Self {
         self.retry_interval = interval;
         self
+    }
+
+    /// The managed cgroup (the runner's and its actions' common parent).
+    pub fn parent(&self) -> &Path {
+        &self.parent
     }
 
     /// Directory holding the action cgroups.
@@ -149,15 +165,54 @@ impl ActionCgroupManager {
                 path: self.parent.clone(),
             });
         }
+        // cgroup.kill (Linux 5.14) is what makes cleanup atomic against
+        // forks; without it every cleanup would fail and the runner would
+        // refuse all work, so refuse to start instead.
+        if !self.parent.join("cgroup.kill").exists() {
+            return Err(ActionCgroupError::NoCgroupKill {
+                path: self.parent.join("cgroup.kill"),
+            });
+        }
         let runner = self.parent.join("runner");
         create_directory(&runner)?;
+        // Every process of the parent moves (an init such as tini, a shell
+        // entrypoint), not only the runner: a cgroup that hands controllers
+        // to its children may not hold processes itself.
         let procs = runner.join("cgroup.procs");
-        write_file(&procs, &std::process::id().to_string()).map_err(|source| {
-            ActionCgroupError::NotDelegated {
-                path: procs.clone(),
-                source,
+        let parent_procs = self.parent.join("cgroup.procs");
+        let mut moved_own = false;
+        for round in 0.. {
+            if round == 100 {
+                return Err(ActionCgroupError::NotEmptied {
+                    path: self.parent.clone(),
+                    processes: format!(
+                        "processes keep appearing in it while moving them to {}: {}",
+                        runner.display(),
+                        describe_processes(&self.parent)
+                    ),
+                });
             }
-        })?;
+            let text = std::fs::read_to_string(&parent_procs).map_err(io_error(&parent_procs))?;
+            let pids: Vec<&str> = text.split_whitespace().collect();
+            if pids.is_empty() && moved_own {
+                break;
+            }
+            for pid in pids.iter().copied().chain(
+                (!moved_own).then_some("0"), // "0": this process
+            ) {
+                if let Err(source) = write_file(&procs, pid) {
+                    // A process that exited meanwhile is not an error.
+                    if source.raw_os_error() == Some(libc::ESRCH) {
+                        continue;
+                    }
+                    return Err(ActionCgroupError::NotDelegated {
+                        path: procs.clone(),
+                        source,
+                    });
+                }
+            }
+            moved_own = true;
+        }
         let controllers = enable_controllers(&self.parent)?;
         create_directory(&self.actions)?;
         enable_controllers(&self.actions)?;
@@ -166,12 +221,12 @@ impl ActionCgroupManager {
             controllers = ?controllers,
             "runner moved into its own leaf cgroup; actions get a cgroup each"
         );
-        self.recover()?;
         Ok(())
     }
 
-    /// Kills and removes action cgroups left by a runner that died.
-    fn recover(&self) -> Result<(), ActionCgroupError> {
+    /// Kills and removes action cgroups left by a runner that died; those
+    /// that cannot be removed yet make the runner dirty and are retried.
+    fn recover(self: &Arc<Self>) -> Result<(), ActionCgroupError> {
         let entries = std::fs::read_dir(&self.actions).map_err(io_error(&self.actions))?;
         for entry in entries {
             let entry = entry.map_err(io_error(&self.actions))?;
@@ -189,6 +244,7 @@ impl ActionCgroupManager {
                 Err(err) => {
                     tracing::error!(%err, "cannot remove a leftover action cgroup");
                     self.mark_dirty(&path, err.to_string());
+                    self.retry_in_background(path);
                 }
             }
         }
@@ -224,8 +280,18 @@ impl ActionCgroupManager {
     /// Creates the cgroup of a new action. Blocking.
     pub fn create(&self) -> Result<ActionCgroup, ActionCgroupError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let path = self.actions.join(format!("{}-{id}", std::process::id()));
-        create_directory(&path)?;
+        // The runner's start time makes names unique across restarts, also
+        // when the runner is PID 1 of a container every time.
+        let path = self
+            .actions
+            .join(format!("{}-{}-{id}", std::process::id(), self.started));
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(ActionCgroupError::AlreadyExists { path })
+            }
+            Err(source) => return Err(ActionCgroupError::Io { path, source }),
+        }
         let procs_path = path.join("cgroup.procs");
         let procs = OpenOptions::new()
             .write(true)

@@ -21,6 +21,25 @@ use crate::cgroup::action::{is_populated, kill_cgroup, signal_all};
 /// period.
 const GROUP_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// How long to wait for a leader to exit after SIGKILL. A process in
+/// uninterruptible sleep (hung NFS or FUSE) does not die even then; the
+/// caller must go on (and, with action cgroups, mark the runner dirty)
+/// rather than wait forever. The reaper still collects it if it ever exits.
+pub const KILLED_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits (bounded by [`KILLED_EXIT_TIMEOUT`]) for the leader after SIGKILL.
+async fn killed_leader_exit(exit: &mut oneshot::Receiver<ChildExit>) -> Option<ChildExit> {
+    match tokio::time::timeout(KILLED_EXIT_TIMEOUT, exit).await {
+        Ok(result) => result.ok(),
+        Err(_) => {
+            tracing::error!(
+                "an action process did not exit within {KILLED_EXIT_TIMEOUT:?} of SIGKILL"
+            );
+            None
+        }
+    }
+}
+
 /// How a terminated action ended, for its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TerminationOutcome {
@@ -88,7 +107,7 @@ pub async fn terminate_group(
     signal_group(leader, Signal::SIGKILL);
     let child_exit = match leader_exit {
         Some(exit) => exit,
-        None => exit.await.ok(),
+        None => killed_leader_exit(exit).await,
     };
     (child_exit, outcome)
 }
@@ -147,7 +166,7 @@ pub async fn terminate_cgroup(
     }
     let child_exit = match leader_exit {
         Some(exit) => exit,
-        None => exit.await.ok(),
+        None => killed_leader_exit(exit).await,
     };
     (child_exit, outcome)
 }

@@ -159,17 +159,24 @@ pub fn new(
 }
 
 /// Wraps `base`, a local runner that runs every action in a cgroup of its
-/// own below `actions_directory` and appends that cgroup's
-/// `CgroupResourceUsage` itself, so that an OOM kill the action's own
-/// cgroup did not cause fails the Run with UNAVAILABLE, with the evidence.
+/// own below `runner_parent` (the cgroup managed with `actionCgroups`) and
+/// appends that cgroup's `CgroupResourceUsage` itself, so that an OOM kill
+/// that no limit of the runner's subtree caused fails the Run with
+/// UNAVAILABLE, with the evidence.
+///
+/// The limit that fires for an action is usually not on its own cgroup but
+/// on `runner_parent` (the pod, the container, the systemd unit): `oom` is
+/// then counted there, not in the action's cgroup, which sees only
+/// `oom_kill`. So `runner_parent`'s `oom` is sampled around each Run too,
+/// and its growth means "the runner's own limit", never "foreign".
 pub fn new_for_action_cgroups(
     base: SharedRunner,
-    actions_directory: PathBuf,
+    runner_parent: PathBuf,
     build_directory: Arc<BuildDirectory>,
 ) -> SharedRunner {
     Arc::new(CgroupSamplingRunner {
         base,
-        cgroup: actions_directory,
+        cgroup: runner_parent,
         build_directory,
         concurrency: Concurrency::Unrestricted,
         sampling: AtomicBool::new(false),
@@ -287,7 +294,12 @@ impl Runner for CgroupSamplingRunner {
     async fn run(&self, request: RunRequest) -> Result<RunResponse, RunnerError> {
         if self.measured_by_base {
             let server_logs_directory = request.server_logs_directory.clone();
+            let parent = self.cgroup.clone();
+            let parent_oom_before = blocking(move || read_oom_count(&parent)).await?;
             let mut response = self.base.run(request).await?;
+            let parent = self.cgroup.clone();
+            let parent_oom_grew =
+                blocking(move || read_oom_count(&parent)).await? > parent_oom_before;
             let position = response
                 .resource_usage
                 .iter()
@@ -302,7 +314,16 @@ impl Runner for CgroupSamplingRunner {
             let usage = usage_any.to_msg::<CgroupResourceUsage>().map_err(|error| {
                 RunnerError::Internal(format!("cannot decode CgroupResourceUsage: {error}"))
             })?;
-            if usage.memory_events_oom_kill > 0 && usage.memory_events_oom == 0 {
+            if parent_oom_grew && usage.memory_events_oom_kill > 0 {
+                tracing::info!(
+                    cgroup = %self.cgroup.display(),
+                    oom_kill = usage.memory_events_oom_kill,
+                    exit_code = response.exit_code,
+                    "an action process was OOM-killed by the memory limit of the runner's cgroup"
+                );
+            }
+            if usage.memory_events_oom_kill > 0 && usage.memory_events_oom == 0 && !parent_oom_grew
+            {
                 response.resource_usage.remove(position);
                 return Err(self
                     .foreign_oom_kill(usage, usage_any, response, &server_logs_directory)
@@ -366,6 +387,17 @@ impl Runner for CgroupSamplingRunner {
         response.resource_usage.push(usage_any);
         Ok(response)
     }
+}
+
+/// The `oom` counter of `cgroup`'s memory.events.
+fn read_oom_count(cgroup: &Path) -> Result<u64, RunnerError> {
+    CgroupCounters::read(cgroup)
+        .map(|counters| counters.memory_events.oom)
+        .map_err(|error| {
+            RunnerError::Internal(format!(
+                "cannot read the runner cgroup's memory.events: {error}"
+            ))
+        })
 }
 
 /// The peak through the tracker's descriptor, or 0 ("not measured") when
