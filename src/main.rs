@@ -232,7 +232,7 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         cleaners.push(Box::new(CommandCleaner::new(cleaner.arguments.clone())));
     }
     if !cleaners.is_empty() {
-        runner = clean::new(runner, cleaners, actions_running);
+        runner = clean::new(runner, cleaners, actions_running.clone());
     }
 
     // readinessCheckingPathnames: host paths (an NFS mount, ...) without
@@ -251,16 +251,34 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         build_directory = %build_directory.path().display(),
         "serving"
     );
+    let signal_terminator = terminator.clone();
     let shutdown = async move {
         wait_for_shutdown_signal().await;
         if stop_gracefully {
             tracing::info!("shutting down: letting running actions finish");
         } else {
             tracing::info!("shutting down: terminating running actions");
-            terminator.terminate_all();
+            signal_terminator.terminate_all();
         }
     };
-    servers.serve(runner, shutdown).await?;
+    let served = servers.serve(runner, shutdown).await;
+
+    // Calls are over, but actions whose calls were dropped may still be in
+    // their grace period, detached from any call. Exiting now would orphan
+    // them (or leave their cgroups to the next start): stop them and wait.
+    let mut actions_running = actions_running;
+    if *actions_running.borrow() > 0 {
+        tracing::info!("waiting for actions being terminated");
+        terminator.terminate_all();
+        let limit = config.termination_grace_period
+            + rbe_runner::process::terminate::KILLED_EXIT_TIMEOUT
+            + rbe_runner::cgroup::action::DEFAULT_CLEANUP_TIMEOUT;
+        let all_gone = actions_running.wait_for(|count| *count == 0);
+        if tokio::time::timeout(limit, all_gone).await.is_err() {
+            tracing::error!(?limit, "actions still running at exit");
+        }
+    }
+    served?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -650,3 +650,25 @@ async fn the_runner_lowers_its_oom_score_adj_and_actions_keep_the_initial_one() 
         assert_eq!(own, initial);
     }
 }
+
+// Multi-threaded: the test blocks in wait().
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_waits_for_actions_whose_calls_were_dropped() {
+    let mut runner = TestRunner::start(json!({
+        "terminationGracePeriod": "10s",
+        "grpcServers": [{ "stopGracefully": true }],
+    }));
+    let action = runner.action();
+    let root = action.path.join("root");
+    // The handler takes a second: a runner that exits as soon as no call
+    // is in flight would abandon it in the middle.
+    let script = "trap 'sleep 1; echo done > handled; exit 0' TERM; touch ready; \
+                  while :; do sleep 0.1; done";
+    runner
+        .run_and_cancel_when(shell_request(&action, script), &root.join("ready"))
+        .await;
+    runner.signal_terminate();
+    let status = runner.wait();
+    assert!(status.success(), "runner exit status: {status}");
+    assert_eq!(read(&root.join("handled")), "done\n");
+}
