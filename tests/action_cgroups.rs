@@ -344,16 +344,36 @@ fn the_hierarchy_root_is_refused_with_the_fix() {
         dir.path().join("sock").display()
     )
     .unwrap();
-    let output = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(BIN)
         .arg(&config)
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    // Either the root is refused (a cgroup2 host) or no cgroup v2 exists;
-    // both must say what to do.
-    assert!(
-        stderr.contains("root of the cgroup hierarchy") || stderr.contains("cgroup v2"),
-        "{stderr}"
-    );
+    // A runner that wrongly accepted the root would serve forever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the runner started on the hierarchy root instead of refusing it");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let has_cgroup2 = locate_own_cgroup(
+        Path::new(DEFAULT_PROC_SELF_CGROUP),
+        Path::new(DEFAULT_PROC_SELF_MOUNTINFO),
+    )
+    .is_ok();
+    if has_cgroup2 {
+        assert!(stderr.contains("root of the cgroup hierarchy"), "{stderr}");
+        assert!(stderr.contains("Delegate=yes"), "{stderr}");
+    } else {
+        assert!(stderr.contains("cgroup v2"), "{stderr}");
+    }
 }
