@@ -207,7 +207,12 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     // symlinkTemporaryDirectories: each path (e.g. /tmp) leads to the
     // running action's temporary directory; one action at a time.
     for path in &config.symlink_temporary_directories {
-        runner = temporary_directory_symlinking::new(runner, path.clone(), build_directory.clone());
+        runner = temporary_directory_symlinking::new(
+            runner,
+            path.clone(),
+            build_directory.clone(),
+            actions_running.clone(),
+        );
     }
 
     // cleanProcessTable, cleanTemporaryDirectories, runCommandCleaner: clean

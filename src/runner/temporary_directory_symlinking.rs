@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use crate::build_directory::BuildDirectory;
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 
@@ -41,10 +43,16 @@ const PROBE_TARGET: &str = "/nonexistent";
 /// INVALID_ARGUMENT), and UNAVAILABLE would have Bazel retry quietly,
 /// hiding a deployment error (bb_worker's concurrency above 1) that will
 /// keep happening; INTERNAL fails loudly with the fix in the message.
+///
+/// `actions_running` is the local runner's count of actions not yet
+/// reaped: an action whose call was dropped may still be in its grace
+/// period, writing to the `/tmp` it was given, so the path is not repointed
+/// (by a Run or a readiness probe) until it is gone.
 pub fn new(
     base: SharedRunner,
     symlink_path: PathBuf,
     build_directory: Arc<BuildDirectory>,
+    actions_running: watch::Receiver<usize>,
 ) -> SharedRunner {
     Arc::new(TemporaryDirectorySymlinkingRunner {
         base,
@@ -52,6 +60,7 @@ pub fn new(
         build_directory,
         running: AtomicBool::new(false),
         updating: tokio::sync::Mutex::new(()),
+        actions_running,
     })
 }
 
@@ -64,6 +73,8 @@ struct TemporaryDirectorySymlinkingRunner {
     /// Serialises symlink updates, so that a readiness probe that began
     /// before a Run cannot overwrite that Run's symlink.
     updating: tokio::sync::Mutex<()>,
+    /// See [`new`].
+    actions_running: watch::Receiver<usize>,
 }
 
 /// Clears `running` when the Run ends, also when its future is dropped.
@@ -88,7 +99,8 @@ impl Runner for TemporaryDirectorySymlinkingRunner {
     async fn check_readiness(&self, request: CheckReadinessRequest) -> Result<(), RunnerError> {
         {
             let _updating = self.updating.lock().await;
-            if !self.running.load(Ordering::SeqCst) {
+            let terminating = *self.actions_running.borrow() > 0;
+            if !self.running.load(Ordering::SeqCst) && !terminating {
                 let symlink_path = self.symlink_path.clone();
                 blocking(move || replace_with_symlink(&symlink_path, Path::new(PROBE_TARGET)))
                     .await?;
@@ -111,6 +123,13 @@ impl Runner for TemporaryDirectorySymlinkingRunner {
             )));
         }
         let _running = RunningGuard(&self.running);
+        // Holding the slot, any action still counted is one being
+        // terminated after its call was dropped.
+        let _ = self
+            .actions_running
+            .clone()
+            .wait_for(|count| *count == 0)
+            .await;
         if request.temporary_directory.is_empty() {
             return Err(RunnerError::InvalidArgument(
                 "temporary_directory is empty; symlinkTemporaryDirectories needs one".into(),
@@ -223,7 +242,12 @@ mod tests {
             release: Semaphore::new(0),
         });
         let build_directory = Arc::new(BuildDirectory::open(&build).unwrap());
-        let runner = new(base.clone(), symlink_path.clone(), build_directory);
+        let runner = new(
+            base.clone(),
+            symlink_path.clone(),
+            build_directory,
+            watch::channel(0).1,
+        );
         Fixture {
             tmp,
             symlink_path,
