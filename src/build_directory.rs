@@ -133,7 +133,7 @@ impl BuildDirectory {
             )
             .mode(Mode::from_bits_truncate(0o666))
             .resolve(BENEATH);
-        let fd = openat2(self.fd.as_fd(), relative, how)
+        let fd = openat2_retrying(self.fd.as_fd(), relative, how)
             .map_err(|errno| PathError::from_errno(errno, field, relative))?;
         Ok(File::from(fd))
     }
@@ -144,7 +144,7 @@ impl BuildDirectory {
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
             .resolve(BENEATH);
-        openat2(self.fd.as_fd(), relative, how)
+        openat2_retrying(self.fd.as_fd(), relative, how)
             .map(drop)
             .map_err(|errno| PathError::from_errno(errno, field, relative))
     }
@@ -162,7 +162,8 @@ pub fn open_directory_beneath(
         .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
         .resolve(BENEATH);
     let target = if relative.is_empty() { "." } else { relative };
-    openat2(dir, target, how).map_err(|errno| PathError::from_errno(errno, field, relative))
+    openat2_retrying(dir, target, how)
+        .map_err(|errno| PathError::from_errno(errno, field, relative))
 }
 
 /// Resolves `path` as if `root` were `/` (symlinks and `..` cannot leave
@@ -171,7 +172,23 @@ pub fn open_in_root(root: BorrowedFd<'_>, path: &str) -> Result<OwnedFd, Errno> 
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    openat2(root, path, how)
+    openat2_retrying(root, path, how)
+}
+
+/// How often `openat2` is retried after EAGAIN.
+const OPENAT2_ATTEMPTS: usize = 8;
+
+/// `openat2`, retried on EAGAIN: with `RESOLVE_BENEATH` or
+/// `RESOLVE_IN_ROOT` the kernel answers EAGAIN when a rename anywhere on
+/// the machine raced a lookup through `..`; that is no fault of the request.
+fn openat2_retrying(dir: BorrowedFd<'_>, path: &str, how: OpenHow) -> Result<OwnedFd, Errno> {
+    let mut attempt = 1;
+    loop {
+        match openat2(dir, path, how) {
+            Err(Errno::EAGAIN) if attempt < OPENAT2_ATTEMPTS => attempt += 1,
+            result => return result,
+        }
+    }
 }
 
 /// The host path of `relative` beneath `base`, for messages and TMPDIR.

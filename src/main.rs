@@ -119,6 +119,7 @@ fn apply_process_settings(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn serve_config(config: Config) -> anyhow::Result<()> {
+    let mut signals = ShutdownSignals::install()?;
     let build_directory =
         Arc::new(BuildDirectory::open(&config.build_directory_path).context("buildDirectoryPath")?);
 
@@ -258,9 +259,17 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     );
     let signal_terminator = terminator.clone();
     let shutdown = async move {
-        wait_for_shutdown_signal().await;
+        signals.recv().await;
         if stop_gracefully {
-            tracing::info!("shutting down: letting running actions finish");
+            tracing::info!(
+                "shutting down: letting running actions finish (signal again to terminate them)"
+            );
+            // An operator who cannot wait signals again: then terminate.
+            tokio::spawn(async move {
+                signals.recv().await;
+                tracing::info!("second signal: terminating running actions");
+                signal_terminator.terminate_all();
+            });
         } else {
             tracing::info!("shutting down: terminating running actions");
             signal_terminator.terminate_all();
@@ -316,18 +325,28 @@ fn setup_action_cgroups(
     ActionCgroupManager::setup(&parent).context("actionCgroups")
 }
 
-async fn wait_for_shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; shut down with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+/// SIGTERM and SIGINT, registered once at startup so that a signal
+/// arriving at any time is seen (and never kills the runner uncleanly),
+/// including a second one during a graceful stop.
+struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
     }
 }
 

@@ -672,3 +672,34 @@ async fn shutdown_waits_for_actions_whose_calls_were_dropped() {
     assert!(status.success(), "runner exit status: {status}");
     assert_eq!(read(&root.join("handled")), "done\n");
 }
+
+// Multi-threaded: the test blocks in wait().
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_terminates_actions_a_graceful_stop_waits_for() {
+    let mut runner = TestRunner::start(json!({ "grpcServers": [{ "stopGracefully": true }] }));
+    let action = runner.action();
+    let root = action.path.join("root");
+    let script =
+        "trap 'echo got-TERM > term; exit 0' TERM; touch ready; while :; do sleep 0.05; done";
+    let request = shell_request(&action, script);
+    let mut client = runner.client().await;
+    let call = tokio::spawn(async move { client.run(request).await });
+    eventually("the action started", SETTLE, || root.join("ready").exists()).await;
+    runner.signal_terminate();
+    eventually("the graceful stop is logged", SETTLE, || {
+        runner
+            .log()
+            .join("\n")
+            .contains("letting running actions finish")
+    })
+    .await;
+    assert!(
+        !root.join("term").exists(),
+        "a graceful stop must not terminate actions"
+    );
+    runner.signal_terminate();
+    let answer = call.await.unwrap().unwrap_err();
+    assert_eq!(answer.code(), Code::Unavailable, "{}", answer.message());
+    assert_eq!(read(&root.join("term")), "got-TERM\n");
+    assert!(runner.wait().success());
+}
