@@ -120,6 +120,17 @@ fn apply_process_settings(config: &Config) -> anyhow::Result<()> {
 
 async fn serve_config(config: Config) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install()?;
+    let proc_root = Path::new(DEFAULT_PROC_ROOT);
+
+    // runCommandsAs and chrootIntoInputRoot need privileges; without them
+    // every action would fail with EPERM, so refuse to start instead.
+    if config.run_commands_as.is_some() {
+        privileges::require(proc_root, "runCommandsAs", &[CAP_SETUID, CAP_SETGID])?;
+    }
+    if config.chroot_into_input_root {
+        privileges::require(proc_root, "chrootIntoInputRoot", &[CAP_SYS_CHROOT])?;
+    }
+
     let build_directory =
         Arc::new(BuildDirectory::open(&config.build_directory_path).context("buildDirectoryPath")?);
 
@@ -142,17 +153,6 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     ));
 
     // The runner chain, innermost first, as bb_runner composes it.
-    let proc_root = Path::new(DEFAULT_PROC_ROOT);
-
-    // runCommandsAs and chrootIntoInputRoot need privileges; without them
-    // every action would fail with EPERM, so refuse to start instead.
-    if config.run_commands_as.is_some() {
-        privileges::require(proc_root, "runCommandsAs", &[CAP_SETUID, CAP_SETGID])?;
-    }
-    if config.chroot_into_input_root {
-        privileges::require(proc_root, "chrootIntoInputRoot", &[CAP_SYS_CHROOT])?;
-    }
-
     // Executes actions as child processes.
     let local = LocalRunner::new(
         build_directory.clone(),
