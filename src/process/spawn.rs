@@ -54,8 +54,20 @@ pub const DEFAULT_PROC_SELF_OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 /// pre-exec hook: std would `execvp`, whose fallback of running a file that
 /// fails with ENOEXEC through `/bin/sh` would hide a broken executable
 /// behind exit code 127 instead of reporting it, as bb_runner does.
-pub fn spawn(spec: ProcessSpec) -> io::Result<SpawnedChild> {
-    let exec = ExecArguments::new(&spec)?;
+pub fn spawn(spec: ProcessSpec) -> Result<SpawnedChild, SpawnError> {
+    let setup_error = |source| SpawnError {
+        step: SpawnStep::Setup,
+        source,
+    };
+    let exec = ExecArguments::new(&spec).map_err(|source| SpawnError {
+        step: SpawnStep::Exec,
+        source,
+    })?;
+    // The child reports which step failed through this pipe (std only
+    // passes the errno on), so that a host fault such as a refused cgroup
+    // join is not blamed on the request like a missing program.
+    let (step_reader, step_writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|errno| setup_error(errno.into()))?;
     let mut command = Command::new(&spec.program);
     command
         .env_clear()
@@ -66,6 +78,7 @@ pub fn spawn(spec: ProcessSpec) -> io::Result<SpawnedChild> {
         // reaches every process it forked without touching the runner.
         .process_group(0);
 
+    let report_fd = step_writer.as_raw_fd();
     let cgroup_procs = spec.cgroup_procs.as_ref().map(|file| file.as_raw_fd());
     let oom_score_adj = spec.oom_score_adj.map(|value| {
         let path = CString::new(DEFAULT_PROC_SELF_OOM_SCORE_ADJ).expect("no NUL in a constant");
@@ -79,40 +92,56 @@ pub fn spawn(spec: ProcessSpec) -> io::Result<SpawnedChild> {
     // only async-signal-safe functions may be called. It calls only raw
     // system calls (write, open, close, fchdir, chroot, setgroups, setgid,
     // setuid, execve) on values prepared before the fork, and allocates
-    // nothing. The descriptors it uses are kept open by `spec`, which
-    // outlives `spawn` below; the argv and envp arrays point into `exec`,
-    // which the closure owns.
+    // nothing. The descriptors it uses are kept open by `spec` and
+    // `step_writer`, which outlive `spawn` below; the argv and envp arrays
+    // point into `exec`, which the closure owns.
     unsafe {
         command.pre_exec(move || {
+            // Runs `result` as `step`: on failure, the step goes to the
+            // parent through the pipe before the errno goes through std's.
+            let step = |step: SpawnStep, result: io::Result<()>| {
+                if result.is_err() {
+                    let code = step as u8;
+                    libc::write(report_fd, (&code as *const u8).cast(), 1);
+                }
+                result
+            };
             if let Some(procs) = cgroup_procs {
                 // "0" moves the writing process: this child.
-                check_write(libc::write(procs, b"0".as_ptr().cast(), 1))?;
+                let written = libc::write(procs, b"0".as_ptr().cast(), 1);
+                step(SpawnStep::JoinCgroup, check_write(written))?;
             }
             if let Some((path, value)) = &oom_score_adj {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                check(fd)?;
+                step(SpawnStep::OomScoreAdj, check(fd))?;
                 let written = libc::write(fd, value.as_ptr().cast(), value.len());
                 libc::close(fd);
-                check_write(written)?;
+                step(SpawnStep::OomScoreAdj, check_write(written))?;
             }
             if let Some(root) = chroot_directory {
-                check(libc::fchdir(root))?;
-                check(libc::chroot(dot.as_ptr()))?;
+                step(SpawnStep::Chroot, check(libc::fchdir(root)))?;
+                step(SpawnStep::Chroot, check(libc::chroot(dot.as_ptr())))?;
             }
             // After a chroot this descriptor still names the working
             // directory, which lies inside the new root.
-            check(libc::fchdir(working_directory))?;
+            step(
+                SpawnStep::WorkingDirectory,
+                check(libc::fchdir(working_directory)),
+            )?;
             if let Some(identity) = &identity {
                 // Groups first, then gid, then uid: after setuid we would
                 // no longer be allowed to change the others.
                 let groups = &identity.additional_group_ids;
-                check(libc::setgroups(groups.len(), groups.as_ptr()))?;
-                check(libc::setgid(identity.group_id))?;
-                check(libc::setuid(identity.user_id))?;
+                step(
+                    SpawnStep::Identity,
+                    check(libc::setgroups(groups.len(), groups.as_ptr())),
+                )?;
+                step(SpawnStep::Identity, check(libc::setgid(identity.group_id)))?;
+                step(SpawnStep::Identity, check(libc::setuid(identity.user_id)))?;
             }
             libc::execve(exec.program.as_ptr(), exec.argv(), exec.envp());
             // execve only returns on failure; std reports this error from
-            // spawn().
+            // spawn(). No step byte: an empty pipe means the exec failed.
             Err(io::Error::last_os_error())
         });
     }
@@ -120,7 +149,69 @@ pub fn spawn(spec: ProcessSpec) -> io::Result<SpawnedChild> {
     drop(spec.working_directory);
     drop(spec.chroot_directory);
     drop(spec.cgroup_procs);
-    spawned
+    // Only the (dead) child could still hold the write end; with ours
+    // closed, reading cannot block.
+    drop(step_writer);
+    spawned.map_err(|source| {
+        let mut code = [0u8; 1];
+        let step = match nix::unistd::read(&step_reader, &mut code) {
+            Ok(1) => SpawnStep::from_code(code[0]),
+            _ => SpawnStep::Exec,
+        };
+        SpawnError { step, source }
+    })
+}
+
+/// The step between fork and exec that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SpawnStep {
+    /// Preparing the spawn in the runner, before the fork.
+    Setup = 1,
+    JoinCgroup = 2,
+    OomScoreAdj = 3,
+    Chroot = 4,
+    WorkingDirectory = 5,
+    Identity = 6,
+    /// The execve of the program itself.
+    Exec = 7,
+}
+
+impl SpawnStep {
+    fn from_code(code: u8) -> Self {
+        match code {
+            1 => SpawnStep::Setup,
+            2 => SpawnStep::JoinCgroup,
+            3 => SpawnStep::OomScoreAdj,
+            4 => SpawnStep::Chroot,
+            5 => SpawnStep::WorkingDirectory,
+            6 => SpawnStep::Identity,
+            _ => SpawnStep::Exec,
+        }
+    }
+}
+
+impl std::fmt::Display for SpawnStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SpawnStep::Setup => "preparing the spawn",
+            SpawnStep::JoinCgroup => "moving the action into its cgroup",
+            SpawnStep::OomScoreAdj => "setting the action's oom_score_adj",
+            SpawnStep::Chroot => "chrooting into the input root",
+            SpawnStep::WorkingDirectory => "entering the working directory",
+            SpawnStep::Identity => "switching to runCommandsAs's identity",
+            SpawnStep::Exec => "executing the program",
+        })
+    }
+}
+
+/// A failed spawn: which step, and the error.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {source}")]
+pub struct SpawnError {
+    pub step: SpawnStep,
+    #[source]
+    pub source: io::Error,
 }
 
 /// NUL-terminated argv and envp arrays, built before the fork so that the
@@ -197,5 +288,72 @@ fn check(result: libc::c_int) -> io::Result<()> {
         Err(io::Error::last_os_error())
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &std::path::Path, program: &str) -> ProcessSpec {
+        let working_directory = nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        ProcessSpec {
+            program: program.into(),
+            arguments: vec![program.into()],
+            environment: vec![],
+            working_directory,
+            chroot_directory: None,
+            identity: None,
+            stdout: File::create(dir.join("stdout")).unwrap(),
+            stderr: File::create(dir.join("stderr")).unwrap(),
+            cgroup_procs: None,
+            oom_score_adj: None,
+        }
+    }
+
+    /// Why it matters: a missing program is the request's fault (the build
+    /// fails), a step before exec failing is the host's (retry elsewhere);
+    /// the caller can only tell them apart by the step.
+    #[test]
+    fn a_failing_exec_is_reported_as_the_exec_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = spawn(spec(dir.path(), "/nonexistent/program")).unwrap_err();
+        assert_eq!(err.step, SpawnStep::Exec);
+        assert_eq!(err.source.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn a_failing_step_before_exec_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        // A descriptor that cannot be written: the cgroup join fails.
+        let mut joining = spec(dir.path(), "/bin/true");
+        joining.cgroup_procs = Some(File::open(dir.path().join("stdout")).unwrap());
+        let err = spawn(joining).unwrap_err();
+        assert_eq!(err.step, SpawnStep::JoinCgroup, "{err}");
+        assert!(err.to_string().contains("cgroup"), "{err}");
+
+        // A working directory that is not a directory.
+        let mut entering = spec(dir.path(), "/bin/true");
+        entering.working_directory = nix::fcntl::open(
+            &dir.path().join("stderr"),
+            nix::fcntl::OFlag::O_PATH,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        let err = spawn(entering).unwrap_err();
+        assert_eq!(err.step, SpawnStep::WorkingDirectory, "{err}");
+    }
+
+    #[test]
+    fn a_successful_spawn_runs_the_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let child = spawn(spec(dir.path(), "/bin/true")).unwrap();
+        let exit = child.exit.blocking_recv().unwrap();
+        assert_eq!(exit.exit_code(), Some(0));
     }
 }

@@ -24,7 +24,7 @@ use crate::cgroup::CgroupCounters;
 use crate::process::lookup::find_program;
 use crate::process::reaper::{ChildExit, SpawnedChild};
 use crate::process::signal_name;
-use crate::process::spawn::{spawn, Identity, ProcessSpec};
+use crate::process::spawn::{spawn, Identity, ProcessSpec, SpawnError, SpawnStep};
 use crate::process::terminate::{signal_group, terminate_cgroup, terminate_group};
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
@@ -500,7 +500,13 @@ pub(crate) fn path_error(err: PathError) -> RunnerError {
     }
 }
 
-fn spawn_error(argv0: &str, program: &str, err: std::io::Error) -> RunnerError {
+/// The program itself failing to execute is the request's fault; a step
+/// before it (joining the cgroup, chroot, switching identity) is the host's.
+fn spawn_error(argv0: &str, program: &str, err: SpawnError) -> RunnerError {
+    if err.step != SpawnStep::Exec {
+        return RunnerError::Internal(format!("cannot start {argv0:?}: {err}"));
+    }
+    let err = err.source;
     let message = if argv0 == program {
         format!("cannot execute {argv0:?}: {err}")
     } else {
