@@ -1,5 +1,5 @@
 # sampleCgroupResourceUsage without any memory limit, in a VM too small for
-# the action (run with --vm-memory 320M): the kernel's global OOM killer
+# the action (run with --vm-memory 256M): the kernel's global OOM killer
 # kills the action although its cgroup never reached a limit of its own.
 # The Run must fail with UNAVAILABLE carrying both usages, and the diagnosis
 # must be in the action's server logs directory. Records only; tests/vm.rs
