@@ -294,19 +294,7 @@ async fn a_chrooted_action_sees_only_its_input_root() {
         vec!["/bin/busybox".into(), "ls".into(), "/".into()],
         vec![("PATH".into(), "/bin".into())],
     );
-    let response = runner
-        .client()
-        .await
-        .run(request)
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        response.exit_code,
-        0,
-        "{}",
-        read(&action.path.join("stderr"))
-    );
+    runner.run_successfully(&action, request).await;
     assert_eq!(
         read(&action.path.join("stdout")),
         "bin\nonly-in-the-input-root\n"

@@ -186,19 +186,7 @@ async fn relative_path_entries_resolve_in_the_working_directory_and_argv0_stays_
         vec!["hello".into(), "world".into()],
         vec![("PATH".into(), format!("/nonexistent:tools/bin:{TEST_PATH}"))],
     );
-    let response = runner
-        .client()
-        .await
-        .run(request)
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        response.exit_code,
-        0,
-        "{}",
-        read(&action.path.join("stderr"))
-    );
+    runner.run_successfully(&action, request).await;
     assert_eq!(
         read(&action.path.join("stdout")),
         "0=tools/bin/hello 1=world\n"

@@ -133,6 +133,23 @@ impl TestRunner {
         (action, result)
     }
 
+    /// Runs `request` (for `action`) and asserts that it exited 0, showing
+    /// the action's stderr otherwise.
+    pub async fn run_successfully(
+        &self,
+        action: &ActionDirectory,
+        request: RunRequest,
+    ) -> RunResponse {
+        let response = self.client().await.run(request).await.unwrap().into_inner();
+        assert_eq!(
+            response.exit_code,
+            0,
+            "{}",
+            read(&action.path.join("stderr"))
+        );
+        response
+    }
+
     /// Sends `request`, waits until the action created `ready` (a file it
     /// writes once its signal handlers are installed), then drops the call,
     /// as bb_worker does when an action times out. Cancelling on a marker
