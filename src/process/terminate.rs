@@ -1,10 +1,11 @@
-//! Stopping a process group: SIGTERM, a grace period, then SIGKILL.
+//! Stopping an action: SIGTERM, a grace period, then SIGKILL.
 //!
 //! bb_worker enforces action timeouts by cancelling the Run RPC, so this is
-//! how every timed-out action ends. It kills the whole process group, not
-//! only the direct child, because build tools routinely fork helpers.
+//! how every timed-out action ends. It reaches the whole process group (or,
+//! with action cgroups, the whole cgroup), not only the direct child,
+//! because build tools routinely fork helpers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -74,14 +75,68 @@ pub fn group_exists(leader: i32) -> bool {
     !matches!(killpg(Pid::from_raw(leader), None), Err(Errno::ESRCH))
 }
 
-/// SIGTERM to the group, wait up to `grace` for the whole group to be gone,
-/// then SIGKILL whatever is left, and wait for the leader's exit.
-pub async fn terminate_group(
-    leader: i32,
+/// The processes of one action, as the runner can reach them.
+#[derive(Debug, Clone, Copy)]
+pub enum ProcessTree<'a> {
+    /// The process group led by this pid.
+    Group(i32),
+    /// Everything in this cgroup and below it, including daemons that left
+    /// the process group.
+    Cgroup(&'a Path),
+}
+
+impl ProcessTree<'_> {
+    /// Sends SIGTERM to every process of the tree.
+    async fn terminate(&self) {
+        match *self {
+            ProcessTree::Group(leader) => signal_group(leader, Signal::SIGTERM),
+            ProcessTree::Cgroup(cgroup) => {
+                let cgroup = cgroup.to_path_buf();
+                let _ =
+                    tokio::task::spawn_blocking(move || signal_all(&cgroup, Signal::SIGTERM)).await;
+            }
+        }
+    }
+
+    /// SIGKILLs every process of the tree (a cgroup atomically, with
+    /// `cgroup.kill`).
+    async fn kill(&self) {
+        match *self {
+            ProcessTree::Group(leader) => signal_group(leader, Signal::SIGKILL),
+            ProcessTree::Cgroup(cgroup) => {
+                let cgroup = cgroup.to_path_buf();
+                let killed = tokio::task::spawn_blocking(move || kill_cgroup(&cgroup)).await;
+                if let Ok(Err(err)) = killed {
+                    tracing::warn!(%err, "cgroup.kill failed");
+                }
+            }
+        }
+    }
+
+    /// Whether no process of the tree is left.
+    async fn is_empty(&self) -> bool {
+        match *self {
+            ProcessTree::Group(leader) => !group_exists(leader),
+            ProcessTree::Cgroup(cgroup) => {
+                let cgroup = cgroup.to_path_buf();
+                tokio::task::spawn_blocking(move || matches!(is_populated(&cgroup), Ok(false)))
+                    .await
+                    .unwrap_or(false)
+            }
+        }
+    }
+}
+
+/// SIGTERM to every process of the action, wait up to `grace` for all of
+/// them to be gone, then SIGKILL whatever is left and wait (bounded) for
+/// the leader's exit. With a cgroup, verifying that it is empty and
+/// removing it is the caller's next step.
+pub async fn terminate(
+    tree: ProcessTree<'_>,
     exit: &mut oneshot::Receiver<ChildExit>,
     grace: Duration,
 ) -> (Option<ChildExit>, TerminationOutcome) {
-    signal_group(leader, Signal::SIGTERM);
+    tree.terminate().await;
     let deadline = Instant::now() + grace;
     let mut leader_exit = None;
     let outcome = loop {
@@ -97,73 +152,14 @@ pub async fn terminate_group(
         } else {
             tokio::time::sleep(GROUP_POLL_INTERVAL).await;
         }
-        if leader_exit.is_some() && !group_exists(leader) {
+        if leader_exit.is_some() && tree.is_empty().await {
             break TerminationOutcome::ExitedAfterSigterm;
         }
         if Instant::now() >= deadline {
             break TerminationOutcome::KilledAtGraceDeadline;
         }
     };
-    signal_group(leader, Signal::SIGKILL);
-    let child_exit = match leader_exit {
-        Some(exit) => exit,
-        None => killed_leader_exit(exit).await,
-    };
-    (child_exit, outcome)
-}
-
-/// Like [`terminate_group`], for an action in its own cgroup: SIGTERM to
-/// every process in the cgroup (daemons that left the process group
-/// included), wait up to `grace` for the cgroup to empty, then
-/// `cgroup.kill`, and wait for the leader's exit. Verifying that the cgroup
-/// is empty and removing it is the caller's next step.
-pub async fn terminate_cgroup(
-    cgroup: &Path,
-    exit: &mut oneshot::Receiver<ChildExit>,
-    grace: Duration,
-) -> (Option<ChildExit>, TerminationOutcome) {
-    let path: PathBuf = cgroup.to_path_buf();
-    let in_blocking = |work: fn(&Path) -> bool| {
-        let path = path.clone();
-        async move {
-            tokio::task::spawn_blocking(move || work(&path))
-                .await
-                .unwrap_or(true)
-        }
-    };
-    in_blocking(|path| {
-        signal_all(path, Signal::SIGTERM);
-        true
-    })
-    .await;
-    let deadline = Instant::now() + grace;
-    let mut leader_exit = None;
-    let outcome = loop {
-        if leader_exit.is_none() {
-            tokio::select! {
-                result = &mut *exit => leader_exit = Some(result.ok()),
-                _ = tokio::time::sleep(GROUP_POLL_INTERVAL) => {}
-            }
-        } else {
-            tokio::time::sleep(GROUP_POLL_INTERVAL).await;
-        }
-        let populated = in_blocking(|path| is_populated(path).unwrap_or(true)).await;
-        if leader_exit.is_some() && !populated {
-            break TerminationOutcome::ExitedAfterSigterm;
-        }
-        if Instant::now() >= deadline {
-            break TerminationOutcome::KilledAtGraceDeadline;
-        }
-    };
-    if outcome == TerminationOutcome::KilledAtGraceDeadline {
-        in_blocking(|path| {
-            if let Err(err) = kill_cgroup(path) {
-                tracing::warn!(%err, "cgroup.kill failed");
-            }
-            true
-        })
-        .await;
-    }
+    tree.kill().await;
     let child_exit = match leader_exit {
         Some(exit) => exit,
         None => killed_leader_exit(exit).await,

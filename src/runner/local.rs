@@ -25,7 +25,7 @@ use crate::process::lookup::find_program;
 use crate::process::reaper::{ChildExit, SpawnedChild};
 use crate::process::signal_name;
 use crate::process::spawn::{spawn, Identity, ProcessSpec, SpawnError, SpawnStep};
-use crate::process::terminate::{signal_group, terminate_cgroup, terminate_group};
+use crate::process::terminate::{signal_group, terminate, ProcessTree};
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 
@@ -252,14 +252,11 @@ async fn supervise(
         }
     };
     tracing::info!(pid, reason, "terminating action");
-    let outcome = match &cgroup {
-        Some(handle) => {
-            terminate_cgroup(&handle.cgroup.path, &mut child.exit, grace)
-                .await
-                .1
-        }
-        None => terminate_group(pid, &mut child.exit, grace).await.1,
+    let tree = match &cgroup {
+        Some(handle) => ProcessTree::Cgroup(&handle.cgroup.path),
+        None => ProcessTree::Group(pid),
     };
+    let (_, outcome) = terminate(tree, &mut child.exit, grace).await;
     release(cgroup, pid, &outcome.to_string()).await;
     tracing::info!(pid, reason, %outcome, "action terminated");
     Supervised::Terminated
