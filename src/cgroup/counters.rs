@@ -46,18 +46,8 @@ impl CgroupCounters {
     /// [`super::capabilities::check_required_files`] for a startup check
     /// that explains its absence); missing PSI files are recorded as `None`.
     pub fn read(cgroup: &Path) -> Result<Self, CounterError> {
-        let memory_events_path = cgroup.join(MEMORY_EVENTS_FILE);
-        let text = fs::read_to_string(&memory_events_path).map_err(|source| CounterError::Io {
-            path: memory_events_path.clone(),
-            source,
-        })?;
-        let memory_events =
-            parse::parse_memory_events(&text).map_err(|source| CounterError::Parse {
-                path: memory_events_path,
-                source,
-            })?;
         Ok(CgroupCounters {
-            memory_events,
+            memory_events: read_memory_events(cgroup)?,
             cpu_pressure: read_pressure(&cgroup.join(CPU_PRESSURE_FILE))?,
             memory_pressure: read_pressure(&cgroup.join(MEMORY_PRESSURE_FILE))?,
             io_pressure: read_pressure(&cgroup.join(IO_PRESSURE_FILE))?,
@@ -106,6 +96,16 @@ impl CgroupCounters {
             io_pressure_full_total: io_full,
         }
     }
+}
+
+/// The `memory.events` counters of the cgroup whose directory is `cgroup`.
+pub fn read_memory_events(cgroup: &Path) -> Result<MemoryEvents, CounterError> {
+    let path = cgroup.join(MEMORY_EVENTS_FILE);
+    let text = fs::read_to_string(&path).map_err(|source| CounterError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    parse::parse_memory_events(&text).map_err(|source| CounterError::Parse { path, source })
 }
 
 /// [`super::read_optional`], with the error naming the file.

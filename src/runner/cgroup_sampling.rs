@@ -34,6 +34,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::build_directory::BuildDirectory;
+use crate::cgroup::counters::read_memory_events;
 use crate::cgroup::{
     check_required_files, locate_own_cgroup, probe_capabilities, CapabilityError, CgroupCounters,
     LocateError, MemoryPeakTracker, DEFAULT_PROC_SELF_CGROUP, DEFAULT_PROC_SELF_MOUNTINFO,
@@ -391,8 +392,8 @@ impl Runner for CgroupSamplingRunner {
 
 /// The `oom` counter of `cgroup`'s memory.events.
 fn read_oom_count(cgroup: &Path) -> Result<u64, RunnerError> {
-    CgroupCounters::read(cgroup)
-        .map(|counters| counters.memory_events.oom)
+    read_memory_events(cgroup)
+        .map(|events| events.oom)
         .map_err(|error| {
             RunnerError::Internal(format!(
                 "cannot read the runner cgroup's memory.events: {error}"
