@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use rbe_runner::cgroup::action::{kill_cgroup, mount_point_of, wait_until_empty};
+use rbe_runner::cgroup::action::{kill_and_remove, mount_point_of};
 use rbe_runner::cgroup::{
     locate_own_cgroup, DEFAULT_PROC_SELF_CGROUP, DEFAULT_PROC_SELF_MOUNTINFO,
 };
@@ -85,7 +85,7 @@ impl TestCgroup {
     /// Starts a runner inside this cgroup.
     fn start_runner(&self, extra: serde_json::Value) -> TestRunner {
         let mut config = json!({ "actionCgroups": {}, "terminationGracePeriod": "2s" });
-        merge_into(&mut config, extra);
+        merge(&mut config, extra);
         let procs = std::fs::OpenOptions::new()
             .write(true)
             .open(self.path.join("cgroup.procs"))
@@ -110,26 +110,11 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        let _ = kill_cgroup(&self.path);
-        let _ = wait_until_empty(&self.path, Duration::from_secs(10));
-        remove_tree(&self.path);
-    }
-}
-
-fn remove_tree(path: &Path) {
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for entry in entries.flatten() {
-            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_tree(&entry.path());
-            }
+        // The runner's own cleanup step: cgroup.kill, wait until empty,
+        // remove the tree.
+        if let Err(err) = kill_and_remove(&self.path, Duration::from_secs(10)) {
+            eprintln!("cannot remove test cgroup: {err}");
         }
-    }
-    let _ = std::fs::remove_dir(path);
-}
-
-fn merge_into(base: &mut serde_json::Value, extra: serde_json::Value) {
-    if let (Some(base), serde_json::Value::Object(extra)) = (base.as_object_mut(), extra) {
-        base.extend(extra);
     }
 }
 

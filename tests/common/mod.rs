@@ -242,7 +242,7 @@ pub async fn eventually(what: &str, limit: Duration, mut condition: impl FnMut()
 /// Merges `extra` into `base`: objects key by key and arrays element by
 /// element (so a test can adjust the first gRPC server without restating
 /// its socket); anything else is replaced.
-fn merge(base: &mut Value, extra: Value) {
+pub fn merge(base: &mut Value, extra: Value) {
     match (base, extra) {
         (Value::Object(base), Value::Object(extra)) => {
             for (key, value) in extra {
