@@ -43,7 +43,7 @@ pub enum ClientError {
 
 /// Opens a channel to the runner.
 pub async fn connect(target: &Target) -> Result<Channel, ClientError> {
-    match target {
+    let connected = match target {
         Target::Socket(path) => {
             let path = path.clone();
             // The URI is required by the API but unused: the connector below
@@ -57,26 +57,16 @@ pub async fn connect(target: &Target) -> Result<Channel, ClientError> {
                     }
                 }))
                 .await
-                .map_err(|source| ClientError::Connect {
-                    target: target_name(target),
-                    source,
-                })
         }
-        Target::Address(address) => {
-            let uri = format!("http://{address}");
-            let endpoint = Endpoint::from_shared(uri).map_err(|source| ClientError::Connect {
-                target: target_name(target),
-                source,
-            })?;
-            endpoint
-                .connect()
-                .await
-                .map_err(|source| ClientError::Connect {
-                    target: target_name(target),
-                    source,
-                })
-        }
-    }
+        Target::Address(address) => match Endpoint::from_shared(format!("http://{address}")) {
+            Ok(endpoint) => endpoint.connect().await,
+            Err(err) => Err(err),
+        },
+    };
+    connected.map_err(|source| ClientError::Connect {
+        target: target_name(target),
+        source,
+    })
 }
 
 fn target_name(target: &Target) -> String {
