@@ -135,6 +135,19 @@ impl MemoryPeakTracker {
     }
 }
 
+/// The lifetime `memory.peak` of `cgroup`, read through a fresh
+/// descriptor: the peak of everything that ever ran in it. Right for a
+/// cgroup created for one action, which needs no reset (and so works before
+/// Linux 6.12 too).
+pub fn read_lifetime_peak(cgroup: &Path) -> Result<u64, PeakError> {
+    let path = cgroup.join(MEMORY_PEAK_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| PeakError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    parse::parse_single_value(&text).map_err(|source| PeakError::Parse { path, source })
+}
+
 #[cfg(test)]
 mod tests {
     use std::fs;

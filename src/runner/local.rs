@@ -19,7 +19,7 @@ use crate::build_directory::{
     open_directory_beneath, BuildDirectory, PathError, ResolvedDirectory,
 };
 use crate::cgroup::action::{ActionCgroup, ActionCgroupManager};
-use crate::cgroup::parse::parse_single_value;
+use crate::cgroup::peak::{read_lifetime_peak, PeakError};
 use crate::cgroup::CgroupCounters;
 use crate::process::lookup::find_program;
 use crate::process::reaper::{ChildExit, SpawnedChild};
@@ -290,17 +290,16 @@ async fn measure(handle: &ActionCgroupHandle) -> Result<CgroupResourceUsage, Str
     .map_err(|err| format!("measuring the action's cgroup failed: {err}"))?
 }
 
-/// `memory.peak` of a cgroup, or 0 ("not measured") without one.
+/// The action cgroup's `memory.peak`, or 0 ("not measured") without one.
 fn read_memory_peak(cgroup: &std::path::Path) -> i64 {
-    let path = cgroup.join("memory.peak");
-    match std::fs::read_to_string(&path).map(|text| parse_single_value(&text)) {
-        Ok(Ok(bytes)) => i64::try_from(bytes).unwrap_or(i64::MAX),
-        Ok(Err(err)) => {
-            tracing::error!(path = %path.display(), %err, "cannot parse memory.peak; reporting 0");
+    match read_lifetime_peak(cgroup) {
+        Ok(bytes) => i64::try_from(bytes).unwrap_or(i64::MAX),
+        Err(err @ PeakError::Parse { .. }) => {
+            tracing::error!(%err, "cannot parse the action cgroup's memory.peak; reporting 0");
             0
         }
         Err(err) => {
-            tracing::warn!(path = %path.display(), %err, "cannot read memory.peak; reporting 0");
+            tracing::warn!(%err, "cannot read the action cgroup's memory.peak; reporting 0");
             0
         }
     }
