@@ -325,7 +325,12 @@ vm_forward_port() {
 vm_qemu_args() {
     local memory=$1 accel
     case ${RBE_VM_ACCEL:-tcg} in
-        tcg) accel=(-accel tcg -cpu max) ;;
+        # thread=single: multi-threaded TCG races when the kernel patches its
+        # own code on one vCPU while another executes it (seen here once as
+        # an "Oops: int3" in sched_clock_cpu during boot, a guest panic that
+        # failed a CI run). Round-robin vCPUs keep two CPUs for the guest's
+        # concurrency without that race.
+        tcg) accel=(-accel tcg,thread=single -cpu max) ;;
         kvm) accel=(-accel kvm -cpu host) ;;
         *) die "RBE_VM_ACCEL must be tcg or kvm" ;;
     esac
