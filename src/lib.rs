@@ -10,6 +10,7 @@
 //! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters.
 //! - [`server`]: listeners, shutdown, and the one mapping from runner errors to gRPC statuses.
 //! - [`client`]: the operator CLI's client side (`rbe-runner exec`).
+//! - [`sync`]: locking state that a panic cannot leave inconsistent.
 
 pub mod build_directory;
 pub mod cgroup;
@@ -20,3 +21,4 @@ pub mod process;
 pub mod proto;
 pub mod runner;
 pub mod server;
+pub mod sync;

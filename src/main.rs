@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use rbe_runner::build_directory::BuildDirectory;
+use rbe_runner::cgroup::host::{self as cgroup_host, CgroupHost, CgroupOptions, CgroupSetup};
 use rbe_runner::cleaner::command::CommandCleaner;
 use rbe_runner::cleaner::directory::DirectoryCleaner;
 use rbe_runner::cleaner::process_table::ProcessTableCleaner;
@@ -17,10 +18,11 @@ use rbe_runner::config::{self, Config};
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
 use rbe_runner::process::spawn::Identity;
 use rbe_runner::process::DEFAULT_PROC_ROOT;
-use rbe_runner::runner::cgroup_sampling::{self, Concurrency, OwnCgroupSource};
 use rbe_runner::runner::local::{LocalRunner, LocalRunnerOptions};
 use rbe_runner::runner::SharedRunner;
-use rbe_runner::runner::{clean, readiness, temporary_directory_symlinking};
+use rbe_runner::runner::{
+    action_cgroup_attribution, cgroup_sampling, clean, readiness, temporary_directory_symlinking,
+};
 use rbe_runner::server::BoundServers;
 
 const USAGE: &str = "\
@@ -134,17 +136,24 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     let build_directory =
         Arc::new(BuildDirectory::open(&config.build_directory_path).context("buildDirectoryPath")?);
 
-    // Every action in a cgroup of its own, in the subtree delegated to us;
-    // leftovers of a previous runner are removed before we serve.
-    let action_cgroups = match &config.action_cgroups {
-        Some(action_cgroups) => {
-            let parent_path = action_cgroups.parent_path.clone();
-            let manager = tokio::task::spawn_blocking(move || setup_action_cgroups(parent_path))
-                .await
-                .context("action cgroup setup")??;
-            Some(manager)
-        }
-        None => None,
+    // sampleCgroupResourceUsage and actionCgroups: find the cgroups they
+    // need, take over the delegated subtree (removing leftovers of a
+    // previous runner) and check what accounting needs, before serving.
+    let cgroup_options = CgroupOptions {
+        sample_resource_usage: config.sample_cgroup_resource_usage,
+        action_cgroups: config
+            .action_cgroups
+            .as_ref()
+            .map(|action_cgroups| action_cgroups.parent_path.clone()),
+    };
+    let cgroups = tokio::task::spawn_blocking(move || {
+        cgroup_host::start(&CgroupHost::default(), &cgroup_options)
+    })
+    .await
+    .context("cgroup setup")??;
+    let action_cgroups = match &cgroups {
+        CgroupSetup::ActionCgroups { manager, .. } => Some(manager.clone()),
+        _ => None,
     };
     // Under memory pressure the kernel should kill an action (retryable)
     // before the runner that serves all of them.
@@ -178,31 +187,26 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     // per action: measured by the local runner in each action's own cgroup
     // (any concurrency), or around each Run in the cgroup all actions share
     // (one at a time).
-    if config.sample_cgroup_resource_usage {
-        runner = match &action_cgroups {
-            Some(manager) => {
-                for cgroup in [manager.parent(), manager.actions_directory()] {
-                    rbe_runner::cgroup::check_required_files(cgroup).context(
-                        "sampleCgroupResourceUsage with actionCgroups: action cgroups cannot be sampled",
-                    )?;
-                }
-                cgroup_sampling::new_for_action_cgroups(
-                    runner,
-                    manager.parent().to_path_buf(),
-                    build_directory.clone(),
-                )
-            }
-            None => {
-                let cgroup = cgroup_sampling::prepare(&OwnCgroupSource::default())?;
-                cgroup_sampling::new(
-                    runner,
-                    cgroup,
-                    build_directory.clone(),
-                    Concurrency::OneActionAtATime,
-                    Some(actions_running.clone()),
-                )
-            }
-        };
+    match cgroups {
+        CgroupSetup::ActionCgroups {
+            manager,
+            sampled: true,
+        } => {
+            runner = action_cgroup_attribution::new(
+                runner,
+                manager.parent().to_path_buf(),
+                build_directory.clone(),
+            );
+        }
+        CgroupSetup::SharedCgroup { cgroup } => {
+            runner = cgroup_sampling::new(
+                runner,
+                cgroup,
+                build_directory.clone(),
+                Some(actions_running.clone()),
+            );
+        }
+        CgroupSetup::ActionCgroups { sampled: false, .. } | CgroupSetup::Unused => {}
     }
 
     // symlinkTemporaryDirectories: each path (e.g. /tmp) leads to the
@@ -295,34 +299,6 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     served?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Finds the cgroup to manage (`parentPath`, or the one we started in) and
-/// takes it over.
-fn setup_action_cgroups(
-    parent_path: Option<String>,
-) -> anyhow::Result<Arc<rbe_runner::cgroup::action::ActionCgroupManager>> {
-    use rbe_runner::cgroup::action::{mount_point_of, ActionCgroupManager};
-    use rbe_runner::cgroup::{
-        locate_own_cgroup, DEFAULT_PROC_SELF_CGROUP, DEFAULT_PROC_SELF_MOUNTINFO,
-    };
-    let own = locate_own_cgroup(
-        std::path::Path::new(DEFAULT_PROC_SELF_CGROUP),
-        std::path::Path::new(DEFAULT_PROC_SELF_MOUNTINFO),
-    )
-    .context("actionCgroups: cannot find the runner's cgroup v2")?;
-    let parent = match parent_path {
-        Some(path) => mount_point_of(&own).join(path.trim_start_matches('/')),
-        // Restarted inside the leaf a previous runner moved itself into:
-        // manage that runner's parent again.
-        None if own.ends_with("runner")
-            && own.parent().is_some_and(|p| p.join("actions").is_dir()) =>
-        {
-            own.parent().map(PathBuf::from).unwrap_or(own)
-        }
-        None => own,
-    };
-    ActionCgroupManager::setup(&parent).context("actionCgroups")
 }
 
 /// SIGTERM and SIGINT, registered once at startup so that a signal

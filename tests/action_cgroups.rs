@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use rbe_runner::cgroup::action::{kill_and_remove, mount_point_of};
+use rbe_runner::cgroup::action::kill_and_remove;
+use rbe_runner::cgroup::host::mount_point_of;
 use rbe_runner::cgroup::{
     locate_own_cgroup, DEFAULT_PROC_SELF_CGROUP, DEFAULT_PROC_SELF_MOUNTINFO,
 };

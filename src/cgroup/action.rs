@@ -25,7 +25,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use procfs::process::Process;
+
 use super::parse::parse_flat_keyed;
+use super::{
+    CGROUP_CONTROLLERS_FILE, CGROUP_EVENTS_FILE, CGROUP_KILL_FILE, CGROUP_PROCS_FILE,
+    CGROUP_SUBTREE_CONTROL_FILE, CGROUP_TYPE_FILE,
+};
+use crate::process::DEFAULT_PROC_ROOT;
+
+/// The leaf of the managed parent that holds the runner (and every other
+/// process that was in the parent), so that the parent may delegate
+/// controllers (the no-internal-process rule).
+pub const RUNNER_LEAF: &str = "runner";
+/// The child of the managed parent that holds one cgroup per action.
+pub const ACTIONS_DIRECTORY: &str = "actions";
 
 /// Controllers enabled for actions when the parent offers them.
 const WANTED_CONTROLLERS: [&str; 4] = ["memory", "cpu", "io", "pids"];
@@ -125,7 +139,7 @@ impl ActionCgroupManager {
     pub fn new(parent: &Path, cleanup: Box<CleanupStep>) -> Self {
         ActionCgroupManager {
             parent: parent.to_path_buf(),
-            actions: parent.join("actions"),
+            actions: parent.join(ACTIONS_DIRECTORY),
             next_id: AtomicU64::new(0),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -155,12 +169,12 @@ impl ActionCgroupManager {
     }
 
     fn take_over(&self) -> Result<(), ActionCgroupError> {
-        if !self.parent.join("cgroup.procs").exists() {
+        if !self.parent.join(CGROUP_PROCS_FILE).exists() {
             return Err(ActionCgroupError::NotACgroup {
                 path: self.parent.clone(),
             });
         }
-        if !self.parent.join("cgroup.type").exists() {
+        if !self.parent.join(CGROUP_TYPE_FILE).exists() {
             return Err(ActionCgroupError::RootCgroup {
                 path: self.parent.clone(),
             });
@@ -168,18 +182,18 @@ impl ActionCgroupManager {
         // cgroup.kill (Linux 5.14) is what makes cleanup atomic against
         // forks; without it every cleanup would fail and the runner would
         // refuse all work, so refuse to start instead.
-        if !self.parent.join("cgroup.kill").exists() {
+        if !self.parent.join(CGROUP_KILL_FILE).exists() {
             return Err(ActionCgroupError::NoCgroupKill {
-                path: self.parent.join("cgroup.kill"),
+                path: self.parent.join(CGROUP_KILL_FILE),
             });
         }
-        let runner = self.parent.join("runner");
+        let runner = self.parent.join(RUNNER_LEAF);
         create_directory(&runner)?;
         // Every process of the parent moves (an init such as tini, a shell
         // entrypoint), not only the runner: a cgroup that hands controllers
         // to its children may not hold processes itself.
-        let procs = runner.join("cgroup.procs");
-        let parent_procs = self.parent.join("cgroup.procs");
+        let procs = runner.join(CGROUP_PROCS_FILE);
+        let parent_procs = self.parent.join(CGROUP_PROCS_FILE);
         let mut moved_own = false;
         for round in 0.. {
             if round == 100 {
@@ -268,9 +282,8 @@ impl ActionCgroupManager {
     }
 
     fn lock_dirty(&self) -> std::sync::MutexGuard<'_, BTreeMap<PathBuf, String>> {
-        self.dirty
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // Each operation on the map is a single insert or remove.
+        crate::sync::lock_unpoisoned(&self.dirty)
     }
 
     fn mark_dirty(&self, path: &Path, what: String) {
@@ -292,7 +305,7 @@ impl ActionCgroupManager {
             }
             Err(source) => return Err(ActionCgroupError::Io { path, source }),
         }
-        let procs_path = path.join("cgroup.procs");
+        let procs_path = path.join(CGROUP_PROCS_FILE);
         let procs = OpenOptions::new()
             .write(true)
             .open(&procs_path)
@@ -341,7 +354,7 @@ pub fn processes_in(cgroup: &Path) -> Vec<i32> {
     let mut pids = Vec::new();
     let mut pending = vec![cgroup.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        if let Ok(text) = std::fs::read_to_string(dir.join(CGROUP_PROCS_FILE)) {
             pids.extend(
                 text.lines()
                     .filter_map(|line| line.trim().parse::<i32>().ok()),
@@ -368,7 +381,7 @@ pub fn signal_all(cgroup: &Path, signal: nix::sys::signal::Signal) {
 
 /// Whether `cgroup.events` reports processes in the cgroup or below.
 pub fn is_populated(cgroup: &Path) -> Result<bool, ActionCgroupError> {
-    let path = cgroup.join("cgroup.events");
+    let path = cgroup.join(CGROUP_EVENTS_FILE);
     let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
     let pairs = parse_flat_keyed(&text).map_err(|err| ActionCgroupError::Io {
         path: path.clone(),
@@ -410,7 +423,7 @@ pub fn kill_and_remove(cgroup: &Path, timeout: Duration) -> Result<(), ActionCgr
 /// SIGKILLs every process in the cgroup and its descendants, atomically
 /// with respect to forks (`cgroup.kill`, Linux ≥ 5.14).
 pub fn kill_cgroup(cgroup: &Path) -> Result<(), ActionCgroupError> {
-    let kill = cgroup.join("cgroup.kill");
+    let kill = cgroup.join(CGROUP_KILL_FILE);
     write_file(&kill, "1").map_err(io_error(&kill))
 }
 
@@ -442,19 +455,15 @@ pub fn describe_processes(cgroup: &Path) -> String {
         return "no processes".into();
     }
     pids.iter()
-        .map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let command = stat
-                .split_once('(')
-                .and_then(|(_, rest)| rest.rsplit_once(')'))
-                .map(|(command, _)| command.to_string())
-                .unwrap_or_default();
-            let state = stat
-                .rsplit_once(") ")
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .unwrap_or("?")
-                .to_string();
-            format!("{pid} ({command}) state {state}")
+        .map(|&pid| {
+            // Read through the process's own directory, so that a process
+            // gone meanwhile reads as unknown rather than failing the list.
+            let stat = Process::new_with_root(Path::new(DEFAULT_PROC_ROOT).join(pid.to_string()))
+                .and_then(|process| process.stat());
+            match stat {
+                Ok(stat) => format!("{pid} ({}) state {}", stat.comm, stat.state),
+                Err(_) => format!("{pid} () state ?"),
+            }
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -485,7 +494,7 @@ fn write_file(path: &Path, content: &str) -> io::Result<()> {
 /// Enables the wanted controllers that `cgroup` offers for its children.
 /// Returns the ones enabled.
 fn enable_controllers(cgroup: &Path) -> Result<Vec<String>, ActionCgroupError> {
-    let available_path = cgroup.join("cgroup.controllers");
+    let available_path = cgroup.join(CGROUP_CONTROLLERS_FILE);
     let available = std::fs::read_to_string(&available_path).map_err(io_error(&available_path))?;
     let enable: Vec<String> = WANTED_CONTROLLERS
         .iter()
@@ -495,7 +504,7 @@ fn enable_controllers(cgroup: &Path) -> Result<Vec<String>, ActionCgroupError> {
     if enable.is_empty() {
         return Ok(enable);
     }
-    let control = cgroup.join("cgroup.subtree_control");
+    let control = cgroup.join(CGROUP_SUBTREE_CONTROL_FILE);
     let request = enable
         .iter()
         .map(|c| format!("+{c}"))
@@ -506,20 +515,6 @@ fn enable_controllers(cgroup: &Path) -> Result<Vec<String>, ActionCgroupError> {
         source,
     })?;
     Ok(enable)
-}
-
-/// The directory of the cgroup2 mount containing `cgroup`: the topmost
-/// ancestor that is still a cgroup directory. `parentPath` is resolved
-/// against it.
-pub fn mount_point_of(cgroup: &Path) -> PathBuf {
-    let mut top = cgroup.to_path_buf();
-    while let Some(parent) = top.parent() {
-        if !parent.join("cgroup.procs").exists() {
-            break;
-        }
-        top = parent.to_path_buf();
-    }
-    top
 }
 
 #[cfg(test)]
@@ -591,18 +586,6 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(!cgroup_path.exists());
-    }
-
-    #[test]
-    fn the_mount_point_is_the_topmost_cgroup_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let mount = dir.path().join("cgroup");
-        let own = mount.join("a/b");
-        std::fs::create_dir_all(&own).unwrap();
-        for cgroup in [&mount, &mount.join("a"), &own] {
-            std::fs::write(cgroup.join("cgroup.procs"), "").unwrap();
-        }
-        assert_eq!(mount_point_of(&own), mount);
     }
 
     #[test]

@@ -6,23 +6,20 @@
 //! absence only makes some fields read 0 or stay unset.
 
 use std::fmt;
-use std::io;
 use std::path::{Path, PathBuf};
 
-use super::parse::{self, ParseError};
+use super::parse;
 use super::peak::{MemoryPeakTracker, PeakUnavailable};
 use super::{
-    CGROUP_PROCS_FILE, CGROUP_TYPE_FILE, CPU_PRESSURE_FILE, IO_PRESSURE_FILE, MEMORY_EVENTS_FILE,
-    MEMORY_PRESSURE_FILE,
+    FileError, CGROUP_PROCS_FILE, CGROUP_TYPE_FILE, CPU_PRESSURE_FILE, IO_PRESSURE_FILE,
+    MEMORY_EVENTS_FILE, MEMORY_PRESSURE_FILE,
 };
 
 /// Why a cgroup cannot be used for accounting, or could not be probed.
 #[derive(Debug, thiserror::Error)]
 pub enum CapabilityError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("cannot parse {path}: {source}")]
-    Parse { path: PathBuf, source: ParseError },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{cgroup} is not a cgroup v2 directory: it has no {CGROUP_PROCS_FILE}")]
     NotACgroup { cgroup: PathBuf },
     #[error(
@@ -137,13 +134,10 @@ pub fn probe_capabilities(cgroup: &Path) -> Result<CgroupCapabilities, Capabilit
     };
 
     let memory_events_path = cgroup.join(MEMORY_EVENTS_FILE);
-    let oom_group_kill_event = match read_if_present(&memory_events_path)? {
+    let oom_group_kill_event = match super::read_optional(&memory_events_path)? {
         None => false,
         Some(text) => parse::parse_flat_keyed(&text)
-            .map_err(|source| CapabilityError::Parse {
-                path: memory_events_path.clone(),
-                source,
-            })?
+            .map_err(FileError::parse(&memory_events_path))?
             .iter()
             .any(|(key, _)| *key == "oom_group_kill"),
     };
@@ -157,31 +151,17 @@ pub fn probe_capabilities(cgroup: &Path) -> Result<CgroupCapabilities, Capabilit
     })
 }
 
-fn exists(path: &Path) -> Result<bool, CapabilityError> {
-    path.try_exists().map_err(|source| CapabilityError::Io {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// [`super::read_optional`], with the error naming the file.
-fn read_if_present(path: &Path) -> Result<Option<String>, CapabilityError> {
-    super::read_optional(path).map_err(|source| CapabilityError::Io {
-        path: path.to_owned(),
-        source,
-    })
+fn exists(path: &Path) -> Result<bool, FileError> {
+    path.try_exists().map_err(FileError::io(path))
 }
 
 /// Whether a PSI file is present; a present but malformed one is an error,
 /// since counters would then fail on every action.
-fn pressure_present(path: &Path) -> Result<bool, CapabilityError> {
-    let Some(text) = read_if_present(path)? else {
+fn pressure_present(path: &Path) -> Result<bool, FileError> {
+    let Some(text) = super::read_optional(path)? else {
         return Ok(false);
     };
-    parse::parse_pressure(&text).map_err(|source| CapabilityError::Parse {
-        path: path.to_owned(),
-        source,
-    })?;
+    parse::parse_pressure(&text).map_err(FileError::parse(path))?;
     Ok(true)
 }
 
@@ -322,7 +302,7 @@ mod tests {
     fn a_malformed_pressure_file_fails_the_probe_naming_it() {
         let cgroup = fake_cgroup(&[(IO_PRESSURE_FILE, "some avg10=0.00\n")]);
         match probe_capabilities(cgroup.path()) {
-            Err(CapabilityError::Parse { path, .. }) => {
+            Err(CapabilityError::File(FileError::Parse { path, .. })) => {
                 assert_eq!(path, cgroup.path().join(IO_PRESSURE_FILE))
             }
             other => panic!("expected a parse error, got {other:?}"),

@@ -7,22 +7,13 @@
 //! then unknown, and we report 0 and log the fact rather than a wrapped
 //! number.
 
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::parse::{self, MemoryEvents, ParseError, PressureTotals};
-use super::{CPU_PRESSURE_FILE, IO_PRESSURE_FILE, MEMORY_EVENTS_FILE, MEMORY_PRESSURE_FILE};
+use super::parse::{self, MemoryEvents, PressureTotals};
+use super::{
+    FileError, CPU_PRESSURE_FILE, IO_PRESSURE_FILE, MEMORY_EVENTS_FILE, MEMORY_PRESSURE_FILE,
+};
 use crate::proto::resourceusage::CgroupResourceUsage;
-
-/// Why a cgroup's counters could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum CounterError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("cannot parse {path}: {source}")]
-    Parse { path: PathBuf, source: ParseError },
-}
 
 /// The cumulative counters of one cgroup at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,7 +36,7 @@ impl CgroupCounters {
     /// `memory.events` must exist (see
     /// [`super::capabilities::check_required_files`] for a startup check
     /// that explains its absence); missing PSI files are recorded as `None`.
-    pub fn read(cgroup: &Path) -> Result<Self, CounterError> {
+    pub fn read(cgroup: &Path) -> Result<Self, FileError> {
         Ok(CgroupCounters {
             memory_events: read_memory_events(cgroup)?,
             cpu_pressure: read_pressure(&cgroup.join(CPU_PRESSURE_FILE))?,
@@ -99,36 +90,19 @@ impl CgroupCounters {
 }
 
 /// The `memory.events` counters of the cgroup whose directory is `cgroup`.
-pub fn read_memory_events(cgroup: &Path) -> Result<MemoryEvents, CounterError> {
-    let path = cgroup.join(MEMORY_EVENTS_FILE);
-    let text = fs::read_to_string(&path).map_err(|source| CounterError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    parse::parse_memory_events(&text).map_err(|source| CounterError::Parse { path, source })
+pub fn read_memory_events(cgroup: &Path) -> Result<MemoryEvents, FileError> {
+    super::read_parsed(&cgroup.join(MEMORY_EVENTS_FILE), parse::parse_memory_events)
 }
 
-/// [`super::read_optional`], with the error naming the file.
-fn read_optional_text(path: &Path) -> Result<Option<String>, CounterError> {
-    super::read_optional(path).map_err(|source| CounterError::Io {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn read_pressure(path: &Path) -> Result<Option<PressureTotals>, CounterError> {
-    let Some(text) = read_optional_text(path)? else {
+fn read_pressure(path: &Path) -> Result<Option<PressureTotals>, FileError> {
+    let Some(text) = super::read_optional(path)? else {
         return Ok(None);
     };
     parse::parse_pressure(&text)
         .map(Some)
-        .map_err(|source| CounterError::Parse {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(FileError::parse(path))
 }
 
-/// `after - before`, or 0 with an error log when the counter went down.
 fn counter_delta(counter: &str, before: u64, after: u64) -> u64 {
     after.checked_sub(before).unwrap_or_else(|| {
         tracing::error!(
@@ -193,6 +167,7 @@ fn micros_to_duration(micros: u64) -> prost_types::Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::io;
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -250,7 +225,7 @@ mod tests {
     fn missing_memory_events_is_an_error_naming_the_file() {
         let cgroup = fake_cgroup(&[(CPU_PRESSURE_FILE, &pressure_text(1, 1))]);
         match CgroupCounters::read(cgroup.path()) {
-            Err(CounterError::Io { path, source }) => {
+            Err(FileError::Io { path, source }) => {
                 assert_eq!(path, cgroup.path().join(MEMORY_EVENTS_FILE));
                 assert_eq!(source.kind(), io::ErrorKind::NotFound);
             }
@@ -270,7 +245,7 @@ mod tests {
         let error = CgroupCounters::read(cgroup.path()).unwrap_err();
         let message = error.to_string();
         assert!(
-            matches!(&error, CounterError::Parse { path, .. } if path.ends_with(IO_PRESSURE_FILE)),
+            matches!(&error, FileError::Parse { path, .. } if path.ends_with(IO_PRESSURE_FILE)),
             "{error:?}"
         );
         assert!(

@@ -12,15 +12,20 @@
 //!   verified cleanup, crash recovery, and the dirty-cgroup gate.
 //! - [`capabilities`]: the startup check (accounting cannot work without
 //!   it) and the probe of optional measurements (for the startup log).
+//! - [`host`]: startup: from the configuration's cgroup options to the
+//!   cgroups the runner samples or manages, every refusal decided there.
 //!
 //! Every function takes the cgroup directory (or the `/proc` files) as a
-//! parameter; the real locations appear only as `DEFAULT_` constants in
-//! [`locate`]. The file I/O here is blocking; async callers use
-//! `spawn_blocking`.
+//! parameter; the real locations appear only as `DEFAULT_` constants
+//! ([`locate`]'s `/proc/self` files, [`host`]'s file system root).
+//! Interface files are read through [`FileError`], so
+//! every error names its file. The file I/O here is blocking; async
+//! callers use `spawn_blocking`.
 
 pub mod action;
 pub mod capabilities;
 pub mod counters;
+pub mod host;
 pub mod locate;
 pub mod parse;
 pub mod peak;
@@ -32,28 +37,75 @@ pub use capabilities::{
     check_required_files, probe_capabilities, CapabilityError, CgroupCapabilities,
     MemoryPeakCapability,
 };
-pub use counters::{CgroupCounters, CounterError};
+pub use counters::CgroupCounters;
 pub use locate::{
     locate_cgroup, locate_own_cgroup, LocateError, DEFAULT_PROC_SELF_CGROUP,
     DEFAULT_PROC_SELF_MOUNTINFO,
 };
-pub use parse::{MemoryEvents, ParseError, PressureTotals};
-pub use peak::{MemoryPeakTracker, PeakError, PeakUnavailable};
+pub use parse::{Limit, MemoryEvents, ParseError, PressureTotals};
+pub use peak::{MemoryPeakTracker, PeakUnavailable};
 
 // Names of the cgroup v2 interface files we use, relative to a cgroup
 // directory.
 const CGROUP_PROCS_FILE: &str = "cgroup.procs";
 const CGROUP_TYPE_FILE: &str = "cgroup.type";
+const CGROUP_KILL_FILE: &str = "cgroup.kill";
+const CGROUP_EVENTS_FILE: &str = "cgroup.events";
+const CGROUP_CONTROLLERS_FILE: &str = "cgroup.controllers";
+const CGROUP_SUBTREE_CONTROL_FILE: &str = "cgroup.subtree_control";
 const MEMORY_EVENTS_FILE: &str = "memory.events";
 const MEMORY_PEAK_FILE: &str = "memory.peak";
 const CPU_PRESSURE_FILE: &str = "cpu.pressure";
 const MEMORY_PRESSURE_FILE: &str = "memory.pressure";
 const IO_PRESSURE_FILE: &str = "io.pressure";
 
+/// Why an interface file of a cgroup could not be used. Every cgroup reader
+/// reports through this one type, so each message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}: {source}")]
+    Parse {
+        path: std::path::PathBuf,
+        source: ParseError,
+    },
+}
+
+impl FileError {
+    /// An I/O error at `path`.
+    pub fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+        move |source| FileError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// A parse error of the text read from `path`.
+    pub fn parse(path: &std::path::Path) -> impl FnOnce(ParseError) -> FileError + '_ {
+        move |source| FileError::Parse {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Reads an interface file and parses it with `parse`.
+fn read_parsed<T>(
+    path: &std::path::Path,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Result<T, FileError> {
+    let text = std::fs::read_to_string(path).map_err(FileError::io(path))?;
+    parse(&text).map_err(FileError::parse(path))
+}
+
 /// Reads an optional interface file: `None` when it does not exist or the
 /// kernel refuses it as unsupported (PSI files on kernels booted with
 /// `psi=0`, before such files were hidden outright).
-fn read_optional(path: &std::path::Path) -> std::io::Result<Option<String>> {
+fn read_optional(path: &std::path::Path) -> Result<Option<String>, FileError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(error)
@@ -62,7 +114,10 @@ fn read_optional(path: &std::path::Path) -> std::io::Result<Option<String>> {
         {
             Ok(None)
         }
-        Err(error) => Err(error),
+        Err(source) => Err(FileError::Io {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 

@@ -115,6 +115,26 @@ pub fn parse_single_value(text: &str) -> Result<u64, ParseError> {
     parse_counter(line_number, "value", line)
 }
 
+/// The value of a limit file such as `memory.max`, `memory.swap.max` or
+/// `pids.max`: a number, or `max` for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The file holds `max`.
+    Unlimited,
+    /// The file holds this number.
+    Value(u64),
+}
+
+/// Parses a single-value limit file, which may hold `max`. Kept apart from
+/// [`parse_single_value`], which stays strict: a counter reading `max` is a
+/// wrong file, not an unlimited counter.
+pub fn parse_limit(text: &str) -> Result<Limit, ParseError> {
+    if text == "max\n" {
+        return Ok(Limit::Unlimited);
+    }
+    parse_single_value(text).map(Limit::Value)
+}
+
 /// The counters of `memory.events`: how often the cgroup (and, unless the
 /// hierarchy is mounted with `memory_localevents`, its descendants) hit each
 /// memory boundary. All are monotonic since the cgroup was created.
@@ -400,6 +420,22 @@ mod tests {
         );
     }
 
+    #[test]
+    fn limit_files() {
+        // Why it matters: `max` is how the kernel writes "no limit"; reading
+        // it as an error (or as 0) would misreport every unlimited cgroup.
+        assert_eq!(parse_limit("max\n"), Ok(Limit::Unlimited));
+        assert_eq!(parse_limit("67108864\n"), Ok(Limit::Value(64 << 20)));
+        assert_eq!(parse_limit("0\n"), Ok(Limit::Value(0)));
+        assert!(matches!(
+            parse_limit("max"),
+            Err(ParseError::Truncated { .. })
+        ));
+        for bad in ["", "MAX\n", "max 100000\n", "-1\n", "max\nmax\n"] {
+            assert!(parse_limit(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
     // ---- properties -----------------------------------------------------
 
     const KNOWN_EVENT_KEYS: [&str; 6] = ["low", "high", "max", "oom", "oom_kill", "oom_group_kill"];
@@ -494,6 +530,7 @@ mod tests {
             let _ = parse_memory_events(&text);
             let _ = parse_pressure(&text);
             let _ = parse_single_value(&text);
+            let _ = parse_limit(&text);
         }
 
         #[test]
@@ -501,6 +538,12 @@ mod tests {
             let _ = parse_memory_events(&text);
             let _ = parse_pressure(&text);
             let _ = parse_single_value(&text);
+            let _ = parse_limit(&text);
+        }
+
+        #[test]
+        fn limit_round_trip(value in any::<u64>()) {
+            prop_assert_eq!(parse_limit(&format!("{value}\n")), Ok(Limit::Value(value)));
         }
 
         /// A memory.events cut anywhere is either rejected or, if the cut

@@ -18,21 +18,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::parse::{self, ParseError};
-use super::MEMORY_PEAK_FILE;
+use super::parse;
+use super::{FileError, MEMORY_PEAK_FILE};
 
 /// What is written to reset the watermark; the kernel accepts any
 /// non-empty string.
 const RESET_COMMAND: &[u8] = b"reset\n";
-
-/// Why reading the peak through an open, reset descriptor failed.
-#[derive(Debug, thiserror::Error)]
-pub enum PeakError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("cannot parse {path}: {source}")]
-    Parse { path: PathBuf, source: ParseError },
-}
 
 /// Why a [`MemoryPeakTracker`] measures nothing.
 #[derive(Debug)]
@@ -117,21 +108,16 @@ impl MemoryPeakTracker {
 
     /// The highest memory use of the cgroup, in bytes, since [`Self::start`];
     /// 0 when not measuring.
-    pub fn peak_bytes(&self) -> Result<u64, PeakError> {
+    pub fn peak_bytes(&self) -> Result<u64, FileError> {
         let Ok(mut file) = self.descriptor.as_ref() else {
             return Ok(0);
         };
-        let io_error = |source| PeakError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        file.seek(SeekFrom::Start(0)).map_err(io_error)?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(FileError::io(&self.path))?;
         let mut text = String::new();
-        file.read_to_string(&mut text).map_err(io_error)?;
-        parse::parse_single_value(&text).map_err(|source| PeakError::Parse {
-            path: self.path.clone(),
-            source,
-        })
+        file.read_to_string(&mut text)
+            .map_err(FileError::io(&self.path))?;
+        parse::parse_single_value(&text).map_err(FileError::parse(&self.path))
     }
 }
 
@@ -139,13 +125,8 @@ impl MemoryPeakTracker {
 /// descriptor: the peak of everything that ever ran in it. Right for a
 /// cgroup created for one action, which needs no reset (and so works before
 /// Linux 6.12 too).
-pub fn read_lifetime_peak(cgroup: &Path) -> Result<u64, PeakError> {
-    let path = cgroup.join(MEMORY_PEAK_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| PeakError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    parse::parse_single_value(&text).map_err(|source| PeakError::Parse { path, source })
+pub fn read_lifetime_peak(cgroup: &Path) -> Result<u64, FileError> {
+    super::read_parsed(&cgroup.join(MEMORY_PEAK_FILE), parse::parse_single_value)
 }
 
 #[cfg(test)]
@@ -211,7 +192,7 @@ mod tests {
         let tracker = MemoryPeakTracker::start(cgroup.path());
         write_files(cgroup.path(), &[(MEMORY_PEAK_FILE, "max\n")]);
         match tracker.peak_bytes() {
-            Err(PeakError::Parse { path, .. }) => {
+            Err(FileError::Parse { path, .. }) => {
                 assert_eq!(path, cgroup.path().join(MEMORY_PEAK_FILE))
             }
             other => panic!("expected a parse error, got {other:?}"),

@@ -11,6 +11,11 @@ use tempfile::TempDir;
 pub(crate) fn write_files(directory: &Path, files: &[(&str, &str)]) {
     for (name, contents) in files {
         let path = directory.join(name);
+        if let Some(parent) = path.parent() {
+            if let Err(error) = fs::create_dir_all(parent) {
+                panic!("creating fixture directory {}: {error}", parent.display());
+            }
+        }
         if let Err(error) = fs::write(&path, contents) {
             panic!("writing fixture {}: {error}", path.display());
         }

@@ -49,7 +49,9 @@ impl ChildExit {
 /// A spawned child: its pid and a receiver for its exit.
 #[derive(Debug)]
 pub struct SpawnedChild {
+    /// The child's pid, registered with the reaper before it could exit.
     pub pid: i32,
+    /// Receives the child's exit once the reaper has waited for it.
     pub exit: oneshot::Receiver<ChildExit>,
 }
 
@@ -98,11 +100,8 @@ impl Reaper {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
-        // A panic while holding the lock cannot leave the map inconsistent
-        // (each operation is a single insert or remove), so keep going.
-        self.registry
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // Each operation on the map is a single insert or remove.
+        crate::sync::lock_unpoisoned(&self.registry)
     }
 
     fn reap_forever(&self) {

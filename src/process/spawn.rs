@@ -12,8 +12,11 @@ use super::reaper::{reaper, SpawnedChild};
 /// The identity an action runs as (`runCommandsAs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// The user id set with `setuid`.
     pub user_id: u32,
+    /// The primary group id set with `setgid`.
     pub group_id: u32,
+    /// The supplementary groups set with `setgroups`; empty drops them all.
     pub additional_group_ids: Vec<u32>,
 }
 
@@ -33,7 +36,9 @@ pub struct ProcessSpec {
     pub chroot_directory: Option<OwnedFd>,
     /// When set, the child drops to this identity before exec.
     pub identity: Option<Identity>,
+    /// The child's standard output (its standard input is `/dev/null`).
     pub stdout: File,
+    /// The child's standard error.
     pub stderr: File,
     /// `cgroup.procs` of the action's cgroup: the child moves itself in
     /// before anything else, so no instruction of the action runs outside.
@@ -209,7 +214,9 @@ impl std::fmt::Display for SpawnStep {
 #[derive(Debug, thiserror::Error)]
 #[error("{step}: {source}")]
 pub struct SpawnError {
+    /// The step of preparing the child that failed.
     pub step: SpawnStep,
+    /// The error that step got from the kernel.
     #[source]
     pub source: io::Error,
 }

@@ -141,11 +141,8 @@ enum Entry {
 
 impl IdleCleaner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every critical section is a few assignments; a panic cannot leave
-        // the state half-updated, so a poisoned lock is still consistent.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // Every critical section is a few assignments.
+        crate::sync::lock_unpoisoned(&self.state)
     }
 
     /// Counts a call in. When the runner was idle, cleans first; callers

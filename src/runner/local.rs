@@ -19,8 +19,9 @@ use crate::build_directory::{
     open_directory_beneath, BuildDirectory, PathError, ResolvedDirectory,
 };
 use crate::cgroup::action::{ActionCgroup, ActionCgroupManager};
-use crate::cgroup::peak::{read_lifetime_peak, PeakError};
+use crate::cgroup::peak::read_lifetime_peak;
 use crate::cgroup::CgroupCounters;
+use crate::cgroup::FileError;
 use crate::process::lookup::find_program;
 use crate::process::reaper::{ChildExit, SpawnedChild};
 use crate::process::signal_name;
@@ -294,7 +295,7 @@ async fn measure(handle: &ActionCgroupHandle) -> Result<CgroupResourceUsage, Str
 fn read_memory_peak(cgroup: &std::path::Path) -> i64 {
     match read_lifetime_peak(cgroup) {
         Ok(bytes) => i64::try_from(bytes).unwrap_or(i64::MAX),
-        Err(err @ PeakError::Parse { .. }) => {
+        Err(err @ FileError::Parse { .. }) => {
             tracing::error!(%err, "cannot parse the action cgroup's memory.peak; reporting 0");
             0
         }

@@ -7,9 +7,11 @@
 //! runner to the generated gRPC service and maps [`RunnerError`] to a gRPC
 //! status in one place.
 
+pub mod action_cgroup_attribution;
 pub mod cgroup_sampling;
 pub mod clean;
 pub mod local;
+pub mod oom_diagnosis;
 pub mod readiness;
 pub mod temporary_directory_symlinking;
 
