@@ -202,6 +202,19 @@ mod tests {
         );
     }
 
+    /// A directory is not a configuration file, and says so before Jsonnet
+    /// gets to produce a less clear error.
+    #[test]
+    fn a_directory_is_a_read_error() {
+        let directory = tempfile::tempdir().expect("create a temporary directory");
+        let error = load(directory.path()).expect_err("a directory");
+        assert!(matches!(error, ConfigError::Read { .. }), "{error:?}");
+        assert_mentions(
+            &error.to_string(),
+            &[&directory.path().display().to_string(), "directory"],
+        );
+    }
+
     // The example configurations ------------------------------------------
 
     fn example(name: &str) -> PathBuf {

@@ -403,3 +403,147 @@ pub(super) fn optional<T: Default>(
 ) -> Decoded<T> {
     field.map_or_else(|| Ok(T::default()), decode)
 }
+
+#[cfg(test)]
+mod tests {
+    //! These use made-up field names on purpose: the decoder must work for
+    //! any schema, not only bb_runner's.
+
+    use super::*;
+
+    fn object(entries: &[(&str, Json)]) -> Json {
+        Json::Object(
+            entries
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.clone()))
+                .collect(),
+        )
+    }
+
+    fn field(value: Json) -> Field {
+        Field {
+            path: "outer.value".to_owned(),
+            value,
+        }
+    }
+
+    /// Paths in errors must be something a reader can find in the file.
+    #[test]
+    fn child_paths_quote_keys_that_are_not_plain_names() {
+        assert_eq!(child_path("", "top"), "top");
+        assert_eq!(child_path("a[0]", "snake_name"), "a[0].snake_name");
+        assert_eq!(child_path("a", "odd key"), "a[\"odd key\"]");
+        assert_eq!(child_path("", "1st"), "[\"1st\"]");
+    }
+
+    #[test]
+    fn json_names_are_lower_camel_case() {
+        assert_eq!(lower_camel_case("plain"), "plain");
+        assert_eq!(lower_camel_case("two_words"), "twoWords");
+        assert_eq!(lower_camel_case("a_b_c_d"), "aBCD");
+    }
+
+    /// protobuf-JSON accepts both names, and `null` means "not set".
+    #[test]
+    fn take_accepts_either_name_and_null_is_unset() {
+        let mut message = Message::new(
+            "outer",
+            object(&[
+                ("twoWords", Json::Bool(true)),
+                ("other_field", Json::String("x".into())),
+                ("unset", Json::Null),
+            ]),
+        )
+        .expect("an object");
+        let camel = message.take("two_words").expect("decodes").expect("set");
+        assert_eq!(camel.path, "outer.twoWords");
+        assert!(camel.bool().expect("a bool"));
+        let snake = message.take("other_field").expect("decodes").expect("set");
+        assert_eq!(snake.path, "outer.other_field");
+        assert!(message.take("unset").expect("decodes").is_none());
+        message.finish().expect("every key was taken");
+    }
+
+    #[test]
+    fn one_field_in_both_spellings_is_refused() {
+        let mut message = Message::new(
+            "",
+            object(&[
+                ("twoWords", Json::Bool(true)),
+                ("two_words", Json::Bool(false)),
+            ]),
+        )
+        .expect("an object");
+        let error = message.take("two_words").err().expect("ambiguous");
+        assert_eq!(error.path, "twoWords");
+        assert!(
+            matches!(&error.problem, Problem::Invalid(text) if text.contains("set twice")),
+            "{error:?}"
+        );
+    }
+
+    /// A key nobody asked for is unknown, with the closest known name.
+    #[test]
+    fn keys_left_over_are_unknown_with_a_suggestion() {
+        let mut message =
+            Message::new("outer", object(&[("twoWord", Json::Bool(true))])).expect("an object");
+        assert!(message.take("two_words").expect("decodes").is_none());
+        let error = message.finish().expect_err("twoWord is unknown");
+        assert_eq!(error.path, "outer.twoWord");
+        assert!(
+            matches!(&error.problem, Problem::Unknown { suggestion: Some(name) } if name == "twoWords"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn suggestions_only_for_near_misses() {
+        let known = ["listenPaths".to_owned(), "listenAddresses".to_owned()];
+        assert_eq!(
+            suggest("listen_path", &known),
+            Some("listenPaths".to_owned())
+        );
+        assert_eq!(
+            suggest("ListenAdresses", &known),
+            Some("listenAddresses".to_owned())
+        );
+        assert_eq!(suggest("somethingElse", &known), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
+
+    /// protobuf-JSON writes 64-bit integers as strings; both are accepted,
+    /// and range checks name the field.
+    #[test]
+    fn integers_may_be_numbers_or_strings() {
+        assert_eq!(field(Json::Number(7.0)).uint32().expect("a uint32"), 7);
+        assert_eq!(
+            field(Json::String("7".into())).uint32().expect("a uint32"),
+            7
+        );
+        assert_eq!(
+            field(Json::String("-9000000000".into()))
+                .int64()
+                .expect("an int64"),
+            -9_000_000_000
+        );
+        for bad in [
+            Json::Number(1.5),
+            Json::Number(-1.0),
+            Json::String("1e3".into()),
+            Json::String("4294967296".into()),
+            Json::Bool(true),
+        ] {
+            let error = field(bad.clone()).uint32().expect_err("not a uint32");
+            assert_eq!(error.path, "outer.value", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn list_elements_carry_their_index() {
+        let elements = field(Json::Array(vec![Json::String("a".into()), Json::Null]));
+        let error = elements.paths().expect_err("null in a list");
+        assert_eq!(error.path, "outer.value[1]");
+    }
+}
