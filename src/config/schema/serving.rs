@@ -1,0 +1,500 @@
+//! Where the runner works and how it is reached: `buildDirectoryPath`,
+//! `grpcServers` (listeners, authentication policy, message size) and
+//! `readinessCheckingPathnames`.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use super::display::quoted_list;
+use crate::config::protojson::{child_path, optional, Decoded, Field, FieldError, Message};
+
+/// One entry of `grpcServers`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GrpcServerConfig {
+    /// Unix socket paths; a stale socket file is removed before binding.
+    pub listen_paths: Vec<PathBuf>,
+    /// TCP addresses such as `127.0.0.1:8991`.
+    pub listen_addresses: Vec<String>,
+    /// On shutdown, let in-flight actions finish instead of terminating them.
+    pub stop_gracefully: bool,
+    /// Largest request accepted; `None` keeps tonic's default (4 MiB).
+    pub maximum_received_message_size_bytes: Option<usize>,
+}
+
+/// The serving fields of the top-level message.
+/// Each field is the [`Config`](crate::config::Config) field of the same name.
+pub(super) struct Serving {
+    /// Empty when left out, protobuf's default; [`Serving::check_required`]
+    /// refuses that.
+    pub(super) build_directory_path: PathBuf,
+    pub(super) grpc_servers: Vec<GrpcServerConfig>,
+    pub(super) readiness_checking_pathnames: Vec<PathBuf>,
+}
+
+/// Takes the serving fields from the top-level `message`.
+pub(super) fn decode(message: &mut Message) -> Decoded<Serving> {
+    let build_directory_path = optional(message.take("build_directory_path")?, Field::string)?;
+    let grpc_servers = match message.take("grpc_servers")? {
+        Some(field) => field
+            .list()?
+            .into_iter()
+            .map(decode_grpc_server)
+            .collect::<Decoded<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    let readiness_checking_pathnames =
+        optional(message.take("readiness_checking_pathnames")?, Field::paths)?;
+    Ok(Serving {
+        build_directory_path: PathBuf::from(build_directory_path),
+        grpc_servers,
+        readiness_checking_pathnames,
+    })
+}
+
+impl Serving {
+    /// A runner needs a build directory and a way to be reached. Called
+    /// once every key of the document has been read, so that a misspelled
+    /// required field is reported as the typo it is, not as missing.
+    pub(super) fn check_required(&self) -> Decoded<()> {
+        if self.build_directory_path.as_os_str().is_empty() {
+            return Err(FieldError::missing(
+                "buildDirectoryPath",
+                "set it to the directory bb_worker prepares actions in",
+            ));
+        }
+        let has_listener = self
+            .grpc_servers
+            .iter()
+            .any(|server| !server.listen_paths.is_empty() || !server.listen_addresses.is_empty());
+        if !has_listener {
+            return Err(FieldError::missing(
+                "grpcServers",
+                "no listener is configured; give at least one entry listenPaths (Unix sockets) \
+                 or listenAddresses (TCP)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Fields of upstream's `grpc.ServerConfiguration` that rbe-runner refuses,
+/// with the reason given.
+const UNSUPPORTED_SERVER_FIELDS: &[(&str, &str)] = &[
+    (
+        "tls",
+        "TLS is not implemented; bb_worker talks to the runner over a local socket",
+    ),
+    (
+        "keepalive_enforcement_policy",
+        "keepalive settings are not implemented",
+    ),
+    (
+        "health_check_service",
+        "the grpc.health.v1 service is not served",
+    ),
+    (
+        "initial_window_size_bytes",
+        "HTTP/2 window sizes cannot be configured",
+    ),
+    (
+        "initial_conn_window_size_bytes",
+        "HTTP/2 window sizes cannot be configured",
+    ),
+    ("tracing", "OpenTelemetry tracing is not implemented"),
+    (
+        "keepalive_parameters",
+        "keepalive settings are not implemented",
+    ),
+];
+
+fn decode_grpc_server(field: Field) -> Decoded<GrpcServerConfig> {
+    let mut message = field.message()?;
+    let listen_addresses = match message.take("listen_addresses")? {
+        Some(field) => field
+            .list()?
+            .into_iter()
+            .map(decode_listen_address)
+            .collect::<Decoded<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    let listen_paths = optional(message.take("listen_paths")?, Field::paths)?;
+    let has_authentication_policy = match message.take("authentication_policy")? {
+        Some(field) => {
+            check_authentication_policy(field.message()?)?;
+            true
+        }
+        None => false,
+    };
+    let maximum_received_message_size_bytes =
+        match message.take("maximum_received_message_size_bytes")? {
+            Some(field) => {
+                let path = field.path.clone();
+                match field.int64()? {
+                    0 => None,
+                    bytes => Some(usize::try_from(bytes).map_err(|_| {
+                        FieldError::invalid(&path, format!("must not be negative, got {bytes}"))
+                    })?),
+                }
+            }
+            None => None,
+        };
+    let stop_gracefully = optional(message.take("stop_gracefully")?, Field::bool)?;
+    for (name, reason) in UNSUPPORTED_SERVER_FIELDS {
+        message.reject(name, reason)?;
+    }
+    let server_path = message.path.clone();
+    message.finish()?;
+    if !has_authentication_policy {
+        return Err(FieldError::missing(
+            &child_path(&server_path, "authenticationPolicy"),
+            "bb_runner requires one; rbe-runner accepts `authenticationPolicy: { allow: {} }`",
+        ));
+    }
+    Ok(GrpcServerConfig {
+        listen_paths,
+        listen_addresses,
+        stop_gracefully,
+        maximum_received_message_size_bytes,
+    })
+}
+
+/// A TCP listen address: `host:port`, where the host may be empty (all
+/// interfaces, as in Go's `:8991`) or a bracketed IPv6 address.
+fn decode_listen_address(field: Field) -> Decoded<String> {
+    let path = field.path.clone();
+    let address = field.non_empty_string()?;
+    let valid_port = address
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty() && port.parse::<u16>().is_ok());
+    if !valid_port {
+        return Err(FieldError::invalid(
+            &path,
+            format!("{address:?} is not of the form host:port (e.g. \"127.0.0.1:8991\")"),
+        ));
+    }
+    Ok(address)
+}
+
+/// Policies of upstream's `grpc.AuthenticationPolicy` oneof other than `allow`.
+const OTHER_AUTHENTICATION_POLICIES: &[&str] = &[
+    "any",
+    "all",
+    "deny",
+    "tls_client_certificate",
+    "jwt",
+    "peer_credentials_jmespath_expression",
+    "remote",
+];
+
+/// Only `{ allow: {} }` is accepted: the runner has no notion of identity,
+/// and its socket is protected by file permissions.
+fn check_authentication_policy(mut message: Message) -> Decoded<()> {
+    let policy_path = message.path.clone();
+    let allow = message.take("allow")?;
+    let mut others = Vec::new();
+    for name in OTHER_AUTHENTICATION_POLICIES {
+        if let Some(field) = message.take(name)? {
+            others.push(field);
+        }
+    }
+    message.finish()?;
+    match (allow, others.len()) {
+        (None, 0) => Err(FieldError::missing(
+            &policy_path,
+            "no policy is set; use `{ allow: {} }`",
+        )),
+        (Some(_), 1..) | (None, 2..) => Err(FieldError::invalid(
+            &policy_path,
+            "more than one policy is set, but it is a oneof: set exactly one",
+        )),
+        (None, _) => Err(FieldError::unsupported(
+            &others[0].path,
+            "only `allow: {}` is accepted; protect the runner's socket with file permissions",
+        )),
+        (Some(allow), _) => {
+            let allow = allow.message()?;
+            match allow.first_key() {
+                Some(key) => Err(FieldError::unsupported(
+                    &child_path(&allow.path, key),
+                    "authentication metadata is not used by rbe-runner; write `allow: {}`",
+                )),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// `grpcServers` as `check-config` prints it: one block per server.
+pub(super) fn write_grpc_servers(
+    f: &mut fmt::Formatter<'_>,
+    servers: &[GrpcServerConfig],
+) -> fmt::Result {
+    writeln!(f, "grpcServers:")?;
+    for (index, server) in servers.iter().enumerate() {
+        writeln!(f, "  [{index}]:")?;
+        writeln!(f, "    listenPaths: {}", quoted_list(&server.listen_paths))?;
+        let addresses: Vec<String> = server
+            .listen_addresses
+            .iter()
+            .map(|address| format!("{address:?}"))
+            .collect();
+        writeln!(f, "    listenAddresses: [{}]", addresses.join(", "))?;
+        writeln!(f, "    authenticationPolicy: allow")?;
+        writeln!(f, "    stopGracefully: {}", server.stop_gracefully)?;
+        match server.maximum_received_message_size_bytes {
+            Some(bytes) => writeln!(f, "    maximumReceivedMessageSizeBytes: {bytes}")?,
+            None => writeln!(f, "    maximumReceivedMessageSizeBytes: default (4 MiB)")?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::GrpcServerConfig;
+    use crate::config::test_support::{
+        assert_invalid_fields, assert_mentions, error_of, load_text, load_with, with_server,
+    };
+    use crate::config::ConfigError;
+
+    /// Leaving a field out must mean protobuf's default, as upstream does.
+    #[test]
+    fn missing_fields_take_protobuf_defaults() {
+        let config = load_with("").expect("minimal config decodes");
+        assert_eq!(config.build_directory_path, PathBuf::from("/worker/build"));
+        assert_eq!(
+            config.grpc_servers,
+            vec![GrpcServerConfig {
+                listen_paths: vec![PathBuf::from("/worker/runner")],
+                ..GrpcServerConfig::default()
+            }]
+        );
+        assert!(config.readiness_checking_pathnames.is_empty());
+    }
+
+    /// Wrong types name the field they are in.
+    #[test]
+    fn bad_values_name_their_path() {
+        assert_invalid_fields(&[
+            (
+                "buildDirectoryPath: 5",
+                "buildDirectoryPath",
+                "expected a string",
+            ),
+            (
+                "readinessCheckingPathnames: [null]",
+                "readinessCheckingPathnames[0]",
+                "null",
+            ),
+        ]);
+    }
+
+    /// Upstream fields the runner cannot honour fail loudly, naming the key.
+    #[test]
+    fn unsupported_server_fields_are_refused() {
+        let cases = [
+            ("tls: { serverCertificate: 'x' }", "grpcServers[0].tls"),
+            (
+                "keepaliveEnforcementPolicy: { minTime: '10s' }",
+                "grpcServers[0].keepaliveEnforcementPolicy",
+            ),
+            (
+                "health_check_service: 'runner'",
+                "grpcServers[0].health_check_service",
+            ),
+            (
+                "initialWindowSizeBytes: 65536",
+                "grpcServers[0].initialWindowSizeBytes",
+            ),
+            (
+                "initialConnWindowSizeBytes: 65536",
+                "grpcServers[0].initialConnWindowSizeBytes",
+            ),
+            ("tracing: {}", "grpcServers[0].tracing"),
+            (
+                "keepaliveParameters: { time: '1s' }",
+                "grpcServers[0].keepaliveParameters",
+            ),
+        ];
+        for (field, path) in cases {
+            let text = with_server(&format!(
+                "{{ listenPaths: ['/s'], authenticationPolicy: {{ allow: {{}} }}, {field} }}"
+            ));
+            let error = load_text(&text).expect_err(path);
+            assert!(
+                matches!(error, ConfigError::Unsupported { .. }),
+                "{path}: {error:?}"
+            );
+            assert_mentions(
+                &error.to_string(),
+                &["runner.jsonnet", path, "not supported by rbe-runner"],
+            );
+        }
+    }
+
+    /// Only `allow: {}` makes sense for a runner; other policies would give
+    /// a false sense of protection.
+    #[test]
+    fn authentication_policies_other_than_allow_are_refused() {
+        let cases = [
+            (
+                "{ deny: 'go away' }",
+                "grpcServers[0].authenticationPolicy.deny",
+                "not supported",
+            ),
+            (
+                "{ any: { policies: [] } }",
+                "grpcServers[0].authenticationPolicy.any",
+                "not supported",
+            ),
+            (
+                "{ jwt: {} }",
+                "grpcServers[0].authenticationPolicy.jwt",
+                "not supported",
+            ),
+            (
+                "{ tls_client_certificate: {} }",
+                "grpcServers[0].authenticationPolicy.tls_client_certificate",
+                "not supported",
+            ),
+            (
+                "{ allow: { public: { user: 'x' } } }",
+                "grpcServers[0].authenticationPolicy.allow.public",
+                "not supported",
+            ),
+            (
+                "{ allow: {}, deny: 'x' }",
+                "grpcServers[0].authenticationPolicy",
+                "oneof",
+            ),
+            (
+                "{}",
+                "grpcServers[0].authenticationPolicy",
+                "no policy is set",
+            ),
+            (
+                "'allow'",
+                "grpcServers[0].authenticationPolicy",
+                "expected an object",
+            ),
+        ];
+        for (policy, path, words) in cases {
+            let text = with_server(&format!(
+                "{{ listenPaths: ['/s'], authenticationPolicy: {policy} }}"
+            ));
+            assert_mentions(&error_of(&text), &["runner.jsonnet", path, words]);
+        }
+        let text = with_server("{ listenPaths: ['/s'] }");
+        let error = load_text(&text).expect_err("policy is required");
+        assert!(
+            matches!(error, ConfigError::MissingField { .. }),
+            "{error:?}"
+        );
+        assert_mentions(
+            &error.to_string(),
+            &["grpcServers[0].authenticationPolicy", "allow"],
+        );
+    }
+
+    #[test]
+    fn bad_server_values_name_their_path() {
+        let cases = [
+            (
+                "listenAddresses: ['localhost']",
+                "grpcServers[0].listenAddresses[0]",
+                "host:port",
+            ),
+            (
+                "listenAddresses: ['127.0.0.1:99999']",
+                "grpcServers[0].listenAddresses[0]",
+                "host:port",
+            ),
+            (
+                "maximumReceivedMessageSizeBytes: -1",
+                "grpcServers[0].maximumReceivedMessageSizeBytes",
+                "negative",
+            ),
+            (
+                "maximumReceivedMessageSizeBytes: '1e6'",
+                "grpcServers[0].maximumReceivedMessageSizeBytes",
+                "int64",
+            ),
+            (
+                "maximumReceivedMessageSizeBytes: '99999999999999999999'",
+                "grpcServers[0].maximumReceivedMessageSizeBytes",
+                "out of range",
+            ),
+            (
+                "stopGracefully: 'true'",
+                "grpcServers[0].stopGracefully",
+                "true or false",
+            ),
+        ];
+        for (field, path, words) in cases {
+            let text = with_server(&format!(
+                "{{ listenPaths: ['/s'], authenticationPolicy: {{ allow: {{}} }}, {field} }}"
+            ));
+            assert_mentions(&error_of(&text), &["runner.jsonnet", path, words]);
+        }
+    }
+
+    /// protobuf-JSON writes int64 as a string; both forms are accepted, and
+    /// zero means the default.
+    #[test]
+    fn message_size_accepts_numbers_and_strings() {
+        for (value, expected) in [
+            ("1048576", Some(1 << 20)),
+            ("'1048576'", Some(1 << 20)),
+            ("0", None),
+        ] {
+            let text = with_server(&format!(
+                "{{ listenPaths: ['/s'], authenticationPolicy: {{ allow: {{}} }}, maximumReceivedMessageSizeBytes: {value} }}"
+            ));
+            let config = load_text(&text).expect(value);
+            assert_eq!(
+                config.grpc_servers[0].maximum_received_message_size_bytes, expected,
+                "{value}"
+            );
+        }
+    }
+
+    // Required fields -----------------------------------------------------
+
+    #[test]
+    fn build_directory_path_is_required() {
+        for text in [
+            "{ grpcServers: [{ listenPaths: ['/s'], authenticationPolicy: { allow: {} } }] }",
+            "{ buildDirectoryPath: '', grpcServers: [{ listenPaths: ['/s'], authenticationPolicy: { allow: {} } }] }",
+        ] {
+            let error = load_text(text).expect_err(text);
+            assert!(matches!(error, ConfigError::MissingField { .. }), "{error:?}");
+            assert_mentions(&error.to_string(), &["runner.jsonnet", "buildDirectoryPath", "missing"]);
+        }
+    }
+
+    /// A runner nobody can reach is a configuration mistake.
+    #[test]
+    fn at_least_one_listener_is_required() {
+        for servers in [
+            "[]",
+            "[{ listenPaths: [], authenticationPolicy: { allow: {} } }]",
+        ] {
+            let error = load_text(&format!(
+                "{{ buildDirectoryPath: '/b', grpcServers: {servers} }}"
+            ))
+            .expect_err(servers);
+            assert!(
+                matches!(error, ConfigError::MissingField { .. }),
+                "{error:?}"
+            );
+            assert_mentions(
+                &error.to_string(),
+                &["grpcServers", "listenPaths", "listenAddresses"],
+            );
+        }
+        let error = load_text("{ buildDirectoryPath: '/b' }").expect_err("no servers at all");
+        assert_mentions(&error.to_string(), &["grpcServers", "no listener"]);
+    }
+}
