@@ -7,6 +7,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use rbe_runner::action::observer::{
+    report_dirty_cgroups, LogObserver, Refusal, RunnerStateReporter,
+};
+use rbe_runner::action::prepare::PrepareOptions;
+use rbe_runner::action::{
+    ActionIds, ActionOptions, Actions, Observer, Observers, PlacementPolicy, RunnerInstance,
+};
 use rbe_runner::build_directory::BuildDirectory;
 use rbe_runner::cgroup::host::{self as cgroup_host, CgroupHost, CgroupOptions, CgroupSetup};
 use rbe_runner::cleaner::command::CommandCleaner;
@@ -18,11 +25,9 @@ use rbe_runner::config::{self, Config};
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
 use rbe_runner::process::spawn::Identity;
 use rbe_runner::process::DEFAULT_PROC_ROOT;
-use rbe_runner::runner::local::{LocalRunner, LocalRunnerOptions};
+use rbe_runner::runner::local::LocalRunner;
 use rbe_runner::runner::SharedRunner;
-use rbe_runner::runner::{
-    action_cgroup_attribution, cgroup_sampling, clean, readiness, temporary_directory_symlinking,
-};
+use rbe_runner::runner::{clean, readiness, temporary_directory_symlinking};
 use rbe_runner::server::BoundServers;
 
 const USAGE: &str = "\
@@ -151,63 +156,53 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     })
     .await
     .context("cgroup setup")??;
-    let action_cgroups = match &cgroups {
-        CgroupSetup::ActionCgroups { manager, .. } => Some(manager.clone()),
-        _ => None,
-    };
+
     // Under memory pressure the kernel should kill an action (retryable)
     // before the runner that serves all of them.
-    let action_oom_score_adj = rbe_runner::process::lower_own_oom_score_adj(std::path::Path::new(
+    let action_oom_score_adj = rbe_runner::process::lower_own_oom_score_adj(Path::new(
         rbe_runner::process::spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ,
     ));
 
-    // The runner chain, innermost first, as bb_runner composes it.
-    // Executes actions as child processes.
-    let local = LocalRunner::new(
+    // Who learns what the runner does: the log, and whether it accepts work.
+    let observer: Arc<dyn Observer> = Arc::new(Observers::new(vec![Arc::new(LogObserver)]));
+    let state = Arc::new(RunnerStateReporter::new(observer.clone()));
+
+    // Every action's life: placed in a process group or a cgroup of its
+    // own, measured as sampleCgroupResourceUsage asks.
+    let placement = match cgroups {
+        CgroupSetup::Unused => PlacementPolicy::ProcessGroups,
+        CgroupSetup::SharedCgroup { cgroup } => PlacementPolicy::SharedCgroup { cgroup },
+        CgroupSetup::ActionCgroups { manager, sampled } => {
+            report_dirty_cgroups(&manager, state.clone());
+            PlacementPolicy::ActionCgroups { manager, sampled }
+        }
+    };
+    let instance = RunnerInstance::random();
+    let actions = Arc::new(Actions::new(
         build_directory.clone(),
-        LocalRunnerOptions {
-            set_tmpdir_environment_variable: config.set_tmpdir_environment_variable,
-            chroot_into_input_root: config.chroot_into_input_root,
-            run_commands_as: config.run_commands_as.as_ref().map(|identity| Identity {
+        ActionOptions {
+            prepare: PrepareOptions {
+                set_tmpdir_environment_variable: config.set_tmpdir_environment_variable,
+                chroot_into_input_root: config.chroot_into_input_root,
+            },
+            identity: config.run_commands_as.as_ref().map(|identity| Identity {
                 user_id: identity.user_id,
                 group_id: identity.group_id,
                 additional_group_ids: identity.additional_group_ids.clone(),
             }),
             termination_grace_period: config.termination_grace_period,
-            sample_action_cgroups: config.sample_cgroup_resource_usage && action_cgroups.is_some(),
-            action_cgroups: action_cgroups.clone(),
-            action_oom_score_adj,
+            oom_score_adj: action_oom_score_adj,
         },
-    );
-    let terminator = local.terminator();
-    let actions_running = local.actions_running();
-    let mut runner: SharedRunner = Arc::new(local);
+        placement,
+        ActionIds::new(instance.clone()),
+        observer.clone(),
+    ));
+    let actions_running = actions.running().clone();
+    let shutdown_signal = actions.shutdown().clone();
 
-    // sampleCgroupResourceUsage: cgroup v2 counter deltas and OOM attribution
-    // per action: measured by the local runner in each action's own cgroup
-    // (any concurrency), or around each Run in the cgroup all actions share
-    // (one at a time).
-    match cgroups {
-        CgroupSetup::ActionCgroups {
-            manager,
-            sampled: true,
-        } => {
-            runner = action_cgroup_attribution::new(
-                runner,
-                manager.parent().to_path_buf(),
-                build_directory.clone(),
-            );
-        }
-        CgroupSetup::SharedCgroup { cgroup } => {
-            runner = cgroup_sampling::new(
-                runner,
-                cgroup,
-                build_directory.clone(),
-                Some(actions_running.clone()),
-            );
-        }
-        CgroupSetup::ActionCgroups { sampled: false, .. } | CgroupSetup::Unused => {}
-    }
+    // The runner chain, innermost first, as bb_runner composes it.
+    // Executes actions as child processes.
+    let mut runner: SharedRunner = Arc::new(LocalRunner::new(actions, build_directory.clone()));
 
     // symlinkTemporaryDirectories: each path (e.g. /tmp) leads to the
     // running action's temporary directory; one action at a time.
@@ -242,13 +237,17 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         cleaners.push(Box::new(CommandCleaner::new(cleaner.arguments.clone())));
     }
     if !cleaners.is_empty() {
-        runner = clean::new(runner, cleaners, actions_running.clone());
+        runner = clean::new(runner, cleaners, actions_running.clone(), observer.clone());
     }
 
     // readinessCheckingPathnames: host paths (an NFS mount, ...) without
     // which the runner is not ready, and a failed action is not trusted.
     if !config.readiness_checking_pathnames.is_empty() {
-        runner = readiness::new(runner, config.readiness_checking_pathnames.clone());
+        runner = readiness::new(
+            runner,
+            config.readiness_checking_pathnames.clone(),
+            state.clone(),
+        );
     }
 
     let servers = BoundServers::bind(&config.grpc_servers).await?;
@@ -259,11 +258,15 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         listeners = ?servers.listener_names(),
         build_directory = %build_directory.path().display(),
+        runner_instance = %instance,
         "serving"
     );
-    let signal_terminator = terminator.clone();
+    state.started();
+    let signal_terminator = shutdown_signal.clone();
+    let shutdown_state = state.clone();
     let shutdown = async move {
         signals.recv().await;
+        shutdown_state.refuse(Refusal::Shutdown, "a shutdown signal was received");
         if stop_gracefully {
             tracing::info!(
                 "shutting down: letting running actions finish (signal again to terminate them)"
@@ -284,14 +287,13 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     // Calls are over, but actions whose calls were dropped may still be in
     // their grace period, detached from any call. Exiting now would orphan
     // them (or leave their cgroups to the next start): stop them and wait.
-    let mut actions_running = actions_running;
-    if *actions_running.borrow() > 0 {
+    if !actions_running.is_idle() {
         tracing::info!("waiting for actions being terminated");
-        terminator.terminate_all();
+        shutdown_signal.terminate_all();
         let limit = config.termination_grace_period
             + rbe_runner::process::terminate::KILLED_EXIT_TIMEOUT
             + rbe_runner::cgroup::action::DEFAULT_CLEANUP_TIMEOUT;
-        let all_gone = actions_running.wait_for(|count| *count == 0);
+        let all_gone = actions_running.wait_idle();
         if tokio::time::timeout(limit, all_gone).await.is_err() {
             tracing::error!(?limit, "actions still running at exit");
         }

@@ -12,6 +12,9 @@ use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use prost::Message;
 use tokio::net::{TcpListener, UnixListener};
@@ -22,13 +25,15 @@ use crate::config::GrpcServerConfig;
 use crate::proto::rpc;
 use crate::proto::runner::runner_server::{Runner as RunnerService, RunnerServer};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
-use crate::runner::{RunnerError, SharedRunner};
+use crate::runner::{CallContext, RunnerError, SharedRunner};
 
 /// Maps a runner error to its gRPC status. The only such mapping.
 pub fn status_from_error(error: RunnerError) -> Status {
     match error {
         RunnerError::InvalidArgument(message) => Status::invalid_argument(message),
         RunnerError::Internal(message) => Status::internal(message),
+        RunnerError::DeadlineExceeded(message) => Status::deadline_exceeded(message),
+        RunnerError::Cancelled(message) => Status::cancelled(message),
         RunnerError::Unavailable { message, details } if details.is_empty() => {
             Status::unavailable(message)
         }
@@ -45,6 +50,37 @@ pub fn status_from_error(error: RunnerError) -> Status {
             Status::with_details(Code::Unavailable, message, encoded.into())
         }
     }
+}
+
+/// What the runner chain learns of a call from its metadata: the deadline
+/// the caller set (`grpc-timeout`), counted from `received`.
+fn call_context(metadata: &tonic::metadata::MetadataMap, received: Instant) -> CallContext {
+    let deadline = metadata
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .and_then(|timeout| received.checked_add(timeout));
+    CallContext { deadline }
+}
+
+/// Parses gRPC's `grpc-timeout` header: at most 8 ASCII digits and a unit
+/// (`H`, `M`, `S`, `m`, `u`, `n`). `None` for anything else, which is then
+/// treated as no deadline.
+fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value * 3600),
+        "M" => Duration::from_secs(value * 60),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
 }
 
 /// Adapts a [`SharedRunner`] to the generated gRPC service.
@@ -72,8 +108,9 @@ impl RunnerService for RunnerGrpcService {
     }
 
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
+        let call = call_context(request.metadata(), Instant::now());
         self.runner
-            .run(request.into_inner())
+            .run(request.into_inner(), call)
             .await
             .map(Response::new)
             .map_err(status_from_error)
@@ -324,5 +361,36 @@ mod tests {
             Err(ServeError::NotASocket { .. })
         ));
         assert!(file.exists());
+    }
+
+    #[test]
+    fn grpc_timeouts_are_parsed_in_every_unit() {
+        // Why it matters: the deadline tells a timed-out action from a
+        // cancelled one; every client spells it its own way.
+        for (text, expected) in [
+            ("1H", Duration::from_secs(3600)),
+            ("2M", Duration::from_secs(120)),
+            ("30S", Duration::from_secs(30)),
+            ("500m", Duration::from_millis(500)),
+            ("250u", Duration::from_micros(250)),
+            ("99999999n", Duration::from_nanos(99_999_999)),
+        ] {
+            assert_eq!(parse_grpc_timeout(text), Some(expected), "{text}");
+        }
+        for bad in ["", "m", "100", "123456789S", "-1S", "1.5S", "10s", "10 S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_call_deadline_counts_from_receipt() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        let now = Instant::now();
+        assert_eq!(call_context(&metadata, now).deadline, None);
+        metadata.insert("grpc-timeout", "1500m".parse().unwrap());
+        assert_eq!(
+            call_context(&metadata, now).deadline,
+            Some(now + Duration::from_millis(1500))
+        );
     }
 }

@@ -21,18 +21,17 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use procfs::process::Process;
+use tokio::sync::watch;
 
 use super::parse::parse_flat_keyed;
 use super::{
     CGROUP_CONTROLLERS_FILE, CGROUP_EVENTS_FILE, CGROUP_KILL_FILE, CGROUP_PROCS_FILE,
     CGROUP_SUBTREE_CONTROL_FILE, CGROUP_TYPE_FILE,
 };
-use crate::process::DEFAULT_PROC_ROOT;
 
 /// The leaf of the managed parent that holds the runner (and every other
 /// process that was in the parent), so that the parent may delegate
@@ -105,11 +104,10 @@ pub type CleanupStep = dyn Fn(&Path, Duration) -> Result<(), ActionCgroupError> 
 pub struct ActionCgroupManager {
     parent: PathBuf,
     actions: PathBuf,
-    next_id: AtomicU64,
-    /// Milliseconds since the epoch when the manager was created.
-    started: u128,
     /// Cgroups that could not be removed, with what was left in them.
     dirty: Mutex<BTreeMap<PathBuf, String>>,
+    /// The number of dirty cgroups, for whoever reports the runner's state.
+    dirty_count: watch::Sender<usize>,
     cleanup: Box<CleanupStep>,
     cleanup_timeout: Duration,
     retry_interval: Duration,
@@ -140,12 +138,8 @@ impl ActionCgroupManager {
         ActionCgroupManager {
             parent: parent.to_path_buf(),
             actions: parent.join(ACTIONS_DIRECTORY),
-            next_id: AtomicU64::new(0),
-            started: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or_default(),
             dirty: Mutex::new(BTreeMap::new()),
+            dirty_count: watch::channel(0).0,
             cleanup,
             cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
             retry_interval: DEFAULT_RETRY_INTERVAL,
@@ -287,17 +281,26 @@ impl ActionCgroupManager {
     }
 
     fn mark_dirty(&self, path: &Path, what: String) {
-        self.lock_dirty().insert(path.to_path_buf(), what);
+        let mut dirty = self.lock_dirty();
+        dirty.insert(path.to_path_buf(), what);
+        self.dirty_count.send_replace(dirty.len());
     }
 
-    /// Creates the cgroup of a new action. Blocking.
-    pub fn create(&self) -> Result<ActionCgroup, ActionCgroupError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        // The runner's start time makes names unique across restarts, also
-        // when the runner is PID 1 of a container every time.
-        let path = self
-            .actions
-            .join(format!("{}-{}-{id}", std::process::id(), self.started));
+    fn mark_clean(&self, path: &Path) {
+        let mut dirty = self.lock_dirty();
+        dirty.remove(path);
+        self.dirty_count.send_replace(dirty.len());
+    }
+
+    /// The number of cgroups that could not be cleaned, as it changes.
+    pub fn dirty_count(&self) -> watch::Receiver<usize> {
+        self.dirty_count.subscribe()
+    }
+
+    /// Creates the cgroup of a new action, named `name` (its action id,
+    /// unique across restarts of the runner). Blocking.
+    pub fn create(&self, name: &str) -> Result<ActionCgroup, ActionCgroupError> {
+        let path = self.actions.join(name);
         match std::fs::create_dir(&path) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
@@ -336,7 +339,7 @@ impl ActionCgroupManager {
             std::thread::sleep(manager.retry_interval);
             match (manager.cleanup)(&path, manager.cleanup_timeout) {
                 Ok(()) => {
-                    manager.lock_dirty().remove(&path);
+                    manager.mark_clean(&path);
                     tracing::info!(cgroup = %path.display(), "dirty action cgroup finally removed");
                     return;
                 }
@@ -456,10 +459,9 @@ pub fn describe_processes(cgroup: &Path) -> String {
     }
     pids.iter()
         .map(|&pid| {
-            // Read through the process's own directory, so that a process
-            // gone meanwhile reads as unknown rather than failing the list.
-            let stat = Process::new_with_root(Path::new(DEFAULT_PROC_ROOT).join(pid.to_string()))
-                .and_then(|process| process.stat());
+            // A process gone meanwhile reads as unknown rather than failing
+            // the list.
+            let stat = Process::new(pid).and_then(|process| process.stat());
             match stat {
                 Ok(stat) => format!("{pid} ({}) state {}", stat.comm, stat.state),
                 Err(_) => format!("{pid} () state ?"),
@@ -520,7 +522,7 @@ fn enable_controllers(cgroup: &Path) -> Result<Vec<String>, ActionCgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Why it matters: a cgroup that cannot be emptied means processes of
     /// an old action may still write into the build directory; bb_worker

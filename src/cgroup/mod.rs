@@ -23,6 +23,7 @@
 //! callers use `spawn_blocking`.
 
 pub mod action;
+pub mod attribution;
 pub mod capabilities;
 pub mod counters;
 pub mod host;

@@ -5,7 +5,7 @@
 //! with action cgroups, the whole cgroup), not only the direct child,
 //! because build tools routinely fork helpers.
 
-use std::path::Path;
+use std::future::Future;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -15,7 +15,6 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::reaper::ChildExit;
-use crate::cgroup::action::{is_populated, kill_cgroup, signal_all};
 
 /// How often an emptying process group is polled. Groups have no
 /// notification for "now empty"; polling is cheap and bounded by the grace
@@ -75,55 +74,33 @@ pub fn group_exists(leader: i32) -> bool {
     !matches!(killpg(Pid::from_raw(leader), None), Err(Errno::ESRCH))
 }
 
-/// The processes of one action, as the runner can reach them.
-#[derive(Debug, Clone, Copy)]
-pub enum ProcessTree<'a> {
-    /// The process group led by this pid.
-    Group(i32),
-    /// Everything in this cgroup and below it, including daemons that left
-    /// the process group.
-    Cgroup(&'a Path),
+/// The processes of one action, as the runner can reach them: a process
+/// group ([`ProcessGroup`]) or, with action cgroups, everything in the
+/// action's cgroup (implemented by [`crate::action`]).
+pub trait ProcessTree: Send + Sync {
+    /// Sends SIGTERM to every process of the tree.
+    fn terminate(&self) -> impl Future<Output = ()> + Send;
+    /// SIGKILLs every process of the tree.
+    fn kill(&self) -> impl Future<Output = ()> + Send;
+    /// Whether no process of the tree is left.
+    fn is_empty(&self) -> impl Future<Output = bool> + Send;
 }
 
-impl ProcessTree<'_> {
-    /// Sends SIGTERM to every process of the tree.
+/// The process group led by this pid.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessGroup(pub i32);
+
+impl ProcessTree for ProcessGroup {
     async fn terminate(&self) {
-        match *self {
-            ProcessTree::Group(leader) => signal_group(leader, Signal::SIGTERM),
-            ProcessTree::Cgroup(cgroup) => {
-                let cgroup = cgroup.to_path_buf();
-                let _ =
-                    tokio::task::spawn_blocking(move || signal_all(&cgroup, Signal::SIGTERM)).await;
-            }
-        }
+        signal_group(self.0, Signal::SIGTERM);
     }
 
-    /// SIGKILLs every process of the tree (a cgroup atomically, with
-    /// `cgroup.kill`).
     async fn kill(&self) {
-        match *self {
-            ProcessTree::Group(leader) => signal_group(leader, Signal::SIGKILL),
-            ProcessTree::Cgroup(cgroup) => {
-                let cgroup = cgroup.to_path_buf();
-                let killed = tokio::task::spawn_blocking(move || kill_cgroup(&cgroup)).await;
-                if let Ok(Err(err)) = killed {
-                    tracing::warn!(%err, "cgroup.kill failed");
-                }
-            }
-        }
+        signal_group(self.0, Signal::SIGKILL);
     }
 
-    /// Whether no process of the tree is left.
     async fn is_empty(&self) -> bool {
-        match *self {
-            ProcessTree::Group(leader) => !group_exists(leader),
-            ProcessTree::Cgroup(cgroup) => {
-                let cgroup = cgroup.to_path_buf();
-                tokio::task::spawn_blocking(move || matches!(is_populated(&cgroup), Ok(false)))
-                    .await
-                    .unwrap_or(false)
-            }
-        }
+        !group_exists(self.0)
     }
 }
 
@@ -132,7 +109,7 @@ impl ProcessTree<'_> {
 /// the leader's exit. With a cgroup, verifying that it is empty and
 /// removing it is the caller's next step.
 pub async fn terminate(
-    tree: ProcessTree<'_>,
+    tree: &impl ProcessTree,
     exit: &mut oneshot::Receiver<ChildExit>,
     grace: Duration,
 ) -> (Option<ChildExit>, TerminationOutcome) {

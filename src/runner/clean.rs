@@ -26,10 +26,12 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::action::observer::{CleanerFinished, Observer};
+use crate::action::ActionsRunning;
 use crate::cleaner::Cleaner;
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 
-use super::{Runner, RunnerError, SharedRunner};
+use super::{CallContext, Runner, RunnerError, SharedRunner};
 
 /// Wraps `base` so that `cleaners` run, in the given order, whenever the
 /// number of calls in flight goes from 0 to 1 or from 1 to 0. A failing
@@ -40,22 +42,25 @@ use super::{Runner, RunnerError, SharedRunner};
 /// bb_runner's order, which main keeps: process table first (so nothing is
 /// still writing), then temporary directories, then the command.
 ///
-/// `actions_running` is the local runner's count of actions not yet gone
-/// ([`super::local::LocalRunner::actions_running`]); every cleaning waits
-/// for it to be zero first.
+/// `actions_running` counts the actions not yet gone, including those
+/// still being terminated after their call was dropped; every cleaning
+/// waits for it to be zero first. Each cleaner's run is told to
+/// `observer`.
 ///
 /// Must be called within a Tokio runtime: cleanings started by a dropped
 /// call are spawned onto it.
 pub fn new(
     base: SharedRunner,
     cleaners: Vec<Box<dyn Cleaner>>,
-    actions_running: watch::Receiver<usize>,
+    actions_running: ActionsRunning,
+    observer: Arc<dyn Observer>,
 ) -> SharedRunner {
     Arc::new(CleanRunner {
         base,
         idle: Arc::new(IdleCleaner {
             cleaners,
             actions_running,
+            observer,
             state: Mutex::new(State::default()),
             runtime: Handle::current(),
         }),
@@ -75,9 +80,13 @@ impl Runner for CleanRunner {
         finish(result, in_flight.leave().await)
     }
 
-    async fn run(&self, request: RunRequest) -> Result<RunResponse, RunnerError> {
+    async fn run(
+        &self,
+        request: RunRequest,
+        call: CallContext,
+    ) -> Result<RunResponse, RunnerError> {
         let in_flight = self.idle.enter().await?;
-        let result = self.base.run(request).await;
+        let result = self.base.run(request, call).await;
         finish(result, in_flight.leave().await)
     }
 }
@@ -114,7 +123,8 @@ impl Transition {
 /// The count of calls in flight, and the cleaning in progress if any.
 struct IdleCleaner {
     cleaners: Vec<Box<dyn Cleaner>>,
-    actions_running: watch::Receiver<usize>,
+    actions_running: ActionsRunning,
+    observer: Arc<dyn Observer>,
     state: Mutex<State>,
     runtime: Handle,
 }
@@ -229,12 +239,15 @@ impl IdleCleaner {
     /// Once no action is left running, runs every cleaner in order;
     /// reports all that failed.
     async fn run_cleaners(&self, transition: Transition) -> Result<(), RunnerError> {
-        let mut actions_running = self.actions_running.clone();
-        // An error means the local runner is gone, and with it its actions.
-        let _ = actions_running.wait_for(|count| *count == 0).await;
+        self.actions_running.wait_idle().await;
         let mut failures = Vec::new();
         for cleaner in &self.cleaners {
-            if let Err(err) = cleaner.clean().await {
+            let error = cleaner.clean().await.err().map(|err| err.to_string());
+            self.observer.cleaner_finished(&CleanerFinished {
+                cleaner: cleaner.name().to_owned(),
+                error: error.clone(),
+            });
+            if let Some(err) = error {
                 failures.push(format!("{}: {err}", cleaner.name()));
             }
         }
@@ -286,6 +299,7 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::action::observer::testing::RecordingObserver;
     use crate::cleaner::CleanError;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
@@ -339,7 +353,11 @@ mod tests {
             Ok(())
         }
 
-        async fn run(&self, request: RunRequest) -> Result<RunResponse, RunnerError> {
+        async fn run(
+            &self,
+            request: RunRequest,
+            _: CallContext,
+        ) -> Result<RunResponse, RunnerError> {
             self.journal
                 .lock()
                 .unwrap()
@@ -360,8 +378,10 @@ mod tests {
         runs: Arc<Semaphore>,
         /// Permits let held cleanings finish (only when built with one).
         cleanings: Arc<Semaphore>,
-        /// Plays the local runner's count of actions not yet gone.
-        actions_running: watch::Sender<usize>,
+        /// Plays the count of actions not yet gone.
+        actions_running: ActionsRunning,
+        /// What the decorator reported.
+        observer: Arc<RecordingObserver>,
     }
 
     impl Harness {
@@ -389,10 +409,12 @@ mod tests {
                 started,
                 gate: runs.clone(),
             });
-            let (actions_running, actions_running_receiver) = watch::channel(0);
+            let actions_running = ActionsRunning::default();
+            let observer = Arc::new(RecordingObserver::default());
             Harness {
-                runner: new(base, cleaners, actions_running_receiver),
+                runner: new(base, cleaners, actions_running.clone(), observer.clone()),
                 actions_running,
+                observer,
                 journal,
                 cleans,
                 runs_started,
@@ -412,7 +434,7 @@ mod tests {
                 arguments: vec![name.to_string()],
                 ..Default::default()
             };
-            tokio::spawn(async move { runner.run(request).await })
+            tokio::spawn(async move { runner.run(request, CallContext::default()).await })
         }
 
         async fn until_cleans(&self, count: usize) {
@@ -515,6 +537,28 @@ mod tests {
         assert_eq!(*h.cleans.borrow(), 2);
     }
 
+    /// Operators count cleaner runs and failures per cleaner; the
+    /// decorator is the one that knows, so it reports each run.
+    #[tokio::test]
+    async fn each_cleaner_run_is_reported_with_its_result() {
+        let h = Harness::new(false, &["a", "b"]);
+        h.runs.add_permits(1);
+        h.run("one").await.unwrap().unwrap();
+        h.fail.store(true, Ordering::SeqCst);
+        h.run("two").await.unwrap().unwrap_err();
+        assert_eq!(
+            h.observer.calls(),
+            strings(&[
+                "cleaner a ok",
+                "cleaner b ok",
+                "cleaner a ok",
+                "cleaner b ok",
+                "cleaner a failed",
+                "cleaner b failed",
+            ])
+        );
+    }
+
     /// A failing cleaner before the call fails it (UNAVAILABLE, naming the
     /// cleaner) without running the action; the next call cleans again.
     #[tokio::test]
@@ -595,7 +639,7 @@ mod tests {
         let h = Harness::new(false, &["a"]);
         let run = h.run("cancelled");
         h.until_runs_started(1).await;
-        h.actions_running.send_replace(1);
+        let terminating = h.actions_running.count_in();
         run.abort();
         assert!(run.await.unwrap_err().is_cancelled());
         for _ in 0..10 {
@@ -606,7 +650,7 @@ mod tests {
             1,
             "cleaned while the action was still terminating"
         );
-        h.actions_running.send_replace(0);
+        drop(terminating);
         h.until_cleans(2).await;
     }
 

@@ -3,21 +3,30 @@
 //! bb_runner's architecture, kept here: a local runner that executes actions,
 //! wrapped by decorators that each add one behaviour (cleaning, readiness
 //! checks, cgroup accounting, ...). Decorators see plain protocol messages,
-//! never `tonic::Request` wrappers; [`crate::server`] adapts the outermost
-//! runner to the generated gRPC service and maps [`RunnerError`] to a gRPC
-//! status in one place.
+//! never `tonic::Request` wrappers, only the request and a small
+//! [`CallContext`]; [`crate::server`] adapts the outermost runner to the
+//! generated gRPC service and maps [`RunnerError`] to a gRPC status in one
+//! place. What happens to one action (prepare, place, spawn, supervise,
+//! measure, release) is [`crate::action`]'s; the local runner adapts it.
 
-pub mod action_cgroup_attribution;
-pub mod cgroup_sampling;
 pub mod clean;
 pub mod local;
-pub mod oom_diagnosis;
 pub mod readiness;
 pub mod temporary_directory_symlinking;
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
+use crate::build_directory::PathError;
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
+
+/// What the runner chain knows of a Run call besides its request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallContext {
+    /// When the caller's deadline (`grpc-timeout`) passes, if it set one.
+    pub deadline: Option<Instant>,
+}
 
 /// One link of the runner chain.
 ///
@@ -30,7 +39,8 @@ pub trait Runner: Send + Sync + 'static {
     async fn check_readiness(&self, request: CheckReadinessRequest) -> Result<(), RunnerError>;
 
     /// Runs one action to completion.
-    async fn run(&self, request: RunRequest) -> Result<RunResponse, RunnerError>;
+    async fn run(&self, request: RunRequest, call: CallContext)
+        -> Result<RunResponse, RunnerError>;
 }
 
 /// A shared, type-erased runner, as decorators hold their base.
@@ -56,6 +66,25 @@ pub enum RunnerError {
     /// Our own fault, or the environment's in a way a retry will not fix.
     #[error("{0}")]
     Internal(String),
+    /// The call's deadline passed and its action was stopped. The caller
+    /// is gone by then; this is what its outcome is counted as.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The caller cancelled the call and its action was stopped.
+    #[error("{0}")]
+    Cancelled(String),
+}
+
+impl From<PathError> for RunnerError {
+    /// A path the request names is its own fault (INVALID_ARGUMENT) unless
+    /// the failure is the host's.
+    fn from(error: PathError) -> Self {
+        if error.is_request_error() {
+            RunnerError::InvalidArgument(error.to_string())
+        } else {
+            RunnerError::Internal(error.to_string())
+        }
+    }
 }
 
 impl RunnerError {
@@ -78,6 +107,30 @@ impl RunnerError {
                 details,
             },
             RunnerError::Internal(m) => RunnerError::Internal(format!("{prefix}: {m}")),
+            RunnerError::DeadlineExceeded(m) => {
+                RunnerError::DeadlineExceeded(format!("{prefix}: {m}"))
+            }
+            RunnerError::Cancelled(m) => RunnerError::Cancelled(format!("{prefix}: {m}")),
         }
     }
+
+    /// The gRPC code this error is answered with.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            RunnerError::InvalidArgument(_) => tonic::Code::InvalidArgument,
+            RunnerError::Unavailable { .. } => tonic::Code::Unavailable,
+            RunnerError::Internal(_) => tonic::Code::Internal,
+            RunnerError::DeadlineExceeded(_) => tonic::Code::DeadlineExceeded,
+            RunnerError::Cancelled(_) => tonic::Code::Cancelled,
+        }
+    }
+}
+
+/// Runs blocking filesystem and process work off the async worker threads.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RunnerError> + Send + 'static,
+) -> Result<T, RunnerError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| RunnerError::Internal(format!("blocking task failed: {err}")))?
 }

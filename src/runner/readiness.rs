@@ -10,24 +10,31 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::action::observer::{Refusal, RunnerStateReporter};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 
-use super::local::blocking;
-use super::{Runner, RunnerError, SharedRunner};
+use super::{blocking, CallContext, Runner, RunnerError, SharedRunner};
 
 /// Wraps `base` so that CheckReadiness first requires every path in
 /// `pathnames` to exist (stat, following symlinks), and a Run that exits
 /// non-zero is turned into UNAVAILABLE when one of them has disappeared.
-pub fn new(base: SharedRunner, pathnames: Vec<PathBuf>) -> SharedRunner {
+/// Whether the paths are present is reported to `state` whenever checked.
+pub fn new(
+    base: SharedRunner,
+    pathnames: Vec<PathBuf>,
+    state: Arc<RunnerStateReporter>,
+) -> SharedRunner {
     Arc::new(PathExistenceCheckingRunner {
         base,
         pathnames: Arc::new(pathnames),
+        state,
     })
 }
 
 struct PathExistenceCheckingRunner {
     base: SharedRunner,
     pathnames: Arc<Vec<PathBuf>>,
+    state: Arc<RunnerStateReporter>,
 }
 
 impl PathExistenceCheckingRunner {
@@ -35,7 +42,7 @@ impl PathExistenceCheckingRunner {
     /// work: a hung NFS mount blocks `stat`, and must not block the runtime.
     async fn check_paths(&self) -> Result<(), RunnerError> {
         let pathnames = self.pathnames.clone();
-        blocking(move || {
+        let checked = blocking(move || {
             for path in pathnames.iter() {
                 if let Err(err) = std::fs::metadata(path) {
                     return Err(RunnerError::unavailable(format!(
@@ -45,7 +52,14 @@ impl PathExistenceCheckingRunner {
             }
             Ok(())
         })
-        .await
+        .await;
+        match &checked {
+            Ok(()) => self.state.resolve(Refusal::ReadinessPathMissing),
+            Err(error) => self
+                .state
+                .refuse(Refusal::ReadinessPathMissing, error.to_string()),
+        }
+        checked
     }
 }
 
@@ -56,8 +70,12 @@ impl Runner for PathExistenceCheckingRunner {
         self.base.check_readiness(request).await
     }
 
-    async fn run(&self, request: RunRequest) -> Result<RunResponse, RunnerError> {
-        let response = self.base.run(request).await?;
+    async fn run(
+        &self,
+        request: RunRequest,
+        call: CallContext,
+    ) -> Result<RunResponse, RunnerError> {
+        let response = self.base.run(request, call).await?;
         if response.exit_code != 0 {
             self.check_paths()
                 .await
@@ -70,6 +88,7 @@ impl Runner for PathExistenceCheckingRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::action::observer::testing::RecordingObserver;
     use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
     /// Answers every Run with a set exit code; counts readiness checks.
@@ -87,7 +106,7 @@ mod tests {
             Ok(())
         }
 
-        async fn run(&self, _: RunRequest) -> Result<RunResponse, RunnerError> {
+        async fn run(&self, _: RunRequest, _: CallContext) -> Result<RunResponse, RunnerError> {
             if let Some(path) = &self.vanishes {
                 std::fs::remove_file(path).unwrap();
             }
@@ -103,6 +122,7 @@ mod tests {
         present: PathBuf,
         base: Arc<FakeRunner>,
         runner: SharedRunner,
+        observer: Arc<RecordingObserver>,
     }
 
     /// A runner checking one present file, whose inner Run exits with
@@ -116,12 +136,16 @@ mod tests {
             checks: AtomicUsize::new(0),
             vanishes: vanish.then(|| present.clone()),
         });
-        let runner = new(base.clone(), vec![present.clone()]);
+        let observer = Arc::new(RecordingObserver::default());
+        let state = Arc::new(RunnerStateReporter::new(observer.clone()));
+        state.started();
+        let runner = new(base.clone(), vec![present.clone()], state);
         Fixture {
             _tmp: tmp,
             present,
             base,
             runner,
+            observer,
         }
     }
 
@@ -165,7 +189,11 @@ mod tests {
     #[tokio::test]
     async fn a_failing_run_with_a_vanished_path_becomes_unavailable() {
         let f = fixture(1, true);
-        let err = f.runner.run(RunRequest::default()).await.unwrap_err();
+        let err = f
+            .runner
+            .run(RunRequest::default(), CallContext::default())
+            .await
+            .unwrap_err();
         let RunnerError::Unavailable { message, .. } = &err else {
             panic!("expected UNAVAILABLE, got {err:?}");
         };
@@ -184,7 +212,11 @@ mod tests {
     async fn a_failing_run_with_the_paths_present_is_returned_as_is() {
         let f = fixture(2, false);
         assert_eq!(
-            f.runner.run(RunRequest::default()).await.unwrap().exit_code,
+            f.runner
+                .run(RunRequest::default(), CallContext::default())
+                .await
+                .unwrap()
+                .exit_code,
             2
         );
     }
@@ -194,8 +226,34 @@ mod tests {
     async fn a_successful_run_is_not_rechecked() {
         let f = fixture(0, true);
         assert_eq!(
-            f.runner.run(RunRequest::default()).await.unwrap().exit_code,
+            f.runner
+                .run(RunRequest::default(), CallContext::default())
+                .await
+                .unwrap()
+                .exit_code,
             0
+        );
+    }
+
+    /// Operators alert on the runner refusing work; a vanished mount must
+    /// show as a state change, and its return as another.
+    #[tokio::test]
+    async fn a_missing_path_is_reported_as_refusing_work_until_it_returns() {
+        let f = fixture(0, false);
+        let check = || f.runner.check_readiness(CheckReadinessRequest::default());
+        check().await.unwrap();
+        std::fs::remove_file(&f.present).unwrap();
+        check().await.unwrap_err();
+        check().await.unwrap_err();
+        std::fs::write(&f.present, "").unwrap();
+        check().await.unwrap();
+        assert_eq!(
+            f.observer.calls(),
+            [
+                "state true startup",
+                "state false readiness path missing",
+                "state true readiness path missing resolved",
+            ]
         );
     }
 }

@@ -18,12 +18,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::watch;
-
 use crate::build_directory::BuildDirectory;
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 
-use super::local::{blocking, path_error};
+use crate::action::ActionsRunning;
+
+use super::{blocking, CallContext};
 use super::{Runner, RunnerError, SharedRunner};
 
 /// Where the symlink points while the runner is idle and CheckReadiness
@@ -44,15 +44,14 @@ const PROBE_TARGET: &str = "/nonexistent";
 /// hiding a deployment error (bb_worker's concurrency above 1) that will
 /// keep happening; INTERNAL fails loudly with the fix in the message.
 ///
-/// `actions_running` is the local runner's count of actions not yet
-/// reaped: an action whose call was dropped may still be in its grace
+/// `actions_running` counts the actions not yet gone: an action whose call was dropped may still be in its grace
 /// period, writing to the `/tmp` it was given, so the path is not repointed
 /// (by a Run or a readiness probe) until it is gone.
 pub fn new(
     base: SharedRunner,
     symlink_path: PathBuf,
     build_directory: Arc<BuildDirectory>,
-    actions_running: watch::Receiver<usize>,
+    actions_running: ActionsRunning,
 ) -> SharedRunner {
     Arc::new(TemporaryDirectorySymlinkingRunner {
         base,
@@ -74,7 +73,7 @@ struct TemporaryDirectorySymlinkingRunner {
     /// before a Run cannot overwrite that Run's symlink.
     updating: tokio::sync::Mutex<()>,
     /// See [`new`].
-    actions_running: watch::Receiver<usize>,
+    actions_running: ActionsRunning,
 }
 
 /// Clears `running` when the Run ends, also when its future is dropped.
@@ -99,7 +98,7 @@ impl Runner for TemporaryDirectorySymlinkingRunner {
     async fn check_readiness(&self, request: CheckReadinessRequest) -> Result<(), RunnerError> {
         {
             let _updating = self.updating.lock().await;
-            let terminating = *self.actions_running.borrow() > 0;
+            let terminating = !self.actions_running.is_idle();
             if !self.running.load(Ordering::SeqCst) && !terminating {
                 let symlink_path = self.symlink_path.clone();
                 blocking(move || replace_with_symlink(&symlink_path, Path::new(PROBE_TARGET)))
@@ -109,7 +108,11 @@ impl Runner for TemporaryDirectorySymlinkingRunner {
         self.base.check_readiness(request).await
     }
 
-    async fn run(&self, request: RunRequest) -> Result<RunResponse, RunnerError> {
+    async fn run(
+        &self,
+        request: RunRequest,
+        call: CallContext,
+    ) -> Result<RunResponse, RunnerError> {
         if self
             .running
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
@@ -125,11 +128,7 @@ impl Runner for TemporaryDirectorySymlinkingRunner {
         let _running = RunningGuard(&self.running);
         // Holding the slot, any action still counted is one being
         // terminated after its call was dropped.
-        let _ = self
-            .actions_running
-            .clone()
-            .wait_for(|count| *count == 0)
-            .await;
+        self.actions_running.wait_idle().await;
         if request.temporary_directory.is_empty() {
             return Err(RunnerError::InvalidArgument(
                 "temporary_directory is empty; symlinkTemporaryDirectories needs one".into(),
@@ -141,11 +140,11 @@ impl Runner for TemporaryDirectorySymlinkingRunner {
             build_directory
                 .open_directory(&relative, "temporary_directory")
                 .map(|directory| directory.path)
-                .map_err(path_error)
+                .map_err(RunnerError::from)
         })
         .await?;
         self.point_at(target).await?;
-        self.base.run(request).await
+        self.base.run(request, call).await
     }
 }
 
@@ -212,7 +211,7 @@ mod tests {
             Ok(())
         }
 
-        async fn run(&self, _: RunRequest) -> Result<RunResponse, RunnerError> {
+        async fn run(&self, _: RunRequest, _: CallContext) -> Result<RunResponse, RunnerError> {
             let target = std::fs::read_link(&self.symlink_path).unwrap();
             self.seen.lock().unwrap().push(target);
             self.started.send_modify(|n| *n += 1);
@@ -246,7 +245,7 @@ mod tests {
             base.clone(),
             symlink_path.clone(),
             build_directory,
-            watch::channel(0).1,
+            ActionsRunning::default(),
         );
         Fixture {
             tmp,
@@ -269,8 +268,14 @@ mod tests {
     async fn each_run_finds_the_path_pointing_at_its_own_temporary_directory() {
         let f = fixture();
         f.base.release.add_permits(2);
-        f.runner.run(request("a")).await.unwrap();
-        f.runner.run(request("b")).await.unwrap();
+        f.runner
+            .run(request("a"), CallContext::default())
+            .await
+            .unwrap();
+        f.runner
+            .run(request("b"), CallContext::default())
+            .await
+            .unwrap();
         let build = f.tmp.path().join("build");
         assert_eq!(
             *f.base.seen.lock().unwrap(),
@@ -284,7 +289,10 @@ mod tests {
         let f = fixture();
         std::fs::create_dir(&f.symlink_path).unwrap();
         f.base.release.add_permits(1);
-        f.runner.run(request("a")).await.unwrap();
+        f.runner
+            .run(request("a"), CallContext::default())
+            .await
+            .unwrap();
         assert!(f.symlink_path.is_symlink());
     }
 
@@ -294,7 +302,11 @@ mod tests {
         let f = fixture();
         std::fs::create_dir(&f.symlink_path).unwrap();
         std::fs::write(f.symlink_path.join("data"), "x").unwrap();
-        let err = f.runner.run(request("a")).await.unwrap_err();
+        let err = f
+            .runner
+            .run(request("a"), CallContext::default())
+            .await
+            .unwrap_err();
         assert!(matches!(err, RunnerError::Internal(_)), "{err:?}");
         assert!(
             err.to_string()
@@ -333,7 +345,7 @@ mod tests {
         let f = fixture();
         let run = tokio::spawn({
             let runner = f.runner.clone();
-            async move { runner.run(request("a")).await }
+            async move { runner.run(request("a"), CallContext::default()).await }
         });
         f.base
             .started
@@ -358,7 +370,7 @@ mod tests {
         let f = fixture();
         let first = tokio::spawn({
             let runner = f.runner.clone();
-            async move { runner.run(request("a")).await }
+            async move { runner.run(request("a"), CallContext::default()).await }
         });
         f.base
             .started
@@ -366,7 +378,11 @@ mod tests {
             .wait_for(|n| *n == 1)
             .await
             .unwrap();
-        let err = f.runner.run(request("b")).await.unwrap_err();
+        let err = f
+            .runner
+            .run(request("b"), CallContext::default())
+            .await
+            .unwrap_err();
         assert!(matches!(err, RunnerError::Internal(_)), "{err:?}");
         assert!(err.to_string().contains("one action at a time"), "{err}");
         assert_eq!(
@@ -376,7 +392,10 @@ mod tests {
         f.base.release.add_permits(2);
         first.await.unwrap().unwrap();
         // The refusal did not leave the runner marked busy.
-        f.runner.run(request("b")).await.unwrap();
+        f.runner
+            .run(request("b"), CallContext::default())
+            .await
+            .unwrap();
     }
 
     /// A cancelled Run must not leave the runner refusing all later ones.
@@ -385,7 +404,7 @@ mod tests {
         let f = fixture();
         let first = tokio::spawn({
             let runner = f.runner.clone();
-            async move { runner.run(request("a")).await }
+            async move { runner.run(request("a"), CallContext::default()).await }
         });
         f.base
             .started
@@ -396,7 +415,10 @@ mod tests {
         first.abort();
         assert!(first.await.unwrap_err().is_cancelled());
         f.base.release.add_permits(1);
-        f.runner.run(request("b")).await.unwrap();
+        f.runner
+            .run(request("b"), CallContext::default())
+            .await
+            .unwrap();
     }
 
     /// The temporary directory is a request path like any other: it may
@@ -406,7 +428,11 @@ mod tests {
         let f = fixture();
         let mut escaping = request("a");
         escaping.temporary_directory = "../..".into();
-        let err = f.runner.run(escaping).await.unwrap_err();
+        let err = f
+            .runner
+            .run(escaping, CallContext::default())
+            .await
+            .unwrap_err();
         assert!(matches!(err, RunnerError::InvalidArgument(_)), "{err:?}");
         assert!(!f.symlink_path.exists() && !f.symlink_path.is_symlink());
     }

@@ -1,21 +1,13 @@
-//! The diagnosis of an OOM kill that the action's own cgroup did not cause:
-//! the UNAVAILABLE error that carries the evidence to the worker, and the
-//! same evidence as a text an engineer reads in the action's server logs.
-//!
-//! Both cgroup sampling decorators use it: the shared-cgroup one
-//! ([`super::cgroup_sampling`]) and the one for per-action cgroups
-//! ([`super::action_cgroup_attribution`]).
+//! The diagnosis of an OOM kill that no limit in the runner's subtree
+//! caused: the message of the UNAVAILABLE that carries the evidence to the
+//! worker, and the same evidence as a text an engineer reads in the
+//! action's server logs. Built from the typed outcome's facts.
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::build_directory::BuildDirectory;
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
-use crate::proto::runner::RunResponse;
-
-use super::local::blocking;
-use super::RunnerError;
 
 /// Name of the diagnosis written into the action's server logs directory
 /// when an action process was OOM-killed by a limit other than its own.
@@ -26,66 +18,29 @@ pub const OOM_DIAGNOSIS_FILE_NAME: &str = "rbe-runner-oom.txt";
 pub const FOREIGN_OOM_KILL_MESSAGE: &str =
     "An action process was OOM-killed without the action reaching its cgroup memory limit";
 
-/// The UNAVAILABLE for an action process killed by an OOM killer acting for
-/// a limit other than that of `cgroup` (the cgroup whose counters `usage`
-/// holds), with the response's usages and `usage_any` as details; also
-/// writes the diagnosis beneath the request's `server_logs_directory`.
-pub async fn foreign_oom_kill(
-    cgroup: &Path,
-    build_directory: &Arc<BuildDirectory>,
-    usage: CgroupResourceUsage,
-    usage_any: prost_types::Any,
-    response: RunResponse,
-    server_logs_directory: &str,
-) -> RunnerError {
-    tracing::warn!(
-        cgroup = %cgroup.display(),
-        oom_kill = usage.memory_events_oom_kill,
-        memory_peak_bytes = usage.memory_peak,
-        exit_code = response.exit_code,
-        "an action process was OOM-killed by a limit above the runner's cgroup; \
-         failing the Run with UNAVAILABLE so that it is retried"
-    );
-    let diagnosis = oom_diagnosis(
-        cgroup,
-        &usage,
-        response.exit_code,
-        posix_usage(&response).as_ref(),
-    );
-    let build_directory = build_directory.clone();
-    let server_logs_directory = server_logs_directory.to_owned();
-    let written = blocking(move || {
-        write_diagnosis(&build_directory, &server_logs_directory, &diagnosis);
-        Ok(())
-    })
-    .await;
-    if let Err(error) = written {
-        tracing::error!(%error, "cannot write the OOM diagnosis");
-    }
-    let mut details = response.resource_usage;
-    details.push(usage_any);
-    RunnerError::Unavailable {
-        message: format!(
-            "{FOREIGN_OOM_KILL_MESSAGE} (memory.events of {} during the action: \
-             oom_kill {}, oom {}, max {}; memory peak {}): a cgroup above the \
-             runner's or the whole node ran out of memory, so another attempt may \
-             succeed",
-            cgroup.display(),
-            usage.memory_events_oom_kill,
-            usage.memory_events_oom,
-            usage.memory_events_max,
-            describe_peak(usage.memory_peak),
+/// The UNAVAILABLE message for an action process killed by an OOM killer
+/// acting for a limit other than those of `cgroup`, whose counters during
+/// the action are `usage`.
+pub fn foreign_oom_kill_message(
+    cgroup: Option<&Path>,
+    usage: Option<&CgroupResourceUsage>,
+) -> String {
+    let default = CgroupResourceUsage::default();
+    let usage = usage.unwrap_or(&default);
+    format!(
+        "{FOREIGN_OOM_KILL_MESSAGE} (memory.events of {} during the action: \
+         oom_kill {}, oom {}, max {}; memory peak {}): a cgroup above the \
+         runner's or the whole node ran out of memory, so another attempt may \
+         succeed",
+        cgroup.map_or_else(
+            || "the runner's cgroup".into(),
+            |cgroup| cgroup.display().to_string()
         ),
-        details,
-    }
-}
-
-/// The `POSIXResourceUsage` among the response's usages, if any.
-fn posix_usage(response: &RunResponse) -> Option<PosixResourceUsage> {
-    response
-        .resource_usage
-        .iter()
-        .find_map(|any| any.to_msg::<PosixResourceUsage>().ok())
+        usage.memory_events_oom_kill,
+        usage.memory_events_oom,
+        usage.memory_events_max,
+        describe_peak(usage.memory_peak),
+    )
 }
 
 fn describe_peak(bytes: i64) -> String {
@@ -111,7 +66,7 @@ fn describe_duration(duration: Option<&prost_types::Duration>) -> String {
 
 /// The text of [`OOM_DIAGNOSIS_FILE_NAME`]: what happened, the evidence,
 /// and what an operator can do.
-fn oom_diagnosis(
+pub fn diagnosis(
     cgroup: &Path,
     usage: &CgroupResourceUsage,
     exit_code: i64,
@@ -175,7 +130,7 @@ fn oom_diagnosis(
 /// Writes the diagnosis beneath the build directory. A failure is logged:
 /// the evidence also travels with the UNAVAILABLE status, and the Run's
 /// outcome must not depend on the server logs directory.
-fn write_diagnosis(build_directory: &BuildDirectory, server_logs_directory: &str, text: &str) {
+pub fn write_diagnosis(build_directory: &BuildDirectory, server_logs_directory: &str, text: &str) {
     use std::io::Write;
 
     if server_logs_directory.is_empty() {
@@ -226,7 +181,7 @@ mod tests {
             maximum_resident_set_size: 99 << 20,
             ..PosixResourceUsage::default()
         };
-        let text = oom_diagnosis(Path::new("/sys/fs/cgroup/pod"), &usage(), -1, Some(&posix));
+        let text = diagnosis(Path::new("/sys/fs/cgroup/pod"), &usage(), -1, Some(&posix));
         for expected in [
             FOREIGN_OOM_KILL_MESSAGE,
             "/sys/fs/cgroup/pod",
@@ -245,7 +200,7 @@ mod tests {
     #[test]
     fn an_unmeasured_peak_says_so() {
         assert_eq!(describe_peak(0), "not measured");
-        let text = oom_diagnosis(Path::new("/x"), &CgroupResourceUsage::default(), 0, None);
+        let text = diagnosis(Path::new("/x"), &CgroupResourceUsage::default(), 0, None);
         assert!(
             text.contains("memory peak of the cgroup: not measured"),
             "{text}"
