@@ -415,6 +415,34 @@ async fn cancelled_action_gets_sigterm_and_its_whole_group_is_gone() {
         runner.log().join("\n").contains("stopped by SIGTERM")
     })
     .await;
+    // Dropped well before any deadline (the call had none): a cancellation.
+    let log = runner.log().join("\n");
+    assert!(log.contains("reason=Cancelled"), "{log}");
+    assert!(!log.contains("reason=Deadline"), "{log}");
+}
+
+/// bb_worker enforces action timeouts by the call's deadline; the runner
+/// must tell that apart from a cancellation, from the `grpc-timeout` the
+/// client sent, so that operators see timeouts as timeouts.
+#[tokio::test]
+async fn a_call_whose_deadline_passes_stops_its_action_as_a_deadline() {
+    let runner = TestRunner::start(json!({ "terminationGracePeriod": "5s" }));
+    let action = runner.action();
+    let script = "trap 'exit 0' TERM; touch ready; while :; do sleep 0.1; done";
+    let mut request = tonic::Request::new(shell_request(&action, script));
+    request.set_timeout(Duration::from_secs(2));
+    let status = runner.client().await.run(request).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    eventually("the termination is logged", SETTLE, || {
+        runner.log().join("\n").contains("action terminated")
+    })
+    .await;
+    let log = runner.log().join("\n");
+    assert!(log.contains("reason=Deadline"), "{log}");
+    assert!(!log.contains("reason=Cancelled"), "{log}");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 //! spawned) is still stopped, measured, released and reported, never
 //! orphaned.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -185,17 +186,21 @@ impl Actions {
         if matches!(ended, Ended::Exited(_)) {
             placement.after_exit(pid);
         }
+        let cgroup = placement.cgroup_path().map(PathBuf::from);
+        let action_id = id.clone();
         let (measurement, cleanup) = blocking(move || {
-            let measurement = placement.measure();
+            let measurement = placement.measure(&action_id);
             Ok((measurement, placement.release()))
         })
         .await
         .unwrap_or_else(|error| {
-            let measurement = Measurement {
-                error: Some(error.to_string()),
-                ..Measurement::default()
+            // The blocking task died (a panic): nothing can be verified.
+            let detail = error.to_string();
+            let cleanup = Cleanup::Failed {
+                cgroup: cgroup.unwrap_or_default(),
+                detail: detail.clone(),
             };
-            (measurement, Cleanup::NothingStarted)
+            (Measurement::failed(detail), cleanup)
         });
         if let Cleanup::Failed { cgroup, detail } = &cleanup {
             self.observer.cleanup_failed(&CleanupFailed {

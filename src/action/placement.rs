@@ -86,6 +86,16 @@ pub(super) struct Measurement {
     pub error: Option<String>,
 }
 
+impl Measurement {
+    /// A measurement that failed for `error`.
+    pub fn failed(error: String) -> Self {
+        Measurement {
+            error: Some(error),
+            ..Measurement::default()
+        }
+    }
+}
+
 impl Placement {
     /// Prepares the place of action `id`: creates its cgroup, or samples
     /// the shared one. Blocking.
@@ -169,13 +179,13 @@ impl Placement {
         }
     }
 
-    /// Measures the ended action, when sampled. Blocking.
-    pub fn measure(&self) -> Measurement {
+    /// Measures the ended action `id`, when sampled. Blocking.
+    pub fn measure(&self, id: &ActionId) -> Measurement {
         match self {
             Placement::ProcessGroup(None)
             | Placement::Cgroup(CgroupPlacement { before: None, .. }) => Measurement::default(),
             Placement::ProcessGroup(Some(sample)) => measure_shared(sample),
-            Placement::Cgroup(placement) => measure_own(placement),
+            Placement::Cgroup(placement) => measure_own(id, placement),
         }
     }
 
@@ -220,12 +230,9 @@ fn measure_shared(sample: &SharedSample) -> Measurement {
     let after = match CgroupCounters::read(&sample.cgroup) {
         Ok(after) => after,
         Err(error) => {
-            return Measurement {
-                error: Some(format!(
-                    "cannot sample the runner's cgroup after the action exited: {error}"
-                )),
-                ..Measurement::default()
-            }
+            return Measurement::failed(format!(
+                "cannot sample the runner's cgroup after the action exited: {error}"
+            ))
         }
     };
     let mut usage = after.usage_since(&sample.before);
@@ -249,7 +256,7 @@ fn measure_shared(sample: &SharedSample) -> Measurement {
 /// is in it, and nothing else, so no peak reset is needed and any
 /// concurrency is exact. The parent's `oom` tells a kill by the runner's
 /// own limit from one ordered from above.
-fn measure_own(placement: &CgroupPlacement) -> Measurement {
+fn measure_own(id: &ActionId, placement: &CgroupPlacement) -> Measurement {
     let Some((before, parent_oom_before)) = &placement.before else {
         return Measurement::default();
     };
@@ -257,30 +264,23 @@ fn measure_own(placement: &CgroupPlacement) -> Measurement {
     let after = match CgroupCounters::read(path) {
         Ok(after) => after,
         Err(err) => {
-            return Measurement {
-                error: Some(format!(
-                    "cannot read the action's cgroup after it exited: {err}"
-                )),
-                ..Measurement::default()
-            }
+            return Measurement::failed(format!(
+                "cannot read the action's cgroup after it exited: {err}"
+            ))
         }
     };
     let parent = placement.manager.parent();
     let parent_oom_grew = match read_parent_oom(parent) {
         Ok(oom) => oom > *parent_oom_before,
-        Err(error) => {
-            return Measurement {
-                error: Some(error),
-                ..Measurement::default()
-            }
-        }
+        Err(error) => return Measurement::failed(error),
     };
     let mut usage = after.usage_since(before);
     usage.memory_peak = read_memory_peak(path);
     let evidence = evidence_of(&usage, parent_oom_grew);
     let verdict = verdict(&evidence);
     if verdict == OomVerdict::SharedLimit {
-        tracing::info!(cgroup = %parent.display(), oom_kill = usage.memory_events_oom_kill,
+        tracing::info!(action_id = %id, cgroup = %parent.display(),
+            oom_kill = usage.memory_events_oom_kill,
             "an action process was OOM-killed by the memory limit of the runner's cgroup");
     }
     Measurement {

@@ -125,6 +125,14 @@ mod tests {
         observer: Arc<RecordingObserver>,
     }
 
+    impl Fixture {
+        async fn run(&self) -> Result<RunResponse, RunnerError> {
+            self.runner
+                .run(RunRequest::default(), CallContext::default())
+                .await
+        }
+    }
+
     /// A runner checking one present file, whose inner Run exits with
     /// `exit_code` and deletes that file when `vanish` is set.
     fn fixture(exit_code: i64, vanish: bool) -> Fixture {
@@ -189,11 +197,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_run_with_a_vanished_path_becomes_unavailable() {
         let f = fixture(1, true);
-        let err = f
-            .runner
-            .run(RunRequest::default(), CallContext::default())
-            .await
-            .unwrap_err();
+        let err = f.run().await.unwrap_err();
         let RunnerError::Unavailable { message, .. } = &err else {
             panic!("expected UNAVAILABLE, got {err:?}");
         };
@@ -211,28 +215,14 @@ mod tests {
     #[tokio::test]
     async fn a_failing_run_with_the_paths_present_is_returned_as_is() {
         let f = fixture(2, false);
-        assert_eq!(
-            f.runner
-                .run(RunRequest::default(), CallContext::default())
-                .await
-                .unwrap()
-                .exit_code,
-            2
-        );
+        assert_eq!(f.run().await.unwrap().exit_code, 2);
     }
 
     /// A successful action is not second-guessed, even if a path is gone.
     #[tokio::test]
     async fn a_successful_run_is_not_rechecked() {
         let f = fixture(0, true);
-        assert_eq!(
-            f.runner
-                .run(RunRequest::default(), CallContext::default())
-                .await
-                .unwrap()
-                .exit_code,
-            0
-        );
+        assert_eq!(f.run().await.unwrap().exit_code, 0);
     }
 
     /// Operators alert on the runner refusing work; a vanished mount must
