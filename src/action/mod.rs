@@ -32,6 +32,8 @@ pub mod outcome;
 pub mod placement;
 pub mod prepare;
 pub mod running;
+#[cfg(test)]
+mod tests;
 
 pub use id::{ActionId, ActionIds, RunnerInstance};
 pub use lifecycle::{ActionOptions, Actions, CallGone};
