@@ -87,22 +87,28 @@ pub fn install(source: &Path, dir: &Path) -> Result<Installed, InstallError> {
         })?;
         executables.push(path);
     }
+    // The executables' renames are durable before the marker can be.
+    sync_directory(&directory, dir)?;
     let marker = dir.join(MARKER_NAME);
     replace_atomically(&marker, MARKER_MODE, |file| {
         io::Write::write_all(file, MARKER_CONTENTS.as_bytes())
     })
     .map_err(|err| err.with_path(&marker))?;
-    // The renames are durable once the directory itself is synced.
+    sync_directory(&directory, dir)?;
+    Ok(Installed {
+        executables,
+        marker,
+    })
+}
+
+/// Makes the renames in `dir` durable.
+fn sync_directory(directory: &File, dir: &Path) -> Result<(), InstallError> {
     directory
         .sync_all()
         .map_err(|source| InstallError::Directory {
             path: dir.to_path_buf(),
             source,
-        })?;
-    Ok(Installed {
-        executables,
-        marker,
-    })
+        })
 }
 
 /// Where [`replace_atomically`] failed.
