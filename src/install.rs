@@ -39,17 +39,19 @@ const MARKER_MODE: u32 = 0o444;
 /// What the marker says, for a human who finds it.
 const MARKER_CONTENTS: &str = concat!("rbe-runner ", env!("CARGO_PKG_VERSION"), "\n");
 
-/// Installing failed; each variant names the path it failed on.
+/// Installing failed; each variant names the path it failed on. The I/O
+/// error is part of the message, not a `source`, so that printing the
+/// error chain does not repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("cannot read the executable to install, {path}: {source}")]
-    ReadSource { path: PathBuf, source: io::Error },
-    #[error("cannot install into {path}: {source}")]
-    Directory { path: PathBuf, source: io::Error },
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
-    #[error("cannot replace {path}: {source}")]
-    Replace { path: PathBuf, source: io::Error },
+    #[error("cannot read the executable to install, {path}: {error}")]
+    ReadSource { path: PathBuf, error: io::Error },
+    #[error("cannot install into {path}: {error}")]
+    Directory { path: PathBuf, error: io::Error },
+    #[error("cannot write {path}: {error}")]
+    Write { path: PathBuf, error: io::Error },
+    #[error("cannot replace {path}: {error}")]
+    Replace { path: PathBuf, error: io::Error },
 }
 
 /// The files written, in order.
@@ -64,24 +66,24 @@ pub struct Installed {
 /// `dir` must exist: in a pod it is a mounted volume, and creating a
 /// missing one would hide a wrong mount path.
 pub fn install(source: &Path, dir: &Path) -> Result<Installed, InstallError> {
-    let directory = File::open(dir).map_err(|source| InstallError::Directory {
+    let directory = File::open(dir).map_err(|error| InstallError::Directory {
         path: dir.to_path_buf(),
-        source,
+        error,
     })?;
     let mut executables = Vec::new();
     for name in EXECUTABLE_NAMES {
-        let mut executable = File::open(source).map_err(|err| InstallError::ReadSource {
+        let mut executable = File::open(source).map_err(|error| InstallError::ReadSource {
             path: source.to_path_buf(),
-            source: err,
+            error,
         })?;
         let path = dir.join(name);
         replace_atomically(&path, EXECUTABLE_MODE, |file| {
             io::copy(&mut executable, file).map(drop)
         })
         .map_err(|err| match err {
-            ReplaceError::Content(err) => InstallError::ReadSource {
+            ReplaceError::Content(error) => InstallError::ReadSource {
                 path: source.to_path_buf(),
-                source: err,
+                error,
             },
             other => other.with_path(&path),
         })?;
@@ -105,9 +107,9 @@ pub fn install(source: &Path, dir: &Path) -> Result<Installed, InstallError> {
 fn sync_directory(directory: &File, dir: &Path) -> Result<(), InstallError> {
     directory
         .sync_all()
-        .map_err(|source| InstallError::Directory {
+        .map_err(|error| InstallError::Directory {
             path: dir.to_path_buf(),
-            source,
+            error,
         })
 }
 
@@ -125,10 +127,10 @@ impl ReplaceError {
     fn with_path(self, path: &Path) -> InstallError {
         let path = path.to_path_buf();
         match self {
-            ReplaceError::Write(source) | ReplaceError::Content(source) => {
-                InstallError::Write { path, source }
+            ReplaceError::Write(error) | ReplaceError::Content(error) => {
+                InstallError::Write { path, error }
             }
-            ReplaceError::Rename(source) => InstallError::Replace { path, source },
+            ReplaceError::Rename(error) => InstallError::Replace { path, error },
         }
     }
 }
