@@ -299,7 +299,8 @@ impl Pid1Runner {
         write_config(&config, &build_dir, &socket, json!({}));
         let mut command = Command::new("unshare");
         command
-            .args(["--pid", "--fork", "--mount-proc", "--"])
+            // --kill-child: a test that panics kills unshare, and with it the runner.
+            .args(["--pid", "--fork", "--kill-child", "--mount-proc", "--"])
             .arg(BIN)
             .arg(&config);
         let runner = WrappedRunner::start(command);
