@@ -11,6 +11,7 @@
 //! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters.
 //! - [`server`]: listeners, shutdown, and the one mapping from runner errors to gRPC statuses.
 //! - [`client`]: the operator CLI's client side (`rbe-runner exec`).
+//! - [`install`]: `rbe-runner install`, copying the runner into a pod's shared volume.
 //! - [`sync`]: locking state that a panic cannot leave inconsistent.
 
 pub mod action;
@@ -19,6 +20,7 @@ pub mod cgroup;
 pub mod cleaner;
 pub mod client;
 pub mod config;
+pub mod install;
 pub mod process;
 pub mod proto;
 pub mod runner;

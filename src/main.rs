@@ -34,6 +34,8 @@ const USAGE: &str = "\
 usage:
   rbe-runner CONFIG                 serve, configured by the Jsonnet file CONFIG
   rbe-runner check-config CONFIG    evaluate and validate CONFIG, print what was understood
+  rbe-runner install [DIR]          copy this executable to DIR/rbe-runner and DIR/bb_runner,
+                                    then write DIR/installed (default DIR: /bb)
   rbe-runner exec (--socket PATH | --address HOST:PORT) --build-dir DIR
                   [--env K=V]... [--timeout DURATION] -- CMD ARGS...
                                     run one action as a worker would; prints JSON
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some("check-config") => check_config(&args[1..]),
+        Some("install") => install(&args[1..]),
         Some("exec") => return exec(&args[1..]),
         Some(_) if args.len() == 1 => serve(PathBuf::from(&args[0])),
         Some(_) => Err(anyhow::anyhow!(
@@ -77,6 +80,21 @@ fn check_config(args: &[String]) -> anyhow::Result<()> {
     };
     let config = config::load(std::path::Path::new(file))?;
     println!("{config}");
+    Ok(())
+}
+
+/// `install`: what bb-deployments' installer init container does.
+fn install(args: &[String]) -> anyhow::Result<()> {
+    use rbe_runner::install::{DEFAULT_INSTALL_DIR, DEFAULT_PROC_SELF_EXE};
+    let dir = match args {
+        [] => DEFAULT_INSTALL_DIR,
+        [dir] => dir.as_str(),
+        _ => bail!("install takes at most one argument, the directory\n{USAGE}"),
+    };
+    let installed = rbe_runner::install::install(Path::new(DEFAULT_PROC_SELF_EXE), Path::new(dir))?;
+    for path in installed.executables.iter().chain([&installed.marker]) {
+        println!("installed {}", path.display());
+    }
     Ok(())
 }
 

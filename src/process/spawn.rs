@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use super::reaper::{reaper, SpawnedChild};
 
@@ -73,10 +73,15 @@ pub fn spawn(spec: ProcessSpec) -> Result<SpawnedChild, SpawnError> {
     // join is not blamed on the request like a missing program.
     let (step_reader, step_writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|errno| setup_error(errno.into()))?;
+    // Actions read end-of-file from stdin, as from /dev/null, but from a
+    // pipe whose write end is closed: the runner must not depend on /dev,
+    // which a bare root (a chroot, an image FROM scratch) may lack.
+    let (stdin, stdin_writer) = std::io::pipe().map_err(setup_error)?;
+    drop(stdin_writer);
     let mut command = Command::new(&spec.program);
     command
         .env_clear()
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(spec.stdout)
         .stderr(spec.stderr)
         // The action leads its own process group, so that termination

@@ -181,25 +181,18 @@ kernel_modules_install() {
 # Guest binaries and the initramfs
 
 # Sets RUNNER_BIN to a static rbe-runner: RBE_VM_RUNNER_BIN if given, else a
-# dev-profile build with its own target dir, so that it does not wait on (or
-# invalidate) the outer `cargo test`'s target dir.
+# dev-profile build by tools/build-static with its own target dir, so that it
+# does not wait on (or invalidate) the outer `cargo test`'s target dir. The
+# minimal-root test (tests/deployment.rs) builds the same way, in the same
+# directory, so CI builds the static runner once.
 build_runner() {
     if [[ -n ${RBE_VM_RUNNER_BIN:-} ]]; then
         RUNNER_BIN=$RBE_VM_RUNNER_BIN
         log "using RBE_VM_RUNNER_BIN=$RUNNER_BIN"
     else
         log "building static rbe-runner (target/vm/cargo)"
-        (
-            cd "$REPO_DIR"
-            # An outer `cargo test` may export these; they would override ours.
-            unset CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS CARGO_BUILD_TARGET
-            RUSTFLAGS='-C target-feature=+crt-static' \
-                CARGO_TARGET_DIR=$VM_CACHE_DIR/cargo \
-                CARGO_PROFILE_DEV_DEBUG=0 \
-                CARGO_PROFILE_DEV_STRIP=debuginfo \
-                "${CARGO:-cargo}" build --quiet --bin rbe-runner --target x86_64-unknown-linux-gnu
-        ) >&2 || die "building the static rbe-runner failed"
-        RUNNER_BIN=$VM_CACHE_DIR/cargo/x86_64-unknown-linux-gnu/debug/rbe-runner
+        RUNNER_BIN=$("$REPO_DIR/tools/build-static" --profile dev --target-dir "$VM_CACHE_DIR/cargo") ||
+            die "building the static rbe-runner failed"
     fi
     [[ -x $RUNNER_BIN ]] || die "runner binary $RUNNER_BIN does not exist"
     if readelf -lW "$RUNNER_BIN" 2>/dev/null | grep -q 'program interpreter'; then
