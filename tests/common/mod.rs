@@ -75,10 +75,13 @@ impl TestRunner {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[runner] {line}");
-                if line.contains("serving") {
-                    let _ = serving_tx.send(line.clone());
+                let serving = line.contains("serving");
+                // Logged before announced, so that a test woken by the
+                // "serving" line finds it (and everything before) in the log.
+                log_writer.lock().unwrap().push(line.clone());
+                if serving {
+                    let _ = serving_tx.send(line);
                 }
-                log_writer.lock().unwrap().push(line);
             }
         });
         let runner = TestRunner {
