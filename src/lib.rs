@@ -6,6 +6,7 @@
 //! - [`config`]: the bb_runner Jsonnet configuration, evaluated and decoded into typed, documented values.
 //! - [`runner`]: the internal [`runner::Runner`] trait, the local runner and one decorator per file.
 //! - [`build_directory`]: resolving request paths strictly beneath the build directory.
+//! - [`fault`]: who can fix a failure (the request, the node, the runner), classified once where the errno is known.
 //! - [`process`]: spawning processes, reaping, and graceful termination of process trees.
 //! - [`cleaner`]: restoring the host between actions (leftover processes, temporary directories, a command).
 //! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters.
@@ -19,6 +20,7 @@ pub mod cgroup;
 pub mod cleaner;
 pub mod client;
 pub mod config;
+pub mod fault;
 pub mod process;
 pub mod proto;
 pub mod runner;
