@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat2, readlinkat, AtFlags, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{fstat, fstatat, FileStat, Mode};
+use nix::sys::stat::{fstat, fstatat, Mode};
 use nix::sys::statvfs::fstatvfs;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
@@ -126,6 +126,22 @@ pub struct BuildDirectory {
 /// How strictly a relative path is resolved.
 const BENEATH: ResolveFlag = ResolveFlag::RESOLVE_BENEATH.union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
 
+/// How a directory is opened beneath another.
+fn directory_how() -> OpenHow {
+    OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(BENEATH)
+}
+
+/// The empty path names the directory itself: ".".
+fn non_empty(relative: &str) -> &str {
+    if relative.is_empty() {
+        "."
+    } else {
+        relative
+    }
+}
+
 impl BuildDirectory {
     /// Opens the build directory. The path is made absolute so that TMPDIR
     /// and symlink targets derived from it are meaningful to actions.
@@ -166,14 +182,35 @@ impl BuildDirectory {
 
     /// Creates the file at `relative` for writing. It must not exist yet:
     /// an existing file (or symlink) is an error and is never clobbered.
+    pub fn create_file(&self, relative: &str, field: &'static str) -> Result<File, PathError> {
+        self.create_output(relative, field).map(|(file, _)| file)
+    }
+
+    /// Creates the file at `relative` for writing, as [`Self::create_file`],
+    /// and returns with it what removes it again.
     ///
     /// A filesystem with no space left is an error too, even when the
     /// (empty) file could be created, as it usually can: otherwise an
     /// action would only fail to write it, and show up as a build failure
     /// with an empty stderr instead of as the node's trouble. The file is
     /// then removed again.
-    pub fn create_file(&self, relative: &str, field: &'static str) -> Result<File, PathError> {
+    pub fn create_output(
+        &self,
+        relative: &str,
+        field: &'static str,
+    ) -> Result<(File, CreatedFile), PathError> {
         check_relative(relative, field)?;
+        let (parent, name) = relative.rsplit_once('/').unwrap_or(("", relative));
+        if name.is_empty() {
+            return Err(PathError::IsADirectory {
+                field,
+                path: relative.to_string(),
+            });
+        }
+        // The parent stays open, so that removing the file needs no
+        // descriptor: running out of them is a reason to remove it.
+        let parent = openat2_retrying(self.fd.as_fd(), non_empty(parent), directory_how())
+            .map_err(|errno| resolution_error(self.fd.as_fd(), errno, field, relative))?;
         let how = OpenHow::new()
             .flags(
                 OFlag::O_WRONLY
@@ -184,37 +221,23 @@ impl BuildDirectory {
             )
             .mode(Mode::from_bits_truncate(0o666))
             .resolve(BENEATH);
-        let fd = openat2_retrying(self.fd.as_fd(), relative, how).map_err(|errno| match errno {
+        let fd = openat2_retrying(parent.as_fd(), name, how).map_err(|errno| match errno {
             Errno::ENOSPC | Errno::EDQUOT => self.no_space(field, relative),
             errno => resolution_error(self.fd.as_fd(), errno, field, relative),
         })?;
         let file = File::from(fd);
+        let created = CreatedFile {
+            parent,
+            name: name.to_string(),
+            relative: relative.to_string(),
+            field,
+            identity: fstat(&file).ok().map(|stat| (stat.st_dev, stat.st_ino)),
+        };
         if matches!(fstatvfs(&file), Ok(stat) if stat.blocks_available() == 0) {
-            let _ = self.remove_created(relative, field, &CreatedFile::of(&file));
+            let _ = created.remove();
             return Err(self.no_space(field, relative));
         }
-        Ok(file)
-    }
-
-    /// Removes the file at `relative` if it still is `created`: a file
-    /// someone else put in its place meanwhile is left alone. Returns
-    /// whether it was removed. Blocking.
-    pub fn remove_created(
-        &self,
-        relative: &str,
-        field: &'static str,
-        created: &CreatedFile,
-    ) -> Result<bool, PathError> {
-        let (parent, name) = relative.rsplit_once('/').unwrap_or(("", relative));
-        let parent = open_directory_beneath(self.fd.as_fd(), parent, field)?;
-        let current = fstatat(&parent, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(|errno| PathError::from_errno(errno, field, relative))?;
-        if CreatedFile::of_stat(&current) != *created {
-            return Ok(false);
-        }
-        unlinkat(&parent, name, UnlinkatFlags::NoRemoveDir)
-            .map_err(|errno| PathError::from_errno(errno, field, relative))?;
-        Ok(true)
+        Ok((file, created))
     }
 
     /// The error for a full build filesystem, naming it and what it has
@@ -256,40 +279,40 @@ pub fn open_directory_beneath(
     field: &'static str,
 ) -> Result<OwnedFd, PathError> {
     check_relative(relative, field)?;
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(BENEATH);
-    let target = if relative.is_empty() { "." } else { relative };
-    openat2_retrying(dir, target, how)
+    openat2_retrying(dir, non_empty(relative), directory_how())
         .map_err(|errno| resolution_error(dir, errno, field, relative))
 }
 
-/// The identity of a file the runner created (device and inode), so that
-/// removing it again can never remove a file put in its place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A file the runner created, with what removes it again: its directory,
+/// held open, and its identity (device and inode), so that removing it
+/// needs no new descriptor and can never remove a file put in its place.
+#[derive(Debug)]
 pub struct CreatedFile {
-    device: u64,
-    inode: u64,
+    parent: OwnedFd,
+    name: String,
+    /// The path the request gave, for messages.
+    relative: String,
+    field: &'static str,
+    /// `None` if it could not be read: then it is never removed.
+    identity: Option<(u64, u64)>,
 }
 
 impl CreatedFile {
-    /// The identity of the open `file`; if it cannot be read, zeroes,
-    /// which match no file.
-    pub fn of(file: &File) -> Self {
-        match fstat(file) {
-            Ok(stat) => Self::of_stat(&stat),
-            Err(_) => CreatedFile {
-                device: 0,
-                inode: 0,
-            },
+    /// Removes the file unless someone replaced it meanwhile. Returns
+    /// whether it was removed. Blocking.
+    pub fn remove(&self) -> Result<bool, PathError> {
+        let error = |errno| PathError::from_errno(errno, self.field, &self.relative);
+        let current = fstatat(
+            &self.parent,
+            self.name.as_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(error)?;
+        if self.identity != Some((current.st_dev, current.st_ino)) {
+            return Ok(false);
         }
-    }
-
-    fn of_stat(stat: &FileStat) -> Self {
-        CreatedFile {
-            device: stat.st_dev,
-            inode: stat.st_ino,
-        }
+        unlinkat(&self.parent, self.name.as_str(), UnlinkatFlags::NoRemoveDir).map_err(error)?;
+        Ok(true)
     }
 }
 
@@ -707,24 +730,20 @@ mod tests {
     #[test]
     fn a_created_file_is_removed_but_a_replacement_is_not() {
         let f = fixture();
-        let file = f.build.create_file("action/stdout", "stdout_path").unwrap();
-        let created = CreatedFile::of(&file);
-        assert!(f
+        let (_, created) = f
             .build
-            .remove_created("action/stdout", "stdout_path", &created)
-            .unwrap());
+            .create_output("action/stdout", "stdout_path")
+            .unwrap();
+        assert!(created.remove().unwrap());
         assert!(!f.build.path().join("action/stdout").exists());
 
-        let file = f.build.create_file("action/stderr", "stderr_path").unwrap();
-        let created = CreatedFile::of(&file);
-        std::fs::remove_file(f.build.path().join("action/stderr")).unwrap();
-        std::fs::write(f.build.path().join("action/stderr"), "someone else's").unwrap();
-        assert!(!f
-            .build
-            .remove_created("action/stderr", "stderr_path", &created)
-            .unwrap());
+        // Held open, so that the replacement cannot reuse its inode.
+        let (_file, created) = f.build.create_output("stderr", "stderr_path").unwrap();
+        std::fs::remove_file(f.build.path().join("stderr")).unwrap();
+        std::fs::write(f.build.path().join("stderr"), "someone else's").unwrap();
+        assert!(!created.remove().unwrap());
         assert_eq!(
-            std::fs::read_to_string(f.build.path().join("action/stderr")).unwrap(),
+            std::fs::read_to_string(f.build.path().join("stderr")).unwrap(),
             "someone else's"
         );
     }

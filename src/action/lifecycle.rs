@@ -235,7 +235,7 @@ impl Actions {
         let mut prepared = prepare(&self.build_directory, &self.options.prepare, request)?;
         let outputs = std::mem::take(&mut prepared.outputs);
         self.place_and_spawn(id, request, prepared)
-            .inspect_err(|_| outputs.remove(&self.build_directory))
+            .inspect_err(|_| outputs.remove())
     }
 
     fn place_and_spawn(

@@ -43,23 +43,18 @@ pub struct Prepared {
     pub outputs: CreatedOutputs,
 }
 
-/// The output files created for an action, by path and identity.
+/// The output files created for an action.
 #[derive(Debug, Default)]
 pub struct CreatedOutputs {
-    files: Vec<(String, &'static str, CreatedFile)>,
+    files: Vec<CreatedFile>,
 }
 
 impl CreatedOutputs {
-    fn add(&mut self, relative: &str, field: &'static str, file: &File) {
-        self.files
-            .push((relative.to_string(), field, CreatedFile::of(file)));
-    }
-
     /// Removes the files of an action that never started, unless someone
-    /// replaced them meanwhile. Blocking.
-    pub fn remove(&self, build_directory: &BuildDirectory) {
-        for (relative, field, created) in &self.files {
-            if let Err(err) = build_directory.remove_created(relative, field, created) {
+    /// replaced them meanwhile. Needs no new descriptor. Blocking.
+    pub fn remove(&self) {
+        for file in &self.files {
+            if let Err(err) = file.remove() {
                 tracing::warn!(%err, "cannot remove the output of an action that did not start");
             }
         }
@@ -166,16 +161,11 @@ pub fn prepare(
     .map_err(|err| RunnerError::InvalidArgument(err.to_string()))?;
 
     let mut outputs = CreatedOutputs::default();
-    let stdout = create_output(build_directory, &request.stdout_path, "stdout_path")?;
-    outputs.add(&request.stdout_path, "stdout_path", &stdout);
-    let stderr = match create_output(build_directory, &request.stderr_path, "stderr_path") {
-        Ok(stderr) => stderr,
-        Err(error) => {
-            outputs.remove(build_directory);
-            return Err(error);
-        }
-    };
-    outputs.add(&request.stderr_path, "stderr_path", &stderr);
+    let (stdout, created) = create_output(build_directory, &request.stdout_path, "stdout_path")?;
+    outputs.files.push(created);
+    let (stderr, created) = create_output(build_directory, &request.stderr_path, "stderr_path")
+        .inspect_err(|_| outputs.remove())?;
+    outputs.files.push(created);
     Ok(Prepared {
         program,
         environment: environment.into_iter().collect(),
@@ -202,11 +192,11 @@ fn create_output(
     build_directory: &BuildDirectory,
     relative: &str,
     field: &'static str,
-) -> Result<File, RunnerError> {
+) -> Result<(File, CreatedFile), RunnerError> {
     if relative.is_empty() {
         return Err(RunnerError::InvalidArgument(format!(
             "{field} is empty: a path relative to the build directory is required"
         )));
     }
-    Ok(build_directory.create_file(relative, field)?)
+    Ok(build_directory.create_output(relative, field)?)
 }
