@@ -24,6 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.type_name_domain(["."], "type.googleapis.com");
 
     tonic_prost_build::configure()
+        // Refuses a RunRequest too large to execute before prost builds
+        // its strings (see src/request_decoding.rs).
+        .codec_path("crate::request_decoding::BoundedCodec")
         .file_descriptor_set_path(out_dir.join("rbe_runner_descriptor.bin"))
         .compile_with_config(
             config,

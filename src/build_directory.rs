@@ -11,25 +11,63 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::Mode;
+use nix::fcntl::{openat2, readlinkat, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstat, fstatat, Mode};
+use nix::sys::statvfs::fstatvfs;
+use nix::unistd::{unlinkat, UnlinkatFlags};
+
+use crate::fault::Fault;
 
 /// Errors resolving a request path. Each names the request field and the path.
 #[derive(Debug, thiserror::Error)]
 pub enum PathError {
     #[error("{field} {path:?} is absolute; paths in requests are relative to the build directory")]
     Absolute { field: &'static str, path: String },
+    #[error("{field} {path:?} contains a NUL byte")]
+    ContainsNul { field: &'static str, path: String },
     #[error("{field} {path:?} resolves outside of the build directory")]
     Escapes { field: &'static str, path: String },
+    #[error(
+        "{field} {path:?} goes through {link:?}, a symlink to an absolute path; absolute \
+         symlinks are not followed, even to places inside the build directory"
+    )]
+    AbsoluteSymlink {
+        field: &'static str,
+        path: String,
+        /// The prefix of `path` that names the symlink.
+        link: String,
+    },
+    #[error("{field} {path:?} has too many levels of symbolic links")]
+    SymlinkLoop { field: &'static str, path: String },
+    #[error(
+        "{field} {path:?} is too long: a component longer than 255 bytes, or the whole longer \
+         than 4095"
+    )]
+    TooLong { field: &'static str, path: String },
+    #[error("{field} {path:?} is a directory; a file path is required")]
+    IsADirectory { field: &'static str, path: String },
     #[error("{field} {path:?} does not exist in the build directory")]
     NotFound { field: &'static str, path: String },
     #[error("{field} {path:?} is not a directory")]
     NotADirectory { field: &'static str, path: String },
     #[error("{field} {path:?} already exists; refusing to overwrite it")]
     AlreadyExists { field: &'static str, path: String },
+    #[error(
+        "{field} {path:?}: no space left on the build directory's filesystem {filesystem} \
+         ({detail})"
+    )]
+    NoSpace {
+        field: &'static str,
+        path: String,
+        /// Mount point of the filesystem holding the build directory.
+        filesystem: PathBuf,
+        /// What the filesystem reports as free.
+        detail: String,
+    },
     #[error("{field} {path:?}: {errno}")]
     Other {
         field: &'static str,
@@ -43,20 +81,27 @@ impl PathError {
         let path = path.to_string();
         match errno {
             // RESOLVE_BENEATH reports every escape (`..`, absolute symlinks,
-            // symlinks pointing out) as EXDEV.
+            // symlinks pointing out) as EXDEV; see `resolution_error`.
             Errno::EXDEV => PathError::Escapes { field, path },
             Errno::ENOENT => PathError::NotFound { field, path },
             Errno::ENOTDIR => PathError::NotADirectory { field, path },
             Errno::EEXIST => PathError::AlreadyExists { field, path },
-            // O_NOFOLLOW on a final symlink component.
-            Errno::ELOOP => PathError::Escapes { field, path },
+            Errno::ELOOP => PathError::SymlinkLoop { field, path },
+            Errno::ENAMETOOLONG => PathError::TooLong { field, path },
+            // Creating `dir/` (a trailing slash) or over a directory.
+            Errno::EISDIR => PathError::IsADirectory { field, path },
             errno => PathError::Other { field, path, errno },
         }
     }
 
-    /// Whether the request is at fault (as opposed to the runner's host).
-    pub fn is_request_error(&self) -> bool {
-        !matches!(self, PathError::Other { .. })
+    /// Who can fix it: the request, unless the host failed (out of
+    /// descriptors or space: the node; anything else: the runner).
+    pub fn fault(&self) -> Fault {
+        match self {
+            PathError::NoSpace { .. } => Fault::Node,
+            PathError::Other { errno, .. } => Fault::of_host_errno(*errno as i32),
+            _ => Fault::Request,
+        }
     }
 }
 
@@ -80,6 +125,22 @@ pub struct BuildDirectory {
 
 /// How strictly a relative path is resolved.
 const BENEATH: ResolveFlag = ResolveFlag::RESOLVE_BENEATH.union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
+
+/// How a directory is opened beneath another.
+fn directory_how() -> OpenHow {
+    OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(BENEATH)
+}
+
+/// The empty path names the directory itself: ".".
+fn non_empty(relative: &str) -> &str {
+    if relative.is_empty() {
+        "."
+    } else {
+        relative
+    }
+}
 
 impl BuildDirectory {
     /// Opens the build directory. The path is made absolute so that TMPDIR
@@ -122,7 +183,34 @@ impl BuildDirectory {
     /// Creates the file at `relative` for writing. It must not exist yet:
     /// an existing file (or symlink) is an error and is never clobbered.
     pub fn create_file(&self, relative: &str, field: &'static str) -> Result<File, PathError> {
+        self.create_output(relative, field).map(|(file, _)| file)
+    }
+
+    /// Creates the file at `relative` for writing, as [`Self::create_file`],
+    /// and returns with it what removes it again.
+    ///
+    /// A filesystem with no space left is an error too, even when the
+    /// (empty) file could be created, as it usually can: otherwise an
+    /// action would only fail to write it, and show up as a build failure
+    /// with an empty stderr instead of as the node's trouble. The file is
+    /// then removed again.
+    pub fn create_output(
+        &self,
+        relative: &str,
+        field: &'static str,
+    ) -> Result<(File, CreatedFile), PathError> {
         check_relative(relative, field)?;
+        let (parent, name) = relative.rsplit_once('/').unwrap_or(("", relative));
+        if name.is_empty() {
+            return Err(PathError::IsADirectory {
+                field,
+                path: relative.to_string(),
+            });
+        }
+        // The parent stays open, so that removing the file needs no
+        // descriptor: running out of them is a reason to remove it.
+        let parent = openat2_retrying(self.fd.as_fd(), non_empty(parent), directory_how())
+            .map_err(|errno| resolution_error(self.fd.as_fd(), errno, field, relative))?;
         let how = OpenHow::new()
             .flags(
                 OFlag::O_WRONLY
@@ -133,9 +221,42 @@ impl BuildDirectory {
             )
             .mode(Mode::from_bits_truncate(0o666))
             .resolve(BENEATH);
-        let fd = openat2_retrying(self.fd.as_fd(), relative, how)
-            .map_err(|errno| PathError::from_errno(errno, field, relative))?;
-        Ok(File::from(fd))
+        let fd = openat2_retrying(parent.as_fd(), name, how).map_err(|errno| match errno {
+            Errno::ENOSPC | Errno::EDQUOT => self.no_space(field, relative),
+            errno => resolution_error(self.fd.as_fd(), errno, field, relative),
+        })?;
+        let file = File::from(fd);
+        let created = CreatedFile {
+            parent,
+            name: name.to_string(),
+            relative: relative.to_string(),
+            field,
+            identity: fstat(&file).ok().map(|stat| (stat.st_dev, stat.st_ino)),
+        };
+        if matches!(fstatvfs(&file), Ok(stat) if stat.blocks_available() == 0) {
+            let _ = created.remove();
+            return Err(self.no_space(field, relative));
+        }
+        Ok((file, created))
+    }
+
+    /// The error for a full build filesystem, naming it and what it has
+    /// left, for the operator who has to free it.
+    fn no_space(&self, field: &'static str, relative: &str) -> PathError {
+        let detail = match fstatvfs(&self.fd) {
+            Ok(stat) => format!(
+                "{} bytes and {} inodes available",
+                stat.blocks_available().saturating_mul(stat.fragment_size()),
+                stat.files_available()
+            ),
+            Err(errno) => format!("cannot tell what is free: {errno}"),
+        };
+        PathError::NoSpace {
+            field,
+            path: relative.to_string(),
+            filesystem: mount_point(&self.path),
+            detail,
+        }
     }
 
     /// Whether `relative` exists beneath the build directory.
@@ -146,7 +267,7 @@ impl BuildDirectory {
             .resolve(BENEATH);
         openat2_retrying(self.fd.as_fd(), relative, how)
             .map(drop)
-            .map_err(|errno| PathError::from_errno(errno, field, relative))
+            .map_err(|errno| resolution_error(self.fd.as_fd(), errno, field, relative))
     }
 }
 
@@ -158,12 +279,113 @@ pub fn open_directory_beneath(
     field: &'static str,
 ) -> Result<OwnedFd, PathError> {
     check_relative(relative, field)?;
+    openat2_retrying(dir, non_empty(relative), directory_how())
+        .map_err(|errno| resolution_error(dir, errno, field, relative))
+}
+
+/// A file the runner created, with what removes it again: its directory,
+/// held open, and its identity (device and inode), so that removing it
+/// needs no new descriptor and can never remove a file put in its place.
+#[derive(Debug)]
+pub struct CreatedFile {
+    parent: OwnedFd,
+    name: String,
+    /// The path the request gave, for messages.
+    relative: String,
+    field: &'static str,
+    /// `None` if it could not be read: then it is never removed.
+    identity: Option<(u64, u64)>,
+}
+
+impl CreatedFile {
+    /// Removes the file unless someone replaced it meanwhile. Returns
+    /// whether it was removed. Blocking.
+    pub fn remove(&self) -> Result<bool, PathError> {
+        let error = |errno| PathError::from_errno(errno, self.field, &self.relative);
+        let current = fstatat(
+            &self.parent,
+            self.name.as_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(error)?;
+        if self.identity != Some((current.st_dev, current.st_ino)) {
+            return Ok(false);
+        }
+        unlinkat(&self.parent, self.name.as_str(), UnlinkatFlags::NoRemoveDir).map_err(error)?;
+        Ok(true)
+    }
+}
+
+/// The error for a failed resolution of `relative` beneath `dir`.
+///
+/// `RESOLVE_BENEATH` answers EXDEV for a path that leaves `dir` and for
+/// every absolute symlink, even one naming a place inside: look for the
+/// first absolute symlink on the path, so that the message says what was
+/// refused.
+fn resolution_error(
+    dir: BorrowedFd<'_>,
+    errno: Errno,
+    field: &'static str,
+    relative: &str,
+) -> PathError {
+    if errno == Errno::EXDEV {
+        if let Some(link) = absolute_symlink_on(dir, relative) {
+            return PathError::AbsoluteSymlink {
+                field,
+                path: relative.to_string(),
+                link,
+            };
+        }
+    }
+    PathError::from_errno(errno, field, relative)
+}
+
+/// At most this many components are examined when explaining an escape.
+const MAXIMUM_EXPLAINED_COMPONENTS: usize = 256;
+
+/// The first prefix of `relative` that resolves beneath `dir` to a symlink
+/// whose target is absolute. `None` when a prefix does not resolve beneath
+/// `dir` first (a `..` or a relative symlink leaving it): a real escape.
+/// Only the symlink's own text is read, and only inside `dir`.
+fn absolute_symlink_on(dir: BorrowedFd<'_>, relative: &str) -> Option<String> {
     let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
         .resolve(BENEATH);
-    let target = if relative.is_empty() { "." } else { relative };
-    openat2_retrying(dir, target, how)
-        .map_err(|errno| PathError::from_errno(errno, field, relative))
+    let ends = relative
+        .match_indices('/')
+        .map(|(index, _)| index)
+        .chain(std::iter::once(relative.len()))
+        .filter(|&end| end > 0 && !relative[..end].ends_with('/'))
+        .take(MAXIMUM_EXPLAINED_COMPONENTS);
+    for end in ends {
+        let prefix = &relative[..end];
+        let fd = openat2_retrying(dir, prefix, how).ok()?;
+        // With an empty path, readlinkat reads the symlink the O_PATH
+        // descriptor itself refers to; anything else answers an error.
+        if let Ok(target) = readlinkat(&fd, "") {
+            if target.as_encoded_bytes().starts_with(b"/") {
+                return Some(prefix.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// The mount point of the filesystem holding `path`: its highest ancestor
+/// on the same device. Blocking; for messages only.
+fn mount_point(path: &Path) -> PathBuf {
+    let device = |path: &Path| std::fs::metadata(path).map(|m| m.dev()).ok();
+    let Some(own) = device(path) else {
+        return path.to_path_buf();
+    };
+    let mut mount = path;
+    while let Some(parent) = mount.parent() {
+        if device(parent) != Some(own) {
+            break;
+        }
+        mount = parent;
+    }
+    mount.to_path_buf()
 }
 
 /// Resolves `path` as if `root` were `/` (symlinks and `..` cannot leave
@@ -201,6 +423,13 @@ pub fn join_host_path(base: &Path, relative: &str) -> PathBuf {
 }
 
 fn check_relative(relative: &str, field: &'static str) -> Result<(), PathError> {
+    // Checked here, because the system call would only answer EINVAL.
+    if relative.contains('\0') {
+        return Err(PathError::ContainsNul {
+            field,
+            path: relative.to_string(),
+        });
+    }
     if relative.starts_with('/') {
         return Err(PathError::Absolute {
             field,
@@ -213,6 +442,7 @@ fn check_relative(relative: &str, field: &'static str) -> Result<(), PathError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fault::Fault;
     use std::io::Write;
     use std::os::unix::fs::symlink;
 
@@ -308,11 +538,22 @@ mod tests {
                 .build
                 .open_directory(link, "input_root_directory")
                 .unwrap_err();
-            assert!(matches!(err, PathError::Escapes { .. }), "{link}: {err}");
+            assert_eq!(err.fault(), Fault::Request, "{link}: {err}");
             let file = format!("{link}/stdout");
             let err = f.build.create_file(&file, "stdout_path").unwrap_err();
-            assert!(matches!(err, PathError::Escapes { .. }), "{file}: {err}");
+            assert_eq!(err.fault(), Fault::Request, "{file}: {err}");
         }
+        // The relative one leaves; the absolute one is not followed at all.
+        let err = f
+            .build
+            .open_directory("action/rel-out", "input_root_directory")
+            .unwrap_err();
+        assert!(matches!(err, PathError::Escapes { .. }), "{err}");
+        let err = f
+            .build
+            .create_file("action/out/stdout", "stdout_path")
+            .unwrap_err();
+        assert!(matches!(err, PathError::AbsoluteSymlink { .. }), "{err}");
         assert!(
             !f.outside.join("stdout").exists(),
             "nothing may be written outside"
@@ -408,5 +649,173 @@ mod tests {
             open_in_root(root.fd.as_fd(), "/etc").unwrap_err(),
             Errno::ENOENT
         );
+    }
+
+    /// Why it matters: RESOLVE_BENEATH refuses every absolute symlink,
+    /// also one pointing inside; "resolves outside" would send the user
+    /// looking for an escape that is not there.
+    #[test]
+    fn an_absolute_symlink_inside_is_refused_as_not_followed() {
+        let f = fixture();
+        symlink(
+            f.build.path().join("action/root"),
+            f.build.path().join("action/abs-in"),
+        )
+        .unwrap();
+        let err = f
+            .build
+            .open_directory("action/abs-in/sub", "working_directory")
+            .unwrap_err();
+        let PathError::AbsoluteSymlink { link, .. } = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(link, "action/abs-in");
+        let message = err.to_string();
+        assert!(message.contains("working_directory"), "{message}");
+        assert!(
+            message.contains("absolute symlinks are not followed"),
+            "{message}"
+        );
+        assert!(!message.contains("outside"), "{message}");
+        let err = f
+            .build
+            .create_file("action/abs-in/stdout", "stdout_path")
+            .unwrap_err();
+        assert!(matches!(err, PathError::AbsoluteSymlink { .. }), "{err}");
+        assert_eq!(err.fault(), Fault::Request);
+    }
+
+    /// Why it matters: these are the request's fault, and were answered
+    /// INTERNAL (which Bazel retries) before.
+    #[test]
+    fn nul_bytes_over_long_paths_and_trailing_slashes_are_the_requests_fault() {
+        let f = fixture();
+        let long_component = "x".repeat(300);
+        let long_path = vec!["a"; 2100].join("/");
+        let cases = [
+            ("action/st\0dout".to_string(), "NUL"),
+            (format!("action/{long_component}"), "too long"),
+            (long_path, "too long"),
+            ("action/stdout/".to_string(), "is a directory"),
+        ];
+        for (path, expected) in cases {
+            let err = f.build.create_file(&path, "stdout_path").unwrap_err();
+            assert_eq!(err.fault(), Fault::Request, "{err}");
+            let message = err.to_string();
+            assert!(message.contains("stdout_path"), "{message}");
+            assert!(message.contains(expected), "{message}");
+        }
+        let err = f
+            .build
+            .open_directory("action\0root", "input_root_directory")
+            .unwrap_err();
+        assert!(matches!(err, PathError::ContainsNul { .. }), "{err}");
+        assert!(!f.build.path().join("action/stdout").exists());
+    }
+
+    /// Why it matters: running out of descriptors is the node's trouble
+    /// (retry elsewhere); other host failures are the runner's.
+    #[test]
+    fn host_errors_are_the_nodes_or_the_runners_fault() {
+        for (errno, fault) in [
+            (Errno::EMFILE, Fault::Node),
+            (Errno::ENFILE, Fault::Node),
+            (Errno::EIO, Fault::Runner),
+        ] {
+            let err = PathError::from_errno(errno, "stdout_path", "action/stdout");
+            assert_eq!(err.fault(), fault, "{err}");
+        }
+    }
+
+    #[test]
+    fn a_created_file_is_removed_but_a_replacement_is_not() {
+        let f = fixture();
+        let (_, created) = f
+            .build
+            .create_output("action/stdout", "stdout_path")
+            .unwrap();
+        assert!(created.remove().unwrap());
+        assert!(!f.build.path().join("action/stdout").exists());
+
+        // Held open, so that the replacement cannot reuse its inode.
+        let (_file, created) = f.build.create_output("stderr", "stderr_path").unwrap();
+        std::fs::remove_file(f.build.path().join("stderr")).unwrap();
+        std::fs::write(f.build.path().join("stderr"), "someone else's").unwrap();
+        assert!(!created.remove().unwrap());
+        assert_eq!(
+            std::fs::read_to_string(f.build.path().join("stderr")).unwrap(),
+            "someone else's"
+        );
+    }
+
+    /// A tmpfs of 64 KiB mounted on a temporary directory, unmounted on drop.
+    struct SmallTmpfs {
+        dir: tempfile::TempDir,
+    }
+
+    impl SmallTmpfs {
+        fn mount(options: &str) -> Option<SmallTmpfs> {
+            if !nix::unistd::geteuid().is_root() {
+                if std::env::var_os("CI").is_some() {
+                    panic!("mounting a tmpfs needs root, and CI must not skip it");
+                }
+                eprintln!("SKIPPED (needs root to mount a tmpfs)");
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "mount -t tmpfs -o {options}: {status}");
+            Some(SmallTmpfs { dir })
+        }
+    }
+
+    impl Drop for SmallTmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+
+    /// Why it matters: on a full filesystem the empty output files can
+    /// still be created; the action would then fail to write them and look
+    /// like a broken build, on every worker it lands on with this disk.
+    #[test]
+    fn a_full_build_filesystem_is_the_nodes_fault_and_names_the_filesystem() {
+        let Some(tmpfs) = SmallTmpfs::mount("size=64k") else {
+            return;
+        };
+        let mut filler = File::create(tmpfs.dir.path().join("filler")).unwrap();
+        while filler.write_all(&[0u8; 4096]).is_ok() {}
+        let build = BuildDirectory::open(tmpfs.dir.path()).unwrap();
+        let err = build.create_file("stdout", "stdout_path").unwrap_err();
+        assert!(matches!(err, PathError::NoSpace { .. }), "{err}");
+        assert_eq!(err.fault(), Fault::Node);
+        let message = err.to_string();
+        assert!(message.contains("stdout_path"), "{message}");
+        assert!(
+            message.contains(&tmpfs.dir.path().display().to_string()),
+            "{message}"
+        );
+        assert!(!tmpfs.dir.path().join("stdout").exists(), "left behind");
+
+        // Out of inodes, creating the file itself fails with ENOSPC.
+        let Some(inodes) = SmallTmpfs::mount("nr_inodes=2") else {
+            return;
+        };
+        let build = BuildDirectory::open(inodes.dir.path()).unwrap();
+        let mut created = 0;
+        let err = loop {
+            match build.create_file(&format!("file{created}"), "stderr_path") {
+                Ok(_) => created += 1,
+                Err(err) => break err,
+            }
+            assert!(created < 10, "nr_inodes=2 allowed {created} files");
+        };
+        assert!(matches!(err, PathError::NoSpace { .. }), "{err}");
     }
 }

@@ -6,6 +6,9 @@
 //! - [`config`]: the bb_runner Jsonnet configuration, evaluated and decoded into typed, documented values.
 //! - [`runner`]: the internal [`runner::Runner`] trait, the local runner and one decorator per file.
 //! - [`build_directory`]: resolving request paths strictly beneath the build directory.
+//! - [`exec_limit`]: the kernel's limit on what `execve` passes to a program.
+//! - [`request_decoding`]: the gRPC codec that refuses a `RunRequest` too large to execute before decoding it.
+//! - [`fault`]: who can fix a failure (the request, the node, the runner), classified once where the errno is known.
 //! - [`process`]: spawning processes, reaping, and graceful termination of process trees.
 //! - [`cleaner`]: restoring the host between actions (leftover processes, temporary directories, a command).
 //! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters.
@@ -20,9 +23,12 @@ pub mod cgroup;
 pub mod cleaner;
 pub mod client;
 pub mod config;
+pub mod exec_limit;
+pub mod fault;
 pub mod install;
 pub mod process;
 pub mod proto;
+pub mod request_decoding;
 pub mod runner;
 pub mod server;
 pub mod sync;

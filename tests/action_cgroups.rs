@@ -189,6 +189,52 @@ async fn the_runner_moves_into_a_leaf_and_concurrent_actions_get_their_own_cgrou
     );
 }
 
+/// Why it matters: a runner out of descriptors left 6 to 13 empty action
+/// cgroups under actions/ (made, then `cgroup.procs` could not be opened)
+/// until its next start, and answered INTERNAL. Each attempt runs with a
+/// few more descriptors free, so that a different step runs out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_out_of_descriptors_answers_unavailable_and_leaves_no_cgroup() {
+    let Some(cgroup) = TestCgroup::create() else {
+        return;
+    };
+    let runner = cgroup.start_runner(json!({}));
+    let mut client = runner.client().await;
+    // The connection exists: from here on only the Run needs descriptors.
+    client
+        .run(shell_request(&runner.action(), "true"))
+        .await
+        .unwrap();
+    let base = lowest_free_descriptor(runner.pid());
+    let mut unavailable = 0;
+    for spare in 0..16 {
+        set_descriptor_limit(runner.pid(), base + spare);
+        let action = runner.action();
+        match client.run(shell_request(&action, "echo ran")).await {
+            Ok(response) => assert_eq!(response.into_inner().exit_code, 0),
+            Err(status) => {
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::Unavailable,
+                    "with {spare} spare descriptors: {}",
+                    status.message()
+                );
+                unavailable += 1;
+                assert_only_prepared(&action);
+            }
+        }
+        assert!(
+            cgroup.action_cgroups().is_empty(),
+            "with {spare} spare descriptors, left: {:?}",
+            cgroup.action_cgroups()
+        );
+    }
+    assert!(unavailable > 0, "no attempt ran out of descriptors");
+    set_descriptor_limit(runner.pid(), 1024);
+    let (_, result) = runner.run_shell("true").await;
+    assert_eq!(result.unwrap().exit_code, 0, "the runner recovered");
+}
+
 #[tokio::test]
 async fn a_daemonizing_action_leaves_no_survivor_once_run_returns() {
     let Some(cgroup) = TestCgroup::create() else {

@@ -21,10 +21,12 @@ use super::outcome::{
     posix_resource_usage, ActionOutcome, Cleanup, Ended, ExitStatus, TerminationReason,
 };
 use super::placement::{Measurement, Placement, PlacementPolicy, Tree};
-use super::prepare::{prepare, PrepareOptions};
+use super::prepare::{prepare, PrepareOptions, Prepared};
 use super::running::{ActionsRunning, RunningGuard, ShutdownSignal};
 use crate::build_directory::BuildDirectory;
 use crate::cgroup::attribution::OomVerdict;
+use crate::exec_limit::{current_exec_limit, ExecLimitError, ExecSize};
+use crate::fault::Fault;
 use crate::process::reaper::{ChildExit, SpawnedChild};
 use crate::process::spawn::{Identity, ProcessSpec, SpawnError, SpawnStep};
 use crate::process::terminate::terminate;
@@ -223,13 +225,34 @@ impl Actions {
     }
 
     /// Prepares the request, places the action and spawns it. Blocking.
+    /// An action that does not start leaves nothing behind: not its
+    /// outputs, not its cgroup.
     fn start(
         &self,
         id: &ActionId,
         request: &RunRequest,
     ) -> Result<(SpawnedChild, Placement, RunRequest), RunnerError> {
-        let prepared = prepare(&self.build_directory, &self.options.prepare, request)?;
-        let placement = Placement::new(&self.placement, id)?;
+        let mut prepared = prepare(&self.build_directory, &self.options.prepare, request)?;
+        let outputs = std::mem::take(&mut prepared.outputs);
+        self.place_and_spawn(id, request, prepared)
+            .inspect_err(|_| outputs.remove())
+    }
+
+    fn place_and_spawn(
+        &self,
+        id: &ActionId,
+        request: &RunRequest,
+        prepared: Prepared,
+    ) -> Result<(SpawnedChild, Placement, RunRequest), RunnerError> {
+        let mut placement = Placement::new(&self.placement, id)?;
+        let exec_size = ExecSize::of(
+            &request.arguments,
+            prepared.environment.iter().map(|(key, value)| (key, value)),
+        )
+        .map(|mut size| {
+            size.add_program(prepared.program.len());
+            size
+        });
         let spec = ProcessSpec {
             program: prepared.program.clone(),
             arguments: request.arguments.clone(),
@@ -239,22 +262,21 @@ impl Actions {
             identity: self.options.identity.clone(),
             stdout: prepared.stdout,
             stderr: prepared.stderr,
-            cgroup_procs: match placement.cgroup_procs() {
-                Ok(procs) => procs,
-                Err(error) => {
-                    placement.release();
-                    return Err(error);
-                }
-            },
+            cgroup_procs: placement.take_cgroup_procs(),
             oom_score_adj: self.options.oom_score_adj,
         };
         match self.spawner.spawn(spec) {
             Ok(child) => Ok((child, placement, request.clone())),
             Err(error) => {
-                // Nothing ran in its place; a failure to remove it marks
+                // Nothing runs in its place; a failure to remove it marks
                 // the runner dirty.
-                placement.release();
-                Err(spawn_error(&request.arguments[0], &prepared.program, error))
+                placement.discard();
+                Err(spawn_error(
+                    &request.arguments[0],
+                    &prepared.program,
+                    exec_size,
+                    error,
+                ))
             }
         }
     }
@@ -349,30 +371,55 @@ impl Lived {
     }
 }
 
-/// The program itself failing to execute is the request's fault; a step
-/// before it (joining the cgroup, chroot, switching identity) is the host's.
-fn spawn_error(argv0: &str, program: &str, err: SpawnError) -> RunnerError {
+/// Who is to blame for a failed spawn. The program failing to execute is
+/// the request's fault (missing, not executable, arguments and environment
+/// too large: E2BIG); a node out of descriptors, memory or processes is
+/// the node's, at any step; anything else, such as failing to join the
+/// cgroup, chroot or switch identity, is ours.
+fn spawn_error(
+    argv0: &str,
+    program: &str,
+    exec_size: Result<ExecSize, ExecLimitError>,
+    err: SpawnError,
+) -> RunnerError {
+    let errno = err.source.raw_os_error();
     if err.step != SpawnStep::Exec {
-        return RunnerError::Internal(format!("cannot start {argv0:?}: {err}"));
+        let fault = errno.map_or(Fault::Runner, Fault::of_host_errno);
+        return RunnerError::of_fault(fault, format!("cannot start {argv0:?}: {err}"));
     }
     let err = err.source;
-    let message = if argv0 == program {
-        format!("cannot execute {argv0:?}: {err}")
+    let what = if argv0 == program {
+        format!("cannot execute {argv0:?}")
     } else {
-        format!("cannot execute {argv0:?} (found as {program:?}): {err}")
+        format!("cannot execute {argv0:?} (found as {program:?})")
     };
+    if errno == Some(libc::E2BIG) {
+        let size = match exec_size {
+            Ok(size) => format!("its arguments, environment and path take {size}"),
+            Err(error) => error.to_string(),
+        };
+        return RunnerError::InvalidArgument(format!(
+            "{what}: {size} on the new program's stack; the kernel's limit for execve is {} \
+             bytes (E2BIG: {err})",
+            current_exec_limit()
+        ));
+    }
+    let message = format!("{what}: {err}");
     if err.kind() == std::io::ErrorKind::InvalidInput {
         return RunnerError::InvalidArgument(message);
     }
-    match err.raw_os_error() {
+    match errno {
         Some(
             libc::ENOENT
             | libc::EACCES
             | libc::EPERM
             | libc::EISDIR
             | libc::ENOEXEC
-            | libc::ENOTDIR,
+            | libc::ENOTDIR
+            | libc::ENAMETOOLONG
+            | libc::ELOOP,
         ) => RunnerError::InvalidArgument(message),
-        _ => RunnerError::Internal(message),
+        Some(errno) => RunnerError::of_fault(Fault::of_host_errno(errno), message),
+        None => RunnerError::Internal(message),
     }
 }

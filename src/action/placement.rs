@@ -18,12 +18,13 @@ use nix::sys::signal::Signal;
 use super::id::ActionId;
 use super::outcome::Cleanup;
 use crate::cgroup::action::{
-    is_populated, kill_cgroup, signal_all, ActionCgroup, ActionCgroupManager,
+    is_populated, kill_cgroup, signal_all, ActionCgroup, ActionCgroupError, ActionCgroupManager,
 };
 use crate::cgroup::attribution::{verdict, OomEvidence, OomVerdict};
 use crate::cgroup::counters::read_memory_events;
 use crate::cgroup::peak::read_lifetime_peak;
 use crate::cgroup::{CgroupCounters, FileError, MemoryPeakTracker};
+use crate::fault::Fault;
 use crate::process::terminate::{signal_group, ProcessGroup, ProcessTree};
 use crate::proto::resourceusage::CgroupResourceUsage;
 use crate::runner::RunnerError;
@@ -115,9 +116,9 @@ impl Placement {
                 })))
             }
             PlacementPolicy::ActionCgroups { manager, sampled } => {
-                let cgroup = manager.create(id.as_str()).map_err(|err| {
-                    RunnerError::Internal(format!("cannot create the action's cgroup: {err}"))
-                })?;
+                let cgroup = manager
+                    .create(id.as_str())
+                    .map_err(|err| cgroup_error("cannot create the action's cgroup", err))?;
                 let placement = CgroupPlacement {
                     manager: manager.clone(),
                     cgroup,
@@ -132,9 +133,7 @@ impl Placement {
                         ..placement
                     })),
                     Err(error) => {
-                        // Nothing ran in it; a failure here marks the
-                        // runner dirty.
-                        let _ = placement.manager.release(placement.cgroup);
+                        Placement::Cgroup(placement).discard();
                         Err(error)
                     }
                 }
@@ -150,15 +149,21 @@ impl Placement {
         }
     }
 
-    /// A descriptor of the action cgroup's `cgroup.procs` for the child to
-    /// join it before exec.
-    pub fn cgroup_procs(&self) -> Result<Option<File>, RunnerError> {
-        let Placement::Cgroup(placement) = self else {
-            return Ok(None);
-        };
-        placement.cgroup.procs.try_clone().map(Some).map_err(|err| {
-            RunnerError::Internal(format!("cannot duplicate cgroup.procs descriptor: {err}"))
-        })
+    /// The action cgroup's `cgroup.procs`, for the child to join it before
+    /// exec; handed over (not duplicated, which could fail) to the spawn.
+    pub fn take_cgroup_procs(&mut self) -> Option<File> {
+        match self {
+            Placement::Cgroup(placement) => placement.cgroup.procs.take(),
+            Placement::ProcessGroup(_) => None,
+        }
+    }
+
+    /// Removes the place of an action that never started. A failure to
+    /// remove its cgroup marks the runner dirty. Blocking.
+    pub fn discard(self) {
+        if let Placement::Cgroup(placement) = self {
+            let _ = placement.manager.discard(placement.cgroup);
+        }
     }
 
     /// Everything of the action whose first process is `pid`, for
@@ -206,6 +211,19 @@ impl Placement {
             }
         }
     }
+}
+
+/// A failure of the action cgroup subtree: the node's when it is out of
+/// descriptors, memory or cgroups (EAGAIN at `cgroup.max.descendants`),
+/// otherwise ours.
+fn cgroup_error(context: &str, error: ActionCgroupError) -> RunnerError {
+    let fault = match &error {
+        ActionCgroupError::Io { source, .. } => source
+            .raw_os_error()
+            .map_or(Fault::Runner, Fault::of_host_errno),
+        _ => Fault::Runner,
+    };
+    RunnerError::of_fault(fault, format!("{context}: {error}"))
 }
 
 fn read_before(placement: &CgroupPlacement) -> Result<(CgroupCounters, u64), RunnerError> {

@@ -1,12 +1,16 @@
-//! Preparing an action from its request: every path it names resolved
-//! beneath the build directory, its environment, its program found, its
-//! outputs created. Nothing here starts a process or touches a cgroup.
+//! Preparing an action from its request: the request checked, every path
+//! it names resolved beneath the build directory, its environment, its
+//! program found, its outputs created (and removed again if the action
+//! never starts). Nothing here starts a process or touches a cgroup.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 
-use crate::build_directory::{open_directory_beneath, BuildDirectory, ResolvedDirectory};
+use crate::build_directory::{
+    open_directory_beneath, BuildDirectory, CreatedFile, ResolvedDirectory,
+};
+use crate::exec_limit::{current_exec_limit, ExecSize};
 use crate::process::lookup::find_program;
 use crate::proto::runner::RunRequest;
 use crate::runner::RunnerError;
@@ -35,10 +39,76 @@ pub struct Prepared {
     pub stdout: File,
     /// The child's standard error.
     pub stderr: File,
+    /// What was created for the outputs, to remove if it never starts.
+    pub outputs: CreatedOutputs,
 }
 
-/// Resolves everything `request` names. Blocking. `request.arguments` must
-/// not be empty (checked before an action exists).
+/// The output files created for an action.
+#[derive(Debug, Default)]
+pub struct CreatedOutputs {
+    files: Vec<CreatedFile>,
+}
+
+impl CreatedOutputs {
+    /// Removes the files of an action that never started, unless someone
+    /// replaced them meanwhile. Needs no new descriptor. Blocking.
+    pub fn remove(&self) {
+        for file in &self.files {
+            if let Err(err) = file.remove() {
+                tracing::warn!(%err, "cannot remove the output of an action that did not start");
+            }
+        }
+    }
+}
+
+/// Checks what the request asks to pass to the program before an action
+/// exists for it: a program named, strings that `execve` can pass (no NUL
+/// byte, none too long, not too large together), environment variables
+/// that reach the program as named. Paths are checked when resolved.
+pub fn check_request(request: &RunRequest) -> Result<(), RunnerError> {
+    if request.arguments.is_empty() {
+        return Err(RunnerError::InvalidArgument(
+            "arguments is empty: the first argument must name the program to run".into(),
+        ));
+    }
+    if let Some(index) = request.arguments.iter().position(|a| a.contains('\0')) {
+        return Err(RunnerError::InvalidArgument(format!(
+            "arguments[{index}] contains a NUL byte, which execve cannot pass"
+        )));
+    }
+    for (key, value) in &request.environment_variables {
+        check_environment_variable(key, value)?;
+    }
+    ExecSize::of(&request.arguments, &request.environment_variables)
+        .and_then(|size| size.check(current_exec_limit()))
+        .map_err(|err| {
+            RunnerError::InvalidArgument(format!("the request cannot be executed: {err}"))
+        })
+}
+
+/// The environment reaches the program as `KEY=VALUE` strings, split at
+/// the first `=`: a key that is empty or holds `=` or NUL would arrive as
+/// a different variable (`A=B` → `A` with value `B=…`), or not at all.
+fn check_environment_variable(key: &str, value: &str) -> Result<(), RunnerError> {
+    let problem = if key.is_empty() {
+        "is empty"
+    } else if key.contains('=') {
+        "contains '=', so the program would see a different variable"
+    } else if key.contains('\0') {
+        "contains a NUL byte"
+    } else if value.contains('\0') {
+        "has a value containing a NUL byte"
+    } else {
+        return Ok(());
+    };
+    Err(RunnerError::InvalidArgument(format!(
+        "environment_variables key {key:?} {problem}"
+    )))
+}
+
+/// Resolves everything `request` names and creates its outputs. Blocking.
+/// The request must have passed [`check_request`] (before an action
+/// exists).
 pub fn prepare(
     build_directory: &BuildDirectory,
     options: &PrepareOptions,
@@ -90,8 +160,12 @@ pub fn prepare(
     )
     .map_err(|err| RunnerError::InvalidArgument(err.to_string()))?;
 
-    let stdout = create_output(build_directory, &request.stdout_path, "stdout_path")?;
-    let stderr = create_output(build_directory, &request.stderr_path, "stderr_path")?;
+    let mut outputs = CreatedOutputs::default();
+    let (stdout, created) = create_output(build_directory, &request.stdout_path, "stdout_path")?;
+    outputs.files.push(created);
+    let (stderr, created) = create_output(build_directory, &request.stderr_path, "stderr_path")
+        .inspect_err(|_| outputs.remove())?;
+    outputs.files.push(created);
     Ok(Prepared {
         program,
         environment: environment.into_iter().collect(),
@@ -99,6 +173,7 @@ pub fn prepare(
         chroot_directory: options.chroot_into_input_root.then_some(input_root.fd),
         stdout,
         stderr,
+        outputs,
     })
 }
 
@@ -117,11 +192,11 @@ fn create_output(
     build_directory: &BuildDirectory,
     relative: &str,
     field: &'static str,
-) -> Result<File, RunnerError> {
+) -> Result<(File, CreatedFile), RunnerError> {
     if relative.is_empty() {
         return Err(RunnerError::InvalidArgument(format!(
             "{field} is empty: a path relative to the build directory is required"
         )));
     }
-    Ok(build_directory.create_file(relative, field)?)
+    Ok(build_directory.create_output(relative, field)?)
 }

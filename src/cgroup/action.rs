@@ -92,7 +92,8 @@ pub struct ActionCgroup {
     pub path: PathBuf,
     /// `cgroup.procs`, open for writing: the child writes `0` to it between
     /// fork and exec, so the action never runs an instruction outside.
-    pub procs: File,
+    /// Taken (`None`) once handed to the spawn.
+    pub procs: Option<File>,
 }
 
 /// How a cgroup is emptied and removed; replaceable so that tests can
@@ -299,7 +300,7 @@ impl ActionCgroupManager {
 
     /// Creates the cgroup of a new action, named `name` (its action id,
     /// unique across restarts of the runner). Blocking.
-    pub fn create(&self, name: &str) -> Result<ActionCgroup, ActionCgroupError> {
+    pub fn create(self: &Arc<Self>, name: &str) -> Result<ActionCgroup, ActionCgroupError> {
         let path = self.actions.join(name);
         match std::fs::create_dir(&path) {
             Ok(()) => {}
@@ -309,11 +310,38 @@ impl ActionCgroupManager {
             Err(source) => return Err(ActionCgroupError::Io { path, source }),
         }
         let procs_path = path.join(CGROUP_PROCS_FILE);
-        let procs = OpenOptions::new()
-            .write(true)
-            .open(&procs_path)
-            .map_err(io_error(&procs_path))?;
-        Ok(ActionCgroup { path, procs })
+        match OpenOptions::new().write(true).open(&procs_path) {
+            Ok(procs) => Ok(ActionCgroup {
+                path,
+                procs: Some(procs),
+            }),
+            Err(source) => {
+                // Out of descriptors, typically: the cgroup was made but
+                // nothing can join it. rmdir needs no descriptor.
+                if let Err(err) = std::fs::remove_dir(&path) {
+                    tracing::error!(cgroup = %path.display(), %err,
+                        "cannot remove an action cgroup nothing ran in; refusing work until it is");
+                    self.mark_dirty(&path, err.to_string());
+                    self.retry_in_background(path);
+                }
+                Err(ActionCgroupError::Io {
+                    path: procs_path,
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Removes the cgroup of an action that never started. An empty
+    /// cgroup is removed with rmdir alone, which needs no descriptor (the
+    /// runner may be out of them, which is often why the action did not
+    /// start); otherwise, or if that fails, as [`Self::release`] does.
+    /// Blocking.
+    pub fn discard(self: &Arc<Self>, cgroup: ActionCgroup) -> Result<(), ActionCgroupError> {
+        if std::fs::remove_dir(&cgroup.path).is_ok() {
+            return Ok(());
+        }
+        self.release(cgroup)
     }
 
     /// Kills whatever is left in the action's cgroup, verifies that it is
@@ -565,7 +593,7 @@ mod tests {
         let err = manager
             .release(ActionCgroup {
                 path: cgroup_path.clone(),
-                procs,
+                procs: Some(procs),
             })
             .unwrap_err();
         assert!(matches!(err, ActionCgroupError::NotEmptied { .. }));

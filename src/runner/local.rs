@@ -2,7 +2,8 @@
 //! to the action lifecycle ([`crate::action`]).
 //!
 //! It does what belongs to the call rather than to the action: refuses a
-//! request that names no program, refuses work while an action cgroup is
+//! request that cannot be executed (no program, NUL bytes, environment
+//! keys that would reach the program as another variable, too large), refuses work while an action cgroup is
 //! dirty, admits one action at a time when a shared cgroup is sampled, runs
 //! the action's life in a task detached from the call (so that a call
 //! dropped at any point, which is how bb_worker enforces timeouts, still
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use crate::action::prepare::check_request;
 use crate::action::{Actions, CallGone, PlacementPolicy};
 use crate::build_directory::{BuildDirectory, PathError};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
@@ -113,11 +115,7 @@ impl Runner for LocalRunner {
         request: RunRequest,
         call: CallContext,
     ) -> Result<RunResponse, RunnerError> {
-        if request.arguments.is_empty() {
-            return Err(RunnerError::InvalidArgument(
-                "arguments is empty: the first argument must name the program to run".into(),
-            ));
-        }
+        check_request(&request)?;
         self.refuse_if_dirty()?;
         let _slot = self.admit().await?;
 

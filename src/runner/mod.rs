@@ -19,6 +19,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::build_directory::PathError;
+use crate::fault::Fault;
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 
 /// What the runner chain knows of a Run call besides its request.
@@ -77,17 +78,23 @@ pub enum RunnerError {
 
 impl From<PathError> for RunnerError {
     /// A path the request names is its own fault (INVALID_ARGUMENT) unless
-    /// the failure is the host's.
+    /// the failure is the host's: the node's (out of descriptors or space:
+    /// UNAVAILABLE) or ours (INTERNAL).
     fn from(error: PathError) -> Self {
-        if error.is_request_error() {
-            RunnerError::InvalidArgument(error.to_string())
-        } else {
-            RunnerError::Internal(error.to_string())
-        }
+        RunnerError::of_fault(error.fault(), error.to_string())
     }
 }
 
 impl RunnerError {
+    /// The error for a failure classified as `fault`.
+    pub fn of_fault(fault: Fault, message: String) -> Self {
+        match fault {
+            Fault::Request => RunnerError::InvalidArgument(message),
+            Fault::Node => RunnerError::unavailable(message),
+            Fault::Runner => RunnerError::Internal(message),
+        }
+    }
+
     /// An UNAVAILABLE error without details.
     pub fn unavailable(message: impl Into<String>) -> Self {
         RunnerError::Unavailable {

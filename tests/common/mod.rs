@@ -281,3 +281,64 @@ pub fn running_as_root(test: &str) -> bool {
     eprintln!("SKIPPED (needs root): {test}");
     false
 }
+
+/// The lowest descriptor number `pid` does not have open: with its
+/// `RLIMIT_NOFILE` at this number, the next descriptor it opens fails
+/// with EMFILE.
+pub fn lowest_free_descriptor(pid: u32) -> u64 {
+    let open: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list the runner's descriptors")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .collect();
+    (0..).find(|fd| !open.contains(fd)).unwrap_or(0)
+}
+
+/// Sets the soft `RLIMIT_NOFILE` of process `pid`, keeping its hard limit.
+pub fn set_descriptor_limit(pid: u32, limit: u64) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: with a null new limit, prlimit only writes the current one
+    // into the valid, exclusively borrowed `old`.
+    let read = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(read, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: limit.min(old.rlim_max),
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: prlimit reads the valid `new` and, with a null pointer for
+    // the old limit, writes nothing.
+    let set = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// What a Run that did not start may leave in its action directory: what
+/// bb_worker prepared, nothing more.
+pub fn assert_only_prepared(action: &ActionDirectory) {
+    let mut names: Vec<String> = std::fs::read_dir(&action.path)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["root", "server_logs", "tmp"],
+        "in {}",
+        action.path.display()
+    );
+}
