@@ -73,6 +73,9 @@ pub struct Config {
     pub sample_cgroup_resource_usage: bool,
     /// Extension: put every action in its own cgroup.
     pub action_cgroups: Option<ActionCgroupsConfig>,
+    /// Extension `listenPathMode`: permission bits of every `listenPaths`
+    /// socket; `None` leaves them to the umask, as bb_runner does.
+    pub listen_path_mode: Option<u32>,
 }
 
 /// One entry of `grpcServers`.
@@ -825,6 +828,10 @@ fn decode_config(json: Json) -> Decoded<Config> {
         .take("action_cgroups")?
         .map(|field| decode_action_cgroups(field.message()?))
         .transpose()?;
+    let listen_path_mode = message
+        .take("listen_path_mode")?
+        .map(decode_listen_path_mode)
+        .transpose()?;
 
     // Unknown keys first: a misspelled required field should be reported
     // as the typo it is, not as missing.
@@ -866,6 +873,7 @@ fn decode_config(json: Json) -> Decoded<Config> {
         termination_grace_period,
         sample_cgroup_resource_usage,
         action_cgroups,
+        listen_path_mode,
     })
 }
 
@@ -1107,6 +1115,32 @@ fn decode_action_cgroups(mut message: Message) -> Decoded<ActionCgroupsConfig> {
     Ok(ActionCgroupsConfig { parent_path })
 }
 
+/// `listenPathMode`: an octal string such as `'0660'`, or a number (e.g.
+/// `std.parseOctal('660')`); permission bits only.
+fn decode_listen_path_mode(field: Field) -> Decoded<u32> {
+    let path = field.path.clone();
+    let mode = match &field.value {
+        Json::String(text) => {
+            let digits = text.strip_prefix("0o").unwrap_or(text);
+            if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+                return Err(FieldError::invalid(
+                    &path,
+                    format!("{text:?} is not an octal mode; write it like '0660'"),
+                ));
+            }
+            u32::from_str_radix(digits, 8).unwrap_or(u32::MAX)
+        }
+        _ => field.uint32()?,
+    };
+    if mode > 0o777 {
+        return Err(FieldError::invalid(
+            &path,
+            format!("{mode:#o} has bits outside 0o777; give permission bits such as '0660'"),
+        ));
+    }
+    Ok(mode)
+}
+
 // ---------------------------------------------------------------------------
 // Durations
 // ---------------------------------------------------------------------------
@@ -1304,6 +1338,10 @@ impl fmt::Display for Config {
                 "actionCgroups: {{ parentPath: not set (the runner's own cgroup) }}"
             ),
             None => writeln!(f, "actionCgroups: not set"),
+        }?;
+        match self.listen_path_mode {
+            Some(mode) => writeln!(f, "listenPathMode: '{mode:04o}'"),
+            None => writeln!(f, "listenPathMode: not set (what the umask leaves of 0777)"),
         }
     }
 }
@@ -1395,6 +1433,38 @@ mod tests {
         assert_eq!(config.termination_grace_period, Duration::from_secs(5));
         assert!(!config.sample_cgroup_resource_usage);
         assert_eq!(config.action_cgroups, None);
+        assert_eq!(config.listen_path_mode, None);
+    }
+
+    /// listenPathMode is what guards the socket, so a value that is not a
+    /// mode must stop startup rather than be read as something else.
+    #[test]
+    fn listen_path_mode_is_an_octal_string_or_a_number() {
+        for (text, mode) in [
+            ("'0660'", 0o660),
+            ("'600'", 0o600),
+            ("'0o640'", 0o640),
+            ("432", 0o660),
+            ("std.parseOctal('0600')", 0o600),
+        ] {
+            let config = load_with(&format!("listenPathMode: {text}")).unwrap();
+            assert_eq!(config.listen_path_mode, Some(mode), "{text}");
+            assert!(config
+                .to_string()
+                .contains(&format!("listenPathMode: '{mode:04o}'")));
+        }
+        let snake = load_with("listen_path_mode: '0660'").unwrap();
+        assert_eq!(snake.listen_path_mode, Some(0o660));
+        for (text, expected) in [
+            ("'0668'", "not an octal mode"),
+            ("'rw-rw----'", "not an octal mode"),
+            ("'4755'", "bits outside 0o777"),
+            ("-1", "out of range"),
+            ("true", "expected"),
+        ] {
+            let message = error_of(&format!("{{ {MINIMAL}, listenPathMode: {text} }}"));
+            assert_mentions(&message, &["listenPathMode", expected]);
+        }
     }
 
     /// protobuf-JSON `null` means "not set" for every kind of field.

@@ -8,14 +8,18 @@
 //! - [`process`]: spawning actions, reaping, and graceful termination of process groups.
 //! - [`cleaner`]: restoring the host between actions (leftover processes, temporary directories, a command).
 //! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters.
-//! - [`server`]: listeners, shutdown, and the one mapping from runner errors to gRPC statuses.
+//! - [`server`]: serving the runner, shutdown, and the one mapping from runner errors to gRPC statuses.
+//! - [`listener`]: the connection edge: socket files, handshake limit, `:authority` rewriting, deadlines.
+//! - [`bounded`]: request values quoted in error messages, bounded in length.
 //! - [`client`]: the operator CLI's client side (`rbe-runner exec`).
 
+pub mod bounded;
 pub mod build_directory;
 pub mod cgroup;
 pub mod cleaner;
 pub mod client;
 pub mod config;
+pub mod listener;
 pub mod process;
 pub mod proto;
 pub mod runner;
