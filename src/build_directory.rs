@@ -17,20 +17,25 @@ use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 
+use crate::bounded::quoted;
+
 /// Errors resolving a request path. Each names the request field and the path.
 #[derive(Debug, thiserror::Error)]
 pub enum PathError {
-    #[error("{field} {path:?} is absolute; paths in requests are relative to the build directory")]
+    #[error(
+        "{field} {} is absolute; paths in requests are relative to the build directory",
+        quoted(path)
+    )]
     Absolute { field: &'static str, path: String },
-    #[error("{field} {path:?} resolves outside of the build directory")]
+    #[error("{field} {} resolves outside of the build directory", quoted(path))]
     Escapes { field: &'static str, path: String },
-    #[error("{field} {path:?} does not exist in the build directory")]
+    #[error("{field} {} does not exist in the build directory", quoted(path))]
     NotFound { field: &'static str, path: String },
-    #[error("{field} {path:?} is not a directory")]
+    #[error("{field} {} is not a directory", quoted(path))]
     NotADirectory { field: &'static str, path: String },
-    #[error("{field} {path:?} already exists; refusing to overwrite it")]
+    #[error("{field} {} already exists; refusing to overwrite it", quoted(path))]
     AlreadyExists { field: &'static str, path: String },
-    #[error("{field} {path:?}: {errno}")]
+    #[error("{field} {}: {errno}", quoted(path))]
     Other {
         field: &'static str,
         path: String,

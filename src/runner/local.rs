@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio::sync::{oneshot, watch};
 
+use crate::bounded::quoted;
 use crate::build_directory::{
     open_directory_beneath, BuildDirectory, PathError, ResolvedDirectory,
 };
@@ -500,13 +501,17 @@ pub(crate) fn path_error(err: PathError) -> RunnerError {
 /// before it (joining the cgroup, chroot, switching identity) is the host's.
 fn spawn_error(argv0: &str, program: &str, err: SpawnError) -> RunnerError {
     if err.step != SpawnStep::Exec {
-        return RunnerError::Internal(format!("cannot start {argv0:?}: {err}"));
+        return RunnerError::Internal(format!("cannot start {}: {err}", quoted(argv0)));
     }
     let err = err.source;
     let message = if argv0 == program {
-        format!("cannot execute {argv0:?}: {err}")
+        format!("cannot execute {}: {err}", quoted(argv0))
     } else {
-        format!("cannot execute {argv0:?} (found as {program:?}): {err}")
+        format!(
+            "cannot execute {} (found as {}): {err}",
+            quoted(argv0),
+            quoted(program)
+        )
     };
     if err.kind() == std::io::ErrorKind::InvalidInput {
         return RunnerError::InvalidArgument(message);
