@@ -60,8 +60,12 @@ impl PathError {
     }
 
     /// Whether the request is at fault (as opposed to the runner's host).
+    /// A path too long for the kernel is the request's, however it fails.
     pub fn is_request_error(&self) -> bool {
-        !matches!(self, PathError::Other { .. })
+        match self {
+            PathError::Other { errno, .. } => *errno == Errno::ENAMETOOLONG,
+            _ => true,
+        }
     }
 }
 
@@ -293,6 +297,20 @@ mod tests {
             !f.outside.join("new").exists(),
             "nothing may be created outside"
         );
+    }
+
+    #[test]
+    fn overlong_paths_are_the_requests_fault_and_quoted_bounded() {
+        // Why: a client sending a 100k-character path must get
+        // INVALID_ARGUMENT with a message it accepts, not INTERNAL.
+        let f = fixture();
+        let long = format!("action/{}/stdout", "d".repeat(100_000));
+        let err = f.build.create_file(&long, "stdout_path").unwrap_err();
+        assert!(err.is_request_error(), "{err}");
+        let message = err.to_string();
+        assert!(message.starts_with("stdout_path \"action/ddd"), "{message}");
+        assert!(message.contains("bytes cut]…ddd"), "{message}");
+        assert!(message.len() < 300, "{} bytes", message.len());
     }
 
     #[test]

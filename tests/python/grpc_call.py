@@ -3,8 +3,8 @@ an operator's script would: default channel options, the socket as target
 (`unix:/path`). Messages travel as hex of their protobuf encoding, so no
 generated code is needed.
 
-usage: grpc_call.py TARGET METHOD REQUEST_HEX
-prints `OK <response hex>`, or `ERROR <code> <details>` and exits 1.
+usage: grpc_call.py TARGET METHOD < REQUEST_HEX
+(the request on stdin: a long one would not fit in an argument); prints `OK <response hex>`, or `ERROR <code> <details>` and exits 1.
 """
 
 import sys
@@ -13,7 +13,8 @@ import grpc
 
 
 def main() -> int:
-    target, method, request_hex = sys.argv[1:4]
+    target, method = sys.argv[1:3]
+    request_hex = sys.stdin.read().strip()
     with grpc.insecure_channel(target) as channel:
         call = channel.unary_unary(
             f"/buildbarn.runner.Runner/{method}",
