@@ -62,6 +62,12 @@ const FLAG_END_HEADERS: u8 = 0x4;
 const FLAG_PADDED: u8 = 0x8;
 const FLAG_PRIORITY: u8 = 0x20;
 
+/// CONTINUATION frames allowed in one header block. A block within the
+/// header list limit needs at most two frames of the maximum size; empty
+/// CONTINUATIONs would otherwise let a client keep the connection parsing
+/// without ever finishing a block.
+const MAX_CONTINUATIONS: usize = 16;
+
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -176,6 +182,8 @@ pub enum RewriteError {
     FrameTooLarge { length: usize },
     #[error("header block exceeds the maximum header list size {MAX_HEADER_LIST_SIZE}")]
     HeaderListTooLarge,
+    #[error("header block split into more than {MAX_CONTINUATIONS} CONTINUATION frames")]
+    TooManyContinuations,
     #[error(
         "HTTP/2 frame of type {frame_type:#x} where a CONTINUATION of stream {stream_id} was due"
     )]
@@ -205,6 +213,8 @@ struct PendingBlock {
     priority: Option<[u8; 5]>,
     /// The encoded block so far.
     fragment: Vec<u8>,
+    /// CONTINUATION frames received for it.
+    continuations: usize,
 }
 
 /// The frame-level state of one connection, independent of I/O so that it
@@ -276,12 +286,17 @@ impl Rewriter {
                         end_stream: flags & FLAG_END_STREAM != 0,
                         priority: block.priority,
                         fragment: Vec::new(),
+                        continuations: 0,
                     });
                     self.append(block.fragment, flags, output)?;
                 }
                 TYPE_CONTINUATION => {
-                    if self.pending.is_none() {
+                    let Some(pending) = self.pending.as_mut() else {
                         return Err(RewriteError::UnexpectedContinuation);
+                    };
+                    pending.continuations += 1;
+                    if pending.continuations > MAX_CONTINUATIONS {
+                        return Err(RewriteError::TooManyContinuations);
                     }
                     self.append(payload, flags, output)?;
                 }
@@ -613,6 +628,7 @@ mod tests {
             end_stream: true,
             priority: Some([0, 0, 0, 1, 16]),
             fragment: Vec::new(),
+            continuations: 0,
         };
         let encoded: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
         let mut output = BytesMut::from(PREFACE);
@@ -647,6 +663,16 @@ mod tests {
         assert!(matches!(
             rewrite(&stream, 1000),
             Err(RewriteError::HeaderListTooLarge)
+        ));
+
+        let mut stream = PREFACE.to_vec();
+        stream.extend(frame(TYPE_HEADERS, 0, 1, &[0x82]));
+        for _ in 0..100 {
+            stream.extend(frame(TYPE_CONTINUATION, 0, 1, &[]));
+        }
+        assert!(matches!(
+            rewrite(&stream, 1000),
+            Err(RewriteError::TooManyContinuations)
         ));
 
         let mut stream = PREFACE.to_vec();
