@@ -17,6 +17,13 @@
 //! table, not ours. Frames other than HEADERS and CONTINUATION pass through
 //! untouched; the server's writes are not looked at.
 //!
+//! A connection whose first request carries an authority the server accepts
+//! as it is (grpc-go's `localhost`, so bb_worker's) is handed on untouched
+//! from then on, at no cost: a gRPC channel uses one authority for all its
+//! calls, and not rewriting any block keeps the tables trivially in sync.
+//! Only connections that need it (C-core, Java) pay for decoding and
+//! re-encoding.
+//!
 //! What is buffered is bounded: one frame of at most [`MAX_FRAME_SIZE`]
 //! bytes, and one header block (HEADERS plus CONTINUATIONs) of at most
 //! [`MAX_HEADER_LIST_SIZE`] encoded bytes, which also bounds its decoded
@@ -119,6 +126,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRewriting<S> {
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
+            if this.rewriter.mode == Mode::PassThrough && this.input.is_empty() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
             this.rewriter.process(&mut this.input, &mut this.output)?;
             if !this.output.is_empty() {
                 continue;
@@ -215,11 +225,27 @@ struct PendingBlock {
     fragment: Vec<u8>,
     /// CONTINUATION frames received for it.
     continuations: usize,
+    /// The frames as received, while deciding whether to rewrite.
+    raw: Vec<u8>,
+}
+
+/// Whether header blocks are rewritten on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Until the first header block is complete.
+    Deciding,
+    /// The first request's authority was refused by the server as it was:
+    /// every block is decoded and re-encoded.
+    Rewriting,
+    /// The first request's authority is acceptable as it is: everything is
+    /// handed on untouched.
+    PassThrough,
 }
 
 /// The frame-level state of one connection, independent of I/O so that it
 /// can be tested on byte strings.
 struct Rewriter {
+    mode: Mode,
     preface_left: usize,
     pending: Option<PendingBlock>,
     decoder: Decoder<'static>,
@@ -234,6 +260,7 @@ impl Rewriter {
         let mut encoder = Encoder::new();
         encoder.set_max_table_size(HEADER_TABLE_SIZE);
         Rewriter {
+            mode: Mode::Deciding,
             preface_left: PREFACE.len(),
             pending: None,
             decoder,
@@ -244,6 +271,10 @@ impl Rewriter {
     /// Moves every complete frame from `input` to `output`, rewriting header
     /// blocks; leaves an incomplete frame in `input`.
     fn process(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> Result<(), RewriteError> {
+        if self.mode == Mode::PassThrough {
+            output.extend_from_slice(&input.split());
+            return Ok(());
+        }
         if self.preface_left > 0 {
             // The preface is handed on unchecked; the server checks it.
             let n = self.preface_left.min(input.len());
@@ -287,7 +318,9 @@ impl Rewriter {
                         priority: block.priority,
                         fragment: Vec::new(),
                         continuations: 0,
+                        raw: Vec::new(),
                     });
+                    self.keep_raw(&frame);
                     self.append(block.fragment, flags, output)?;
                 }
                 TYPE_CONTINUATION => {
@@ -298,13 +331,28 @@ impl Rewriter {
                     if pending.continuations > MAX_CONTINUATIONS {
                         return Err(RewriteError::TooManyContinuations);
                     }
+                    self.keep_raw(&frame);
                     self.append(payload, flags, output)?;
                 }
                 TYPE_PUSH_PROMISE => return Err(RewriteError::PushPromise),
                 _ => output.extend_from_slice(&frame),
             }
+            if self.mode == Mode::PassThrough {
+                output.extend_from_slice(&input.split());
+                return Ok(());
+            }
         }
         Ok(())
+    }
+
+    /// Keeps the frames of the first header block as they came, to hand
+    /// them on unchanged if the connection turns out not to need rewriting.
+    fn keep_raw(&mut self, frame: &[u8]) {
+        if self.mode == Mode::Deciding {
+            if let Some(pending) = self.pending.as_mut() {
+                pending.raw.extend_from_slice(frame);
+            }
+        }
     }
 
     /// Adds a fragment to the pending block; at END_HEADERS, rewrites it.
@@ -327,17 +375,27 @@ impl Rewriter {
         let Some(block) = self.pending.take() else {
             return Err(RewriteError::UnexpectedContinuation);
         };
-        let encoded = self.rewrite_block(&block.fragment)?;
+        let (encoded, authority_accepted) = self.rewrite_block(&block.fragment)?;
+        if self.mode == Mode::Deciding {
+            if authority_accepted {
+                self.mode = Mode::PassThrough;
+                output.extend_from_slice(&block.raw);
+                return Ok(());
+            }
+            self.mode = Mode::Rewriting;
+        }
         write_header_frames(&block, &encoded, output);
         Ok(())
     }
 
     /// Decodes one complete header block, replaces `:authority`, and
-    /// encodes it again with our own table.
-    fn rewrite_block(&mut self, block: &[u8]) -> Result<Vec<u8>, RewriteError> {
+    /// encodes it again with our own table. Also says whether the server
+    /// would have accepted the block's authority (or its absence) as it was.
+    fn rewrite_block(&mut self, block: &[u8]) -> Result<(Vec<u8>, bool), RewriteError> {
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut list_size = 0usize;
         let mut too_large = false;
+        let mut authority_accepted = true;
         self.decoder
             .decode_with_cb(block, |name, value| {
                 // Indexed fields can make a small block decode to a large
@@ -347,6 +405,8 @@ impl Rewriter {
                 if list_size > MAX_HEADER_LIST_SIZE {
                     too_large = true;
                 } else if name.as_ref() == b":authority" {
+                    // What the HTTP/2 server checks before any handler runs.
+                    authority_accepted = http::uri::Authority::try_from(value.as_ref()).is_ok();
                     fields.push((name.into_owned(), LOCAL_AUTHORITY.to_vec()));
                 } else {
                     fields.push((name.into_owned(), value.into_owned()));
@@ -356,11 +416,12 @@ impl Rewriter {
         if too_large {
             return Err(RewriteError::HeaderListTooLarge);
         }
-        Ok(self.encoder.encode(
+        let encoded = self.encoder.encode(
             fields
                 .iter()
                 .map(|(name, value)| (name.as_slice(), value.as_slice())),
-        ))
+        );
+        Ok((encoded, authority_accepted))
     }
 }
 
@@ -587,6 +648,35 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_whose_first_authority_is_accepted_is_passed_through_untouched() {
+        // Why: grpc-go clients (bb_worker) send `localhost`; rewriting their
+        // connections would only cost time on every call.
+        let mut client = Encoder::new();
+        let mut stream = PREFACE.to_vec();
+        stream.extend(frame(0x4, 0, 0, &[]));
+        for (stream_id, authority) in [(1, "localhost"), (3, "localhost"), (5, "[::1]:1")] {
+            let block = encode_request(&mut client, authority, "v");
+            let (first, second) = block.split_at(10);
+            stream.extend(frame(
+                TYPE_HEADERS,
+                FLAG_PADDED,
+                stream_id,
+                &[[2].as_slice(), first, &[0, 0]].concat(),
+            ));
+            stream.extend(frame(
+                TYPE_CONTINUATION,
+                FLAG_END_HEADERS,
+                stream_id,
+                second,
+            ));
+            stream.extend(frame(0x0, FLAG_END_STREAM, stream_id, b"\0\0\0\0\0"));
+        }
+        for chunk in [1, 13, 4096] {
+            assert_eq!(rewrite(&stream, chunk).unwrap(), stream);
+        }
+    }
+
+    #[test]
     fn continuation_frames_padding_and_priority_are_handled() {
         // Why: a client may split a block over CONTINUATION frames and pad
         // or prioritise its HEADERS; the server must see the same request.
@@ -629,6 +719,7 @@ mod tests {
             priority: Some([0, 0, 0, 1, 16]),
             fragment: Vec::new(),
             continuations: 0,
+            raw: Vec::new(),
         };
         let encoded: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
         let mut output = BytesMut::from(PREFACE);
@@ -685,7 +776,10 @@ mod tests {
         // One 4000-byte field in the dynamic table, then 5 references to it.
         let mut client = Encoder::new();
         let mut stream = PREFACE.to_vec();
-        let first = client_block(&mut client, &[("x-big", &"z".repeat(4000))]);
+        let first = client_block(
+            &mut client,
+            &[(":authority", "/socket"), ("x-big", &"z".repeat(4000))],
+        );
         stream.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &first));
         stream.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &[0x80 | 62; 5]));
         assert!(matches!(
