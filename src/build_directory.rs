@@ -22,18 +22,25 @@ use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use crate::fault::Fault;
 
+use crate::bounded::quoted;
+
 /// Errors resolving a request path. Each names the request field and the path.
 #[derive(Debug, thiserror::Error)]
 pub enum PathError {
-    #[error("{field} {path:?} is absolute; paths in requests are relative to the build directory")]
+    #[error(
+        "{field} {} is absolute; paths in requests are relative to the build directory",
+        quoted(path)
+    )]
     Absolute { field: &'static str, path: String },
-    #[error("{field} {path:?} contains a NUL byte")]
+    #[error("{field} {} contains a NUL byte", quoted(path))]
     ContainsNul { field: &'static str, path: String },
-    #[error("{field} {path:?} resolves outside of the build directory")]
+    #[error("{field} {} resolves outside of the build directory", quoted(path))]
     Escapes { field: &'static str, path: String },
     #[error(
-        "{field} {path:?} goes through {link:?}, a symlink to an absolute path; absolute \
-         symlinks are not followed, even to places inside the build directory"
+        "{field} {} goes through {}, a symlink to an absolute path; absolute \
+         symlinks are not followed, even to places inside the build directory",
+        quoted(path),
+        quoted(link)
     )]
     AbsoluteSymlink {
         field: &'static str,
@@ -41,24 +48,26 @@ pub enum PathError {
         /// The prefix of `path` that names the symlink.
         link: String,
     },
-    #[error("{field} {path:?} has too many levels of symbolic links")]
+    #[error("{field} {} has too many levels of symbolic links", quoted(path))]
     SymlinkLoop { field: &'static str, path: String },
     #[error(
-        "{field} {path:?} is too long: a component longer than 255 bytes, or the whole longer \
-         than 4095"
+        "{field} {} is too long: a component longer than 255 bytes, or the whole longer \
+         than 4095",
+        quoted(path)
     )]
     TooLong { field: &'static str, path: String },
-    #[error("{field} {path:?} is a directory; a file path is required")]
+    #[error("{field} {} is a directory; a file path is required", quoted(path))]
     IsADirectory { field: &'static str, path: String },
-    #[error("{field} {path:?} does not exist in the build directory")]
+    #[error("{field} {} does not exist in the build directory", quoted(path))]
     NotFound { field: &'static str, path: String },
-    #[error("{field} {path:?} is not a directory")]
+    #[error("{field} {} is not a directory", quoted(path))]
     NotADirectory { field: &'static str, path: String },
-    #[error("{field} {path:?} already exists; refusing to overwrite it")]
+    #[error("{field} {} already exists; refusing to overwrite it", quoted(path))]
     AlreadyExists { field: &'static str, path: String },
     #[error(
-        "{field} {path:?}: no space left on the build directory's filesystem {filesystem} \
-         ({detail})"
+        "{field} {}: no space left on the build directory's filesystem {} ({detail})",
+        quoted(path),
+        filesystem.display()
     )]
     NoSpace {
         field: &'static str,
@@ -68,7 +77,7 @@ pub enum PathError {
         /// What the filesystem reports as free.
         detail: String,
     },
-    #[error("{field} {path:?}: {errno}")]
+    #[error("{field} {}: {errno}", quoted(path))]
     Other {
         field: &'static str,
         path: String,
@@ -518,6 +527,20 @@ mod tests {
             !f.outside.join("new").exists(),
             "nothing may be created outside"
         );
+    }
+
+    #[test]
+    fn overlong_paths_are_the_requests_fault_and_quoted_bounded() {
+        // Why: a client sending a 100k-character path must get
+        // INVALID_ARGUMENT with a message it accepts, not INTERNAL.
+        let f = fixture();
+        let long = format!("action/{}/stdout", "d".repeat(100_000));
+        let err = f.build.create_file(&long, "stdout_path").unwrap_err();
+        assert_eq!(err.fault(), crate::fault::Fault::Request, "{err}");
+        let message = err.to_string();
+        assert!(message.starts_with("stdout_path \"action/ddd"), "{message}");
+        assert!(message.contains("bytes cut]…ddd"), "{message}");
+        assert!(message.len() < 300, "{} bytes", message.len());
     }
 
     #[test]

@@ -12,12 +12,15 @@
 //! - [`process`]: spawning processes, reaping, and graceful termination of process trees.
 //! - [`cleaner`]: restoring the host between actions (leftover processes, temporary directories, a command).
 //! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters.
-//! - [`server`]: listeners, shutdown, and the one mapping from runner errors to gRPC statuses.
+//! - [`server`]: serving the runner, shutdown, and the one mapping from runner errors to gRPC statuses.
+//! - [`listener`]: the connection edge: socket files, handshake limit, `:authority` rewriting, deadlines.
+//! - [`bounded`]: request values quoted in error messages, bounded in length.
 //! - [`client`]: the operator CLI's client side (`rbe-runner exec`).
 //! - [`install`]: `rbe-runner install`, copying the runner into a pod's shared volume.
 //! - [`sync`]: locking state that a panic cannot leave inconsistent.
 
 pub mod action;
+pub mod bounded;
 pub mod build_directory;
 pub mod cgroup;
 pub mod cleaner;
@@ -26,6 +29,7 @@ pub mod config;
 pub mod exec_limit;
 pub mod fault;
 pub mod install;
+pub mod listener;
 pub mod process;
 pub mod proto;
 pub mod request_decoding;

@@ -268,7 +268,7 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         );
     }
 
-    let servers = BoundServers::bind(&config.grpc_servers).await?;
+    let servers = BoundServers::bind(&config.grpc_servers, config.listen_path_mode).await?;
     let stop_gracefully = config
         .grpc_servers
         .iter()
@@ -321,20 +321,36 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM and SIGINT, registered once at startup so that a signal
+/// SIGTERM, SIGINT and SIGHUP, registered once at startup so that a signal
 /// arriving at any time is seen (and never kills the runner uncleanly),
-/// including a second one during a graceful stop.
+/// including a second one during a graceful stop. SIGHUP is a stop, not a
+/// reload (a closed terminal or a supervisor's hangup). SIGUSR1 and SIGUSR2,
+/// which would otherwise kill the runner without a shutdown, are logged and
+/// ignored.
 struct ShutdownSignals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl ShutdownSignals {
     fn install() -> anyhow::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
+        for (kind, name) in [
+            (SignalKind::user_defined1(), "SIGUSR1"),
+            (SignalKind::user_defined2(), "SIGUSR2"),
+        ] {
+            let mut ignored = signal(kind).with_context(|| format!("cannot handle {name}"))?;
+            tokio::spawn(async move {
+                while ignored.recv().await.is_some() {
+                    tracing::info!(signal = name, "signal received and ignored");
+                }
+            });
+        }
         Ok(ShutdownSignals {
             terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
             interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            hangup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
         })
     }
 
@@ -342,6 +358,7 @@ impl ShutdownSignals {
         tokio::select! {
             _ = self.terminate.recv() => {}
             _ = self.interrupt.recv() => {}
+            _ = self.hangup.recv() => {}
         }
     }
 }

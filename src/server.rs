@@ -1,43 +1,51 @@
 //! Serving the runner: listeners, shutdown, and the one place where runner
 //! errors become gRPC statuses.
 //!
-//! Each `grpcServers` entry becomes one tonic server per listener (Unix
-//! socket or TCP), each serving `buildbarn.runner.Runner`, gRPC health and
-//! server reflection. On shutdown the listeners stop accepting, in-flight
-//! calls finish (the caller decides beforehand whether actions are allowed
-//! to run to completion or are terminated), and socket files are removed.
+//! Each listener (Unix socket or TCP) of each `grpcServers` entry serves
+//! `buildbarn.runner.Runner`, gRPC health and server reflection, through the
+//! connection handling of [`crate::listener`]. On shutdown the listeners
+//! stop accepting, in-flight calls finish (the caller decides beforehand
+//! whether actions are allowed to run to completion or are terminated), and
+//! socket files are removed if they are still ours.
 
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::time::Duration;
+use std::path::Path;
 
 use tokio::time::Instant;
 
 use prost::Message;
-use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio::net::TcpListener;
+use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
 
+use crate::bounded::bounded_message;
 use crate::config::GrpcServerConfig;
+use crate::listener::deadline::{parse_grpc_timeout, DeadlineService};
+use crate::listener::socket::{BoundSocket, SocketError, SocketFile};
+use crate::listener::{self, Listener};
+use crate::process::privileges::{self, CAP_SETUID};
 use crate::proto::rpc;
 use crate::proto::runner::runner_server::{Runner as RunnerService, RunnerServer};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 use crate::runner::{CallContext, RunnerError, SharedRunner};
 
 /// Maps a runner error to its gRPC status. The only such mapping.
+/// Messages are cut to [`crate::bounded::MAX_MESSAGE_BYTES`]: C-core
+/// clients refuse long ones and report RESOURCE_EXHAUSTED instead.
 pub fn status_from_error(error: RunnerError) -> Status {
     match error {
-        RunnerError::InvalidArgument(message) => Status::invalid_argument(message),
-        RunnerError::Internal(message) => Status::internal(message),
-        RunnerError::DeadlineExceeded(message) => Status::deadline_exceeded(message),
-        RunnerError::Cancelled(message) => Status::cancelled(message),
+        RunnerError::InvalidArgument(message) => Status::invalid_argument(bounded_message(message)),
+        RunnerError::Internal(message) => Status::internal(bounded_message(message)),
+        RunnerError::DeadlineExceeded(message) => {
+            Status::deadline_exceeded(bounded_message(message))
+        }
+        RunnerError::Cancelled(message) => Status::cancelled(bounded_message(message)),
         RunnerError::Unavailable { message, details } if details.is_empty() => {
-            Status::unavailable(message)
+            Status::unavailable(bounded_message(message))
         }
         RunnerError::Unavailable { message, details } => {
+            let message = bounded_message(message);
             // Rich error model: the encoded google.rpc.Status travels in
             // grpc-status-details-bin, which bb_worker copies into the
             // ExecuteResponse, so the evidence reaches the client.
@@ -57,30 +65,9 @@ pub fn status_from_error(error: RunnerError) -> Status {
 fn call_context(metadata: &tonic::metadata::MetadataMap, received: Instant) -> CallContext {
     let deadline = metadata
         .get("grpc-timeout")
-        .and_then(|value| value.to_str().ok())
-        .and_then(parse_grpc_timeout)
+        .and_then(|value| parse_grpc_timeout(value.as_bytes()))
         .and_then(|timeout| received.checked_add(timeout));
     CallContext { deadline }
-}
-
-/// Parses gRPC's `grpc-timeout` header: at most 8 ASCII digits and a unit
-/// (`H`, `M`, `S`, `m`, `u`, `n`). `None` for anything else, which is then
-/// treated as no deadline.
-fn parse_grpc_timeout(text: &str) -> Option<Duration> {
-    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let value: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(value * 3600),
-        "M" => Duration::from_secs(value * 60),
-        "S" => Duration::from_secs(value),
-        "m" => Duration::from_millis(value),
-        "u" => Duration::from_micros(value),
-        "n" => Duration::from_nanos(value),
-        _ => return None,
-    })
 }
 
 /// Adapts a [`SharedRunner`] to the generated gRPC service.
@@ -120,38 +107,28 @@ impl RunnerService for RunnerGrpcService {
 /// Errors setting up listeners.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on Unix socket {path}: {source}")]
-    UnixSocket { path: PathBuf, source: io::Error },
-    #[error("{path} exists and is not a socket; refusing to replace it")]
-    NotASocket { path: PathBuf },
+    #[error(transparent)]
+    UnixSocket(#[from] SocketError),
     #[error("cannot listen on {address}: {source}")]
     Tcp { address: String, source: io::Error },
-    #[error("gRPC server on {listener} failed: {source}")]
-    Transport {
-        listener: String,
-        source: tonic::transport::Error,
-    },
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
 }
 
-/// A bound listener, ready to serve.
-enum Listener {
-    Unix {
-        path: PathBuf,
-        listener: UnixListener,
-    },
+/// One bound listener of one server configuration.
+enum Bound {
+    Unix(BoundSocket),
     Tcp {
         address: String,
         listener: TcpListener,
     },
 }
 
-impl Listener {
+impl Bound {
     fn name(&self) -> String {
         match self {
-            Listener::Unix { path, .. } => path.display().to_string(),
-            Listener::Tcp { address, .. } => address.clone(),
+            Bound::Unix(socket) => socket.path.display().to_string(),
+            Bound::Tcp { address, .. } => address.clone(),
         }
     }
 }
@@ -159,26 +136,24 @@ impl Listener {
 /// All configured listeners, bound. Binding happens before serving so that
 /// a bad address fails startup instead of one server silently missing.
 pub struct BoundServers {
-    servers: Vec<(GrpcServerConfig, Vec<Listener>)>,
+    servers: Vec<(GrpcServerConfig, Vec<Bound>)>,
 }
 
 impl BoundServers {
-    /// Binds every listener of every server. Stale socket files are removed.
-    pub async fn bind(configs: &[GrpcServerConfig]) -> Result<Self, ServeError> {
+    /// Binds every listener of every server. Socket files get `socket_mode`
+    /// (`listenPathMode`) when given; stale ones are replaced, live ones
+    /// refused.
+    pub async fn bind(
+        configs: &[GrpcServerConfig],
+        socket_mode: Option<u32>,
+    ) -> Result<Self, ServeError> {
         let mut servers = Vec::new();
         for config in configs {
             let mut listeners = Vec::new();
             for path in &config.listen_paths {
-                remove_stale_socket(path)?;
-                let listener =
-                    UnixListener::bind(path).map_err(|source| ServeError::UnixSocket {
-                        path: path.clone(),
-                        source,
-                    })?;
-                listeners.push(Listener::Unix {
-                    path: path.clone(),
-                    listener,
-                });
+                let socket = BoundSocket::bind(path, socket_mode)?;
+                warn_if_open_to_others(&socket);
+                listeners.push(Bound::Unix(socket));
             }
             for address in &config.listen_addresses {
                 let listener =
@@ -192,7 +167,7 @@ impl BoundServers {
                     .local_addr()
                     .map(|a| a.to_string())
                     .unwrap_or_else(|_| address.clone());
-                listeners.push(Listener::Tcp { address, listener });
+                listeners.push(Bound::Tcp { address, listener });
             }
             servers.push((config.clone(), listeners));
         }
@@ -203,12 +178,13 @@ impl BoundServers {
     pub fn listener_names(&self) -> Vec<String> {
         self.servers
             .iter()
-            .flat_map(|(_, listeners)| listeners.iter().map(Listener::name))
+            .flat_map(|(_, listeners)| listeners.iter().map(Bound::name))
             .collect()
     }
 
     /// Serves `runner` on every listener until `shutdown` completes, then
-    /// waits for in-flight calls and removes the socket files.
+    /// waits for in-flight calls and removes the socket files that are
+    /// still ours.
     pub async fn serve(
         self,
         runner: SharedRunner,
@@ -225,41 +201,37 @@ impl BoundServers {
 
         let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
-        let mut socket_paths = Vec::new();
+        let mut socket_files: Vec<SocketFile> = Vec::new();
         for (config, listeners) in self.servers {
-            for listener in listeners {
-                let mut runner_service = RunnerServer::new(RunnerGrpcService::new(runner.clone()));
-                if let Some(limit) = config.maximum_received_message_size_bytes {
-                    runner_service = runner_service.max_decoding_message_size(limit);
-                }
-                let router = tonic::transport::Server::builder()
-                    .add_service(runner_service)
-                    .add_service(health_service.clone())
-                    .add_service(reflection_service.clone());
-                let name = listener.name();
-                let mut stop = stop_receiver.clone();
-                let stopped = async move {
-                    let _ = stop.wait_for(|stop| *stop).await;
-                };
-                // One serving future per listener; only the stream of
-                // incoming connections differs between Unix and TCP.
-                let serving: Pin<Box<dyn Future<Output = _> + Send>> = match listener {
-                    Listener::Unix { path, listener } => {
-                        socket_paths.push(path);
-                        let incoming = UnixListenerStream::new(listener);
-                        Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+            let mut runner_service = RunnerServer::new(RunnerGrpcService::new(runner.clone()));
+            if let Some(limit) = config.maximum_received_message_size_bytes {
+                runner_service = runner_service.max_decoding_message_size(limit);
+            }
+            let routes = Routes::new(runner_service)
+                .add_service(health_service.clone())
+                .add_service(reflection_service.clone())
+                .prepare();
+            let service = DeadlineService::new(routes);
+            for bound in listeners {
+                let name = bound.name();
+                let listener = match bound {
+                    Bound::Unix(socket) => {
+                        socket_files.push(socket.remover());
+                        let listener = tokio::net::UnixListener::from_std(socket.listener)
+                            .map_err(|source| SocketError::Io {
+                                path: socket.path.clone(),
+                                what: "register with the runtime",
+                                source,
+                            })?;
+                        Listener::Unix { name, listener }
                     }
-                    Listener::Tcp { listener, .. } => {
-                        let incoming = TcpListenerStream::new(listener);
-                        Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
-                    }
+                    Bound::Tcp { listener, .. } => Listener::Tcp { name, listener },
                 };
-                tasks.spawn(async move {
-                    serving.await.map_err(|source| ServeError::Transport {
-                        listener: name,
-                        source,
-                    })
-                });
+                tasks.spawn(listener::serve(
+                    listener,
+                    service.clone(),
+                    stop_receiver.clone(),
+                ));
             }
         }
 
@@ -267,50 +239,44 @@ impl BoundServers {
             shutdown.await;
             let _ = stop_sender.send(true);
         });
-        let mut result = Ok(());
         while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => {
-                    tracing::error!(%err, "gRPC server stopped with an error");
-                    result = Err(err);
-                }
-                Err(err) => tracing::error!(%err, "gRPC server task failed"),
+            if let Err(err) = joined {
+                tracing::error!(%err, "listener task failed");
             }
         }
-        for path in socket_paths {
-            if let Err(err) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), %err, "cannot remove socket file");
-            }
+        for file in socket_files {
+            file.remove_if_ours();
         }
-        result
+        Ok(())
     }
 }
 
-/// Removes a socket file left by a previous run. Anything that is not a
-/// socket is left alone: that is an operator error, not staleness.
-fn remove_stale_socket(path: &Path) -> Result<(), ServeError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(metadata) if metadata.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(|source| ServeError::UnixSocket {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-        Ok(_) => Err(ServeError::NotASocket {
-            path: path.to_path_buf(),
-        }),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(ServeError::UnixSocket {
-            path: path.to_path_buf(),
-            source,
-        }),
+/// Warns when any local user may connect to a socket of a runner that can
+/// act as root: connecting is running commands as the runner.
+fn warn_if_open_to_others(socket: &BoundSocket) {
+    if socket.mode & 0o002 == 0 {
+        return;
+    }
+    let can_act_as_root = nix::unistd::geteuid().is_root()
+        || privileges::require(
+            Path::new(crate::process::DEFAULT_PROC_ROOT),
+            "listenPaths",
+            &[CAP_SETUID],
+        )
+        .is_ok();
+    if can_act_as_root {
+        tracing::warn!(
+            path = %socket.path.display(),
+            mode = format!("{:04o}", socket.mode),
+            "socket is writable by every local user, who can then run commands as this runner (which can act as root); set listenPathMode (e.g. '0660') or a umask"
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn every_error_kind_maps_to_its_code() {
@@ -348,42 +314,9 @@ mod tests {
     }
 
     #[test]
-    fn stale_socket_is_removed_but_other_files_are_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("stale.sock");
-        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-        remove_stale_socket(&socket).unwrap();
-        assert!(!socket.exists());
-        let file = dir.path().join("precious");
-        std::fs::write(&file, "data").unwrap();
-        assert!(matches!(
-            remove_stale_socket(&file),
-            Err(ServeError::NotASocket { .. })
-        ));
-        assert!(file.exists());
-    }
-
-    #[test]
-    fn grpc_timeouts_are_parsed_in_every_unit() {
-        // Why it matters: the deadline tells a timed-out action from a
-        // cancelled one; every client spells it its own way.
-        for (text, expected) in [
-            ("1H", Duration::from_secs(3600)),
-            ("2M", Duration::from_secs(120)),
-            ("30S", Duration::from_secs(30)),
-            ("500m", Duration::from_millis(500)),
-            ("250u", Duration::from_micros(250)),
-            ("99999999n", Duration::from_nanos(99_999_999)),
-        ] {
-            assert_eq!(parse_grpc_timeout(text), Some(expected), "{text}");
-        }
-        for bad in ["", "m", "100", "123456789S", "-1S", "1.5S", "10s", "10 S"] {
-            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
     fn the_call_deadline_counts_from_receipt() {
+        // Why it matters: the deadline tells a timed-out action from a
+        // cancelled one.
         let mut metadata = tonic::metadata::MetadataMap::new();
         let now = Instant::now();
         assert_eq!(call_context(&metadata, now).deadline, None);
@@ -392,5 +325,7 @@ mod tests {
             call_context(&metadata, now).deadline,
             Some(now + Duration::from_millis(1500))
         );
+        metadata.insert("grpc-timeout", "soon".parse().unwrap());
+        assert_eq!(call_context(&metadata, now).deadline, None);
     }
 }

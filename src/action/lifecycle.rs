@@ -23,6 +23,7 @@ use super::outcome::{
 use super::placement::{Measurement, Placement, PlacementPolicy, Tree};
 use super::prepare::{prepare, PrepareOptions, Prepared};
 use super::running::{ActionsRunning, RunningGuard, ShutdownSignal};
+use crate::bounded::quoted;
 use crate::build_directory::BuildDirectory;
 use crate::cgroup::attribution::OomVerdict;
 use crate::exec_limit::{current_exec_limit, ExecLimitError, ExecSize};
@@ -385,13 +386,17 @@ fn spawn_error(
     let errno = err.source.raw_os_error();
     if err.step != SpawnStep::Exec {
         let fault = errno.map_or(Fault::Runner, Fault::of_host_errno);
-        return RunnerError::of_fault(fault, format!("cannot start {argv0:?}: {err}"));
+        return RunnerError::of_fault(fault, format!("cannot start {}: {err}", quoted(argv0)));
     }
     let err = err.source;
     let what = if argv0 == program {
-        format!("cannot execute {argv0:?}")
+        format!("cannot execute {}", quoted(argv0))
     } else {
-        format!("cannot execute {argv0:?} (found as {program:?})")
+        format!(
+            "cannot execute {} (found as {})",
+            quoted(argv0),
+            quoted(program)
+        )
     };
     if errno == Some(libc::E2BIG) {
         let size = match exec_size {

@@ -11,6 +11,7 @@ use tonic::Code;
 
 use super::id::ActionId;
 use super::oom_diagnosis;
+use crate::bounded::quoted;
 use crate::cgroup::attribution::OomVerdict;
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 use crate::proto::runner::RunResponse;
@@ -234,13 +235,16 @@ impl ActionOutcome {
             Ended::NotStarted(error) => Err(error),
             Ended::Terminated { reason, .. } => Err(match reason {
                 TerminationReason::Shutdown => RunnerError::unavailable(format!(
-                    "action {argv0:?} was terminated because the runner is shutting down"
+                    "action {} was terminated because the runner is shutting down",
+                    quoted(argv0)
                 )),
                 TerminationReason::Deadline => RunnerError::DeadlineExceeded(format!(
-                    "action {argv0:?} was terminated because the call's deadline passed"
+                    "action {} was terminated because the call's deadline passed",
+                    quoted(argv0)
                 )),
                 TerminationReason::Cancelled => RunnerError::Cancelled(format!(
-                    "action {argv0:?} was terminated because the call was cancelled"
+                    "action {} was terminated because the call was cancelled",
+                    quoted(argv0)
                 )),
             }),
             Ended::Exited(ExitStatus::Unknown(status)) => Err(RunnerError::Internal(format!(

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 
+use crate::bounded::quoted;
 use crate::build_directory::{
     open_directory_beneath, BuildDirectory, CreatedFile, ResolvedDirectory,
 };
@@ -102,7 +103,8 @@ fn check_environment_variable(key: &str, value: &str) -> Result<(), RunnerError>
         return Ok(());
     };
     Err(RunnerError::InvalidArgument(format!(
-        "environment_variables key {key:?} {problem}"
+        "environment_variables key {} {problem}",
+        quoted(key)
     )))
 }
 

@@ -90,6 +90,9 @@ pub struct Config {
     pub sample_cgroup_resource_usage: bool,
     /// Extension: put every action in its own cgroup.
     pub action_cgroups: Option<ActionCgroupsConfig>,
+    /// Extension `listenPathMode`: permission bits of every `listenPaths`
+    /// socket; `None` leaves them to the umask, as bb_runner does.
+    pub listen_path_mode: Option<u32>,
 }
 
 // ---------------------------------------------------------------------------

@@ -252,6 +252,12 @@ impl Field {
         )
     }
 
+    /// Whether the value is a JSON string (for fields that accept either
+    /// a string or a number).
+    pub(super) fn is_string(&self) -> bool {
+        matches!(self.value, Json::String(_))
+    }
+
     pub(super) fn string(self) -> Decoded<String> {
         match self.value {
             Json::String(value) => Ok(value),

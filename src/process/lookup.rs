@@ -13,11 +13,12 @@ use std::path::Path;
 use nix::fcntl::AtFlags;
 use nix::sys::stat::{fstat, fstatat, FileStat, SFlag};
 
+use crate::bounded::quoted;
 use crate::build_directory::open_in_root;
 
 /// The program could not be found.
 #[derive(Debug, thiserror::Error)]
-#[error("program {argv0:?} was not found as an executable file in PATH {path:?} (relative entries are resolved against the working directory)")]
+#[error("program {} was not found as an executable file in PATH {} (relative entries are resolved against the working directory)", quoted(argv0), quoted(path))]
 pub struct NotFound {
     pub argv0: String,
     pub path: String,

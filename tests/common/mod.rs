@@ -21,6 +21,15 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rbe-runner");
 
+/// The binary `TestRunner` starts: this build's, or the one named by
+/// `RBE_RUNNER_UNDER_TEST` (to show that a test fails against an older
+/// build).
+pub fn runner_under_test() -> PathBuf {
+    std::env::var_os("RBE_RUNNER_UNDER_TEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(BIN))
+}
+
 /// PATH for actions started by tests.
 pub const TEST_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
@@ -59,7 +68,7 @@ impl TestRunner {
         let config_path = dir.path().join("runner.jsonnet");
         std::fs::write(&config_path, config.to_string()).expect("write config");
 
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(runner_under_test());
         command
             .arg(&config_path)
             .env("RUST_LOG", "info")
@@ -266,6 +275,38 @@ pub fn merge(base: &mut Value, extra: Value) {
             }
         }
         (base, extra) => *base = extra,
+    }
+}
+
+/// The python of a virtualenv with Python's grpcio (gRPC C-core), made by
+/// tests/python/setup-venv on first use. When it cannot be made: `None`
+/// with a loud SKIPPED line, except under CI, which must not skip.
+pub fn grpcio_python(test: &str) -> Option<PathBuf> {
+    static PYTHON: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let python = PYTHON.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/setup-venv");
+        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-venv");
+        let output = Command::new(&script)
+            .arg(&venv)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|err| format!("cannot run {}: {err}", script.display()))?;
+        if !output.status.success() {
+            return Err(format!("{} failed: {}", script.display(), output.status));
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        Ok(PathBuf::from(line.trim()))
+    });
+    match python {
+        Ok(python) => Some(python.clone()),
+        Err(err) if std::env::var_os("CI").is_some() => {
+            panic!("{test} needs Python's grpcio, and CI must not skip it: {err}")
+        }
+        Err(err) => {
+            eprintln!("SKIPPED (cannot install Python's grpcio: {err}): {test}");
+            None
+        }
     }
 }
 

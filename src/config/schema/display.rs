@@ -66,7 +66,8 @@ impl fmt::Display for Config {
             "sampleCgroupResourceUsage: {}",
             self.sample_cgroup_resource_usage
         )?;
-        extensions::write_action_cgroups(f, &self.action_cgroups)
+        extensions::write_action_cgroups(f, &self.action_cgroups)?;
+        serving::write_listen_path_mode(f, self.listen_path_mode)
     }
 }
 

@@ -61,6 +61,7 @@ pub(super) fn decode_config(json: Json) -> Decoded<Config> {
         termination_grace_period: extensions.termination_grace_period,
         sample_cgroup_resource_usage: extensions.sample_cgroup_resource_usage,
         action_cgroups: extensions.action_cgroups,
+        listen_path_mode: serving.listen_path_mode,
     })
 }
 

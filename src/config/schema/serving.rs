@@ -29,6 +29,7 @@ pub(super) struct Serving {
     pub(super) build_directory_path: PathBuf,
     pub(super) grpc_servers: Vec<GrpcServerConfig>,
     pub(super) readiness_checking_pathnames: Vec<PathBuf>,
+    pub(super) listen_path_mode: Option<u32>,
 }
 
 /// Takes the serving fields from the top-level `message`.
@@ -44,11 +45,51 @@ pub(super) fn decode(message: &mut Message) -> Decoded<Serving> {
     };
     let readiness_checking_pathnames =
         optional(message.take("readiness_checking_pathnames")?, Field::paths)?;
+    // rbe-runner's extension.
+    let listen_path_mode = message
+        .take("listen_path_mode")?
+        .map(decode_listen_path_mode)
+        .transpose()?;
     Ok(Serving {
         build_directory_path: PathBuf::from(build_directory_path),
         grpc_servers,
         readiness_checking_pathnames,
+        listen_path_mode,
     })
+}
+
+/// `listenPathMode`: an octal string such as `'0660'`, or a number (e.g.
+/// `std.parseOctal('660')`); permission bits only.
+fn decode_listen_path_mode(field: Field) -> Decoded<u32> {
+    let path = field.path.clone();
+    let mode = if field.is_string() {
+        let text = field.string()?;
+        let digits = text.strip_prefix("0o").unwrap_or(&text);
+        if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+            return Err(FieldError::invalid(
+                &path,
+                format!("{text:?} is not an octal mode; write it like '0660'"),
+            ));
+        }
+        u32::from_str_radix(digits, 8).unwrap_or(u32::MAX)
+    } else {
+        field.uint32()?
+    };
+    if mode > 0o777 {
+        return Err(FieldError::invalid(
+            &path,
+            format!("{mode:#o} has bits outside 0o777; give permission bits such as '0660'"),
+        ));
+    }
+    Ok(mode)
+}
+
+/// `listenPathMode` as `check-config` prints it.
+pub(super) fn write_listen_path_mode(f: &mut fmt::Formatter<'_>, mode: Option<u32>) -> fmt::Result {
+    match mode {
+        Some(mode) => writeln!(f, "listenPathMode: '{mode:04o}'"),
+        None => writeln!(f, "listenPathMode: not set (what the umask leaves of 0777)"),
+    }
 }
 
 impl Serving {
@@ -256,6 +297,7 @@ mod tests {
     use super::GrpcServerConfig;
     use crate::config::test_support::{
         assert_invalid_fields, assert_mentions, error_of, load_text, load_with, with_server,
+        MINIMAL,
     };
     use crate::config::ConfigError;
 
@@ -272,6 +314,38 @@ mod tests {
             }]
         );
         assert!(config.readiness_checking_pathnames.is_empty());
+        assert_eq!(config.listen_path_mode, None);
+    }
+
+    /// listenPathMode is what guards the socket, so a value that is not a
+    /// mode must stop startup rather than be read as something else.
+    #[test]
+    fn listen_path_mode_is_an_octal_string_or_a_number() {
+        for (text, mode) in [
+            ("'0660'", 0o660),
+            ("'600'", 0o600),
+            ("'0o640'", 0o640),
+            ("432", 0o660),
+            ("std.parseOctal('0600')", 0o600),
+        ] {
+            let config = load_with(&format!("listenPathMode: {text}")).unwrap();
+            assert_eq!(config.listen_path_mode, Some(mode), "{text}");
+            assert!(config
+                .to_string()
+                .contains(&format!("listenPathMode: '{mode:04o}'")));
+        }
+        let snake = load_with("listen_path_mode: '0660'").unwrap();
+        assert_eq!(snake.listen_path_mode, Some(0o660));
+        for (text, expected) in [
+            ("'0668'", "not an octal mode"),
+            ("'rw-rw----'", "not an octal mode"),
+            ("'4755'", "bits outside 0o777"),
+            ("-1", "out of range"),
+            ("true", "expected"),
+        ] {
+            let message = error_of(&format!("{{ {MINIMAL}, listenPathMode: {text} }}"));
+            assert_mentions(&message, &["listenPathMode", expected]);
+        }
     }
 
     /// Wrong types name the field they are in.
