@@ -157,7 +157,7 @@ impl BoundServers {
             }
             for address in &config.listen_addresses {
                 let listener =
-                    TcpListener::bind(address)
+                    listener::bind_tcp(address)
                         .await
                         .map_err(|source| ServeError::Tcp {
                             address: address.clone(),

@@ -116,6 +116,29 @@ impl AcceptBackoff {
     }
 }
 
+/// Binds a TCP listen address as Buildbarn writes them: `host:port`, or
+/// `:port` for every interface (Go's syntax), which binds the IPv6
+/// wildcard (dual-stack on Linux) or, where IPv6 is unavailable, the IPv4
+/// one. Numeric hosts need no name service; names are resolved by the C
+/// library.
+pub async fn bind_tcp(address: &str) -> io::Result<TcpListener> {
+    let Some(port) = address.strip_prefix(':') else {
+        return TcpListener::bind(address).await;
+    };
+    match TcpListener::bind(format!("[::]:{port}")).await {
+        Ok(listener) => Ok(listener),
+        Err(error)
+            if matches!(
+                error.raw_os_error(),
+                Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+            ) =>
+        {
+            TcpListener::bind(format!("0.0.0.0:{port}")).await
+        }
+        Err(error) => Err(error),
+    }
+}
+
 /// Serves `service` on every connection `listener` accepts until `stop`
 /// becomes true; then stops accepting (closing the listening socket), lets
 /// connections finish their calls (HTTP/2 graceful shutdown) and returns.
@@ -268,6 +291,19 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_port_alone_binds_every_interface() {
+        // Why it matters: Buildbarn configurations write `:8991` for "all
+        // interfaces", as Go does; it must bind, not fail a name lookup.
+        let listener = bind_tcp(":0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        assert!(local.ip().is_unspecified(), "{local}");
+        let reached = TcpStream::connect(("127.0.0.1", local.port())).await;
+        assert!(reached.is_ok(), "{reached:?}");
+        let specific = bind_tcp("127.0.0.1:0").await.unwrap();
+        assert!(specific.local_addr().unwrap().ip().is_loopback());
+    }
 
     #[test]
     fn backoff_doubles_from_10ms_to_1s_and_logs_once_per_episode() {
