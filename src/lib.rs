@@ -1,14 +1,14 @@
 //! rbe-runner: a runner for Buildbarn's bb_worker.
 //!
 //! Module map:
-//! - [`proto`]: generated wire types (`buildbarn.runner`, `buildbarn.resourceusage`, `google.rpc`).
+//! - [`proto`]: generated wire types (`buildbarn.runner`, `buildbarn.resourceusage`, `google.rpc`, `rbe_runner.resourceusage.v1`).
 //! - [`action`]: one action's life (prepare, place, spawn, supervise, measure, release), its typed outcome, and the observers of it.
 //! - [`config`]: the bb_runner Jsonnet configuration, evaluated and decoded into typed, documented values.
 //! - [`runner`]: the internal [`runner::Runner`] trait, the local runner and one decorator per file.
 //! - [`build_directory`]: resolving request paths strictly beneath the build directory.
 //! - [`process`]: spawning processes, reaping, and graceful termination of process trees.
 //! - [`cleaner`]: restoring the host between actions (leftover processes, temporary directories, a command).
-//! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters.
+//! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters, per-action limits, the OOM verdict.
 //! - [`server`]: listeners, shutdown, and the one mapping from runner errors to gRPC statuses.
 //! - [`client`]: the operator CLI's client side (`rbe-runner exec`).
 //! - [`sync`]: locking state that a panic cannot leave inconsistent.

@@ -88,7 +88,7 @@ pub fn verdict_sentence(
     match (attribution.verdict, attribution.role) {
         (OomVerdict::None, _) => "No process of the action was OOM-killed.".to_owned(),
         (OomVerdict::OwnLimit, _) => format!(
-            "The action reached its own memory limit (memory.max {} of {}; memory peak {}) and              was OOM-killed; {outcome}: raise actionCgroups.memoryMax if the action needs more,              or make it use less.",
+            "The action reached its own memory limit (memory.max {} of {}; memory peak {}) and was OOM-killed; {outcome}: raise actionCgroups.memoryMax if the action needs more, or make it use less.",
             mib(accounting.memory_max),
             accounting.oom_limiting_cgroup,
             describe_peak(peak),
@@ -96,8 +96,8 @@ pub fn verdict_sentence(
         (OomVerdict::SharedLimit, role) => {
             let (role, remedy) = if role == Some(SharedLimitRole::Bystander) {
                 (
-                    "a bystander: its peak stayed below its fair share, so other actions ate                      the budget",
-                    "set actionCgroups.memoryMax so that a greedy action fails on its own limit                      instead of taking others with it",
+                    "a bystander: its peak stayed below its fair share, so other actions ate the budget",
+                    "set actionCgroups.memoryMax so that a greedy action fails on its own limit instead of taking others with it",
                 )
             } else if running <= 1 {
                 (
@@ -107,11 +107,11 @@ pub fn verdict_sentence(
             } else {
                 (
                     "the culprit: its peak reached its fair share",
-                    "give each action more memory (a larger pod or fewer concurrent actions) or                      set actionCgroups.memoryMax per action",
+                    "give each action more memory (a larger pod or fewer concurrent actions) or set actionCgroups.memoryMax per action",
                 )
             };
             format!(
-                "The memory budget {} (memory.max {}) that {running} running action(s) shared ran                  out and the kernel killed this action (memory peak {}, fair share {}); it is                  {role}; {outcome}; {remedy}.",
+                "The memory budget {} (memory.max {}) that {running} running action(s) shared ran out and the kernel killed this action (memory peak {}, fair share {}); it is {role}; {outcome}; {remedy}.",
                 accounting.oom_limiting_cgroup,
                 mib(accounting.oom_limit_bytes),
                 describe_peak(peak),
@@ -119,7 +119,7 @@ pub fn verdict_sentence(
             )
         }
         (OomVerdict::NotOwnLimit, _) => format!(
-            "No limit in the runner's subtree was reached, so the node (or a cgroup above the              runner) ran out of memory and killed this action (memory peak {}); {outcome}; if              it recurs the node is overcommitted.",
+            "No limit in the runner's subtree was reached, so the node (or a cgroup above the runner) ran out of memory and killed this action (memory peak {}); {outcome}; if it recurs the node is overcommitted.",
             describe_peak(peak),
         ),
     }
@@ -345,6 +345,10 @@ mod tests {
             0,
             "one sentence: {sentence}"
         );
+        for attribution in [own, bystander, culprit, foreign()] {
+            let sentence = verdict_sentence(&attribution, Some(&accounting), Some(&usage()));
+            assert!(!sentence.contains("  "), "{sentence}");
+        }
         let message = shared_limit_message(&bystander, Some(&accounting), Some(&usage()));
         assert!(message.starts_with(SHARED_LIMIT_MESSAGE), "{message}");
     }
