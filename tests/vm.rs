@@ -671,7 +671,8 @@ fn action_cgroups_are_exact_at_concurrency_8_and_a_node_oom_is_retried() {
     );
     for mebibytes in [6, 12, 18, 24, 30, 36, 42, 48] {
         let name = format!("h-{mebibytes}");
-        let (json, context) = action_json(&run, &name);
+        let context = format!("{name}: stderr: {}", run.read(&format!("{name}.stderr")));
+        let json = run.json(&format!("{name}.json"));
         assert_eq!(json["exitCode"], 0, "{context}");
         let usage = usage_of_type(&json["resourceUsage"], CGROUP_USAGE_TYPE);
         assert_eq!(usage["memoryEventsOom"], 0, "{name}: {usage}");
