@@ -470,10 +470,16 @@ fn action_cgroups_attribute_a_kill_by_the_runners_limit_to_the_action() {
         cgroup["memoryEventsOomKill"].as_i64() >= Some(1),
         "{cgroup}"
     );
-    assert!(
-        run.read("memory.events").contains("oom_kill 1"),
-        "{context}"
+    // With memory.oom.group (the default now) the victim is counted once
+    // for the OOM kill and once more for the group kill.
+    let events = run.flat_keyed("memory.events");
+    assert!(events["oom_kill"] >= 1, "{events:?}; {context}");
+    let accounting = usage_of_type(&exec["resourceUsage"], ACCOUNTING_TYPE);
+    assert_eq!(
+        accounting["oomVerdict"], "OOM_VERDICT_SHARED_LIMIT",
+        "{accounting}"
     );
+    assert_eq!(accounting["actionsRunningAtOom"], 1, "alone: the culprit");
     assert_eq!(run.number("runner.status"), 0);
 }
 
