@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/buildbarn/runner/runner.proto",
         "proto/buildbarn/resourceusage/resourceusage.proto",
         "proto/google/rpc/status.proto",
+        "proto/rbe_runner/resourceusage/v1/resourceusage.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

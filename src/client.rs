@@ -12,6 +12,7 @@ use prost::{Message, Name};
 use serde_json::{json, Map, Value};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::proto::rbe_resourceusage::{ActionAccounting, OomVerdict};
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 use crate::proto::rpc;
 use crate::proto::runner::runner_client::RunnerClient;
@@ -216,6 +217,12 @@ pub fn any_json(any: &prost_types::Any) -> Value {
             return Value::Object(object);
         }
     }
+    if any.type_url == ActionAccounting::type_url() {
+        if let Ok(accounting) = any.to_msg::<ActionAccounting>() {
+            object.extend(accounting_json(&accounting));
+            return Value::Object(object);
+        }
+    }
     object.insert(
         "valueHex".into(),
         Value::String(any.value.iter().map(|b| format!("{b:02x}")).collect()),
@@ -286,6 +293,38 @@ fn cgroup_json(usage: &CgroupResourceUsage) -> Map<String, Value> {
     map
 }
 
+fn accounting_json(accounting: &ActionAccounting) -> Map<String, Value> {
+    let mut map = Map::new();
+    // Enums by name, as protobuf-JSON writes them; an unknown number stays
+    // a number.
+    let verdict = OomVerdict::try_from(accounting.oom_verdict)
+        .map(|verdict| json!(verdict.as_str_name()))
+        .unwrap_or_else(|_| json!(accounting.oom_verdict));
+    map.insert("oomVerdict".into(), verdict);
+    map.insert(
+        "oomLimitingCgroup".into(),
+        json!(accounting.oom_limiting_cgroup),
+    );
+    let numbers = [
+        ("oomLimitBytes", accounting.oom_limit_bytes),
+        ("actionsRunningAtOom", accounting.actions_running_at_oom),
+        ("memoryMax", accounting.memory_max),
+        ("memorySwapMax", accounting.memory_swap_max),
+        ("pidsMax", accounting.pids_max),
+        ("pidsEventsMax", accounting.pids_events_max),
+        ("cpuNrThrottled", accounting.cpu_nr_throttled),
+    ];
+    for (name, value) in numbers {
+        map.insert(name.into(), json!(value));
+    }
+    map.insert("cpuMaxCores".into(), json!(accounting.cpu_max_cores));
+    map.insert(
+        "cpuThrottled".into(),
+        duration_json(accounting.cpu_throttled.as_ref()),
+    );
+    map
+}
+
 /// protobuf-JSON Duration: seconds with 0, 3, 6 or 9 fractional digits.
 pub fn duration_json(duration: Option<&prost_types::Duration>) -> Value {
     let (seconds, nanos) = duration.map(|d| (d.seconds, d.nanos)).unwrap_or((0, 0));
@@ -347,5 +386,29 @@ mod tests {
         );
         assert_eq!(value["maximumResidentSetSize"], 4096);
         assert_eq!(value["terminationSignal"], "SEGV");
+
+        let accounting = ActionAccounting {
+            oom_verdict: OomVerdict::SharedLimit as i32,
+            oom_limiting_cgroup: "/sys/fs/cgroup/pod".into(),
+            oom_limit_bytes: 128 << 20,
+            cpu_max_cores: 0.5,
+            cpu_throttled: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 250_000_000,
+            }),
+            ..Default::default()
+        };
+        let value = any_json(&prost_types::Any::from_msg(&accounting).unwrap());
+        assert_eq!(
+            value["@type"],
+            "type.googleapis.com/rbe_runner.resourceusage.v1.ActionAccounting"
+        );
+        assert_eq!(value["oomVerdict"], "OOM_VERDICT_SHARED_LIMIT");
+        assert_eq!(value["oomLimitingCgroup"], "/sys/fs/cgroup/pod");
+        assert_eq!(value["oomLimitBytes"], 128 << 20);
+        assert_eq!(value["cpuMaxCores"], 0.5);
+        assert_eq!(value["cpuThrottled"], "1.250s");
+        assert_eq!(value["pidsEventsMax"], 0);
+        assert!(value.get("valueHex").is_none(), "{value}");
     }
 }

@@ -1,7 +1,7 @@
 //! rbe-runner: a runner for Buildbarn's bb_worker.
 //!
 //! Module map:
-//! - [`proto`]: generated wire types (`buildbarn.runner`, `buildbarn.resourceusage`, `google.rpc`).
+//! - [`proto`]: generated wire types (`buildbarn.runner`, `buildbarn.resourceusage`, `google.rpc`, `rbe_runner.resourceusage.v1`).
 //! - [`action`]: one action's life (prepare, place, spawn, supervise, measure, release), its typed outcome, and the observers of it.
 //! - [`config`]: the bb_runner Jsonnet configuration, evaluated and decoded into typed, documented values.
 //! - [`runner`]: the internal [`runner::Runner`] trait, the local runner and one decorator per file.
@@ -11,7 +11,7 @@
 //! - [`fault`]: who can fix a failure (the request, the node, the runner), classified once where the errno is known.
 //! - [`process`]: spawning processes, reaping, and graceful termination of process trees.
 //! - [`cleaner`]: restoring the host between actions (leftover processes, temporary directories, a command).
-//! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters.
+//! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters, per-action limits, the OOM verdict.
 //! - [`server`]: serving the runner, shutdown, and the one mapping from runner errors to gRPC statuses.
 //! - [`listener`]: the connection edge: socket files, handshake limit, `:authority` rewriting, deadlines.
 //! - [`bounded`]: request values quoted in error messages, bounded in length.

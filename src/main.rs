@@ -15,7 +15,9 @@ use rbe_runner::action::{
     ActionIds, ActionOptions, Actions, Observer, Observers, PlacementPolicy, RunnerInstance,
 };
 use rbe_runner::build_directory::BuildDirectory;
-use rbe_runner::cgroup::host::{self as cgroup_host, CgroupHost, CgroupOptions, CgroupSetup};
+use rbe_runner::cgroup::host::{
+    self as cgroup_host, ActionCgroupOptions, CgroupHost, CgroupOptions, CgroupSetup,
+};
 use rbe_runner::cleaner::command::CommandCleaner;
 use rbe_runner::cleaner::directory::DirectoryCleaner;
 use rbe_runner::cleaner::process_table::ProcessTableCleaner;
@@ -167,7 +169,10 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         action_cgroups: config
             .action_cgroups
             .as_ref()
-            .map(|action_cgroups| action_cgroups.parent_path.clone()),
+            .map(|action_cgroups| ActionCgroupOptions {
+                parent_path: action_cgroups.parent_path.clone(),
+                limits: action_cgroups.limits.clone(),
+            }),
     };
     let cgroups = tokio::task::spawn_blocking(move || {
         cgroup_host::start(&CgroupHost::default(), &cgroup_options)
@@ -190,9 +195,24 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     let placement = match cgroups {
         CgroupSetup::Unused => PlacementPolicy::ProcessGroups,
         CgroupSetup::SharedCgroup { cgroup } => PlacementPolicy::SharedCgroup { cgroup },
-        CgroupSetup::ActionCgroups { manager, sampled } => {
+        CgroupSetup::ActionCgroups {
+            manager,
+            sampled,
+            limits: (limits, _),
+            budgets,
+        } => {
             report_dirty_cgroups(&manager, state.clone());
-            PlacementPolicy::ActionCgroups { manager, sampled }
+            PlacementPolicy::ActionCgroups {
+                manager,
+                sampled,
+                limits,
+                budgets,
+                shared_limit_culprit: config
+                    .action_cgroups
+                    .as_ref()
+                    .map(|action_cgroups| action_cgroups.shared_limit_culprit)
+                    .unwrap_or_default(),
+            }
         }
     };
     let instance = RunnerInstance::random();

@@ -10,6 +10,12 @@ pub mod resourceusage {
     tonic::include_proto!("buildbarn.resourceusage");
 }
 
+/// `rbe_runner.resourceusage.v1`: rbe-runner's own facts about an action
+/// (the OOM verdict's evidence, the limits it ran under).
+pub mod rbe_resourceusage {
+    tonic::include_proto!("rbe_runner.resourceusage.v1");
+}
+
 /// `google.rpc.Status`, used to attach details to gRPC errors.
 pub mod rpc {
     tonic::include_proto!("google.rpc");

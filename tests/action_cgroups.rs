@@ -416,3 +416,55 @@ fn the_hierarchy_root_is_refused_with_the_fix() {
         assert!(stderr.contains("cgroup v2"), "{stderr}");
     }
 }
+
+/// Issue 15 (i): this host's cgroup2 mount offers no controllers, so a
+/// per-action memory limit cannot be set: the runner must refuse to start,
+/// naming the field and the file, rather than run actions under a limit it
+/// claims but did not set.
+#[test]
+fn a_limit_whose_controller_the_parent_does_not_offer_refuses_startup() {
+    let Some(cgroup) = TestCgroup::create() else {
+        return;
+    };
+    let controllers = read(&cgroup.path.join("cgroup.controllers"));
+    if controllers.split_whitespace().any(|c| c == "memory") {
+        // Not this host's hybrid layout: the limit would be settable.
+        if std::env::var_os("CI").is_some() {
+            panic!("the memory controller is available here; the refusal cannot be shown");
+        }
+        eprintln!("SKIPPED (limit refusal): the memory controller is available here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runner.jsonnet");
+    let parent = cgroup.path.file_name().unwrap().to_string_lossy();
+    std::fs::write(
+        &config,
+        format!(
+            "{{ buildDirectoryPath: '{}', grpcServers: [{{ listenPaths: ['{}'], authenticationPolicy: {{ allow: {{}} }} }}], actionCgroups: {{ parentPath: '/{parent}', memoryMax: '64M' }} }}",
+            dir.path().display(),
+            dir.path().join("sock").display()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(BIN)
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for expected in [
+        "actionCgroups.memoryMax",
+        "memory controller",
+        "memory.max",
+        "cgroup.subtree_control",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} not in: {stderr}");
+    }
+    assert!(
+        !dir.path().join("sock").exists(),
+        "the runner served with a limit it could not set"
+    );
+    assert_eq!(cgroup.action_cgroups(), Vec::<String>::new());
+}

@@ -25,7 +25,7 @@ use super::prepare::{prepare, PrepareOptions, Prepared};
 use super::running::{ActionsRunning, RunningGuard, ShutdownSignal};
 use crate::bounded::quoted;
 use crate::build_directory::BuildDirectory;
-use crate::cgroup::attribution::OomVerdict;
+use crate::cgroup::attribution::{Attribution, OomVerdict};
 use crate::exec_limit::{current_exec_limit, ExecLimitError, ExecSize};
 use crate::fault::Fault;
 use crate::process::reaper::{ChildExit, SpawnedChild};
@@ -158,7 +158,8 @@ impl Actions {
             }),
             cgroup_usage: ended.measurement.usage,
             measured_cgroup: ended.measurement.cgroup,
-            oom_verdict: ended.measurement.verdict.unwrap_or(OomVerdict::None),
+            oom: ended.measurement.attribution.unwrap_or(Attribution::NONE),
+            accounting: ended.measurement.accounting,
             measurement_error: ended.measurement.error,
             ended: ended.ended,
             cleanup: ended.cleanup,
@@ -212,7 +213,10 @@ impl Actions {
                 detail: detail.clone(),
             });
         }
-        if measurement.verdict.is_some_and(OomVerdict::is_retryable) {
+        if measurement
+            .attribution
+            .is_some_and(|attribution| attribution.verdict != OomVerdict::None)
+        {
             self.write_oom_diagnosis(&request, &measurement, exit.as_ref())
                 .await;
         }
@@ -329,7 +333,11 @@ impl Actions {
         measurement: &Measurement,
         exit: Option<&ChildExit>,
     ) {
-        let (Some(cgroup), Some(usage)) = (&measurement.cgroup, &measurement.usage) else {
+        let (Some(cgroup), Some(usage), Some(attribution)) = (
+            &measurement.cgroup,
+            &measurement.usage,
+            &measurement.attribution,
+        ) else {
             return;
         };
         let status = exit.map(|exit| ExitStatus::from_wait_status(exit.status));
@@ -340,7 +348,14 @@ impl Actions {
             Some(ExitStatus::Code(code)) => i64::from(code),
             _ => -1,
         };
-        let text = oom_diagnosis::diagnosis(cgroup, usage, exit_code, posix.as_ref());
+        let text = oom_diagnosis::diagnosis(
+            attribution,
+            measurement.accounting.as_ref(),
+            cgroup,
+            usage,
+            exit_code,
+            posix.as_ref(),
+        );
         let build_directory = self.build_directory.clone();
         let server_logs_directory = request.server_logs_directory.clone();
         let _ = blocking(move || {

@@ -288,7 +288,7 @@ impl Observer for LogObserver {
                     ExitStatus::Unknown(_) => (None, None),
                 };
                 tracing::info!(action_id, pid = ?outcome.pid, argv0, ?exit_code, ?signal,
-                    ?wall_time, oom_verdict = %outcome.oom_verdict,
+                    ?wall_time, oom_verdict = %outcome.oom.verdict,
                     result = outcome.result().as_str(), "action exited");
             }
             Ended::Terminated {

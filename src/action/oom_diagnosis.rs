@@ -1,16 +1,18 @@
-//! The diagnosis of an OOM kill that no limit in the runner's subtree
-//! caused: the message of the UNAVAILABLE that carries the evidence to the
-//! worker, and the same evidence as a text an engineer reads in the
-//! action's server logs. Built from the typed outcome's facts.
+//! The diagnosis of an OOM kill: the message of an UNAVAILABLE that carries
+//! the evidence to the worker, and a text an engineer reads in the
+//! action's server logs, whose first sentence states the verdict with the
+//! numbers and what to do. Built from the typed outcome's facts.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::build_directory::BuildDirectory;
+use crate::cgroup::attribution::{Attribution, OomVerdict, SharedLimitRole};
+use crate::proto::rbe_resourceusage::ActionAccounting;
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 
 /// Name of the diagnosis written into the action's server logs directory
-/// when an action process was OOM-killed by a limit other than its own.
+/// when an action process was OOM-killed.
 pub const OOM_DIAGNOSIS_FILE_NAME: &str = "rbe-runner-oom.txt";
 
 /// Start of the UNAVAILABLE message for an OOM kill the action's own cgroup
@@ -43,6 +45,86 @@ pub fn foreign_oom_kill_message(
     )
 }
 
+/// Start of the UNAVAILABLE message for a bystander of a shared limit.
+pub const SHARED_LIMIT_MESSAGE: &str =
+    "An action process was OOM-killed because a memory budget shared by the running actions ran out";
+
+/// The UNAVAILABLE message for an action killed by a shared limit that is
+/// retried (a bystander, or a culprit under `sharedLimitCulprit: 'retry'`).
+pub fn shared_limit_message(
+    attribution: &Attribution,
+    accounting: Option<&ActionAccounting>,
+    usage: Option<&CgroupResourceUsage>,
+) -> String {
+    format!(
+        "{SHARED_LIMIT_MESSAGE}: {}",
+        verdict_sentence(attribution, accounting, usage)
+    )
+}
+
+fn mib(bytes: i64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// One sentence an engineer can act on: who ran out of what, the numbers,
+/// and what follows.
+pub fn verdict_sentence(
+    attribution: &Attribution,
+    accounting: Option<&ActionAccounting>,
+    usage: Option<&CgroupResourceUsage>,
+) -> String {
+    let default_accounting = ActionAccounting::default();
+    let accounting = accounting.unwrap_or(&default_accounting);
+    let peak = usage.map_or(0, |usage| usage.memory_peak);
+    let running = accounting.actions_running_at_oom;
+    let fair_share = attribution
+        .fair_share_bytes
+        .map_or(0, |bytes| i64::try_from(bytes).unwrap_or(i64::MAX));
+    let outcome = if attribution.retryable {
+        "the Run fails with UNAVAILABLE so that Bazel retries it"
+    } else {
+        "the action's result (exit -1, SIGKILL) is returned and the build fails"
+    };
+    match (attribution.verdict, attribution.role) {
+        (OomVerdict::None, _) => "No process of the action was OOM-killed.".to_owned(),
+        (OomVerdict::OwnLimit, _) => format!(
+            "The action reached its own memory limit (memory.max {} of {}; memory peak {}) and was OOM-killed; {outcome}: raise actionCgroups.memoryMax if the action needs more, or make it use less.",
+            mib(accounting.memory_max),
+            accounting.oom_limiting_cgroup,
+            describe_peak(peak),
+        ),
+        (OomVerdict::SharedLimit, role) => {
+            let (role, remedy) = if role == Some(SharedLimitRole::Bystander) {
+                (
+                    "a bystander: its peak stayed below its fair share, so other actions ate the budget",
+                    "set actionCgroups.memoryMax so that a greedy action fails on its own limit instead of taking others with it",
+                )
+            } else if running <= 1 {
+                (
+                    "the culprit: it ran alone",
+                    "give the budget more memory or the action less to do",
+                )
+            } else {
+                (
+                    "the culprit: its peak reached its fair share",
+                    "give each action more memory (a larger pod or fewer concurrent actions) or set actionCgroups.memoryMax per action",
+                )
+            };
+            format!(
+                "The memory budget {} (memory.max {}) that {running} running action(s) shared ran out and the kernel killed this action (memory peak {}, fair share {}); it is {role}; {outcome}; {remedy}.",
+                accounting.oom_limiting_cgroup,
+                mib(accounting.oom_limit_bytes),
+                describe_peak(peak),
+                mib(fair_share),
+            )
+        }
+        (OomVerdict::NotOwnLimit, _) => format!(
+            "No limit in the runner's subtree was reached, so the node (or a cgroup above the runner) ran out of memory and killed this action (memory peak {}); {outcome}; if it recurs the node is overcommitted.",
+            describe_peak(peak),
+        ),
+    }
+}
+
 fn describe_peak(bytes: i64) -> String {
     if bytes == 0 {
         "not measured".to_owned()
@@ -64,19 +146,28 @@ fn describe_duration(duration: Option<&prost_types::Duration>) -> String {
     }
 }
 
-/// The text of [`OOM_DIAGNOSIS_FILE_NAME`]: what happened, the evidence,
-/// and what an operator can do.
+/// The text of [`OOM_DIAGNOSIS_FILE_NAME`]: the verdict in one sentence,
+/// what happened, the evidence, and what an operator can do.
 pub fn diagnosis(
+    attribution: &Attribution,
+    accounting: Option<&ActionAccounting>,
     cgroup: &Path,
     usage: &CgroupResourceUsage,
     exit_code: i64,
     posix_usage: Option<&PosixResourceUsage>,
 ) -> String {
-    let mut text = String::new();
+    let mut text = format!(
+        "rbe-runner: {}\n\n",
+        verdict_sentence(attribution, accounting, Some(usage))
+    );
+    if attribution.verdict != OomVerdict::NotOwnLimit {
+        write_counters(&mut text, usage, exit_code, posix_usage);
+        return text;
+    }
     // Writing to a String cannot fail.
     let _ = write!(
         text,
-        "rbe-runner: {FOREIGN_OOM_KILL_MESSAGE}.\n\
+        "{FOREIGN_OOM_KILL_MESSAGE}.\n\
          \n\
          What happened: while this action ran, the kernel's OOM killer killed {oom_kill} \
          process(es) in the runner's cgroup\n\
@@ -84,16 +175,37 @@ pub fn diagnosis(
          but that cgroup never reached its own memory limit (memory.events \"oom\" did not \
          grow). The kill was ordered by a limit above it: a parent cgroup (container, pod, \
          systemd slice) or the whole node ran out of memory. The runner reported the Run as \
-         UNAVAILABLE so that it is retried, instead of failing the build.\n\
-         \n\
-         Counters during the action:\n\
+         UNAVAILABLE so that it is retried, instead of failing the build.\n\n",
+        oom_kill = usage.memory_events_oom_kill,
+        cgroup = cgroup.display(),
+    );
+    write_counters(&mut text, usage, exit_code, posix_usage);
+    text.push_str(
+        "\nWhat to do: nothing, if a retry succeeds. If this keeps happening, the node is \
+         overcommitted: give it (or the runner's parent cgroup) more memory, run fewer actions \
+         or other workloads on it, or set memory.max on the runner's cgroup below what the node \
+         can provide, so that an action using too much memory fails on its own limit with a \
+         clear result instead of being killed by the node.\n",
+    );
+    text
+}
+
+/// The counters of the action, for the diagnosis.
+fn write_counters(
+    text: &mut String,
+    usage: &CgroupResourceUsage,
+    exit_code: i64,
+    posix_usage: Option<&PosixResourceUsage>,
+) {
+    let _ = write!(
+        text,
+        "Counters during the action:\n\
          \x20 memory.events: low {low}, high {high}, max {max}, oom {oom}, oom_kill {oom_kill}, \
          oom_group_kill {oom_group_kill}\n\
          \x20 memory peak of the cgroup: {peak}\n\
          \x20 memory pressure: some {memory_some}, full {memory_full}\n\
          \x20 exit code: {exit_code}\n",
         oom_kill = usage.memory_events_oom_kill,
-        cgroup = cgroup.display(),
         low = usage.memory_events_low,
         high = usage.memory_events_high,
         max = usage.memory_events_max,
@@ -117,14 +229,6 @@ pub fn diagnosis(
             posix_usage.maximum_resident_set_size
         );
     }
-    text.push_str(
-        "\nWhat to do: nothing, if a retry succeeds. If this keeps happening, the node is \
-         overcommitted: give it (or the runner's parent cgroup) more memory, run fewer actions \
-         or other workloads on it, or set memory.max on the runner's cgroup below what the node \
-         can provide, so that an action using too much memory fails on its own limit with a \
-         clear result instead of being killed by the node.\n",
-    );
-    text
 }
 
 /// Writes the diagnosis beneath the build directory. A failure is logged:
@@ -172,6 +276,83 @@ mod tests {
         }
     }
 
+    fn foreign() -> Attribution {
+        Attribution {
+            verdict: OomVerdict::NotOwnLimit,
+            retryable: true,
+            ..Attribution::NONE
+        }
+    }
+
+    #[test]
+    fn each_verdict_is_one_sentence_with_the_numbers_and_the_remedy() {
+        // Why it matters: the first line of the server log is what an
+        // engineer reads; it must say who ran out of what and what to do.
+        let accounting = ActionAccounting {
+            oom_limiting_cgroup: "/sys/fs/cgroup/pod/actions/x-1".into(),
+            memory_max: 64 << 20,
+            oom_limit_bytes: 128 << 20,
+            actions_running_at_oom: 2,
+            ..ActionAccounting::default()
+        };
+        let own = Attribution {
+            verdict: OomVerdict::OwnLimit,
+            ..Attribution::NONE
+        };
+        let sentence = verdict_sentence(&own, Some(&accounting), Some(&usage()));
+        for expected in [
+            "its own memory limit",
+            "64.0 MiB",
+            "100.0 MiB",
+            "build fails",
+            "actionCgroups.memoryMax",
+        ] {
+            assert!(
+                sentence.contains(expected),
+                "{expected:?} not in {sentence}"
+            );
+        }
+        let bystander = Attribution {
+            verdict: OomVerdict::SharedLimit,
+            role: Some(SharedLimitRole::Bystander),
+            fair_share_bytes: Some(120 << 20),
+            retryable: true,
+        };
+        let sentence = verdict_sentence(&bystander, Some(&accounting), Some(&usage()));
+        for expected in [
+            "128.0 MiB",
+            "2 running",
+            "fair share 120.0 MiB",
+            "bystander",
+            "UNAVAILABLE",
+            "memoryMax",
+        ] {
+            assert!(
+                sentence.contains(expected),
+                "{expected:?} not in {sentence}"
+            );
+        }
+        let culprit = Attribution {
+            role: Some(SharedLimitRole::Culprit),
+            retryable: false,
+            ..bystander
+        };
+        let sentence = verdict_sentence(&culprit, Some(&accounting), Some(&usage()));
+        assert!(sentence.contains("the culprit"), "{sentence}");
+        assert!(sentence.contains("build fails"), "{sentence}");
+        assert_eq!(
+            sentence.matches(". ").count(),
+            0,
+            "one sentence: {sentence}"
+        );
+        for attribution in [own, bystander, culprit, foreign()] {
+            let sentence = verdict_sentence(&attribution, Some(&accounting), Some(&usage()));
+            assert!(!sentence.contains("  "), "{sentence}");
+        }
+        let message = shared_limit_message(&bystander, Some(&accounting), Some(&usage()));
+        assert!(message.starts_with(SHARED_LIMIT_MESSAGE), "{message}");
+    }
+
     #[test]
     fn the_diagnosis_states_the_evidence_and_the_remedy() {
         // Why it matters: the engineer reading the server logs needs the
@@ -181,7 +362,14 @@ mod tests {
             maximum_resident_set_size: 99 << 20,
             ..PosixResourceUsage::default()
         };
-        let text = diagnosis(Path::new("/sys/fs/cgroup/pod"), &usage(), -1, Some(&posix));
+        let text = diagnosis(
+            &foreign(),
+            None,
+            Path::new("/sys/fs/cgroup/pod"),
+            &usage(),
+            -1,
+            Some(&posix),
+        );
         for expected in [
             FOREIGN_OOM_KILL_MESSAGE,
             "/sys/fs/cgroup/pod",
@@ -200,7 +388,14 @@ mod tests {
     #[test]
     fn an_unmeasured_peak_says_so() {
         assert_eq!(describe_peak(0), "not measured");
-        let text = diagnosis(Path::new("/x"), &CgroupResourceUsage::default(), 0, None);
+        let text = diagnosis(
+            &foreign(),
+            None,
+            Path::new("/x"),
+            &CgroupResourceUsage::default(),
+            0,
+            None,
+        );
         assert!(
             text.contains("memory peak of the cgroup: not measured"),
             "{text}"

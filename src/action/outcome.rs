@@ -12,7 +12,8 @@ use tonic::Code;
 use super::id::ActionId;
 use super::oom_diagnosis;
 use crate::bounded::quoted;
-use crate::cgroup::attribution::OomVerdict;
+use crate::cgroup::attribution::{Attribution, OomVerdict};
+use crate::proto::rbe_resourceusage::ActionAccounting;
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 use crate::proto::runner::RunResponse;
 use crate::runner::RunnerError;
@@ -171,8 +172,11 @@ pub struct ActionOutcome {
     pub cgroup_usage: Option<CgroupResourceUsage>,
     /// The cgroup that measured it, for the OOM diagnosis.
     pub measured_cgroup: Option<PathBuf>,
-    /// Who is to blame for OOM kills in it.
-    pub oom_verdict: OomVerdict,
+    /// Who is to blame for OOM kills in it, and whether that is retried.
+    pub oom: Attribution,
+    /// The verdict's evidence and the limits of its cgroup, when it had a
+    /// measured cgroup of its own.
+    pub accounting: Option<ActionAccounting>,
     /// Why its usage could not be measured after it exited; its result is
     /// then not trusted (INTERNAL).
     pub measurement_error: Option<String>,
@@ -202,7 +206,7 @@ impl ActionOutcome {
             },
             Ended::Exited(ExitStatus::Unknown(_)) => Code::Internal,
             Ended::Exited(_) if self.measurement_error.is_some() => Code::Internal,
-            Ended::Exited(_) if self.oom_verdict.is_retryable() => Code::Unavailable,
+            Ended::Exited(_) if self.oom.retryable => Code::Unavailable,
             Ended::Exited(_) => Code::Ok,
         }
     }
@@ -219,11 +223,12 @@ impl ActionOutcome {
 
     /// The usages in the order `RunResponse.resource_usage` carries them:
     /// POSIX first (tools that read only the first expect it), then the
-    /// cgroup's.
+    /// cgroup's, then rbe-runner's accounting.
     pub fn resource_usage(&self) -> Vec<prost_types::Any> {
         let posix = self.posix_usage.iter().map(any_of);
         let cgroup = self.cgroup_usage.iter().map(any_of);
-        posix.chain(cgroup).collect()
+        let accounting = self.accounting.iter().map(any_of);
+        posix.chain(cgroup).chain(accounting).collect()
     }
 
     /// The Run call's answer: the response, or the error with the evidence.
@@ -253,10 +258,17 @@ impl ActionOutcome {
             Ended::Exited(_) => match (code, self.measurement_error) {
                 (_, Some(error)) => Err(RunnerError::Internal(error)),
                 (Code::Unavailable, None) => Err(RunnerError::Unavailable {
-                    message: oom_diagnosis::foreign_oom_kill_message(
-                        self.measured_cgroup.as_deref(),
-                        self.cgroup_usage.as_ref(),
-                    ),
+                    message: match self.oom.verdict {
+                        OomVerdict::SharedLimit => oom_diagnosis::shared_limit_message(
+                            &self.oom,
+                            self.accounting.as_ref(),
+                            self.cgroup_usage.as_ref(),
+                        ),
+                        _ => oom_diagnosis::foreign_oom_kill_message(
+                            self.measured_cgroup.as_deref(),
+                            self.cgroup_usage.as_ref(),
+                        ),
+                    },
                     details: resource_usage,
                 }),
                 _ => Ok(RunResponse {
@@ -328,9 +340,18 @@ mod tests {
             }),
             cgroup_usage: None,
             measured_cgroup: None,
-            oom_verdict: OomVerdict::None,
+            oom: Attribution::NONE,
+            accounting: None,
             measurement_error: None,
             cleanup: Cleanup::Verified,
+        }
+    }
+
+    fn attributed(verdict: OomVerdict, retryable: bool) -> Attribution {
+        Attribution {
+            verdict,
+            retryable,
+            ..Attribution::NONE
         }
     }
 
@@ -350,9 +371,13 @@ mod tests {
         // Why it matters: metrics, `watch` and the report all count by this
         // one classification; the Run call answers with the same code.
         let mut foreign = exited(ExitStatus::Signal(libc::SIGKILL));
-        foreign.oom_verdict = OomVerdict::NotOwnLimit;
+        foreign.oom = attributed(OomVerdict::NotOwnLimit, true);
         let mut own = exited(ExitStatus::Signal(libc::SIGKILL));
-        own.oom_verdict = OomVerdict::OwnLimit;
+        own.oom = attributed(OomVerdict::OwnLimit, false);
+        let mut culprit = exited(ExitStatus::Signal(libc::SIGKILL));
+        culprit.oom = attributed(OomVerdict::SharedLimit, false);
+        let mut bystander = exited(ExitStatus::Signal(libc::SIGKILL));
+        bystander.oom = attributed(OomVerdict::SharedLimit, true);
         let mut unmeasured = exited(ExitStatus::Code(0));
         unmeasured.measurement_error = Some("cannot read memory.events".into());
         let cases = [
@@ -368,6 +393,8 @@ mod tests {
                 Code::Ok,
             ),
             (own, ActionResult::Signal, Code::Ok),
+            (culprit, ActionResult::Signal, Code::Ok),
+            (bystander, ActionResult::Failure, Code::Unavailable),
             (foreign, ActionResult::Failure, Code::Unavailable),
             (unmeasured, ActionResult::Failure, Code::Internal),
             (
@@ -438,7 +465,8 @@ mod tests {
         // Why it matters: the UNAVAILABLE replaces the response, and the
         // evidence must not be lost with it.
         let mut foreign = exited(ExitStatus::Signal(libc::SIGKILL));
-        foreign.oom_verdict = OomVerdict::NotOwnLimit;
+        foreign.oom = attributed(OomVerdict::NotOwnLimit, true);
+        foreign.accounting = Some(ActionAccounting::default());
         foreign.measured_cgroup = Some("/sys/fs/cgroup/pod".into());
         foreign.cgroup_usage = Some(CgroupResourceUsage {
             memory_events_oom_kill: 1,
@@ -452,7 +480,9 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("/sys/fs/cgroup/pod"), "{message}");
-        assert_eq!(details.len(), 2);
+        assert_eq!(details.len(), 3);
+        let accounting: ActionAccounting = details[2].to_msg().unwrap();
+        assert_eq!(accounting, ActionAccounting::default());
     }
 
     #[test]

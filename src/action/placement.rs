@@ -20,12 +20,18 @@ use super::outcome::Cleanup;
 use crate::cgroup::action::{
     is_populated, kill_cgroup, signal_all, ActionCgroup, ActionCgroupError, ActionCgroupManager,
 };
-use crate::cgroup::attribution::{verdict, OomEvidence, OomVerdict};
-use crate::cgroup::counters::read_memory_events;
+use crate::cgroup::attribution::{
+    attribute, Attribution, OomEvidence, OomVerdict, SharedBudget, SharedLimitCulprit,
+};
+use crate::cgroup::budgets::{
+    action_cgroups, budget_state, local_ooms, lowest_grown, LimitCounters,
+};
+use crate::cgroup::limits::{apply, ActionLimits, AppliedLimits};
 use crate::cgroup::peak::read_lifetime_peak;
 use crate::cgroup::{CgroupCounters, FileError, MemoryPeakTracker};
 use crate::fault::Fault;
 use crate::process::terminate::{signal_group, ProcessGroup, ProcessTree};
+use crate::proto::rbe_resourceusage::{self as accounting, ActionAccounting};
 use crate::proto::resourceusage::CgroupResourceUsage;
 use crate::runner::RunnerError;
 
@@ -47,6 +53,13 @@ pub enum PlacementPolicy {
         manager: Arc<ActionCgroupManager>,
         /// Whether each action's cgroup is measured.
         sampled: bool,
+        /// What every action's cgroup gets written at creation (defaults
+        /// resolved and probed at startup).
+        limits: ActionLimits,
+        /// The memory budgets above every action's cgroup, lowest first.
+        budgets: Vec<PathBuf>,
+        /// What the culprit of a shared-limit OOM kill gets.
+        shared_limit_culprit: SharedLimitCulprit,
     },
 }
 
@@ -69,9 +82,21 @@ pub(super) struct SharedSample {
 pub(super) struct CgroupPlacement {
     manager: Arc<ActionCgroupManager>,
     cgroup: ActionCgroup,
-    /// With sampling: the cgroup's counters at creation and the managed
-    /// parent's `oom`, whose growth means the runner's (shared) limit.
-    before: Option<(CgroupCounters, u64)>,
+    /// Its limits as the kernel read them back after writing.
+    applied: AppliedLimits,
+    /// The memory budgets above it, lowest first.
+    budgets: Vec<PathBuf>,
+    shared_limit_culprit: SharedLimitCulprit,
+    /// With sampling: the counters at creation.
+    before: Option<Before>,
+}
+
+/// An action cgroup's counters at creation, and the local `oom` of each
+/// budget above it, whose growth means a shared limit was reached.
+struct Before {
+    counters: CgroupCounters,
+    limits: LimitCounters,
+    budget_ooms: Vec<Option<u64>>,
 }
 
 /// What measuring an action found.
@@ -81,8 +106,10 @@ pub(super) struct Measurement {
     pub usage: Option<CgroupResourceUsage>,
     /// The measuring cgroup.
     pub cgroup: Option<PathBuf>,
-    /// Who is to blame for OOM kills.
-    pub verdict: Option<OomVerdict>,
+    /// Who is to blame for OOM kills, and whether that is retried.
+    pub attribution: Option<Attribution>,
+    /// The verdict's evidence and the action cgroup's limits.
+    pub accounting: Option<ActionAccounting>,
     /// Why measuring failed, if it did.
     pub error: Option<String>,
 }
@@ -115,13 +142,34 @@ impl Placement {
                     peak: MemoryPeakTracker::start(cgroup),
                 })))
             }
-            PlacementPolicy::ActionCgroups { manager, sampled } => {
+            PlacementPolicy::ActionCgroups {
+                manager,
+                sampled,
+                limits,
+                budgets,
+                shared_limit_culprit,
+            } => {
                 let cgroup = manager
                     .create(id.as_str())
                     .map_err(|err| cgroup_error("cannot create the action's cgroup", err))?;
+                // Written before anything runs in it: no instruction of the
+                // action runs without its limits.
+                let applied = match apply(&cgroup.path, limits) {
+                    Ok(applied) => applied,
+                    Err(error) => {
+                        // Nothing ran in it yet.
+                        let _ = manager.discard(cgroup);
+                        return Err(RunnerError::Internal(format!(
+                            "cannot set the limits of the action's cgroup: {error}"
+                        )));
+                    }
+                };
                 let placement = CgroupPlacement {
                     manager: manager.clone(),
                     cgroup,
+                    applied,
+                    budgets: budgets.clone(),
+                    shared_limit_culprit: *shared_limit_culprit,
                     before: None,
                 };
                 if !sampled {
@@ -226,20 +274,20 @@ fn cgroup_error(context: &str, error: ActionCgroupError) -> RunnerError {
     RunnerError::of_fault(fault, format!("{context}: {error}"))
 }
 
-fn read_before(placement: &CgroupPlacement) -> Result<(CgroupCounters, u64), RunnerError> {
-    let counters = CgroupCounters::read(&placement.cgroup.path).map_err(|err| {
-        RunnerError::Internal(format!(
-            "cannot read the new action cgroup's counters: {err}"
-        ))
-    })?;
-    let parent_oom = read_parent_oom(placement.manager.parent()).map_err(RunnerError::Internal)?;
-    Ok((counters, parent_oom))
-}
-
-fn read_parent_oom(parent: &Path) -> Result<u64, String> {
-    read_memory_events(parent)
-        .map(|events| events.oom)
-        .map_err(|error| format!("cannot read the runner cgroup's memory.events: {error}"))
+fn read_before(placement: &CgroupPlacement) -> Result<Before, RunnerError> {
+    let path = &placement.cgroup.path;
+    let counters = CgroupCounters::read(path)
+        .and_then(|counters| Ok((counters, LimitCounters::read(path)?)))
+        .map_err(|err| {
+            RunnerError::Internal(format!(
+                "cannot read the new action cgroup's counters: {err}"
+            ))
+        })?;
+    Ok(Before {
+        counters: counters.0,
+        limits: counters.1,
+        budget_ooms: local_ooms(&placement.budgets),
+    })
 }
 
 /// The shared cgroup's deltas and the peak since the action started. The
@@ -261,25 +309,34 @@ fn measure_shared(sample: &SharedSample) -> Measurement {
             0
         }
     };
-    let evidence = evidence_of(&usage, false);
+    // The shared cgroup is the top of what the runner measures: no budget
+    // lies between, so a kill is its own limit's or from above.
+    let evidence = OomEvidence {
+        oom_kill: counter(usage.memory_events_oom_kill),
+        oom: counter(usage.memory_events_oom),
+        ..OomEvidence::default()
+    };
     Measurement {
         usage: Some(usage),
         cgroup: Some(sample.cgroup.clone()),
-        verdict: Some(verdict(&evidence)),
+        attribution: Some(attribute(&evidence, SharedLimitCulprit::Fail)),
+        accounting: None,
         error: None,
     }
 }
 
 /// The action cgroup's deltas and lifetime peak: everything the action did
 /// is in it, and nothing else, so no peak reset is needed and any
-/// concurrency is exact. The parent's `oom` tells a kill by the runner's
-/// own limit from one ordered from above.
+/// concurrency is exact. The budgets' local `oom` tell a kill by a shared
+/// limit from one ordered from above.
 fn measure_own(id: &ActionId, placement: &CgroupPlacement) -> Measurement {
-    let Some((before, parent_oom_before)) = &placement.before else {
+    let Some(before) = &placement.before else {
         return Measurement::default();
     };
     let path = &placement.cgroup.path;
-    let after = match CgroupCounters::read(path) {
+    let after =
+        CgroupCounters::read(path).and_then(|counters| Ok((counters, LimitCounters::read(path)?)));
+    let (after, limits_after) = match after {
         Ok(after) => after,
         Err(err) => {
             return Measurement::failed(format!(
@@ -287,35 +344,98 @@ fn measure_own(id: &ActionId, placement: &CgroupPlacement) -> Measurement {
             ))
         }
     };
-    let parent = placement.manager.parent();
-    let parent_oom_grew = match read_parent_oom(parent) {
-        Ok(oom) => oom > *parent_oom_before,
-        Err(error) => return Measurement::failed(error),
-    };
-    let mut usage = after.usage_since(before);
+    let budget_ooms = local_ooms(&placement.budgets);
+    let mut usage = after.usage_since(&before.counters);
     usage.memory_peak = read_memory_peak(path);
-    let evidence = evidence_of(&usage, parent_oom_grew);
-    let verdict = verdict(&evidence);
-    if verdict == OomVerdict::SharedLimit {
-        tracing::info!(action_id = %id, cgroup = %parent.display(),
-            oom_kill = usage.memory_events_oom_kill,
-            "an action process was OOM-killed by the memory limit of the runner's cgroup");
+    let oom_kill = counter(usage.memory_events_oom_kill);
+    let actions = placement.manager.actions_directory();
+    let actions_running = if oom_kill > 0 {
+        action_cgroups(actions).len() as u64
+    } else {
+        0
+    };
+    let grown = lowest_grown(&placement.budgets, &before.budget_ooms, &budget_ooms);
+    let budget = match grown
+        .map(|budget| budget_state(budget, actions))
+        .transpose()
+    {
+        Ok(budget) => budget,
+        Err(error) => {
+            return Measurement::failed(format!(
+                "cannot read the memory budget whose limit was reached: {error}"
+            ))
+        }
+    };
+    let evidence = OomEvidence {
+        oom_kill,
+        oom: counter(usage.memory_events_oom),
+        shared_budget: budget.map(|budget| SharedBudget {
+            limit_bytes: budget.limit_bytes,
+            charged_outside_actions: budget.charged_outside_actions,
+        }),
+        actions_running,
+        memory_peak: counter(usage.memory_peak),
+    };
+    let attribution = attribute(&evidence, placement.shared_limit_culprit);
+    if attribution.verdict == OomVerdict::SharedLimit {
+        tracing::info!(action_id = %id, cgroup = %grown.unwrap_or(actions).display(),
+            role = ?attribution.role, fair_share_bytes = ?attribution.fair_share_bytes,
+            memory_peak = usage.memory_peak, actions_running,
+            "an action process was OOM-killed by a memory limit the actions share");
     }
+    let limiting = match attribution.verdict {
+        OomVerdict::OwnLimit => Some((path.as_path(), placement.applied.memory_max)),
+        OomVerdict::SharedLimit => grown.zip(budget.map(|budget| budget.limit_bytes)),
+        OomVerdict::None | OomVerdict::NotOwnLimit => None,
+    };
+    let limit_deltas = limits_after.since(&before.limits);
+    let accounting = ActionAccounting {
+        oom_verdict: proto_verdict(attribution.verdict) as i32,
+        oom_limiting_cgroup: limiting
+            .map(|(cgroup, _)| cgroup.display().to_string())
+            .unwrap_or_default(),
+        oom_limit_bytes: limiting.map_or(0, |(_, bytes)| saturating_i64(bytes)),
+        actions_running_at_oom: saturating_i64(actions_running),
+        memory_max: saturating_i64(placement.applied.memory_max),
+        memory_swap_max: saturating_i64(placement.applied.memory_swap_max),
+        cpu_max_cores: placement.applied.cpu_max_cores,
+        pids_max: saturating_i64(placement.applied.pids_max),
+        pids_events_max: saturating_i64(limit_deltas.pids_events_max.unwrap_or(0)),
+        cpu_throttled: Some(duration_of_micros(
+            limit_deltas.cpu_throttled_micros.unwrap_or(0),
+        )),
+        cpu_nr_throttled: saturating_i64(limit_deltas.cpu_nr_throttled.unwrap_or(0)),
+    };
     Measurement {
         usage: Some(usage),
         // The diagnosis of a foreign kill names the runner's subtree, the
         // highest cgroup whose counters were read.
-        cgroup: Some(parent.to_path_buf()),
-        verdict: Some(verdict),
+        cgroup: Some(placement.manager.parent().to_path_buf()),
+        attribution: Some(attribution),
+        accounting: Some(accounting),
         error: None,
     }
 }
 
-fn evidence_of(usage: &CgroupResourceUsage, shared_limit_oom_grew: bool) -> OomEvidence {
-    OomEvidence {
-        oom_kill: u64::try_from(usage.memory_events_oom_kill).unwrap_or(0),
-        oom: u64::try_from(usage.memory_events_oom).unwrap_or(0),
-        shared_limit_oom_grew,
+/// A counter delta as the verdict takes it (the protocol's are signed).
+fn counter(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn proto_verdict(verdict: OomVerdict) -> accounting::OomVerdict {
+    match verdict {
+        OomVerdict::None => accounting::OomVerdict::None,
+        OomVerdict::OwnLimit => accounting::OomVerdict::OwnLimit,
+        OomVerdict::SharedLimit => accounting::OomVerdict::SharedLimit,
+        OomVerdict::NotOwnLimit => accounting::OomVerdict::NotOwnLimit,
+    }
+}
+
+fn duration_of_micros(micros: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(micros / 1_000_000).unwrap_or(i64::MAX),
+        // Below 1e9, so it fits.
+        nanos: ((micros % 1_000_000) * 1_000) as i32,
     }
 }
 

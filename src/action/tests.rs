@@ -317,7 +317,13 @@ impl Fixture {
     fn action_cgroups(parent: &Path, sampled: bool, script: Vec<FakeAction>) -> Self {
         let manager = Arc::new(ActionCgroupManager::new(parent, Box::new(kill_and_remove)));
         Self::new(
-            PlacementPolicy::ActionCgroups { manager, sampled },
+            PlacementPolicy::ActionCgroups {
+                manager,
+                sampled,
+                limits: crate::cgroup::limits::ActionLimits::default(),
+                budgets: Vec::new(),
+                shared_limit_culprit: Default::default(),
+            },
             None,
             script,
         )
@@ -544,7 +550,13 @@ async fn an_action_reaching_its_own_limit_gets_its_normal_response() {
     assert_eq!(usage.memory_events_oom_kill, 1);
     assert_eq!(usage.memory_events_max, 7);
     assert_eq!(usage.memory_peak, 256 << 20);
-    assert!(!fixture.diagnosis_path().exists());
+    // Every OOM kill is explained in the server logs, this one as the
+    // action's own.
+    let diagnosis = std::fs::read_to_string(fixture.diagnosis_path()).expect("a diagnosis");
+    assert!(
+        diagnosis.contains("reached its own memory limit"),
+        "{diagnosis}"
+    );
     assert_eq!(
         fixture.observer.codes(),
         [(fixture.id(1), "Signal".into(), Code::Ok)]

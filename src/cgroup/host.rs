@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::action::{ActionCgroupError, ActionCgroupManager, ACTIONS_DIRECTORY, RUNNER_LEAF};
+use super::budgets::budgets_above;
 use super::capabilities::{check_required_files, probe_capabilities, CapabilityError};
+use super::limits::{probe, ActionLimits, AppliedLimits, LimitError};
 use super::locate::{
     locate_own_cgroup, LocateError, DEFAULT_PROC_SELF_CGROUP, DEFAULT_PROC_SELF_MOUNTINFO,
 };
@@ -97,9 +99,17 @@ pub fn mount_point_of(cgroup: &Path) -> PathBuf {
 pub struct CgroupOptions {
     /// `sampleCgroupResourceUsage`.
     pub sample_resource_usage: bool,
-    /// `actionCgroups`, when set: its `parentPath` (`None`: the runner's
-    /// own cgroup).
-    pub action_cgroups: Option<Option<String>>,
+    /// `actionCgroups`, when set.
+    pub action_cgroups: Option<ActionCgroupOptions>,
+}
+
+/// What `actionCgroups` asks of the cgroups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActionCgroupOptions {
+    /// `parentPath` (`None`: the runner's own cgroup).
+    pub parent_path: Option<String>,
+    /// The limits of every action's cgroup.
+    pub limits: ActionLimits,
 }
 
 /// What startup established, for building the runner chain.
@@ -118,6 +128,12 @@ pub enum CgroupSetup {
         manager: Arc<ActionCgroupManager>,
         /// Whether each action's cgroup is sampled.
         sampled: bool,
+        /// The limits to write into every action's cgroup, with the
+        /// defaults resolved for this kernel, and what the kernel made of
+        /// them on a throwaway cgroup.
+        limits: (ActionLimits, AppliedLimits),
+        /// The memory budgets above every action's cgroup, lowest first.
+        budgets: Vec<PathBuf>,
     },
 }
 
@@ -142,6 +158,8 @@ pub enum StartupError {
     ActionCgroups(ActionCgroupError),
     #[error("sampleCgroupResourceUsage with actionCgroups: action cgroups cannot be sampled: {0}")]
     ActionCgroupsCapability(CapabilityError),
+    #[error("{0}")]
+    ActionLimits(LimitError),
 }
 
 /// Finds the cgroups the options need, takes over the `actionCgroups`
@@ -151,7 +169,7 @@ pub enum StartupError {
 /// Blocking; meant for startup: an error here should stop the runner.
 pub fn start(host: &CgroupHost, options: &CgroupOptions) -> Result<CgroupSetup, StartupError> {
     let sampled = options.sample_resource_usage;
-    let Some(parent_path) = &options.action_cgroups else {
+    let Some(action_cgroups) = &options.action_cgroups else {
         if !sampled {
             return Ok(CgroupSetup::Unused);
         }
@@ -160,7 +178,7 @@ pub fn start(host: &CgroupHost, options: &CgroupOptions) -> Result<CgroupSetup, 
         return Ok(CgroupSetup::SharedCgroup { cgroup });
     };
     let parent = host
-        .action_cgroups_parent(parent_path.as_deref())
+        .action_cgroups_parent(action_cgroups.parent_path.as_deref())
         .map_err(StartupError::ActionCgroupsLocate)?;
     let manager = ActionCgroupManager::setup(&parent).map_err(StartupError::ActionCgroups)?;
     if sampled {
@@ -171,7 +189,25 @@ pub fn start(host: &CgroupHost, options: &CgroupOptions) -> Result<CgroupSetup, 
             .and_then(|()| check_and_log(manager.actions_directory()))
             .map_err(StartupError::ActionCgroupsCapability)?;
     }
-    Ok(CgroupSetup::ActionCgroups { manager, sampled })
+    // A limit the runner claims must be one it can set: probed now, on a
+    // throwaway cgroup, rather than failing every action.
+    let limits = probe(manager.actions_directory(), &action_cgroups.limits)
+        .map_err(StartupError::ActionLimits)?;
+    if !limits.0.settings().is_empty() {
+        tracing::info!(limits = ?limits.1, settings = ?limits.0.settings(),
+            "every action's cgroup gets these limits (as the kernel reads them back)");
+    }
+    let budgets = budgets_above(
+        manager.actions_directory(),
+        manager.parent(),
+        &mount_point_of(manager.parent()),
+    );
+    Ok(CgroupSetup::ActionCgroups {
+        manager,
+        sampled,
+        limits,
+        budgets,
+    })
 }
 
 /// [`check_required_files`], then the capabilities of `cgroup` logged.
@@ -250,7 +286,10 @@ mod tests {
     fn action_cgroups(parent_path: Option<&str>) -> CgroupOptions {
         CgroupOptions {
             sample_resource_usage: false,
-            action_cgroups: Some(parent_path.map(str::to_owned)),
+            action_cgroups: Some(ActionCgroupOptions {
+                parent_path: parent_path.map(str::to_owned),
+                limits: ActionLimits::default(),
+            }),
         }
     }
 
@@ -358,8 +397,9 @@ mod tests {
             SERVICE,
             &delegated_cgroup_files(),
         );
-        let Ok(CgroupSetup::ActionCgroups { manager, sampled }) =
-            start(&host, &action_cgroups(None))
+        let Ok(CgroupSetup::ActionCgroups {
+            manager, sampled, ..
+        }) = start(&host, &action_cgroups(None))
         else {
             panic!("expected action cgroups");
         };
@@ -373,6 +413,26 @@ mod tests {
             "0"
         );
         assert!(service.join(ACTIONS_DIRECTORY).is_dir());
+    }
+
+    #[test]
+    fn a_limit_without_its_controller_refuses_startup_naming_the_field() {
+        // Why it matters: a runner must never run actions under a limit it
+        // claims but could not set.
+        let (_root, host) = fake_host(
+            SERVICE_CGROUP,
+            SYSTEMD_V2_MOUNTINFO,
+            SERVICE,
+            &delegated_cgroup_files(),
+        );
+        let mut options = action_cgroups(None);
+        if let Some(action_cgroups) = &mut options.action_cgroups {
+            action_cgroups.limits.memory_max = Some(crate::cgroup::Limit::Value(64 << 20));
+        }
+        let message = start(&host, &options).unwrap_err().to_string();
+        for expected in ["actionCgroups.memoryMax", "memory controller", "memory.max"] {
+            assert!(message.contains(expected), "{expected:?} not in {message}");
+        }
     }
 
     #[test]

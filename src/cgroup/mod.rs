@@ -10,6 +10,10 @@
 //!   `memory.peak` descriptor reset for that action.
 //! - [`action`]: per-action cgroups in a delegated subtree: creation,
 //!   verified cleanup, crash recovery, and the dirty-cgroup gate.
+//! - [`budgets`]: the memory budgets above an action (ancestors'
+//!   `memory.events.local`) and the counters of its own limits.
+//! - [`limits`]: per-action limits (`memory.max`, `cpu.max`, ...): written
+//!   into each action's cgroup, read back, and probed at startup.
 //! - [`capabilities`]: the startup check (accounting cannot work without
 //!   it) and the probe of optional measurements (for the startup log).
 //! - [`host`]: startup: from the configuration's cgroup options to the
@@ -24,9 +28,11 @@
 
 pub mod action;
 pub mod attribution;
+pub mod budgets;
 pub mod capabilities;
 pub mod counters;
 pub mod host;
+pub mod limits;
 pub mod locate;
 pub mod parse;
 pub mod peak;

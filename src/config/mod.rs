@@ -31,11 +31,14 @@
 //!   related fields (its types, decoding, `check-config` output and tests),
 //!   and the `Display` that `check-config` prints.
 //! - `duration`: protobuf-JSON durations, shared with `exec --timeout`.
+//! - `size`: the one parser of sizes (`'512M'`, `'4Gi'`, `'max'`), counts
+//!   and cores in the file.
 
 mod duration;
 mod jsonnet;
 mod protojson;
 mod schema;
+pub mod size;
 #[cfg(test)]
 mod test_support;
 

@@ -402,6 +402,24 @@ impl Field {
     }
 }
 
+impl Field {
+    /// A value written as text (or as a plain number, read as its decimal
+    /// text) and parsed by `parse`, whose error is reported at the field:
+    /// sizes such as `'512M'`, counts, cores.
+    pub(super) fn parsed<T>(
+        self,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Decoded<T> {
+        let text = match &self.value {
+            Json::String(text) => text.clone(),
+            Json::Number(number) if number.is_finite() => format!("{number}"),
+            _ => return Err(self.type_error(expected)),
+        };
+        parse(&text).map_err(|message| FieldError::invalid(&self.path, message))
+    }
+}
+
 /// Decodes `field` with `decode`, or gives the protobuf default when unset.
 pub(super) fn optional<T: Default>(
     field: Option<Field>,

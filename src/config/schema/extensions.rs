@@ -5,7 +5,11 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::cgroup::attribution::SharedLimitCulprit;
+use crate::cgroup::limits::ActionLimits;
+use crate::cgroup::Limit;
 use crate::config::protojson::{optional, Decoded, Field, FieldError, Message};
+use crate::config::size::{format_cores, format_size, parse_cores, parse_count, parse_size};
 
 /// Time an action gets between SIGTERM and SIGKILL when
 /// `terminationGracePeriod` is not set.
@@ -17,6 +21,12 @@ pub struct ActionCgroupsConfig {
     /// Cgroup to manage, absolute within the cgroup2 mount; `None` means the
     /// cgroup the runner starts in.
     pub parent_path: Option<String>,
+    /// `memoryMax`, `memoryHigh`, `memorySwapMax`, `memoryOomGroup`,
+    /// `cpuMax`, `pidsMax`: written into every action's cgroup.
+    pub limits: ActionLimits,
+    /// `sharedLimitCulprit`: what the culprit of a shared-limit OOM kill
+    /// gets (`'fail'`, the default, or `'retry'`).
+    pub shared_limit_culprit: SharedLimitCulprit,
 }
 
 /// rbe-runner's extension fields of the top-level message.
@@ -64,8 +74,46 @@ fn decode_action_cgroups(mut message: Message) -> Decoded<ActionCgroupsConfig> {
         }
         None => None,
     };
+    let size = |field: Field| field.parsed("a size such as \"512M\" or \"4Gi\"", parse_size);
+    let limits = ActionLimits {
+        memory_max: message.take("memory_max")?.map(size).transpose()?,
+        memory_high: message.take("memory_high")?.map(size).transpose()?,
+        memory_swap_max: message.take("memory_swap_max")?.map(size).transpose()?,
+        memory_oom_group: message
+            .take("memory_oom_group")?
+            .map(Field::bool)
+            .transpose()?,
+        cpu_max_quota: message
+            .take("cpu_max")?
+            .map(|field| field.parsed("a number of cores such as \"2\" or \"0.5\"", parse_cores))
+            .transpose()?,
+        pids_max: message
+            .take("pids_max")?
+            .map(|field| field.parsed("a whole number or \"max\"", parse_count))
+            .transpose()?,
+    };
+    let shared_limit_culprit = match message.take("shared_limit_culprit")? {
+        None => SharedLimitCulprit::default(),
+        Some(field) => {
+            let path = field.path.clone();
+            match field.string()?.as_str() {
+                "fail" => SharedLimitCulprit::Fail,
+                "retry" => SharedLimitCulprit::Retry,
+                other => {
+                    return Err(FieldError::invalid(
+                        &path,
+                        format!("{other:?} is neither \"fail\" nor \"retry\""),
+                    ))
+                }
+            }
+        }
+    };
     message.finish()?;
-    Ok(ActionCgroupsConfig { parent_path })
+    Ok(ActionCgroupsConfig {
+        parent_path,
+        limits,
+        shared_limit_culprit,
+    })
 }
 
 /// `actionCgroups` as `check-config` prints it.
@@ -73,23 +121,59 @@ pub(super) fn write_action_cgroups(
     f: &mut fmt::Formatter<'_>,
     action_cgroups: &Option<ActionCgroupsConfig>,
 ) -> fmt::Result {
-    match action_cgroups {
-        Some(ActionCgroupsConfig {
-            parent_path: Some(parent),
-        }) => writeln!(f, "actionCgroups: {{ parentPath: {parent:?} }}"),
-        Some(ActionCgroupsConfig { parent_path: None }) => writeln!(
+    let Some(action_cgroups) = action_cgroups else {
+        return writeln!(f, "actionCgroups: not set");
+    };
+    match &action_cgroups.parent_path {
+        Some(parent) => writeln!(f, "actionCgroups: {{ parentPath: {parent:?} }}")?,
+        None => writeln!(
             f,
             "actionCgroups: {{ parentPath: not set (the runner's own cgroup) }}"
-        ),
-        None => writeln!(f, "actionCgroups: not set"),
+        )?,
     }
+    let limits = &action_cgroups.limits;
+    let size = |limit: Option<Limit>| match limit {
+        Some(limit) => format_size(limit),
+        None => "not set".to_owned(),
+    };
+    writeln!(f, "  memoryMax: {}", size(limits.memory_max))?;
+    writeln!(f, "  memoryHigh: {}", size(limits.memory_high))?;
+    match (limits.memory_swap_max, limits.memory_max) {
+        (None, Some(_)) => writeln!(f, "  memorySwapMax: 0 (the default with memoryMax)")?,
+        (swap, _) => writeln!(f, "  memorySwapMax: {}", size(swap))?,
+    }
+    match limits.memory_oom_group {
+        Some(group) => writeln!(f, "  memoryOomGroup: {group}")?,
+        None => writeln!(
+            f,
+            "  memoryOomGroup: true (the default, where the memory controller is available)"
+        )?,
+    }
+    match limits.cpu_max_quota {
+        Some(quota) => writeln!(
+            f,
+            "  cpuMax: {} cores per 100 ms period",
+            format_cores(quota)
+        )?,
+        None => writeln!(f, "  cpuMax: not set")?,
+    }
+    match limits.pids_max {
+        Some(Limit::Value(pids)) => writeln!(f, "  pidsMax: {pids}")?,
+        Some(Limit::Unlimited) => writeln!(f, "  pidsMax: max")?,
+        None => writeln!(f, "  pidsMax: not set")?,
+    }
+    writeln!(
+        f,
+        "  sharedLimitCulprit: {}",
+        action_cgroups.shared_limit_culprit.as_str()
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::ActionCgroupsConfig;
+    use super::*;
     use crate::config::test_support::{assert_invalid_fields, load_with};
 
     /// Leaving a field out must mean the documented default.
@@ -141,9 +225,101 @@ mod tests {
     #[test]
     fn an_empty_action_cgroups_object_enables_them_in_place() {
         let config = load_with("actionCgroups: {}").expect("decodes");
+        assert_eq!(config.action_cgroups, Some(ActionCgroupsConfig::default()));
+    }
+
+    #[test]
+    fn limits_are_decoded_with_one_size_parser() {
+        let config = load_with(
+            "actionCgroups: { memoryMax: '4Gi', memoryHigh: 3221225472, memorySwapMax: 'max', \
+             memoryOomGroup: false, cpuMax: 0.5, pidsMax: '32', sharedLimitCulprit: 'retry' }",
+        )
+        .expect("decodes");
+        let action_cgroups = config.action_cgroups.expect("set");
         assert_eq!(
-            config.action_cgroups,
-            Some(ActionCgroupsConfig { parent_path: None })
+            action_cgroups.limits,
+            ActionLimits {
+                memory_max: Some(Limit::Value(4 << 30)),
+                memory_high: Some(Limit::Value(3 << 30)),
+                memory_swap_max: Some(Limit::Unlimited),
+                memory_oom_group: Some(false),
+                cpu_max_quota: Some(Limit::Value(50_000)),
+                pids_max: Some(Limit::Value(32)),
+            }
         );
+        assert_eq!(
+            action_cgroups.shared_limit_culprit,
+            SharedLimitCulprit::Retry
+        );
+    }
+
+    #[test]
+    fn malformed_limits_name_their_field() {
+        assert_invalid_fields(&[
+            (
+                "actionCgroups: { memoryMax: '512m' }",
+                "actionCgroups.memoryMax",
+                "not a size",
+            ),
+            (
+                "actionCgroups: { memoryHigh: '1.5G' }",
+                "actionCgroups.memoryHigh",
+                "not a size",
+            ),
+            (
+                "actionCgroups: { memorySwapMax: -1 }",
+                "actionCgroups.memorySwapMax",
+                "not a size",
+            ),
+            (
+                "actionCgroups: { memoryMax: true }",
+                "actionCgroups.memoryMax",
+                "a size",
+            ),
+            (
+                "actionCgroups: { cpuMax: 'two' }",
+                "actionCgroups.cpuMax",
+                "cores",
+            ),
+            (
+                "actionCgroups: { cpuMax: 0.001 }",
+                "actionCgroups.cpuMax",
+                "minimum",
+            ),
+            (
+                "actionCgroups: { pidsMax: '32K' }",
+                "actionCgroups.pidsMax",
+                "not a count",
+            ),
+            (
+                "actionCgroups: { memoryOomGroup: 1 }",
+                "actionCgroups.memoryOomGroup",
+                "true or false",
+            ),
+            (
+                "actionCgroups: { sharedLimitCulprit: 'blame' }",
+                "actionCgroups.sharedLimitCulprit",
+                "neither",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn check_config_prints_the_limits_as_understood() {
+        let config =
+            load_with("actionCgroups: { memoryMax: '536870912', cpuMax: '1.5', pidsMax: 100 }")
+                .expect("decodes");
+        let text = config.to_string();
+        for expected in [
+            "memoryMax: 512M",
+            "memoryHigh: not set",
+            "memorySwapMax: 0 (the default with memoryMax)",
+            "memoryOomGroup: true (the default",
+            "cpuMax: 1.5 cores per 100 ms period",
+            "pidsMax: 100",
+            "sharedLimitCulprit: fail",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+        }
     }
 }

@@ -161,6 +161,7 @@ mod tests {
             camel.action_cgroups,
             Some(ActionCgroupsConfig {
                 parent_path: Some("/rbe-runner".into()),
+                ..ActionCgroupsConfig::default()
             })
         );
     }
