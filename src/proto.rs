@@ -10,9 +10,32 @@ pub mod resourceusage {
     tonic::include_proto!("buildbarn.resourceusage");
 }
 
-/// `google.rpc.Status`, used to attach details to gRPC errors.
-pub mod rpc {
-    tonic::include_proto!("google.rpc");
+/// `google.rpc`, nested as its package is, so that generated code of
+/// packages importing it finds it.
+pub mod google {
+    /// `google.rpc.Status`, used to attach details to gRPC errors.
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+pub use google::rpc;
+
+/// rbe-runner's own packages, `rbe_runner.<name>.v1`.
+pub mod rbe_runner {
+    /// `rbe_runner.resourceusage.v1`: the OOM verdict and termination
+    /// reason enums shared by events, metrics and limits.
+    pub mod resourceusage {
+        pub mod v1 {
+            tonic::include_proto!("rbe_runner.resourceusage.v1");
+        }
+    }
+
+    /// `rbe_runner.events.v1`: the action event stream.
+    pub mod events {
+        pub mod v1 {
+            tonic::include_proto!("rbe_runner.events.v1");
+        }
+    }
 }
 
 /// Encoded `FileDescriptorSet` of all of the above, for server reflection.
