@@ -114,6 +114,8 @@ pub enum Cleanup {
     Failed {
         /// The cgroup.
         cgroup: PathBuf,
+        /// The processes left in it when cleanup gave up.
+        pids: Vec<i32>,
         /// What was left, or what failed.
         detail: String,
     },
@@ -225,14 +227,14 @@ impl ActionOutcome {
         posix.chain(cgroup).collect()
     }
 
-    /// The Run call's answer: the response, or the error with the evidence.
-    pub fn into_result(self) -> Result<RunResponse, RunnerError> {
-        let resource_usage = self.resource_usage();
-        let code = self.grpc_code();
+    /// The error the Run call fails with, with the evidence; `None` when
+    /// it answers with a response. The events report it as the call's
+    /// status.
+    pub fn error(&self) -> Option<RunnerError> {
         let argv0 = &self.argv0;
-        match self.ended {
-            Ended::NotStarted(error) => Err(error),
-            Ended::Terminated { reason, .. } => Err(match reason {
+        match &self.ended {
+            Ended::NotStarted(error) => Some(error.clone()),
+            Ended::Terminated { reason, .. } => Some(match reason {
                 TerminationReason::Shutdown => RunnerError::unavailable(format!(
                     "action {argv0:?} was terminated because the runner is shutting down"
                 )),
@@ -243,26 +245,31 @@ impl ActionOutcome {
                     "action {argv0:?} was terminated because the call was cancelled"
                 )),
             }),
-            Ended::Exited(ExitStatus::Unknown(status)) => Err(RunnerError::Internal(format!(
+            Ended::Exited(ExitStatus::Unknown(status)) => Some(RunnerError::Internal(format!(
                 "unexpected wait status {status:#x}"
             ))),
-            Ended::Exited(_) => match (code, self.measurement_error) {
-                (_, Some(error)) => Err(RunnerError::Internal(error)),
-                (Code::Unavailable, None) => Err(RunnerError::Unavailable {
+            Ended::Exited(_) => match (&self.measurement_error, self.grpc_code()) {
+                (Some(error), _) => Some(RunnerError::Internal(error.clone())),
+                (None, Code::Unavailable) => Some(RunnerError::Unavailable {
                     message: oom_diagnosis::foreign_oom_kill_message(
                         self.measured_cgroup.as_deref(),
                         self.cgroup_usage.as_ref(),
                     ),
-                    details: resource_usage,
+                    details: self.resource_usage(),
                 }),
-                _ => Ok(RunResponse {
-                    exit_code: match self.ended {
-                        Ended::Exited(ExitStatus::Code(code)) => i64::from(code),
-                        _ => -1,
-                    },
-                    resource_usage,
-                }),
+                _ => None,
             },
+        }
+    }
+
+    /// The Run call's answer: the response, or the error with the evidence.
+    pub fn into_result(self) -> Result<RunResponse, RunnerError> {
+        match self.error() {
+            Some(error) => Err(error),
+            None => Ok(RunResponse {
+                exit_code: self.exit_code(),
+                resource_usage: self.resource_usage(),
+            }),
         }
     }
 }

@@ -199,6 +199,7 @@ impl Placement {
                 match placement.manager.release(placement.cgroup) {
                     Ok(()) => Cleanup::Verified,
                     Err(error) => Cleanup::Failed {
+                        pids: crate::cgroup::action::processes_in(&path),
                         cgroup: path,
                         detail: error.to_string(),
                     },
