@@ -22,6 +22,7 @@ use rbe_runner::cleaner::process_table::ProcessTableCleaner;
 use rbe_runner::cleaner::Cleaner;
 use rbe_runner::client::{self, ActionDirectory, Target};
 use rbe_runner::config::{self, Config};
+use rbe_runner::events::Events;
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
 use rbe_runner::process::spawn::Identity;
 use rbe_runner::process::DEFAULT_PROC_ROOT;
@@ -163,9 +164,19 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         rbe_runner::process::spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ,
     ));
 
-    // Who learns what the runner does: the log, and whether it accepts work.
-    let observer: Arc<dyn Observer> = Arc::new(Observers::new(vec![Arc::new(LogObserver)]));
-    let state = Arc::new(RunnerStateReporter::new(observer.clone()));
+    // Who learns what the runner does: the log, the event stream (with its
+    // journal, when events.journalPath is set), and whether it accepts
+    // work. Every action id and event names this start of the runner.
+    let instance = RunnerInstance::random();
+    let events = Events::start(&config.events, instance.clone());
+    let observer: Arc<dyn Observer> = Arc::new(Observers::new(vec![
+        Arc::new(LogObserver),
+        events.observer(),
+    ]));
+    let state = Arc::new(
+        RunnerStateReporter::new(observer.clone())
+            .with_memory_budget(cgroup_host::memory_budget(&cgroups)),
+    );
 
     // Every action's life: placed in a process group or a cgroup of its
     // own, measured as sampleCgroupResourceUsage asks.
@@ -177,7 +188,6 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
             PlacementPolicy::ActionCgroups { manager, sampled }
         }
     };
-    let instance = RunnerInstance::random();
     let actions = Arc::new(Actions::new(
         build_directory.clone(),
         ActionOptions {
@@ -264,6 +274,8 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     state.started();
     let signal_terminator = shutdown_signal.clone();
     let shutdown_state = state.clone();
+    let shutdown_actions = actions_running.clone();
+    let event_streams = events.hub();
     let shutdown = async move {
         signals.recv().await;
         shutdown_state.refuse(Refusal::Shutdown, "a shutdown signal was received");
@@ -281,8 +293,14 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
             tracing::info!("shutting down: terminating running actions");
             signal_terminator.terminate_all();
         }
+        // Event streams never end on their own, and the servers stop only
+        // once every call did: end them after the last action's events.
+        tokio::spawn(async move {
+            shutdown_actions.wait_idle().await;
+            event_streams.close_streams();
+        });
     };
-    let served = servers.serve(runner, shutdown).await;
+    let served = servers.serve(runner, events.service(), shutdown).await;
 
     // Calls are over, but actions whose calls were dropped may still be in
     // their grace period, detached from any call. Exiting now would orphan
@@ -298,6 +316,8 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
             tracing::error!(?limit, "actions still running at exit");
         }
     }
+    // Every event published; the journal writes what it was given.
+    events.finish().await;
     served?;
     tracing::info!("stopped");
     Ok(())

@@ -2,8 +2,8 @@
 //! errors become gRPC statuses.
 //!
 //! Each `grpcServers` entry becomes one tonic server per listener (Unix
-//! socket or TCP), each serving `buildbarn.runner.Runner`, gRPC health and
-//! server reflection. On shutdown the listeners stop accepting, in-flight
+//! socket or TCP), each serving `buildbarn.runner.Runner`,
+//! `rbe_runner.events.v1.Events`, gRPC health and server reflection. On shutdown the listeners stop accepting, in-flight
 //! calls finish (the caller decides beforehand whether actions are allowed
 //! to run to completion or are terminated), and socket files are removed.
 
@@ -22,6 +22,8 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::{Code, Request, Response, Status};
 
 use crate::config::GrpcServerConfig;
+use crate::events::service::EventsService;
+use crate::proto::rbe_runner::events::v1::events_server::EventsServer;
 use crate::proto::rpc;
 use crate::proto::runner::runner_server::{Runner as RunnerService, RunnerServer};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
@@ -207,11 +209,13 @@ impl BoundServers {
             .collect()
     }
 
-    /// Serves `runner` on every listener until `shutdown` completes, then
-    /// waits for in-flight calls and removes the socket files.
+    /// Serves `runner` and `events` on every listener until `shutdown`
+    /// completes, then waits for in-flight calls (event streams included:
+    /// they end when the events are closed) and removes the socket files.
     pub async fn serve(
         self,
         runner: SharedRunner,
+        events: EventsServer<EventsService>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -234,6 +238,7 @@ impl BoundServers {
                 }
                 let router = tonic::transport::Server::builder()
                     .add_service(runner_service)
+                    .add_service(events.clone())
                     .add_service(health_service.clone())
                     .add_service(reflection_service.clone());
                 let name = listener.name();

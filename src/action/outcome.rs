@@ -140,6 +140,19 @@ pub enum ActionResult {
 }
 
 impl ActionResult {
+    /// The class of a Run call that ended with `code` and, when that is
+    /// `Ok`, the response's `exit_code` (-1: killed by a signal). The one
+    /// classification: of an outcome here, of an event in `watch` and the
+    /// report.
+    pub fn classify(code: Code, exit_code: i64) -> Self {
+        match (code, exit_code) {
+            (Code::Ok, 0) => ActionResult::Success,
+            (Code::Ok, -1) => ActionResult::Signal,
+            (Code::Ok, _) => ActionResult::NonZeroExitCode,
+            _ => ActionResult::Failure,
+        }
+    }
+
     /// The class's name as metrics and the report spell it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -184,12 +197,7 @@ pub struct ActionOutcome {
 impl ActionOutcome {
     /// The result class; see [`ActionResult`].
     pub fn result(&self) -> ActionResult {
-        match (&self.ended, self.grpc_code()) {
-            (Ended::Exited(ExitStatus::Code(0)), Code::Ok) => ActionResult::Success,
-            (Ended::Exited(ExitStatus::Code(_)), Code::Ok) => ActionResult::NonZeroExitCode,
-            (Ended::Exited(ExitStatus::Signal(_)), Code::Ok) => ActionResult::Signal,
-            _ => ActionResult::Failure,
-        }
+        ActionResult::classify(self.grpc_code(), self.exit_code())
     }
 
     /// The gRPC code the Run call ends with (`Ok` for a normal response).

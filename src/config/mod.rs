@@ -36,6 +36,7 @@ mod duration;
 mod jsonnet;
 mod protojson;
 mod schema;
+mod size;
 #[cfg(test)]
 mod test_support;
 
@@ -50,8 +51,12 @@ use schema::decode_config;
 pub use duration::{format_duration, parse_duration};
 pub use schema::cleaning::CommandCleaner;
 pub use schema::environment::{GlobalConfig, RunCommandsAs};
-pub use schema::extensions::{ActionCgroupsConfig, DEFAULT_TERMINATION_GRACE_PERIOD};
+pub use schema::extensions::{
+    ActionCgroupsConfig, EventsConfig, DEFAULT_JOURNAL_MAX_BYTES, DEFAULT_REPLAY_BUFFER_SIZE,
+    DEFAULT_TERMINATION_GRACE_PERIOD,
+};
 pub use schema::serving::GrpcServerConfig;
+pub use size::parse_size;
 
 // ---------------------------------------------------------------------------
 // The decoded configuration
@@ -90,6 +95,8 @@ pub struct Config {
     pub sample_cgroup_resource_usage: bool,
     /// Extension: put every action in its own cgroup.
     pub action_cgroups: Option<ActionCgroupsConfig>,
+    /// Extension: the event stream and its journal.
+    pub events: EventsConfig,
 }
 
 // ---------------------------------------------------------------------------

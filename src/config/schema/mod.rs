@@ -9,7 +9,8 @@
 //! - [`environment`]: what actions run in and as (`global.setUmask`,
 //!   TMPDIR, chroot, `runCommandsAs`, Xcode directories);
 //! - [`cleaning`]: what is cleaned between actions;
-//! - [`extensions`]: rbe-runner's own fields (grace period, cgroups).
+//! - [`extensions`]: rbe-runner's own fields (grace period, cgroups,
+//!   events).
 //!
 //! [`display`] prints the whole configuration in the schema's field order.
 
@@ -61,6 +62,7 @@ pub(super) fn decode_config(json: Json) -> Decoded<Config> {
         termination_grace_period: extensions.termination_grace_period,
         sample_cgroup_resource_usage: extensions.sample_cgroup_resource_usage,
         action_cgroups: extensions.action_cgroups,
+        events: extensions.events,
     })
 }
 
@@ -226,6 +228,10 @@ mod tests {
             (
                 format!("{{ {MINIMAL}, actionCgroups: {{ parent: '/x' }} }}"),
                 "actionCgroups.parent",
+            ),
+            (
+                format!("{{ {MINIMAL}, events: {{ replayBuffer: 8 }} }}"),
+                "events.replayBuffer",
             ),
             (format!("{{ {MINIMAL}, 'odd key': true }}"), "[\"odd key\"]"),
         ];
