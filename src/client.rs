@@ -39,6 +39,8 @@ pub enum ClientError {
     },
     #[error("Run failed: {}", describe_status(.0))]
     Rpc(tonic::Status),
+    #[error("Subscribe failed: {}", describe_status(.0))]
+    Subscribe(tonic::Status),
 }
 
 /// Opens a channel to the runner.

@@ -22,6 +22,7 @@ use rbe_runner::cleaner::process_table::ProcessTableCleaner;
 use rbe_runner::cleaner::Cleaner;
 use rbe_runner::client::{self, ActionDirectory, Target};
 use rbe_runner::config::{self, Config};
+use rbe_runner::events::watch::WatchOptions;
 use rbe_runner::events::Events;
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
 use rbe_runner::process::spawn::Identity;
@@ -38,6 +39,9 @@ usage:
   rbe-runner exec (--socket PATH | --address HOST:PORT) --build-dir DIR
                   [--env K=V]... [--timeout DURATION] -- CMD ARGS...
                                     run one action as a worker would; prints JSON
+  rbe-runner watch (--socket PATH | --address HOST:PORT) [--after N] [--live]
+                   [--json] [--summary] [--no-follow]
+                                    print the runner's action events as they come
   rbe-runner --version";
 
 fn main() -> ExitCode {
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         }
         Some("check-config") => check_config(&args[1..]),
         Some("exec") => return exec(&args[1..]),
+        Some("watch") => return watch(&args[1..]),
         Some(_) if args.len() == 1 => serve(PathBuf::from(&args[0])),
         Some(_) => Err(anyhow::anyhow!(
             "unexpected arguments {:?}\n{USAGE}",
@@ -455,6 +460,76 @@ fn exec(args: &[String]) -> ExitCode {
         }
         Err(err) => {
             eprintln!("rbe-runner exec: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn parse_watch_args(args: &[String]) -> anyhow::Result<WatchOptions> {
+    let mut socket = None;
+    let mut address = None;
+    let mut options = WatchOptions {
+        target: Target::Address(String::new()),
+        after_sequence: 0,
+        live_only: false,
+        json: false,
+        summary: false,
+        follow: true,
+    };
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let mut value = |name: &str| {
+            iter.next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--socket" => socket = Some(PathBuf::from(value("--socket")?)),
+            "--address" => address = Some(value("--address")?),
+            "--after" => {
+                let text = value("--after")?;
+                options.after_sequence = text
+                    .parse()
+                    .with_context(|| format!("--after {text:?} is not a sequence number"))?;
+            }
+            "--live" => options.live_only = true,
+            "--json" => options.json = true,
+            "--summary" => options.summary = true,
+            "--no-follow" => options.follow = false,
+            other => bail!("watch: unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    options.target = match (socket, address) {
+        (Some(socket), None) => Target::Socket(socket),
+        (None, Some(address)) => Target::Address(address),
+        _ => bail!("watch needs exactly one of --socket and --address\n{USAGE}"),
+    };
+    Ok(options)
+}
+
+/// `watch`: exit status 0 when done (`--no-follow`) or interrupted, 2 on a
+/// usage error or a runner that cannot be reached.
+fn watch(args: &[String]) -> ExitCode {
+    let options = match parse_watch_args(args) {
+        Ok(options) => options,
+        Err(err) => {
+            eprintln!("rbe-runner watch: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the async runtime: {err}"))
+        .and_then(|runtime| {
+            runtime
+                .block_on(rbe_runner::events::watch::watch(&options))
+                .map_err(|err| err.to_string())
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rbe-runner watch: {err}");
             ExitCode::from(2)
         }
     }
