@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/buildbarn/resourceusage/resourceusage.proto",
         "proto/google/rpc/status.proto",
         "proto/rbe_runner/resourceusage/v1/resourceusage.proto",
+        "proto/rbe_runner/events/v1/events.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -12,7 +12,7 @@ use prost::{Message, Name};
 use serde_json::{json, Map, Value};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::proto::rbe_resourceusage::{ActionAccounting, OomVerdict};
+use crate::proto::rbe_runner::resourceusage::v1::{ActionAccounting, OomVerdict};
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 use crate::proto::rpc;
 use crate::proto::runner::runner_client::RunnerClient;
@@ -40,6 +40,8 @@ pub enum ClientError {
     },
     #[error("Run failed: {}", describe_status(.0))]
     Rpc(tonic::Status),
+    #[error("Subscribe failed: {}", describe_status(.0))]
+    Subscribe(tonic::Status),
 }
 
 /// Opens a channel to the runner.

@@ -3,6 +3,7 @@
 //! Module map:
 //! - [`proto`]: generated wire types (`buildbarn.runner`, `buildbarn.resourceusage`, `google.rpc`, `rbe_runner.resourceusage.v1`).
 //! - [`action`]: one action's life (prepare, place, spawn, supervise, measure, release), its typed outcome, and the observers of it.
+//! - [`events`]: action events: the broadcaster with its replay buffer, the journal, the `Events` service and `watch`.
 //! - [`config`]: the bb_runner Jsonnet configuration, evaluated and decoded into typed, documented values.
 //! - [`runner`]: the internal [`runner::Runner`] trait, the local runner and one decorator per file.
 //! - [`build_directory`]: resolving request paths strictly beneath the build directory.
@@ -26,6 +27,7 @@ pub mod cgroup;
 pub mod cleaner;
 pub mod client;
 pub mod config;
+pub mod events;
 pub mod exec_limit;
 pub mod fault;
 pub mod install;

@@ -24,6 +24,8 @@ use rbe_runner::cleaner::process_table::ProcessTableCleaner;
 use rbe_runner::cleaner::Cleaner;
 use rbe_runner::client::{self, ActionDirectory, Target};
 use rbe_runner::config::{self, Config};
+use rbe_runner::events::watch::WatchOptions;
+use rbe_runner::events::Events;
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
 use rbe_runner::process::spawn::Identity;
 use rbe_runner::process::DEFAULT_PROC_ROOT;
@@ -41,6 +43,9 @@ usage:
   rbe-runner exec (--socket PATH | --address HOST:PORT) --build-dir DIR
                   [--env K=V]... [--timeout DURATION] -- CMD ARGS...
                                     run one action as a worker would; prints JSON
+  rbe-runner watch (--socket PATH | --address HOST:PORT) [--after N] [--live]
+                   [--json] [--summary] [--no-follow]
+                                    print the runner's action events as they come
   rbe-runner --version";
 
 fn main() -> ExitCode {
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
         Some("check-config") => check_config(&args[1..]),
         Some("install") => install(&args[1..]),
         Some("exec") => return exec(&args[1..]),
+        Some("watch") => return watch(&args[1..]),
         Some(_) if args.len() == 1 => serve(PathBuf::from(&args[0])),
         Some(_) => Err(anyhow::anyhow!(
             "unexpected arguments {:?}\n{USAGE}",
@@ -186,9 +192,19 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         rbe_runner::process::spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ,
     ));
 
-    // Who learns what the runner does: the log, and whether it accepts work.
-    let observer: Arc<dyn Observer> = Arc::new(Observers::new(vec![Arc::new(LogObserver)]));
-    let state = Arc::new(RunnerStateReporter::new(observer.clone()));
+    // Who learns what the runner does: the log, the event stream (with its
+    // journal, when events.journalPath is set), and whether it accepts
+    // work. Every action id and event names this start of the runner.
+    let instance = RunnerInstance::random();
+    let events = Events::start(&config.events, instance.clone());
+    let observer: Arc<dyn Observer> = Arc::new(Observers::new(vec![
+        Arc::new(LogObserver),
+        events.observer(),
+    ]));
+    let state = Arc::new(
+        RunnerStateReporter::new(observer.clone())
+            .with_memory_budget(cgroup_host::memory_budget(&cgroups)),
+    );
 
     // Every action's life: placed in a process group or a cgroup of its
     // own, measured as sampleCgroupResourceUsage asks.
@@ -215,7 +231,6 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    let instance = RunnerInstance::random();
     let actions = Arc::new(Actions::new(
         build_directory.clone(),
         ActionOptions {
@@ -302,6 +317,8 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     state.started();
     let signal_terminator = shutdown_signal.clone();
     let shutdown_state = state.clone();
+    let shutdown_actions = actions_running.clone();
+    let event_streams = events.hub();
     let shutdown = async move {
         signals.recv().await;
         shutdown_state.refuse(Refusal::Shutdown, "a shutdown signal was received");
@@ -319,8 +336,14 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
             tracing::info!("shutting down: terminating running actions");
             signal_terminator.terminate_all();
         }
+        // Event streams never end on their own, and the servers stop only
+        // once every call did: end them after the last action's events.
+        tokio::spawn(async move {
+            shutdown_actions.wait_idle().await;
+            event_streams.close_streams();
+        });
     };
-    let served = servers.serve(runner, shutdown).await;
+    let served = servers.serve(runner, events.service(), shutdown).await;
 
     // Calls are over, but actions whose calls were dropped may still be in
     // their grace period, detached from any call. Exiting now would orphan
@@ -336,6 +359,8 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
             tracing::error!(?limit, "actions still running at exit");
         }
     }
+    // Every event published; the journal writes what it was given.
+    events.finish().await;
     served?;
     tracing::info!("stopped");
     Ok(())
@@ -490,6 +515,76 @@ fn exec(args: &[String]) -> ExitCode {
         }
         Err(err) => {
             eprintln!("rbe-runner exec: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn parse_watch_args(args: &[String]) -> anyhow::Result<WatchOptions> {
+    let mut socket = None;
+    let mut address = None;
+    let mut options = WatchOptions {
+        target: Target::Address(String::new()),
+        after_sequence: 0,
+        live_only: false,
+        json: false,
+        summary: false,
+        follow: true,
+    };
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let mut value = |name: &str| {
+            iter.next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--socket" => socket = Some(PathBuf::from(value("--socket")?)),
+            "--address" => address = Some(value("--address")?),
+            "--after" => {
+                let text = value("--after")?;
+                options.after_sequence = text
+                    .parse()
+                    .with_context(|| format!("--after {text:?} is not a sequence number"))?;
+            }
+            "--live" => options.live_only = true,
+            "--json" => options.json = true,
+            "--summary" => options.summary = true,
+            "--no-follow" => options.follow = false,
+            other => bail!("watch: unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    options.target = match (socket, address) {
+        (Some(socket), None) => Target::Socket(socket),
+        (None, Some(address)) => Target::Address(address),
+        _ => bail!("watch needs exactly one of --socket and --address\n{USAGE}"),
+    };
+    Ok(options)
+}
+
+/// `watch`: exit status 0 when done (`--no-follow`) or interrupted, 2 on a
+/// usage error or a runner that cannot be reached.
+fn watch(args: &[String]) -> ExitCode {
+    let options = match parse_watch_args(args) {
+        Ok(options) => options,
+        Err(err) => {
+            eprintln!("rbe-runner watch: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the async runtime: {err}"))
+        .and_then(|runtime| {
+            runtime
+                .block_on(rbe_runner::events::watch::watch(&options))
+                .map_err(|err| err.to_string())
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rbe-runner watch: {err}");
             ExitCode::from(2)
         }
     }

@@ -43,6 +43,8 @@ impl Bounded for RunRequest {
 impl Bounded for CheckReadinessRequest {}
 impl Bounded for RunResponse {}
 impl Bounded for () {}
+impl Bounded for crate::proto::rbe_runner::events::v1::SubscribeRequest {}
+impl Bounded for crate::proto::rbe_runner::events::v1::Event {}
 
 /// prost's codec, with [`Bounded::check_encoded`] before each decode.
 #[derive(Debug, Clone)]

@@ -2,11 +2,12 @@
 //! errors become gRPC statuses.
 //!
 //! Each listener (Unix socket or TCP) of each `grpcServers` entry serves
-//! `buildbarn.runner.Runner`, gRPC health and server reflection, through the
-//! connection handling of [`crate::listener`]. On shutdown the listeners
-//! stop accepting, in-flight calls finish (the caller decides beforehand
-//! whether actions are allowed to run to completion or are terminated), and
-//! socket files are removed if they are still ours.
+//! `buildbarn.runner.Runner`, `rbe_runner.events.v1.Events`, gRPC health
+//! and server reflection, through the connection handling of
+//! [`crate::listener`]. On shutdown the listeners stop accepting, in-flight
+//! calls finish (the caller decides beforehand whether actions are allowed
+//! to run to completion or are terminated), and socket files are removed if
+//! they are still ours.
 
 use std::future::Future;
 use std::io;
@@ -21,10 +22,12 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::bounded::bounded_message;
 use crate::config::GrpcServerConfig;
+use crate::events::service::EventsService;
 use crate::listener::deadline::{parse_grpc_timeout, DeadlineService};
 use crate::listener::socket::{BoundSocket, SocketError, SocketFile};
 use crate::listener::{self, Listener};
 use crate::process::privileges::{self, CAP_SETUID};
+use crate::proto::rbe_runner::events::v1::events_server::EventsServer;
 use crate::proto::rpc;
 use crate::proto::runner::runner_server::{Runner as RunnerService, RunnerServer};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
@@ -182,12 +185,14 @@ impl BoundServers {
             .collect()
     }
 
-    /// Serves `runner` on every listener until `shutdown` completes, then
-    /// waits for in-flight calls and removes the socket files that are
-    /// still ours.
+    /// Serves `runner` and `events` on every listener until `shutdown`
+    /// completes, then waits for in-flight calls (event streams included:
+    /// they end when the events are closed) and removes the socket files
+    /// that are still ours.
     pub async fn serve(
         self,
         runner: SharedRunner,
+        events: EventsServer<EventsService>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -208,6 +213,7 @@ impl BoundServers {
                 runner_service = runner_service.max_decoding_message_size(limit);
             }
             let routes = Routes::new(runner_service)
+                .add_service(events.clone())
                 .add_service(health_service.clone())
                 .add_service(reflection_service.clone())
                 .prepare();

@@ -63,7 +63,7 @@ async fn python_grpcio_with_default_options_calls_check_readiness_and_run() {
     // the HTTP/2 server refused (RST_STREAM) before any handler ran; bb_runner
     // serves such clients, so a drop-in replacement must.
     let Some(python) =
-        grpcio_python("python_grpcio_with_default_options_calls_check_readiness_and_run")
+        test_python("python_grpcio_with_default_options_calls_check_readiness_and_run")
     else {
         return;
     };
@@ -131,7 +131,7 @@ async fn a_100k_character_path_gets_its_real_code_with_a_bounded_message() {
     );
 
     let Some(python) =
-        grpcio_python("a_100k_character_path_gets_its_real_code_with_a_bounded_message")
+        test_python("a_100k_character_path_gets_its_real_code_with_a_bounded_message")
     else {
         return;
     };

@@ -202,14 +202,21 @@ impl Actions {
             let detail = error.to_string();
             let cleanup = Cleanup::Failed {
                 cgroup: cgroup.unwrap_or_default(),
+                pids: Vec::new(),
                 detail: detail.clone(),
             };
             (Measurement::failed(detail), cleanup)
         });
-        if let Cleanup::Failed { cgroup, detail } = &cleanup {
+        if let Cleanup::Failed {
+            cgroup,
+            pids,
+            detail,
+        } = &cleanup
+        {
             self.observer.cleanup_failed(&CleanupFailed {
                 id: Some(id.clone()),
                 cgroup: cgroup.clone(),
+                pids: pids.clone(),
                 detail: detail.clone(),
             });
         }
@@ -313,13 +320,22 @@ impl Actions {
         self.observer.action_terminating(&ActionTerminating {
             id: id.clone(),
             reason,
+            killed_at_grace_deadline: false,
         });
         let (exit, outcome) =
             terminate(tree, &mut child.exit, self.options.termination_grace_period).await;
+        let killed_at_grace_deadline =
+            outcome == crate::process::terminate::TerminationOutcome::KilledAtGraceDeadline;
+        if killed_at_grace_deadline {
+            self.observer.action_terminating(&ActionTerminating {
+                id: id.clone(),
+                reason,
+                killed_at_grace_deadline,
+            });
+        }
         let ended = Ended::Terminated {
             reason,
-            killed_at_grace_deadline: outcome
-                == crate::process::terminate::TerminationOutcome::KilledAtGraceDeadline,
+            killed_at_grace_deadline,
         };
         (ended, exit)
     }

@@ -33,13 +33,17 @@ pub struct ActionStarted {
     pub cgroup: Option<PathBuf>,
 }
 
-/// The runner began stopping an action.
+/// The runner began stopping an action (SIGTERM), and again when it had
+/// to SIGKILL it at the end of the grace period.
 #[derive(Debug, Clone)]
 pub struct ActionTerminating {
     /// Its id.
     pub id: ActionId,
     /// Why.
     pub reason: TerminationReason,
+    /// `false` when termination begins; `true` in the second report, once
+    /// the action outlived its grace period and was killed.
+    pub killed_at_grace_deadline: bool,
 }
 
 /// An action cgroup that could not be emptied and removed; the runner
@@ -50,6 +54,8 @@ pub struct CleanupFailed {
     pub id: Option<ActionId>,
     /// The cgroup.
     pub cgroup: PathBuf,
+    /// The processes left in it when cleanup gave up.
+    pub pids: Vec<i32>,
     /// What was left in it, or what failed.
     pub detail: String,
 }
@@ -62,6 +68,10 @@ pub struct RunnerState {
     /// Why: `startup`, `dirty cgroup`, `readiness path missing`,
     /// `shutdown`, or what ended a refusal.
     pub reason: String,
+    /// `memory.max` of the cgroup all actions share (the delegated parent
+    /// with `actionCgroups`, else the runner's own when sampled); `None`
+    /// when unlimited, not measured or unknown.
+    pub memory_budget_bytes: Option<u64>,
 }
 
 /// A cleaner (`cleanProcessTable`, `cleanTemporaryDirectories`,
@@ -164,6 +174,7 @@ impl Refusal {
 /// them, and tells the observers whenever `accepting_work` changes.
 pub struct RunnerStateReporter {
     observer: Arc<dyn Observer>,
+    memory_budget_bytes: Option<u64>,
     state: Mutex<ReporterState>,
 }
 
@@ -179,7 +190,22 @@ impl RunnerStateReporter {
     pub fn new(observer: Arc<dyn Observer>) -> Self {
         RunnerStateReporter {
             observer,
+            memory_budget_bytes: None,
             state: Mutex::new(ReporterState::default()),
+        }
+    }
+
+    /// Reports `memory_budget_bytes` (read at startup) with every state.
+    pub fn with_memory_budget(mut self, memory_budget_bytes: Option<u64>) -> Self {
+        self.memory_budget_bytes = memory_budget_bytes;
+        self
+    }
+
+    fn state(&self, accepting_work: bool, reason: String) -> RunnerState {
+        RunnerState {
+            accepting_work,
+            reason,
+            memory_budget_bytes: self.memory_budget_bytes,
         }
     }
 
@@ -188,14 +214,8 @@ impl RunnerStateReporter {
         let mut reporter = lock_unpoisoned(&self.state);
         reporter.started = true;
         let state = match reporter.refusals.iter().next() {
-            None => RunnerState {
-                accepting_work: true,
-                reason: "startup".into(),
-            },
-            Some((refusal, detail)) => RunnerState {
-                accepting_work: false,
-                reason: format!("{}: {detail}", refusal.as_str()),
-            },
+            None => self.state(true, "startup".into()),
+            Some((refusal, detail)) => self.state(false, format!("{}: {detail}", refusal.as_str())),
         };
         self.observer.runner_state_changed(&state);
     }
@@ -206,10 +226,8 @@ impl RunnerStateReporter {
         let was_accepting = reporter.refusals.is_empty();
         reporter.refusals.insert(refusal, detail.into());
         if was_accepting && reporter.started {
-            self.observer.runner_state_changed(&RunnerState {
-                accepting_work: false,
-                reason: refusal.as_str().into(),
-            });
+            self.observer
+                .runner_state_changed(&self.state(false, refusal.as_str().into()));
         }
     }
 
@@ -218,10 +236,8 @@ impl RunnerStateReporter {
         let mut reporter = lock_unpoisoned(&self.state);
         let removed = reporter.refusals.remove(&refusal).is_some();
         if removed && reporter.refusals.is_empty() && reporter.started {
-            self.observer.runner_state_changed(&RunnerState {
-                accepting_work: true,
-                reason: format!("{} resolved", refusal.as_str()),
-            });
+            self.observer
+                .runner_state_changed(&self.state(true, format!("{} resolved", refusal.as_str())));
         }
     }
 
@@ -272,8 +288,11 @@ impl Observer for LogObserver {
     }
 
     fn action_terminating(&self, terminating: &ActionTerminating) {
-        tracing::info!(action_id = %terminating.id, reason = %terminating.reason,
-            "terminating action");
+        // The SIGKILL at the grace deadline is in the action's last line.
+        if !terminating.killed_at_grace_deadline {
+            tracing::info!(action_id = %terminating.id, reason = %terminating.reason,
+                "terminating action");
+        }
     }
 
     fn action_finished(&self, outcome: &ActionOutcome) {
@@ -364,8 +383,14 @@ pub(crate) mod testing {
         }
         fn action_terminating(&self, terminating: &ActionTerminating) {
             self.record(format!(
-                "terminating {} {}",
-                terminating.id, terminating.reason
+                "terminating {} {}{}",
+                terminating.id,
+                terminating.reason,
+                if terminating.killed_at_grace_deadline {
+                    " SIGKILL"
+                } else {
+                    ""
+                }
             ));
         }
         fn action_finished(&self, outcome: &ActionOutcome) {

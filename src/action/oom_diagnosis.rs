@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::build_directory::BuildDirectory;
 use crate::cgroup::attribution::{Attribution, OomVerdict, SharedLimitRole};
-use crate::proto::rbe_resourceusage::ActionAccounting;
+use crate::proto::rbe_runner::resourceusage::v1::ActionAccounting;
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 
 /// Name of the diagnosis written into the action's server logs directory

@@ -13,7 +13,7 @@ use super::id::ActionId;
 use super::oom_diagnosis;
 use crate::bounded::quoted;
 use crate::cgroup::attribution::{Attribution, OomVerdict};
-use crate::proto::rbe_resourceusage::ActionAccounting;
+use crate::proto::rbe_runner::resourceusage::v1::ActionAccounting;
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 use crate::proto::runner::RunResponse;
 use crate::runner::RunnerError;
@@ -116,6 +116,8 @@ pub enum Cleanup {
     Failed {
         /// The cgroup.
         cgroup: PathBuf,
+        /// The processes left in it when cleanup gave up.
+        pids: Vec<i32>,
         /// What was left, or what failed.
         detail: String,
     },
@@ -140,6 +142,19 @@ pub enum ActionResult {
 }
 
 impl ActionResult {
+    /// The class of a Run call that ended with `code` and, when that is
+    /// `Ok`, the response's `exit_code` (-1: killed by a signal). The one
+    /// classification: of an outcome here, of an event in `watch` and the
+    /// report.
+    pub fn classify(code: Code, exit_code: i64) -> Self {
+        match (code, exit_code) {
+            (Code::Ok, 0) => ActionResult::Success,
+            (Code::Ok, -1) => ActionResult::Signal,
+            (Code::Ok, _) => ActionResult::NonZeroExitCode,
+            _ => ActionResult::Failure,
+        }
+    }
+
     /// The class's name as metrics and the report spell it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -187,12 +202,7 @@ pub struct ActionOutcome {
 impl ActionOutcome {
     /// The result class; see [`ActionResult`].
     pub fn result(&self) -> ActionResult {
-        match (&self.ended, self.grpc_code()) {
-            (Ended::Exited(ExitStatus::Code(0)), Code::Ok) => ActionResult::Success,
-            (Ended::Exited(ExitStatus::Code(_)), Code::Ok) => ActionResult::NonZeroExitCode,
-            (Ended::Exited(ExitStatus::Signal(_)), Code::Ok) => ActionResult::Signal,
-            _ => ActionResult::Failure,
-        }
+        ActionResult::classify(self.grpc_code(), self.exit_code())
     }
 
     /// The gRPC code the Run call ends with (`Ok` for a normal response).
@@ -231,14 +241,14 @@ impl ActionOutcome {
         posix.chain(cgroup).chain(accounting).collect()
     }
 
-    /// The Run call's answer: the response, or the error with the evidence.
-    pub fn into_result(self) -> Result<RunResponse, RunnerError> {
-        let resource_usage = self.resource_usage();
-        let code = self.grpc_code();
+    /// The error the Run call fails with, with the evidence; `None` when
+    /// it answers with a response. The events report it as the call's
+    /// status.
+    pub fn error(&self) -> Option<RunnerError> {
         let argv0 = &self.argv0;
-        match self.ended {
-            Ended::NotStarted(error) => Err(error),
-            Ended::Terminated { reason, .. } => Err(match reason {
+        match &self.ended {
+            Ended::NotStarted(error) => Some(error.clone()),
+            Ended::Terminated { reason, .. } => Some(match reason {
                 TerminationReason::Shutdown => RunnerError::unavailable(format!(
                     "action {} was terminated because the runner is shutting down",
                     quoted(argv0)
@@ -252,12 +262,12 @@ impl ActionOutcome {
                     quoted(argv0)
                 )),
             }),
-            Ended::Exited(ExitStatus::Unknown(status)) => Err(RunnerError::Internal(format!(
+            Ended::Exited(ExitStatus::Unknown(status)) => Some(RunnerError::Internal(format!(
                 "unexpected wait status {status:#x}"
             ))),
-            Ended::Exited(_) => match (code, self.measurement_error) {
-                (_, Some(error)) => Err(RunnerError::Internal(error)),
-                (Code::Unavailable, None) => Err(RunnerError::Unavailable {
+            Ended::Exited(_) => match (&self.measurement_error, self.grpc_code()) {
+                (Some(error), _) => Some(RunnerError::Internal(error.clone())),
+                (None, Code::Unavailable) => Some(RunnerError::Unavailable {
                     message: match self.oom.verdict {
                         OomVerdict::SharedLimit => oom_diagnosis::shared_limit_message(
                             &self.oom,
@@ -269,16 +279,21 @@ impl ActionOutcome {
                             self.cgroup_usage.as_ref(),
                         ),
                     },
-                    details: resource_usage,
+                    details: self.resource_usage(),
                 }),
-                _ => Ok(RunResponse {
-                    exit_code: match self.ended {
-                        Ended::Exited(ExitStatus::Code(code)) => i64::from(code),
-                        _ => -1,
-                    },
-                    resource_usage,
-                }),
+                _ => None,
             },
+        }
+    }
+
+    /// The Run call's answer: the response, or the error with the evidence.
+    pub fn into_result(self) -> Result<RunResponse, RunnerError> {
+        match self.error() {
+            Some(error) => Err(error),
+            None => Ok(RunResponse {
+                exit_code: self.exit_code(),
+                resource_usage: self.resource_usage(),
+            }),
         }
     }
 }

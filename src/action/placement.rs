@@ -31,7 +31,7 @@ use crate::cgroup::peak::read_lifetime_peak;
 use crate::cgroup::{CgroupCounters, FileError, MemoryPeakTracker};
 use crate::fault::Fault;
 use crate::process::terminate::{signal_group, ProcessGroup, ProcessTree};
-use crate::proto::rbe_resourceusage::{self as accounting, ActionAccounting};
+use crate::proto::rbe_runner::resourceusage::v1::{self as accounting, ActionAccounting};
 use crate::proto::resourceusage::CgroupResourceUsage;
 use crate::runner::RunnerError;
 
@@ -252,6 +252,7 @@ impl Placement {
                 match placement.manager.release(placement.cgroup) {
                     Ok(()) => Cleanup::Verified,
                     Err(error) => Cleanup::Failed {
+                        pids: crate::cgroup::action::processes_in(&path),
                         cgroup: path,
                         detail: error.to_string(),
                     },

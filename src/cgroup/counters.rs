@@ -9,9 +9,10 @@
 
 use std::path::Path;
 
-use super::parse::{self, MemoryEvents, PressureTotals};
+use super::parse::{self, Limit, MemoryEvents, PressureTotals};
 use super::{
-    FileError, CPU_PRESSURE_FILE, IO_PRESSURE_FILE, MEMORY_EVENTS_FILE, MEMORY_PRESSURE_FILE,
+    FileError, CPU_PRESSURE_FILE, IO_PRESSURE_FILE, MEMORY_EVENTS_FILE, MEMORY_MAX_FILE,
+    MEMORY_PRESSURE_FILE,
 };
 use crate::proto::resourceusage::CgroupResourceUsage;
 
@@ -92,6 +93,11 @@ impl CgroupCounters {
 /// The `memory.events` counters of the cgroup whose directory is `cgroup`.
 pub fn read_memory_events(cgroup: &Path) -> Result<MemoryEvents, FileError> {
     super::read_parsed(&cgroup.join(MEMORY_EVENTS_FILE), parse::parse_memory_events)
+}
+
+/// The `memory.max` limit of the cgroup whose directory is `cgroup`.
+pub fn read_memory_max(cgroup: &Path) -> Result<Limit, FileError> {
+    super::read_parsed(&cgroup.join(MEMORY_MAX_FILE), parse::parse_limit)
 }
 
 fn read_pressure(path: &Path) -> Result<Option<PressureTotals>, FileError> {

@@ -14,10 +14,12 @@ use std::sync::Arc;
 use super::action::{ActionCgroupError, ActionCgroupManager, ACTIONS_DIRECTORY, RUNNER_LEAF};
 use super::budgets::budgets_above;
 use super::capabilities::{check_required_files, probe_capabilities, CapabilityError};
+use super::counters::read_memory_max;
 use super::limits::{probe, ActionLimits, AppliedLimits, LimitError};
 use super::locate::{
     locate_own_cgroup, LocateError, DEFAULT_PROC_SELF_CGROUP, DEFAULT_PROC_SELF_MOUNTINFO,
 };
+use super::parse::Limit;
 use super::CGROUP_PROCS_FILE;
 
 /// The file system root that paths from `/proc/self/mountinfo` are relative
@@ -208,6 +210,26 @@ pub fn start(host: &CgroupHost, options: &CgroupOptions) -> Result<CgroupSetup, 
         limits,
         budgets,
     })
+}
+
+/// The memory all actions share: `memory.max` of the managed parent with
+/// action cgroups, or of the runner's own cgroup when that is sampled.
+/// `None` when cgroups are unused, the limit is `max`, or it cannot be read
+/// (no memory controller), which is logged.
+pub fn memory_budget(setup: &CgroupSetup) -> Option<u64> {
+    let cgroup = match setup {
+        CgroupSetup::Unused => return None,
+        CgroupSetup::SharedCgroup { cgroup } => cgroup.as_path(),
+        CgroupSetup::ActionCgroups { manager, .. } => manager.parent(),
+    };
+    match read_memory_max(cgroup) {
+        Ok(Limit::Value(bytes)) => Some(bytes),
+        Ok(Limit::Unlimited) => None,
+        Err(error) => {
+            tracing::info!(%error, "the actions' memory budget is unknown");
+            None
+        }
+    }
 }
 
 /// [`check_required_files`], then the capabilities of `cgroup` logged.
@@ -517,5 +539,27 @@ mod tests {
             fs::write(cgroup.join("cgroup.procs"), "").unwrap();
         }
         assert_eq!(mount_point_of(&own), mount);
+    }
+
+    #[test]
+    fn the_memory_budget_is_memory_max_of_the_shared_cgroup() {
+        // Why it matters: the report sizes pods against this budget; `max`
+        // and a missing memory controller must read as "no budget", not 0
+        // bytes or a failed start.
+        let dir = tempfile::tempdir().unwrap();
+        let budget = |text: Option<&str>| {
+            let _ = fs::remove_file(dir.path().join("memory.max"));
+            if let Some(text) = text {
+                write_files(dir.path(), &[("memory.max", text)]);
+            }
+            memory_budget(&CgroupSetup::SharedCgroup {
+                cgroup: dir.path().to_owned(),
+            })
+        };
+        assert_eq!(budget(Some("4294967296\n")), Some(4 << 30));
+        assert_eq!(budget(Some("max\n")), None);
+        assert_eq!(budget(None), None);
+        assert_eq!(budget(Some("lots\n")), None);
+        assert_eq!(memory_budget(&CgroupSetup::Unused), None);
     }
 }

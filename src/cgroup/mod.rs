@@ -62,6 +62,7 @@ const CGROUP_CONTROLLERS_FILE: &str = "cgroup.controllers";
 const CGROUP_SUBTREE_CONTROL_FILE: &str = "cgroup.subtree_control";
 const MEMORY_EVENTS_FILE: &str = "memory.events";
 const MEMORY_PEAK_FILE: &str = "memory.peak";
+const MEMORY_MAX_FILE: &str = "memory.max";
 const CPU_PRESSURE_FILE: &str = "cpu.pressure";
 const MEMORY_PRESSURE_FILE: &str = "memory.pressure";
 const IO_PRESSURE_FILE: &str = "io.pressure";

@@ -53,8 +53,12 @@ use schema::decode_config;
 pub use duration::{format_duration, parse_duration};
 pub use schema::cleaning::CommandCleaner;
 pub use schema::environment::{GlobalConfig, RunCommandsAs};
-pub use schema::extensions::{ActionCgroupsConfig, DEFAULT_TERMINATION_GRACE_PERIOD};
+pub use schema::extensions::{
+    ActionCgroupsConfig, EventsConfig, DEFAULT_JOURNAL_MAX_BYTES, DEFAULT_REPLAY_BUFFER_SIZE,
+    DEFAULT_TERMINATION_GRACE_PERIOD,
+};
 pub use schema::serving::GrpcServerConfig;
+pub use size::parse_size;
 
 // ---------------------------------------------------------------------------
 // The decoded configuration
@@ -96,6 +100,8 @@ pub struct Config {
     /// Extension `listenPathMode`: permission bits of every `listenPaths`
     /// socket; `None` leaves them to the umask, as bb_runner does.
     pub listen_path_mode: Option<u32>,
+    /// Extension: the event stream and its journal.
+    pub events: EventsConfig,
 }
 
 // ---------------------------------------------------------------------------

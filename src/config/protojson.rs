@@ -392,6 +392,27 @@ impl Field {
         Message::new(&self.path, self.value)
     }
 
+    /// A size in bytes: a whole number, or a string such as `"64M"`
+    /// ([`parse_size`](super::size::parse_size)).
+    pub(super) fn size(self) -> Decoded<u64> {
+        let path = self.path.clone();
+        match &self.value {
+            Json::String(text) => match super::size::parse_size(text) {
+                Ok(crate::cgroup::Limit::Value(bytes)) => Ok(bytes),
+                Ok(crate::cgroup::Limit::Unlimited) => Err(FieldError::invalid(
+                    &path,
+                    "must be a size in bytes; \"max\" (no limit) is not allowed here",
+                )),
+                Err(message) => Err(FieldError::invalid(&path, message)),
+            },
+            Json::Number(_) => {
+                let value = self.integer("a size in bytes", 0, i128::from(u64::MAX))?;
+                u64::try_from(value).map_err(|_| FieldError::invalid(&path, "out of range"))
+            }
+            _ => Err(self.type_error("a size such as \"64M\" or a number of bytes")),
+        }
+    }
+
     pub(super) fn duration(self) -> Decoded<Duration> {
         let path = self.path.clone();
         let text = match self.value {

@@ -99,6 +99,7 @@ pub(super) const EVERY_FIELD_CAMEL: &str = "{
         terminationGracePeriod: '0.25s',
         sampleCgroupResourceUsage: true,
         actionCgroups: { parentPath: '/rbe-runner' },
+        events: { replayBufferSize: 16, journalPath: '/worker/events.jsonl', journalMaxBytes: '1M', runnerName: 'runner-0' },
     }";
 
 /// [`EVERY_FIELD_CAMEL`] with proto (snake_case) names, and some integers
@@ -125,4 +126,5 @@ pub(super) const EVERY_FIELD_SNAKE: &str = "{
         termination_grace_period: '0.25s',
         sample_cgroup_resource_usage: true,
         action_cgroups: { parent_path: '/rbe-runner' },
+        events: { replay_buffer_size: '16', journal_path: '/worker/events.jsonl', journal_max_bytes: 1048576, runner_name: 'runner-0' },
     }";

@@ -49,7 +49,7 @@ pub type SharedRunner = Arc<dyn Runner>;
 
 /// Why a call failed, classified by who can fix it. [`crate::server`] maps
 /// each kind to exactly one gRPC code.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RunnerError {
     /// The request itself is wrong (a path escapes the build directory, the
     /// program does not exist, ...). Retrying the same request cannot help.

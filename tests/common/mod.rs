@@ -278,10 +278,11 @@ pub fn merge(base: &mut Value, extra: Value) {
     }
 }
 
-/// The python of a virtualenv with Python's grpcio (gRPC C-core), made by
-/// tests/python/setup-venv on first use. When it cannot be made: `None`
-/// with a loud SKIPPED line, except under CI, which must not skip.
-pub fn grpcio_python(test: &str) -> Option<PathBuf> {
+/// The python of the test virtualenv (Python's grpcio, gRPC C-core, and
+/// its protobuf runtime), made by tests/python/setup-venv on first use.
+/// When it cannot be made: `None` with a loud SKIPPED line, except under
+/// CI, which must not skip.
+pub fn test_python(test: &str) -> Option<PathBuf> {
     static PYTHON: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     let python = PYTHON.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/setup-venv");
@@ -301,10 +302,10 @@ pub fn grpcio_python(test: &str) -> Option<PathBuf> {
     match python {
         Ok(python) => Some(python.clone()),
         Err(err) if std::env::var_os("CI").is_some() => {
-            panic!("{test} needs Python's grpcio, and CI must not skip it: {err}")
+            panic!("{test} needs the Python test virtualenv, and CI must not skip it: {err}")
         }
         Err(err) => {
-            eprintln!("SKIPPED (cannot install Python's grpcio: {err}): {test}");
+            eprintln!("SKIPPED (cannot make the Python test virtualenv: {err}): {test}");
             None
         }
     }

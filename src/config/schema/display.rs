@@ -67,7 +67,8 @@ impl fmt::Display for Config {
             self.sample_cgroup_resource_usage
         )?;
         extensions::write_action_cgroups(f, &self.action_cgroups)?;
-        serving::write_listen_path_mode(f, self.listen_path_mode)
+        serving::write_listen_path_mode(f, self.listen_path_mode)?;
+        extensions::write_events(f, &self.events)
     }
 }
 
@@ -101,6 +102,7 @@ mod tests {
                 "terminationGracePeriod: 5s",
                 "sampleCgroupResourceUsage: false",
                 "actionCgroups: not set",
+                "events: { replayBufferSize: 4096, journalPath: not set, journalMaxBytes: 67108864, runnerName: not set (the host name) }",
             ],
         );
         let summary = load_text(EVERY_FIELD_CAMEL).expect("decodes").to_string();
@@ -112,6 +114,7 @@ mod tests {
                 "runCommandCleaner: [\"/usr/bin/docker-cleanup\", \"--all\"]",
                 "terminationGracePeriod: 0.25s",
                 "actionCgroups: { parentPath: \"/rbe-runner\" }",
+                "events: { replayBufferSize: 16, journalPath: \"/worker/events.jsonl\", journalMaxBytes: 1048576, runnerName: \"runner-0\" }",
                 "maximumReceivedMessageSizeBytes: 16777216",
             ],
         );

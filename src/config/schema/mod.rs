@@ -9,7 +9,8 @@
 //! - [`environment`]: what actions run in and as (`global.setUmask`,
 //!   TMPDIR, chroot, `runCommandsAs`, Xcode directories);
 //! - [`cleaning`]: what is cleaned between actions;
-//! - [`extensions`]: rbe-runner's own fields (grace period, cgroups).
+//! - [`extensions`]: rbe-runner's own fields (grace period, cgroups,
+//!   events).
 //!
 //! [`display`] prints the whole configuration in the schema's field order.
 
@@ -62,6 +63,7 @@ pub(super) fn decode_config(json: Json) -> Decoded<Config> {
         sample_cgroup_resource_usage: extensions.sample_cgroup_resource_usage,
         action_cgroups: extensions.action_cgroups,
         listen_path_mode: serving.listen_path_mode,
+        events: extensions.events,
     })
 }
 
@@ -228,6 +230,10 @@ mod tests {
             (
                 format!("{{ {MINIMAL}, actionCgroups: {{ parent: '/x' }} }}"),
                 "actionCgroups.parent",
+            ),
+            (
+                format!("{{ {MINIMAL}, events: {{ replayBuffer: 8 }} }}"),
+                "events.replayBuffer",
             ),
             (format!("{{ {MINIMAL}, 'odd key': true }}"), "[\"odd key\"]"),
         ];

@@ -1,0 +1,141 @@
+//! Action events: what the runner did, pushed to whoever subscribes, kept
+//! for late subscribers, and written to a journal file.
+//!
+//! Events come only from the typed facts of [`crate::action::observer`]:
+//! [`observer::EventObserver`] is one more observer next to the log, wired
+//! in `main`. Nothing is read back from logs or decoded from our own `Any`
+//! messages.
+//!
+//! - [`hub`]: numbering, the replay buffer, and one bounded queue per
+//!   subscriber; publishing never waits, and the subscribe race is closed.
+//! - [`observer`]: the observer turning facts into `rbe_runner.events.v1`
+//!   events.
+//! - [`json`]: an event as one line of proto3 JSON, defaults included, the
+//!   format of the journal and of `watch --json`.
+//! - [`journal`]: the journal writer, a subscriber like any other, with
+//!   rotation.
+//! - [`service`]: the gRPC `Events` service.
+//! - [`watch`]: the client side of `rbe-runner watch`.
+
+pub mod hub;
+pub mod journal;
+pub mod json;
+pub mod observer;
+pub mod service;
+pub mod watch;
+
+use std::sync::Arc;
+
+use crate::action::{Observer, RunnerInstance};
+use crate::config::EventsConfig;
+use crate::proto::rbe_runner::events::v1::events_server::EventsServer;
+use crate::proto::rbe_runner::events::v1::Event;
+use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
+
+use hub::EventHub;
+use journal::Journal;
+
+/// Queue of each gRPC subscriber: enough for a burst of a few hundred
+/// actions between two reads of a slow client.
+pub const STREAM_QUEUE_CAPACITY: usize = 1024;
+
+/// Queue of the journal writer.
+pub const JOURNAL_QUEUE_CAPACITY: usize = 65_536;
+
+/// An event as published: the wire message, and the usages its
+/// `ActionFinished.resource_usage` carries encoded, typed, so that the
+/// journal writes them without decoding our own `Any`s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    /// The event as subscribers receive it.
+    pub event: Event,
+    /// The usages of an `ActionFinished`, in `resource_usage` order.
+    pub usages: Vec<Usage>,
+}
+
+/// A resource usage message of `ActionFinished.resource_usage`, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Usage {
+    /// `buildbarn.resourceusage.POSIXResourceUsage`.
+    Posix(PosixResourceUsage),
+    /// `buildbarn.resourceusage.CgroupResourceUsage`.
+    Cgroup(CgroupResourceUsage),
+}
+
+/// The runner's events: the hub, the observer feeding it, the service
+/// serving it and the journal writing it.
+pub struct Events {
+    hub: Arc<EventHub>,
+    runner_name: String,
+    journal: Option<Journal>,
+}
+
+impl Events {
+    /// Events of `instance`, configured by `config`; starts the journal
+    /// writer when `journalPath` is set. Needs the tokio runtime.
+    pub fn start(config: &EventsConfig, instance: RunnerInstance) -> Self {
+        let hub = Arc::new(EventHub::new(instance, config.replay_buffer_size));
+        let journal = config
+            .journal_path
+            .as_ref()
+            .map(|path| Journal::start(&hub, path.clone(), config.journal_max_bytes));
+        Events {
+            hub,
+            runner_name: config
+                .runner_name
+                .clone()
+                .unwrap_or_else(default_runner_name),
+            journal,
+        }
+    }
+
+    /// The observer that publishes the runner's facts as events.
+    pub fn observer(&self) -> Arc<dyn Observer> {
+        Arc::new(observer::EventObserver::new(
+            self.hub.clone(),
+            self.runner_name.clone(),
+        ))
+    }
+
+    /// The gRPC service, for every listener.
+    pub fn service(&self) -> EventsServer<service::EventsService> {
+        EventsServer::new(service::EventsService::new(self.hub.clone()))
+    }
+
+    /// The hub, to end the event streams at shutdown
+    /// ([`EventHub::close_streams`]); the journal goes on until
+    /// [`Self::finish`].
+    pub fn hub(&self) -> Arc<EventHub> {
+        self.hub.clone()
+    }
+
+    /// Events some subscriber did not get because it fell behind (the
+    /// journal included), one count per subscriber and event.
+    pub fn dropped_total(&self) -> u64 {
+        self.hub.dropped_total()
+    }
+
+    /// Journal lines that could not be written.
+    pub fn journal_write_failures_total(&self) -> u64 {
+        self.journal
+            .as_ref()
+            .map_or(0, |journal| journal.write_failures_total())
+    }
+
+    /// Ends every subscription and waits until the journal has written
+    /// everything published.
+    pub async fn finish(self) {
+        self.hub.close();
+        if let Some(journal) = self.journal {
+            journal.finished().await;
+        }
+    }
+}
+
+/// The host name, for `runnerName` when the configuration sets none.
+fn default_runner_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_default()
+}

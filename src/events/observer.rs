@@ -1,0 +1,240 @@
+//! The observer that turns the runner's typed facts into events.
+
+use std::sync::Arc;
+
+use super::hub::EventHub;
+use super::Usage;
+use crate::action::observer::{ActionStarted, ActionTerminating, CleanupFailed, RunnerState};
+use crate::action::outcome::Ended;
+use crate::action::{ActionOutcome, Observer, TerminationReason};
+use crate::cgroup::attribution::OomVerdict;
+use crate::proto::rbe_runner::events::v1 as proto;
+use crate::proto::rbe_runner::events::v1::event::Kind;
+use crate::proto::rbe_runner::resourceusage::v1 as resourceusage;
+use crate::proto::rpc;
+
+/// Publishes every fact the lifecycle, the dirty gate, readiness and
+/// shutdown report, as an event on `hub`.
+pub struct EventObserver {
+    hub: Arc<EventHub>,
+    runner_name: String,
+}
+
+impl EventObserver {
+    /// Publishes on `hub`; `runner_name` goes into every `RunnerState`.
+    pub fn new(hub: Arc<EventHub>, runner_name: String) -> Self {
+        EventObserver { hub, runner_name }
+    }
+}
+
+impl Observer for EventObserver {
+    fn action_started(&self, started: &ActionStarted) {
+        let event = proto::ActionStarted {
+            action_id: started.id.to_string(),
+            arguments: started.arguments.clone(),
+            input_root_directory: started.input_root_directory.clone(),
+            pid: i64::from(started.pid),
+            cgroup: started
+                .cgroup
+                .as_ref()
+                .map(|cgroup| cgroup.display().to_string())
+                .unwrap_or_default(),
+        };
+        self.hub.publish(Kind::ActionStarted(event), Vec::new());
+    }
+
+    fn action_terminating(&self, terminating: &ActionTerminating) {
+        let event = proto::ActionTerminating {
+            action_id: terminating.id.to_string(),
+            reason: termination_reason(Some(terminating.reason)) as i32,
+            killed_at_grace_deadline: terminating.killed_at_grace_deadline,
+        };
+        self.hub.publish(Kind::ActionTerminating(event), Vec::new());
+    }
+
+    fn action_finished(&self, outcome: &ActionOutcome) {
+        let (event, usages) = action_finished(outcome);
+        self.hub.publish(Kind::ActionFinished(event), usages);
+    }
+
+    fn cleanup_failed(&self, failed: &CleanupFailed) {
+        let event = proto::CleanupFailed {
+            action_id: failed
+                .id
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            cgroup: failed.cgroup.display().to_string(),
+            pids: failed.pids.iter().map(|&pid| i64::from(pid)).collect(),
+            detail: failed.detail.clone(),
+        };
+        self.hub.publish(Kind::CleanupFailed(event), Vec::new());
+    }
+
+    fn runner_state_changed(&self, state: &RunnerState) {
+        let event = proto::RunnerState {
+            accepting_work: state.accepting_work,
+            reason: state.reason.clone(),
+            memory_budget_bytes: state
+                .memory_budget_bytes
+                .map_or(0, |bytes| i64::try_from(bytes).unwrap_or(i64::MAX)),
+            runner_name: self.runner_name.clone(),
+        };
+        self.hub.publish(Kind::RunnerState(event), Vec::new());
+    }
+}
+
+/// The `ActionFinished` of an outcome, and its usages typed.
+fn action_finished(outcome: &ActionOutcome) -> (proto::ActionFinished, Vec<Usage>) {
+    let status = rpc::Status {
+        code: outcome.grpc_code() as i32,
+        message: outcome
+            .error()
+            .map(|error| error.to_string())
+            .unwrap_or_default(),
+        // The evidence an UNAVAILABLE carries as details is the same as
+        // `resource_usage`; it is not repeated.
+        details: Vec::new(),
+    };
+    let reason = match outcome.ended {
+        Ended::Terminated { reason, .. } => Some(reason),
+        _ => None,
+    };
+    let usages: Vec<Usage> = outcome
+        .posix_usage
+        .iter()
+        .cloned()
+        .map(Usage::Posix)
+        .chain(outcome.cgroup_usage.iter().cloned().map(Usage::Cgroup))
+        .collect();
+    let event = proto::ActionFinished {
+        action_id: outcome.id.to_string(),
+        exit_code: outcome.exit_code(),
+        status: Some(status),
+        resource_usage: outcome.resource_usage(),
+        wall_time: Some(
+            prost_types::Duration::try_from(outcome.wall_time).unwrap_or(prost_types::Duration {
+                seconds: i64::MAX,
+                nanos: 0,
+            }),
+        ),
+        oom_verdict: oom_verdict(outcome.oom.verdict) as i32,
+        termination_reason: termination_reason(reason) as i32,
+    };
+    (event, usages)
+}
+
+fn oom_verdict(verdict: OomVerdict) -> resourceusage::OomVerdict {
+    match verdict {
+        OomVerdict::None => resourceusage::OomVerdict::None,
+        OomVerdict::OwnLimit => resourceusage::OomVerdict::OwnLimit,
+        OomVerdict::SharedLimit => resourceusage::OomVerdict::SharedLimit,
+        OomVerdict::NotOwnLimit => resourceusage::OomVerdict::NotOwnLimit,
+    }
+}
+
+fn termination_reason(reason: Option<TerminationReason>) -> resourceusage::TerminationReason {
+    match reason {
+        None => resourceusage::TerminationReason::None,
+        Some(TerminationReason::Deadline) => resourceusage::TerminationReason::Deadline,
+        Some(TerminationReason::Cancelled) => resourceusage::TerminationReason::Cancelled,
+        Some(TerminationReason::Shutdown) => resourceusage::TerminationReason::Shutdown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::action::outcome::{Cleanup, ExitStatus};
+    use crate::action::{ActionIds, RunnerInstance};
+    use crate::cgroup::attribution::Attribution;
+    use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
+    use crate::runner::RunnerError;
+
+    fn outcome(ended: Ended) -> ActionOutcome {
+        ActionOutcome {
+            id: ActionIds::new(RunnerInstance::random()).next(),
+            argv0: "cc".into(),
+            pid: Some(42),
+            started_at: SystemTime::now(),
+            wall_time: Duration::from_millis(1500),
+            ended,
+            posix_usage: Some(PosixResourceUsage {
+                maximum_resident_set_size: 1 << 20,
+                ..PosixResourceUsage::default()
+            }),
+            cgroup_usage: Some(CgroupResourceUsage {
+                memory_peak: 7 << 20,
+                ..CgroupResourceUsage::default()
+            }),
+            measured_cgroup: None,
+            oom: Attribution {
+                verdict: OomVerdict::OwnLimit,
+                ..Attribution::NONE
+            },
+            accounting: None,
+            measurement_error: None,
+            cleanup: Cleanup::Verified,
+        }
+    }
+
+    #[test]
+    fn a_finished_action_carries_the_calls_code_message_and_typed_usages() {
+        // Why it matters: subscribers see what the Run call answered,
+        // and the journal writes the usages from typed values.
+        let (event, usages) = action_finished(&outcome(Ended::Exited(ExitStatus::Signal(9))));
+        assert_eq!(event.exit_code, -1);
+        assert_eq!(event.status.as_ref().unwrap().code, 0);
+        assert_eq!(event.status.as_ref().unwrap().message, "");
+        assert_eq!(
+            event.oom_verdict,
+            resourceusage::OomVerdict::OwnLimit as i32
+        );
+        assert_eq!(
+            event.termination_reason,
+            resourceusage::TerminationReason::None as i32
+        );
+        assert_eq!(
+            event.wall_time,
+            Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 500_000_000
+            })
+        );
+        assert_eq!(event.resource_usage.len(), 2);
+        assert!(
+            matches!(&usages[..], [Usage::Posix(posix), Usage::Cgroup(cgroup)]
+            if posix.maximum_resident_set_size == 1 << 20 && cgroup.memory_peak == 7 << 20)
+        );
+
+        let (event, usages) = action_finished(&outcome(Ended::Terminated {
+            reason: TerminationReason::Deadline,
+            killed_at_grace_deadline: true,
+        }));
+        let status = event.status.unwrap();
+        assert_eq!(status.code, tonic::Code::DeadlineExceeded as i32);
+        assert!(status.message.contains("deadline"), "{}", status.message);
+        assert_eq!(
+            event.termination_reason,
+            resourceusage::TerminationReason::Deadline as i32
+        );
+        assert_eq!(usages.len(), 2);
+    }
+
+    #[test]
+    fn an_action_that_never_started_has_the_error_status() {
+        let mut not_started = outcome(Ended::NotStarted(RunnerError::InvalidArgument(
+            "cannot execute \"nope\"".into(),
+        )));
+        not_started.posix_usage = None;
+        not_started.cgroup_usage = None;
+        let (event, usages) = action_finished(&not_started);
+        let status = event.status.unwrap();
+        assert_eq!(status.code, tonic::Code::InvalidArgument as i32);
+        assert_eq!(status.message, "cannot execute \"nope\"");
+        assert_eq!(event.exit_code, 0);
+        assert!(usages.is_empty() && event.resource_usage.is_empty());
+    }
+}
