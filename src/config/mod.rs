@@ -49,6 +49,7 @@ use schema::decode_config;
 
 pub use duration::{format_duration, parse_duration};
 pub use schema::cleaning::CommandCleaner;
+pub use schema::diagnostics::{DiagnosticsHttpServerConfig, HttpServerConfig, LogFormat};
 pub use schema::environment::{GlobalConfig, RunCommandsAs};
 pub use schema::extensions::{ActionCgroupsConfig, DEFAULT_TERMINATION_GRACE_PERIOD};
 pub use schema::serving::GrpcServerConfig;
@@ -93,6 +94,8 @@ pub struct Config {
     /// Extension `listenPathMode`: permission bits of every `listenPaths`
     /// socket; `None` leaves them to the umask, as bb_runner does.
     pub listen_path_mode: Option<u32>,
+    /// Extension `logFormat`: text (default) or one JSON object per line.
+    pub log_format: LogFormat,
 }
 
 // ---------------------------------------------------------------------------

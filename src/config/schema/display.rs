@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::Path;
 
-use super::{cleaning, environment, extensions, serving};
+use super::{cleaning, diagnostics, environment, extensions, serving};
 use crate::config::duration::format_duration;
 use crate::config::Config;
 
@@ -67,7 +67,8 @@ impl fmt::Display for Config {
             self.sample_cgroup_resource_usage
         )?;
         extensions::write_action_cgroups(f, &self.action_cgroups)?;
-        serving::write_listen_path_mode(f, self.listen_path_mode)
+        serving::write_listen_path_mode(f, self.listen_path_mode)?;
+        diagnostics::write_log_format(f, self.log_format)
     }
 }
 
