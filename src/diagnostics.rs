@@ -103,7 +103,10 @@ impl DiagnosticsServer {
 
     /// The bound addresses, for the startup log.
     pub fn addresses(&self) -> Vec<String> {
-        self.listeners.iter().map(|(name, _)| name.clone()).collect()
+        self.listeners
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Serves until `stop` becomes true; then closes the listeners and

@@ -224,7 +224,8 @@ impl BoundServers {
                 .add_service(health_service.clone())
                 .add_service(reflection_service.clone())
                 .prepare();
-            let service = GrpcMetricsService::new(DeadlineService::new(routes), self.metrics.clone());
+            let service =
+                GrpcMetricsService::new(DeadlineService::new(routes), self.metrics.clone());
             for bound in listeners {
                 let name = bound.name();
                 let listener = match bound {

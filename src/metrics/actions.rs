@@ -269,10 +269,7 @@ impl Observer for ActionMetrics {
             self.running.set(running.len() as i64);
         }
         self.finished
-            .with_label_values(&[
-                outcome.result().as_str(),
-                go_code_name(outcome.grpc_code()),
-            ])
+            .with_label_values(&[outcome.result().as_str(), go_code_name(outcome.grpc_code())])
             .inc();
         self.wall_time.observe(outcome.wall_time.as_secs_f64());
         if let Ended::Terminated {
@@ -319,6 +316,8 @@ impl Observer for ActionMetrics {
         } else {
             "ok"
         };
-        self.cleaner_runs.with_label_values(&[cleaner, result]).inc();
+        self.cleaner_runs
+            .with_label_values(&[cleaner, result])
+            .inc();
     }
 }

@@ -89,7 +89,8 @@ impl Collector for CgroupBudget {
         }
         let max = read(&self.cgroup, MEMORY_MAX_FILE).and_then(|text| parse_limit(&text).ok());
         if let Some(Limit::Value(bytes)) = max {
-            self.memory_max.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            self.memory_max
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
             families.extend(self.memory_max.collect());
         }
         self.pressure.reset();
@@ -149,7 +150,10 @@ mod tests {
             .collect();
         assert_eq!(
             values,
-            [("full/memory".to_string(), 0.25), ("some/memory".to_string(), 1.5)]
+            [
+                ("full/memory".to_string(), 0.25),
+                ("some/memory".to_string(), 1.5)
+            ]
         );
 
         std::fs::write(dir.path().join("memory.max"), "8192\n").unwrap();

@@ -126,9 +126,12 @@ impl GrpcMetrics {
             metrics.msg_sent.with_label_values(&labels);
             metrics.handling_seconds.with_label_values(&labels);
             for code in ALL_CODES {
-                metrics
-                    .handled
-                    .with_label_values(&[labels[0], labels[1], labels[2], go_code_name(code)]);
+                metrics.handled.with_label_values(&[
+                    labels[0],
+                    labels[1],
+                    labels[2],
+                    go_code_name(code),
+                ]);
             }
         }
         Ok(metrics)
@@ -254,7 +257,12 @@ impl MessageCounter {
             if self.prefix_len == 5 {
                 begun += 1;
                 self.prefix_len = 0;
-                let length = [self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]];
+                let length = [
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ];
                 self.remaining = u64::from(u32::from_be_bytes(length));
             }
         }
@@ -285,8 +293,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let (Some(data), Some((counter, received))) = (frame.data_ref(), &mut self.counted)
-            {
+            if let (Some(data), Some((counter, received))) = (frame.data_ref(), &mut self.counted) {
                 received.inc_by(counter.feed(data.chunk()));
             }
         }
@@ -378,7 +385,8 @@ where
 {
     type Response = Response<tonic::body::Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<tonic::body::Body>, Infallible>> + Send>>;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Response<tonic::body::Body>, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)

@@ -39,7 +39,9 @@ pub const DECIMAL_BUCKETS: [f64; 19] = [
 
 /// Powers of two from `2^from` to `2^to`, both included.
 pub fn powers_of_two(from: u32, to: u32) -> Vec<f64> {
-    (from..=to).map(|exponent| (1u64 << exponent) as f64).collect()
+    (from..=to)
+        .map(|exponent| (1u64 << exponent) as f64)
+        .collect()
 }
 
 /// A gRPC code as Go spells its name (`codes.Code.String()`), which is
