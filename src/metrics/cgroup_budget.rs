@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(current.get_metric()[0].get_gauge().get_value(), 4096.0);
         assert!(family(&families, "rbe_runner_cgroup_memory_max_bytes").is_none());
         let pressure = family(&families, "rbe_runner_cgroup_pressure_seconds_total").unwrap();
-        let values: Vec<(String, f64)> = pressure
+        let mut values: Vec<(String, f64)> = pressure
             .get_metric()
             .iter()
             .map(|metric| {
@@ -148,6 +148,8 @@ mod tests {
                 (labels.join("/"), metric.get_counter().get_value())
             })
             .collect();
+        values.sort_by(|a, b| a.0.cmp(&b.0));
+        // Labels in name order: kind, then resource.
         assert_eq!(
             values,
             [

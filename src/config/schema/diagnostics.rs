@@ -139,7 +139,7 @@ pub(super) fn write_log_format(f: &mut fmt::Formatter<'_>, format: LogFormat) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::test_support::{assert_invalid_fields, load_with};
+    use crate::config::test_support::{assert_invalid_fields, assert_mentions, load_with};
 
     fn global(diagnostics: &str) -> String {
         format!("global: {{ diagnosticsHttpServer: {diagnostics} }}")
@@ -172,27 +172,35 @@ mod tests {
 
     #[test]
     fn tls_and_policies_other_than_allow_are_refused_naming_the_field() {
+        // Why it matters: a diagnostics port open to anyone must be a
+        // decision the configuration states, as for gRPC servers.
         let server = |fields: &str| {
             global(&format!(
                 "{{ httpServers: [{{ listenAddresses: [':9980'], {fields} }}] }}"
             ))
         };
-        assert_invalid_fields(&[
+        let cases = [
             (
-                &server("authenticationPolicy: { allow: {} }, tls: {}"),
+                server("authenticationPolicy: { allow: {} }, tls: {}"),
                 "global.diagnosticsHttpServer.httpServers[0].tls",
                 "not supported",
             ),
             (
-                &server("authenticationPolicy: { deny: {} }"),
+                server("authenticationPolicy: { deny: {} }"),
                 "global.diagnosticsHttpServer.httpServers[0].authenticationPolicy.deny",
                 "allow",
             ),
             (
-                &server(""),
+                server(""),
                 "global.diagnosticsHttpServer.httpServers[0].authenticationPolicy",
                 "allow",
             ),
+        ];
+        for (text, path, words) in cases {
+            let error = load_with(&text).expect_err(&text).to_string();
+            assert_mentions(&error, &["runner.jsonnet", path, words]);
+        }
+        assert_invalid_fields(&[
             (
                 &global("{ httpServers: [{ listenAddresses: ['9980'], authenticationPolicy: { allow: {} } }] }"),
                 "global.diagnosticsHttpServer.httpServers[0].listenAddresses[0]",

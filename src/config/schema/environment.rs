@@ -318,7 +318,6 @@ mod tests {
     fn global_keys_other_than_set_umask_are_recorded() {
         let config = load_with(
             "global: {
-                diagnosticsHttpServer: { httpServers: [{ listenAddresses: [':9987'] }], enablePrometheus: true },
                 log_paths: ['/var/log/runner.log'],
                 tracing: { backends: [] },
                 mutexProfileFraction: 1,
@@ -342,7 +341,6 @@ mod tests {
                 "global.mutexProfileFraction",
                 "global.prometheusPushgateway",
                 "global.log_paths",
-                "global.diagnosticsHttpServer",
                 "global.grpcForwardAndReuseMetadata",
                 "global.grpcKubernetesResolvers",
                 "global.setResourceLimits",
