@@ -453,3 +453,38 @@ async fn ready_turns_503_as_soon_as_shutdown_starts() {
     assert!(last.1.contains("shutdown"), "{}", last.1);
     call.abort();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_put_the_action_id_at_the_top_level() {
+    // Why it matters: log pipelines index top-level fields; an action's
+    // lines must be findable by its id without parsing nested objects.
+    let runner = TestRunner::start(json!({ "logFormat": "json" }));
+    let (_, result) = runner.run_shell("exit 0").await;
+    assert_eq!(result.unwrap().exit_code, 0);
+    let mut exited = None;
+    eventually(
+        "the action's line is logged",
+        Duration::from_secs(30),
+        || {
+            exited = runner
+                .log()
+                .into_iter()
+                .find(|line| line.contains("action exited"));
+            exited.is_some()
+        },
+    )
+    .await;
+    let line: serde_json::Value = serde_json::from_str(&exited.unwrap()).expect("a JSON line");
+    assert_eq!(line["message"], "action exited");
+    assert!(
+        line["action_id"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("-1")),
+        "{line}"
+    );
+    assert_eq!(line["result"], "Success");
+    for line in runner.log() {
+        serde_json::from_str::<serde_json::Value>(&line)
+            .unwrap_or_else(|err| panic!("not a JSON line ({err}): {line}"));
+    }
+}
