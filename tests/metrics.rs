@@ -488,3 +488,41 @@ async fn json_logs_put_the_action_id_at_the_top_level() {
             .unwrap_or_else(|err| panic!("not a JSON line ({err}): {line}"));
     }
 }
+
+#[test]
+fn an_address_that_cannot_be_bound_stops_startup_naming_it() {
+    // Why it matters: a scrape target that silently is not there is
+    // found only when the dashboards are empty.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("build")).unwrap();
+    let config = json!({
+        "buildDirectoryPath": dir.path().join("build"),
+        "grpcServers": [{
+            "listenPaths": [dir.path().join("runner.sock")],
+            "authenticationPolicy": { "allow": {} },
+        }],
+        "global": { "diagnosticsHttpServer": {
+            "httpServers": [{
+                "listenAddresses": [address],
+                "authenticationPolicy": { "allow": {} },
+            }],
+        } },
+    });
+    let config_path = dir.path().join("runner.jsonnet");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let output = std::process::Command::new(common::runner_under_test())
+        .arg(&config_path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "diagnosticsHttpServer: cannot listen on {address}"
+        )),
+        "{stderr}"
+    );
+}

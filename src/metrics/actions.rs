@@ -188,19 +188,19 @@ impl ActionMetrics {
             posix_user_time: histogram(
                 registry,
                 "rbe_runner_action_posix_user_time_seconds",
-                "Per action, user CPU time of its first process and its waited-for descendants (rusage).",
+                "Per action, user CPU time in the POSIXResourceUsage sent to bb_worker (rusage of its process).",
                 DECIMAL_BUCKETS.to_vec(),
             )?,
             posix_system_time: histogram(
                 registry,
                 "rbe_runner_action_posix_system_time_seconds",
-                "Per action, system CPU time of its first process and its waited-for descendants (rusage).",
+                "Per action, system CPU time in the POSIXResourceUsage sent to bb_worker (rusage of its process).",
                 DECIMAL_BUCKETS.to_vec(),
             )?,
             posix_maximum_resident_set_size: histogram(
                 registry,
                 "rbe_runner_action_posix_maximum_resident_set_size_bytes",
-                "Per action, the largest resident set of one of its processes (rusage).",
+                "Per action, maximum resident set size in the POSIXResourceUsage sent to bb_worker.",
                 powers_of_two(10, 32),
             )?,
         })

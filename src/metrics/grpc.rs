@@ -21,8 +21,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-#[cfg(test)]
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, Request, Response};

@@ -1,5 +1,7 @@
 use super::*;
 
+use std::time::Duration;
+
 use http_body_util::{BodyExt, Full, StreamBody};
 use tonic::Status;
 
