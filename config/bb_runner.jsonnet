@@ -28,9 +28,10 @@ local podName = std.extVar('POD_NAME');
   global: {
     // Sockets and files the runner creates must be usable by bb_worker.
     setUmask: { umask: std.parseOctal('022') },
-    // Options every Buildbarn binary has; rbe-runner accepts them and
-    // says once at startup that it does not act on them.
+    // Options every Buildbarn binary has; rbe-runner accepts logPaths and
+    // says once at startup that it does not act on it.
     logPaths: ['/worker/log/%s-runner.log' % podName],
+    // /metrics, /-/healthy and /-/ready on port 9987 of every interface.
     diagnosticsHttpServer: {
       httpServers: [{
         listenAddresses: [':9987'],

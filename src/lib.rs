@@ -14,6 +14,8 @@
 //! - [`cleaner`]: restoring the host between actions (leftover processes, temporary directories, a command).
 //! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters, per-action limits, the OOM verdict.
 //! - [`server`]: serving the runner, shutdown, and the one mapping from runner errors to gRPC statuses.
+//! - [`metrics`]: Prometheus metrics (gRPC server, actions, cgroup budget, process).
+//! - [`diagnostics`]: the diagnostics HTTP server: `/metrics`, `/-/healthy`, `/-/ready`.
 //! - [`listener`]: the connection edge: socket files, handshake limit, `:authority` rewriting, deadlines.
 //! - [`bounded`]: request values quoted in error messages, bounded in length.
 //! - [`client`]: the operator CLI's client side (`rbe-runner exec`).
@@ -27,11 +29,13 @@ pub mod cgroup;
 pub mod cleaner;
 pub mod client;
 pub mod config;
+pub mod diagnostics;
 pub mod events;
 pub mod exec_limit;
 pub mod fault;
 pub mod install;
 pub mod listener;
+pub mod metrics;
 pub mod process;
 pub mod proto;
 pub mod request_decoding;

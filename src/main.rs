@@ -23,9 +23,11 @@ use rbe_runner::cleaner::directory::DirectoryCleaner;
 use rbe_runner::cleaner::process_table::ProcessTableCleaner;
 use rbe_runner::cleaner::Cleaner;
 use rbe_runner::client::{self, ActionDirectory, Target};
-use rbe_runner::config::{self, Config};
+use rbe_runner::config::{self, Config, LogFormat};
+use rbe_runner::diagnostics::{DiagnosticsServer, Readiness};
 use rbe_runner::events::watch::WatchOptions;
 use rbe_runner::events::Events;
+use rbe_runner::metrics::Metrics;
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
 use rbe_runner::process::spawn::Identity;
 use rbe_runner::process::DEFAULT_PROC_ROOT;
@@ -106,19 +108,31 @@ fn install(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging() {
+/// Logs to stderr as `logFormat` asks; JSON lines carry every field
+/// (`action_id` among them) at the top level of one object.
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
 fn serve(config_file: PathBuf) -> anyhow::Result<()> {
-    init_logging();
+    // The configuration chooses the log format; its errors are printed
+    // by `main` without a logger.
     let config = config::load(&config_file)?;
+    init_logging(config.log_format);
     apply_process_settings(&config)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -192,15 +206,32 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         rbe_runner::process::spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ,
     ));
 
+    // global.diagnosticsHttpServer.enablePrometheus: metrics of calls,
+    // actions, the delegated cgroup's budget and the process.
+    let metrics = match &config.global.diagnostics_http_server {
+        Some(diagnostics) if diagnostics.enable_prometheus => {
+            let delegated_cgroup = match &cgroups {
+                CgroupSetup::ActionCgroups { manager, .. } => Some(manager.parent().to_owned()),
+                _ => None,
+            };
+            Some(Arc::new(
+                Metrics::new(delegated_cgroup).context("cannot create the metrics")?,
+            ))
+        }
+        _ => None,
+    };
+
     // Who learns what the runner does: the log, the event stream (with its
-    // journal, when events.journalPath is set), and whether it accepts
-    // work. Every action id and event names this start of the runner.
+    // journal, when events.journalPath is set), the metrics, and whether it
+    // accepts work. Every action id and event names this start of the
+    // runner.
     let instance = RunnerInstance::random();
     let events = Events::start(&config.events, instance.clone());
-    let observer: Arc<dyn Observer> = Arc::new(Observers::new(vec![
-        Arc::new(LogObserver),
-        events.observer(),
-    ]));
+    let mut observers: Vec<Arc<dyn Observer>> = vec![Arc::new(LogObserver), events.observer()];
+    if let Some(metrics) = &metrics {
+        observers.push(metrics.actions.clone());
+    }
+    let observer: Arc<dyn Observer> = Arc::new(Observers::new(observers));
     let state = Arc::new(
         RunnerStateReporter::new(observer.clone())
             .with_memory_budget(cgroup_host::memory_budget(&cgroups)),
@@ -303,7 +334,31 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         );
     }
 
-    let servers = BoundServers::bind(&config.grpc_servers, config.listen_path_mode).await?;
+    let mut servers = BoundServers::bind(&config.grpc_servers, config.listen_path_mode).await?;
+    if let Some(metrics) = &metrics {
+        servers.count_calls(metrics.grpc.clone());
+    }
+
+    // global.diagnosticsHttpServer: bound once the gRPC listeners are,
+    // stopped with them.
+    let (stop_diagnostics, diagnostics_stopped) = tokio::sync::watch::channel(false);
+    let diagnostics = match &config.global.diagnostics_http_server {
+        Some(diagnostics) => {
+            if diagnostics.enable_pprof || diagnostics.enable_active_spans {
+                tracing::warn!(
+                    "diagnosticsHttpServer: enablePprof and enableActiveSpans have no effect in rbe-runner"
+                );
+            }
+            let readiness = Readiness {
+                state: state.clone(),
+                pathnames: Arc::new(config.readiness_checking_pathnames.clone()),
+            };
+            let server = DiagnosticsServer::bind(diagnostics, metrics.clone(), readiness).await?;
+            tracing::info!(addresses = ?server.addresses(), "diagnostics HTTP server listening");
+            Some(tokio::spawn(server.serve(diagnostics_stopped)))
+        }
+        None => None,
+    };
     let stop_gracefully = config
         .grpc_servers
         .iter()
@@ -344,6 +399,10 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         });
     };
     let served = servers.serve(runner, events.service(), shutdown).await;
+    let _ = stop_diagnostics.send(true);
+    if let Some(diagnostics) = diagnostics {
+        let _ = diagnostics.await;
+    }
 
     // Calls are over, but actions whose calls were dropped may still be in
     // their grace period, detached from any call. Exiting now would orphan

@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
@@ -26,6 +27,7 @@ use crate::events::service::EventsService;
 use crate::listener::deadline::{parse_grpc_timeout, DeadlineService};
 use crate::listener::socket::{BoundSocket, SocketError, SocketFile};
 use crate::listener::{self, Listener};
+use crate::metrics::{GrpcMetrics, GrpcMetricsService};
 use crate::process::privileges::{self, CAP_SETUID};
 use crate::proto::rbe_runner::events::v1::events_server::EventsServer;
 use crate::proto::rpc;
@@ -140,6 +142,8 @@ impl Bound {
 /// a bad address fails startup instead of one server silently missing.
 pub struct BoundServers {
     servers: Vec<(GrpcServerConfig, Vec<Bound>)>,
+    /// go-grpc-prometheus's metrics of every call, when enabled.
+    metrics: Option<Arc<GrpcMetrics>>,
 }
 
 impl BoundServers {
@@ -174,7 +178,16 @@ impl BoundServers {
             }
             servers.push((config.clone(), listeners));
         }
-        Ok(BoundServers { servers })
+        Ok(BoundServers {
+            servers,
+            metrics: None,
+        })
+    }
+
+    /// Counts every call in `metrics` (one layer around each server's
+    /// routes, outside the deadline handling, so it sees what clients get).
+    pub fn count_calls(&mut self, metrics: Arc<GrpcMetrics>) {
+        self.metrics = Some(metrics);
     }
 
     /// Names of all listeners (socket paths and TCP addresses).
@@ -217,7 +230,8 @@ impl BoundServers {
                 .add_service(health_service.clone())
                 .add_service(reflection_service.clone())
                 .prepare();
-            let service = DeadlineService::new(routes);
+            let service =
+                GrpcMetricsService::new(DeadlineService::new(routes), self.metrics.clone());
             for bound in listeners {
                 let name = bound.name();
                 let listener = match bound {

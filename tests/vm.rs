@@ -720,3 +720,82 @@ fn action_cgroups_are_exact_at_concurrency_8_and_a_node_oom_is_retried() {
     assert_eq!(run.read("runner-alive-after-action").trim(), "yes");
     assert_eq!(run.number("runner.status"), 0, "{log}");
 }
+
+/// The value of the sample `series` (name and labels exactly as the text
+/// format writes them, labels in name order) in a scraped exposition.
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.parse().ok()
+    })
+}
+
+/// `/metrics`, scraped with busybox wget inside the guest after actions
+/// with sampling on: the memory-peak and stall histograms hold each
+/// action's measurement, and the budget gauges show the runner's cgroup.
+#[test]
+fn diagnostics_metrics_scraped_in_the_guest_show_action_usage_and_the_cgroup_budget() {
+    let Some(_vm) = harness::vm_or_skip(
+        "diagnostics_metrics_scraped_in_the_guest_show_action_usage_and_the_cgroup_budget",
+    ) else {
+        return;
+    };
+    let run = harness::run_scenario("diagnostics-metrics");
+    let context = format!(
+        "hog's stderr: {}\nrunner log:\n{}",
+        run.read("hog.stderr"),
+        run.read("runner.log")
+    );
+    assert_eq!(run.number("hog.status"), 0, "{context}");
+    assert_eq!(run.number("true.status"), 0, "{context}");
+    assert_eq!(run.number("metrics.status"), 0, "{context}");
+    assert_eq!(run.read("ready.txt"), "OK\n");
+    let metrics = run.read("metrics.txt");
+    let value = |series: &str| {
+        sample(&metrics, series).unwrap_or_else(|| panic!("{series} missing from:\n{metrics}"))
+    };
+
+    assert_eq!(
+        value(r#"rbe_runner_actions_finished_total{grpc_code="OK",result="Success"}"#),
+        2.0
+    );
+    // The hog's peak (48 MiB and the runtime) is over 32 MiB, the shell's
+    // is not; both are under 64 MiB.
+    let hog_peak = usage_of_type(&run.json("hog.json")["resourceUsage"], CGROUP_USAGE_TYPE)
+        ["memoryPeak"]
+        .as_i64()
+        .unwrap_or_default();
+    assert!((48 * MIB..64 * MIB).contains(&hog_peak), "{hog_peak}");
+    assert_eq!(value("rbe_runner_action_memory_peak_bytes_count"), 2.0);
+    assert_eq!(
+        value(r#"rbe_runner_action_memory_peak_bytes_bucket{le="33554432"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"rbe_runner_action_memory_peak_bytes_bucket{le="67108864"}"#),
+        2.0
+    );
+    assert!(value("rbe_runner_action_memory_peak_bytes_sum") >= hog_peak as f64);
+    for resource in ["cpu", "memory", "io"] {
+        for kind in ["some", "full"] {
+            assert_eq!(
+                value(&format!(
+                    r#"rbe_runner_action_pressure_stall_seconds_count{{kind="{kind}",resource="{resource}"}}"#
+                )),
+                2.0,
+                "{resource} {kind}"
+            );
+            assert!(
+                value(&format!(
+                    r#"rbe_runner_cgroup_pressure_seconds_total{{kind="{kind}",resource="{resource}"}}"#
+                )) >= 0.0
+            );
+        }
+    }
+    assert!(value("rbe_runner_cgroup_memory_current_bytes") > 0.0);
+    assert_eq!(
+        value("rbe_runner_cgroup_memory_max_bytes"),
+        (256 * MIB) as f64
+    );
+    assert_eq!(run.number("runner.status"), 0);
+}

@@ -241,6 +241,14 @@ impl RunnerStateReporter {
         }
     }
 
+    /// Why work is refused now (the first reason, with its detail), or
+    /// `None` when it is accepted.
+    pub fn refusal(&self) -> Option<String> {
+        let reporter = lock_unpoisoned(&self.state);
+        let (refusal, detail) = reporter.refusals.iter().next()?;
+        Some(format!("{}: {detail}", refusal.as_str()))
+    }
+
     /// Whether work is accepted now.
     pub fn accepting_work(&self) -> bool {
         lock_unpoisoned(&self.state).refusals.is_empty()

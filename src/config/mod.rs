@@ -52,6 +52,7 @@ use schema::decode_config;
 
 pub use duration::{format_duration, parse_duration};
 pub use schema::cleaning::CommandCleaner;
+pub use schema::diagnostics::{DiagnosticsHttpServerConfig, HttpServerConfig, LogFormat};
 pub use schema::environment::{GlobalConfig, RunCommandsAs};
 pub use schema::extensions::{
     ActionCgroupsConfig, EventsConfig, DEFAULT_JOURNAL_MAX_BYTES, DEFAULT_REPLAY_BUFFER_SIZE,
@@ -102,6 +103,8 @@ pub struct Config {
     pub listen_path_mode: Option<u32>,
     /// Extension: the event stream and its journal.
     pub events: EventsConfig,
+    /// Extension `logFormat`: text (default) or one JSON object per line.
+    pub log_format: LogFormat,
 }
 
 // ---------------------------------------------------------------------------
@@ -299,9 +302,9 @@ mod tests {
             vec![PathBuf::from("/worker/build")]
         );
         assert_eq!(config.global.set_umask, Some(0o022));
-        assert_eq!(
-            config.global.ignored_keys,
-            vec!["global.logPaths", "global.diagnosticsHttpServer"]
-        );
+        assert_eq!(config.global.ignored_keys, vec!["global.logPaths"]);
+        let diagnostics = config.global.diagnostics_http_server.expect("diagnostics");
+        assert_eq!(diagnostics.http_servers[0].listen_addresses, vec![":9987"]);
+        assert!(diagnostics.enable_prometheus);
     }
 }

@@ -38,29 +38,38 @@ struct PathExistenceCheckingRunner {
 }
 
 impl PathExistenceCheckingRunner {
-    /// UNAVAILABLE naming the first path that cannot be stat'ed. Blocking
-    /// work: a hung NFS mount blocks `stat`, and must not block the runtime.
     async fn check_paths(&self) -> Result<(), RunnerError> {
-        let pathnames = self.pathnames.clone();
-        let checked = blocking(move || {
-            for path in pathnames.iter() {
-                if let Err(err) = std::fs::metadata(path) {
-                    return Err(RunnerError::unavailable(format!(
-                        "readiness checking path {path:?}: {err}"
-                    )));
-                }
-            }
-            Ok(())
-        })
-        .await;
-        match &checked {
-            Ok(()) => self.state.resolve(Refusal::ReadinessPathMissing),
-            Err(error) => self
-                .state
-                .refuse(Refusal::ReadinessPathMissing, error.to_string()),
-        }
-        checked
+        check_pathnames(self.pathnames.clone(), &self.state).await
     }
+}
+
+/// UNAVAILABLE naming the first of `pathnames` that cannot be stat'ed;
+/// the result is reported to `state`. Blocking work: a hung NFS mount
+/// blocks `stat`, and must not block the runtime. Also used by the
+/// diagnostics server's `/-/ready`.
+pub async fn check_pathnames(
+    pathnames: Arc<Vec<PathBuf>>,
+    state: &RunnerStateReporter,
+) -> Result<(), RunnerError> {
+    if pathnames.is_empty() {
+        return Ok(());
+    }
+    let checked = blocking(move || {
+        for path in pathnames.iter() {
+            if let Err(err) = std::fs::metadata(path) {
+                return Err(RunnerError::unavailable(format!(
+                    "readiness checking path {path:?}: {err}"
+                )));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match &checked {
+        Ok(()) => state.resolve(Refusal::ReadinessPathMissing),
+        Err(error) => state.refuse(Refusal::ReadinessPathMissing, error.to_string()),
+    }
+    checked
 }
 
 #[tonic::async_trait]

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::Path;
 
-use super::{cleaning, environment, extensions, serving};
+use super::{cleaning, diagnostics, environment, extensions, serving};
 use crate::config::duration::format_duration;
 use crate::config::Config;
 
@@ -68,7 +68,8 @@ impl fmt::Display for Config {
         )?;
         extensions::write_action_cgroups(f, &self.action_cgroups)?;
         serving::write_listen_path_mode(f, self.listen_path_mode)?;
-        extensions::write_events(f, &self.events)
+        extensions::write_events(f, &self.events)?;
+        diagnostics::write_log_format(f, self.log_format)
     }
 }
 

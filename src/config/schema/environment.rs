@@ -8,13 +8,17 @@ use std::fmt;
 
 use crate::config::protojson::{optional, Decoded, Field, FieldError, Message};
 
+use super::diagnostics::{self, DiagnosticsHttpServerConfig};
+
 /// `global`: only `setUmask` has an effect; other keys are listed in
 /// `ignored_keys` so that startup can log them once.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct GlobalConfig {
     /// umask applied to the runner, and so inherited by every action.
     pub set_umask: Option<u32>,
-    /// Paths (e.g. `global.diagnosticsHttpServer`) present but not acted on.
+    /// `diagnosticsHttpServer`: metrics and health over HTTP.
+    pub diagnostics_http_server: Option<DiagnosticsHttpServerConfig>,
+    /// Paths (e.g. `global.tracing`) present but not acted on.
     pub ignored_keys: Vec<String>,
 }
 
@@ -92,7 +96,6 @@ const IGNORED_GLOBAL_FIELDS: &[&str] = &[
     "mutex_profile_fraction",
     "prometheus_pushgateway",
     "log_paths",
-    "diagnostics_http_server",
     "grpc_forward_and_reuse_metadata",
     "grpc_kubernetes_resolvers",
     "set_resource_limits",
@@ -121,6 +124,10 @@ fn decode_global(mut message: Message) -> Decoded<GlobalConfig> {
         }
         None => None,
     };
+    let diagnostics_http_server = message
+        .take("diagnostics_http_server")?
+        .map(|field| diagnostics::decode_diagnostics_http_server(field.message()?))
+        .transpose()?;
     let mut ignored_keys = Vec::new();
     for name in IGNORED_GLOBAL_FIELDS {
         if let Some(field) = message.take(name)? {
@@ -130,6 +137,7 @@ fn decode_global(mut message: Message) -> Decoded<GlobalConfig> {
     message.finish()?;
     Ok(GlobalConfig {
         set_umask,
+        diagnostics_http_server,
         ignored_keys,
     })
 }
@@ -153,6 +161,7 @@ pub(super) fn write_global(f: &mut fmt::Formatter<'_>, global: &GlobalConfig) ->
         Some(umask) => writeln!(f, "  setUmask: {{ umask: {umask:#05o} }}")?,
         None => writeln!(f, "  setUmask: not set (the inherited umask is kept)")?,
     }
+    diagnostics::write_diagnostics_http_server(f, &global.diagnostics_http_server)?;
     if global.ignored_keys.is_empty() {
         writeln!(f, "  ignored: none")?;
     } else {
@@ -309,7 +318,6 @@ mod tests {
     fn global_keys_other_than_set_umask_are_recorded() {
         let config = load_with(
             "global: {
-                diagnosticsHttpServer: { httpServers: [{ listenAddresses: [':9987'] }], enablePrometheus: true },
                 log_paths: ['/var/log/runner.log'],
                 tracing: { backends: [] },
                 mutexProfileFraction: 1,
@@ -333,7 +341,6 @@ mod tests {
                 "global.mutexProfileFraction",
                 "global.prometheusPushgateway",
                 "global.log_paths",
-                "global.diagnosticsHttpServer",
                 "global.grpcForwardAndReuseMetadata",
                 "global.grpcKubernetesResolvers",
                 "global.setResourceLimits",

@@ -10,11 +10,13 @@
 //!   TMPDIR, chroot, `runCommandsAs`, Xcode directories);
 //! - [`cleaning`]: what is cleaned between actions;
 //! - [`extensions`]: rbe-runner's own fields (grace period, cgroups,
-//!   events).
+//!   events);
+//! - [`diagnostics`]: `global.diagnosticsHttpServer` and `logFormat`.
 //!
 //! [`display`] prints the whole configuration in the schema's field order.
 
 pub(super) mod cleaning;
+pub(super) mod diagnostics;
 mod display;
 pub(super) mod environment;
 pub(super) mod extensions;
@@ -40,6 +42,7 @@ pub(super) fn decode_config(json: Json) -> Decoded<Config> {
     let environment = environment::decode(&mut message)?;
     let cleaning = cleaning::decode(&mut message)?;
     let extensions = extensions::decode(&mut message)?;
+    let log_format = diagnostics::decode_log_format(&mut message)?;
 
     // Unknown keys first: a misspelled required field should be reported
     // as the typo it is, not as missing.
@@ -64,6 +67,7 @@ pub(super) fn decode_config(json: Json) -> Decoded<Config> {
         action_cgroups: extensions.action_cgroups,
         listen_path_mode: serving.listen_path_mode,
         events: extensions.events,
+        log_format,
     })
 }
 

@@ -201,7 +201,7 @@ fn decode_grpc_server(field: Field) -> Decoded<GrpcServerConfig> {
 
 /// A TCP listen address: `host:port`, where the host may be empty (all
 /// interfaces, as in Go's `:8991`) or a bracketed IPv6 address.
-fn decode_listen_address(field: Field) -> Decoded<String> {
+pub(super) fn decode_listen_address(field: Field) -> Decoded<String> {
     let path = field.path.clone();
     let address = field.non_empty_string()?;
     let valid_port = address
@@ -229,7 +229,7 @@ const OTHER_AUTHENTICATION_POLICIES: &[&str] = &[
 
 /// Only `{ allow: {} }` is accepted: the runner has no notion of identity,
 /// and its socket is protected by file permissions.
-fn check_authentication_policy(mut message: Message) -> Decoded<()> {
+pub(super) fn check_authentication_policy(mut message: Message) -> Decoded<()> {
     let policy_path = message.path.clone();
     let allow = message.take("allow")?;
     let mut others = Vec::new();
