@@ -206,8 +206,15 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         rbe_runner::process::spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ,
     ));
 
+    // The event stream of this start of the runner (every action id and
+    // event names the instance), with its journal when events.journalPath
+    // is set.
+    let instance = RunnerInstance::random();
+    let events = Events::start(&config.events, instance.clone());
+
     // global.diagnosticsHttpServer.enablePrometheus: metrics of calls,
-    // actions, the delegated cgroup's budget and the process.
+    // actions, the event stream, the delegated cgroup's budget and the
+    // process.
     let metrics = match &config.global.diagnostics_http_server {
         Some(diagnostics) if diagnostics.enable_prometheus => {
             let delegated_cgroup = match &cgroups {
@@ -215,18 +222,15 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
                 _ => None,
             };
             Some(Arc::new(
-                Metrics::new(delegated_cgroup).context("cannot create the metrics")?,
+                Metrics::new(delegated_cgroup, events.counters())
+                    .context("cannot create the metrics")?,
             ))
         }
         _ => None,
     };
 
-    // Who learns what the runner does: the log, the event stream (with its
-    // journal, when events.journalPath is set), the metrics, and whether it
-    // accepts work. Every action id and event names this start of the
-    // runner.
-    let instance = RunnerInstance::random();
-    let events = Events::start(&config.events, instance.clone());
+    // Who learns what the runner does: the log, the event stream, the
+    // metrics, and whether it accepts work.
     let mut observers: Vec<Arc<dyn Observer>> = vec![Arc::new(LogObserver), events.observer()];
     if let Some(metrics) = &metrics {
         observers.push(metrics.actions.clone());

@@ -235,6 +235,11 @@ async fn the_scrape_counts_exactly_the_actions_that_ran() {
         0.0
     );
     assert_eq!(before.value("rbe_runner_refusing_work", &[]), 0.0);
+    assert_eq!(before.value("rbe_runner_events_dropped_total", &[]), 0.0);
+    assert_eq!(
+        before.value("rbe_runner_events_journal_write_failures_total", &[]),
+        0.0
+    );
     assert_eq!(
         before.value(
             "rbe_runner_build_info",

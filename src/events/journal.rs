@@ -60,6 +60,11 @@ impl Journal {
         self.write_failures.load(Ordering::Relaxed)
     }
 
+    /// The counter of lines that could not be written, shared.
+    pub fn write_failures(&self) -> Arc<AtomicU64> {
+        self.write_failures.clone()
+    }
+
     /// Waits until everything given to the writer is written; the hub
     /// must have been closed.
     pub async fn finished(self) {

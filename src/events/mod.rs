@@ -62,6 +62,29 @@ pub enum Usage {
     Cgroup(CgroupResourceUsage),
 }
 
+/// What the event stream lost, readable while it runs: events dropped for
+/// subscribers that fell behind, and journal lines that could not be
+/// written.
+#[derive(Clone)]
+pub struct EventCounters {
+    hub: Arc<EventHub>,
+    journal_write_failures: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl EventCounters {
+    /// Events a subscriber (the journal included) missed, in total.
+    pub fn dropped_total(&self) -> u64 {
+        self.hub.dropped_total()
+    }
+
+    /// Journal lines that could not be written; 0 without a journal.
+    pub fn journal_write_failures_total(&self) -> u64 {
+        self.journal_write_failures.as_ref().map_or(0, |failures| {
+            failures.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+}
+
 /// The runner's events: the hub, the observer feeding it, the service
 /// serving it and the journal writing it.
 pub struct Events {
@@ -113,6 +136,14 @@ impl Events {
     /// journal included), one count per subscriber and event.
     pub fn dropped_total(&self) -> u64 {
         self.hub.dropped_total()
+    }
+
+    /// A handle on the loss counters, for metrics read at scrape time.
+    pub fn counters(&self) -> EventCounters {
+        EventCounters {
+            hub: self.hub.clone(),
+            journal_write_failures: self.journal.as_ref().map(Journal::write_failures),
+        }
     }
 
     /// Journal lines that could not be written.

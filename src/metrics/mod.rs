@@ -6,6 +6,8 @@
 //!   action lifecycle (its outcome classification, its measured usage).
 //! - [`cgroup_budget`]: the delegated cgroup's memory and stall totals,
 //!   read when scraped.
+//! - [`events`]: what the event stream lost (dropped events, journal
+//!   lines not written), read when scraped.
 //!
 //! The `prometheus` crate is used because its `TextEncoder` writes exactly
 //! the 0.0.4 text format with the names given (counters keep `_total`),
@@ -16,6 +18,7 @@
 
 pub mod actions;
 pub mod cgroup_budget;
+pub mod events;
 pub mod grpc;
 
 use std::path::PathBuf;
@@ -101,11 +104,16 @@ pub struct Metrics {
 
 impl Metrics {
     /// All metrics, pre-created at zero. `delegated_cgroup` is the parent of
-    /// the action cgroups, whose budget is read at scrape time.
-    pub fn new(delegated_cgroup: Option<PathBuf>) -> Result<Self, prometheus::Error> {
+    /// the action cgroups, whose budget is read at scrape time, as are the
+    /// losses of the event stream (`events`).
+    pub fn new(
+        delegated_cgroup: Option<PathBuf>,
+        events: crate::events::EventCounters,
+    ) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let grpc = Arc::new(GrpcMetrics::register(&registry)?);
         let actions = Arc::new(ActionMetrics::register(&registry)?);
+        registry.register(Box::new(events::EventLosses::new(events)?))?;
         if let Some(cgroup) = delegated_cgroup {
             registry.register(Box::new(cgroup_budget::CgroupBudget::new(cgroup)?))?;
         }
