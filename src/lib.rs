@@ -18,6 +18,7 @@
 //! - [`diagnostics`]: the diagnostics HTTP server: `/metrics`, `/-/healthy`, `/-/ready`.
 //! - [`listener`]: the connection edge: socket files, handshake limit, `:authority` rewriting, deadlines.
 //! - [`bounded`]: request values quoted in error messages, bounded in length.
+//! - [`cli`]: the operator CLI's subcommands (`check-config`, `install`, `exec`, `watch`).
 //! - [`client`]: the operator CLI's client side (`rbe-runner exec`).
 //! - [`install`]: `rbe-runner install`, copying the runner into a pod's shared volume.
 //! - [`sync`]: locking state that a panic cannot leave inconsistent.
@@ -27,6 +28,7 @@ pub mod bounded;
 pub mod build_directory;
 pub mod cgroup;
 pub mod cleaner;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod diagnostics;

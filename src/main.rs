@@ -3,16 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use rbe_runner::action::observer::{
     report_dirty_cgroups, LogObserver, Refusal, RunnerStateReporter,
 };
 use rbe_runner::action::prepare::PrepareOptions;
 use rbe_runner::action::{
-    ActionIds, ActionOptions, Actions, Observer, Observers, PlacementPolicy, RunnerInstance,
+    ActionIds, ActionOptions, Actions, ActionsRunning, Observer, Observers, PlacementPolicy,
+    RunnerInstance, ShutdownSignal,
 };
 use rbe_runner::build_directory::BuildDirectory;
 use rbe_runner::cgroup::host::{
@@ -22,10 +22,9 @@ use rbe_runner::cleaner::command::CommandCleaner;
 use rbe_runner::cleaner::directory::DirectoryCleaner;
 use rbe_runner::cleaner::process_table::ProcessTableCleaner;
 use rbe_runner::cleaner::Cleaner;
-use rbe_runner::client::{self, ActionDirectory, Target};
+use rbe_runner::cli;
 use rbe_runner::config::{self, Config, LogFormat};
 use rbe_runner::diagnostics::{DiagnosticsServer, Readiness};
-use rbe_runner::events::watch::WatchOptions;
 use rbe_runner::events::Events;
 use rbe_runner::metrics::Metrics;
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
@@ -36,25 +35,11 @@ use rbe_runner::runner::SharedRunner;
 use rbe_runner::runner::{clean, readiness, temporary_directory_symlinking};
 use rbe_runner::server::BoundServers;
 
-const USAGE: &str = "\
-usage:
-  rbe-runner CONFIG                 serve, configured by the Jsonnet file CONFIG
-  rbe-runner check-config CONFIG    evaluate and validate CONFIG, print what was understood
-  rbe-runner install [DIR]          copy this executable to DIR/rbe-runner and DIR/bb_runner,
-                                    then write DIR/installed (default DIR: /bb)
-  rbe-runner exec (--socket PATH | --address HOST:PORT) --build-dir DIR
-                  [--env K=V]... [--timeout DURATION] -- CMD ARGS...
-                                    run one action as a worker would; prints JSON
-  rbe-runner watch (--socket PATH | --address HOST:PORT) [--after N] [--live]
-                   [--json] [--summary] [--no-follow]
-                                    print the runner's action events as they come
-  rbe-runner --version";
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         None | Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
+            println!("{}", cli::USAGE);
             return if args.is_empty() {
                 ExitCode::from(2)
             } else {
@@ -65,14 +50,15 @@ fn main() -> ExitCode {
             println!("rbe-runner {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Some("check-config") => check_config(&args[1..]),
-        Some("install") => install(&args[1..]),
-        Some("exec") => return exec(&args[1..]),
-        Some("watch") => return watch(&args[1..]),
+        Some("check-config") => return cli::check_config(&args[1..]),
+        Some("install") => return cli::install(&args[1..]),
+        Some("exec") => return cli::exec(&args[1..]),
+        Some("watch") => return cli::watch(&args[1..]),
         Some(_) if args.len() == 1 => serve(PathBuf::from(&args[0])),
         Some(_) => Err(anyhow::anyhow!(
-            "unexpected arguments {:?}\n{USAGE}",
-            &args[1..]
+            "unexpected arguments {:?}\n{}",
+            &args[1..],
+            cli::USAGE
         )),
     };
     match result {
@@ -84,32 +70,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(args: &[String]) -> anyhow::Result<()> {
-    let [file] = args else {
-        bail!("check-config takes exactly one argument, the configuration file\n{USAGE}");
-    };
-    let config = config::load(std::path::Path::new(file))?;
-    println!("{config}");
-    Ok(())
-}
-
-/// `install`: what bb-deployments' installer init container does.
-fn install(args: &[String]) -> anyhow::Result<()> {
-    use rbe_runner::install::{DEFAULT_INSTALL_DIR, DEFAULT_PROC_SELF_EXE};
-    let dir = match args {
-        [] => DEFAULT_INSTALL_DIR,
-        [dir] => dir.as_str(),
-        _ => bail!("install takes at most one argument, the directory\n{USAGE}"),
-    };
-    let installed = rbe_runner::install::install(Path::new(DEFAULT_PROC_SELF_EXE), Path::new(dir))?;
-    for path in installed.executables.iter().chain([&installed.marker]) {
-        println!("installed {}", path.display());
-    }
-    Ok(())
-}
-
-/// Logs to stderr as `logFormat` asks; JSON lines carry every field
-/// (`action_id` among them) at the top level of one object.
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -168,37 +128,14 @@ fn apply_process_settings(config: &Config) -> anyhow::Result<()> {
 async fn serve_config(config: Config) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install()?;
     let proc_root = Path::new(DEFAULT_PROC_ROOT);
-
-    // runCommandsAs and chrootIntoInputRoot need privileges; without them
-    // every action would fail with EPERM, so refuse to start instead.
-    if config.run_commands_as.is_some() {
-        privileges::require(proc_root, "runCommandsAs", &[CAP_SETUID, CAP_SETGID])?;
-    }
-    if config.chroot_into_input_root {
-        privileges::require(proc_root, "chrootIntoInputRoot", &[CAP_SYS_CHROOT])?;
-    }
-
+    require_privileges(&config, proc_root)?;
     let build_directory =
         Arc::new(BuildDirectory::open(&config.build_directory_path).context("buildDirectoryPath")?);
 
     // sampleCgroupResourceUsage and actionCgroups: find the cgroups they
     // need, take over the delegated subtree (removing leftovers of a
     // previous runner) and check what accounting needs, before serving.
-    let cgroup_options = CgroupOptions {
-        sample_resource_usage: config.sample_cgroup_resource_usage,
-        action_cgroups: config
-            .action_cgroups
-            .as_ref()
-            .map(|action_cgroups| ActionCgroupOptions {
-                parent_path: action_cgroups.parent_path.clone(),
-                limits: action_cgroups.limits.clone(),
-            }),
-    };
-    let cgroups = tokio::task::spawn_blocking(move || {
-        cgroup_host::start(&CgroupHost::default(), &cgroup_options)
-    })
-    .await
-    .context("cgroup setup")??;
+    let cgroups = start_cgroups(&config).await?;
 
     // Under memory pressure the kernel should kill an action (retryable)
     // before the runner that serves all of them.
@@ -215,19 +152,7 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     // global.diagnosticsHttpServer.enablePrometheus: metrics of calls,
     // actions, the event stream, the delegated cgroup's budget and the
     // process.
-    let metrics = match &config.global.diagnostics_http_server {
-        Some(diagnostics) if diagnostics.enable_prometheus => {
-            let delegated_cgroup = match &cgroups {
-                CgroupSetup::ActionCgroups { manager, .. } => Some(manager.parent().to_owned()),
-                _ => None,
-            };
-            Some(Arc::new(
-                Metrics::new(delegated_cgroup, events.counters())
-                    .context("cannot create the metrics")?,
-            ))
-        }
-        _ => None,
-    };
+    let metrics = create_metrics(&config, &cgroups, &events)?;
 
     // Who learns what the runner does: the log, the event stream, the
     // metrics, and whether it accepts work.
@@ -243,7 +168,153 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
 
     // Every action's life: placed in a process group or a cgroup of its
     // own, measured as sampleCgroupResourceUsage asks.
-    let placement = match cgroups {
+    let actions = Arc::new(Actions::new(
+        build_directory.clone(),
+        action_options(&config, action_oom_score_adj),
+        placement_policy(&config, cgroups, &state),
+        ActionIds::new(instance.clone()),
+        observer.clone(),
+    ));
+    let actions_running = actions.running().clone();
+    let shutdown_signal = actions.shutdown().clone();
+
+    // The runner chain, innermost first, as bb_runner composes it: the
+    // local runner executes actions as child processes; the decorators
+    // the configuration enables wrap it.
+    let local: SharedRunner = Arc::new(LocalRunner::new(actions, build_directory.clone()));
+    let runner = decorate(
+        local,
+        &config,
+        &build_directory,
+        &actions_running,
+        &observer,
+        &state,
+        proc_root,
+    )?;
+
+    let mut servers = BoundServers::bind(&config.grpc_servers, config.listen_path_mode).await?;
+    if let Some(metrics) = &metrics {
+        servers.count_calls(metrics.grpc.clone());
+    }
+    // global.diagnosticsHttpServer: bound once the gRPC listeners are,
+    // stopped with them.
+    let diagnostics = start_diagnostics(&config, metrics, &state).await?;
+    tracing::info!(
+        listeners = ?servers.listener_names(),
+        build_directory = %build_directory.path().display(),
+        runner_instance = %instance,
+        "serving"
+    );
+    state.started();
+
+    // On the first signal: refuse work, then let actions finish
+    // (stopGracefully) or terminate them; event streams end after the last
+    // action's events.
+    let stop_gracefully = config
+        .grpc_servers
+        .iter()
+        .all(|server| server.stop_gracefully);
+    let shutdown = {
+        let (shutdown_signal, state) = (shutdown_signal.clone(), state.clone());
+        let (actions_running, event_streams) = (actions_running.clone(), events.hub());
+        async move {
+            signals.recv().await;
+            state.refuse(Refusal::Shutdown, "a shutdown signal was received");
+            if stop_gracefully {
+                tracing::info!(
+                    "shutting down: letting running actions finish (signal again to terminate them)"
+                );
+                // An operator who cannot wait signals again: then terminate.
+                tokio::spawn(async move {
+                    signals.recv().await;
+                    tracing::info!("second signal: terminating running actions");
+                    shutdown_signal.terminate_all();
+                });
+            } else {
+                tracing::info!("shutting down: terminating running actions");
+                shutdown_signal.terminate_all();
+            }
+            // Event streams never end on their own, and the servers stop
+            // only once every call did: end them after the last action's
+            // events.
+            tokio::spawn(async move {
+                actions_running.wait_idle().await;
+                event_streams.close_streams();
+            });
+        }
+    };
+    let served = servers.serve(runner, events.service(), shutdown).await;
+    diagnostics.stop().await;
+    wait_for_terminating_actions(&config, &actions_running, &shutdown_signal).await;
+    // Every event published; the journal writes what it was given.
+    events.finish().await;
+    served?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// runCommandsAs and chrootIntoInputRoot need privileges; without them
+/// every action would fail with EPERM, so refuse to start instead.
+fn require_privileges(config: &Config, proc_root: &Path) -> anyhow::Result<()> {
+    if config.run_commands_as.is_some() {
+        privileges::require(proc_root, "runCommandsAs", &[CAP_SETUID, CAP_SETGID])?;
+    }
+    if config.chroot_into_input_root {
+        privileges::require(proc_root, "chrootIntoInputRoot", &[CAP_SYS_CHROOT])?;
+    }
+    Ok(())
+}
+
+/// The cgroups the configuration asks for, found and taken over
+/// ([`cgroup_host::start`], blocking, off the runtime's threads).
+async fn start_cgroups(config: &Config) -> anyhow::Result<CgroupSetup> {
+    let options = CgroupOptions {
+        sample_resource_usage: config.sample_cgroup_resource_usage,
+        action_cgroups: config
+            .action_cgroups
+            .as_ref()
+            .map(|action_cgroups| ActionCgroupOptions {
+                parent_path: action_cgroups.parent_path.clone(),
+                limits: action_cgroups.limits.clone(),
+            }),
+    };
+    let setup =
+        tokio::task::spawn_blocking(move || cgroup_host::start(&CgroupHost::default(), &options))
+            .await
+            .context("cgroup setup")??;
+    Ok(setup)
+}
+
+/// The metrics, when `diagnosticsHttpServer.enablePrometheus` is set.
+fn create_metrics(
+    config: &Config,
+    cgroups: &CgroupSetup,
+    events: &Events,
+) -> anyhow::Result<Option<Arc<Metrics>>> {
+    let Some(diagnostics) = &config.global.diagnostics_http_server else {
+        return Ok(None);
+    };
+    if !diagnostics.enable_prometheus {
+        return Ok(None);
+    }
+    let delegated_cgroup = match cgroups {
+        CgroupSetup::ActionCgroups { manager, .. } => Some(manager.parent().to_owned()),
+        _ => None,
+    };
+    let metrics =
+        Metrics::new(delegated_cgroup, events.counters()).context("cannot create the metrics")?;
+    Ok(Some(Arc::new(metrics)))
+}
+
+/// How every action is placed: a process group (sampled through the shared
+/// cgroup, or not), or a cgroup of its own whose dirty gate reports to
+/// `state`.
+fn placement_policy(
+    config: &Config,
+    cgroups: CgroupSetup,
+    state: &Arc<RunnerStateReporter>,
+) -> PlacementPolicy {
+    match cgroups {
         CgroupSetup::Unused => PlacementPolicy::ProcessGroups,
         CgroupSetup::SharedCgroup { cgroup } => PlacementPolicy::SharedCgroup { cgroup },
         CgroupSetup::ActionCgroups {
@@ -265,33 +336,37 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
                     .unwrap_or_default(),
             }
         }
-    };
-    let actions = Arc::new(Actions::new(
-        build_directory.clone(),
-        ActionOptions {
-            prepare: PrepareOptions {
-                set_tmpdir_environment_variable: config.set_tmpdir_environment_variable,
-                chroot_into_input_root: config.chroot_into_input_root,
-            },
-            identity: config.run_commands_as.as_ref().map(|identity| Identity {
-                user_id: identity.user_id,
-                group_id: identity.group_id,
-                additional_group_ids: identity.additional_group_ids.clone(),
-            }),
-            termination_grace_period: config.termination_grace_period,
-            oom_score_adj: action_oom_score_adj,
+    }
+}
+
+/// How actions are prepared and run, from the configuration.
+fn action_options(config: &Config, oom_score_adj: Option<i32>) -> ActionOptions {
+    ActionOptions {
+        prepare: PrepareOptions {
+            set_tmpdir_environment_variable: config.set_tmpdir_environment_variable,
+            chroot_into_input_root: config.chroot_into_input_root,
         },
-        placement,
-        ActionIds::new(instance.clone()),
-        observer.clone(),
-    ));
-    let actions_running = actions.running().clone();
-    let shutdown_signal = actions.shutdown().clone();
+        identity: config.run_commands_as.as_ref().map(|identity| Identity {
+            user_id: identity.user_id,
+            group_id: identity.group_id,
+            additional_group_ids: identity.additional_group_ids.clone(),
+        }),
+        termination_grace_period: config.termination_grace_period,
+        oom_score_adj,
+    }
+}
 
-    // The runner chain, innermost first, as bb_runner composes it.
-    // Executes actions as child processes.
-    let mut runner: SharedRunner = Arc::new(LocalRunner::new(actions, build_directory.clone()));
-
+/// Wraps `runner` in bb_runner's decorators, as the configuration enables
+/// them, in bb_runner's order.
+fn decorate(
+    mut runner: SharedRunner,
+    config: &Config,
+    build_directory: &Arc<BuildDirectory>,
+    actions_running: &ActionsRunning,
+    observer: &Arc<dyn Observer>,
+    state: &Arc<RunnerStateReporter>,
+    proc_root: &Path,
+) -> anyhow::Result<SharedRunner> {
     // symlinkTemporaryDirectories: each path (e.g. /tmp) leads to the
     // running action's temporary directory; one action at a time.
     for path in &config.symlink_temporary_directories {
@@ -337,96 +412,79 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
             state.clone(),
         );
     }
+    Ok(runner)
+}
 
-    let mut servers = BoundServers::bind(&config.grpc_servers, config.listen_path_mode).await?;
-    if let Some(metrics) = &metrics {
-        servers.count_calls(metrics.grpc.clone());
+/// The diagnostics HTTP server, while it serves.
+struct RunningDiagnostics {
+    stop: tokio::sync::watch::Sender<bool>,
+    serving: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningDiagnostics {
+    /// Stops it and waits until it has.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Some(serving) = self.serving {
+            let _ = serving.await;
+        }
     }
+}
 
-    // global.diagnosticsHttpServer: bound once the gRPC listeners are,
-    // stopped with them.
-    let (stop_diagnostics, diagnostics_stopped) = tokio::sync::watch::channel(false);
-    let diagnostics = match &config.global.diagnostics_http_server {
-        Some(diagnostics) => {
-            if diagnostics.enable_pprof || diagnostics.enable_active_spans {
-                tracing::warn!(
-                    "diagnosticsHttpServer: enablePprof and enableActiveSpans have no effect in rbe-runner"
-                );
-            }
-            let readiness = Readiness {
-                state: state.clone(),
-                pathnames: Arc::new(config.readiness_checking_pathnames.clone()),
-            };
-            let server = DiagnosticsServer::bind(diagnostics, metrics.clone(), readiness).await?;
-            tracing::info!(addresses = ?server.addresses(), "diagnostics HTTP server listening");
-            Some(tokio::spawn(server.serve(diagnostics_stopped)))
-        }
-        None => None,
-    };
-    let stop_gracefully = config
-        .grpc_servers
-        .iter()
-        .all(|server| server.stop_gracefully);
-    tracing::info!(
-        listeners = ?servers.listener_names(),
-        build_directory = %build_directory.path().display(),
-        runner_instance = %instance,
-        "serving"
-    );
-    state.started();
-    let signal_terminator = shutdown_signal.clone();
-    let shutdown_state = state.clone();
-    let shutdown_actions = actions_running.clone();
-    let event_streams = events.hub();
-    let shutdown = async move {
-        signals.recv().await;
-        shutdown_state.refuse(Refusal::Shutdown, "a shutdown signal was received");
-        if stop_gracefully {
-            tracing::info!(
-                "shutting down: letting running actions finish (signal again to terminate them)"
-            );
-            // An operator who cannot wait signals again: then terminate.
-            tokio::spawn(async move {
-                signals.recv().await;
-                tracing::info!("second signal: terminating running actions");
-                signal_terminator.terminate_all();
-            });
-        } else {
-            tracing::info!("shutting down: terminating running actions");
-            signal_terminator.terminate_all();
-        }
-        // Event streams never end on their own, and the servers stop only
-        // once every call did: end them after the last action's events.
-        tokio::spawn(async move {
-            shutdown_actions.wait_idle().await;
-            event_streams.close_streams();
+/// Binds and starts `global.diagnosticsHttpServer`, if configured; a bind
+/// failure stops startup naming the address.
+async fn start_diagnostics(
+    config: &Config,
+    metrics: Option<Arc<Metrics>>,
+    state: &Arc<RunnerStateReporter>,
+) -> anyhow::Result<RunningDiagnostics> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let Some(diagnostics) = &config.global.diagnostics_http_server else {
+        return Ok(RunningDiagnostics {
+            stop,
+            serving: None,
         });
     };
-    let served = servers.serve(runner, events.service(), shutdown).await;
-    let _ = stop_diagnostics.send(true);
-    if let Some(diagnostics) = diagnostics {
-        let _ = diagnostics.await;
+    if diagnostics.enable_pprof || diagnostics.enable_active_spans {
+        tracing::warn!(
+            "diagnosticsHttpServer: enablePprof and enableActiveSpans have no effect in rbe-runner"
+        );
     }
+    let readiness = Readiness {
+        state: state.clone(),
+        pathnames: Arc::new(config.readiness_checking_pathnames.clone()),
+    };
+    let server = DiagnosticsServer::bind(diagnostics, metrics, readiness).await?;
+    tracing::info!(addresses = ?server.addresses(), "diagnostics HTTP server listening");
+    Ok(RunningDiagnostics {
+        stop,
+        serving: Some(tokio::spawn(server.serve(stopped))),
+    })
+}
 
-    // Calls are over, but actions whose calls were dropped may still be in
-    // their grace period, detached from any call. Exiting now would orphan
-    // them (or leave their cgroups to the next start): stop them and wait.
-    if !actions_running.is_idle() {
-        tracing::info!("waiting for actions being terminated");
-        shutdown_signal.terminate_all();
-        let limit = config.termination_grace_period
-            + rbe_runner::process::terminate::KILLED_EXIT_TIMEOUT
-            + rbe_runner::cgroup::action::DEFAULT_CLEANUP_TIMEOUT;
-        let all_gone = actions_running.wait_idle();
-        if tokio::time::timeout(limit, all_gone).await.is_err() {
-            tracing::error!(?limit, "actions still running at exit");
-        }
+/// Calls are over, but actions whose calls were dropped may still be in
+/// their grace period, detached from any call. Exiting now would orphan
+/// them (or leave their cgroups to the next start): stop them and wait,
+/// bounded.
+async fn wait_for_terminating_actions(
+    config: &Config,
+    actions_running: &ActionsRunning,
+    shutdown_signal: &ShutdownSignal,
+) {
+    if actions_running.is_idle() {
+        return;
     }
-    // Every event published; the journal writes what it was given.
-    events.finish().await;
-    served?;
-    tracing::info!("stopped");
-    Ok(())
+    tracing::info!("waiting for actions being terminated");
+    shutdown_signal.terminate_all();
+    let limit = config.termination_grace_period
+        + rbe_runner::process::terminate::KILLED_EXIT_TIMEOUT
+        + rbe_runner::cgroup::action::DEFAULT_CLEANUP_TIMEOUT;
+    if tokio::time::timeout(limit, actions_running.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::error!(?limit, "actions still running at exit");
+    }
 }
 
 /// SIGTERM, SIGINT and SIGHUP, registered once at startup so that a signal
@@ -467,188 +525,6 @@ impl ShutdownSignals {
             _ = self.terminate.recv() => {}
             _ = self.interrupt.recv() => {}
             _ = self.hangup.recv() => {}
-        }
-    }
-}
-
-/// Parsed `exec` arguments.
-struct ExecArgs {
-    target: Target,
-    build_dir: PathBuf,
-    environment: Vec<(String, String)>,
-    timeout: Option<Duration>,
-    command: Vec<String>,
-}
-
-/// PATH given to actions started by `exec` unless `--env PATH=...` is used:
-/// the runner never lets its own environment leak into actions, so without
-/// this a bare `sh` could not be found.
-const EXEC_DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-
-fn parse_exec_args(args: &[String]) -> anyhow::Result<ExecArgs> {
-    let mut socket = None;
-    let mut address = None;
-    let mut build_dir = None;
-    let mut environment = Vec::new();
-    let mut timeout = None;
-    let mut iter = args.iter();
-    let mut command = Vec::new();
-    while let Some(arg) = iter.next() {
-        let mut value = |name: &str| {
-            iter.next()
-                .cloned()
-                .with_context(|| format!("{name} needs a value"))
-        };
-        match arg.as_str() {
-            "--socket" => socket = Some(PathBuf::from(value("--socket")?)),
-            "--address" => address = Some(value("--address")?),
-            "--build-dir" => build_dir = Some(PathBuf::from(value("--build-dir")?)),
-            "--env" => {
-                let pair = value("--env")?;
-                let (key, val) = pair
-                    .split_once('=')
-                    .with_context(|| format!("--env {pair:?} is not of the form K=V"))?;
-                environment.push((key.to_string(), val.to_string()));
-            }
-            "--timeout" => {
-                let text = value("--timeout")?;
-                let duration = config::parse_duration(&text)
-                    .map_err(|err| anyhow::anyhow!("--timeout {text:?}: {err}"))?;
-                timeout = Some(duration);
-            }
-            "--" => {
-                command = iter.cloned().collect();
-                break;
-            }
-            other => bail!("exec: unknown argument {other:?}\n{USAGE}"),
-        }
-    }
-    let target = match (socket, address) {
-        (Some(socket), None) => Target::Socket(socket),
-        (None, Some(address)) => Target::Address(address),
-        _ => bail!("exec needs exactly one of --socket and --address\n{USAGE}"),
-    };
-    let build_dir = build_dir.context("exec needs --build-dir (the runner's build directory)")?;
-    if command.is_empty() {
-        bail!("exec needs a command after --\n{USAGE}");
-    }
-    if !environment.iter().any(|(key, _)| key == "PATH") {
-        environment.push(("PATH".into(), EXEC_DEFAULT_PATH.into()));
-    }
-    Ok(ExecArgs {
-        target,
-        build_dir,
-        environment,
-        timeout,
-        command,
-    })
-}
-
-/// `exec`: exit status is the action's exit code, 128+signal when it was
-/// killed by a signal, 2 on a gRPC or usage error.
-fn exec(args: &[String]) -> ExitCode {
-    let args = match parse_exec_args(args) {
-        Ok(args) => args,
-        Err(err) => {
-            eprintln!("rbe-runner exec: {err:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("rbe-runner exec: cannot start the async runtime: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = runtime.block_on(async {
-        let action = ActionDirectory::create(&args.build_dir)?;
-        let channel = client::connect(&args.target).await?;
-        let request = action.request(args.command, args.environment);
-        let response = client::run(channel, request, args.timeout).await?;
-        Ok::<_, client::ClientError>((action, response))
-    });
-    match result {
-        Ok((action, response)) => {
-            println!("{}", client::response_json(&response, &action));
-            ExitCode::from(client::exit_status(&response).clamp(0, 255) as u8)
-        }
-        Err(err) => {
-            eprintln!("rbe-runner exec: {err}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-fn parse_watch_args(args: &[String]) -> anyhow::Result<WatchOptions> {
-    let mut socket = None;
-    let mut address = None;
-    let mut options = WatchOptions {
-        target: Target::Address(String::new()),
-        after_sequence: 0,
-        live_only: false,
-        json: false,
-        summary: false,
-        follow: true,
-    };
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        let mut value = |name: &str| {
-            iter.next()
-                .cloned()
-                .with_context(|| format!("{name} needs a value"))
-        };
-        match arg.as_str() {
-            "--socket" => socket = Some(PathBuf::from(value("--socket")?)),
-            "--address" => address = Some(value("--address")?),
-            "--after" => {
-                let text = value("--after")?;
-                options.after_sequence = text
-                    .parse()
-                    .with_context(|| format!("--after {text:?} is not a sequence number"))?;
-            }
-            "--live" => options.live_only = true,
-            "--json" => options.json = true,
-            "--summary" => options.summary = true,
-            "--no-follow" => options.follow = false,
-            other => bail!("watch: unknown argument {other:?}\n{USAGE}"),
-        }
-    }
-    options.target = match (socket, address) {
-        (Some(socket), None) => Target::Socket(socket),
-        (None, Some(address)) => Target::Address(address),
-        _ => bail!("watch needs exactly one of --socket and --address\n{USAGE}"),
-    };
-    Ok(options)
-}
-
-/// `watch`: exit status 0 when done (`--no-follow`) or interrupted, 2 on a
-/// usage error or a runner that cannot be reached.
-fn watch(args: &[String]) -> ExitCode {
-    let options = match parse_watch_args(args) {
-        Ok(options) => options,
-        Err(err) => {
-            eprintln!("rbe-runner watch: {err:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| format!("cannot start the async runtime: {err}"))
-        .and_then(|runtime| {
-            runtime
-                .block_on(rbe_runner::events::watch::watch(&options))
-                .map_err(|err| err.to_string())
-        });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("rbe-runner watch: {err}");
-            ExitCode::from(2)
         }
     }
 }
