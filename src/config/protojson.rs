@@ -449,6 +449,18 @@ pub(super) fn optional<T: Default>(
     field.map_or_else(|| Ok(T::default()), decode)
 }
 
+/// Decodes a repeated field element by element with `decode`; empty when
+/// unset.
+pub(super) fn repeated<T>(
+    field: Option<Field>,
+    decode: impl FnMut(Field) -> Decoded<T>,
+) -> Decoded<Vec<T>> {
+    match field {
+        Some(field) => field.list()?.into_iter().map(decode).collect(),
+        None => Ok(Vec::new()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! These use made-up field names on purpose: the decoder must work for

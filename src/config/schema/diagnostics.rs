@@ -3,7 +3,9 @@
 
 use std::fmt;
 
-use crate::config::protojson::{child_path, optional, Decoded, Field, FieldError, Message};
+use crate::config::protojson::{
+    child_path, optional, repeated, Decoded, Field, FieldError, Message,
+};
 
 use super::serving::{check_authentication_policy, decode_listen_address};
 
@@ -41,14 +43,7 @@ pub enum LogFormat {
 pub(super) fn decode_diagnostics_http_server(
     mut message: Message,
 ) -> Decoded<DiagnosticsHttpServerConfig> {
-    let http_servers = match message.take("http_servers")? {
-        Some(field) => field
-            .list()?
-            .into_iter()
-            .map(decode_http_server)
-            .collect::<Decoded<Vec<_>>>()?,
-        None => Vec::new(),
-    };
+    let http_servers = repeated(message.take("http_servers")?, decode_http_server)?;
     let enable_prometheus = optional(message.take("enable_prometheus")?, Field::bool)?;
     let enable_pprof = optional(message.take("enable_pprof")?, Field::bool)?;
     let enable_active_spans = optional(message.take("enable_active_spans")?, Field::bool)?;
@@ -63,14 +58,7 @@ pub(super) fn decode_diagnostics_http_server(
 
 fn decode_http_server(field: Field) -> Decoded<HttpServerConfig> {
     let mut message = field.message()?;
-    let listen_addresses = match message.take("listen_addresses")? {
-        Some(field) => field
-            .list()?
-            .into_iter()
-            .map(decode_listen_address)
-            .collect::<Decoded<Vec<_>>>()?,
-        None => Vec::new(),
-    };
+    let listen_addresses = repeated(message.take("listen_addresses")?, decode_listen_address)?;
     let authentication_policy = message.take("authentication_policy")?;
     message.reject(
         "tls",

@@ -6,7 +6,9 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::display::quoted_list;
-use crate::config::protojson::{child_path, optional, Decoded, Field, FieldError, Message};
+use crate::config::protojson::{
+    child_path, optional, repeated, Decoded, Field, FieldError, Message,
+};
 
 /// One entry of `grpcServers`.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -35,14 +37,7 @@ pub(super) struct Serving {
 /// Takes the serving fields from the top-level `message`.
 pub(super) fn decode(message: &mut Message) -> Decoded<Serving> {
     let build_directory_path = optional(message.take("build_directory_path")?, Field::string)?;
-    let grpc_servers = match message.take("grpc_servers")? {
-        Some(field) => field
-            .list()?
-            .into_iter()
-            .map(decode_grpc_server)
-            .collect::<Decoded<Vec<_>>>()?,
-        None => Vec::new(),
-    };
+    let grpc_servers = repeated(message.take("grpc_servers")?, decode_grpc_server)?;
     let readiness_checking_pathnames =
         optional(message.take("readiness_checking_pathnames")?, Field::paths)?;
     // rbe-runner's extension.
@@ -150,14 +145,7 @@ const UNSUPPORTED_SERVER_FIELDS: &[(&str, &str)] = &[
 
 fn decode_grpc_server(field: Field) -> Decoded<GrpcServerConfig> {
     let mut message = field.message()?;
-    let listen_addresses = match message.take("listen_addresses")? {
-        Some(field) => field
-            .list()?
-            .into_iter()
-            .map(decode_listen_address)
-            .collect::<Decoded<Vec<_>>>()?,
-        None => Vec::new(),
-    };
+    let listen_addresses = repeated(message.take("listen_addresses")?, decode_listen_address)?;
     let listen_paths = optional(message.take("listen_paths")?, Field::paths)?;
     let has_authentication_policy = match message.take("authentication_policy")? {
         Some(field) => {
