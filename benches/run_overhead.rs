@@ -1,0 +1,366 @@
+//! What the runner costs per action, measured against the kernel's spawn
+//! floor on the same machine in the same run:
+//!
+//!   cargo bench --bench run_overhead          full figures (a few minutes)
+//!   cargo test --all-targets                  one smoke iteration (seconds)
+//!
+//! The real binary serves on a temporary Unix socket, as bb_worker reaches
+//! it. Each `Run(/bin/true)` is interleaved with a direct spawn of
+//! `/bin/true` from this process, so that machine noise hits both alike:
+//!
+//! - latency: the medians (and 90th percentiles) of both, and their ratio;
+//! - throughput: actions per second at concurrency 2 and 8, against one
+//!   thread spawning `/bin/true` directly;
+//! - growth: the runner's resident memory and open descriptors after 1,000
+//!   and after 10,000 actions (full run only).
+//!
+//! Each is measured for the plain configuration and, where this process
+//! may create a cgroup under a writable cgroup2 mount, with `actionCgroups`
+//! (create, place, measure, kill, remove per action); otherwise that part
+//! is skipped with the reason printed. A measurement, not a test: nothing
+//! is asserted about time. Figures go to BENCHMARKS.md.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rbe_runner::client::{self, ActionDirectory, Target};
+use rbe_runner::proto::runner::runner_client::RunnerClient;
+use tonic::transport::Channel;
+
+/// How much to measure.
+struct Plan {
+    latency_samples: usize,
+    throughput_actions: usize,
+    growth: bool,
+}
+
+const FULL: Plan = Plan {
+    latency_samples: 2000,
+    throughput_actions: 2000,
+    growth: true,
+};
+
+/// At most a few seconds: `cargo test --all-targets` runs this too.
+const SMOKE: Plan = Plan {
+    latency_samples: 20,
+    throughput_actions: 20,
+    growth: false,
+};
+
+fn main() {
+    let full = std::env::args().any(|arg| arg == "--bench");
+    let plan = if full { FULL } else { SMOKE };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    println!(
+        "run_overhead ({}), {} cores",
+        if full { "full" } else { "smoke" },
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10} {:>10} {:>10}",
+        "config",
+        "run p50",
+        "run p90",
+        "floor p50",
+        "floor p90",
+        "ratio",
+        "c=2 /s",
+        "c=8 /s",
+        "floor /s"
+    );
+    runtime.block_on(measure("plain", serde_json::json!({}), &plan));
+    match TestCgroup::create() {
+        Ok(cgroup) => {
+            let extra = serde_json::json!({ "actionCgroups": { "parentPath": cgroup.relative } });
+            runtime.block_on(measure("actionCgroups", extra, &plan));
+        }
+        Err(reason) => println!("actionCgroups: skipped: {reason}"),
+    }
+}
+
+/// Starts a runner with `extra` merged into a minimal configuration,
+/// measures it and stops it.
+async fn measure(name: &str, extra: serde_json::Value, plan: &Plan) {
+    let runner = Runner::start(extra);
+    let channel = client::connect(&Target::Socket(runner.socket.clone()))
+        .await
+        .expect("connect to the runner");
+
+    let mut runs = Vec::with_capacity(plan.latency_samples);
+    let mut floors = Vec::with_capacity(plan.latency_samples);
+    let mut client = RunnerClient::new(channel.clone());
+    let counting = InstructionCount::start(runner.child.id());
+    let mut footprint_at_1000 = None;
+    for done in 1..=plan.latency_samples {
+        floors.push(spawn_true());
+        let request = runner.request();
+        let start = Instant::now();
+        client.run(request).await.expect("Run(/bin/true)");
+        runs.push(start.elapsed());
+        if done == 1_000 {
+            footprint_at_1000 = Some(runner.footprint());
+        }
+    }
+    let instructions = counting.finish();
+    let (run_p50, run_p90) = percentiles(&mut runs);
+    let (floor_p50, floor_p90) = percentiles(&mut floors);
+
+    let concurrent_2 = throughput(&runner, &channel, 2, plan.throughput_actions).await;
+    let concurrent_8 = throughput(&runner, &channel, 8, plan.throughput_actions).await;
+    let floor_rate = {
+        let start = Instant::now();
+        for _ in 0..plan.throughput_actions {
+            spawn_true();
+        }
+        plan.throughput_actions as f64 / start.elapsed().as_secs_f64()
+    };
+    println!(
+        "{name:<16} {:>10} {:>10} {:>10} {:>10} {:>6.2}x {:>10.0} {:>10.0} {:>10.0}",
+        micros(run_p50),
+        micros(run_p90),
+        micros(floor_p50),
+        micros(floor_p90),
+        run_p50.as_secs_f64() / floor_p50.as_secs_f64(),
+        concurrent_2,
+        concurrent_8,
+        floor_rate
+    );
+
+    match instructions {
+        Ok(count) => println!(
+            "{name:<16} runner instructions per action (perf stat): {}",
+            count / plan.latency_samples as u64
+        ),
+        Err(reason) => println!("{name:<16} runner instructions per action: {reason}"),
+    }
+
+    if plan.growth {
+        let mut client = RunnerClient::new(channel.clone());
+        let mut done = plan.latency_samples + 2 * plan.throughput_actions;
+        while done < 10_000 {
+            client.run(runner.request()).await.expect("Run(/bin/true)");
+            done += 1;
+        }
+        let (rss, fds) = runner.footprint();
+        if let Some((rss_1000, fds_1000)) = footprint_at_1000 {
+            println!(
+                "{name:<16} RSS {rss_1000} KiB and {fds_1000} descriptors after 1,000 actions; \
+                 {rss} KiB ({:+} KiB) and {fds} after {done}",
+                rss as i64 - rss_1000 as i64
+            );
+        }
+    }
+}
+
+/// Actions per second with `concurrency` calls in flight on one
+/// connection, as bb_worker sends them.
+async fn throughput(runner: &Runner, channel: &Channel, concurrency: usize, actions: usize) -> f64 {
+    let requests: Vec<_> = (0..actions).map(|_| runner.request()).collect();
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(requests));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let queue = queue.clone();
+            let mut client = RunnerClient::new(channel.clone());
+            tokio::spawn(async move {
+                loop {
+                    let request = queue.lock().expect("queue lock").pop();
+                    let Some(request) = request else { break };
+                    client.run(request).await.expect("Run(/bin/true)");
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("a throughput worker");
+    }
+    actions as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `perf stat -e instructions` attached to the runner (its threads and
+/// the children it forks until they exec), for figures that are
+/// reproducible on noisy machines.
+struct InstructionCount(Option<Child>);
+
+impl InstructionCount {
+    fn start(pid: u32) -> Self {
+        let perf = Command::new("perf")
+            .args(["stat", "-x,", "-e", "instructions", "-p", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok();
+        // perf needs a moment to attach.
+        std::thread::sleep(Duration::from_millis(200));
+        InstructionCount(perf)
+    }
+
+    /// The count, or why there is none.
+    fn finish(self) -> Result<u64, String> {
+        let Some(perf) = self.0 else {
+            return Err("perf is not installed".into());
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(perf.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let output = perf
+            .wait_with_output()
+            .map_err(|err| format!("perf failed: {err}"))?;
+        let text = String::from_utf8_lossy(&output.stderr);
+        let line = text
+            .lines()
+            .find(|line| line.contains("instructions"))
+            .ok_or_else(|| format!("perf printed no count: {}", text.trim()))?;
+        let value = line.split(',').next().unwrap_or_default();
+        value
+            .parse()
+            .map_err(|_| format!("perf stat reports {value:?} (no hardware counters here)"))
+    }
+}
+
+/// One direct spawn and wait of `/bin/true`: the floor.
+fn spawn_true() -> Duration {
+    let start = Instant::now();
+    let status = Command::new("/bin/true")
+        .stdin(Stdio::null())
+        .status()
+        .expect("spawn /bin/true");
+    assert!(status.success());
+    start.elapsed()
+}
+
+fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
+    samples.sort();
+    let at = |fraction: f64| samples[((samples.len() - 1) as f64 * fraction) as usize];
+    (at(0.5), at(0.9))
+}
+
+fn micros(duration: Duration) -> String {
+    format!("{} µs", duration.as_micros())
+}
+
+/// The real binary serving on a temporary socket.
+struct Runner {
+    _dir: tempfile::TempDir,
+    build_dir: PathBuf,
+    socket: PathBuf,
+    child: Child,
+}
+
+impl Runner {
+    fn start(extra: serde_json::Value) -> Runner {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let build_dir = dir.path().join("build");
+        std::fs::create_dir(&build_dir).expect("the build directory");
+        let socket = dir.path().join("runner.sock");
+        let mut config = serde_json::json!({
+            "buildDirectoryPath": build_dir,
+            "grpcServers": [{ "listenPaths": [socket], "authenticationPolicy": { "allow": {} } }],
+        });
+        if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+            config.extend(extra.clone());
+        }
+        let config_path = dir.path().join("runner.jsonnet");
+        std::fs::write(&config_path, config.to_string()).expect("write the configuration");
+        let child = Command::new(env!("CARGO_BIN_EXE_rbe-runner"))
+            .arg(&config_path)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start rbe-runner");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the runner did not start serving"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Runner {
+            _dir: dir,
+            build_dir,
+            socket,
+            child,
+        }
+    }
+
+    /// A Run of `/bin/true` in a fresh action directory (made before the
+    /// clock starts).
+    fn request(&self) -> rbe_runner::proto::runner::RunRequest {
+        let action = ActionDirectory::create(&self.build_dir).expect("an action directory");
+        action.request(vec!["/bin/true".into()], Vec::new())
+    }
+
+    /// The runner's resident memory (KiB) and open descriptors.
+    fn footprint(&self) -> (u64, usize) {
+        let proc = Path::new("/proc").join(self.child.id().to_string());
+        let status = std::fs::read_to_string(proc.join("status")).unwrap_or_default();
+        let rss = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        let fds = std::fs::read_dir(proc.join("fd")).map_or(0, |entries| entries.count());
+        (rss, fds)
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// A cgroup of this benchmark's own under the cgroup2 mount, for
+/// `actionCgroups`; removed afterwards.
+struct TestCgroup {
+    path: PathBuf,
+    /// Its path within the mount, as `parentPath` takes it.
+    relative: String,
+}
+
+impl TestCgroup {
+    fn create() -> Result<TestCgroup, String> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err("needs root to create a cgroup".into());
+        }
+        let own = rbe_runner::cgroup::locate_own_cgroup(
+            Path::new(rbe_runner::cgroup::DEFAULT_PROC_SELF_CGROUP),
+            Path::new(rbe_runner::cgroup::DEFAULT_PROC_SELF_MOUNTINFO),
+        )
+        .map_err(|err| format!("no cgroup v2 here: {err}"))?;
+        let mount = rbe_runner::cgroup::host::mount_point_of(&own);
+        let name = format!("rbe-runner-bench-{}", std::process::id());
+        let path = mount.join(&name);
+        std::fs::create_dir(&path)
+            .map_err(|err| format!("cannot create {}: {err}", path.display()))?;
+        Ok(TestCgroup {
+            path,
+            relative: format!("/{name}"),
+        })
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The runner that managed it has stopped; its leaves are empty.
+        for leaf in ["actions", "runner"] {
+            let _ = std::fs::remove_dir(self.path.join(leaf));
+        }
+        if let Err(err) = std::fs::remove_dir(&self.path) {
+            eprintln!("cannot remove {}: {err}", self.path.display());
+        }
+    }
+}
