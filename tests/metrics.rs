@@ -391,6 +391,82 @@ impl OutputWithStdin for std::process::Command {
     }
 }
 
+/// Why it matters: cleaner failures and cancelled actions are what an
+/// operator alerts on; the series must move when they happen, not only be
+/// there at zero.
+#[tokio::test(flavor = "multi_thread")]
+async fn cleaner_runs_and_a_cancelled_action_are_counted() {
+    let scratch = tempfile::tempdir().unwrap();
+    let runner = TestRunner::start(json!({
+        "global": { "diagnosticsHttpServer": {
+            "httpServers": [{
+                "listenAddresses": ["127.0.0.1:0"],
+                "authenticationPolicy": { "allow": {} },
+            }],
+            "enablePrometheus": true,
+        } },
+        "cleanTemporaryDirectories": [scratch.path()],
+        "terminationGracePeriod": "5s",
+    }));
+    let address = diagnostics_address(&runner);
+    let action = runner.action();
+    runner
+        .run_successfully(&action, shell_request(&action, "true"))
+        .await;
+    let action = runner.action();
+    let root = action.path.join("root");
+    runner
+        .run_and_cancel_when(
+            shell_request(
+                &action,
+                "trap 'exit 0' TERM; touch ready; while :; do sleep 0.1; done",
+            ),
+            &root.join("ready"),
+        )
+        .await;
+    eventually(
+        "the cancelled action is gone",
+        Duration::from_secs(20),
+        || {
+            Scrape::of(&address).0.get(
+                "rbe_runner_action_terminations_total",
+                &[("reason", "Cancelled"), ("sigkill", "false")],
+            ) == Some(1.0)
+                && Scrape::of(&address)
+                    .0
+                    .value("rbe_runner_actions_running", &[])
+                    == 0.0
+        },
+    )
+    .await;
+    let (scrape, _) = Scrape::of(&address);
+    let cleanings: f64 = scrape
+        .0
+        .iter()
+        .filter(|(series, _)| {
+            series.name == "rbe_runner_cleaner_runs_total"
+                && series.labels.get("result").map(String::as_str) == Some("ok")
+        })
+        .map(|(_, value)| value)
+        .sum();
+    // Becoming busy and becoming idle, around each of the two calls.
+    assert!(cleanings >= 4.0, "{cleanings} cleaner runs");
+    assert_eq!(
+        scrape.value(
+            "rbe_runner_action_terminations_total",
+            &[("reason", "Deadline"), ("sigkill", "false")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        scrape.value(
+            "rbe_runner_actions_finished_total",
+            &[("result", "Failure"), ("grpc_code", "Canceled")]
+        ),
+        1.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ready_turns_503_while_a_readiness_path_is_missing_and_back() {
     // Why it matters: a Kubernetes readiness probe must take the pod out
