@@ -48,6 +48,9 @@ usage:
   rbe-runner watch (--socket PATH | --address HOST:PORT) [--after N] [--live]
                    [--json] [--summary] [--no-follow]
                                     print the runner's action events as they come
+  rbe-runner report [--json] [--html OUT.html] [--group-by program|none]
+                    [--since DURATION] [--headroom PERCENT] JOURNAL...
+                                    sizing figures from event journals
   rbe-runner --version";
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Some("install") => install(&args[1..]),
         Some("exec") => return exec(&args[1..]),
         Some("watch") => return watch(&args[1..]),
+        Some("report") => return rbe_runner::report::main(&args[1..]),
         Some(_) if args.len() == 1 => serve(PathBuf::from(&args[0])),
         Some(_) => Err(anyhow::anyhow!(
             "unexpected arguments {:?}\n{USAGE}",
