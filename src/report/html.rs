@@ -16,6 +16,8 @@ pub const CSP: &str =
 
 /// Chart width in pixels: two charts side by side fit a 1280 px window.
 const HALF_WIDTH: f64 = 580.0;
+/// The fewest power-of-two ranges a histogram shows.
+const MIN_BINS: i32 = 10;
 const FULL_WIDTH: f64 = 1180.0;
 
 const STYLE: &str = "\
@@ -30,7 +32,7 @@ h1{font-size:24px;margin:4px 0 2px}h2{font-size:18px;margin:26px 0 8px}
 table{border-collapse:collapse;background:#fff;width:100%;font-size:13px;box-shadow:0 1px 2px #0002}
 th,td{padding:5px 8px;border-bottom:1px solid #e5e7eb;text-align:right;white-space:nowrap}
 th{background:#f9fafb;font-weight:600}td:first-child,th:first-child{text-align:left}
-td.argv{text-align:left;font-family:ui-monospace,monospace;font-size:12px;white-space:normal;word-break:break-all}
+td.text{text-align:left}td.argv{text-align:left;font-family:ui-monospace,monospace;font-size:12px;white-space:normal;word-break:break-all}
 .note{color:#6b7280;font-size:12px;margin:6px 0}
 svg text{font-size:11px;fill:#374151}
 ";
@@ -179,8 +181,15 @@ fn histogram(title: &str, sorted: &[f64], label: impl Fn(f64) -> String, color: 
         svg.push_str("<text x=\"200\" y=\"130\">no values</text></svg></div>");
         return svg;
     };
-    let low = min.log2().floor() as i32;
-    let high = (max.log2().floor() as i32 + 1).max(low + 1);
+    let (mut low, mut high) = (min.log2().floor() as i32, max.log2().floor() as i32 + 1);
+    // A few empty ranges either side keep one tall bar from filling the
+    // chart and show where the values sit on the scale.
+    while high - low < MIN_BINS {
+        low -= 1;
+        if high - low < MIN_BINS {
+            high += 1;
+        }
+    }
     let bins = (high - low) as usize;
     let mut counts = vec![0u64; bins];
     for value in sorted {
@@ -231,6 +240,15 @@ fn histogram(title: &str, sorted: &[f64], label: impl Fn(f64) -> String, color: 
             );
         }
     }
+    if bins % label_every == 0 {
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            width - right,
+            top + plot_height + 16.0,
+            escape(&label(2f64.powi(high)))
+        );
+    }
     let _ = write!(
         svg,
         "<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#6b7280\"/>\
@@ -274,7 +292,7 @@ fn stall_chart(page: &mut String, groups: &[GroupStats]) {
         .filter_map(|g| g.stall_share)
         .flat_map(|s| [s.cpu, s.memory, s.io])
         .fold(0.05f64, f64::max);
-    let scale = (largest * 10.0).ceil() / 10.0;
+    let scale = ((largest * 20.0) - 1e-9).ceil() / 20.0;
     let mut svg = format!("<div class=\"panel\"><svg width=\"{FULL_WIDTH}\" height=\"{height}\" role=\"img\" aria-label=\"stall shares\">");
     for (index, (name, color)) in STALL_COLORS.iter().enumerate() {
         let x = left + 110.0 * index as f64;
@@ -391,7 +409,7 @@ fn timeline(page: &mut String, runner: &RunnerSizing) {
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{}</text>",
             x_of(time),
             height - 12.0,
-            escape(&rfc3339(time).replace('T', " "))
+            escape(&clock(time, step == 0))
         );
     }
     let mut path = format!("M{:.1},{:.1}", x_of(start), y_of(0.0));
@@ -445,6 +463,19 @@ fn timeline(page: &mut String, runner: &RunnerSizing) {
     }
     svg.push_str("</svg></div>");
     page.push_str(&svg);
+}
+
+/// A time on the timeline's axis: the date and time to the second at the
+/// start, the time of day elsewhere.
+fn clock(time: f64, with_date: bool) -> String {
+    let text = rfc3339(time.round());
+    let (date, rest) = text.split_once('T').unwrap_or((&text, ""));
+    let time_of_day = rest.trim_end_matches('Z');
+    if with_date {
+        format!("{date} {time_of_day} UTC")
+    } else {
+        time_of_day.to_string()
+    }
 }
 
 fn sizing_table(page: &mut String, report: &Report) {
@@ -539,7 +570,8 @@ fn groups_table(page: &mut String, groups: &[GroupStats]) {
 fn top_table(page: &mut String, title: &str, actions: &[TopAction]) {
     let _ = write!(
         page,
-        "<h2>{}</h2><table><tr><th>action</th><th>program</th><th>memory</th><th>wall</th><th>argv</th></tr>",
+        "<h2>{}</h2><table><tr><th>action</th><th style=\"text-align:left\">program</th><th>memory</th>\
+         <th>wall</th><th style=\"text-align:left\">argv</th></tr>",
         escape(title)
     );
     for action in actions {
@@ -552,7 +584,7 @@ fn top_table(page: &mut String, title: &str, actions: &[TopAction]) {
         });
         let _ = write!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"argv\">{}</td></tr>",
+            "<tr><td>{}</td><td class=\"text\">{}</td><td>{}</td><td>{}</td><td class=\"argv\">{}</td></tr>",
             escape(&action.action_id),
             escape(&action.program),
             memory,
