@@ -231,7 +231,7 @@ fn histogram(title: &str, sorted: &[f64], label: impl Fn(f64) -> String, color: 
             escape(&label(2f64.powi(low + index as i32))),
             escape(&label(2f64.powi(low + index as i32 + 1))),
         );
-        if index % label_every == 0 {
+        if index.is_multiple_of(label_every) {
             let _ = write!(
                 svg,
                 "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
@@ -240,7 +240,7 @@ fn histogram(title: &str, sorted: &[f64], label: impl Fn(f64) -> String, color: 
             );
         }
     }
-    if bins % label_every == 0 {
+    if bins.is_multiple_of(label_every) {
         let _ = write!(
             svg,
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
