@@ -496,7 +496,11 @@ fn one_group(name: &str, members: &[&Action]) -> GroupStats {
             ]
         }),
         memory_from_rss: members.iter().any(|a| a.memory_from_rss),
-        cpu_seconds: members.iter().filter_map(|a| a.cpu_seconds).sum(),
+        // Folded from +0.0: an empty f64 sum is -0.0, printed "-0".
+        cpu_seconds: members
+            .iter()
+            .filter_map(|a| a.cpu_seconds)
+            .fold(0.0, |sum, cpu| sum + cpu),
         stall_share: measured.then(|| Stall {
             cpu: stall.cpu / stalled_wall,
             memory: stall.memory / stalled_wall,

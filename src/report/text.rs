@@ -69,8 +69,9 @@ fn counts(counts: &BTreeMap<&'static str, u64>) -> String {
         .join(", ")
 }
 
-/// Aligned columns: the first left-aligned, the others right-aligned.
-fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+/// Aligned columns: the first left-aligned, the others right-aligned
+/// except the last when `text_last` (argv).
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>], text_last: bool) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -81,7 +82,10 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
         let mut text = String::from(" ");
         for (index, (cell, width)) in cells.iter().zip(&widths).enumerate() {
             let pad = width - cell.chars().count();
-            if index == 0 {
+            if index == 0 || (text_last && index == widths.len() - 1) {
+                let lead = if index == 0 { " " } else { "  " };
+                text.push_str(&format!("{lead}{cell}{}", " ".repeat(pad)));
+            } else if index == 0 {
                 text.push_str(&format!(" {cell}{}", " ".repeat(pad)));
             } else {
                 text.push_str(&format!("  {}{cell}", " ".repeat(pad)));
@@ -134,6 +138,7 @@ fn groups(out: &mut String, report: &Report) {
             "io",
         ],
         &rows,
+        false,
     );
     let _ = writeln!(
         out,
@@ -159,6 +164,7 @@ fn groups(out: &mut String, report: &Report) {
         out,
         &["program", "count", "mem p50", "p95", "p99", "max"],
         &rows,
+        false,
     );
 }
 
@@ -217,6 +223,7 @@ fn sizing(out: &mut String, report: &Report) {
             "CPU cores",
         ],
         &rows,
+        false,
     );
     if !report.knee_table.is_empty() {
         let _ = writeln!(out, "\n  Median CPU-stall share by concurrency");
@@ -231,7 +238,12 @@ fn sizing(out: &mut String, report: &Report) {
                 ]
             })
             .collect();
-        table(out, &["concurrency", "actions", "median stall"], &rows);
+        table(
+            out,
+            &["concurrency", "actions", "median stall"],
+            &rows,
+            false,
+        );
     }
 }
 
@@ -255,7 +267,7 @@ fn top(out: &mut String, title: &str, actions: &[TopAction]) {
             ]
         })
         .collect();
-    table(out, &["action", "memory", "wall", "argv"], &rows);
+    table(out, &["action", "memory", "wall", "argv"], &rows, true);
 }
 
 fn shorten(text: &str, limit: usize) -> String {
