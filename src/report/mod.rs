@@ -273,3 +273,66 @@ fn write_html(path: &Path, report: &Report) -> Result<(), ReportError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_minutes_hours_days_and_seconds() {
+        assert_eq!(parse_since("30m").unwrap(), 1800.0);
+        assert_eq!(parse_since("2h").unwrap(), 7200.0);
+        assert_eq!(parse_since("1.5d").unwrap(), 129_600.0);
+        assert_eq!(parse_since("0.5s").unwrap(), 0.5);
+        for bad in ["", "2", "-1h", "h", "2w", "nanm"] {
+            assert!(parse_since(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_rotated_journal_is_read_first_unless_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("events.jsonl");
+        let rotated = dir.path().join("events.jsonl.1");
+        std::fs::write(&journal, "").unwrap();
+        assert_eq!(
+            journal_files(std::slice::from_ref(&journal)),
+            [journal.clone()]
+        );
+        std::fs::write(&rotated, "").unwrap();
+        assert_eq!(
+            journal_files(std::slice::from_ref(&journal)),
+            [rotated.clone(), journal.clone()]
+        );
+        assert_eq!(
+            journal_files(&[journal.clone(), rotated.clone()]),
+            [journal, rotated]
+        );
+    }
+
+    #[test]
+    fn the_command_line_is_parsed_and_bad_options_named() {
+        let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let options = parse_args(&args(&[
+            "--json",
+            "--group-by",
+            "none",
+            "--since",
+            "1h",
+            "--headroom",
+            "10",
+            "a",
+            "b",
+        ]))
+        .unwrap();
+        assert!(options.json);
+        assert_eq!(options.group_by, GroupBy::None);
+        assert_eq!(options.since_seconds, Some(3600.0));
+        assert_eq!(options.headroom, 0.1);
+        assert_eq!(options.journals, [PathBuf::from("a"), PathBuf::from("b")]);
+        let error = parse_args(&args(&["--colour", "a"])).unwrap_err();
+        assert!(error.to_string().contains("--colour"));
+        assert!(parse_args(&args(&["--json"])).is_err(), "no journal");
+        assert!(parse_args(&args(&["a", "--html"])).is_err(), "no value");
+    }
+}
