@@ -44,12 +44,11 @@ fn summary(out: &mut String, report: &Report) {
         .iter()
         .map(|r| format!("{} {}", r.instance, r.name))
         .collect();
-    let _ = writeln!(
-        out,
-        "  runners        {} ({})",
-        names.len(),
-        names.join(", ")
-    );
+    let runners = match names.len() {
+        0 => "0".to_string(),
+        count => format!("{count} ({})", names.join(", ")),
+    };
+    let _ = writeln!(out, "  runners        {runners}");
     let _ = writeln!(out, "  actions        {}", tallies.actions);
     let _ = writeln!(out, "  results        {}", counts(&tallies.results));
     let _ = writeln!(out, "  failures       {}", counts(&tallies.failures));
