@@ -26,6 +26,9 @@ usage:
   rbe-runner watch (--socket PATH | --address HOST:PORT) [--after N] [--live]
                    [--json] [--summary] [--no-follow]
                                     print the runner's action events as they come
+  rbe-runner report [--json] [--html OUT.html] [--group-by program|none]
+                    [--since DURATION] [--headroom PERCENT] JOURNAL...
+                                    sizing figures from event journals
   rbe-runner --version";
 
 /// Runs `result`'s subcommand: exit 0, or 1 with the error on stderr.

@@ -40,6 +40,7 @@ pub mod listener;
 pub mod metrics;
 pub mod process;
 pub mod proto;
+pub mod report;
 pub mod request_decoding;
 pub mod runner;
 pub mod server;

@@ -54,6 +54,7 @@ fn main() -> ExitCode {
         Some("install") => return cli::install(&args[1..]),
         Some("exec") => return cli::exec(&args[1..]),
         Some("watch") => return cli::watch(&args[1..]),
+        Some("report") => return rbe_runner::report::main(&args[1..]),
         Some(_) if args.len() == 1 => serve(PathBuf::from(&args[0])),
         Some(_) => Err(anyhow::anyhow!(
             "unexpected arguments {:?}\n{}",
