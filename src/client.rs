@@ -234,28 +234,10 @@ pub fn any_json(any: &prost_types::Any) -> Value {
 
 fn posix_json(usage: &PosixResourceUsage) -> Map<String, Value> {
     let mut map = Map::new();
-    map.insert("userTime".into(), duration_json(usage.user_time.as_ref()));
-    map.insert(
-        "systemTime".into(),
-        duration_json(usage.system_time.as_ref()),
-    );
-    let numbers = [
-        ("maximumResidentSetSize", usage.maximum_resident_set_size),
-        ("pageReclaims", usage.page_reclaims),
-        ("pageFaults", usage.page_faults),
-        ("swaps", usage.swaps),
-        ("blockInputOperations", usage.block_input_operations),
-        ("blockOutputOperations", usage.block_output_operations),
-        ("messagesSent", usage.messages_sent),
-        ("messagesReceived", usage.messages_received),
-        ("signalsReceived", usage.signals_received),
-        ("voluntaryContextSwitches", usage.voluntary_context_switches),
-        (
-            "involuntaryContextSwitches",
-            usage.involuntary_context_switches,
-        ),
-    ];
-    for (name, value) in numbers {
+    for (name, value) in usage.json_durations() {
+        map.insert(name.into(), duration_json(value));
+    }
+    for (name, value) in usage.json_numbers() {
         map.insert(name.into(), json!(value));
     }
     if !usage.termination_signal.is_empty() {
@@ -266,31 +248,11 @@ fn posix_json(usage: &PosixResourceUsage) -> Map<String, Value> {
 
 fn cgroup_json(usage: &CgroupResourceUsage) -> Map<String, Value> {
     let mut map = Map::new();
-    let numbers = [
-        ("memoryEventsLow", usage.memory_events_low),
-        ("memoryEventsHigh", usage.memory_events_high),
-        ("memoryEventsMax", usage.memory_events_max),
-        ("memoryEventsOom", usage.memory_events_oom),
-        ("memoryEventsOomKill", usage.memory_events_oom_kill),
-        (
-            "memoryEventsOomGroupKill",
-            usage.memory_events_oom_group_kill,
-        ),
-        ("memoryPeak", usage.memory_peak),
-    ];
-    for (name, value) in numbers {
+    for (name, value) in usage.json_numbers() {
         map.insert(name.into(), json!(value));
     }
-    let durations = [
-        ("memoryPressureSomeTotal", &usage.memory_pressure_some_total),
-        ("memoryPressureFullTotal", &usage.memory_pressure_full_total),
-        ("cpuPressureSomeTotal", &usage.cpu_pressure_some_total),
-        ("cpuPressureFullTotal", &usage.cpu_pressure_full_total),
-        ("ioPressureSomeTotal", &usage.io_pressure_some_total),
-        ("ioPressureFullTotal", &usage.io_pressure_full_total),
-    ];
-    for (name, value) in durations {
-        map.insert(name.into(), duration_json(value.as_ref()));
+    for (name, value) in usage.json_durations() {
+        map.insert(name.into(), duration_json(value));
     }
     map
 }

@@ -149,25 +149,10 @@ pub fn usage_json(usage: &Usage) -> Value {
 
 fn posix_json(usage: &PosixResourceUsage) -> Map<String, Value> {
     let mut map = Map::new();
-    insert_duration(&mut map, "userTime", &usage.user_time);
-    insert_duration(&mut map, "systemTime", &usage.system_time);
-    let numbers = [
-        ("maximumResidentSetSize", usage.maximum_resident_set_size),
-        ("pageReclaims", usage.page_reclaims),
-        ("pageFaults", usage.page_faults),
-        ("swaps", usage.swaps),
-        ("blockInputOperations", usage.block_input_operations),
-        ("blockOutputOperations", usage.block_output_operations),
-        ("messagesSent", usage.messages_sent),
-        ("messagesReceived", usage.messages_received),
-        ("signalsReceived", usage.signals_received),
-        ("voluntaryContextSwitches", usage.voluntary_context_switches),
-        (
-            "involuntaryContextSwitches",
-            usage.involuntary_context_switches,
-        ),
-    ];
-    for (name, value) in numbers {
+    for (name, value) in usage.json_durations() {
+        insert_duration(&mut map, name, value);
+    }
+    for (name, value) in usage.json_numbers() {
         map.insert(name.into(), int64(value));
     }
     map.insert("terminationSignal".into(), json!(usage.termination_signal));
@@ -176,30 +161,10 @@ fn posix_json(usage: &PosixResourceUsage) -> Map<String, Value> {
 
 fn cgroup_json(usage: &CgroupResourceUsage) -> Map<String, Value> {
     let mut map = Map::new();
-    let numbers = [
-        ("memoryEventsLow", usage.memory_events_low),
-        ("memoryEventsHigh", usage.memory_events_high),
-        ("memoryEventsMax", usage.memory_events_max),
-        ("memoryEventsOom", usage.memory_events_oom),
-        ("memoryEventsOomKill", usage.memory_events_oom_kill),
-        (
-            "memoryEventsOomGroupKill",
-            usage.memory_events_oom_group_kill,
-        ),
-        ("memoryPeak", usage.memory_peak),
-    ];
-    for (name, value) in numbers {
+    for (name, value) in usage.json_numbers() {
         map.insert(name.into(), int64(value));
     }
-    let durations = [
-        ("memoryPressureSomeTotal", &usage.memory_pressure_some_total),
-        ("memoryPressureFullTotal", &usage.memory_pressure_full_total),
-        ("cpuPressureSomeTotal", &usage.cpu_pressure_some_total),
-        ("cpuPressureFullTotal", &usage.cpu_pressure_full_total),
-        ("ioPressureSomeTotal", &usage.io_pressure_some_total),
-        ("ioPressureFullTotal", &usage.io_pressure_full_total),
-    ];
-    for (name, value) in durations {
+    for (name, value) in usage.json_durations() {
         insert_duration(&mut map, name, value);
     }
     map
@@ -208,7 +173,7 @@ fn cgroup_json(usage: &CgroupResourceUsage) -> Map<String, Value> {
 fn insert_duration(
     map: &mut Map<String, Value>,
     name: &str,
-    value: &Option<prost_types::Duration>,
+    value: Option<&prost_types::Duration>,
 ) {
     if let Some(duration) = value {
         map.insert(name.into(), Value::String(duration.to_string()));
