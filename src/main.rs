@@ -15,6 +15,7 @@ use rbe_runner::action::{
     RunnerInstance, ShutdownSignal,
 };
 use rbe_runner::build_directory::BuildDirectory;
+use rbe_runner::cgroup::action::RUNNER_LEAF;
 use rbe_runner::cgroup::host::{
     self as cgroup_host, ActionCgroupOptions, CgroupHost, CgroupOptions, CgroupSetup,
 };
@@ -27,6 +28,7 @@ use rbe_runner::config::{self, Config, LogFormat};
 use rbe_runner::diagnostics::{DiagnosticsServer, Readiness};
 use rbe_runner::events::Events;
 use rbe_runner::metrics::Metrics;
+use rbe_runner::process::clone::{Method as SpawnMethod, SPAWN_ENVIRONMENT_VARIABLE};
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
 use rbe_runner::process::spawn::Identity;
 use rbe_runner::process::DEFAULT_PROC_ROOT;
@@ -138,6 +140,10 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     // previous runner) and check what accounting needs, before serving.
     let cgroups = start_cgroups(&config).await?;
 
+    // How action processes are created: clone3 (straight into their
+    // cgroups) where the kernel and seccomp allow it, else clone.
+    let spawn_method = choose_spawn_method(&cgroups)?;
+
     // Under memory pressure the kernel should kill an action (retryable)
     // before the runner that serves all of them.
     let action_oom_score_adj = rbe_runner::process::lower_own_oom_score_adj(Path::new(
@@ -171,7 +177,7 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     // own, measured as sampleCgroupResourceUsage asks.
     let actions = Arc::new(Actions::new(
         build_directory.clone(),
-        action_options(&config, action_oom_score_adj),
+        action_options(&config, action_oom_score_adj, spawn_method),
         placement_policy(&config, cgroups, &state),
         ActionIds::new(instance.clone()),
         observer.clone(),
@@ -341,7 +347,11 @@ fn placement_policy(
 }
 
 /// How actions are prepared and run, from the configuration.
-fn action_options(config: &Config, oom_score_adj: Option<i32>) -> ActionOptions {
+fn action_options(
+    config: &Config,
+    oom_score_adj: Option<i32>,
+    spawn_method: SpawnMethod,
+) -> ActionOptions {
     ActionOptions {
         prepare: PrepareOptions {
             set_tmpdir_environment_variable: config.set_tmpdir_environment_variable,
@@ -354,7 +364,22 @@ fn action_options(config: &Config, oom_score_adj: Option<i32>) -> ActionOptions 
         }),
         termination_grace_period: config.termination_grace_period,
         oom_score_adj,
+        spawn_method,
     }
+}
+
+/// Chooses how action processes are created (RBE_RUNNER_SPAWN overrides),
+/// trying clone3 into the runner's own cgroup when actions get cgroups of
+/// their own, and says which in the log.
+fn choose_spawn_method(cgroups: &CgroupSetup) -> anyhow::Result<SpawnMethod> {
+    let setting = std::env::var(SPAWN_ENVIRONMENT_VARIABLE).ok();
+    let runner_cgroup = match cgroups {
+        CgroupSetup::ActionCgroups { manager, .. } => Some(manager.parent().join(RUNNER_LEAF)),
+        _ => None,
+    };
+    let choice = SpawnMethod::choose(setting.as_deref(), runner_cgroup.as_deref())?;
+    tracing::info!(method = %choice.method, reason = choice.reason, "spawning actions with {}", choice.method);
+    Ok(choice.method)
 }
 
 /// Wraps `runner` in bb_runner's decorators, as the configuration enables

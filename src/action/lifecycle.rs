@@ -28,6 +28,7 @@ use crate::build_directory::BuildDirectory;
 use crate::cgroup::attribution::{Attribution, OomVerdict};
 use crate::exec_limit::{current_exec_limit, ExecLimitError, ExecSize};
 use crate::fault::Fault;
+use crate::process::clone::Method as SpawnMethod;
 use crate::process::reaper::{ChildExit, SpawnedChild};
 use crate::process::spawn::{Identity, ProcessSpec, SpawnError, SpawnStep};
 use crate::process::terminate::terminate;
@@ -41,13 +42,14 @@ pub trait Spawner: Send + Sync {
     fn spawn(&self, spec: ProcessSpec) -> Result<SpawnedChild, SpawnError>;
 }
 
-/// The real spawner: [`crate::process::spawn::spawn`].
+/// The real spawner: [`crate::process::spawn::spawn`], creating children
+/// with the method chosen at startup.
 #[derive(Debug, Default)]
-pub struct ProcessSpawner;
+pub struct ProcessSpawner(pub SpawnMethod);
 
 impl Spawner for ProcessSpawner {
     fn spawn(&self, spec: ProcessSpec) -> Result<SpawnedChild, SpawnError> {
-        crate::process::spawn::spawn(spec)
+        crate::process::spawn::spawn(spec, self.0)
     }
 }
 
@@ -63,6 +65,8 @@ pub struct ActionOptions {
     /// `oom_score_adj` for actions (what the runner started with, before
     /// lowering its own).
     pub oom_score_adj: Option<i32>,
+    /// How children are created (see [`SpawnMethod::choose`]).
+    pub spawn_method: SpawnMethod,
 }
 
 /// The end of a Run call, as the action sees it: resolves when the call is
@@ -96,6 +100,7 @@ impl Actions {
         ids: ActionIds,
         observer: Arc<dyn Observer>,
     ) -> Self {
+        let spawner = Arc::new(ProcessSpawner(options.spawn_method));
         Actions {
             build_directory,
             options,
@@ -104,7 +109,7 @@ impl Actions {
             observer,
             running: ActionsRunning::default(),
             shutdown: ShutdownSignal::default(),
-            spawner: Arc::new(ProcessSpawner),
+            spawner,
         }
     }
 
@@ -274,7 +279,7 @@ impl Actions {
             identity: self.options.identity.clone(),
             stdout: prepared.stdout,
             stderr: prepared.stderr,
-            cgroup_procs: placement.take_cgroup_procs(),
+            cgroup: placement.take_cgroup_directory(),
             oom_score_adj: self.options.oom_score_adj,
         };
         match self.spawner.spawn(spec) {

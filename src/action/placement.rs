@@ -9,7 +9,7 @@
 //! placement is the one owner of that cgroup from creation to verified
 //! removal.
 
-use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -197,11 +197,12 @@ impl Placement {
         }
     }
 
-    /// The action cgroup's `cgroup.procs`, for the child to join it before
-    /// exec; handed over (not duplicated, which could fail) to the spawn.
-    pub fn take_cgroup_procs(&mut self) -> Option<File> {
+    /// The action cgroup's directory, for the child to be created in or
+    /// to join before exec; handed over (not duplicated, which could fail)
+    /// to the spawn.
+    pub fn take_cgroup_directory(&mut self) -> Option<OwnedFd> {
         match self {
-            Placement::Cgroup(placement) => placement.cgroup.procs.take(),
+            Placement::Cgroup(placement) => placement.cgroup.directory.take(),
             Placement::ProcessGroup(_) => None,
         }
     }

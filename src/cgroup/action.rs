@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,10 +91,11 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ActionCgroupError + '_ {
 pub struct ActionCgroup {
     /// Directory of the cgroup.
     pub path: PathBuf,
-    /// `cgroup.procs`, open for writing: the child writes `0` to it between
-    /// fork and exec, so the action never runs an instruction outside.
+    /// The cgroup's directory, open for reading: the child is created in
+    /// it (`CLONE_INTO_CGROUP`) or joins it through its `cgroup.procs`
+    /// before exec, so the action never runs an instruction outside.
     /// Taken (`None`) once handed to the spawn.
-    pub procs: Option<File>,
+    pub directory: Option<OwnedFd>,
 }
 
 /// How a cgroup is emptied and removed; replaceable so that tests can
@@ -309,11 +311,10 @@ impl ActionCgroupManager {
             }
             Err(source) => return Err(ActionCgroupError::Io { path, source }),
         }
-        let procs_path = path.join(CGROUP_PROCS_FILE);
-        match OpenOptions::new().write(true).open(&procs_path) {
-            Ok(procs) => Ok(ActionCgroup {
+        match File::open(&path) {
+            Ok(directory) => Ok(ActionCgroup {
                 path,
-                procs: Some(procs),
+                directory: Some(directory.into()),
             }),
             Err(source) => {
                 // Out of descriptors, typically: the cgroup was made but
@@ -322,12 +323,9 @@ impl ActionCgroupManager {
                     tracing::error!(cgroup = %path.display(), %err,
                         "cannot remove an action cgroup nothing ran in; refusing work until it is");
                     self.mark_dirty(&path, err.to_string());
-                    self.retry_in_background(path);
+                    self.retry_in_background(path.clone());
                 }
-                Err(ActionCgroupError::Io {
-                    path: procs_path,
-                    source,
-                })
+                Err(ActionCgroupError::Io { path, source })
             }
         }
     }
@@ -348,7 +346,7 @@ impl ActionCgroupManager {
     /// empty and removes it. On failure the cgroup is marked dirty and a
     /// background task keeps retrying. Blocking.
     pub fn release(self: &Arc<Self>, cgroup: ActionCgroup) -> Result<(), ActionCgroupError> {
-        drop(cgroup.procs);
+        drop(cgroup.directory);
         let path = cgroup.path;
         match (self.cleanup)(&path, self.cleanup_timeout) {
             Ok(()) => Ok(()),
@@ -584,16 +582,13 @@ mod tests {
         let cgroup_path = parent.join("actions/a");
         std::fs::create_dir(&cgroup_path).unwrap();
         std::fs::write(cgroup_path.join("cgroup.procs"), "").unwrap();
-        let procs = OpenOptions::new()
-            .write(true)
-            .open(cgroup_path.join("cgroup.procs"))
-            .unwrap();
+        let directory = File::open(&cgroup_path).unwrap();
         assert!(manager.dirty_reason().is_none());
 
         let err = manager
             .release(ActionCgroup {
                 path: cgroup_path.clone(),
-                procs: Some(procs),
+                directory: Some(directory.into()),
             })
             .unwrap_err();
         assert!(matches!(err, ActionCgroupError::NotEmptied { .. }));

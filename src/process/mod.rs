@@ -9,6 +9,7 @@
 //! - [`privileges`]: whether the runner may do what its configuration asks
 //!   of the kernel (switching identity, chroot).
 
+pub mod clone;
 pub mod lookup;
 pub mod privileges;
 pub mod reaper;

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::process::Command;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -55,6 +55,25 @@ pub struct SpawnedChild {
     pub exit: oneshot::Receiver<ChildExit>,
 }
 
+/// The reaper held off: see [`Reaper::holding_children`].
+pub struct Holding<'a> {
+    reaper: &'a Reaper,
+    registry: MutexGuard<'a, Registry>,
+}
+
+impl Holding<'_> {
+    /// Registers the child `pid`, created under this hold, and lets the
+    /// reaper go on: its exit reaches the returned receiver.
+    pub fn register(mut self, pid: i32) -> SpawnedChild {
+        let (sender, exit) = oneshot::channel();
+        self.registry.waiting.insert(pid, sender);
+        let reaper = self.reaper;
+        drop(self);
+        reaper.children_spawned.notify_all();
+        SpawnedChild { pid, exit }
+    }
+}
+
 struct Registry {
     waiting: HashMap<i32, oneshot::Sender<ChildExit>>,
 }
@@ -85,18 +104,26 @@ pub fn reaper() -> &'static Reaper {
 }
 
 impl Reaper {
-    /// Spawns `command` and registers the child. Blocking: call it from a
-    /// blocking context.
+    /// Holds off reaping while children are created: a child created under
+    /// the returned hold is not reaped (by anyone but its creator) until it
+    /// is registered with [`Holding::register`] or the hold is dropped.
+    /// Creation that fails after the child existed (its exec failed) must
+    /// reap the child itself while holding.
+    pub fn holding_children(&self) -> Holding<'_> {
+        Holding {
+            reaper: self,
+            registry: self.lock(),
+        }
+    }
+
+    /// Spawns `command` with std (the cleaner's commands) and registers
+    /// the child. Blocking: call it from a blocking context.
     pub fn spawn(&self, command: &mut Command) -> io::Result<SpawnedChild> {
-        let mut registry = self.lock();
+        let holding = self.holding_children();
         // std's `Child` is dropped at once: it must never be waited on, as
         // this reaper owns all waiting. Dropping it does not wait or kill.
         let pid = command.spawn()?.id() as i32;
-        let (sender, exit) = oneshot::channel();
-        registry.waiting.insert(pid, sender);
-        drop(registry);
-        self.children_spawned.notify_all();
-        Ok(SpawnedChild { pid, exit })
+        Ok(holding.register(pid))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -143,8 +170,9 @@ impl Reaper {
         // outlive the call; wait4 writes nothing else.
         let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut rusage) };
         if reaped != pid {
-            // Already reaped elsewhere (std reaps a child whose exec failed,
-            // inside `spawn`, while we held no claim on it).
+            // Already reaped by its creator: a child whose exec failed is
+            // reaped under the hold it was created in (std's spawn does the
+            // same inside `Command::spawn`).
             return;
         }
         match registry.waiting.remove(&pid) {

@@ -1,12 +1,20 @@
-//! Building an action's process: what happens between fork and exec.
+//! Building an action's process: what happens between its creation and
+//! exec.
+//!
+//! The child is created sharing the runner's memory ([`super::clone`]) and
+//! sets itself up with raw system calls on values prepared here: its
+//! cgroup (unless created in it), signal dispositions, process group,
+//! descriptors, `oom_score_adj`, root, directory and identity. A step that
+//! fails is written into [`ChildFailure`], which the parent reads once it
+//! resumes: no pipe, no allocation in the child.
 
-use std::ffi::CString;
+use std::ffi::{c_void, CString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
+use super::clone::{self, Method};
 use super::reaper::{reaper, SpawnedChild};
 
 /// The identity an action runs as (`runCommandsAs`).
@@ -36,147 +44,300 @@ pub struct ProcessSpec {
     pub chroot_directory: Option<OwnedFd>,
     /// When set, the child drops to this identity before exec.
     pub identity: Option<Identity>,
-    /// The child's standard output (its standard input is `/dev/null`).
+    /// The child's standard output (its standard input is an empty pipe).
     pub stdout: File,
     /// The child's standard error.
     pub stderr: File,
-    /// `cgroup.procs` of the action's cgroup: the child moves itself in
-    /// before anything else, so no instruction of the action runs outside.
-    pub cgroup_procs: Option<File>,
+    /// The directory of the action's cgroup (opened for reading): the child
+    /// is created in it, or joins it before anything else, so no
+    /// instruction of the action runs outside.
+    pub cgroup: Option<OwnedFd>,
     /// Value the child writes to its own `oom_score_adj` (the runner lowers
     /// its own; actions get back what the runner started with).
     pub oom_score_adj: Option<i32>,
 }
 
-/// Where a process sets its own OOM-killer preference. Opened by the child
-/// after fork, so `self` is the child.
+/// Where a process sets its own OOM-killer preference. Opened by the child,
+/// so `self` is the child.
 pub const DEFAULT_PROC_SELF_OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 
-/// Starts the process described by `spec` as the leader of a new process
-/// group, registered with the reaper.
+/// Starts the process described by `spec` with `method`, as the leader of
+/// a new process group, registered with the reaper.
 ///
-/// The final exec is an `execve` of our own, made at the end of the
-/// pre-exec hook: std would `execvp`, whose fallback of running a file that
-/// fails with ENOEXEC through `/bin/sh` would hide a broken executable
-/// behind exit code 127 instead of reporting it, as bb_runner does.
-pub fn spawn(spec: ProcessSpec) -> Result<SpawnedChild, SpawnError> {
-    let setup_error = |source| SpawnError {
-        step: SpawnStep::Setup,
-        source,
-    };
+/// The exec is a plain `execve`: no PATH search and no fallback of running
+/// a file that fails with ENOEXEC through `/bin/sh`, which would hide a
+/// broken executable behind exit code 127 instead of reporting it, as
+/// bb_runner does.
+pub fn spawn(spec: ProcessSpec, method: Method) -> Result<SpawnedChild, SpawnError> {
     let exec = ExecArguments::new(&spec).map_err(|source| SpawnError {
         step: SpawnStep::Exec,
         source,
     })?;
-    // The child reports which step failed through this pipe (std only
-    // passes the errno on), so that a host fault such as a refused cgroup
-    // join is not blamed on the request like a missing program.
-    let (step_reader, step_writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|errno| setup_error(errno.into()))?;
     // Actions read end-of-file from stdin, as from /dev/null, but from a
     // pipe whose write end is closed: the runner must not depend on /dev,
     // which a bare root (a chroot, an image FROM scratch) may lack.
-    let (stdin, stdin_writer) = std::io::pipe().map_err(setup_error)?;
+    let (stdin, stdin_writer) = std::io::pipe().map_err(|source| SpawnError {
+        step: SpawnStep::Setup,
+        source,
+    })?;
     drop(stdin_writer);
-    let mut command = Command::new(&spec.program);
-    command
-        .env_clear()
-        .stdin(stdin)
-        .stdout(spec.stdout)
-        .stderr(spec.stderr)
-        // The action leads its own process group, so that termination
-        // reaches every process it forked without touching the runner.
-        .process_group(0);
-
-    let report_fd = step_writer.as_raw_fd();
-    let cgroup_procs = spec.cgroup_procs.as_ref().map(|file| file.as_raw_fd());
+    let stdin: OwnedFd = stdin.into();
     let oom_score_adj = spec.oom_score_adj.map(|value| {
         let path = CString::new(DEFAULT_PROC_SELF_OOM_SCORE_ADJ).expect("no NUL in a constant");
         (path, value.to_string().into_bytes())
     });
-    let working_directory = spec.working_directory.as_raw_fd();
-    let chroot_directory = spec.chroot_directory.as_ref().map(|fd| fd.as_raw_fd());
-    let identity = spec.identity.clone();
-    let dot = CString::new(".").expect("no NUL in a literal");
-    // SAFETY: the closure runs in the child between fork and exec, where
-    // only async-signal-safe functions may be called. It calls only raw
-    // system calls (write, open, close, fchdir, chroot, setgroups, setgid,
-    // setuid, execve) on values prepared before the fork, and allocates
-    // nothing. The descriptors it uses are kept open by `spec` and
-    // `step_writer`, which outlive `spawn` below; the argv and envp arrays
-    // point into `exec`, which the closure owns.
-    unsafe {
-        command.pre_exec(move || {
-            // Runs `result` as `step`: on failure, the step goes to the
-            // parent through the pipe before the errno goes through std's.
-            let step = |step: SpawnStep, result: io::Result<()>| {
-                if result.is_err() {
-                    let code = step as u8;
-                    libc::write(report_fd, (&code as *const u8).cast(), 1);
-                }
-                result
-            };
-            if let Some(procs) = cgroup_procs {
+    let cgroup = spec.cgroup.as_ref().map(AsRawFd::as_raw_fd);
+    let child = Child {
+        joins_cgroup: match method {
+            Method::Clone3 => None,
+            Method::Clone => cgroup,
+        },
+        standard: [
+            stdin.as_raw_fd(),
+            spec.stdout.as_raw_fd(),
+            spec.stderr.as_raw_fd(),
+        ],
+        oom_score_adj: oom_score_adj
+            .as_ref()
+            .map(|(path, value)| (path.as_ptr(), value.as_slice())),
+        chroot_directory: spec.chroot_directory.as_ref().map(AsRawFd::as_raw_fd),
+        working_directory: spec.working_directory.as_raw_fd(),
+        identity: spec.identity.as_ref(),
+        exec: &exec,
+        failure: ChildFailure::default(),
+    };
+    let created_in = match method {
+        Method::Clone3 => cgroup,
+        Method::Clone => None,
+    };
+    let holding = reaper().holding_children();
+    let previous = clone::block_all_signals();
+    // SAFETY: `Child::main` keeps the contract of `clone::create` (raw
+    // system calls on values prepared above, no allocation, no locks, no
+    // unwinding), and `child` outlives the call, which returns only once
+    // the child has exec'd or exited.
+    let created = unsafe {
+        clone::create(
+            method,
+            created_in,
+            Child::main,
+            &child as *const Child as *mut c_void,
+        )
+    };
+    clone::restore_signals(&previous);
+    let pid = created.map_err(|source| SpawnError {
+        // With CLONE_INTO_CGROUP, the kernel's refusal to place the child
+        // is the only failure particular to this spawn.
+        step: if created_in.is_some() {
+            SpawnStep::JoinCgroup
+        } else {
+            SpawnStep::Create
+        },
+        source,
+    })?;
+    if let Some((step, errno)) = child.failure.get() {
+        // The child has exited; reap it while the reaper is held off, so
+        // that it never reaches the reaper as an orphan.
+        let mut status = 0;
+        // SAFETY: our own child; `status` is a valid local.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        drop(holding);
+        return Err(SpawnError {
+            step,
+            source: io::Error::from_raw_os_error(errno),
+        });
+    }
+    Ok(holding.register(pid))
+}
+
+/// Everything the child uses, prepared before it is created, as raw
+/// descriptors and pointers into memory the parent keeps alive (the
+/// parent is suspended until the child has exec'd or exited).
+struct Child<'a> {
+    /// The cgroup directory to join by writing `cgroup.procs`, when the
+    /// child was not created in it.
+    joins_cgroup: Option<RawFd>,
+    /// stdin, stdout and stderr, in that order.
+    standard: [RawFd; 3],
+    oom_score_adj: Option<(*const libc::c_char, &'a [u8])>,
+    chroot_directory: Option<RawFd>,
+    working_directory: RawFd,
+    identity: Option<&'a Identity>,
+    exec: &'a ExecArguments,
+    failure: ChildFailure,
+}
+
+/// The step that failed in the child and its errno, written by the child
+/// into memory it shares with the parent.
+#[derive(Default)]
+struct ChildFailure {
+    step: AtomicU8,
+    errno: AtomicI32,
+}
+
+impl ChildFailure {
+    fn set(&self, step: SpawnStep, errno: i32) {
+        self.errno.store(errno, Ordering::Relaxed);
+        self.step.store(step as u8, Ordering::Release);
+    }
+
+    fn get(&self) -> Option<(SpawnStep, i32)> {
+        match self.step.load(Ordering::Acquire) {
+            0 => None,
+            code => Some((
+                SpawnStep::from_code(code),
+                self.errno.load(Ordering::Relaxed),
+            )),
+        }
+    }
+}
+
+/// Highest signal number (glibc's `NSIG - 1`, the real-time signals
+/// included).
+const LAST_SIGNAL: libc::c_int = 64;
+
+impl Child<'_> {
+    /// The child's code, on its own stack. Returns (becoming the exit
+    /// status) only when a step failed; the failure is written first.
+    extern "C" fn main(arg: *mut c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `Child` the parent passed to
+        // `clone::create`, alive until the child has exec'd or exited.
+        let child = unsafe { &*(arg as *const Child) };
+        match child.set_up_and_exec() {
+            Ok(never) => match never {},
+            Err((step, errno)) => {
+                child.failure.set(step, errno);
+                127
+            }
+        }
+    }
+
+    /// Only glibc wrappers that are plain system calls are used (no
+    /// `setuid`, whose wrapper signals the runner's threads; raw system
+    /// calls instead). errno lands in the suspended parent thread's
+    /// thread-local storage, which no one reads.
+    fn set_up_and_exec(&self) -> Result<std::convert::Infallible, (SpawnStep, i32)> {
+        // SAFETY (for the calls below): each is a system call on
+        // descriptors and pointers the parent keeps valid; none allocates
+        // or takes a lock.
+        unsafe {
+            if let Some(cgroup) = self.joins_cgroup {
+                let procs = libc::openat(
+                    cgroup,
+                    c"cgroup.procs".as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                );
+                check(SpawnStep::JoinCgroup, procs)?;
                 // "0" moves the writing process: this child.
                 let written = libc::write(procs, b"0".as_ptr().cast(), 1);
-                step(SpawnStep::JoinCgroup, check_write(written))?;
+                libc::close(procs);
+                check(SpawnStep::JoinCgroup, written as libc::c_int)?;
             }
-            if let Some((path, value)) = &oom_score_adj {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                step(SpawnStep::OomScoreAdj, check(fd))?;
+            reset_signal_handlers();
+            // The action leads its own process group, so that termination
+            // reaches every process it forked without touching the runner.
+            check(SpawnStep::Setup, libc::setpgid(0, 0))?;
+            for (target, &source) in self.standard.iter().enumerate() {
+                let target = target as RawFd;
+                // The runner's own 0, 1 and 2 are always open (Rust's
+                // runtime makes sure at startup), so no source is one of
+                // the targets and dup2 clears close-on-exec.
+                check(SpawnStep::Setup, libc::dup2(source, target))?;
+            }
+            if let Some((path, value)) = self.oom_score_adj {
+                let fd = libc::open(path, libc::O_WRONLY | libc::O_CLOEXEC);
+                check(SpawnStep::OomScoreAdj, fd)?;
                 let written = libc::write(fd, value.as_ptr().cast(), value.len());
                 libc::close(fd);
-                step(SpawnStep::OomScoreAdj, check_write(written))?;
+                check(SpawnStep::OomScoreAdj, written as libc::c_int)?;
             }
-            if let Some(root) = chroot_directory {
-                step(SpawnStep::Chroot, check(libc::fchdir(root)))?;
-                step(SpawnStep::Chroot, check(libc::chroot(dot.as_ptr())))?;
+            if let Some(root) = self.chroot_directory {
+                check(SpawnStep::Chroot, libc::fchdir(root))?;
+                check(SpawnStep::Chroot, libc::chroot(c".".as_ptr()))?;
             }
             // After a chroot this descriptor still names the working
             // directory, which lies inside the new root.
-            step(
+            check(
                 SpawnStep::WorkingDirectory,
-                check(libc::fchdir(working_directory)),
+                libc::fchdir(self.working_directory),
             )?;
-            if let Some(identity) = &identity {
+            if let Some(identity) = self.identity {
                 // Groups first, then gid, then uid: after setuid we would
                 // no longer be allowed to change the others.
                 let groups = &identity.additional_group_ids;
-                step(
-                    SpawnStep::Identity,
-                    check(libc::setgroups(groups.len(), groups.as_ptr())),
-                )?;
-                step(SpawnStep::Identity, check(libc::setgid(identity.group_id)))?;
-                step(SpawnStep::Identity, check(libc::setuid(identity.user_id)))?;
+                let calls = [
+                    libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()),
+                    libc::syscall(libc::SYS_setgid, identity.group_id),
+                    libc::syscall(libc::SYS_setuid, identity.user_id),
+                ];
+                for result in calls {
+                    check(SpawnStep::Identity, result as libc::c_int)?;
+                }
             }
-            libc::execve(exec.program.as_ptr(), exec.argv(), exec.envp());
-            // execve only returns on failure; std reports this error from
-            // spawn(). No step byte: an empty pipe means the exec failed.
-            Err(io::Error::last_os_error())
-        });
+            // The parent blocked every signal before creating us.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            libc::execve(
+                self.exec.program.as_ptr(),
+                self.exec.argv(),
+                self.exec.envp(),
+            );
+            Err((SpawnStep::Exec, errno()))
+        }
     }
-    let spawned = reaper().spawn(&mut command);
-    drop(spec.working_directory);
-    drop(spec.chroot_directory);
-    drop(spec.cgroup_procs);
-    // Only the (dead) child could still hold the write end; with ours
-    // closed, reading cannot block.
-    drop(step_writer);
-    spawned.map_err(|source| {
-        let mut code = [0u8; 1];
-        let step = match nix::unistd::read(&step_reader, &mut code) {
-            Ok(1) => SpawnStep::from_code(code[0]),
-            _ => SpawnStep::Exec,
-        };
-        SpawnError { step, source }
-    })
 }
 
-/// The step between fork and exec that failed.
+/// Puts every signal the runner handles back to its default disposition,
+/// and SIGPIPE too (Rust's runtime ignores it, and ignored signals stay
+/// ignored across exec). Other ignored signals stay ignored, as they were
+/// when the runner was started.
+///
+/// # Safety
+/// For the child only: changes the calling process's dispositions.
+unsafe fn reset_signal_handlers() {
+    for signal in 1..=LAST_SIGNAL {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: zeroed sigaction is a valid "default" disposition; the
+        // calls only read and write these locals.
+        unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            // glibc's own signals (SIGCANCEL, SIGSETXID) fail with EINVAL
+            // and keep their value; nothing sends them to the child.
+            if libc::sigaction(signal, std::ptr::null(), &mut current) != 0 {
+                continue;
+            }
+            let handled =
+                current.sa_sigaction != libc::SIG_DFL && current.sa_sigaction != libc::SIG_IGN;
+            if handled || (signal == libc::SIGPIPE && current.sa_sigaction == libc::SIG_IGN) {
+                let default: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// `Err((step, errno))` when a system call returned -1.
+fn check(step: SpawnStep, result: libc::c_int) -> Result<(), (SpawnStep, i32)> {
+    if result == -1 {
+        Err((step, errno()))
+    } else {
+        Ok(())
+    }
+}
+
+/// The step between creating the child and exec that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum SpawnStep {
-    /// Preparing the spawn in the runner, before the fork.
+    /// Preparing the spawn, in the runner or in the child (its process
+    /// group and descriptors).
     Setup = 1,
     JoinCgroup = 2,
     OomScoreAdj = 3,
@@ -185,6 +346,8 @@ pub enum SpawnStep {
     Identity = 6,
     /// The execve of the program itself.
     Exec = 7,
+    /// Creating the child process.
+    Create = 8,
 }
 
 impl SpawnStep {
@@ -196,6 +359,7 @@ impl SpawnStep {
             4 => SpawnStep::Chroot,
             5 => SpawnStep::WorkingDirectory,
             6 => SpawnStep::Identity,
+            8 => SpawnStep::Create,
             _ => SpawnStep::Exec,
         }
     }
@@ -211,6 +375,7 @@ impl std::fmt::Display for SpawnStep {
             SpawnStep::WorkingDirectory => "entering the working directory",
             SpawnStep::Identity => "switching to runCommandsAs's identity",
             SpawnStep::Exec => "executing the program",
+            SpawnStep::Create => "creating the process",
         })
     }
 }
@@ -287,22 +452,6 @@ impl ExecArguments {
     }
 }
 
-fn check_write(result: libc::ssize_t) -> io::Result<()> {
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-fn check(result: libc::c_int) -> io::Result<()> {
-    if result == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,7 +472,7 @@ mod tests {
             identity: None,
             stdout: File::create(dir.join("stdout")).unwrap(),
             stderr: File::create(dir.join("stderr")).unwrap(),
-            cgroup_procs: None,
+            cgroup: None,
             oom_score_adj: None,
         }
     }
@@ -331,41 +480,120 @@ mod tests {
     /// Why it matters: a missing program is the request's fault (the build
     /// fails), a step before exec failing is the host's (retry elsewhere);
     /// the caller can only tell them apart by the step.
+    /// Both ways of creating children, the clone3 one only where this
+    /// machine has it (said loudly otherwise, and refused under CI).
+    fn methods() -> Vec<Method> {
+        let mut methods = vec![Method::Clone];
+        let probe = {
+            let _children = reaper().holding_children();
+            clone::probe(Method::Clone3, None)
+        };
+        match probe {
+            Ok(()) => methods.push(Method::Clone3),
+            Err(error) if std::env::var_os("CI").is_some() => {
+                panic!("CI must test the clone3 path, unavailable here: {error}")
+            }
+            Err(error) => eprintln!("SKIPPED clone3 spawns: unavailable here ({error})"),
+        }
+        methods
+    }
+
+    /// Why it matters: a missing program is the request's fault (the build
+    /// fails), a step before exec failing is the host's (retry elsewhere);
+    /// the caller can only tell them apart by the step.
     #[test]
     fn a_failing_exec_is_reported_as_the_exec_step() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = spawn(spec(dir.path(), "/nonexistent/program")).unwrap_err();
-        assert_eq!(err.step, SpawnStep::Exec);
-        assert_eq!(err.source.raw_os_error(), Some(libc::ENOENT));
+        for method in methods() {
+            let dir = tempfile::tempdir().unwrap();
+            let err = spawn(spec(dir.path(), "/nonexistent/program"), method).unwrap_err();
+            assert_eq!(err.step, SpawnStep::Exec, "{method}");
+            assert_eq!(err.source.raw_os_error(), Some(libc::ENOENT), "{method}");
+        }
     }
 
     #[test]
     fn a_failing_step_before_exec_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        // A descriptor that cannot be written: the cgroup join fails.
-        let mut joining = spec(dir.path(), "/bin/true");
-        joining.cgroup_procs = Some(File::open(dir.path().join("stdout")).unwrap());
-        let err = spawn(joining).unwrap_err();
-        assert_eq!(err.step, SpawnStep::JoinCgroup, "{err}");
-        assert!(err.to_string().contains("cgroup"), "{err}");
+        for method in methods() {
+            let dir = tempfile::tempdir().unwrap();
+            // A directory that is not a cgroup: the child cannot join it.
+            let mut joining = spec(dir.path(), "/bin/true");
+            joining.cgroup = Some(
+                nix::fcntl::open(
+                    dir.path(),
+                    nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .unwrap(),
+            );
+            let err = spawn(joining, method).unwrap_err();
+            assert_eq!(err.step, SpawnStep::JoinCgroup, "{method}: {err}");
+            assert!(err.to_string().contains("cgroup"), "{method}: {err}");
 
-        // A working directory that is not a directory.
-        let mut entering = spec(dir.path(), "/bin/true");
-        entering.working_directory = nix::fcntl::open(
-            &dir.path().join("stderr"),
-            nix::fcntl::OFlag::O_PATH,
-            nix::sys::stat::Mode::empty(),
-        )
-        .unwrap();
-        let err = spawn(entering).unwrap_err();
-        assert_eq!(err.step, SpawnStep::WorkingDirectory, "{err}");
+            // A working directory that is not a directory.
+            let mut entering = spec(dir.path(), "/bin/true");
+            entering.working_directory = nix::fcntl::open(
+                &dir.path().join("stderr"),
+                nix::fcntl::OFlag::O_PATH,
+                nix::sys::stat::Mode::empty(),
+            )
+            .unwrap();
+            let err = spawn(entering, method).unwrap_err();
+            assert_eq!(err.step, SpawnStep::WorkingDirectory, "{method}: {err}");
+        }
     }
 
     #[test]
     fn a_successful_spawn_runs_the_program() {
-        let dir = tempfile::tempdir().unwrap();
-        let child = spawn(spec(dir.path(), "/bin/true")).unwrap();
-        let exit = child.exit.blocking_recv().unwrap();
-        assert_eq!(exit.exit_code(), Some(0));
+        for method in methods() {
+            let dir = tempfile::tempdir().unwrap();
+            let child = spawn(spec(dir.path(), "/bin/true"), method).unwrap();
+            let exit = child.exit.blocking_recv().unwrap();
+            assert_eq!(exit.exit_code(), Some(0), "{method}");
+        }
+    }
+
+    /// Why it matters: the child shares the runner's memory, so a handler
+    /// of the runner's must never run in it, and an action must start as
+    /// from a shell: nothing blocked, SIGPIPE not ignored (Rust ignores it
+    /// in the runner), its own process group, stdin at end of file.
+    #[test]
+    fn the_action_starts_with_clean_signals_its_own_group_and_empty_stdin() {
+        for method in methods() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut shell = spec(dir.path(), "/bin/sh");
+            shell.arguments = vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "grep -E '^Sig(Blk|Ign)' /proc/self/status; \
+                 ps -o pgid= -p $$ | tr -d ' '; echo $$; cat; echo end"
+                    .into(),
+            ];
+            let _previous = clone::block_all_signals();
+            let child = spawn(shell, method).unwrap();
+            let pid = child.pid;
+            let exit = child.exit.blocking_recv().unwrap();
+            assert_eq!(exit.exit_code(), Some(0), "{method}");
+            let output = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
+            let lines: Vec<&str> = output.lines().collect();
+            assert_eq!(lines[0], "SigBlk:\t0000000000000000", "{method}: {output}");
+            // Signals ignored by whoever started us stay ignored, as with
+            // a shell; SIGPIPE, which Rust ignores, is back to default.
+            let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+            let ignored_here = ours
+                .lines()
+                .find_map(|line| line.strip_prefix("SigIgn:\t"))
+                .map(|mask| u64::from_str_radix(mask, 16).unwrap())
+                .unwrap();
+            assert_ne!(ignored_here & (1 << (libc::SIGPIPE - 1)), 0);
+            let expected = ignored_here & !(1 << (libc::SIGPIPE - 1));
+            assert_eq!(
+                lines[1],
+                format!("SigIgn:\t{expected:016x}"),
+                "{method}: {output}"
+            );
+            assert_eq!(lines[2], pid.to_string(), "{method}: group, {output}");
+            assert_eq!(lines[3], pid.to_string(), "{method}: {output}");
+            assert_eq!(lines[4], "end", "{method}: {output}");
+        }
     }
 }

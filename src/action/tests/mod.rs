@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use super::id::{ActionIds, RunnerInstance};
-use super::lifecycle::{ActionOptions, Actions, CallGone, Spawner};
+use super::lifecycle::{ActionOptions, Actions, CallGone, ProcessSpawner, Spawner};
 use super::observer::testing::RecordingObserver;
 use super::observer::{ActionStarted, ActionTerminating, Observer};
 use super::oom_diagnosis::{FOREIGN_OOM_KILL_MESSAGE, OOM_DIAGNOSIS_FILE_NAME};
@@ -39,6 +39,7 @@ use crate::cgroup::action::{kill_and_remove, ActionCgroupManager, ACTIONS_DIRECT
 use crate::cgroup::host::mount_point_of;
 use crate::cgroup::test_support::{fake_cgroup, memory_events_text, pressure_text, write_files};
 use crate::cgroup::{locate_own_cgroup, DEFAULT_PROC_SELF_CGROUP, DEFAULT_PROC_SELF_MOUNTINFO};
+use crate::process::clone::Method as SpawnMethod;
 use crate::process::reaper::{ChildExit, SpawnedChild};
 use crate::process::spawn::{ProcessSpec, SpawnError, SpawnStep};
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
@@ -306,17 +307,28 @@ impl Fixture {
         let policy = PlacementPolicy::SharedCgroup {
             cgroup: cgroup.path().to_owned(),
         };
-        Self::new(policy, Some(cgroup), script)
+        Self::new(policy, Some(cgroup), script, None)
     }
 
     /// Actions in process groups, not sampled.
     fn process_groups(script: Vec<FakeAction>) -> Self {
-        Self::new(PlacementPolicy::ProcessGroups, None, script)
+        Self::new(PlacementPolicy::ProcessGroups, None, script, None)
     }
 
     /// Actions in cgroups of their own beneath `parent`, whose `actions`
     /// directory must exist.
     fn action_cgroups(parent: &Path, sampled: bool, script: Vec<FakeAction>) -> Self {
+        Self::action_cgroups_spawning(parent, sampled, script, None)
+    }
+
+    /// As [`Self::action_cgroups`], spawning real processes with `real`
+    /// when given.
+    fn action_cgroups_spawning(
+        parent: &Path,
+        sampled: bool,
+        script: Vec<FakeAction>,
+        real: Option<Arc<dyn Spawner>>,
+    ) -> Self {
         let manager = Arc::new(ActionCgroupManager::new(parent, Box::new(kill_and_remove)));
         Self::new(
             PlacementPolicy::ActionCgroups {
@@ -328,6 +340,7 @@ impl Fixture {
             },
             None,
             script,
+            real,
         )
     }
 
@@ -349,7 +362,12 @@ impl Fixture {
         names
     }
 
-    fn new(policy: PlacementPolicy, cgroup: Option<TempDir>, script: Vec<FakeAction>) -> Self {
+    fn new(
+        policy: PlacementPolicy,
+        cgroup: Option<TempDir>,
+        script: Vec<FakeAction>,
+        real: Option<Arc<dyn Spawner>>,
+    ) -> Self {
         let build = tempfile::tempdir().unwrap();
         fs::create_dir_all(build.path().join(INPUT_ROOT)).unwrap();
         fs::create_dir_all(build.path().join(SERVER_LOGS)).unwrap();
@@ -378,7 +396,7 @@ impl Fixture {
                 ActionIds::new(instance.clone()),
                 observer.clone(),
             )
-            .with_spawner(spawner.clone()),
+            .with_spawner(real.unwrap_or_else(|| spawner.clone())),
         );
         let runner = Arc::new(LocalRunner::new(actions.clone(), build_directory));
         Fixture {
