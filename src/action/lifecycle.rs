@@ -195,23 +195,27 @@ impl Actions {
         if matches!(ended, Ended::Exited(_)) {
             placement.after_exit(pid);
         }
-        let cgroup = placement.cgroup_path().map(PathBuf::from);
-        let action_id = id.clone();
-        let (measurement, cleanup) = blocking(move || {
-            let measurement = placement.measure(&action_id);
-            Ok((measurement, placement.release()))
-        })
-        .await
-        .unwrap_or_else(|error| {
-            // The blocking task died (a panic): nothing can be verified.
-            let detail = error.to_string();
-            let cleanup = Cleanup::Failed {
-                cgroup: cgroup.unwrap_or_default(),
-                pids: Vec::new(),
-                detail: detail.clone(),
-            };
-            (Measurement::failed(detail), cleanup)
-        });
+        // Reading the kernel's counters is cheap (cgroupfs lives in
+        // memory); only a cgroup that is not simply empty needs the
+        // blocking cleanup (kill, wait for it to empty, remove).
+        let measurement = placement.measure(&id);
+        let cleanup = match placement.release_if_empty() {
+            Ok(cleanup) => cleanup,
+            Err(placement) => {
+                let cgroup = placement.cgroup_path().map(PathBuf::from);
+                blocking(move || Ok(placement.release()))
+                    .await
+                    .unwrap_or_else(|error| {
+                        // The blocking task died (a panic): nothing can be
+                        // verified.
+                        Cleanup::Failed {
+                            cgroup: cgroup.unwrap_or_default(),
+                            pids: Vec::new(),
+                            detail: error.to_string(),
+                        }
+                    })
+            }
+        };
         if let Cleanup::Failed {
             cgroup,
             pids,

@@ -243,6 +243,26 @@ impl Placement {
         }
     }
 
+    /// The release of an action that left nothing behind, without
+    /// blocking: a process group (killed when the first process exited),
+    /// or a cgroup with no process and no sub-cgroup, which the kernel
+    /// lets rmdir remove (it refuses a populated one). Anything else is
+    /// handed back for [`Self::release`].
+    pub fn release_if_empty(self) -> Result<Cleanup, Self> {
+        match self {
+            Placement::ProcessGroup(_) => Ok(Cleanup::ProcessGroupKilled),
+            Placement::Cgroup(mut placement) => {
+                match placement.manager.remove_if_empty(placement.cgroup) {
+                    Ok(()) => Ok(Cleanup::Verified),
+                    Err(cgroup) => {
+                        placement.cgroup = cgroup;
+                        Err(Placement::Cgroup(placement))
+                    }
+                }
+            }
+        }
+    }
+
     /// Kills whatever is left of the action, verifies its cgroup is empty
     /// and removes it. A failure marks the runner dirty. Blocking.
     pub fn release(self) -> Cleanup {

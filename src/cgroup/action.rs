@@ -342,6 +342,17 @@ impl ActionCgroupManager {
         self.release(cgroup)
     }
 
+    /// Removes the cgroup of an ended action when it is already empty, with
+    /// a single rmdir (the kernel refuses to remove a cgroup that has
+    /// processes or sub-cgroups); hands it back otherwise, for
+    /// [`Self::release`]. Does not block.
+    pub fn remove_if_empty(&self, cgroup: ActionCgroup) -> Result<(), ActionCgroup> {
+        match std::fs::remove_dir(&cgroup.path) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(cgroup),
+        }
+    }
+
     /// Kills whatever is left in the action's cgroup, verifies that it is
     /// empty and removes it. On failure the cgroup is marked dirty and a
     /// background task keeps retrying. Blocking.
