@@ -95,6 +95,7 @@ async fn measure(name: &str, extra: serde_json::Value, plan: &Plan) {
     let mut floors = Vec::with_capacity(plan.latency_samples);
     let mut client = RunnerClient::new(channel.clone());
     let counting = InstructionCount::start(runner.child.id());
+    let work_before = runner.work();
     let mut footprint_at_1000 = None;
     for done in 1..=plan.latency_samples {
         floors.push(spawn_true());
@@ -107,6 +108,7 @@ async fn measure(name: &str, extra: serde_json::Value, plan: &Plan) {
         }
     }
     let instructions = counting.finish();
+    let work = runner.work().since(&work_before, plan.latency_samples);
     let (run_p50, run_p90) = percentiles(&mut runs);
     let (floor_p50, floor_p90) = percentiles(&mut floors);
 
@@ -131,6 +133,10 @@ async fn measure(name: &str, extra: serde_json::Value, plan: &Plan) {
         floor_rate
     );
 
+    println!(
+        "{name:<16} runner per action (sequential): {:.0} µs of CPU, {:.1} context switches",
+        work.cpu_micros, work.context_switches
+    );
     match instructions {
         Ok(count) => println!(
             "{name:<16} runner instructions per action (perf stat): {}",
@@ -224,6 +230,26 @@ impl InstructionCount {
     }
 }
 
+/// CPU time and context switches of the runner: with hardware counters
+/// missing, the figures that least depend on what else the machine does.
+/// Switches are summed over the threads alive when read (a thread that
+/// exits in between takes its count along), so they are approximate.
+struct Work {
+    cpu_micros: f64,
+    context_switches: f64,
+}
+
+impl Work {
+    /// Per action, from `before` to this, over `actions` actions.
+    fn since(&self, before: &Work, actions: usize) -> Work {
+        let actions = actions.max(1) as f64;
+        Work {
+            cpu_micros: (self.cpu_micros - before.cpu_micros) / actions,
+            context_switches: (self.context_switches - before.context_switches) / actions,
+        }
+    }
+}
+
 /// One direct spawn and wait of `/bin/true`: the floor.
 fn spawn_true() -> Duration {
     let start = Instant::now();
@@ -297,6 +323,40 @@ impl Runner {
     fn request(&self) -> rbe_runner::proto::runner::RunRequest {
         let action = ActionDirectory::create(&self.build_dir).expect("an action directory");
         action.request(vec!["/bin/true".into()], Vec::new())
+    }
+
+    /// The runner's CPU time and its threads' context switches so far.
+    fn work(&self) -> Work {
+        let proc = Path::new("/proc").join(self.child.id().to_string());
+        let stat = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
+        // utime and stime are fields 14 and 15, counted after the
+        // parenthesised command name (which may hold spaces).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        let ticks: u64 = fields.get(11..13).map_or(0, |pair| {
+            pair.iter()
+                .filter_map(|value| value.parse::<u64>().ok())
+                .sum()
+        });
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let mut context_switches = 0;
+        if let Ok(tasks) = std::fs::read_dir(proc.join("task")) {
+            for task in tasks.flatten() {
+                let status =
+                    std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+                context_switches += status
+                    .lines()
+                    .filter(|line| line.contains("ctxt_switches:"))
+                    .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+        }
+        Work {
+            cpu_micros: ticks as f64 / per_second * 1e6,
+            context_switches: context_switches as f64,
+        }
     }
 
     /// The runner's resident memory (KiB) and open descriptors.

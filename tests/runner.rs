@@ -719,3 +719,74 @@ async fn a_second_signal_terminates_actions_a_graceful_stop_waits_for() {
     assert_eq!(read(&root.join("term")), "got-TERM\n");
     assert!(runner.wait().success());
 }
+
+// ---- how actions are started ----
+
+/// Why it matters: operators must be able to tell from the log whether
+/// their seccomp profile let the runner use clone3, and CI forces the
+/// fallback to keep both ways of starting actions proven.
+#[tokio::test]
+async fn the_startup_log_says_how_actions_are_started_and_the_variable_forces_the_fallback() {
+    for (setting, expected) in [("auto", "clone3"), ("fallback", "clone")] {
+        let runner = TestRunner::start_with(json!({}), |command| {
+            command.env("RBE_RUNNER_SPAWN", setting);
+        });
+        let log = runner.log().join("\n");
+        let line = log
+            .lines()
+            .find(|line| line.contains("spawning actions with"))
+            .unwrap_or_else(|| panic!("no spawn method in the log:\n{log}"));
+        let method = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("method="))
+            .unwrap_or_else(|| panic!("no method field: {line}"));
+        if setting == "auto" && method != expected {
+            // A machine whose seccomp profile refuses clone3 falls back,
+            // with the reason; CI's machine has clone3.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must start actions with clone3: {line}"
+            );
+            eprintln!("SKIPPED the clone3 half: {line}");
+        } else {
+            assert_eq!(method, expected, "{line}");
+        }
+        // Actions start either way.
+        let action = runner.action();
+        let request = action.request(vec!["/bin/sh".into(), "-c".into(), "exit 3".into()], vec![]);
+        let response = runner
+            .client()
+            .await
+            .run(request)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.exit_code, 3, "{setting}");
+    }
+}
+
+#[test]
+fn an_unknown_spawn_setting_stops_startup_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("build")).unwrap();
+    let config = dir.path().join("runner.jsonnet");
+    let socket = dir.path().join("runner.sock");
+    std::fs::write(
+        &config,
+        json!({
+            "buildDirectoryPath": dir.path().join("build"),
+            "grpcServers": [{ "listenPaths": [&socket], "authenticationPolicy": { "allow": {} } }],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let output = std::process::Command::new(runner_under_test())
+        .arg(&config)
+        .env("RBE_RUNNER_SPAWN", "vfork")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("RBE_RUNNER_SPAWN=\"vfork\""), "{stderr}");
+    assert!(!socket.exists(), "it must not serve");
+}

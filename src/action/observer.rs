@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use super::id::ActionId;
-use super::outcome::{ActionOutcome, Cleanup, Ended, ExitStatus, TerminationReason};
+use super::outcome::{ActionOutcome, Ended, ExitStatus, TerminationReason};
 use crate::cgroup::action::ActionCgroupManager;
 use crate::sync::lock_unpoisoned;
 
@@ -307,6 +307,9 @@ impl Observer for LogObserver {
         let action_id = outcome.id.as_str();
         let argv0 = outcome.argv0.as_str();
         let wall_time = outcome.wall_time;
+        // One line per action, the cleanup included: a line is a write to
+        // stderr, paid by every action.
+        let cleanup = outcome.cleanup.as_str();
         match &outcome.ended {
             Ended::Exited(status) => {
                 let (exit_code, signal) = match status {
@@ -316,7 +319,7 @@ impl Observer for LogObserver {
                 };
                 tracing::info!(action_id, pid = ?outcome.pid, argv0, ?exit_code, ?signal,
                     ?wall_time, oom_verdict = %outcome.oom.verdict,
-                    result = outcome.result().as_str(), "action exited");
+                    result = outcome.result().as_str(), %cleanup, "action exited");
             }
             Ended::Terminated {
                 reason,
@@ -328,15 +331,12 @@ impl Observer for LogObserver {
                     "stopped by SIGTERM"
                 };
                 tracing::info!(action_id, pid = ?outcome.pid, argv0, %reason, outcome = how,
-                    ?wall_time, "action terminated");
+                    ?wall_time, %cleanup, "action terminated");
             }
             Ended::NotStarted(error) => {
                 tracing::info!(action_id, argv0, %error, code = ?outcome.grpc_code(),
                     "action not started");
             }
-        }
-        if let Cleanup::Verified = outcome.cleanup {
-            tracing::info!(action_id, "action cgroup emptied and removed");
         }
     }
 

@@ -125,6 +125,18 @@ pub enum Cleanup {
     NothingStarted,
 }
 
+impl Cleanup {
+    /// The cleanup in one word, as the log's `cleanup` field says it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Cleanup::Verified => "verified",
+            Cleanup::ProcessGroupKilled => "process_group_killed",
+            Cleanup::Failed { .. } => "failed",
+            Cleanup::NothingStarted => "nothing_started",
+        }
+    }
+}
+
 /// The result classes of an action, as metrics, `watch` and the report
 /// count them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
