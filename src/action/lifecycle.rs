@@ -200,8 +200,8 @@ impl Actions {
         // blocking cleanup (kill, wait for it to empty, remove).
         let measurement = placement.measure(&id);
         let cleanup = match placement.release_if_empty() {
-            Ok(cleanup) => cleanup,
-            Err(placement) => {
+            Some(cleanup) => cleanup,
+            None => {
                 let cgroup = placement.cgroup_path().map(PathBuf::from);
                 blocking(move || Ok(placement.release()))
                     .await

@@ -248,18 +248,13 @@ impl Placement {
     /// or a cgroup with no process and no sub-cgroup, which the kernel
     /// lets rmdir remove (it refuses a populated one). Anything else is
     /// handed back for [`Self::release`].
-    pub fn release_if_empty(self) -> Result<Cleanup, Self> {
+    pub fn release_if_empty(&self) -> Option<Cleanup> {
         match self {
-            Placement::ProcessGroup(_) => Ok(Cleanup::ProcessGroupKilled),
-            Placement::Cgroup(mut placement) => {
-                match placement.manager.remove_if_empty(placement.cgroup) {
-                    Ok(()) => Ok(Cleanup::Verified),
-                    Err(cgroup) => {
-                        placement.cgroup = cgroup;
-                        Err(Placement::Cgroup(placement))
-                    }
-                }
-            }
+            Placement::ProcessGroup(_) => Some(Cleanup::ProcessGroupKilled),
+            Placement::Cgroup(placement) => placement
+                .manager
+                .remove_if_empty(&placement.cgroup)
+                .then_some(Cleanup::Verified),
         }
     }
 

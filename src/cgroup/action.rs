@@ -344,13 +344,10 @@ impl ActionCgroupManager {
 
     /// Removes the cgroup of an ended action when it is already empty, with
     /// a single rmdir (the kernel refuses to remove a cgroup that has
-    /// processes or sub-cgroups); hands it back otherwise, for
-    /// [`Self::release`]. Does not block.
-    pub fn remove_if_empty(&self, cgroup: ActionCgroup) -> Result<(), ActionCgroup> {
-        match std::fs::remove_dir(&cgroup.path) {
-            Ok(()) => Ok(()),
-            Err(_) => Err(cgroup),
-        }
+    /// processes or sub-cgroups). False when it is not; [`Self::release`]
+    /// is then needed. Does not block.
+    pub fn remove_if_empty(&self, cgroup: &ActionCgroup) -> bool {
+        std::fs::remove_dir(&cgroup.path).is_ok()
     }
 
     /// Kills whatever is left in the action's cgroup, verifies that it is
