@@ -62,7 +62,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10} {:>10} {:>10}",
+        "{:<22} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10} {:>10} {:>10}",
         "config",
         "run p50",
         "run p90",
@@ -73,20 +73,28 @@ fn main() {
         "c=8 /s",
         "floor /s"
     );
-    runtime.block_on(measure("plain", serde_json::json!({}), &plan));
-    match TestCgroup::create() {
-        Ok(cgroup) => {
-            let extra = serde_json::json!({ "actionCgroups": { "parentPath": cgroup.relative } });
-            runtime.block_on(measure("actionCgroups", extra, &plan));
+    // Both ways of creating children: clone3 where the runner finds it
+    // (its startup log says which), and the clone fallback that
+    // containers' seccomp profiles leave.
+    for (spawn, suffix) in [("auto", ""), ("fallback", " (clone)")] {
+        let name = format!("plain{suffix}");
+        runtime.block_on(measure(&name, serde_json::json!({}), spawn, &plan));
+        match TestCgroup::create() {
+            Ok(cgroup) => {
+                let extra =
+                    serde_json::json!({ "actionCgroups": { "parentPath": cgroup.relative } });
+                let name = format!("actionCgroups{suffix}");
+                runtime.block_on(measure(&name, extra, spawn, &plan));
+            }
+            Err(reason) => println!("actionCgroups{suffix}: skipped: {reason}"),
         }
-        Err(reason) => println!("actionCgroups: skipped: {reason}"),
     }
 }
 
 /// Starts a runner with `extra` merged into a minimal configuration,
 /// measures it and stops it.
-async fn measure(name: &str, extra: serde_json::Value, plan: &Plan) {
-    let runner = Runner::start(extra);
+async fn measure(name: &str, extra: serde_json::Value, spawn: &str, plan: &Plan) {
+    let runner = Runner::start(extra, spawn);
     let channel = client::connect(&Target::Socket(runner.socket.clone()))
         .await
         .expect("connect to the runner");
@@ -122,7 +130,7 @@ async fn measure(name: &str, extra: serde_json::Value, plan: &Plan) {
         plan.throughput_actions as f64 / start.elapsed().as_secs_f64()
     };
     println!(
-        "{name:<16} {:>10} {:>10} {:>10} {:>10} {:>6.2}x {:>10.0} {:>10.0} {:>10.0}",
+        "{name:<22} {:>10} {:>10} {:>10} {:>10} {:>6.2}x {:>10.0} {:>10.0} {:>10.0}",
         micros(run_p50),
         micros(run_p90),
         micros(floor_p50),
@@ -134,15 +142,15 @@ async fn measure(name: &str, extra: serde_json::Value, plan: &Plan) {
     );
 
     println!(
-        "{name:<16} runner per action (sequential): {:.0} µs of CPU, {:.1} context switches",
+        "{name:<22} runner per action (sequential): {:.0} µs of CPU, {:.1} context switches",
         work.cpu_micros, work.context_switches
     );
     match instructions {
         Ok(count) => println!(
-            "{name:<16} runner instructions per action (perf stat): {}",
+            "{name:<22} runner instructions per action (perf stat): {}",
             count / plan.latency_samples as u64
         ),
-        Err(reason) => println!("{name:<16} runner instructions per action: {reason}"),
+        Err(reason) => println!("{name:<22} runner instructions per action: {reason}"),
     }
 
     if plan.growth {
@@ -155,7 +163,7 @@ async fn measure(name: &str, extra: serde_json::Value, plan: &Plan) {
         let (rss, fds) = runner.footprint();
         if let Some((rss_1000, fds_1000)) = footprint_at_1000 {
             println!(
-                "{name:<16} RSS {rss_1000} KiB and {fds_1000} descriptors after 1,000 actions; \
+                "{name:<22} RSS {rss_1000} KiB and {fds_1000} descriptors after 1,000 actions; \
                  {rss} KiB ({:+} KiB) and {fds} after {done}",
                 rss as i64 - rss_1000 as i64
             );
@@ -280,7 +288,8 @@ struct Runner {
 }
 
 impl Runner {
-    fn start(extra: serde_json::Value) -> Runner {
+    /// `spawn` is the runner's RBE_RUNNER_SPAWN.
+    fn start(extra: serde_json::Value, spawn: &str) -> Runner {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let build_dir = dir.path().join("build");
         std::fs::create_dir(&build_dir).expect("the build directory");
@@ -294,22 +303,34 @@ impl Runner {
         }
         let config_path = dir.path().join("runner.jsonnet");
         std::fs::write(&config_path, config.to_string()).expect("write the configuration");
+        // The default log level, as deployed: its line per action is part
+        // of the cost.
+        let log = dir.path().join("runner.log");
         let child = Command::new(env!("CARGO_BIN_EXE_rbe-runner"))
             .arg(&config_path)
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", "info")
+            .env("RBE_RUNNER_SPAWN", spawn)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(&log).expect("the runner's log"))
             .spawn()
             .expect("start rbe-runner");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !socket.exists() {
             assert!(
                 Instant::now() < deadline,
-                "the runner did not start serving"
+                "the runner did not start serving: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let method = text
+            .lines()
+            .find(|line| line.contains("spawning actions with"))
+            .and_then(|line| line.split("reason=").nth(1))
+            .unwrap_or("(not logged)");
+        println!("  (RBE_RUNNER_SPAWN={spawn}: {method})");
         Runner {
             _dir: dir,
             build_dir,

@@ -5,6 +5,7 @@
 mod common;
 
 use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -718,6 +719,47 @@ async fn a_second_signal_terminates_actions_a_graceful_stop_waits_for() {
     assert_eq!(answer.code(), Code::Unavailable, "{}", answer.message());
     assert_eq!(read(&root.join("term")), "got-TERM\n");
     assert!(runner.wait().success());
+}
+
+/// Why it matters: capacity analysts read `maximumResidentSetSize`. A
+/// child that shared the runner's memory until exec (CLONE_VM, as
+/// posix_spawn does) would report the runner's whole resident set for
+/// every action; a copy carries only the runner's anonymous pages.
+#[tokio::test]
+async fn a_tiny_actions_maxrss_does_not_include_the_runners_resident_set() {
+    let runner = TestRunner::start(json!({}));
+    let action = runner.action();
+    let request = action.request(vec!["/bin/true".into()], vec![]);
+    let response = runner
+        .client()
+        .await
+        .run(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let maxrss = posix_usage(&response).maximum_resident_set_size as u64;
+    let status = read(Path::new(&format!("/proc/{}/status", runner.pid())));
+    let kib = |field: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {field} in {status}"))
+            * 1024
+    };
+    let (resident, anonymous) = (kib("VmRSS:"), kib("RssAnon:"));
+    assert!(maxrss > 0);
+    assert!(
+        maxrss < resident && maxrss <= anonymous + 4 * 1024 * 1024,
+        "/bin/true's maxrss {maxrss} against the runner's RSS {resident} (anonymous {anonymous})"
+    );
 }
 
 // ---- how actions are started ----

@@ -1,20 +1,19 @@
 //! Building an action's process: what happens between its creation and
 //! exec.
 //!
-//! The child is created sharing the runner's memory ([`super::clone`]) and
+//! The child is created as a copy of the runner ([`super::clone`]) and
 //! sets itself up with raw system calls on values prepared here: its
 //! cgroup (unless created in it), signal dispositions, process group,
 //! descriptors, `oom_score_adj`, root, directory and identity. A step that
-//! fails is written into [`ChildFailure`], which the parent reads once it
-//! resumes: no pipe, no allocation in the child.
+//! fails is written into the shared [`Report`], which the parent reads once
+//! it resumes: no pipe, no allocation in the child.
 
 use std::ffi::{c_void, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
-use super::clone::{self, Method};
+use super::clone::{self, Method, Report};
 use super::reaper::{reaper, SpawnedChild};
 
 /// The identity an action runs as (`runCommandsAs`).
@@ -104,20 +103,28 @@ pub fn spawn(spec: ProcessSpec, method: Method) -> Result<SpawnedChild, SpawnErr
         working_directory: spec.working_directory.as_raw_fd(),
         identity: spec.identity.as_ref(),
         exec: &exec,
-        failure: ChildFailure::default(),
+        report: std::ptr::null(),
     };
     let created_in = match method {
         Method::Clone3 => cgroup,
         Method::Clone => None,
     };
     let holding = reaper().holding_children();
+    let creator = clone::creator().map_err(|source| SpawnError {
+        step: SpawnStep::Setup,
+        source,
+    })?;
+    let child = Child {
+        report: creator.report(),
+        ..child
+    };
     let previous = clone::block_all_signals();
-    // SAFETY: `Child::main` keeps the contract of `clone::create` (raw
+    // SAFETY: `Child::main` keeps the contract of `Creator::create` (raw
     // system calls on values prepared above, no allocation, no locks, no
     // unwinding), and `child` outlives the call, which returns only once
     // the child has exec'd or exited.
     let created = unsafe {
-        clone::create(
+        creator.create(
             method,
             created_in,
             Child::main,
@@ -135,7 +142,8 @@ pub fn spawn(spec: ProcessSpec, method: Method) -> Result<SpawnedChild, SpawnErr
         },
         source,
     })?;
-    if let Some((step, errno)) = child.failure.get() {
+    if let Some((step, errno)) = creator.report().get() {
+        let step = SpawnStep::from_code(step);
         // The child has exited; reap it while the reaper is held off, so
         // that it never reaches the reaper as an orphan.
         let mut status = 0;
@@ -164,32 +172,8 @@ struct Child<'a> {
     working_directory: RawFd,
     identity: Option<&'a Identity>,
     exec: &'a ExecArguments,
-    failure: ChildFailure,
-}
-
-/// The step that failed in the child and its errno, written by the child
-/// into memory it shares with the parent.
-#[derive(Default)]
-struct ChildFailure {
-    step: AtomicU8,
-    errno: AtomicI32,
-}
-
-impl ChildFailure {
-    fn set(&self, step: SpawnStep, errno: i32) {
-        self.errno.store(errno, Ordering::Relaxed);
-        self.step.store(step as u8, Ordering::Release);
-    }
-
-    fn get(&self) -> Option<(SpawnStep, i32)> {
-        match self.step.load(Ordering::Acquire) {
-            0 => None,
-            code => Some((
-                SpawnStep::from_code(code),
-                self.errno.load(Ordering::Relaxed),
-            )),
-        }
-    }
+    /// Where a failed step is reported (shared with the parent).
+    report: *const Report,
 }
 
 /// Highest signal number (glibc's `NSIG - 1`, the real-time signals
@@ -206,16 +190,17 @@ impl Child<'_> {
         match child.set_up_and_exec() {
             Ok(never) => match never {},
             Err((step, errno)) => {
-                child.failure.set(step, errno);
+                // SAFETY: the creator's shared report page, mapped for the
+                // life of the process.
+                unsafe { &*child.report }.set(step as u8, errno);
                 127
             }
         }
     }
 
     /// Only glibc wrappers that are plain system calls are used (no
-    /// `setuid`, whose wrapper signals the runner's threads; raw system
-    /// calls instead). errno lands in the suspended parent thread's
-    /// thread-local storage, which no one reads.
+    /// `setuid`, whose wrapper would signal the copies of the runner's
+    /// threads it believes exist; raw system calls instead).
     fn set_up_and_exec(&self) -> Result<std::convert::Infallible, (SpawnStep, i32)> {
         // SAFETY (for the calls below): each is a system call on
         // descriptors and pointers the parent keeps valid; none allocates
