@@ -53,13 +53,13 @@ const HEAVY_SIZES_MIB: [i64; 3] = [64, 96, 128];
 const HEAVY_SLACK_BYTES: i64 = 16 << 20;
 
 /// Above this, a light action's maximum RSS is not its own. Light actions
-/// measure 3 to 6 MiB here with fork, which charges the child with the
-/// runner's anonymous pages it copied until the exec; a child sharing the
-/// runner's memory until its exec (CLONE_VM) is charged with the runner's
-/// whole peak resident set (25 MiB, a debug build). Below the smallest
-/// heavy buffer, so that a light action never passes with a heavy one's
-/// rusage.
-const LIGHT_LIMIT_BYTES: i64 = 48 << 20;
+/// measure 3 to 6 MiB here: the child is a copy of the runner, charged
+/// only with the runner's anonymous pages copied until the exec. A child
+/// sharing the runner's memory until its exec (CLONE_VM) would be charged
+/// with the runner's whole peak resident set (25 MiB, a debug build), and
+/// fail this. Far below the smallest heavy buffer, so that a light action
+/// never passes with a heavy one's rusage.
+const LIGHT_LIMIT_BYTES: i64 = 16 << 20;
 
 /// Bound on the whole flood of actions, which takes about 5 s here.
 const FLOOD_LIMIT: Duration = Duration::from_secs(120);
