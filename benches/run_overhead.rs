@@ -57,9 +57,10 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     println!(
-        "run_overhead ({}), {} cores",
+        "run_overhead ({}), {} cores, build directories in {}",
         if full { "full" } else { "smoke" },
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        bench_directory().display()
     );
     println!(
         "{:<22} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10} {:>10} {:>10}",
@@ -156,6 +157,11 @@ async fn measure(name: &str, extra: serde_json::Value, spawn: &str, plan: &Plan)
     if plan.growth {
         let mut client = RunnerClient::new(channel.clone());
         let mut done = plan.latency_samples + 2 * plan.throughput_actions;
+        // By now the event stream's replay buffer (4,096 events by
+        // default, two per action) is full: what grows after this is not
+        // bounded by configuration.
+        let (rss_full, _) = runner.footprint();
+        let full_at = done;
         while done < 10_000 {
             client.run(runner.request()).await.expect("Run(/bin/true)");
             done += 1;
@@ -164,8 +170,9 @@ async fn measure(name: &str, extra: serde_json::Value, spawn: &str, plan: &Plan)
         if let Some((rss_1000, fds_1000)) = footprint_at_1000 {
             println!(
                 "{name:<22} RSS {rss_1000} KiB and {fds_1000} descriptors after 1,000 actions; \
-                 {rss} KiB ({:+} KiB) and {fds} after {done}",
-                rss as i64 - rss_1000 as i64
+                 {rss} KiB ({:+} KiB) and {fds} after {done}; {:+} KiB from {full_at} to {done}",
+                rss as i64 - rss_1000 as i64,
+                rss as i64 - rss_full as i64
             );
         }
     }
@@ -258,6 +265,30 @@ impl Work {
     }
 }
 
+/// Where the runners' build directories go: `RBE_BENCH_DIR`, else
+/// `/dev/shm` (tmpfs) when there is one, else the temporary directory.
+///
+/// Each Run creates its stdout and stderr, which the floor does not. On
+/// ext4, with many inodes deleted in the last seconds (each configuration
+/// removes the 40,000 files and directories of the previous one, as
+/// bb_worker removes every action's directory), allocating an inode scans
+/// for ones not recently deleted (`find_inode_bit`, `recently_deleted`):
+/// a third of the runner's CPU in a profile, a cost of the filesystem and
+/// of bb_runner alike, not of the runner. tmpfs keeps it out of the
+/// figures; `RBE_BENCH_DIR=/var/tmp` measures it.
+fn bench_directory() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RBE_BENCH_DIR") {
+        return PathBuf::from(dir);
+    }
+    let shm = Path::new("/dev/shm");
+    let writable = tempfile::tempdir_in(shm).is_ok();
+    if writable {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 /// One direct spawn and wait of `/bin/true`: the floor.
 fn spawn_true() -> Duration {
     let start = Instant::now();
@@ -290,7 +321,7 @@ struct Runner {
 impl Runner {
     /// `spawn` is the runner's RBE_RUNNER_SPAWN.
     fn start(extra: serde_json::Value, spawn: &str) -> Runner {
-        let dir = tempfile::tempdir().expect("a temporary directory");
+        let dir = tempfile::tempdir_in(bench_directory()).expect("a temporary directory");
         let build_dir = dir.path().join("build");
         std::fs::create_dir(&build_dir).expect("the build directory");
         let socket = dir.path().join("runner.sock");
