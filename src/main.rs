@@ -31,6 +31,7 @@ use rbe_runner::metrics::Metrics;
 use rbe_runner::process::clone::{Method as SpawnMethod, SPAWN_ENVIRONMENT_VARIABLE};
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
 use rbe_runner::process::spawn::Identity;
+use rbe_runner::process::spawn_server::{self, SpawnServer};
 use rbe_runner::process::DEFAULT_PROC_ROOT;
 use rbe_runner::runner::local::LocalRunner;
 use rbe_runner::runner::SharedRunner;
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
         Some("exec") => return cli::exec(&args[1..]),
         Some("watch") => return cli::watch(&args[1..]),
         Some("report") => return rbe_runner::report::main(&args[1..]),
+        Some(spawn_server::SERVE_ARGUMENT) => return spawn_server::serve(&args[1..]),
         Some(_) if args.len() == 1 => serve(PathBuf::from(&args[0])),
         Some(_) => Err(anyhow::anyhow!(
             "unexpected arguments {:?}\n{}",
@@ -150,6 +152,13 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         rbe_runner::process::spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ,
     ));
 
+    // Actions' processes are created by a small process of ours, as
+    // children of the runner, which spares the runner copying itself for
+    // each (see src/process/spawn_server.rs). Started after the runner
+    // moved into its cgroup and lowered its oom_score_adj, which it
+    // inherits.
+    let spawn_server = start_spawn_server().await;
+
     // The event stream of this start of the runner (every action id and
     // event names the instance), with its journal when events.journalPath
     // is set.
@@ -177,7 +186,7 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     // own, measured as sampleCgroupResourceUsage asks.
     let actions = Arc::new(Actions::new(
         build_directory.clone(),
-        action_options(&config, action_oom_score_adj, spawn_method),
+        action_options(&config, action_oom_score_adj, spawn_method, spawn_server),
         placement_policy(&config, cgroups, &state),
         ActionIds::new(instance.clone()),
         observer.clone(),
@@ -351,6 +360,7 @@ fn action_options(
     config: &Config,
     oom_score_adj: Option<i32>,
     spawn_method: SpawnMethod,
+    spawn_server: Option<Arc<SpawnServer>>,
 ) -> ActionOptions {
     ActionOptions {
         prepare: PrepareOptions {
@@ -365,6 +375,32 @@ fn action_options(
         termination_grace_period: config.termination_grace_period,
         oom_score_adj,
         spawn_method,
+        spawn_server,
+    }
+}
+
+/// Starts the spawn server; without one (no /proc/self/exe, say) the runner
+/// creates actions' processes itself, which costs it more per action.
+async fn start_spawn_server() -> Option<Arc<SpawnServer>> {
+    let started = tokio::task::spawn_blocking(|| {
+        let executable = std::env::current_exe()?;
+        SpawnServer::start(&executable)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|started| started);
+    match started {
+        Ok(server) => {
+            tracing::info!(
+                pid = server.pid(),
+                "spawn server started: it creates actions' processes as children of the runner"
+            );
+            Some(Arc::new(server))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot start the spawn server; the runner creates actions' processes itself");
+            None
+        }
     }
 }
 

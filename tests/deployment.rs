@@ -403,14 +403,23 @@ fn as_pid_1_a_double_forked_orphan_of_an_action_is_reaped() {
         WAIT_LIMIT,
         || !process_exists(orphan.host_pid),
     ));
+    // Besides the runner, only its spawn server (its child, which creates
+    // actions' processes) may be left.
+    let is_spawn_server = |host_pid: i32| {
+        std::fs::read(format!("/proc/{host_pid}/cmdline"))
+            .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("__spawn-server"))
+    };
     let left: Vec<(i32, i32, char)> = processes_in_namespace_of(runner.host_pid)
         .iter()
+        .filter(|process| {
+            !(process.parent_host_pid == runner.host_pid && is_spawn_server(process.host_pid))
+        })
         .map(|process| (process.host_pid, process.namespace_pid, process.state))
         .collect();
     assert_eq!(
         left,
         [(runner.host_pid, 1, 'S')],
-        "only the runner should be left in its namespace (host pid, pid, state)"
+        "only the runner and its spawn server should be left in its namespace (host pid, pid, state)"
     );
     let status = runner.runner.terminate_and_wait(runner.host_pid);
     assert_eq!(status.code(), Some(0), "{status:?}");

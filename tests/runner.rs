@@ -832,3 +832,74 @@ fn an_unknown_spawn_setting_stops_startup_naming_the_variable() {
     assert!(stderr.contains("RBE_RUNNER_SPAWN=\"vfork\""), "{stderr}");
     assert!(!socket.exists(), "it must not serve");
 }
+
+/// Why it matters: the spawn server creates every action's process; if it
+/// is killed, the runner must go on creating them itself, each action
+/// still the runner's child with its own exit code, and say so.
+#[tokio::test]
+async fn actions_still_start_when_the_spawn_server_is_killed() {
+    let runner = TestRunner::start(json!({}));
+    // Children are listed per thread: the one that started the server.
+    let mut children = String::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", runner.pid())).unwrap() {
+        let task = task.unwrap().path();
+        children += &std::fs::read_to_string(task.join("children")).unwrap_or_default();
+        children.push(' ');
+    }
+    let server: i32 = children
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .find(|pid: &i32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("__spawn-server"))
+        })
+        .unwrap_or_else(|| panic!("no spawn server among the runner's children {children:?}"));
+    let run = |code: i64| {
+        let action = runner.action();
+        let script = format!("echo $PPID; exit {code}");
+        let request = action.request(vec!["/bin/sh".into(), "-c".into(), script], vec![]);
+        (action, request)
+    };
+    let (action, request) = run(5);
+    let response = runner
+        .client()
+        .await
+        .run(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.exit_code, 5);
+    assert_eq!(
+        read(&action.path.join("stdout")).trim(),
+        runner.pid().to_string(),
+        "a child of the runner"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for code in [6, 7] {
+        let (action, request) = run(code);
+        let response = runner
+            .client()
+            .await
+            .run(request)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.exit_code, code);
+        assert_eq!(
+            read(&action.path.join("stdout")).trim(),
+            runner.pid().to_string()
+        );
+    }
+    let log = runner.log().join("\n");
+    assert!(log.contains("the spawn server is gone"), "{log}");
+    assert_eq!(
+        log.matches("the spawn server is gone").count(),
+        1,
+        "said once: {log}"
+    );
+}

@@ -31,6 +31,7 @@ use crate::fault::Fault;
 use crate::process::clone::Method as SpawnMethod;
 use crate::process::reaper::{ChildExit, SpawnedChild};
 use crate::process::spawn::{Identity, ProcessSpec, SpawnError, SpawnStep};
+use crate::process::spawn_server::SpawnServer;
 use crate::process::terminate::terminate;
 use crate::proto::runner::RunRequest;
 use crate::runner::{blocking, RunnerError};
@@ -43,13 +44,19 @@ pub trait Spawner: Send + Sync {
 }
 
 /// The real spawner: [`crate::process::spawn::spawn`], creating children
-/// with the method chosen at startup.
-#[derive(Debug, Default)]
-pub struct ProcessSpawner(pub SpawnMethod);
+/// with the method chosen at startup, through the spawn server when there
+/// is one.
+#[derive(Default)]
+pub struct ProcessSpawner {
+    /// How children are created.
+    pub method: SpawnMethod,
+    /// The spawn server, if one was started.
+    pub server: Option<Arc<SpawnServer>>,
+}
 
 impl Spawner for ProcessSpawner {
     fn spawn(&self, spec: ProcessSpec) -> Result<SpawnedChild, SpawnError> {
-        crate::process::spawn::spawn(spec, self.0)
+        crate::process::spawn::spawn(spec, self.method, self.server.as_deref())
     }
 }
 
@@ -67,6 +74,8 @@ pub struct ActionOptions {
     pub oom_score_adj: Option<i32>,
     /// How children are created (see [`SpawnMethod::choose`]).
     pub spawn_method: SpawnMethod,
+    /// The spawn server that creates them, if one was started.
+    pub spawn_server: Option<Arc<SpawnServer>>,
 }
 
 /// The end of a Run call, as the action sees it: resolves when the call is
@@ -100,7 +109,10 @@ impl Actions {
         ids: ActionIds,
         observer: Arc<dyn Observer>,
     ) -> Self {
-        let spawner = Arc::new(ProcessSpawner(options.spawn_method));
+        let spawner = Arc::new(ProcessSpawner {
+            method: options.spawn_method,
+            server: options.spawn_server.clone(),
+        });
         Actions {
             build_directory,
             options,

@@ -205,7 +205,8 @@ impl Creator {
 
     /// Creates a child running `main(arg)` with `method`, in the cgroup
     /// whose directory is open as `cgroup` (clone3 only; with
-    /// [`Method::Clone`] the child must join by itself). Returns its pid
+    /// [`Method::Clone`] the child must join by itself), as our child or,
+    /// when `sibling`, our parent's. Returns its pid
     /// once it has exec'd or exited; [`Self::report`] then says whether a
     /// step failed. Every signal should be blocked in the calling thread
     /// (see [`block_all_signals`]) so that no handler of the runner runs
@@ -220,21 +221,25 @@ impl Creator {
         &self,
         method: Method,
         cgroup: Option<RawFd>,
+        sibling: bool,
         main: ChildMain,
         arg: *mut c_void,
     ) -> io::Result<i32> {
         let area = self.area();
         area.report().clear();
+        // A sibling is a child of our parent (the spawn server creates
+        // children of the runner).
+        let parent = if sibling { libc::CLONE_PARENT } else { 0 };
         let pid = match method {
             // SAFETY: forwarded from this function's contract; the stack is
             // ours while the lock is held.
-            Method::Clone3 => unsafe { clone3_vfork(area, cgroup, main, arg) },
+            Method::Clone3 => unsafe { clone3_vfork(area, cgroup, parent as u64, main, arg) },
             // SAFETY: as above. glibc's wrapper takes the top of the stack.
             Method::Clone => unsafe {
                 libc::clone(
                     main,
                     area.top() as *mut c_void,
-                    libc::CLONE_VFORK | libc::SIGCHLD,
+                    libc::CLONE_VFORK | parent | libc::SIGCHLD,
                     arg,
                 ) as isize
             },
@@ -280,12 +285,16 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 unsafe fn clone3_vfork(
     stack: &Area,
     cgroup: Option<RawFd>,
+    flags: u64,
     main: ChildMain,
     arg: *mut c_void,
 ) -> isize {
+    let sibling = flags & libc::CLONE_PARENT as u64 != 0;
     let mut args = CloneArgs {
-        flags: libc::CLONE_VFORK as u64,
-        exit_signal: libc::SIGCHLD as u64,
+        flags: libc::CLONE_VFORK as u64 | flags,
+        // A sibling's exit signal is its creator's (SIGCHLD for the spawn
+        // server); clone3 refuses one given with CLONE_PARENT.
+        exit_signal: if sibling { 0 } else { libc::SIGCHLD as u64 },
         stack: stack.low() as u64,
         stack_size: (stack.top() - stack.low()) as u64,
         ..CloneArgs::default()
@@ -338,6 +347,7 @@ unsafe fn clone3_vfork(
 unsafe fn clone3_vfork(
     _stack: &Area,
     _cgroup: Option<RawFd>,
+    _flags: u64,
     _main: ChildMain,
     _arg: *mut c_void,
 ) -> isize {
@@ -380,7 +390,8 @@ pub fn probe(method: Method, cgroup: Option<RawFd>) -> io::Result<()> {
     let creator = creator()?;
     let previous = block_all_signals();
     // SAFETY: the child only returns 0; nothing is passed to it.
-    let created = unsafe { creator.create(method, cgroup, exit_at_once, std::ptr::null_mut()) };
+    let created =
+        unsafe { creator.create(method, cgroup, false, exit_at_once, std::ptr::null_mut()) };
     restore_signals(&previous);
     let pid = created?;
     let mut status = 0;
@@ -513,6 +524,7 @@ mod tests {
                 creator.create(
                     method,
                     None,
+                    false,
                     report_and_write,
                     &arg as *const _ as *mut c_void,
                 )

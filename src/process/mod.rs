@@ -3,6 +3,8 @@
 //! - [`lookup`]: finding the program in the request's PATH.
 //! - [`reaper`]: the single place that waits for children (exit status and
 //!   each child's own rusage), which also reaps adopted orphans.
+//! - [`spawn_server`]: a small process of ours that creates actions'
+//!   processes as children of the runner, sparing the runner the copy.
 //! - [`spawn`]: building the child: its directory, root, identity, process
 //!   group and descriptors, set up between fork and exec.
 //! - [`terminate`]: graceful termination of a process group.
@@ -14,6 +16,7 @@ pub mod lookup;
 pub mod privileges;
 pub mod reaper;
 pub mod spawn;
+pub mod spawn_server;
 pub mod terminate;
 
 /// Where the process table is mounted; everything that reads it takes the

@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::clone::{self, Method, Report};
 use super::reaper::{reaper, SpawnedChild};
+use super::spawn_server::{ServerGone, SpawnServer};
 
 /// The identity an action runs as (`runCommandsAs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,14 +61,24 @@ pub struct ProcessSpec {
 /// so `self` is the child.
 pub const DEFAULT_PROC_SELF_OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 
+/// [`DEFAULT_PROC_SELF_OOM_SCORE_ADJ`] for the child, which may not
+/// allocate a C string.
+const PROC_SELF_OOM_SCORE_ADJ: &std::ffi::CStr = c"/proc/self/oom_score_adj";
+
 /// Starts the process described by `spec` with `method`, as the leader of
-/// a new process group, registered with the reaper.
+/// a new process group, registered with the reaper. The spawn server
+/// creates it when there is one (see [`super::spawn_server`]); without
+/// one, or once it is gone, the runner creates it itself.
 ///
 /// The exec is a plain `execve`: no PATH search and no fallback of running
 /// a file that fails with ENOEXEC through `/bin/sh`, which would hide a
 /// broken executable behind exit code 127 instead of reporting it, as
 /// bb_runner does.
-pub fn spawn(spec: ProcessSpec, method: Method) -> Result<SpawnedChild, SpawnError> {
+pub fn spawn(
+    spec: ProcessSpec,
+    method: Method,
+    server: Option<&SpawnServer>,
+) -> Result<SpawnedChild, SpawnError> {
     let exec = ExecArguments::new(&spec).map_err(|source| SpawnError {
         step: SpawnStep::Exec,
         source,
@@ -81,69 +92,39 @@ pub fn spawn(spec: ProcessSpec, method: Method) -> Result<SpawnedChild, SpawnErr
     })?;
     drop(stdin_writer);
     let stdin: OwnedFd = stdin.into();
-    let oom_score_adj = spec.oom_score_adj.map(|value| {
-        let path = CString::new(DEFAULT_PROC_SELF_OOM_SCORE_ADJ).expect("no NUL in a constant");
-        (path, value.to_string().into_bytes())
-    });
-    let cgroup = spec.cgroup.as_ref().map(AsRawFd::as_raw_fd);
-    let child = Child {
-        joins_cgroup: match method {
-            Method::Clone3 => None,
-            Method::Clone => cgroup,
-        },
-        standard: [
+    let child = Child::new(
+        spec.cgroup.as_ref().map(AsRawFd::as_raw_fd),
+        [
             stdin.as_raw_fd(),
             spec.stdout.as_raw_fd(),
             spec.stderr.as_raw_fd(),
         ],
-        oom_score_adj: oom_score_adj
-            .as_ref()
-            .map(|(path, value)| (path.as_ptr(), value.as_slice())),
-        chroot_directory: spec.chroot_directory.as_ref().map(AsRawFd::as_raw_fd),
-        working_directory: spec.working_directory.as_raw_fd(),
-        identity: spec.identity.as_ref(),
-        exec: &exec,
-        report: std::ptr::null(),
-    };
-    let created_in = match method {
-        Method::Clone3 => cgroup,
-        Method::Clone => None,
-    };
+        spec.oom_score_adj.map(OomScoreAdj::new),
+        spec.chroot_directory.as_ref().map(AsRawFd::as_raw_fd),
+        spec.working_directory.as_raw_fd(),
+        spec.identity.as_ref(),
+        &exec,
+    );
     let holding = reaper().holding_children();
-    let creator = clone::creator().map_err(|source| SpawnError {
-        step: SpawnStep::Setup,
-        source,
-    })?;
-    let child = Child {
-        report: creator.report(),
-        ..child
+    let created = match server.map(|server| server.create(&child, method)) {
+        Some(Ok(created)) => created,
+        Some(Err(ServerGone::Now(error))) => {
+            tracing::error!(%error, "the spawn server is gone; the runner creates actions' processes itself from now on");
+            create(&child, method, Parent::Creator)
+        }
+        Some(Err(ServerGone::Earlier)) | None => create(&child, method, Parent::Creator),
     };
-    let previous = clone::block_all_signals();
-    // SAFETY: `Child::main` keeps the contract of `Creator::create` (raw
-    // system calls on values prepared above, no allocation, no locks, no
-    // unwinding), and `child` outlives the call, which returns only once
-    // the child has exec'd or exited.
-    let created = unsafe {
-        creator.create(
-            method,
-            created_in,
-            Child::main,
-            &child as *const Child as *mut c_void,
-        )
-    };
-    clone::restore_signals(&previous);
-    let pid = created.map_err(|source| SpawnError {
+    let pid = created.pid.map_err(|source| SpawnError {
         // With CLONE_INTO_CGROUP, the kernel's refusal to place the child
         // is the only failure particular to this spawn.
-        step: if created_in.is_some() {
+        step: if method == Method::Clone3 && child.cgroup.is_some() {
             SpawnStep::JoinCgroup
         } else {
             SpawnStep::Create
         },
         source,
     })?;
-    if let Some((step, errno)) = creator.report().get() {
-        let step = SpawnStep::from_code(step);
+    if let Some((step, errno)) = created.failed {
         // The child has exited; reap it while the reaper is held off, so
         // that it never reaches the reaper as an orphan.
         let mut status = 0;
@@ -158,22 +139,148 @@ pub fn spawn(spec: ProcessSpec, method: Method) -> Result<SpawnedChild, SpawnErr
     Ok(holding.register(pid))
 }
 
+/// Whose child the new process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parent {
+    /// The process creating it (the runner).
+    Creator,
+    /// The creator's parent (`CLONE_PARENT`): the spawn server creates
+    /// children of the runner.
+    CreatorsParent,
+}
+
+/// What creating a child gave.
+#[derive(Debug)]
+pub struct Created {
+    /// The child's pid, or why it could not be created.
+    pub pid: Result<i32, io::Error>,
+    /// The step that failed in the child, with its errno: the child has
+    /// then exited without executing the program.
+    pub failed: Option<(SpawnStep, i32)>,
+}
+
+/// Creates the child described by `child` with `method` in this process,
+/// and returns once it has exec'd or failed.
+pub(crate) fn create(child: &Child, method: Method, parent: Parent) -> Created {
+    let creator = match clone::creator() {
+        Ok(creator) => creator,
+        Err(error) => {
+            return Created {
+                pid: Err(error),
+                failed: None,
+            }
+        }
+    };
+    let child = Child {
+        joins_cgroup: match method {
+            Method::Clone3 => None,
+            Method::Clone => child.cgroup,
+        },
+        report: creator.report(),
+        ..*child
+    };
+    let created_in = match method {
+        Method::Clone3 => child.cgroup,
+        Method::Clone => None,
+    };
+    let previous = clone::block_all_signals();
+    // SAFETY: `Child::main` keeps the contract of `Creator::create` (raw
+    // system calls on values prepared above, no allocation, no locks, no
+    // unwinding), and `child` outlives the call, which returns only once
+    // the child has exec'd or exited.
+    let pid = unsafe {
+        creator.create(
+            method,
+            created_in,
+            parent == Parent::CreatorsParent,
+            Child::main,
+            &child as *const Child as *mut c_void,
+        )
+    };
+    clone::restore_signals(&previous);
+    let failed = match &pid {
+        Ok(_) => creator
+            .report()
+            .get()
+            .map(|(step, errno)| (SpawnStep::from_code(step), errno)),
+        Err(_) => None,
+    };
+    Created { pid, failed }
+}
+
+/// The value a child writes to its `oom_score_adj`, formatted before it is
+/// created (the child may not allocate).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OomScoreAdj {
+    text: [u8; 12],
+    length: usize,
+}
+
+impl OomScoreAdj {
+    pub(crate) fn new(value: i32) -> Self {
+        let formatted = value.to_string();
+        let mut text = [0u8; 12];
+        let length = formatted.len().min(text.len());
+        text[..length].copy_from_slice(&formatted.as_bytes()[..length]);
+        OomScoreAdj { text, length }
+    }
+
+    pub(crate) fn value(&self) -> i32 {
+        std::str::from_utf8(&self.text[..self.length])
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.text[..self.length]
+    }
+}
+
 /// Everything the child uses, prepared before it is created, as raw
-/// descriptors and pointers into memory the parent keeps alive (the
-/// parent is suspended until the child has exec'd or exited).
-struct Child<'a> {
-    /// The cgroup directory to join by writing `cgroup.procs`, when the
-    /// child was not created in it.
-    joins_cgroup: Option<RawFd>,
+/// descriptors and pointers into memory the creator keeps alive (it is
+/// suspended until the child has exec'd or exited).
+#[derive(Clone, Copy)]
+pub(crate) struct Child<'a> {
+    /// The directory of the action's cgroup.
+    pub(crate) cgroup: Option<RawFd>,
     /// stdin, stdout and stderr, in that order.
-    standard: [RawFd; 3],
-    oom_score_adj: Option<(*const libc::c_char, &'a [u8])>,
-    chroot_directory: Option<RawFd>,
-    working_directory: RawFd,
-    identity: Option<&'a Identity>,
-    exec: &'a ExecArguments,
-    /// Where a failed step is reported (shared with the parent).
+    pub(crate) standard: [RawFd; 3],
+    pub(crate) oom_score_adj: Option<OomScoreAdj>,
+    pub(crate) chroot_directory: Option<RawFd>,
+    pub(crate) working_directory: RawFd,
+    pub(crate) identity: Option<&'a Identity>,
+    pub(crate) exec: &'a ExecArguments,
+    /// Where a failed step is reported (shared with the creator).
     report: *const Report,
+    /// The cgroup to join by writing `cgroup.procs`, when the child is not
+    /// created in it.
+    joins_cgroup: Option<RawFd>,
+}
+
+impl<'a> Child<'a> {
+    /// A child with these descriptors and values (see the fields).
+    pub(crate) fn new(
+        cgroup: Option<RawFd>,
+        standard: [RawFd; 3],
+        oom_score_adj: Option<OomScoreAdj>,
+        chroot_directory: Option<RawFd>,
+        working_directory: RawFd,
+        identity: Option<&'a Identity>,
+        exec: &'a ExecArguments,
+    ) -> Self {
+        Child {
+            cgroup,
+            standard,
+            oom_score_adj,
+            chroot_directory,
+            working_directory,
+            identity,
+            exec,
+            report: std::ptr::null(),
+            joins_cgroup: None,
+        }
+    }
 }
 
 /// Highest signal number (glibc's `NSIG - 1`, the real-time signals
@@ -229,8 +336,12 @@ impl Child<'_> {
                 // the targets and dup2 clears close-on-exec.
                 check(SpawnStep::Setup, libc::dup2(source, target))?;
             }
-            if let Some((path, value)) = self.oom_score_adj {
-                let fd = libc::open(path, libc::O_WRONLY | libc::O_CLOEXEC);
+            if let Some(value) = &self.oom_score_adj {
+                let value = value.bytes();
+                let fd = libc::open(
+                    PROC_SELF_OOM_SCORE_ADJ.as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                );
                 check(SpawnStep::OomScoreAdj, fd)?;
                 let written = libc::write(fd, value.as_ptr().cast(), value.len());
                 libc::close(fd);
@@ -336,7 +447,7 @@ pub enum SpawnStep {
 }
 
 impl SpawnStep {
-    fn from_code(code: u8) -> Self {
+    pub(crate) fn from_code(code: u8) -> Self {
         match code {
             1 => SpawnStep::Setup,
             2 => SpawnStep::JoinCgroup,
@@ -376,12 +487,13 @@ pub struct SpawnError {
     pub source: io::Error,
 }
 
-/// NUL-terminated argv and envp arrays, built before the fork so that the
-/// child allocates nothing. Pointers are stored as `usize` (same size and
+/// NUL-terminated argv and envp arrays, built before the child is created
+/// so that it allocates nothing. Pointers are stored as `usize` (same size and
 /// representation on Linux) so that the closure owning them is Send.
-struct ExecArguments {
-    program: CString,
-    _strings: Vec<CString>,
+pub(crate) struct ExecArguments {
+    pub(crate) program: CString,
+    pub(crate) arguments: Vec<CString>,
+    pub(crate) environment: Vec<CString>,
     argv: Vec<usize>,
     envp: Vec<usize>,
 }
@@ -397,18 +509,23 @@ impl ExecArguments {
             })
         };
         let program = cstring(spec.program.clone())?;
-        let argv_strings = spec
+        let arguments = spec
             .arguments
             .iter()
             .map(|argument| cstring(argument.clone()))
             .collect::<io::Result<Vec<_>>>()?;
-        let env_strings = spec
+        let environment = spec
             .environment
             .iter()
             .map(|(key, value)| cstring(format!("{key}={value}")))
             .collect::<io::Result<Vec<_>>>()?;
+        Ok(Self::of(program, arguments, environment))
+    }
+
+    /// The vectors of `arguments` and `environment` (`KEY=VALUE`).
+    pub(crate) fn of(program: CString, arguments: Vec<CString>, environment: Vec<CString>) -> Self {
         // Moving a CString does not move its heap buffer, so these pointers
-        // stay valid for as long as `_strings` lives.
+        // stay valid for as long as the strings live.
         let pointers = |strings: &[CString]| {
             strings
                 .iter()
@@ -416,16 +533,15 @@ impl ExecArguments {
                 .chain(std::iter::once(0))
                 .collect::<Vec<usize>>()
         };
-        let argv = pointers(&argv_strings);
-        let envp = pointers(&env_strings);
-        let mut strings = argv_strings;
-        strings.extend(env_strings);
-        Ok(ExecArguments {
+        let argv = pointers(&arguments);
+        let envp = pointers(&environment);
+        ExecArguments {
             program,
-            _strings: strings,
+            arguments,
+            environment,
             argv,
             envp,
-        })
+        }
     }
 
     fn argv(&self) -> *const *const libc::c_char {
@@ -490,7 +606,7 @@ mod tests {
     fn a_failing_exec_is_reported_as_the_exec_step() {
         for method in methods() {
             let dir = tempfile::tempdir().unwrap();
-            let err = spawn(spec(dir.path(), "/nonexistent/program"), method).unwrap_err();
+            let err = spawn(spec(dir.path(), "/nonexistent/program"), method, None).unwrap_err();
             assert_eq!(err.step, SpawnStep::Exec, "{method}");
             assert_eq!(err.source.raw_os_error(), Some(libc::ENOENT), "{method}");
         }
@@ -510,7 +626,7 @@ mod tests {
                 )
                 .unwrap(),
             );
-            let err = spawn(joining, method).unwrap_err();
+            let err = spawn(joining, method, None).unwrap_err();
             assert_eq!(err.step, SpawnStep::JoinCgroup, "{method}: {err}");
             assert!(err.to_string().contains("cgroup"), "{method}: {err}");
 
@@ -522,7 +638,7 @@ mod tests {
                 nix::sys::stat::Mode::empty(),
             )
             .unwrap();
-            let err = spawn(entering, method).unwrap_err();
+            let err = spawn(entering, method, None).unwrap_err();
             assert_eq!(err.step, SpawnStep::WorkingDirectory, "{method}: {err}");
         }
     }
@@ -531,7 +647,7 @@ mod tests {
     fn a_successful_spawn_runs_the_program() {
         for method in methods() {
             let dir = tempfile::tempdir().unwrap();
-            let child = spawn(spec(dir.path(), "/bin/true"), method).unwrap();
+            let child = spawn(spec(dir.path(), "/bin/true"), method, None).unwrap();
             let exit = child.exit.blocking_recv().unwrap();
             assert_eq!(exit.exit_code(), Some(0), "{method}");
         }
@@ -554,7 +670,7 @@ mod tests {
                     .into(),
             ];
             let _previous = clone::block_all_signals();
-            let child = spawn(shell, method).unwrap();
+            let child = spawn(shell, method, None).unwrap();
             let pid = child.pid;
             let exit = child.exit.blocking_recv().unwrap();
             assert_eq!(exit.exit_code(), Some(0), "{method}");

@@ -137,7 +137,10 @@ async fn an_action_cgroup_nothing_can_join_is_removed() {
     let tree = tempfile::tempdir().unwrap();
     let actions = tree.path().join(ACTIONS_DIRECTORY);
     fs::create_dir(&actions).unwrap();
-    let real = Arc::new(ProcessSpawner(SpawnMethod::Clone));
+    let real = Arc::new(ProcessSpawner {
+        method: SpawnMethod::Clone,
+        server: None,
+    });
     let fixture = Fixture::action_cgroups_spawning(tree.path(), false, vec![], Some(real));
     let before = fixture.action_files();
     let result = fixture.run().await;

@@ -1,0 +1,475 @@
+//! The spawn server: a small process of our own that creates the actions'
+//! processes as children of the runner.
+//!
+//! Creating a child as a copy of the runner (see [`super::clone`] for why
+//! a copy) costs the runner a copy of its page tables and, afterwards, a
+//! fault on every page it writes, which are all copy-on-write until the
+//! child has exec'd: about half of the runner's CPU per action in a
+//! profile. The spawn server is this executable started once more (so it
+//! shares nothing with the runner but the kernel), single-threaded and
+//! small. It receives each child's description and descriptors over a
+//! Unix socket, creates the child with `CLONE_PARENT`, so that the child is
+//! the runner's (waited for by the runner's reaper, its rusage the
+//! runner's to read, its orphans re-parented to the runner), and answers
+//! with the pid and the step that failed, if one did.
+//!
+//! The runner holds the reaper off from sending the request until it has
+//! registered the pid, as when it creates children itself. If the server
+//! is gone (it never is unless killed), the runner creates children itself
+//! from then on, and says so in its log. The server exits when the runner
+//! closes the socket, and is killed when the runner dies.
+
+use std::ffi::CString;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Mutex;
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+
+use super::clone::Method;
+use super::spawn::{create, Child, Created, ExecArguments, Identity, OomScoreAdj, Parent};
+
+/// The hidden first argument that makes the executable a spawn server.
+pub const SERVE_ARGUMENT: &str = "__spawn-server";
+
+/// Marks a request; bumped if its layout changes (the server is always
+/// the same executable as the runner, so this only guards against bugs).
+const REQUEST_MAGIC: u32 = 0x5242_5331;
+
+/// Sent by the server once it is ready.
+const READY: &[u8; 4] = b"RDY1";
+
+/// The most descriptors one request carries: stdin, stdout, stderr, the
+/// working directory, the root and the cgroup.
+const MOST_DESCRIPTORS: usize = 6;
+
+/// The largest request: the exec size limit is at most a quarter of an
+/// 8 GiB stack, but requests are measured against the real limit long
+/// before; this only bounds what a corrupted length could make us read.
+const LARGEST_REQUEST: usize = 1 << 30;
+
+/// The runner's end of the connection to its spawn server.
+#[derive(Debug)]
+pub struct SpawnServer {
+    /// `None` once the server is gone.
+    connection: Mutex<Option<UnixStream>>,
+    pid: u32,
+}
+
+impl SpawnServer {
+    /// Starts `executable` (this program) as the spawn server. Blocking.
+    pub fn start(executable: &Path) -> io::Result<SpawnServer> {
+        let (ours, theirs) = UnixStream::pair()?;
+        // The server finds its end as its standard input; nothing else is
+        // inherited (every other descriptor of ours is close-on-exec).
+        let child = Command::new(executable)
+            .arg(SERVE_ARGUMENT)
+            .arg(std::process::id().to_string())
+            .env_clear()
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        // Never waited on here: the reaper reaps it if it exits.
+        let pid = child.id();
+        drop(child);
+        let mut connection = ours;
+        let mut ready = [0u8; 4];
+        connection.read_exact(&mut ready)?;
+        if &ready != READY {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the spawn server did not say it was ready",
+            ));
+        }
+        Ok(SpawnServer {
+            connection: Mutex::new(Some(connection)),
+            pid,
+        })
+    }
+
+    /// The server's pid, for the log.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Asks the server to create `child` with `method` as a child of the
+    /// runner. Blocking. An error means the server is gone (and will not
+    /// be asked again); the caller creates the child itself.
+    pub(crate) fn create(&self, child: &Child, method: Method) -> Result<Created, ServerGone> {
+        let mut connection = crate::sync::lock_unpoisoned(&self.connection);
+        let Some(stream) = connection.as_mut() else {
+            return Err(ServerGone::Earlier);
+        };
+        let (request, descriptors) = encode(child, method);
+        let exchanged = send(stream, &request, &descriptors).and_then(|()| {
+            let mut reply = [0u8; 12];
+            stream.read_exact(&mut reply)?;
+            Ok(decode_reply(&reply))
+        });
+        exchanged.map_err(|error| {
+            *connection = None;
+            ServerGone::Now(error)
+        })
+    }
+}
+
+/// Why the spawn server could not create a child.
+#[derive(Debug)]
+pub(crate) enum ServerGone {
+    /// It stopped before this request (already reported).
+    Earlier,
+    /// It stopped during this request: this error.
+    Now(io::Error),
+}
+
+/// Sends `request` with `descriptors` attached to its first byte.
+fn send(stream: &mut UnixStream, request: &[u8], descriptors: &[RawFd]) -> io::Result<()> {
+    let rights = [ControlMessage::ScmRights(descriptors)];
+    let sent = loop {
+        match sendmsg::<UnixAddr>(
+            stream.as_raw_fd(),
+            &[IoSlice::new(request)],
+            &rights,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            sent => break sent?,
+        }
+    };
+    stream.write_all(&request[sent..])
+}
+
+/// The request for `child`: its descriptors, and everything else as bytes.
+fn encode(child: &Child, method: Method) -> (Vec<u8>, Vec<RawFd>) {
+    let mut descriptors = child.standard.to_vec();
+    descriptors.push(child.working_directory);
+    let mut flags = 0u8;
+    if let Some(root) = child.chroot_directory {
+        flags |= FLAG_CHROOT;
+        descriptors.push(root);
+    }
+    if let Some(cgroup) = child.cgroup {
+        flags |= FLAG_CGROUP;
+        descriptors.push(cgroup);
+    }
+    let mut body = Writer::default();
+    body.u32(REQUEST_MAGIC);
+    body.u8(match method {
+        Method::Clone3 => 1,
+        Method::Clone => 2,
+    });
+    if child.oom_score_adj.is_some() {
+        flags |= FLAG_OOM_SCORE_ADJ;
+    }
+    if child.identity.is_some() {
+        flags |= FLAG_IDENTITY;
+    }
+    body.u8(flags);
+    body.u32(child.oom_score_adj.map_or(0, |value| value.value()) as u32);
+    let no_groups = Vec::new();
+    let (user, group, groups) = child.identity.map_or((0, 0, &no_groups), |identity| {
+        (
+            identity.user_id,
+            identity.group_id,
+            &identity.additional_group_ids,
+        )
+    });
+    body.u32(user);
+    body.u32(group);
+    body.u32(groups.len() as u32);
+    for &group in groups {
+        body.u32(group);
+    }
+    body.bytes(child.exec.program.as_bytes());
+    for strings in [&child.exec.arguments, &child.exec.environment] {
+        body.u32(strings.len() as u32);
+        for string in strings {
+            body.bytes(string.as_bytes());
+        }
+    }
+    let mut request = (body.0.len() as u32).to_le_bytes().to_vec();
+    request.extend(body.0);
+    (request, descriptors)
+}
+
+const FLAG_CHROOT: u8 = 1;
+const FLAG_CGROUP: u8 = 2;
+const FLAG_OOM_SCORE_ADJ: u8 = 4;
+const FLAG_IDENTITY: u8 = 8;
+
+/// A request as the server received it, owning what the child needs.
+struct Request {
+    method: Method,
+    /// stdin, stdout, stderr, working directory, then root and cgroup when
+    /// flagged.
+    descriptors: Vec<OwnedFd>,
+    has_root: bool,
+    has_cgroup: bool,
+    oom_score_adj: Option<i32>,
+    identity: Option<Identity>,
+    exec: ExecArguments,
+}
+
+impl Request {
+    fn decode(body: &[u8], descriptors: Vec<OwnedFd>) -> Result<Request, &'static str> {
+        let mut reader = Reader(body);
+        if reader.u32()? != REQUEST_MAGIC {
+            return Err("not a spawn request");
+        }
+        let method = match reader.u8()? {
+            1 => Method::Clone3,
+            2 => Method::Clone,
+            _ => return Err("unknown method"),
+        };
+        let flags = reader.u8()?;
+        let oom_score_adj = reader.u32()? as i32;
+        let (user_id, group_id) = (reader.u32()?, reader.u32()?);
+        let group_count = reader.u32()? as usize;
+        let mut additional_group_ids = Vec::new();
+        for _ in 0..group_count {
+            additional_group_ids.push(reader.u32()?);
+        }
+        let program = reader.cstring()?;
+        let mut vectors = [Vec::new(), Vec::new()];
+        for strings in &mut vectors {
+            let count = reader.u32()? as usize;
+            for _ in 0..count {
+                strings.push(reader.cstring()?);
+            }
+        }
+        let [arguments, environment] = vectors;
+        let has_root = flags & FLAG_CHROOT != 0;
+        let has_cgroup = flags & FLAG_CGROUP != 0;
+        let expected = 4 + usize::from(has_root) + usize::from(has_cgroup);
+        if descriptors.len() != expected {
+            return Err("wrong number of descriptors");
+        }
+        Ok(Request {
+            method,
+            descriptors,
+            has_root,
+            has_cgroup,
+            oom_score_adj: (flags & FLAG_OOM_SCORE_ADJ != 0).then_some(oom_score_adj),
+            identity: (flags & FLAG_IDENTITY != 0).then_some(Identity {
+                user_id,
+                group_id,
+                additional_group_ids,
+            }),
+            exec: ExecArguments::of(program, arguments, environment),
+        })
+    }
+
+    fn child(&self) -> Child<'_> {
+        let fd = |index: usize| self.descriptors[index].as_raw_fd();
+        let mut next = 4;
+        let mut take = |present: bool| {
+            present.then(|| {
+                next += 1;
+                fd(next - 1)
+            })
+        };
+        let chroot_directory = take(self.has_root);
+        let cgroup = take(self.has_cgroup);
+        Child::new(
+            cgroup,
+            [fd(0), fd(1), fd(2)],
+            self.oom_score_adj.map(OomScoreAdj::new),
+            chroot_directory,
+            fd(3),
+            self.identity.as_ref(),
+            &self.exec,
+        )
+    }
+}
+
+/// The reply: the pid or minus the errno of the creation, then the failed
+/// step (0: none) and its errno.
+fn encode_reply(created: &Created) -> [u8; 12] {
+    let pid = match &created.pid {
+        Ok(pid) => *pid,
+        Err(error) => -error.raw_os_error().unwrap_or(libc::EIO),
+    };
+    let (step, errno) = created
+        .failed
+        .map_or((0u8, 0), |(step, errno)| (step as u8, errno));
+    let mut reply = [0u8; 12];
+    reply[0..4].copy_from_slice(&pid.to_le_bytes());
+    reply[4] = step;
+    reply[8..12].copy_from_slice(&errno.to_le_bytes());
+    reply
+}
+
+fn decode_reply(reply: &[u8; 12]) -> Created {
+    let number = |range: std::ops::Range<usize>| {
+        let mut bytes = [0u8; 4];
+        bytes.copy_from_slice(&reply[range]);
+        i32::from_le_bytes(bytes)
+    };
+    let pid = number(0..4);
+    let errno = number(8..12);
+    Created {
+        pid: if pid > 0 {
+            Ok(pid)
+        } else {
+            Err(io::Error::from_raw_os_error(-pid))
+        },
+        failed: (reply[4] != 0).then(|| (super::spawn::SpawnStep::from_code(reply[4]), errno)),
+    }
+}
+
+/// The spawn server's main: serves the runner on standard input until the
+/// runner closes it. `args` are what follows [`SERVE_ARGUMENT`]: the
+/// runner's pid.
+pub fn serve(args: &[String]) -> ExitCode {
+    let runner: i32 = match args.first().and_then(|pid| pid.parse().ok()) {
+        Some(pid) => pid,
+        None => {
+            eprintln!("rbe-runner {SERVE_ARGUMENT}: expects the runner's pid");
+            return ExitCode::from(2);
+        }
+    };
+    // Die with the runner; if it died before this took effect, stop now.
+    // SAFETY: prctl with integer arguments; changes only this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if nix::unistd::getppid().as_raw() != runner {
+        return ExitCode::FAILURE;
+    }
+    // Signals meant for the runner's process group (a terminal's ^C) must
+    // not stop the server while the runner shuts down gracefully. Blocked,
+    // not ignored: children start with every signal unblocked, while an
+    // ignored signal would stay ignored in them.
+    let _ = super::clone::block_all_signals();
+    // Standard input is the connection; moved above 2 (and close-on-exec)
+    // so that children never see it and descriptors received stay above
+    // the standard ones.
+    // SAFETY: duplicating our standard input; the result is checked.
+    let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        return ExitCode::FAILURE;
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let mut connection = unsafe { UnixStream::from_raw_fd(fd) };
+    if connection.write_all(READY).is_err() {
+        return ExitCode::FAILURE;
+    }
+    loop {
+        match receive(&mut connection) {
+            Ok(Some((body, descriptors))) => {
+                let created = match Request::decode(&body, descriptors) {
+                    Ok(request) => create(&request.child(), request.method, Parent::CreatorsParent),
+                    Err(problem) => Created {
+                        pid: Err(io::Error::other(problem)),
+                        failed: None,
+                    },
+                };
+                if connection.write_all(&encode_reply(&created)).is_err() {
+                    return ExitCode::FAILURE;
+                }
+            }
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("rbe-runner {SERVE_ARGUMENT}: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+}
+
+/// One request: its body and descriptors, or `None` at the end.
+fn receive(connection: &mut UnixStream) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut first = vec![0u8; 64 * 1024];
+    let mut space = nix::cmsg_space!([RawFd; MOST_DESCRIPTORS]);
+    let (received, descriptors) = {
+        let mut iov = [IoSliceMut::new(&mut first)];
+        let message = recvmsg::<UnixAddr>(
+            connection.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        let mut descriptors = Vec::new();
+        for control in message.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = control {
+                // SAFETY: the kernel just installed these descriptors in
+                // this process; nothing else owns them.
+                descriptors.extend(
+                    fds.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        (message.bytes, descriptors)
+    };
+    if received == 0 {
+        return Ok(None);
+    }
+    if received < 4 {
+        connection.read_exact(&mut first[received..4])?;
+    }
+    let length = u32::from_le_bytes([first[0], first[1], first[2], first[3]]) as usize;
+    if length > LARGEST_REQUEST {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "request too large",
+        ));
+    }
+    let have = received.max(4) - 4;
+    let mut body = Vec::with_capacity(length);
+    body.extend_from_slice(&first[4..4 + have.min(length)]);
+    if body.len() < length {
+        let start = body.len();
+        body.resize(length, 0);
+        connection.read_exact(&mut body[start..])?;
+    }
+    Ok(Some((body, descriptors)))
+}
+
+#[derive(Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, value: u8) {
+        self.0.push(value);
+    }
+
+    fn u32(&mut self, value: u32) {
+        self.0.extend_from_slice(&value.to_le_bytes());
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.u32(bytes.len() as u32);
+        self.0.extend_from_slice(bytes);
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, count: usize) -> Result<&[u8], &'static str> {
+        if self.0.len() < count {
+            return Err("truncated request");
+        }
+        let (taken, rest) = self.0.split_at(count);
+        self.0 = rest;
+        Ok(taken)
+    }
+
+    fn u8(&mut self) -> Result<u8, &'static str> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        let bytes = self.take(4)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    fn cstring(&mut self) -> Result<CString, &'static str> {
+        let length = self.u32()? as usize;
+        CString::new(self.take(length)?).map_err(|_| "string with NUL")
+    }
+}
