@@ -473,3 +473,117 @@ impl Reader<'_> {
         CString::new(self.take(length)?).map_err(|_| "string with NUL")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec() -> ExecArguments {
+        let cstring = |text: &str| CString::new(text).unwrap();
+        ExecArguments::of(
+            cstring("/bin/echo"),
+            vec![cstring("echo"), cstring(""), cstring("é €")],
+            vec![cstring("A=1"), cstring("PATH=/bin")],
+        )
+    }
+
+    /// Why it matters: the server must create exactly the child the
+    /// runner described, or refuse; a mismatch would run another program,
+    /// identity or root.
+    #[test]
+    fn a_request_decodes_to_what_was_encoded() {
+        let exec = exec();
+        let identity = Identity {
+            user_id: 65534,
+            group_id: 65533,
+            additional_group_ids: vec![1, 2, 3],
+        };
+        let files: Vec<std::fs::File> = (0..6).map(|_| tempfile::tempfile().unwrap()).collect();
+        let fd = |index: usize| files[index].as_raw_fd();
+        let child = Child::new(
+            Some(fd(5)),
+            [fd(0), fd(1), fd(2)],
+            Some(OomScoreAdj::new(-17)),
+            Some(fd(4)),
+            fd(3),
+            Some(&identity),
+            &exec,
+        );
+        let (request, descriptors) = encode(&child, Method::Clone3);
+        assert_eq!(descriptors, vec![fd(0), fd(1), fd(2), fd(3), fd(4), fd(5)]);
+        let length = u32::from_le_bytes(request[0..4].try_into().unwrap()) as usize;
+        assert_eq!(length, request.len() - 4);
+        let owned = files
+            .iter()
+            .map(|file| OwnedFd::from(file.try_clone().unwrap()))
+            .collect();
+        let decoded = Request::decode(&request[4..], owned).unwrap();
+        assert_eq!(decoded.method, Method::Clone3);
+        assert_eq!(decoded.oom_score_adj, Some(-17));
+        assert_eq!(decoded.identity, Some(identity.clone()));
+        assert_eq!(decoded.exec.program, exec.program);
+        assert_eq!(decoded.exec.arguments, exec.arguments);
+        assert_eq!(decoded.exec.environment, exec.environment);
+        let rebuilt = decoded.child();
+        assert!(rebuilt.chroot_directory.is_some() && rebuilt.cgroup.is_some());
+        assert_eq!(rebuilt.oom_score_adj.map(|value| value.value()), Some(-17));
+
+        // Without root, cgroup, identity and oom_score_adj.
+        let plain = Child::new(None, [fd(0), fd(1), fd(2)], None, None, fd(3), None, &exec);
+        let (request, descriptors) = encode(&plain, Method::Clone);
+        assert_eq!(descriptors.len(), 4);
+        let owned = files[..4]
+            .iter()
+            .map(|file| OwnedFd::from(file.try_clone().unwrap()))
+            .collect();
+        let decoded = Request::decode(&request[4..], owned).unwrap();
+        assert_eq!(decoded.method, Method::Clone);
+        assert_eq!((decoded.oom_score_adj, &decoded.identity), (None, &None));
+        let rebuilt = decoded.child();
+        assert!(rebuilt.chroot_directory.is_none() && rebuilt.cgroup.is_none());
+    }
+
+    #[test]
+    fn a_damaged_request_is_refused_not_run() {
+        let exec = exec();
+        let file = tempfile::tempfile().unwrap();
+        let fd = file.as_raw_fd();
+        let child = Child::new(None, [fd; 3], None, None, fd, None, &exec);
+        let (request, _) = encode(&child, Method::Clone);
+        let descriptors = || {
+            (0..4)
+                .map(|_| OwnedFd::from(file.try_clone().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        for cut in [0, 3, 9, request.len() - 5] {
+            let result = Request::decode(&request[4..4 + cut], descriptors());
+            assert!(result.is_err(), "cut at {cut}");
+        }
+        let mut wrong_magic = request[4..].to_vec();
+        wrong_magic[0] ^= 1;
+        assert!(Request::decode(&wrong_magic, descriptors()).is_err());
+        let too_few = descriptors().into_iter().take(3).collect();
+        assert!(Request::decode(&request[4..], too_few).is_err());
+    }
+
+    #[test]
+    fn a_reply_carries_the_pid_or_the_errno_and_the_failed_step() {
+        let created = Created {
+            pid: Ok(4242),
+            failed: Some((super::super::spawn::SpawnStep::Chroot, libc::EPERM)),
+        };
+        let decoded = decode_reply(&encode_reply(&created));
+        assert_eq!(decoded.pid.unwrap(), 4242);
+        assert_eq!(
+            decoded.failed,
+            Some((super::super::spawn::SpawnStep::Chroot, libc::EPERM))
+        );
+        let refused = Created {
+            pid: Err(io::Error::from_raw_os_error(libc::EAGAIN)),
+            failed: None,
+        };
+        let decoded = decode_reply(&encode_reply(&refused));
+        assert_eq!(decoded.pid.unwrap_err().raw_os_error(), Some(libc::EAGAIN));
+        assert!(decoded.failed.is_none());
+    }
+}
