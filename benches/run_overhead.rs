@@ -57,10 +57,11 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     println!(
-        "run_overhead ({}), {} cores, build directories in {}",
+        "run_overhead ({}), {} cores, build directories in {}, runner {}",
         if full { "full" } else { "smoke" },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        bench_directory().display()
+        bench_directory().display(),
+        runner_executable().display()
     );
     println!(
         "{:<22} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10} {:>10} {:>10}",
@@ -265,6 +266,15 @@ impl Work {
     }
 }
 
+/// The runner measured: `RBE_BENCH_RUNNER` (another build, such as the one
+/// before a change, for before/after figures from one benchmark), else
+/// this package's.
+fn runner_executable() -> PathBuf {
+    std::env::var_os("RBE_BENCH_RUNNER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rbe-runner")))
+}
+
 /// Where the runners' build directories go: `RBE_BENCH_DIR`, else
 /// `/dev/shm` (tmpfs) when there is one, else the temporary directory.
 ///
@@ -337,7 +347,7 @@ impl Runner {
         // The default log level, as deployed: its line per action is part
         // of the cost.
         let log = dir.path().join("runner.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_rbe-runner"))
+        let child = Command::new(runner_executable())
             .arg(&config_path)
             .env("RUST_LOG", "info")
             .env("RBE_RUNNER_SPAWN", spawn)
