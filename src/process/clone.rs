@@ -1,21 +1,22 @@
 //! Creating an action's child process without std's `fork()` path.
 //!
-//! The child is a copy of the runner, as with `fork()`, not a process that
-//! shares the runner's memory until exec (`CLONE_VM`, as `posix_spawn` and
+//! The child is a copy of its creator (the spawn server, see
+//! [`super::spawn_server`], or the runner), as with `fork()`, not a process
+//! that shares the creator's memory until exec (`CLONE_VM`, as `posix_spawn` and
 //! Go's os/exec do). That choice is about truthful accounting: at exec the
 //! kernel folds the old address space's peak RSS into the new program's
 //! `ru_maxrss`, so a child sharing the runner's memory would report at
 //! least the runner's whole resident set (10 MiB and more) as the
 //! `maximumResidentSetSize` of every action, `/bin/true` included. A copy
-//! holds only the runner's anonymous pages that the kernel copies (about
-//! 1 MiB), below what any program reports on its own. BENCHMARKS.md has
-//! the price of this choice.
+//! holds only the anonymous pages the kernel copies (under 1 MiB from the
+//! small spawn server), below what any program reports on its own.
+//! BENCHMARKS.md has the price of this choice.
 //!
 //! The child starts on a stack of its own (a copy, in its own memory) in a
 //! function of ours, and until exec it may only make raw, async-signal-safe
 //! system calls (see [`super::spawn`]). The calling thread is suspended
 //! until the child has exec'd or exited (`CLONE_VFORK`), and the child
-//! reports a failed step in a page shared with the runner ([`Report`]), so
+//! reports a failed step in a page shared with its creator ([`Report`]), so
 //! no pipe is needed to learn whether exec worked.
 //!
 //! Two ways to create it, chosen once at startup ([`Method`]):
@@ -213,7 +214,7 @@ impl Creator {
     /// in the child before it has reset them.
     ///
     /// # Safety
-    /// `main` runs in a copy of the runner between creation and exec: it
+    /// `main` runs in a copy of this process between creation and exec: it
     /// must make only async-signal-safe calls, never allocate, take locks,
     /// unwind or return into Rust frames, and `arg` must point to memory
     /// that stays valid until this function returns.

@@ -1,7 +1,8 @@
 //! Building an action's process: what happens between its creation and
 //! exec.
 //!
-//! The child is created as a copy of the runner ([`super::clone`]) and
+//! The child is created as a copy of its creator ([`super::clone`]): the
+//! spawn server ([`super::spawn_server`]), or the runner without one. It
 //! sets itself up with raw system calls on values prepared here: its
 //! cgroup (unless created in it), signal dispositions, process group,
 //! descriptors, `oom_score_adj`, root, directory and identity. A step that
