@@ -379,12 +379,11 @@ fn action_options(
     }
 }
 
-/// Starts the spawn server; without one (no /proc/self/exe, say) the runner
+/// Starts the spawn server; without one (no /proc, say) the runner
 /// creates actions' processes itself, which costs it more per action.
 async fn start_spawn_server() -> Option<Arc<SpawnServer>> {
     let started = tokio::task::spawn_blocking(|| {
-        let executable = std::env::current_exe()?;
-        SpawnServer::start(&executable)
+        SpawnServer::start(Path::new(spawn_server::DEFAULT_PROC_SELF_EXE))
     })
     .await
     .map_err(std::io::Error::other)

@@ -23,6 +23,7 @@ use std::ffi::CString;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Mutex;
@@ -31,6 +32,10 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, Ms
 
 use super::clone::Method;
 use super::spawn::{create, Child, Created, ExecArguments, Identity, OomScoreAdj, Parent};
+
+/// This executable, as the kernel knows it: still there when the file was
+/// replaced since (`rbe-runner install` over a running copy).
+pub const DEFAULT_PROC_SELF_EXE: &str = "/proc/self/exe";
 
 /// The hidden first argument that makes the executable a spawn server.
 pub const SERVE_ARGUMENT: &str = "__spawn-server";
@@ -66,6 +71,7 @@ impl SpawnServer {
         // The server finds its end as its standard input; nothing else is
         // inherited (every other descriptor of ours is close-on-exec).
         let child = Command::new(executable)
+            .arg0("rbe-runner")
             .arg(SERVE_ARGUMENT)
             .arg(std::process::id().to_string())
             .env_clear()
@@ -333,6 +339,10 @@ pub fn serve(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Started through /proc/self/exe, it would be called "exe" in ps and
+    // top.
+    // SAFETY: prctl with a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"rbe-spawnserver".as_ptr(), 0, 0, 0) };
     // Die with the runner; if it died before this took effect, stop now.
     // SAFETY: prctl with integer arguments; changes only this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
