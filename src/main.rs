@@ -166,9 +166,9 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     let events = Events::start(&config.events, instance.clone());
 
     // global.diagnosticsHttpServer.enablePrometheus: metrics of calls,
-    // actions, the event stream, the delegated cgroup's budget and the
-    // process.
-    let metrics = create_metrics(&config, &cgroups, &events)?;
+    // actions, the event stream, the spawn server, the delegated cgroup's
+    // budget and the process.
+    let metrics = create_metrics(&config, &cgroups, &events, &spawn_server)?;
 
     // Who learns what the runner does: the log, the event stream, the
     // metrics, and whether it accepts work.
@@ -306,6 +306,7 @@ fn create_metrics(
     config: &Config,
     cgroups: &CgroupSetup,
     events: &Events,
+    spawn_server: &Option<Arc<SpawnServer>>,
 ) -> anyhow::Result<Option<Arc<Metrics>>> {
     let Some(diagnostics) = &config.global.diagnostics_http_server else {
         return Ok(None);
@@ -317,8 +318,8 @@ fn create_metrics(
         CgroupSetup::ActionCgroups { manager, .. } => Some(manager.parent().to_owned()),
         _ => None,
     };
-    let metrics =
-        Metrics::new(delegated_cgroup, events.counters()).context("cannot create the metrics")?;
+    let metrics = Metrics::new(delegated_cgroup, events.counters(), spawn_server.clone())
+        .context("cannot create the metrics")?;
     Ok(Some(Arc::new(metrics)))
 }
 

@@ -236,6 +236,7 @@ async fn the_scrape_counts_exactly_the_actions_that_ran() {
     );
     assert_eq!(before.value("rbe_runner_refusing_work", &[]), 0.0);
     assert_eq!(before.value("rbe_runner_events_dropped_total", &[]), 0.0);
+    assert_eq!(before.value("rbe_runner_spawn_server_up", &[]), 1.0);
     assert_eq!(
         before.value("rbe_runner_events_journal_write_failures_total", &[]),
         0.0

@@ -8,6 +8,8 @@
 //!   read when scraped.
 //! - [`events`]: what the event stream lost (dropped events, journal
 //!   lines not written), read when scraped.
+//! - [`spawn_server`]: whether the spawn server creates actions'
+//!   processes, read when scraped.
 //!
 //! The `prometheus` crate is used because its `TextEncoder` writes exactly
 //! the 0.0.4 text format with the names given (counters keep `_total`),
@@ -20,6 +22,7 @@ pub mod actions;
 pub mod cgroup_budget;
 pub mod events;
 pub mod grpc;
+pub mod spawn_server;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -109,11 +112,13 @@ impl Metrics {
     pub fn new(
         delegated_cgroup: Option<PathBuf>,
         events: crate::events::EventCounters,
+        spawn_server: Option<Arc<crate::process::spawn_server::SpawnServer>>,
     ) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let grpc = Arc::new(GrpcMetrics::register(&registry)?);
         let actions = Arc::new(ActionMetrics::register(&registry)?);
         registry.register(Box::new(events::EventLosses::new(events)?))?;
+        registry.register(Box::new(spawn_server::SpawnServerUp::new(spawn_server)?))?;
         if let Some(cgroup) = delegated_cgroup {
             registry.register(Box::new(cgroup_budget::CgroupBudget::new(cgroup)?))?;
         }

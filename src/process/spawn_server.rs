@@ -102,6 +102,12 @@ impl SpawnServer {
         self.pid
     }
 
+    /// Whether the server is still there, as far as the runner knows (it
+    /// learns of its end at the next request).
+    pub fn is_up(&self) -> bool {
+        crate::sync::lock_unpoisoned(&self.connection).is_some()
+    }
+
     /// Asks the server to create `child` with `method` as a child of the
     /// runner. Blocking. An error means the server is gone (and will not
     /// be asked again); the caller creates the child itself.
