@@ -109,9 +109,21 @@ pub fn spawn(
     let holding = reaper().holding_children();
     let created = match server.map(|server| server.create(&child, method)) {
         Some(Ok(created)) => created,
-        Some(Err(ServerGone::Now(error))) => {
+        Some(Err(ServerGone::BeforeRequest(error))) => {
             tracing::error!(%error, "the spawn server is gone; the runner creates actions' processes itself from now on");
             create(&child, method, Parent::Creator)
+        }
+        Some(Err(ServerGone::DuringRequest(error))) => {
+            tracing::error!(%error, "the spawn server is gone; the runner creates actions' processes itself from now on");
+            // It may have died after creating this child, which would then
+            // run unknown to us: never create it a second time. With a
+            // cgroup of its own, discarding the placement kills it.
+            return Err(SpawnError {
+                step: SpawnStep::Create,
+                source: io::Error::other(format!(
+                    "the spawn server stopped during this request ({error})"
+                )),
+            });
         }
         Some(Err(ServerGone::Earlier)) | None => create(&child, method, Parent::Creator),
     };

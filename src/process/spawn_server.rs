@@ -117,25 +117,33 @@ impl SpawnServer {
             return Err(ServerGone::Earlier);
         };
         let (request, descriptors) = encode(child, method);
-        let exchanged = send(stream, &request, &descriptors).and_then(|()| {
-            let mut reply = [0u8; 12];
-            stream.read_exact(&mut reply)?;
-            Ok(decode_reply(&reply))
-        });
-        exchanged.map_err(|error| {
+        if let Err(error) = send(stream, &request, &descriptors) {
+            // Not all of the request arrived: nothing was created.
             *connection = None;
-            ServerGone::Now(error)
-        })
+            return Err(ServerGone::BeforeRequest(error));
+        }
+        let mut reply = [0u8; 12];
+        match stream.read_exact(&mut reply) {
+            Ok(()) => Ok(decode_reply(&reply)),
+            Err(error) => {
+                *connection = None;
+                Err(ServerGone::DuringRequest(error))
+            }
+        }
     }
 }
 
 /// Why the spawn server could not create a child.
 #[derive(Debug)]
 pub(crate) enum ServerGone {
-    /// It stopped before this request (already reported).
+    /// It stopped before an earlier request (already reported).
     Earlier,
-    /// It stopped during this request: this error.
-    Now(io::Error),
+    /// It is gone, found before it had the whole request: nothing was
+    /// created.
+    BeforeRequest(io::Error),
+    /// It stopped after it had the whole request: it may have created the
+    /// child before dying.
+    DuringRequest(io::Error),
 }
 
 /// Sends `request` with `descriptors` attached to its first byte.
@@ -580,6 +588,50 @@ mod tests {
         assert!(Request::decode(&wrong_magic, descriptors()).is_err());
         let too_few = descriptors().into_iter().take(3).collect();
         assert!(Request::decode(&request[4..], too_few).is_err());
+    }
+
+    /// Why it matters: a server that died after it had the whole request
+    /// may have created the child, which must then never be created a
+    /// second time; one that died before may be replaced at once.
+    #[test]
+    fn the_runner_knows_whether_a_dead_server_had_the_request() {
+        let exec = exec();
+        let file = tempfile::tempfile().unwrap();
+        let fd = file.as_raw_fd();
+        let child = Child::new(None, [fd; 3], None, None, fd, None, &exec);
+        let server = |connection| SpawnServer {
+            connection: Mutex::new(Some(connection)),
+            pid: 0,
+        };
+
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        drop(theirs);
+        let gone = server(ours);
+        let result = gone.create(&child, Method::Clone);
+        assert!(
+            matches!(result, Err(ServerGone::BeforeRequest(_))),
+            "{result:?}"
+        );
+        assert!(!gone.is_up());
+        assert!(matches!(
+            gone.create(&child, Method::Clone),
+            Err(ServerGone::Earlier)
+        ));
+
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || {
+            let received = receive(&mut theirs).unwrap();
+            assert!(received.is_some());
+            // Dies without answering.
+        });
+        let dying = server(ours);
+        let result = dying.create(&child, Method::Clone);
+        reader.join().unwrap();
+        assert!(
+            matches!(result, Err(ServerGone::DuringRequest(_))),
+            "{result:?}"
+        );
+        assert!(!dying.is_up());
     }
 
     #[test]
