@@ -405,10 +405,6 @@ fn as_pid_1_a_double_forked_orphan_of_an_action_is_reaped() {
     ));
     // Besides the runner, only its spawn server (its child, which creates
     // actions' processes) may be left.
-    let is_spawn_server = |host_pid: i32| {
-        std::fs::read(format!("/proc/{host_pid}/cmdline"))
-            .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("__spawn-server"))
-    };
     let left: Vec<(i32, i32, char)> = processes_in_namespace_of(runner.host_pid)
         .iter()
         .filter(|process| {

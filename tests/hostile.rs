@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use prost::bytes::{BufMut, Bytes};
 use rbe_runner::client::ActionDirectory;
@@ -85,14 +83,7 @@ async fn run_encoded(channel: Channel, encoded: Bytes) -> Result<RunResponse, St
 
 /// The runner's peak resident set (`VmHWM`), in bytes.
 fn peak_rss_bytes(pid: u32) -> u64 {
-    let status = read(Path::new(&format!("/proc/{pid}/status")));
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().strip_suffix("kB"))
-        .and_then(|value| value.trim().parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"));
-    kib * 1024
+    status_bytes(pid, "VmHWM:")
 }
 
 // ---------------------------------------------------------------------------

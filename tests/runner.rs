@@ -5,7 +5,6 @@
 mod common;
 
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -738,23 +737,10 @@ async fn a_tiny_actions_maxrss_does_not_include_the_runners_resident_set() {
         .unwrap()
         .into_inner();
     let maxrss = posix_usage(&response).maximum_resident_set_size as u64;
-    let status = read(Path::new(&format!("/proc/{}/status", runner.pid())));
-    let kib = |field: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field))
-            .and_then(|value| {
-                value
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no {field} in {status}"))
-            * 1024
-    };
-    let (resident, anonymous) = (kib("VmRSS:"), kib("RssAnon:"));
+    let (resident, anonymous) = (
+        status_bytes(runner.pid(), "VmRSS:"),
+        status_bytes(runner.pid(), "RssAnon:"),
+    );
     assert!(maxrss > 0);
     assert!(
         maxrss < resident && maxrss <= anonymous + 4 * 1024 * 1024,
@@ -794,16 +780,8 @@ async fn the_startup_log_says_how_actions_are_started_and_the_variable_forces_th
             assert_eq!(method, expected, "{line}");
         }
         // Actions start either way.
-        let action = runner.action();
-        let request = action.request(vec!["/bin/sh".into(), "-c".into(), "exit 3".into()], vec![]);
-        let response = runner
-            .client()
-            .await
-            .run(request)
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(response.exit_code, 3, "{setting}");
+        let (_, response) = runner.run_shell("exit 3").await;
+        assert_eq!(response.unwrap().exit_code, 3, "{setting}");
     }
 }
 
@@ -839,41 +817,21 @@ fn an_unknown_spawn_setting_stops_startup_naming_the_variable() {
 #[tokio::test]
 async fn actions_still_start_when_the_spawn_server_is_killed() {
     let runner = TestRunner::start(json!({}));
-    // Children are listed per thread: the one that started the server.
-    let mut children = String::new();
-    for task in std::fs::read_dir(format!("/proc/{}/task", runner.pid())).unwrap() {
-        let task = task.unwrap().path();
-        children += &std::fs::read_to_string(task.join("children")).unwrap_or_default();
-        children.push(' ');
-    }
-    let server: i32 = children
-        .split_whitespace()
-        .filter_map(|pid| pid.parse().ok())
-        .find(|pid: &i32| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("__spawn-server"))
-        })
-        .unwrap_or_else(|| panic!("no spawn server among the runner's children {children:?}"));
-    let run = |code: i64| {
-        let action = runner.action();
-        let script = format!("echo $PPID; exit {code}");
-        let request = action.request(vec!["/bin/sh".into(), "-c".into(), script], vec![]);
-        (action, request)
+    let server = spawn_server_of(runner.pid()).expect("the runner's spawn server");
+    // Each action prints its parent: the runner, with or without server.
+    let run_as_child_of_the_runner = |code: i64| {
+        let runner = &runner;
+        async move {
+            let (action, response) = runner.run_shell(&format!("echo $PPID; exit {code}")).await;
+            assert_eq!(response.unwrap().exit_code, code);
+            assert_eq!(
+                read(&action.path.join("stdout")).trim(),
+                runner.pid().to_string(),
+                "a child of the runner"
+            );
+        }
     };
-    let (action, request) = run(5);
-    let response = runner
-        .client()
-        .await
-        .run(request)
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(response.exit_code, 5);
-    assert_eq!(
-        read(&action.path.join("stdout")).trim(),
-        runner.pid().to_string(),
-        "a child of the runner"
-    );
+    run_as_child_of_the_runner(5).await;
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(server),
@@ -881,19 +839,7 @@ async fn actions_still_start_when_the_spawn_server_is_killed() {
     )
     .unwrap();
     for code in [6, 7] {
-        let (action, request) = run(code);
-        let response = runner
-            .client()
-            .await
-            .run(request)
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(response.exit_code, code);
-        assert_eq!(
-            read(&action.path.join("stdout")).trim(),
-            runner.pid().to_string()
-        );
+        run_as_child_of_the_runner(code).await;
     }
     let log = runner.log().join("\n");
     assert!(log.contains("the spawn server is gone"), "{log}");
@@ -902,4 +848,25 @@ async fn actions_still_start_when_the_spawn_server_is_killed() {
         1,
         "said once: {log}"
     );
+}
+
+/// Why it matters: the spawn server must live as long as the runner. It
+/// once died with the runner's thread that had started it (a blocking-pool
+/// thread, which exits after 10 s idle), leaving the runner to create
+/// every process itself, silently, at twice the CPU.
+#[tokio::test]
+async fn the_spawn_server_outlives_the_thread_that_started_it() {
+    let runner = TestRunner::start(json!({}));
+    let server = spawn_server_of(runner.pid()).expect("the runner's spawn server");
+    let (_, response) = runner.run_shell("exit 0").await;
+    assert_eq!(response.unwrap().exit_code, 0);
+    // Longer than tokio's blocking-pool threads stay idle: nothing to
+    // await, the runner is idle on purpose.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let (_, response) = runner.run_shell("exit 4").await;
+    assert_eq!(response.unwrap().exit_code, 4);
+    assert!(process_exists(server), "the spawn server died");
+    assert_eq!(spawn_server_of(runner.pid()), Some(server));
+    let log = runner.log().join("\n");
+    assert!(!log.contains("the spawn server is gone"), "{log}");
 }

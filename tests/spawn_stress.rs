@@ -473,12 +473,13 @@ fn all_pids() -> Vec<i32> {
         .collect()
 }
 
-/// Every child of `parent`, zombies included.
+/// Every child of `parent`, zombies included, but for its spawn server,
+/// which lives as long as the runner.
 fn children_of(parent: i32) -> Vec<ProcessInfo> {
     all_pids()
         .into_iter()
         .filter_map(process_info)
-        .filter(|process| process.parent == parent)
+        .filter(|process| process.parent == parent && !is_spawn_server(process.pid))
         .collect()
 }
 

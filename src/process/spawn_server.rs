@@ -16,8 +16,8 @@
 //! The runner holds the reaper off from sending the request until it has
 //! registered the pid, as when it creates children itself. If the server
 //! is gone (it never is unless killed), the runner creates children itself
-//! from then on, and says so in its log. The server exits when the runner
-//! closes the socket, and is killed when the runner dies.
+//! from then on, and says so in its log. The server exits at the end of
+//! file on the socket: when the runner exits, however it dies.
 
 use std::ffi::CString;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
@@ -343,26 +343,18 @@ fn decode_reply(reply: &[u8; 12]) -> Created {
 }
 
 /// The spawn server's main: serves the runner on standard input until the
-/// runner closes it. `args` are what follows [`SERVE_ARGUMENT`]: the
-/// runner's pid.
-pub fn serve(args: &[String]) -> ExitCode {
-    let runner: i32 = match args.first().and_then(|pid| pid.parse().ok()) {
-        Some(pid) => pid,
-        None => {
-            eprintln!("rbe-runner {SERVE_ARGUMENT}: expects the runner's pid");
-            return ExitCode::from(2);
-        }
-    };
+/// runner closes it. What follows [`SERVE_ARGUMENT`] (the runner's pid) is
+/// only there for `ps`, to tell whose server it is.
+pub fn serve(_args: &[String]) -> ExitCode {
     // Started through /proc/self/exe, it would be called "exe" in ps and
     // top.
     // SAFETY: prctl with a NUL-terminated name of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"rbe-spawnserver".as_ptr(), 0, 0, 0) };
-    // Die with the runner; if it died before this took effect, stop now.
-    // SAFETY: prctl with integer arguments; changes only this process.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    if nix::unistd::getppid().as_raw() != runner {
-        return ExitCode::FAILURE;
-    }
+    // No PR_SET_PDEATHSIG: it fires when the *thread* that started us
+    // exits (a blocking-pool thread of the runner's, gone after 10 s
+    // idle), not the runner. The runner's end of the connection is ours
+    // alone (close-on-exec, never passed on), so its end of file is the
+    // runner's exit, however it died.
     // Signals meant for the runner's process group (a terminal's ^C) must
     // not stop the server while the runner shuts down gracefully. Blocked,
     // not ignored: children start with every signal unblocked, while an

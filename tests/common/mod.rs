@@ -239,6 +239,44 @@ pub fn process_exists(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
+/// Whether `pid` is a runner's spawn server (its command line holds the
+/// hidden argument that starts one).
+pub fn is_spawn_server(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        cmdline.split(|byte| *byte == 0).any(|argument| {
+            argument == rbe_runner::process::spawn_server::SERVE_ARGUMENT.as_bytes()
+        })
+    })
+}
+
+/// The spawn server of the runner `runner_pid` (its child), if it has one.
+pub fn spawn_server_of(runner_pid: u32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let parent: u32 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("PPid:"))?
+            .trim()
+            .parse()
+            .ok()?;
+        (parent == runner_pid && is_spawn_server(pid)).then_some(pid)
+    })
+}
+
+/// A field of `/proc/<pid>/status` given in kB (`VmHWM:`, `RssAnon:`), in
+/// bytes.
+pub fn status_bytes(pid: u32, field: &str) -> u64 {
+    let status = read(Path::new(&format!("/proc/{pid}/status")));
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"));
+    kib * 1024
+}
+
 /// Waits (bounded) until `condition` holds. For effects that have no
 /// notification to await, such as a process disappearing after SIGKILL.
 pub async fn eventually(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
