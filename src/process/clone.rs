@@ -381,13 +381,12 @@ pub fn restore_signals(previous: &libc::sigset_t) {
 
 /// Whether `method` can create children here, tried with a child that
 /// exits at once (placed into the cgroup open as `cgroup` when given, as
-/// actions will be). The child is reaped before this returns; the caller
-/// must keep the reaper from reaping it first (see
-/// [`super::reaper::Reaper::holding_children`]).
+/// actions will be). The child is reaped here, with the reaper held off.
 pub fn probe(method: Method, cgroup: Option<RawFd>) -> io::Result<()> {
     extern "C" fn exit_at_once(_: *mut c_void) -> libc::c_int {
         0
     }
+    let _children = super::reaper::reaper().holding_children();
     let creator = creator()?;
     let previous = block_all_signals();
     // SAFETY: the child only returns 0; nothing is passed to it.
@@ -461,14 +460,10 @@ impl Method {
             Some(path) => std::fs::File::open(path)
                 .map_err(|error| format!("cannot open {}: {error}", path.display()))
                 .and_then(|directory| {
-                    let _children = super::reaper::reaper().holding_children();
                     probe(Method::Clone3, Some(directory.as_raw_fd()))
                         .map_err(|error| format!("clone3 into {}: {error}", path.display()))
                 }),
-            None => {
-                let _children = super::reaper::reaper().holding_children();
-                probe(Method::Clone3, None).map_err(|error| format!("clone3: {error}"))
-            }
+            None => probe(Method::Clone3, None).map_err(|error| format!("clone3: {error}")),
         };
         match tried {
             Ok(()) => Ok(Choice {
