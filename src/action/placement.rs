@@ -246,8 +246,8 @@ impl Placement {
     /// The release of an action that left nothing behind, without
     /// blocking: a process group (killed when the first process exited),
     /// or a cgroup with no process and no sub-cgroup, which the kernel
-    /// lets rmdir remove (it refuses a populated one). Anything else is
-    /// handed back for [`Self::release`].
+    /// lets rmdir remove (it refuses a populated one). `None` for anything
+    /// else, which needs [`Self::release`].
     pub fn release_if_empty(&self) -> Option<Cleanup> {
         match self {
             Placement::ProcessGroup(_) => Some(Cleanup::ProcessGroupKilled),

@@ -336,7 +336,7 @@ impl ActionCgroupManager {
     /// start); otherwise, or if that fails, as [`Self::release`] does.
     /// Blocking.
     pub fn discard(self: &Arc<Self>, cgroup: ActionCgroup) -> Result<(), ActionCgroupError> {
-        if std::fs::remove_dir(&cgroup.path).is_ok() {
+        if self.remove_if_empty(&cgroup) {
             return Ok(());
         }
         self.release(cgroup)
