@@ -263,15 +263,9 @@ impl Observer for ActionMetrics {
     }
 
     fn action_finished(&self, outcome: &ActionOutcome) {
-        {
-            let mut running = lock_unpoisoned(&self.running_ids);
-            running.remove(&outcome.id);
-            self.running.set(running.len() as i64);
-        }
-        self.finished
-            .with_label_values(&[outcome.result().as_str(), go_code_name(outcome.grpc_code())])
-            .inc();
-        self.wall_time.observe(outcome.wall_time.as_secs_f64());
+        // Everything about the action is recorded before it counts as
+        // finished (out of `running`, into the wall-time count): a scrape
+        // that sees it finished sees all of its figures.
         if let Ended::Terminated {
             reason,
             killed_at_grace_deadline,
@@ -292,6 +286,13 @@ impl Observer for ActionMetrics {
                 .inc();
         }
         self.observe_usage(outcome);
+        self.finished
+            .with_label_values(&[outcome.result().as_str(), go_code_name(outcome.grpc_code())])
+            .inc();
+        self.wall_time.observe(outcome.wall_time.as_secs_f64());
+        let mut running = lock_unpoisoned(&self.running_ids);
+        running.remove(&outcome.id);
+        self.running.set(running.len() as i64);
     }
 
     fn cleanup_failed(&self, _failed: &CleanupFailed) {
