@@ -5,48 +5,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{eventually, shell_request, TestRunner};
+use common::{diagnostics_address, eventually, http_get as get, shell_request, TestRunner};
 use serde_json::json;
-
-/// The diagnostics address the runner logged at startup.
-fn diagnostics_address(runner: &TestRunner) -> String {
-    let line = runner
-        .log()
-        .into_iter()
-        .find(|line| line.contains("diagnostics HTTP server listening"))
-        .expect("the runner logs its diagnostics address");
-    let start = line.find("127.0.0.1:").expect("an address on 127.0.0.1");
-    line[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-        .collect()
-}
-
-/// `GET path` over HTTP/1.1: the status code and the body.
-fn get(address: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect to the diagnostics server");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .expect("an HTTP response with a body");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("a status code");
-    (status, body.to_string())
-}
 
 /// One sample of the exposition: its name and labels.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -2,7 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -421,4 +422,39 @@ pub fn assert_only_prepared(action: &ActionDirectory) {
         "in {}",
         action.path.display()
     );
+}
+
+/// The diagnostics address the runner logged at startup.
+pub fn diagnostics_address(runner: &TestRunner) -> String {
+    let line = runner
+        .log()
+        .into_iter()
+        .find(|line| line.contains("diagnostics HTTP server listening"))
+        .expect("the runner logs its diagnostics address");
+    let start = line.find("127.0.0.1:").expect("an address on 127.0.0.1");
+    line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect()
+}
+
+/// `GET path` over HTTP/1.1: the status code and the body.
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to the diagnostics server");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("an HTTP response with a body");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status code");
+    (status, body.to_string())
 }
