@@ -53,11 +53,11 @@ fn main() -> ExitCode {
             println!("rbe-runner {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Some("check-config") => return cli::check_config(&args[1..]),
-        Some("install") => return cli::install(&args[1..]),
-        Some("exec") => return cli::exec(&args[1..]),
-        Some("watch") => return cli::watch(&args[1..]),
-        Some("report") => return rbe_runner::report::main(&args[1..]),
+        Some("check-config") => return cli::check_config::main(&args[1..]),
+        Some("install") => return cli::install::main(&args[1..]),
+        Some("exec") => return cli::exec::main(&args[1..]),
+        Some("watch") => return cli::watch::main(&args[1..]),
+        Some("report") => return cli::report::main(&args[1..]),
         Some(spawn_server::SERVE_ARGUMENT) => return spawn_server::serve(&args[1..]),
         Some(_) if args.len() == 1 => serve(PathBuf::from(&args[0])),
         Some(_) => Err(anyhow::anyhow!(

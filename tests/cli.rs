@@ -251,9 +251,10 @@ async fn tcp_listener_serves_the_runner_health_and_reflection() {
         .find(|part| part.starts_with("127.0.0.1:") && !part.ends_with(":0"))
         .unwrap_or_else(|| panic!("no bound TCP address in {line:?}"))
         .to_string();
-    let channel = rbe_runner::client::connect(&rbe_runner::client::Target::Address(address))
-        .await
-        .unwrap();
+    let channel =
+        rbe_runner::cli::client::connect(&rbe_runner::cli::client::Target::Address(address))
+            .await
+            .unwrap();
 
     let action = runner.action();
     let mut client = rbe_runner::proto::runner::runner_client::RunnerClient::new(channel.clone());
