@@ -10,14 +10,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use super::client::{self, ClientError, Target};
 use super::usage_json::any_json;
 use super::{target, USAGE};
 use crate::config;
 use crate::proto::resourceusage::PosixResourceUsage;
-use crate::proto::runner::runner_client::RunnerClient;
 use crate::proto::runner::{RunRequest, RunResponse};
 
 /// Parsed `exec` arguments.
@@ -111,9 +109,8 @@ pub fn main(args: &[String]) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let action = ActionDirectory::create(&args.build_dir)?;
-        let channel = client::connect(&args.target).await?;
         let request = action.request(args.command, args.environment);
-        let response = run(channel, request, args.timeout).await?;
+        let response = run(&args.target, request, args.timeout).await?;
         Ok::<_, ClientError>((action, response))
     });
     match result {
@@ -181,24 +178,42 @@ impl ActionDirectory {
     }
 }
 
-/// Sends `request` with an optional deadline.
+/// How long exec waits past the call's deadline before giving up on the
+/// runner's answer: long enough for the runner's `DEADLINE_EXCEEDED` to
+/// arrive, so that exec's own verdict is left for a runner that is hung or
+/// not a runner at all.
+pub const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
+/// Sends `request` to the runner at `target`. A `timeout` is the call's
+/// deadline (`grpc-timeout`), which the runner enforces, as bb_worker's
+/// action timeouts are; exec stops waiting [`ANSWER_GRACE`] later.
 pub async fn run(
-    channel: Channel,
+    target: &Target,
     request: RunRequest,
     timeout: Option<Duration>,
 ) -> Result<RunResponse, ClientError> {
-    let mut client = RunnerClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
     let mut request = tonic::Request::new(request);
     if let Some(timeout) = timeout {
         request.set_timeout(timeout);
     }
-    client
-        .run(request)
+    let call = async {
+        let mut client = client::connect_untimed(target)
+            .await?
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        client
+            .run(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(ClientError::Rpc)
+    };
+    let Some(timeout) = timeout else {
+        return call.await;
+    };
+    let waited = timeout.saturating_add(ANSWER_GRACE);
+    tokio::time::timeout(waited, call)
         .await
-        .map(tonic::Response::into_inner)
-        .map_err(ClientError::Rpc)
+        .unwrap_or(Err(ClientError::NoAnswer { waited }))
 }
 
 /// The JSON object `exec` prints for a response.
