@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rbe_runner::client::{self, ActionDirectory, Target};
+use rbe_runner::cli::client::{self, Target};
+use rbe_runner::cli::exec::ActionDirectory;
 use rbe_runner::proto::runner::runner_client::RunnerClient;
 use tonic::transport::Channel;
 

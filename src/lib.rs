@@ -1,9 +1,11 @@
 //! rbe-runner: a runner for Buildbarn's bb_worker.
 //!
-//! Module map:
+//! Module map.
+//!
+//! The server:
 //! - [`proto`]: generated wire types (`buildbarn.runner`, `buildbarn.resourceusage`, `google.rpc`, `rbe_runner.resourceusage.v1`).
 //! - [`action`]: one action's life (prepare, place, spawn, supervise, measure, release), its typed outcome, and the observers of it.
-//! - [`events`]: action events: the broadcaster with its replay buffer, the journal, the `Events` service and `watch`.
+//! - [`events`]: action events: the broadcaster with its replay buffer, the journal and the `Events` service.
 //! - [`config`]: the bb_runner Jsonnet configuration, evaluated and decoded into typed, documented values.
 //! - [`runner`]: the internal [`runner::Runner`] trait, the local runner and one decorator per file.
 //! - [`build_directory`]: resolving request paths strictly beneath the build directory.
@@ -18,10 +20,11 @@
 //! - [`diagnostics`]: the diagnostics HTTP server: `/metrics`, `/-/healthy`, `/-/ready`.
 //! - [`listener`]: the connection edge: socket files, handshake limit, `:authority` rewriting, deadlines.
 //! - [`bounded`]: request values quoted in error messages, bounded in length.
-//! - [`cli`]: the operator CLI's subcommands (`check-config`, `install`, `exec`, `watch`).
-//! - [`client`]: the operator CLI's client side (`rbe-runner exec`).
-//! - [`install`]: `rbe-runner install`, copying the runner into a pod's shared volume.
 //! - [`sync`]: locking state that a panic cannot leave inconsistent.
+//!
+//! The operator's tools:
+//! - [`cli`]: the commands other than serving, one file each: `check-config`, `install`, `exec`, `watch`, `report`.
+//! - [`report`]: the statistics and renderings behind `rbe-runner report`, from event journals.
 
 pub mod action;
 pub mod bounded;
@@ -29,13 +32,11 @@ pub mod build_directory;
 pub mod cgroup;
 pub mod cleaner;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod diagnostics;
 pub mod events;
 pub mod exec_limit;
 pub mod fault;
-pub mod install;
 pub mod listener;
 pub mod metrics;
 pub mod process;

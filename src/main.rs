@@ -32,7 +32,7 @@ use rbe_runner::process::clone::{Method as SpawnMethod, SPAWN_ENVIRONMENT_VARIAB
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
 use rbe_runner::process::spawn::Identity;
 use rbe_runner::process::spawn_server::{self, SpawnServer};
-use rbe_runner::process::DEFAULT_PROC_ROOT;
+use rbe_runner::process::{LoweredOomScoreAdj, OomScoreAdjError, DEFAULT_PROC_ROOT};
 use rbe_runner::runner::local::LocalRunner;
 use rbe_runner::runner::SharedRunner;
 use rbe_runner::runner::{clean, readiness, temporary_directory_symlinking};
@@ -53,11 +53,11 @@ fn main() -> ExitCode {
             println!("rbe-runner {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Some("check-config") => return cli::check_config(&args[1..]),
-        Some("install") => return cli::install(&args[1..]),
-        Some("exec") => return cli::exec(&args[1..]),
-        Some("watch") => return cli::watch(&args[1..]),
-        Some("report") => return rbe_runner::report::main(&args[1..]),
+        Some("check-config") => return cli::check_config::main(&args[1..]),
+        Some("install") => return cli::install::main(&args[1..]),
+        Some("exec") => return cli::exec::main(&args[1..]),
+        Some("watch") => return cli::watch::main(&args[1..]),
+        Some("report") => return cli::report::main(&args[1..]),
         Some(spawn_server::SERVE_ARGUMENT) => return spawn_server::serve(&args[1..]),
         Some(_) if args.len() == 1 => serve(PathBuf::from(&args[0])),
         Some(_) => Err(anyhow::anyhow!(
@@ -147,10 +147,11 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     let spawn_method = choose_spawn_method(&cgroups)?;
 
     // Under memory pressure the kernel should kill an action (retryable)
-    // before the runner that serves all of them.
-    let action_oom_score_adj = rbe_runner::process::lower_own_oom_score_adj(Path::new(
-        rbe_runner::process::spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ,
-    ));
+    // before the runner that serves all of them. That it cannot matters
+    // with actionCgroups, whose memory limits make the OOM killer's choice
+    // come up; elsewhere (the development configuration, an unprivileged
+    // runner) it is expected.
+    let action_oom_score_adj = lower_oom_score_adj(config.action_cgroups.is_some());
 
     // Actions' processes are created by a small process of ours, as
     // children of the runner, which spares the runner copying itself for
@@ -299,6 +300,36 @@ async fn start_cgroups(config: &Config) -> anyhow::Result<CgroupSetup> {
             .await
             .context("cgroup setup")??;
     Ok(setup)
+}
+
+/// Lowers the runner's `oom_score_adj`, saying so; returns the value
+/// actions get back. Not being allowed to (no CAP_SYS_RESOURCE) is a
+/// warning when `refusal_matters`, else a debug line.
+fn lower_oom_score_adj(refusal_matters: bool) -> Option<i32> {
+    let path = Path::new(rbe_runner::process::spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ);
+    match rbe_runner::process::lower_own_oom_score_adj(path) {
+        Ok(Some(LoweredOomScoreAdj { initial, lowered })) => {
+            tracing::info!(
+                initial,
+                lowered,
+                "lowered the runner's oom_score_adj; actions keep the initial value"
+            );
+            Some(initial)
+        }
+        Ok(None) => None,
+        Err(error @ OomScoreAdjError::Lower { .. }) if refusal_matters => {
+            tracing::warn!(%error, "under memory pressure the kernel may kill the runner before an action");
+            None
+        }
+        Err(error @ OomScoreAdjError::Lower { .. }) => {
+            tracing::debug!(%error, "keeping the runner's oom_score_adj");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "keeping the runner's oom_score_adj");
+            None
+        }
+    }
 }
 
 /// The metrics, when `diagnosticsHttpServer.enablePrometheus` is set.

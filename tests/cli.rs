@@ -5,8 +5,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -84,26 +86,64 @@ fn exec_exits_2_and_prints_the_status_on_a_grpc_error() {
     assert!(stderr.contains("no-such-program-xyz"), "{stderr}");
 }
 
+/// `--timeout` is the call's deadline, and the runner enforces it: exec
+/// prints the runner's DEADLINE_EXCEEDED (the action ran out of time), not
+/// a CANCELLED of its own making (the caller gave up). A local timer
+/// racing the runner's answer wins only some of the time, hence several
+/// rounds.
 #[test]
-fn exec_timeout_cancels_the_action() {
+fn exec_timeout_prints_the_runners_deadline_exceeded() {
     let runner = TestRunner::start(json!({ "terminationGracePeriod": "1s" }));
-    let output = exec(
-        &runner,
-        &[
-            "--timeout",
-            "0.5s",
-            "--",
-            "sh",
-            "-c",
-            "echo $$ > pid; exec sleep 1000",
-        ],
-    );
-    assert_eq!(output.status.code(), Some(2));
+    for round in 0..5 {
+        let output = exec(&runner, &["--timeout", "0.5s", "--", "sleep", "5"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "round {round}: {stderr}");
+        assert!(
+            stderr.contains("DeadlineExceeded") && stderr.contains("grpc-timeout"),
+            "round {round}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("Cancelled") && !stderr.contains("Timeout expired"),
+            "round {round}: {stderr}"
+        );
+    }
+}
+
+/// A runner that accepts the connection but never answers (hung, or not a
+/// runner at all) must not hang exec: it gives up a second after the
+/// deadline, and says the runner did not answer.
+#[test]
+fn exec_timeout_reports_a_runner_that_never_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("silent.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    // Accepts and holds every connection, reading nothing, answering
+    // nothing; the thread ends with the test process.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let started = Instant::now();
+    let output = Command::new(BIN)
+        .arg("exec")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--build-dir")
+        .arg(dir.path())
+        .args(["--timeout", "0.2s", "--", "true"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("Cancelled") || stderr.contains("DeadlineExceeded"),
+        stderr.contains("DEADLINE_EXCEEDED (no answer from the runner)"),
         "{stderr}"
     );
+    assert!(output.stdout.is_empty());
+    // The deadline plus the second exec grants the runner's answer.
+    assert!(started.elapsed() >= Duration::from_millis(1200), "{stderr}");
 }
 
 #[test]
@@ -251,9 +291,10 @@ async fn tcp_listener_serves_the_runner_health_and_reflection() {
         .find(|part| part.starts_with("127.0.0.1:") && !part.ends_with(":0"))
         .unwrap_or_else(|| panic!("no bound TCP address in {line:?}"))
         .to_string();
-    let channel = rbe_runner::client::connect(&rbe_runner::client::Target::Address(address))
-        .await
-        .unwrap();
+    let channel =
+        rbe_runner::cli::client::connect(&rbe_runner::cli::client::Target::Address(address))
+            .await
+            .unwrap();
 
     let action = runner.action();
     let mut client = rbe_runner::proto::runner::runner_client::RunnerClient::new(channel.clone());

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use prost::bytes::{BufMut, Bytes};
-use rbe_runner::client::ActionDirectory;
+use rbe_runner::cli::exec::ActionDirectory;
 use rbe_runner::exec_limit::{current_exec_limit, ExecSize};
 use rbe_runner::proto::runner::{RunRequest, RunResponse};
 use serde_json::json;

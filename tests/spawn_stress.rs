@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::stream::{self, StreamExt};
 use prost::Name;
-use rbe_runner::client::ActionDirectory;
+use rbe_runner::cli::exec::ActionDirectory;
 use rbe_runner::proto::resourceusage::PosixResourceUsage;
 use rbe_runner::proto::runner::runner_client::RunnerClient;
 use rbe_runner::proto::runner::{RunRequest, RunResponse};

@@ -15,14 +15,14 @@
 //! - [`journal`]: the journal writer, a subscriber like any other, with
 //!   rotation.
 //! - [`service`]: the gRPC `Events` service.
-//! - [`watch`]: the client side of `rbe-runner watch`.
+//!
+//! Its client, `rbe-runner watch`, is [`crate::cli::watch`].
 
 pub mod hub;
 pub mod journal;
 pub mod json;
 pub mod observer;
 pub mod service;
-pub mod watch;
 
 use std::sync::Arc;
 

@@ -19,6 +19,8 @@ pub mod spawn;
 pub mod spawn_server;
 pub mod terminate;
 
+use std::path::{Path, PathBuf};
+
 /// Where the process table is mounted; everything that reads it takes the
 /// root as a parameter so tests can point it elsewhere.
 pub const DEFAULT_PROC_ROOT: &str = "/proc";
@@ -45,42 +47,65 @@ pub fn signal_name(signal: i32) -> String {
 /// failure bb_worker can retry, before the runner that serves all of them.
 pub const RUNNER_OOM_SCORE_ADJ_OFFSET: i32 = 500;
 
+/// The runner's `oom_score_adj`, lowered by [`lower_own_oom_score_adj`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoweredOomScoreAdj {
+    /// What the runner started with, which actions should get back.
+    pub initial: i32,
+    /// What the runner has now.
+    pub lowered: i32,
+}
+
+/// Why the runner's `oom_score_adj` was not lowered; it keeps its value.
+#[derive(Debug, thiserror::Error)]
+pub enum OomScoreAdjError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: std::num::ParseIntError,
+    },
+    /// The kernel refused: lowering needs CAP_SYS_RESOURCE, which an
+    /// unprivileged runner lacks.
+    #[error(
+        "cannot lower the runner's oom_score_adj (needs CAP_SYS_RESOURCE); keeping {initial}: {source}"
+    )]
+    Lower {
+        initial: i32,
+        source: std::io::Error,
+    },
+}
+
 /// Lowers this process's `oom_score_adj` (file at `path`, normally
 /// [`spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ`]) by
-/// [`RUNNER_OOM_SCORE_ADJ_OFFSET`]. Returns the initial value, which actions
-/// should get back, when lowering succeeded; lowering needs
-/// CAP_SYS_RESOURCE, and without it the runner keeps its value (logged).
-pub fn lower_own_oom_score_adj(path: &std::path::Path) -> Option<i32> {
-    let initial: i32 = match std::fs::read_to_string(path).map(|text| text.trim().parse()) {
-        Ok(Ok(value)) => value,
-        Ok(Err(err)) => {
-            tracing::warn!(path = %path.display(), %err, "cannot parse oom_score_adj");
-            return None;
-        }
-        Err(err) => {
-            tracing::warn!(path = %path.display(), %err, "cannot read oom_score_adj");
-            return None;
-        }
-    };
+/// [`RUNNER_OOM_SCORE_ADJ_OFFSET`], down to the floor of -1000. `None`
+/// when it already is at the floor. The caller decides how loudly to say
+/// what happened: how much a refusal matters depends on the deployment.
+pub fn lower_own_oom_score_adj(
+    path: &Path,
+) -> Result<Option<LoweredOomScoreAdj>, OomScoreAdjError> {
+    let text = std::fs::read_to_string(path).map_err(|source| OomScoreAdjError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let initial: i32 = text
+        .trim()
+        .parse()
+        .map_err(|source| OomScoreAdjError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let lowered = (initial - RUNNER_OOM_SCORE_ADJ_OFFSET).max(-1000);
     if lowered == initial {
-        return None;
+        return Ok(None);
     }
-    match std::fs::write(path, lowered.to_string()) {
-        Ok(()) => {
-            tracing::info!(
-                initial,
-                lowered,
-                "lowered the runner's oom_score_adj; actions keep the initial value"
-            );
-            Some(initial)
-        }
-        Err(err) => {
-            // Expected for an unprivileged runner; not worth a warning.
-            tracing::info!(%err, initial, "cannot lower the runner's oom_score_adj (needs CAP_SYS_RESOURCE); keeping it");
-            None
-        }
-    }
+    std::fs::write(path, lowered.to_string())
+        .map_err(|source| OomScoreAdjError::Lower { initial, source })?;
+    Ok(Some(LoweredOomScoreAdj { initial, lowered }))
 }
 
 #[cfg(test)]
@@ -93,5 +118,55 @@ mod tests {
         assert_eq!(signal_name(libc::SIGSEGV), "SEGV");
         assert_eq!(signal_name(libc::SIGTERM), "TERM");
         assert_eq!(signal_name(libc::SIGRTMIN() + 3), "RTMIN+3");
+    }
+
+    fn oom_score_adj_file(value: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("oom_score_adj");
+        std::fs::write(&path, value).unwrap();
+        (dir, path)
+    }
+
+    /// Actions get back the value the runner started with, so the runner
+    /// must know it, and the file must hold the lowered one.
+    #[test]
+    fn lowering_writes_the_lowered_value_and_returns_the_initial_one() {
+        let (_dir, path) = oom_score_adj_file("200\n");
+        let lowered = lower_own_oom_score_adj(&path).unwrap();
+        assert_eq!(
+            lowered,
+            Some(LoweredOomScoreAdj {
+                initial: 200,
+                lowered: -300
+            })
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "-300");
+    }
+
+    /// The kernel's floor is -1000: lower stops there, and a runner
+    /// already there has nothing to give back to actions.
+    #[test]
+    fn lowering_stops_at_the_floor() {
+        let (_dir, path) = oom_score_adj_file("-800");
+        let lowered = lower_own_oom_score_adj(&path).unwrap().unwrap();
+        assert_eq!(lowered.lowered, -1000);
+        let (_dir, path) = oom_score_adj_file("-1000");
+        assert_eq!(lower_own_oom_score_adj(&path).unwrap(), None);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "-1000");
+    }
+
+    /// A file that cannot be read or understood is an error naming it,
+    /// and nothing is written.
+    #[test]
+    fn an_unreadable_value_is_an_error_naming_the_file() {
+        let (dir, path) = oom_score_adj_file("lots");
+        let err = lower_own_oom_score_adj(&path).unwrap_err();
+        assert!(matches!(err, OomScoreAdjError::Parse { .. }), "{err:?}");
+        assert!(err.to_string().contains("oom_score_adj"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "lots");
+        let missing = dir.path().join("missing");
+        let err = lower_own_oom_score_adj(&missing).unwrap_err();
+        assert!(matches!(err, OomScoreAdjError::Read { .. }), "{err:?}");
+        assert!(err.to_string().contains("missing"), "{err}");
     }
 }

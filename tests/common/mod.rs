@@ -10,7 +10,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rbe_runner::client::{self, ActionDirectory, Target};
+use rbe_runner::cli::client::{self, Target};
+use rbe_runner::cli::exec::ActionDirectory;
 use rbe_runner::proto::resourceusage::PosixResourceUsage;
 use rbe_runner::proto::runner::runner_client::RunnerClient;
 use rbe_runner::proto::runner::{RunRequest, RunResponse};

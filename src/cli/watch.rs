@@ -1,5 +1,5 @@
-//! The client side of `rbe-runner watch`: subscribes to a runner's
-//! events and prints them, one line each, or keeps a tally.
+//! `rbe-runner watch`: subscribes to a runner's events and prints them,
+//! one line each, or keeps a tally.
 //!
 //! A runner that goes away (a restart) is reconnected to, said so on
 //! stderr, and resumed with `runner_instance` set, so the new instance's
@@ -7,14 +7,18 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::{bail, Context};
 use prost::Name;
 
-use super::json::event_line;
-use super::{Published, Usage};
+use super::client::{self, ClientError, Target};
+use super::{target, USAGE};
 use crate::action::ActionResult;
-use crate::client::{self, ClientError, Target};
+use crate::events::json::event_line;
+use crate::events::{Published, Usage};
 use crate::proto::rbe_runner::events::v1::event::Kind;
 use crate::proto::rbe_runner::events::v1::events_client::EventsClient;
 use crate::proto::rbe_runner::events::v1::{ActionFinished, Event, SubscribeRequest};
@@ -40,6 +44,72 @@ pub struct WatchOptions {
     pub summary: bool,
     /// Keep following after the replay (not `--no-follow`).
     pub follow: bool,
+}
+
+fn parse_watch_args(args: &[String]) -> anyhow::Result<WatchOptions> {
+    let mut socket = None;
+    let mut address = None;
+    let mut options = WatchOptions {
+        target: Target::Address(String::new()),
+        after_sequence: 0,
+        live_only: false,
+        json: false,
+        summary: false,
+        follow: true,
+    };
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let mut value = |name: &str| {
+            iter.next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--socket" => socket = Some(PathBuf::from(value("--socket")?)),
+            "--address" => address = Some(value("--address")?),
+            "--after" => {
+                let text = value("--after")?;
+                options.after_sequence = text
+                    .parse()
+                    .with_context(|| format!("--after {text:?} is not a sequence number"))?;
+            }
+            "--live" => options.live_only = true,
+            "--json" => options.json = true,
+            "--summary" => options.summary = true,
+            "--no-follow" => options.follow = false,
+            other => bail!("watch: unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    options.target = target("watch", socket, address)?;
+    Ok(options)
+}
+
+/// `watch`: exit status 0 when done (`--no-follow`) or interrupted, 2 on a
+/// usage error or a runner that cannot be reached.
+pub fn main(args: &[String]) -> ExitCode {
+    let options = match parse_watch_args(args) {
+        Ok(options) => options,
+        Err(err) => {
+            eprintln!("rbe-runner watch: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the async runtime: {err}"))
+        .and_then(|runtime| {
+            runtime
+                .block_on(watch(&options))
+                .map_err(|err| err.to_string())
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rbe-runner watch: {err}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Watches until the replay is printed (`--no-follow`), or until

@@ -19,6 +19,11 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::bail;
+
+use super::{status, USAGE};
 
 /// Where bb-deployments' init container installs the runner.
 pub const DEFAULT_INSTALL_DIR: &str = "/bb";
@@ -59,6 +64,24 @@ pub enum InstallError {
 pub struct Installed {
     pub executables: Vec<PathBuf>,
     pub marker: PathBuf,
+}
+
+/// `install [DIR]`: exit 0, or 1 with the error on stderr.
+pub fn main(args: &[String]) -> ExitCode {
+    status(install_into(args))
+}
+
+fn install_into(args: &[String]) -> anyhow::Result<()> {
+    let dir = match args {
+        [] => DEFAULT_INSTALL_DIR,
+        [dir] => dir.as_str(),
+        _ => bail!("install takes at most one argument, the directory\n{USAGE}"),
+    };
+    let installed = install(Path::new(DEFAULT_PROC_SELF_EXE), Path::new(dir))?;
+    for path in installed.executables.iter().chain([&installed.marker]) {
+        println!("installed {}", path.display());
+    }
+    Ok(())
 }
 
 /// Copies the executable at `source` into `dir` under each of

@@ -1,0 +1,69 @@
+//! The operator commands: everything `rbe-runner` does other than serving.
+//! Each takes its arguments (after the command's name) and returns the
+//! process's exit status; `main` dispatches to them.
+//!
+//! - [`check_config`]: `check-config CONFIG`, the configuration as understood.
+//! - [`install`]: `install [DIR]`, the init container of a worker pod.
+//! - [`exec`]: `exec`, one action run as a worker would run it.
+//! - [`watch`]: `watch`, the runner's action events as they come.
+//! - [`report`]: `report`, sizing figures from event journals (the
+//!   statistics and renderings are [`crate::report`]).
+//! - [`client`]: reaching a runner, for `exec` and `watch`.
+//! - [`usage_json`]: resource usage messages as JSON, for `exec`.
+
+pub mod check_config;
+pub mod client;
+pub mod exec;
+pub mod install;
+pub mod report;
+pub mod usage_json;
+pub mod watch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+
+use client::Target;
+
+/// What `rbe-runner --help` prints.
+pub const USAGE: &str = "\
+usage:
+  rbe-runner CONFIG                 serve, configured by the Jsonnet file CONFIG
+  rbe-runner check-config CONFIG    evaluate and validate CONFIG, print what was understood
+  rbe-runner install [DIR]          copy this executable to DIR/rbe-runner and DIR/bb_runner,
+                                    then write DIR/installed (default DIR: /bb)
+  rbe-runner exec (--socket PATH | --address HOST:PORT) --build-dir DIR
+                  [--env K=V]... [--timeout DURATION] -- CMD ARGS...
+                                    run one action as a worker would; prints JSON
+  rbe-runner watch (--socket PATH | --address HOST:PORT) [--after N] [--live]
+                   [--json] [--summary] [--no-follow]
+                                    print the runner's action events as they come
+  rbe-runner report [--json] [--html OUT.html] [--group-by program|none]
+                    [--since DURATION] [--headroom PERCENT] JOURNAL...
+                                    sizing figures from event journals
+  rbe-runner --version";
+
+/// Runs `result`'s command: exit 0, or 1 with the error on stderr.
+fn status(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rbe-runner: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The runner to talk to, from `--socket` or `--address` (exactly one).
+fn target(
+    command: &str,
+    socket: Option<PathBuf>,
+    address: Option<String>,
+) -> anyhow::Result<Target> {
+    match (socket, address) {
+        (Some(socket), None) => Ok(Target::Socket(socket)),
+        (None, Some(address)) => Ok(Target::Address(address)),
+        _ => bail!("{command} needs exactly one of --socket and --address\n{USAGE}"),
+    }
+}
