@@ -28,13 +28,13 @@ use crate::build_directory::BuildDirectory;
 use crate::cgroup::attribution::{Attribution, OomVerdict};
 use crate::exec_limit::{current_exec_limit, ExecLimitError, ExecSize};
 use crate::fault::Fault;
+use crate::fault::{blocking, RunnerError};
 use crate::process::clone::Method as SpawnMethod;
 use crate::process::reaper::{ChildExit, SpawnedChild};
 use crate::process::spawn::{Identity, ProcessSpec, SpawnError, SpawnStep};
 use crate::process::spawn_server::SpawnServer;
 use crate::process::terminate::terminate;
 use crate::proto::runner::RunRequest;
-use crate::runner::{blocking, RunnerError};
 
 /// Starts a prepared process; replaceable so that the lifecycle can be
 /// tested without real children.
