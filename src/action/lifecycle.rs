@@ -31,8 +31,8 @@ use crate::fault::Fault;
 use crate::fault::{blocking, RunnerError};
 use crate::process::clone::Method as SpawnMethod;
 use crate::process::reaper::{ChildExit, SpawnedChild};
-use crate::process::spawn::{Identity, ProcessSpec, SpawnError, SpawnStep};
 use crate::process::spawn_server::SpawnServer;
+use crate::process::spec::{Identity, ProcessSpec, SpawnError, SpawnStep};
 use crate::process::terminate::terminate;
 use crate::proto::runner::RunRequest;
 

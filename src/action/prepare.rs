@@ -28,7 +28,7 @@ pub struct PrepareOptions {
 /// An action ready to be spawned.
 #[derive(Debug)]
 pub struct Prepared {
-    /// Path handed to execve (see [`crate::process::spawn::ProcessSpec`]).
+    /// Path handed to execve (see [`crate::process::spec::ProcessSpec`]).
     pub program: String,
     /// The complete environment.
     pub environment: Vec<(String, String)>,

@@ -7,6 +7,8 @@
 //!   processes as children of the runner, sparing the runner the copy.
 //! - [`spawn`]: building the child: its directory, root, identity, process
 //!   group and descriptors, set up between fork and exec.
+//! - [`spec`]: what a spawn is asked for and what it answers (the action's
+//!   description, the values prepared from it, the step that failed).
 //! - [`terminate`]: graceful termination of a process group.
 //! - [`privileges`]: whether the runner may do what its configuration asks
 //!   of the kernel (switching identity, chroot).
@@ -17,6 +19,7 @@ pub mod privileges;
 pub mod reaper;
 pub mod spawn;
 pub mod spawn_server;
+pub mod spec;
 pub mod terminate;
 
 /// Where the process table is mounted; everything that reads it takes the

@@ -42,7 +42,7 @@ use crate::cgroup::{locate_own_cgroup, DEFAULT_PROC_SELF_CGROUP, DEFAULT_PROC_SE
 use crate::fault::RunnerError;
 use crate::process::clone::Method as SpawnMethod;
 use crate::process::reaper::{ChildExit, SpawnedChild};
-use crate::process::spawn::{ProcessSpec, SpawnError, SpawnStep};
+use crate::process::spec::{ProcessSpec, SpawnError, SpawnStep};
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 use crate::proto::runner::{RunRequest, RunResponse};
 use crate::runner::local::LocalRunner;
