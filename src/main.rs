@@ -149,7 +149,7 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     // Under memory pressure the kernel should kill an action (retryable)
     // before the runner that serves all of them.
     let action_oom_score_adj = rbe_runner::process::lower_own_oom_score_adj(Path::new(
-        rbe_runner::process::spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ,
+        rbe_runner::process::child::DEFAULT_PROC_SELF_OOM_SCORE_ADJ,
     ));
 
     // Actions' processes are created by a small process of ours, as

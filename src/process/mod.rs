@@ -5,14 +5,18 @@
 //!   each child's own rusage), which also reaps adopted orphans.
 //! - [`spawn_server`]: a small process of ours that creates actions'
 //!   processes as children of the runner, sparing the runner the copy.
-//! - [`spawn`]: building the child: its directory, root, identity, process
-//!   group and descriptors, set up between fork and exec.
+//! - [`spawn`]: the front door: preparing a child from the action's
+//!   description and having it created, by the spawn server or here.
+//! - [`child`]: the child between clone and exec (its directory, root,
+//!   identity, process group and descriptors, set up with raw system
+//!   calls), and creating it in this process.
 //! - [`spec`]: what a spawn is asked for and what it answers (the action's
 //!   description, the values prepared from it, the step that failed).
 //! - [`terminate`]: graceful termination of a process group.
 //! - [`privileges`]: whether the runner may do what its configuration asks
 //!   of the kernel (switching identity, chroot).
 
+pub mod child;
 pub mod clone;
 pub mod lookup;
 pub mod privileges;
@@ -49,7 +53,7 @@ pub fn signal_name(signal: i32) -> String {
 pub const RUNNER_OOM_SCORE_ADJ_OFFSET: i32 = 500;
 
 /// Lowers this process's `oom_score_adj` (file at `path`, normally
-/// [`spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ`]) by
+/// [`child::DEFAULT_PROC_SELF_OOM_SCORE_ADJ`]) by
 /// [`RUNNER_OOM_SCORE_ADJ_OFFSET`]. Returns the initial value, which actions
 /// should get back, when lowering succeeded; lowering needs
 /// CAP_SYS_RESOURCE, and without it the runner keeps its value (logged).

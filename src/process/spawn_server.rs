@@ -30,8 +30,8 @@ use std::sync::Mutex;
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 
+use super::child::{create, Child};
 use super::clone::Method;
-use super::spawn::{create, Child};
 use super::spec::{Created, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
 
 /// This executable, as the kernel knows it: still there when the file was

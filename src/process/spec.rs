@@ -1,5 +1,5 @@
 //! What a spawn is asked for and what it answers, shared by the front door
-//! ([`super::spawn`]), the code that creates the child and the spawn server
+//! ([`super::spawn`]), the child ([`super::child`]) and the spawn server
 //! ([`super::spawn_server`]), so that none of them imports another for it:
 //! the action's description ([`ProcessSpec`], [`Identity`]), the values
 //! prepared from it before the child exists ([`ExecArguments`],
