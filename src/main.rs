@@ -28,8 +28,9 @@ use rbe_runner::config::{self, Config, LogFormat};
 use rbe_runner::diagnostics::{DiagnosticsServer, Readiness};
 use rbe_runner::events::Events;
 use rbe_runner::metrics::Metrics;
-use rbe_runner::process::clone::{Method as SpawnMethod, SPAWN_ENVIRONMENT_VARIABLE};
+use rbe_runner::process::clone::Method as SpawnMethod;
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
+use rbe_runner::process::spawn::{choose_method, SPAWN_ENVIRONMENT_VARIABLE};
 use rbe_runner::process::spawn_server::{self, SpawnServer};
 use rbe_runner::process::spec::Identity;
 use rbe_runner::process::DEFAULT_PROC_ROOT;
@@ -413,7 +414,7 @@ fn choose_spawn_method(cgroups: &CgroupSetup) -> anyhow::Result<SpawnMethod> {
         CgroupSetup::ActionCgroups { manager, .. } => Some(manager.parent().join(RUNNER_LEAF)),
         _ => None,
     };
-    let choice = SpawnMethod::choose(setting.as_deref(), runner_cgroup.as_deref())?;
+    let choice = choose_method(setting.as_deref(), runner_cgroup.as_deref())?;
     tracing::info!(method = %choice.method, reason = choice.reason, "spawning actions with {}", choice.method);
     Ok(choice.method)
 }

@@ -72,7 +72,7 @@ pub struct ActionOptions {
     /// `oom_score_adj` for actions (what the runner started with, before
     /// lowering its own).
     pub oom_score_adj: Option<i32>,
-    /// How children are created (see [`SpawnMethod::choose`]).
+    /// How children are created (see [`crate::process::spawn::choose_method`]).
     pub spawn_method: SpawnMethod,
     /// The spawn server that creates them, if one was started.
     pub spawn_server: Option<Arc<SpawnServer>>,

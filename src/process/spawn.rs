@@ -4,12 +4,19 @@
 //! [`ProcessSpec`] (C strings, descriptors, an empty stdin), asks the spawn
 //! server ([`super::spawn_server`]) to create the child, or creates it
 //! itself ([`super::child`]), and registers it with the reaper.
+//!
+//! [`choose_method`] decides once, at startup, which of the mechanisms in
+//! [`super::clone`] creates children: what [`SPAWN_ENVIRONMENT_VARIABLE`]
+//! asks for, and what a [`probe`] child shows this kernel and its seccomp
+//! profile allow. `clone.rs` only carries out the choice.
 
+use std::ffi::c_void;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
 
 use super::child::{create, Child};
-use super::clone::Method;
+use super::clone::{self, Method};
 use super::reaper::{reaper, SpawnedChild};
 use super::spawn_server::{ServerGone, SpawnServer};
 use super::spec::{ExecArguments, OomScoreAdj, Parent, ProcessSpec, SpawnError, SpawnStep};
@@ -100,10 +107,104 @@ pub fn spawn(
     Ok(holding.register(pid))
 }
 
+/// The environment variable that overrides the choice of [`Method`]:
+/// `auto` (the default) uses clone3 where it works, `clone3` refuses to
+/// start without it, `fallback` always uses clone.
+pub const SPAWN_ENVIRONMENT_VARIABLE: &str = "RBE_RUNNER_SPAWN";
+
+/// The method chosen at startup, and why, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// How children will be created.
+    pub method: Method,
+    /// Why, in words for the startup log.
+    pub reason: String,
+}
+
+/// Why no method could be chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum ChoiceError {
+    /// The environment variable has a value we do not know.
+    #[error("RBE_RUNNER_SPAWN={0}: expected auto, clone3 or fallback")]
+    UnknownSetting(String),
+    /// `clone3` was required and does not work here.
+    #[error("RBE_RUNNER_SPAWN=clone3, but clone3 cannot create children here: {0}")]
+    Clone3Required(String),
+}
+
+/// Chooses how to create children from `setting` (the value of
+/// [`SPAWN_ENVIRONMENT_VARIABLE`]) by trying clone3 once, placing the
+/// test child into `cgroup` (a directory where the runner's children
+/// may be placed, such as the runner's own cgroup) when actions will
+/// be placed into cgroups: a kernel older than 5.7 has clone3 without
+/// `CLONE_INTO_CGROUP`.
+pub fn choose_method(setting: Option<&str>, cgroup: Option<&Path>) -> Result<Choice, ChoiceError> {
+    let required = match setting.unwrap_or("auto") {
+        "auto" | "" => false,
+        "clone3" => true,
+        "fallback" => {
+            return Ok(Choice {
+                method: Method::Clone,
+                reason: format!("forced by {SPAWN_ENVIRONMENT_VARIABLE}=fallback"),
+            })
+        }
+        other => {
+            return Err(ChoiceError::UnknownSetting(
+                crate::bounded::quoted(other).to_string(),
+            ))
+        }
+    };
+    let tried = match cgroup {
+        Some(path) => std::fs::File::open(path)
+            .map_err(|error| format!("cannot open {}: {error}", path.display()))
+            .and_then(|directory| {
+                probe(Method::Clone3, Some(directory.as_raw_fd()))
+                    .map_err(|error| format!("clone3 into {}: {error}", path.display()))
+            }),
+        None => probe(Method::Clone3, None).map_err(|error| format!("clone3: {error}")),
+    };
+    match tried {
+        Ok(()) => Ok(Choice {
+            method: Method::Clone3,
+            reason: match cgroup {
+                Some(_) => "clone3 works here, placing children into their cgroups".into(),
+                None => "clone3 works here".into(),
+            },
+        }),
+        Err(error) if required => Err(ChoiceError::Clone3Required(error)),
+        Err(error) => Ok(Choice {
+            method: Method::Clone,
+            reason: format!(
+                "clone3 is unavailable ({error}); children join their cgroups themselves"
+            ),
+        }),
+    }
+}
+
+/// Whether `method` can create children here, tried with a child that
+/// exits at once (placed into the cgroup open as `cgroup` when given, as
+/// actions will be). The child is reaped here, with the reaper held off.
+pub fn probe(method: Method, cgroup: Option<RawFd>) -> io::Result<()> {
+    extern "C" fn exit_at_once(_: *mut c_void) -> libc::c_int {
+        0
+    }
+    let _children = reaper().holding_children();
+    let creator = clone::creator()?;
+    let previous = clone::block_all_signals();
+    // SAFETY: the child only returns 0; nothing is passed to it.
+    let created =
+        unsafe { creator.create(method, cgroup, false, exit_at_once, std::ptr::null_mut()) };
+    clone::restore_signals(&previous);
+    let pid = created?;
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is a valid local.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::clone;
 
     fn spec(dir: &std::path::Path, program: &str) -> ProcessSpec {
         let working_directory = nix::fcntl::open(
@@ -133,7 +234,7 @@ mod tests {
     /// machine has it (said loudly otherwise, and refused under CI).
     fn methods() -> Vec<Method> {
         let mut methods = vec![Method::Clone];
-        match clone::probe(Method::Clone3, None) {
+        match probe(Method::Clone3, None) {
             Ok(()) => methods.push(Method::Clone3),
             Err(error) if std::env::var_os("CI").is_some() => {
                 panic!("CI must test the clone3 path, unavailable here: {error}")
@@ -240,5 +341,33 @@ mod tests {
             assert_eq!(lines[3], pid.to_string(), "{method}: {output}");
             assert_eq!(lines[4], "end", "{method}: {output}");
         }
+    }
+
+    /// Why it matters: CI forces the fallback with the variable to test
+    /// both paths, and a typo must not silently pick one.
+    #[test]
+    fn the_setting_forces_or_requires_a_method_and_typos_are_refused() {
+        let forced = choose_method(Some("fallback"), None).unwrap();
+        assert_eq!(forced.method, Method::Clone);
+        assert!(
+            forced.reason.contains("RBE_RUNNER_SPAWN=fallback"),
+            "{forced:?}"
+        );
+        let error = choose_method(Some("clone4"), None).unwrap_err();
+        assert!(
+            error.to_string().contains("RBE_RUNNER_SPAWN=\"clone4\""),
+            "{error}"
+        );
+        match choose_method(Some("clone3"), None) {
+            Ok(choice) => assert_eq!(choice.method, Method::Clone3),
+            Err(error) => assert!(matches!(error, ChoiceError::Clone3Required(_)), "{error}"),
+        }
+    }
+
+    #[test]
+    fn a_cgroup_that_cannot_be_opened_falls_back_with_the_reason() {
+        let choice = choose_method(None, Some(Path::new("/nonexistent/cgroup"))).unwrap();
+        assert_eq!(choice.method, Method::Clone);
+        assert!(choice.reason.contains("/nonexistent/cgroup"), "{choice:?}");
     }
 }
