@@ -360,15 +360,16 @@ unsafe fn clone3_vfork(
 /// reset them to the default: they write to descriptors it shares with the
 /// runner (tokio's signal pipe would tell the runner it got SIGTERM).
 pub fn block_all_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask only
-    // write the sets passed, which are valid locals.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut previous: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
-        previous
-    }
+    // SAFETY: all-zero bytes are a valid `sigset_t` (plain integers).
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigfillset writes only `all`, a valid local.
+    unsafe { libc::sigfillset(&mut all) };
+    // SAFETY: pthread_sigmask reads `all` and writes `previous`, valid
+    // locals; only this thread's mask changes.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous) };
+    previous
 }
 
 /// Restores a mask returned by [`block_all_signals`].
@@ -379,10 +380,10 @@ pub fn restore_signals(previous: &libc::sigset_t) {
     }
 }
 
-/// Whether an error of [`create`] means "this method is not available
-/// here" rather than a failure of this one child: ENOSYS (no such system
-/// call, or a seccomp profile's default answer) and EPERM (older seccomp
-/// profiles).
+/// Whether an error of [`Creator::create`] means "this method is not
+/// available here" rather than a failure of this one child: ENOSYS (no such
+/// system call, or a seccomp profile's default answer) and EPERM (older
+/// seccomp profiles).
 pub fn is_unavailable(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::ENOSYS | libc::EPERM))
 }
@@ -396,17 +397,16 @@ mod tests {
     /// done; the child's other writes stay in its own copy.
     #[test]
     fn the_child_reports_through_the_shared_page_and_writes_nothing_else_of_ours() {
-        struct Arg {
-            report: *const Report,
+        struct Arg<'a> {
+            report: &'a Report,
             written: AtomicI32,
         }
         extern "C" fn report_and_write(arg: *mut c_void) -> libc::c_int {
-            // SAFETY: `arg` is the `Arg` below (in the child, its copy);
-            // getpid is async-signal-safe.
+            // SAFETY: `arg` is the `Arg` below (in the child, its copy).
             let arg = unsafe { &*(arg as *const Arg) };
             arg.written.store(1, Ordering::SeqCst);
-            let report = unsafe { &*arg.report };
-            report.set(5, unsafe { libc::getpid() });
+            // SAFETY: getpid takes nothing and is async-signal-safe.
+            arg.report.set(5, unsafe { libc::getpid() });
             7
         }
         for method in [Method::Clone3, Method::Clone] {
