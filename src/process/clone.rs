@@ -58,8 +58,9 @@ impl std::fmt::Display for Method {
     }
 }
 
-/// The code of a child started by [`create`]: called on the child's own
-/// stack with `arg`; its return value becomes the child's exit status.
+/// The code of a child started by [`Creator::create`]: called on the
+/// child's own stack with `arg`; its return value becomes the child's exit
+/// status.
 pub type ChildMain = extern "C" fn(arg: *mut c_void) -> libc::c_int;
 
 /// Size of the child's stack. It holds the frames of the child's setup

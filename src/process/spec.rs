@@ -2,8 +2,8 @@
 //! ([`super::spawn`]), the child ([`super::child`]) and the spawn server
 //! ([`super::spawn_server`]), so that none of them imports another for it:
 //! the action's description ([`ProcessSpec`], [`Identity`]), the values
-//! prepared from it before the child exists ([`ExecArguments`],
-//! [`OomScoreAdj`]), and the answer ([`Created`], the [`SpawnStep`] that
+//! prepared from it before the child exists (`ExecArguments`,
+//! `OomScoreAdj`), and the answer ([`Created`], the [`SpawnStep`] that
 //! failed, [`SpawnError`]).
 
 use std::ffi::CString;
