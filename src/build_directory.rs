@@ -20,7 +20,7 @@ use nix::sys::stat::{fstat, fstatat, Mode};
 use nix::sys::statvfs::fstatvfs;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
-use crate::fault::Fault;
+use crate::fault::{Fault, RunnerError};
 
 use crate::bounded::quoted;
 
@@ -111,6 +111,15 @@ impl PathError {
             PathError::Other { errno, .. } => Fault::of_host_errno(*errno as i32),
             _ => Fault::Request,
         }
+    }
+}
+
+impl From<PathError> for RunnerError {
+    /// A path the request names is its own fault (INVALID_ARGUMENT) unless
+    /// the failure is the host's: the node's (out of descriptors or space:
+    /// UNAVAILABLE) or ours (INTERNAL).
+    fn from(error: PathError) -> Self {
+        RunnerError::of_fault(error.fault(), error.to_string())
     }
 }
 

@@ -11,8 +11,8 @@
 //! - [`build_directory`]: resolving request paths strictly beneath the build directory.
 //! - [`exec_limit`]: the kernel's limit on what `execve` passes to a program.
 //! - [`request_decoding`]: the gRPC codec that refuses a `RunRequest` too large to execute before decoding it.
-//! - [`fault`]: who can fix a failure (the request, the node, the runner), classified once where the errno is known.
-//! - [`process`]: spawning processes, reaping, and graceful termination of process trees.
+//! - [`fault`]: who can fix a failure (the request, the node, the runner), classified once where the errno is known; [`fault::RunnerError`], the error every layer returns, and [`fault::blocking`].
+//! - [`process`]: spawning processes (front door, spawn server, pre-exec child, clone mechanism), reaping, and graceful termination of process trees.
 //! - [`cleaner`]: restoring the host between actions (leftover processes, temporary directories, a command).
 //! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters, per-action limits, the OOM verdict.
 //! - [`server`]: serving the runner, shutdown, and the one mapping from runner errors to gRPC statuses.

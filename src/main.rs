@@ -28,10 +28,11 @@ use rbe_runner::config::{self, Config, LogFormat};
 use rbe_runner::diagnostics::{DiagnosticsServer, Readiness};
 use rbe_runner::events::Events;
 use rbe_runner::metrics::Metrics;
-use rbe_runner::process::clone::{Method as SpawnMethod, SPAWN_ENVIRONMENT_VARIABLE};
+use rbe_runner::process::clone::Method as SpawnMethod;
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
-use rbe_runner::process::spawn::Identity;
+use rbe_runner::process::spawn::{choose_method, SPAWN_ENVIRONMENT_VARIABLE};
 use rbe_runner::process::spawn_server::{self, SpawnServer};
+use rbe_runner::process::spec::Identity;
 use rbe_runner::process::{LoweredOomScoreAdj, OomScoreAdjError, DEFAULT_PROC_ROOT};
 use rbe_runner::runner::local::LocalRunner;
 use rbe_runner::runner::SharedRunner;
@@ -306,7 +307,7 @@ async fn start_cgroups(config: &Config) -> anyhow::Result<CgroupSetup> {
 /// actions get back. Not being allowed to (no CAP_SYS_RESOURCE) is a
 /// warning when `refusal_matters`, else a debug line.
 fn lower_oom_score_adj(refusal_matters: bool) -> Option<i32> {
-    let path = Path::new(rbe_runner::process::spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ);
+    let path = Path::new(rbe_runner::process::child::DEFAULT_PROC_SELF_OOM_SCORE_ADJ);
     match rbe_runner::process::lower_own_oom_score_adj(path) {
         Ok(Some(LoweredOomScoreAdj { initial, lowered })) => {
             tracing::info!(
@@ -444,7 +445,7 @@ fn choose_spawn_method(cgroups: &CgroupSetup) -> anyhow::Result<SpawnMethod> {
         CgroupSetup::ActionCgroups { manager, .. } => Some(manager.parent().join(RUNNER_LEAF)),
         _ => None,
     };
-    let choice = SpawnMethod::choose(setting.as_deref(), runner_cgroup.as_deref())?;
+    let choice = choose_method(setting.as_deref(), runner_cgroup.as_deref())?;
     tracing::info!(method = %choice.method, reason = choice.reason, "spawning actions with {}", choice.method);
     Ok(choice.method)
 }

@@ -21,8 +21,8 @@ use tonic::Status;
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
 use crate::exec_limit::{current_exec_limit, ExecLimitError, ExecSize};
+use crate::fault::RunnerError;
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
-use crate::runner::RunnerError;
 use crate::server::status_from_error;
 
 /// A message whose encoding may be checked before it is decoded.

@@ -24,6 +24,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::bounded::bounded_message;
 use crate::config::GrpcServerConfig;
 use crate::events::service::EventsService;
+use crate::fault::RunnerError;
 use crate::listener::deadline::{parse_grpc_timeout, DeadlineService};
 use crate::listener::socket::{BoundSocket, SocketError, SocketFile};
 use crate::listener::{self, Listener};
@@ -33,7 +34,7 @@ use crate::proto::rbe_runner::events::v1::events_server::EventsServer;
 use crate::proto::rpc;
 use crate::proto::runner::runner_server::{Runner as RunnerService, RunnerServer};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
-use crate::runner::{CallContext, RunnerError, SharedRunner};
+use crate::runner::{CallContext, SharedRunner};
 
 /// Maps a runner error to its gRPC status. The only such mapping.
 /// Messages are cut to [`crate::bounded::MAX_MESSAGE_BYTES`]: C-core

@@ -93,15 +93,18 @@ impl TestCgroup {
             .unwrap();
         TestRunner::start_with(config, move |command| {
             let fd = procs.as_raw_fd();
-            // SAFETY: only write(2) on a descriptor opened before the fork.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            let join = move || {
+                // SAFETY: `fd` stays open until the spawn (forgotten below)
+                // and the kernel reads one byte of a static string.
+                if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            // SAFETY: between fork and exec the hook makes only write(2) on
+            // a descriptor opened before the fork: async-signal-safe, no
+            // allocation, no lock.
+            unsafe { command.pre_exec(join) };
             // Keep the descriptor open until spawn (the closure owns a copy
             // of the number only).
             std::mem::forget(procs);

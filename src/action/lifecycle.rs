@@ -28,13 +28,13 @@ use crate::build_directory::BuildDirectory;
 use crate::cgroup::attribution::{Attribution, OomVerdict};
 use crate::exec_limit::{current_exec_limit, ExecLimitError, ExecSize};
 use crate::fault::Fault;
+use crate::fault::{blocking, RunnerError};
 use crate::process::clone::Method as SpawnMethod;
 use crate::process::reaper::{ChildExit, SpawnedChild};
-use crate::process::spawn::{Identity, ProcessSpec, SpawnError, SpawnStep};
 use crate::process::spawn_server::SpawnServer;
+use crate::process::spec::{Identity, ProcessSpec, SpawnError, SpawnStep};
 use crate::process::terminate::terminate;
 use crate::proto::runner::RunRequest;
-use crate::runner::{blocking, RunnerError};
 
 /// Starts a prepared process; replaceable so that the lifecycle can be
 /// tested without real children.
@@ -72,7 +72,7 @@ pub struct ActionOptions {
     /// `oom_score_adj` for actions (what the runner started with, before
     /// lowering its own).
     pub oom_score_adj: Option<i32>,
-    /// How children are created (see [`SpawnMethod::choose`]).
+    /// How children are created (see [`crate::process::spawn::choose_method`]).
     pub spawn_method: SpawnMethod,
     /// The spawn server that creates them, if one was started.
     pub spawn_server: Option<Arc<SpawnServer>>,

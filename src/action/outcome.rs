@@ -13,10 +13,10 @@ use super::id::ActionId;
 use super::oom_diagnosis;
 use crate::bounded::quoted;
 use crate::cgroup::attribution::{Attribution, OomVerdict};
+use crate::fault::RunnerError;
 use crate::proto::rbe_runner::resourceusage::v1::ActionAccounting;
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 use crate::proto::runner::RunResponse;
-use crate::runner::RunnerError;
 
 /// How long before its deadline a dropped call still counts as having hit
 /// it: the client's timer fires first, and the cancellation takes a moment

@@ -30,10 +30,10 @@ use crate::cgroup::limits::{apply, ActionLimits, AppliedLimits};
 use crate::cgroup::peak::read_lifetime_peak;
 use crate::cgroup::{CgroupCounters, FileError, MemoryPeakTracker};
 use crate::fault::Fault;
+use crate::fault::RunnerError;
 use crate::process::terminate::{signal_group, ProcessGroup, ProcessTree};
 use crate::proto::rbe_runner::resourceusage::v1::{self as accounting, ActionAccounting};
 use crate::proto::resourceusage::CgroupResourceUsage;
-use crate::runner::RunnerError;
 
 /// How every action of this runner is placed and measured; decided once
 /// at startup from the cgroup setup.

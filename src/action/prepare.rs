@@ -12,9 +12,9 @@ use crate::build_directory::{
     open_directory_beneath, BuildDirectory, CreatedFile, ResolvedDirectory,
 };
 use crate::exec_limit::{current_exec_limit, ExecSize};
+use crate::fault::RunnerError;
 use crate::process::lookup::find_program;
 use crate::proto::runner::RunRequest;
-use crate::runner::RunnerError;
 
 /// How actions are prepared, from the configuration.
 #[derive(Debug, Clone, Default)]
@@ -28,7 +28,7 @@ pub struct PrepareOptions {
 /// An action ready to be spawned.
 #[derive(Debug)]
 pub struct Prepared {
-    /// Path handed to execve (see [`crate::process::spawn::ProcessSpec`]).
+    /// Path handed to execve (see [`crate::process::spec::ProcessSpec`]).
     pub program: String,
     /// The complete environment.
     pub environment: Vec<(String, String)>,

@@ -150,8 +150,8 @@ mod tests {
     use crate::action::outcome::{Cleanup, ExitStatus};
     use crate::action::{ActionIds, RunnerInstance};
     use crate::cgroup::attribution::Attribution;
+    use crate::fault::RunnerError;
     use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
-    use crate::runner::RunnerError;
 
     fn outcome(ended: Ended) -> ActionOutcome {
         ActionOutcome {

@@ -14,12 +14,13 @@
 //!
 //! The child starts on a stack of its own (a copy, in its own memory) in a
 //! function of ours, and until exec it may only make raw, async-signal-safe
-//! system calls (see [`super::spawn`]). The calling thread is suspended
+//! system calls (see [`super::child`]). The calling thread is suspended
 //! until the child has exec'd or exited (`CLONE_VFORK`), and the child
 //! reports a failed step in a page shared with its creator ([`Report`]), so
 //! no pipe is needed to learn whether exec worked.
 //!
-//! Two ways to create it, chosen once at startup ([`Method`]):
+//! Two ways to create it ([`Method`]), chosen once at startup by the front
+//! door ([`super::spawn::choose_method`]):
 //! - `clone3`, which can also create the child in its cgroup
 //!   (`CLONE_INTO_CGROUP`: nothing of the action ever runs outside it, and
 //!   no write to `cgroup.procs` is needed). glibc 2.36 has no `clone3`
@@ -33,8 +34,7 @@
 
 use std::ffi::c_void;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::path::Path;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -58,8 +58,9 @@ impl std::fmt::Display for Method {
     }
 }
 
-/// The code of a child started by [`create`]: called on the child's own
-/// stack with `arg`; its return value becomes the child's exit status.
+/// The code of a child started by [`Creator::create`]: called on the
+/// child's own stack with `arg`; its return value becomes the child's exit
+/// status.
 pub type ChildMain = extern "C" fn(arg: *mut c_void) -> libc::c_int;
 
 /// Size of the child's stack. It holds the frames of the child's setup
@@ -360,15 +361,16 @@ unsafe fn clone3_vfork(
 /// reset them to the default: they write to descriptors it shares with the
 /// runner (tokio's signal pipe would tell the runner it got SIGTERM).
 pub fn block_all_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask only
-    // write the sets passed, which are valid locals.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut previous: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
-        previous
-    }
+    // SAFETY: all-zero bytes are a valid `sigset_t` (plain integers).
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigfillset writes only `all`, a valid local.
+    unsafe { libc::sigfillset(&mut all) };
+    // SAFETY: pthread_sigmask reads `all` and writes `previous`, valid
+    // locals; only this thread's mask changes.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous) };
+    previous
 }
 
 /// Restores a mask returned by [`block_all_signals`].
@@ -379,109 +381,12 @@ pub fn restore_signals(previous: &libc::sigset_t) {
     }
 }
 
-/// Whether `method` can create children here, tried with a child that
-/// exits at once (placed into the cgroup open as `cgroup` when given, as
-/// actions will be). The child is reaped here, with the reaper held off.
-pub fn probe(method: Method, cgroup: Option<RawFd>) -> io::Result<()> {
-    extern "C" fn exit_at_once(_: *mut c_void) -> libc::c_int {
-        0
-    }
-    let _children = super::reaper::reaper().holding_children();
-    let creator = creator()?;
-    let previous = block_all_signals();
-    // SAFETY: the child only returns 0; nothing is passed to it.
-    let created =
-        unsafe { creator.create(method, cgroup, false, exit_at_once, std::ptr::null_mut()) };
-    restore_signals(&previous);
-    let pid = created?;
-    let mut status = 0;
-    // SAFETY: waits for our own child; `status` is a valid local.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    Ok(())
-}
-
-/// Whether an error of [`create`] means "this method is not available
-/// here" rather than a failure of this one child: ENOSYS (no such system
-/// call, or a seccomp profile's default answer) and EPERM (older seccomp
-/// profiles).
+/// Whether an error of [`Creator::create`] means "this method is not
+/// available here" rather than a failure of this one child: ENOSYS (no such
+/// system call, or a seccomp profile's default answer) and EPERM (older
+/// seccomp profiles).
 pub fn is_unavailable(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::ENOSYS | libc::EPERM))
-}
-
-/// The environment variable that overrides the choice of [`Method`]:
-/// `auto` (the default) uses clone3 where it works, `clone3` refuses to
-/// start without it, `fallback` always uses clone.
-pub const SPAWN_ENVIRONMENT_VARIABLE: &str = "RBE_RUNNER_SPAWN";
-
-/// The method chosen at startup, and why, for the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Choice {
-    /// How children will be created.
-    pub method: Method,
-    /// Why, in words for the startup log.
-    pub reason: String,
-}
-
-/// Why no method could be chosen.
-#[derive(Debug, thiserror::Error)]
-pub enum ChoiceError {
-    /// The environment variable has a value we do not know.
-    #[error("RBE_RUNNER_SPAWN={0}: expected auto, clone3 or fallback")]
-    UnknownSetting(String),
-    /// `clone3` was required and does not work here.
-    #[error("RBE_RUNNER_SPAWN=clone3, but clone3 cannot create children here: {0}")]
-    Clone3Required(String),
-}
-
-impl Method {
-    /// Chooses how to create children from `setting` (the value of
-    /// [`SPAWN_ENVIRONMENT_VARIABLE`]) by trying clone3 once, placing the
-    /// test child into `cgroup` (a directory where the runner's children
-    /// may be placed, such as the runner's own cgroup) when actions will
-    /// be placed into cgroups: a kernel older than 5.7 has clone3 without
-    /// `CLONE_INTO_CGROUP`.
-    pub fn choose(setting: Option<&str>, cgroup: Option<&Path>) -> Result<Choice, ChoiceError> {
-        let required = match setting.unwrap_or("auto") {
-            "auto" | "" => false,
-            "clone3" => true,
-            "fallback" => {
-                return Ok(Choice {
-                    method: Method::Clone,
-                    reason: format!("forced by {SPAWN_ENVIRONMENT_VARIABLE}=fallback"),
-                })
-            }
-            other => {
-                return Err(ChoiceError::UnknownSetting(
-                    crate::bounded::quoted(other).to_string(),
-                ))
-            }
-        };
-        let tried = match cgroup {
-            Some(path) => std::fs::File::open(path)
-                .map_err(|error| format!("cannot open {}: {error}", path.display()))
-                .and_then(|directory| {
-                    probe(Method::Clone3, Some(directory.as_raw_fd()))
-                        .map_err(|error| format!("clone3 into {}: {error}", path.display()))
-                }),
-            None => probe(Method::Clone3, None).map_err(|error| format!("clone3: {error}")),
-        };
-        match tried {
-            Ok(()) => Ok(Choice {
-                method: Method::Clone3,
-                reason: match cgroup {
-                    Some(_) => "clone3 works here, placing children into their cgroups".into(),
-                    None => "clone3 works here".into(),
-                },
-            }),
-            Err(error) if required => Err(ChoiceError::Clone3Required(error)),
-            Err(error) => Ok(Choice {
-                method: Method::Clone,
-                reason: format!(
-                    "clone3 is unavailable ({error}); children join their cgroups themselves"
-                ),
-            }),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -493,17 +398,16 @@ mod tests {
     /// done; the child's other writes stay in its own copy.
     #[test]
     fn the_child_reports_through_the_shared_page_and_writes_nothing_else_of_ours() {
-        struct Arg {
-            report: *const Report,
+        struct Arg<'a> {
+            report: &'a Report,
             written: AtomicI32,
         }
         extern "C" fn report_and_write(arg: *mut c_void) -> libc::c_int {
-            // SAFETY: `arg` is the `Arg` below (in the child, its copy);
-            // getpid is async-signal-safe.
+            // SAFETY: `arg` is the `Arg` below (in the child, its copy).
             let arg = unsafe { &*(arg as *const Arg) };
             arg.written.store(1, Ordering::SeqCst);
-            let report = unsafe { &*arg.report };
-            report.set(5, unsafe { libc::getpid() });
+            // SAFETY: getpid takes nothing and is async-signal-safe.
+            arg.report.set(5, unsafe { libc::getpid() });
             7
         }
         for method in [Method::Clone3, Method::Clone] {
@@ -545,34 +449,6 @@ mod tests {
             assert!(libc::WIFEXITED(status), "{method}: {status:#x}");
             assert_eq!(libc::WEXITSTATUS(status), 7, "{method}");
         }
-    }
-
-    /// Why it matters: CI forces the fallback with the variable to test
-    /// both paths, and a typo must not silently pick one.
-    #[test]
-    fn the_setting_forces_or_requires_a_method_and_typos_are_refused() {
-        let forced = Method::choose(Some("fallback"), None).unwrap();
-        assert_eq!(forced.method, Method::Clone);
-        assert!(
-            forced.reason.contains("RBE_RUNNER_SPAWN=fallback"),
-            "{forced:?}"
-        );
-        let error = Method::choose(Some("clone4"), None).unwrap_err();
-        assert!(
-            error.to_string().contains("RBE_RUNNER_SPAWN=\"clone4\""),
-            "{error}"
-        );
-        match Method::choose(Some("clone3"), None) {
-            Ok(choice) => assert_eq!(choice.method, Method::Clone3),
-            Err(error) => assert!(matches!(error, ChoiceError::Clone3Required(_)), "{error}"),
-        }
-    }
-
-    #[test]
-    fn a_cgroup_that_cannot_be_opened_falls_back_with_the_reason() {
-        let choice = Method::choose(None, Some(Path::new("/nonexistent/cgroup"))).unwrap();
-        assert_eq!(choice.method, Method::Clone);
-        assert!(choice.reason.contains("/nonexistent/cgroup"), "{choice:?}");
     }
 
     #[test]

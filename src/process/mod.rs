@@ -1,22 +1,37 @@
 //! Spawning actions and stopping them.
 //!
+//! Creating a child, from the top down (none imports from one listed before
+//! it):
+//! - [`spawn`]: the front door: preparing a child from the action's
+//!   description and having it created, by the spawn server or here; and
+//!   choosing once, at startup, how children are created.
+//! - [`spawn_server`]: a small process of ours that creates actions'
+//!   processes as children of the runner, sparing the runner the copy.
+//! - [`child`]: the child between clone and exec (its cgroup, signals,
+//!   process group, descriptors, root, directory and identity, set up with
+//!   raw system calls), and creating it in this process.
+//! - [`clone`]: the mechanism only: `clone3` or glibc's `clone` with
+//!   `CLONE_VFORK`, the child's stack and the page it reports through.
+//! - [`spec`]: what a spawn is asked for and what it answers (the action's
+//!   description, the values prepared from it, the step that failed),
+//!   shared by the front door, the spawn server and the child.
+//!
+//! Around it:
 //! - [`lookup`]: finding the program in the request's PATH.
 //! - [`reaper`]: the single place that waits for children (exit status and
 //!   each child's own rusage), which also reaps adopted orphans.
-//! - [`spawn_server`]: a small process of ours that creates actions'
-//!   processes as children of the runner, sparing the runner the copy.
-//! - [`spawn`]: building the child: its directory, root, identity, process
-//!   group and descriptors, set up between fork and exec.
 //! - [`terminate`]: graceful termination of a process group.
 //! - [`privileges`]: whether the runner may do what its configuration asks
 //!   of the kernel (switching identity, chroot).
 
+pub mod child;
 pub mod clone;
 pub mod lookup;
 pub mod privileges;
 pub mod reaper;
 pub mod spawn;
 pub mod spawn_server;
+pub mod spec;
 pub mod terminate;
 
 use std::path::{Path, PathBuf};
@@ -81,7 +96,7 @@ pub enum OomScoreAdjError {
 }
 
 /// Lowers this process's `oom_score_adj` (file at `path`, normally
-/// [`spawn::DEFAULT_PROC_SELF_OOM_SCORE_ADJ`]) by
+/// [`child::DEFAULT_PROC_SELF_OOM_SCORE_ADJ`]) by
 /// [`RUNNER_OOM_SCORE_ADJ_OFFSET`], down to the floor of -1000. `None`
 /// when it already is at the floor. The caller decides how loudly to say
 /// what happened: how much a refusal matters depends on the deployment.

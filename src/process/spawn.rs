@@ -1,70 +1,25 @@
-//! Building an action's process: what happens between its creation and
-//! exec.
+//! The front door: starting an action's process.
 //!
-//! The child is created as a copy of its creator ([`super::clone`]): the
-//! spawn server ([`super::spawn_server`]), or the runner without one. It
-//! sets itself up with raw system calls on values prepared here: its
-//! cgroup (unless created in it), signal dispositions, process group,
-//! descriptors, `oom_score_adj`, root, directory and identity. A step that
-//! fails is written into the shared [`Report`], which the parent reads once
-//! it resumes: no pipe, no allocation in the child.
+//! [`spawn`] prepares everything the child needs from the action's
+//! [`ProcessSpec`] (C strings, descriptors, an empty stdin), asks the spawn
+//! server ([`super::spawn_server`]) to create the child, or creates it
+//! itself ([`super::child`]), and registers it with the reaper.
+//!
+//! [`choose_method`] decides once, at startup, which of the mechanisms in
+//! [`super::clone`] creates children: what [`SPAWN_ENVIRONMENT_VARIABLE`]
+//! asks for, and what a [`probe`] child shows this kernel and its seccomp
+//! profile allow. `clone.rs` only carries out the choice.
 
-use std::ffi::{c_void, CString};
-use std::fs::File;
+use std::ffi::c_void;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
 
-use super::clone::{self, Method, Report};
+use super::child::{create, Child};
+use super::clone::{self, Method};
 use super::reaper::{reaper, SpawnedChild};
 use super::spawn_server::{ServerGone, SpawnServer};
-
-/// The identity an action runs as (`runCommandsAs`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The user id set with `setuid`.
-    pub user_id: u32,
-    /// The primary group id set with `setgid`.
-    pub group_id: u32,
-    /// The supplementary groups set with `setgroups`; empty drops them all.
-    pub additional_group_ids: Vec<u32>,
-}
-
-/// Everything needed to start one action.
-#[derive(Debug)]
-pub struct ProcessSpec {
-    /// Path handed to execve: absolute, or relative to the working
-    /// directory (always containing a slash, so no PATH search happens).
-    pub program: String,
-    /// argv, including argv[0] exactly as the request gave it.
-    pub arguments: Vec<String>,
-    /// The complete environment.
-    pub environment: Vec<(String, String)>,
-    /// Directory the child starts in (`O_PATH` descriptor).
-    pub working_directory: OwnedFd,
-    /// When set, the child chroots into this directory first.
-    pub chroot_directory: Option<OwnedFd>,
-    /// When set, the child drops to this identity before exec.
-    pub identity: Option<Identity>,
-    /// The child's standard output (its standard input is an empty pipe).
-    pub stdout: File,
-    /// The child's standard error.
-    pub stderr: File,
-    /// The directory of the action's cgroup (opened for reading): the child
-    /// is created in it, or joins it before anything else, so no
-    /// instruction of the action runs outside.
-    pub cgroup: Option<OwnedFd>,
-    /// Value the child writes to its own `oom_score_adj` (the runner lowers
-    /// its own; actions get back what the runner started with).
-    pub oom_score_adj: Option<i32>,
-}
-
-/// Where a process sets its own OOM-killer preference. Opened by the child,
-/// so `self` is the child.
-pub const DEFAULT_PROC_SELF_OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
-
-/// [`DEFAULT_PROC_SELF_OOM_SCORE_ADJ`] for the child, which may not
-/// allocate a C string.
-const PROC_SELF_OOM_SCORE_ADJ: &std::ffi::CStr = c"/proc/self/oom_score_adj";
+use super::spec::{ExecArguments, OomScoreAdj, Parent, ProcessSpec, SpawnError, SpawnStep};
 
 /// Starts the process described by `spec` with `method`, as the leader of
 /// a new process group, registered with the reaper. The spawn server
@@ -152,418 +107,99 @@ pub fn spawn(
     Ok(holding.register(pid))
 }
 
-/// Whose child the new process is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parent {
-    /// The process creating it (the runner).
-    Creator,
-    /// The creator's parent (`CLONE_PARENT`): the spawn server creates
-    /// children of the runner.
-    CreatorsParent,
+/// The environment variable that overrides the choice of [`Method`]:
+/// `auto` (the default) uses clone3 where it works, `clone3` refuses to
+/// start without it, `fallback` always uses clone.
+pub const SPAWN_ENVIRONMENT_VARIABLE: &str = "RBE_RUNNER_SPAWN";
+
+/// The method chosen at startup, and why, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// How children will be created.
+    pub method: Method,
+    /// Why, in words for the startup log.
+    pub reason: String,
 }
 
-/// What creating a child gave.
-#[derive(Debug)]
-pub struct Created {
-    /// The child's pid, or why it could not be created.
-    pub pid: Result<i32, io::Error>,
-    /// The step that failed in the child, with its errno: the child has
-    /// then exited without executing the program.
-    pub failed: Option<(SpawnStep, i32)>,
-}
-
-/// Creates the child described by `child` with `method` in this process,
-/// and returns once it has exec'd or failed.
-pub(crate) fn create(child: &Child, method: Method, parent: Parent) -> Created {
-    let creator = match clone::creator() {
-        Ok(creator) => creator,
-        Err(error) => {
-            return Created {
-                pid: Err(error),
-                failed: None,
-            }
-        }
-    };
-    let child = Child {
-        joins_cgroup: match method {
-            Method::Clone3 => None,
-            Method::Clone => child.cgroup,
-        },
-        report: creator.report(),
-        ..*child
-    };
-    let created_in = match method {
-        Method::Clone3 => child.cgroup,
-        Method::Clone => None,
-    };
-    let previous = clone::block_all_signals();
-    // SAFETY: `Child::main` keeps the contract of `Creator::create` (raw
-    // system calls on values prepared above, no allocation, no locks, no
-    // unwinding), and `child` outlives the call, which returns only once
-    // the child has exec'd or exited.
-    let pid = unsafe {
-        creator.create(
-            method,
-            created_in,
-            parent == Parent::CreatorsParent,
-            Child::main,
-            &child as *const Child as *mut c_void,
-        )
-    };
-    clone::restore_signals(&previous);
-    let failed = match &pid {
-        Ok(_) => creator
-            .report()
-            .get()
-            .map(|(step, errno)| (SpawnStep::from_code(step), errno)),
-        Err(_) => None,
-    };
-    Created { pid, failed }
-}
-
-/// The value a child writes to its `oom_score_adj`, formatted before it is
-/// created (the child may not allocate).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct OomScoreAdj {
-    text: [u8; 12],
-    length: usize,
-}
-
-impl OomScoreAdj {
-    pub(crate) fn new(value: i32) -> Self {
-        let formatted = value.to_string();
-        let mut text = [0u8; 12];
-        let length = formatted.len().min(text.len());
-        text[..length].copy_from_slice(&formatted.as_bytes()[..length]);
-        OomScoreAdj { text, length }
-    }
-
-    pub(crate) fn value(&self) -> i32 {
-        std::str::from_utf8(&self.text[..self.length])
-            .ok()
-            .and_then(|text| text.parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.text[..self.length]
-    }
-}
-
-/// Everything the child uses, prepared before it is created, as raw
-/// descriptors and pointers into memory the creator keeps alive (it is
-/// suspended until the child has exec'd or exited).
-#[derive(Clone, Copy)]
-pub(crate) struct Child<'a> {
-    /// The directory of the action's cgroup.
-    pub(crate) cgroup: Option<RawFd>,
-    /// stdin, stdout and stderr, in that order.
-    pub(crate) standard: [RawFd; 3],
-    pub(crate) oom_score_adj: Option<OomScoreAdj>,
-    pub(crate) chroot_directory: Option<RawFd>,
-    pub(crate) working_directory: RawFd,
-    pub(crate) identity: Option<&'a Identity>,
-    pub(crate) exec: &'a ExecArguments,
-    /// Where a failed step is reported (shared with the creator).
-    report: *const Report,
-    /// The cgroup to join by writing `cgroup.procs`, when the child is not
-    /// created in it.
-    joins_cgroup: Option<RawFd>,
-}
-
-impl<'a> Child<'a> {
-    /// A child with these descriptors and values (see the fields).
-    pub(crate) fn new(
-        cgroup: Option<RawFd>,
-        standard: [RawFd; 3],
-        oom_score_adj: Option<OomScoreAdj>,
-        chroot_directory: Option<RawFd>,
-        working_directory: RawFd,
-        identity: Option<&'a Identity>,
-        exec: &'a ExecArguments,
-    ) -> Self {
-        Child {
-            cgroup,
-            standard,
-            oom_score_adj,
-            chroot_directory,
-            working_directory,
-            identity,
-            exec,
-            report: std::ptr::null(),
-            joins_cgroup: None,
-        }
-    }
-}
-
-/// Highest signal number (glibc's `NSIG - 1`, the real-time signals
-/// included).
-const LAST_SIGNAL: libc::c_int = 64;
-
-impl Child<'_> {
-    /// The child's code, on its own stack. Returns (becoming the exit
-    /// status) only when a step failed; the failure is written first.
-    extern "C" fn main(arg: *mut c_void) -> libc::c_int {
-        // SAFETY: `arg` is the `Child` the parent passed to
-        // `clone::create`, alive until the child has exec'd or exited.
-        let child = unsafe { &*(arg as *const Child) };
-        match child.set_up_and_exec() {
-            Ok(never) => match never {},
-            Err((step, errno)) => {
-                // SAFETY: the creator's shared report page, mapped for the
-                // life of the process.
-                unsafe { &*child.report }.set(step as u8, errno);
-                127
-            }
-        }
-    }
-
-    /// Only glibc wrappers that are plain system calls are used (no
-    /// `setuid`, whose wrapper would signal the copies of the runner's
-    /// threads it believes exist; raw system calls instead).
-    fn set_up_and_exec(&self) -> Result<std::convert::Infallible, (SpawnStep, i32)> {
-        // SAFETY (for the calls below): each is a system call on
-        // descriptors and pointers the parent keeps valid; none allocates
-        // or takes a lock.
-        unsafe {
-            if let Some(cgroup) = self.joins_cgroup {
-                let procs = libc::openat(
-                    cgroup,
-                    c"cgroup.procs".as_ptr(),
-                    libc::O_WRONLY | libc::O_CLOEXEC,
-                );
-                check(SpawnStep::JoinCgroup, procs)?;
-                // "0" moves the writing process: this child.
-                let written = libc::write(procs, b"0".as_ptr().cast(), 1);
-                libc::close(procs);
-                check(SpawnStep::JoinCgroup, written as libc::c_int)?;
-            }
-            reset_signal_handlers();
-            // The action leads its own process group, so that termination
-            // reaches every process it forked without touching the runner.
-            check(SpawnStep::Setup, libc::setpgid(0, 0))?;
-            for (target, &source) in self.standard.iter().enumerate() {
-                let target = target as RawFd;
-                // The runner's own 0, 1 and 2 are always open (Rust's
-                // runtime makes sure at startup), so no source is one of
-                // the targets and dup2 clears close-on-exec.
-                check(SpawnStep::Setup, libc::dup2(source, target))?;
-            }
-            if let Some(value) = &self.oom_score_adj {
-                let value = value.bytes();
-                let fd = libc::open(
-                    PROC_SELF_OOM_SCORE_ADJ.as_ptr(),
-                    libc::O_WRONLY | libc::O_CLOEXEC,
-                );
-                check(SpawnStep::OomScoreAdj, fd)?;
-                let written = libc::write(fd, value.as_ptr().cast(), value.len());
-                libc::close(fd);
-                check(SpawnStep::OomScoreAdj, written as libc::c_int)?;
-            }
-            if let Some(root) = self.chroot_directory {
-                check(SpawnStep::Chroot, libc::fchdir(root))?;
-                check(SpawnStep::Chroot, libc::chroot(c".".as_ptr()))?;
-            }
-            // After a chroot this descriptor still names the working
-            // directory, which lies inside the new root.
-            check(
-                SpawnStep::WorkingDirectory,
-                libc::fchdir(self.working_directory),
-            )?;
-            if let Some(identity) = self.identity {
-                // Groups first, then gid, then uid: after setuid we would
-                // no longer be allowed to change the others.
-                let groups = &identity.additional_group_ids;
-                let calls = [
-                    libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()),
-                    libc::syscall(libc::SYS_setgid, identity.group_id),
-                    libc::syscall(libc::SYS_setuid, identity.user_id),
-                ];
-                for result in calls {
-                    check(SpawnStep::Identity, result as libc::c_int)?;
-                }
-            }
-            // The parent blocked every signal before creating us.
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-            libc::execve(
-                self.exec.program.as_ptr(),
-                self.exec.argv(),
-                self.exec.envp(),
-            );
-            Err((SpawnStep::Exec, errno()))
-        }
-    }
-}
-
-/// Puts every signal the runner handles back to its default disposition,
-/// and SIGPIPE too (Rust's runtime ignores it, and ignored signals stay
-/// ignored across exec). Other ignored signals stay ignored, as they were
-/// when the runner was started.
-///
-/// # Safety
-/// For the child only: changes the calling process's dispositions.
-unsafe fn reset_signal_handlers() {
-    for signal in 1..=LAST_SIGNAL {
-        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: zeroed sigaction is a valid "default" disposition; the
-        // calls only read and write these locals.
-        unsafe {
-            let mut current: libc::sigaction = std::mem::zeroed();
-            // glibc's own signals (SIGCANCEL, SIGSETXID) fail with EINVAL
-            // and keep their value; nothing sends them to the child.
-            if libc::sigaction(signal, std::ptr::null(), &mut current) != 0 {
-                continue;
-            }
-            let handled =
-                current.sa_sigaction != libc::SIG_DFL && current.sa_sigaction != libc::SIG_IGN;
-            if handled || (signal == libc::SIGPIPE && current.sa_sigaction == libc::SIG_IGN) {
-                let default: libc::sigaction = std::mem::zeroed();
-                libc::sigaction(signal, &default, std::ptr::null_mut());
-            }
-        }
-    }
-}
-
-fn errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-/// `Err((step, errno))` when a system call returned -1.
-fn check(step: SpawnStep, result: libc::c_int) -> Result<(), (SpawnStep, i32)> {
-    if result == -1 {
-        Err((step, errno()))
-    } else {
-        Ok(())
-    }
-}
-
-/// The step between creating the child and exec that failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum SpawnStep {
-    /// Preparing the spawn, in the runner or in the child (its process
-    /// group and descriptors).
-    Setup = 1,
-    JoinCgroup = 2,
-    OomScoreAdj = 3,
-    Chroot = 4,
-    WorkingDirectory = 5,
-    Identity = 6,
-    /// The execve of the program itself.
-    Exec = 7,
-    /// Creating the child process.
-    Create = 8,
-}
-
-impl SpawnStep {
-    pub(crate) fn from_code(code: u8) -> Self {
-        match code {
-            1 => SpawnStep::Setup,
-            2 => SpawnStep::JoinCgroup,
-            3 => SpawnStep::OomScoreAdj,
-            4 => SpawnStep::Chroot,
-            5 => SpawnStep::WorkingDirectory,
-            6 => SpawnStep::Identity,
-            8 => SpawnStep::Create,
-            _ => SpawnStep::Exec,
-        }
-    }
-}
-
-impl std::fmt::Display for SpawnStep {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SpawnStep::Setup => "preparing the spawn",
-            SpawnStep::JoinCgroup => "moving the action into its cgroup",
-            SpawnStep::OomScoreAdj => "setting the action's oom_score_adj",
-            SpawnStep::Chroot => "chrooting into the input root",
-            SpawnStep::WorkingDirectory => "entering the working directory",
-            SpawnStep::Identity => "switching to runCommandsAs's identity",
-            SpawnStep::Exec => "executing the program",
-            SpawnStep::Create => "creating the process",
-        })
-    }
-}
-
-/// A failed spawn: which step, and the error.
+/// Why no method could be chosen.
 #[derive(Debug, thiserror::Error)]
-#[error("{step}: {source}")]
-pub struct SpawnError {
-    /// The step of preparing the child that failed.
-    pub step: SpawnStep,
-    /// The error that step got from the kernel.
-    #[source]
-    pub source: io::Error,
+pub enum ChoiceError {
+    /// The environment variable has a value we do not know.
+    #[error("RBE_RUNNER_SPAWN={0}: expected auto, clone3 or fallback")]
+    UnknownSetting(String),
+    /// `clone3` was required and does not work here.
+    #[error("RBE_RUNNER_SPAWN=clone3, but clone3 cannot create children here: {0}")]
+    Clone3Required(String),
 }
 
-/// NUL-terminated argv and envp arrays, built before the child is created
-/// so that it allocates nothing. Pointers are stored as `usize` (same size and
-/// representation on Linux) so that the closure owning them is Send.
-pub(crate) struct ExecArguments {
-    pub(crate) program: CString,
-    pub(crate) arguments: Vec<CString>,
-    pub(crate) environment: Vec<CString>,
-    argv: Vec<usize>,
-    envp: Vec<usize>,
-}
-
-impl ExecArguments {
-    fn new(spec: &ProcessSpec) -> io::Result<Self> {
-        let cstring = |text: String| {
-            CString::new(text).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "argument or environment contains NUL",
-                )
+/// Chooses how to create children from `setting` (the value of
+/// [`SPAWN_ENVIRONMENT_VARIABLE`]) by trying clone3 once, placing the
+/// test child into `cgroup` (a directory where the runner's children
+/// may be placed, such as the runner's own cgroup) when actions will
+/// be placed into cgroups: a kernel older than 5.7 has clone3 without
+/// `CLONE_INTO_CGROUP`.
+pub fn choose_method(setting: Option<&str>, cgroup: Option<&Path>) -> Result<Choice, ChoiceError> {
+    let required = match setting.unwrap_or("auto") {
+        "auto" | "" => false,
+        "clone3" => true,
+        "fallback" => {
+            return Ok(Choice {
+                method: Method::Clone,
+                reason: format!("forced by {SPAWN_ENVIRONMENT_VARIABLE}=fallback"),
             })
-        };
-        let program = cstring(spec.program.clone())?;
-        let arguments = spec
-            .arguments
-            .iter()
-            .map(|argument| cstring(argument.clone()))
-            .collect::<io::Result<Vec<_>>>()?;
-        let environment = spec
-            .environment
-            .iter()
-            .map(|(key, value)| cstring(format!("{key}={value}")))
-            .collect::<io::Result<Vec<_>>>()?;
-        Ok(Self::of(program, arguments, environment))
-    }
-
-    /// The vectors of `arguments` and `environment` (`KEY=VALUE`).
-    pub(crate) fn of(program: CString, arguments: Vec<CString>, environment: Vec<CString>) -> Self {
-        // Moving a CString does not move its heap buffer, so these pointers
-        // stay valid for as long as the strings live.
-        let pointers = |strings: &[CString]| {
-            strings
-                .iter()
-                .map(|s| s.as_ptr() as usize)
-                .chain(std::iter::once(0))
-                .collect::<Vec<usize>>()
-        };
-        let argv = pointers(&arguments);
-        let envp = pointers(&environment);
-        ExecArguments {
-            program,
-            arguments,
-            environment,
-            argv,
-            envp,
         }
+        other => {
+            return Err(ChoiceError::UnknownSetting(
+                crate::bounded::quoted(other).to_string(),
+            ))
+        }
+    };
+    let tried = match cgroup {
+        Some(path) => std::fs::File::open(path)
+            .map_err(|error| format!("cannot open {}: {error}", path.display()))
+            .and_then(|directory| {
+                probe(Method::Clone3, Some(directory.as_raw_fd()))
+                    .map_err(|error| format!("clone3 into {}: {error}", path.display()))
+            }),
+        None => probe(Method::Clone3, None).map_err(|error| format!("clone3: {error}")),
+    };
+    match tried {
+        Ok(()) => Ok(Choice {
+            method: Method::Clone3,
+            reason: match cgroup {
+                Some(_) => "clone3 works here, placing children into their cgroups".into(),
+                None => "clone3 works here".into(),
+            },
+        }),
+        Err(error) if required => Err(ChoiceError::Clone3Required(error)),
+        Err(error) => Ok(Choice {
+            method: Method::Clone,
+            reason: format!(
+                "clone3 is unavailable ({error}); children join their cgroups themselves"
+            ),
+        }),
     }
+}
 
-    fn argv(&self) -> *const *const libc::c_char {
-        self.argv.as_ptr() as *const *const libc::c_char
+/// Whether `method` can create children here, tried with a child that
+/// exits at once (placed into the cgroup open as `cgroup` when given, as
+/// actions will be). The child is reaped here, with the reaper held off.
+pub fn probe(method: Method, cgroup: Option<RawFd>) -> io::Result<()> {
+    extern "C" fn exit_at_once(_: *mut c_void) -> libc::c_int {
+        0
     }
-
-    fn envp(&self) -> *const *const libc::c_char {
-        self.envp.as_ptr() as *const *const libc::c_char
-    }
+    let _children = reaper().holding_children();
+    let creator = clone::creator()?;
+    let previous = clone::block_all_signals();
+    // SAFETY: the child only returns 0; nothing is passed to it.
+    let created =
+        unsafe { creator.create(method, cgroup, false, exit_at_once, std::ptr::null_mut()) };
+    clone::restore_signals(&previous);
+    let pid = created?;
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is a valid local.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    Ok(())
 }
 
 #[cfg(test)]
@@ -584,8 +220,8 @@ mod tests {
             working_directory,
             chroot_directory: None,
             identity: None,
-            stdout: File::create(dir.join("stdout")).unwrap(),
-            stderr: File::create(dir.join("stderr")).unwrap(),
+            stdout: std::fs::File::create(dir.join("stdout")).unwrap(),
+            stderr: std::fs::File::create(dir.join("stderr")).unwrap(),
             cgroup: None,
             oom_score_adj: None,
         }
@@ -598,7 +234,7 @@ mod tests {
     /// machine has it (said loudly otherwise, and refused under CI).
     fn methods() -> Vec<Method> {
         let mut methods = vec![Method::Clone];
-        match clone::probe(Method::Clone3, None) {
+        match probe(Method::Clone3, None) {
             Ok(()) => methods.push(Method::Clone3),
             Err(error) if std::env::var_os("CI").is_some() => {
                 panic!("CI must test the clone3 path, unavailable here: {error}")
@@ -705,5 +341,33 @@ mod tests {
             assert_eq!(lines[3], pid.to_string(), "{method}: {output}");
             assert_eq!(lines[4], "end", "{method}: {output}");
         }
+    }
+
+    /// Why it matters: CI forces the fallback with the variable to test
+    /// both paths, and a typo must not silently pick one.
+    #[test]
+    fn the_setting_forces_or_requires_a_method_and_typos_are_refused() {
+        let forced = choose_method(Some("fallback"), None).unwrap();
+        assert_eq!(forced.method, Method::Clone);
+        assert!(
+            forced.reason.contains("RBE_RUNNER_SPAWN=fallback"),
+            "{forced:?}"
+        );
+        let error = choose_method(Some("clone4"), None).unwrap_err();
+        assert!(
+            error.to_string().contains("RBE_RUNNER_SPAWN=\"clone4\""),
+            "{error}"
+        );
+        match choose_method(Some("clone3"), None) {
+            Ok(choice) => assert_eq!(choice.method, Method::Clone3),
+            Err(error) => assert!(matches!(error, ChoiceError::Clone3Required(_)), "{error}"),
+        }
+    }
+
+    #[test]
+    fn a_cgroup_that_cannot_be_opened_falls_back_with_the_reason() {
+        let choice = choose_method(None, Some(Path::new("/nonexistent/cgroup"))).unwrap();
+        assert_eq!(choice.method, Method::Clone);
+        assert!(choice.reason.contains("/nonexistent/cgroup"), "{choice:?}");
     }
 }

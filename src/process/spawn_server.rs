@@ -30,8 +30,9 @@ use std::sync::Mutex;
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 
+use super::child::{create, Child};
 use super::clone::Method;
-use super::spawn::{create, Child, Created, ExecArguments, Identity, OomScoreAdj, Parent};
+use super::spec::{Created, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
 
 /// This executable, as the kernel knows it: still there when the file was
 /// replaced since (`rbe-runner install` over a running copy).
@@ -338,7 +339,7 @@ fn decode_reply(reply: &[u8; 12]) -> Created {
         } else {
             Err(io::Error::from_raw_os_error(-pid))
         },
-        failed: (reply[4] != 0).then(|| (super::spawn::SpawnStep::from_code(reply[4]), errno)),
+        failed: (reply[4] != 0).then(|| (SpawnStep::from_code(reply[4]), errno)),
     }
 }
 
@@ -630,14 +631,11 @@ mod tests {
     fn a_reply_carries_the_pid_or_the_errno_and_the_failed_step() {
         let created = Created {
             pid: Ok(4242),
-            failed: Some((super::super::spawn::SpawnStep::Chroot, libc::EPERM)),
+            failed: Some((SpawnStep::Chroot, libc::EPERM)),
         };
         let decoded = decode_reply(&encode_reply(&created));
         assert_eq!(decoded.pid.unwrap(), 4242);
-        assert_eq!(
-            decoded.failed,
-            Some((super::super::spawn::SpawnStep::Chroot, libc::EPERM))
-        );
+        assert_eq!(decoded.failed, Some((SpawnStep::Chroot, libc::EPERM)));
         let refused = Created {
             pid: Err(io::Error::from_raw_os_error(libc::EAGAIN)),
             failed: None,

@@ -29,9 +29,10 @@ use tokio::task::JoinHandle;
 use crate::action::observer::{CleanerFinished, Observer};
 use crate::action::ActionsRunning;
 use crate::cleaner::Cleaner;
+use crate::fault::RunnerError;
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 
-use super::{CallContext, Runner, RunnerError, SharedRunner};
+use super::{CallContext, Runner, SharedRunner};
 
 /// Wraps `base` so that `cleaners` run, in the given order, whenever the
 /// number of calls in flight goes from 0 to 1 or from 1 to 0. A failing

@@ -18,9 +18,10 @@ use tokio::sync::oneshot;
 use crate::action::prepare::check_request;
 use crate::action::{Actions, CallGone, PlacementPolicy};
 use crate::build_directory::{BuildDirectory, PathError};
+use crate::fault::{blocking, RunnerError};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 
-use super::{blocking, CallContext, Runner, RunnerError};
+use super::{CallContext, Runner};
 
 /// Runs actions as child processes. See the module documentation.
 pub struct LocalRunner {

@@ -11,9 +11,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::action::observer::{Refusal, RunnerStateReporter};
+use crate::fault::{blocking, RunnerError};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 
-use super::{blocking, CallContext, Runner, RunnerError, SharedRunner};
+use super::{CallContext, Runner, SharedRunner};
 
 /// Wraps `base` so that CheckReadiness first requires every path in
 /// `pathnames` to exist (stat, following symlinks), and a Run that exits

@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::build_directory::BuildDirectory;
+use crate::fault::{blocking, RunnerError};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 
 use crate::action::ActionsRunning;
 
-use super::{blocking, CallContext};
-use super::{Runner, RunnerError, SharedRunner};
+use super::{CallContext, Runner, SharedRunner};
 
 /// Where the symlink points while the runner is idle and CheckReadiness
 /// probes that it can be replaced: nowhere, so that a process outside any

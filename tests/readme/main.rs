@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use common::TestRunner;
-use rbe_runner::fault::Fault;
-use rbe_runner::runner::RunnerError;
+use rbe_runner::fault::{Fault, RunnerError};
 
 /// The repository this test was built from.
 fn repository() -> &'static Path {

@@ -39,13 +39,14 @@ use crate::cgroup::action::{kill_and_remove, ActionCgroupManager, ACTIONS_DIRECT
 use crate::cgroup::host::mount_point_of;
 use crate::cgroup::test_support::{fake_cgroup, memory_events_text, pressure_text, write_files};
 use crate::cgroup::{locate_own_cgroup, DEFAULT_PROC_SELF_CGROUP, DEFAULT_PROC_SELF_MOUNTINFO};
+use crate::fault::RunnerError;
 use crate::process::clone::Method as SpawnMethod;
 use crate::process::reaper::{ChildExit, SpawnedChild};
-use crate::process::spawn::{ProcessSpec, SpawnError, SpawnStep};
+use crate::process::spec::{ProcessSpec, SpawnError, SpawnStep};
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 use crate::proto::runner::{RunRequest, RunResponse};
 use crate::runner::local::LocalRunner;
-use crate::runner::{CallContext, Runner, RunnerError};
+use crate::runner::{CallContext, Runner};
 use crate::sync::lock_unpoisoned;
 
 /// The pid of every fake action: above 2^22, Linux's largest possible

@@ -1,0 +1,300 @@
+//! The child between its creation and exec, and creating it in this
+//! process.
+//!
+//! The child is created as a copy of its creator ([`super::clone`]): the
+//! spawn server ([`super::spawn_server`]), or the runner without one. It
+//! sets itself up with raw system calls on values prepared beforehand: its
+//! cgroup (unless created in it), signal dispositions, process group,
+//! descriptors, `oom_score_adj`, root, directory and identity. A step that
+//! fails is written into the shared [`Report`], which the parent reads once
+//! it resumes: no pipe, no allocation in the child.
+
+use std::ffi::c_void;
+use std::io;
+use std::os::fd::RawFd;
+
+use super::clone::{self, Method, Report};
+use super::spec::{Created, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
+
+/// Where a process sets its own OOM-killer preference. Opened by the child,
+/// so `self` is the child.
+pub const DEFAULT_PROC_SELF_OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
+
+/// [`DEFAULT_PROC_SELF_OOM_SCORE_ADJ`] for the child, which may not
+/// allocate a C string.
+const PROC_SELF_OOM_SCORE_ADJ: &std::ffi::CStr = c"/proc/self/oom_score_adj";
+
+/// Creates the child described by `child` with `method` in this process,
+/// and returns once it has exec'd or failed.
+pub(crate) fn create(child: &Child, method: Method, parent: Parent) -> Created {
+    let creator = match clone::creator() {
+        Ok(creator) => creator,
+        Err(error) => {
+            return Created {
+                pid: Err(error),
+                failed: None,
+            }
+        }
+    };
+    let argument = ChildArgument {
+        child: *child,
+        report: creator.report(),
+        joins_cgroup: match method {
+            Method::Clone3 => None,
+            Method::Clone => child.cgroup,
+        },
+    };
+    let created_in = match method {
+        Method::Clone3 => child.cgroup,
+        Method::Clone => None,
+    };
+    let previous = clone::block_all_signals();
+    // SAFETY: `ChildArgument::main` keeps the contract of `Creator::create`
+    // (raw system calls on values prepared above, no allocation, no locks,
+    // no unwinding), and `argument` outlives the call, which returns only
+    // once the child has exec'd or exited.
+    let pid = unsafe {
+        creator.create(
+            method,
+            created_in,
+            parent == Parent::CreatorsParent,
+            ChildArgument::main,
+            &argument as *const ChildArgument as *mut c_void,
+        )
+    };
+    clone::restore_signals(&previous);
+    let failed = match &pid {
+        Ok(_) => creator
+            .report()
+            .get()
+            .map(|(step, errno)| (SpawnStep::from_code(step), errno)),
+        Err(_) => None,
+    };
+    Created { pid, failed }
+}
+
+/// Everything the child uses, prepared before it is created, as raw
+/// descriptors and pointers into memory the creator keeps alive (it is
+/// suspended until the child has exec'd or exited).
+#[derive(Clone, Copy)]
+pub(crate) struct Child<'a> {
+    /// The directory of the action's cgroup.
+    pub(crate) cgroup: Option<RawFd>,
+    /// stdin, stdout and stderr, in that order.
+    pub(crate) standard: [RawFd; 3],
+    pub(crate) oom_score_adj: Option<OomScoreAdj>,
+    pub(crate) chroot_directory: Option<RawFd>,
+    pub(crate) working_directory: RawFd,
+    pub(crate) identity: Option<&'a Identity>,
+    pub(crate) exec: &'a ExecArguments,
+}
+
+impl<'a> Child<'a> {
+    /// A child with these descriptors and values (see the fields).
+    pub(crate) fn new(
+        cgroup: Option<RawFd>,
+        standard: [RawFd; 3],
+        oom_score_adj: Option<OomScoreAdj>,
+        chroot_directory: Option<RawFd>,
+        working_directory: RawFd,
+        identity: Option<&'a Identity>,
+        exec: &'a ExecArguments,
+    ) -> Self {
+        Child {
+            cgroup,
+            standard,
+            oom_score_adj,
+            chroot_directory,
+            working_directory,
+            identity,
+            exec,
+        }
+    }
+}
+
+/// What the child's code is handed: the child, and what only the process
+/// creating it knows. Built by [`create`] on its own stack, which the child
+/// sees as it was when it was created (its memory is a copy).
+struct ChildArgument<'a> {
+    child: Child<'a>,
+    /// Where a failed step is reported: the creator's page, shared with
+    /// the child. A reference, so never null.
+    report: &'a Report,
+    /// The cgroup to join by writing `cgroup.procs`, when the child is not
+    /// created in it.
+    joins_cgroup: Option<RawFd>,
+}
+
+/// Highest signal number (glibc's `NSIG - 1`, the real-time signals
+/// included).
+const LAST_SIGNAL: libc::c_int = 64;
+
+// Everything below runs in the child, between its creation and exec: raw
+// system calls on values prepared beforehand, no allocation, no lock, no
+// unwinding (see `Creator::create`). Each `unsafe` block is one call; its
+// SAFETY comment names what the call relies on.
+
+impl ChildArgument<'_> {
+    /// The child's code, on its own stack. Returns (becoming the exit
+    /// status) only when a step failed; the failure is written first.
+    extern "C" fn main(arg: *mut c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `ChildArgument` that `create` passed to
+        // `Creator::create`, non-null and aligned; the child's memory is a
+        // copy of its creator's, so it stays valid for the child's life.
+        let argument = unsafe { &*(arg as *const ChildArgument) };
+        match argument.set_up_and_exec() {
+            Ok(never) => match never {},
+            Err((step, errno)) => {
+                argument.report.set(step as u8, errno);
+                127
+            }
+        }
+    }
+
+    /// Only glibc wrappers that are plain system calls are used (no
+    /// `setuid`, whose wrapper would signal the copies of the runner's
+    /// threads it believes exist; raw system calls instead). Every
+    /// descriptor and pointer used is the creator's, which is suspended and
+    /// keeps them open and alive until the child has exec'd or exited.
+    fn set_up_and_exec(&self) -> Result<std::convert::Infallible, (SpawnStep, i32)> {
+        let child = &self.child;
+        if let Some(cgroup) = self.joins_cgroup {
+            // "0" moves the writing process: this child.
+            write_file(cgroup, c"cgroup.procs", b"0", SpawnStep::JoinCgroup)?;
+        }
+        // SAFETY: this is the child, a single thread whose dispositions are
+        // its own (created without CLONE_SIGHAND), not its creator's.
+        unsafe { reset_signal_handlers() };
+        // The action leads its own process group, so that termination
+        // reaches every process it forked without touching the runner.
+        // SAFETY: setpgid takes only numbers; no memory is passed.
+        check(SpawnStep::Setup, unsafe { libc::setpgid(0, 0) })?;
+        for (target, &source) in child.standard.iter().enumerate() {
+            let target = target as RawFd;
+            // The runner's own 0, 1 and 2 are always open (Rust's
+            // runtime makes sure at startup), so no source is one of
+            // the targets and dup2 clears close-on-exec.
+            // SAFETY: dup2 takes only descriptor numbers; nothing in the
+            // child uses the replaced 0, 1 and 2 before exec.
+            check(SpawnStep::Setup, unsafe { libc::dup2(source, target) })?;
+        }
+        if let Some(value) = &child.oom_score_adj {
+            write_file(
+                libc::AT_FDCWD,
+                PROC_SELF_OOM_SCORE_ADJ,
+                value.bytes(),
+                SpawnStep::OomScoreAdj,
+            )?;
+        }
+        if let Some(root) = child.chroot_directory {
+            // SAFETY: fchdir takes only a descriptor number (the creator's
+            // open root).
+            check(SpawnStep::Chroot, unsafe { libc::fchdir(root) })?;
+            // SAFETY: the path is a NUL-terminated literal.
+            check(SpawnStep::Chroot, unsafe { libc::chroot(c".".as_ptr()) })?;
+        }
+        // After a chroot this descriptor still names the working
+        // directory, which lies inside the new root.
+        // SAFETY: fchdir takes only a descriptor number (the creator's open
+        // working directory).
+        let entered = unsafe { libc::fchdir(child.working_directory) };
+        check(SpawnStep::WorkingDirectory, entered)?;
+        if let Some(identity) = child.identity {
+            // Groups first, then gid, then uid: after setuid we would
+            // no longer be allowed to change the others.
+            let groups = &identity.additional_group_ids;
+            let calls = [
+                // SAFETY: `groups` points to `groups.len()` group ids (u32,
+                // the kernel's gid_t) that the creator keeps alive; the
+                // kernel only reads them.
+                unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) },
+                // SAFETY: setgid takes only a number.
+                unsafe { libc::syscall(libc::SYS_setgid, identity.group_id) },
+                // SAFETY: setuid takes only a number.
+                unsafe { libc::syscall(libc::SYS_setuid, identity.user_id) },
+            ];
+            for result in calls {
+                check(SpawnStep::Identity, result as libc::c_int)?;
+            }
+        }
+        // The parent blocked every signal before creating us.
+        // SAFETY: all-zero bytes are a valid `sigset_t` (plain integers).
+        let mut none: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: sigemptyset writes only `none`, a valid local.
+        unsafe { libc::sigemptyset(&mut none) };
+        // SAFETY: sigprocmask reads only `none`; a null old set is allowed.
+        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) };
+        let exec = child.exec;
+        // SAFETY: the program is a NUL-terminated string and argv and envp
+        // null-terminated arrays of them, all built by `ExecArguments`
+        // before the child was created and kept alive by the creator.
+        unsafe { libc::execve(exec.program.as_ptr(), exec.argv(), exec.envp()) };
+        Err((SpawnStep::Exec, errno()))
+    }
+}
+
+/// Writes `bytes` into the file at `path` beneath `directory`
+/// (`AT_FDCWD`, or an open directory), as `step`.
+fn write_file(
+    directory: RawFd,
+    path: &std::ffi::CStr,
+    bytes: &[u8],
+    step: SpawnStep,
+) -> Result<(), (SpawnStep, i32)> {
+    // SAFETY: `path` is NUL-terminated; `directory` is a number the kernel
+    // checks.
+    let fd = unsafe { libc::openat(directory, path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    check(step, fd)?;
+    // SAFETY: the kernel reads `bytes.len()` bytes from a live slice.
+    let written = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    // SAFETY: `fd` was opened above and nothing else refers to it.
+    unsafe { libc::close(fd) };
+    check(step, written as libc::c_int)
+}
+
+/// Puts every signal the runner handles back to its default disposition,
+/// and SIGPIPE too (Rust's runtime ignores it, and ignored signals stay
+/// ignored across exec). Other ignored signals stay ignored, as they were
+/// when the runner was started.
+///
+/// # Safety
+/// For the child only: changes the calling process's dispositions.
+unsafe fn reset_signal_handlers() {
+    // SAFETY: all-zero bytes are a valid `sigaction`: SIG_DFL, no flags,
+    // an empty mask.
+    let default: libc::sigaction = unsafe { std::mem::zeroed() };
+    for signal in 1..=LAST_SIGNAL {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: all-zero bytes are a valid `sigaction`.
+        let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+        // glibc's own signals (SIGCANCEL, SIGSETXID) fail with EINVAL
+        // and keep their value; nothing sends them to the child.
+        // SAFETY: with a null new action, sigaction only writes the current
+        // one into `current`, a valid local.
+        if unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) } != 0 {
+            continue;
+        }
+        let handled =
+            current.sa_sigaction != libc::SIG_DFL && current.sa_sigaction != libc::SIG_IGN;
+        if handled || (signal == libc::SIGPIPE && current.sa_sigaction == libc::SIG_IGN) {
+            // SAFETY: sigaction reads only `default`, a valid local; changing
+            // this process's dispositions is what the caller allows.
+            unsafe { libc::sigaction(signal, &default, std::ptr::null_mut()) };
+        }
+    }
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// `Err((step, errno))` when a system call returned -1.
+fn check(step: SpawnStep, result: libc::c_int) -> Result<(), (SpawnStep, i32)> {
+    if result == -1 {
+        Err((step, errno()))
+    } else {
+        Ok(())
+    }
+}
