@@ -22,6 +22,7 @@
 //! - [`client`]: the operator CLI's client side (`rbe-runner exec`).
 //! - [`install`]: `rbe-runner install`, copying the runner into a pod's shared volume.
 //! - [`sync`]: locking state that a panic cannot leave inconsistent.
+//! - `test_support` (unit tests only): the one way a test skips, shared with `tests/`.
 
 pub mod action;
 pub mod bounded;
@@ -45,3 +46,5 @@ pub mod request_decoding;
 pub mod runner;
 pub mod server;
 pub mod sync;
+#[cfg(test)]
+mod test_support;
