@@ -52,8 +52,10 @@ pub fn skip(test: &str, reason: &str) {
         );
     }
     // Straight to the descriptor: eprintln! would be captured by the test
-    // harness and never shown for a test that returns normally.
-    let _ = writeln!(std::io::stderr(), "SKIPPED ({reason}): {test}");
+    // harness and never shown for a test that returns normally. One write,
+    // so that the harness's own lines do not land in the middle.
+    let line = format!("SKIPPED ({reason}): {test}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// Whether a test that needs root may go on; if not, it has been skipped
