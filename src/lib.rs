@@ -21,6 +21,7 @@
 //! - [`listener`]: the connection edge: socket files, handshake limit, `:authority` rewriting, deadlines.
 //! - [`bounded`]: request values quoted in error messages, bounded in length.
 //! - [`sync`]: locking state that a panic cannot leave inconsistent.
+//! - `test_support` (unit tests only): the one way a test skips, shared with `tests/`.
 //!
 //! The operator's tools:
 //! - [`cli`]: the commands other than serving, one file each: `check-config`, `install`, `exec`, `watch`, `report`.
@@ -46,3 +47,5 @@ pub mod request_decoding;
 pub mod runner;
 pub mod server;
 pub mod sync;
+#[cfg(test)]
+mod test_support;

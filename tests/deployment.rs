@@ -457,11 +457,10 @@ fn static_busybox(test: &str) -> Option<PathBuf> {
     if is_static {
         return Some(busybox);
     }
-    let reason = "needs a static /bin/busybox: apt-get install busybox-static";
-    if std::env::var_os("CI").is_some() {
-        panic!("{test} {reason}, and CI must not skip it");
-    }
-    eprintln!("SKIPPED ({reason}): {test}");
+    skip(
+        test,
+        "needs a static /bin/busybox: apt-get install busybox-static",
+    );
     None
 }
 
@@ -563,7 +562,11 @@ fn deployment_files_validate() {
     let stderr = stderr_of(&output);
     eprintln!("{stderr}");
     assert!(output.status.success(), "tests/deploy/validate failed");
-    if stderr.contains("SKIPPED") {
-        eprintln!("SKIPPED (some deployment checks, see above): deployment_files_validate");
+    // The validator skips a check whose tool is missing (and fails under
+    // CI); each such check is a skip of this test.
+    for line in stderr.lines() {
+        if let Some((_, missing)) = line.split_once("SKIPPED: ") {
+            skip("deployment_files_validate", missing);
+        }
     }
 }

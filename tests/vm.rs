@@ -6,6 +6,7 @@
 //! skips them with one line on stderr; under `CI=true` they fail instead.
 //! The VM runs one test at a time.
 
+mod common;
 #[path = "vm/harness.rs"]
 mod harness;
 

@@ -391,14 +391,9 @@ mod tests {
     /// Needs root to start a process as another user.
     #[tokio::test]
     async fn kills_a_real_leftover_of_the_actions_user_and_waits_for_it() {
-        if !nix::unistd::geteuid().is_root() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must run this test as root"
-            );
-            eprintln!(
-                "SKIPPED (needs root): kills_a_real_leftover_of_the_actions_user_and_waits_for_it"
-            );
+        if !crate::test_support::running_as_root(
+            "kills_a_real_leftover_of_the_actions_user_and_waits_for_it",
+        ) {
             return;
         }
         // A uid no other test uses, so that nothing else can be selected.

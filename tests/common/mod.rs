@@ -18,6 +18,12 @@ use rbe_runner::proto::runner::{RunRequest, RunResponse};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
+// The one way a test skips, shared with the crate's unit tests.
+#[path = "../../src/test_support/skip.rs"]
+mod skip;
+#[allow(unused_imports)] // like the rest of this module, used by some binaries
+pub use skip::{running_as_root, skip};
+
 /// How long a test waits for the runner to report that it serves.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -320,8 +326,7 @@ pub fn merge(base: &mut Value, extra: Value) {
 
 /// The python of the test virtualenv (Python's grpcio, gRPC C-core, and
 /// its protobuf runtime), made by tests/python/setup-venv on first use.
-/// When it cannot be made: `None` with a loud SKIPPED line, except under
-/// CI, which must not skip.
+/// When it cannot be made: `None`, the test skipped with [`skip`].
 pub fn test_python(test: &str) -> Option<PathBuf> {
     static PYTHON: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     let python = PYTHON.get_or_init(|| {
@@ -341,27 +346,14 @@ pub fn test_python(test: &str) -> Option<PathBuf> {
     });
     match python {
         Ok(python) => Some(python.clone()),
-        Err(err) if std::env::var_os("CI").is_some() => {
-            panic!("{test} needs the Python test virtualenv, and CI must not skip it: {err}")
-        }
         Err(err) => {
-            eprintln!("SKIPPED (cannot make the Python test virtualenv: {err}): {test}");
+            skip(
+                test,
+                &format!("cannot make the Python test virtualenv: {err}"),
+            );
             None
         }
     }
-}
-
-/// Whether a test that needs root may go on. Not root: prints a loud
-/// SKIPPED line and returns false, except under CI, which must not skip.
-pub fn running_as_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test} needs root, and CI must not skip it");
-    }
-    eprintln!("SKIPPED (needs root): {test}");
-    false
 }
 
 /// The lowest descriptor number `pid` does not have open: with its
