@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::client::{self, ClientError, Target};
 use super::usage_json::any_json;
-use super::{target, USAGE};
+use super::{run_client, Arguments, TargetFlags, USAGE};
 use crate::config;
 use crate::proto::resourceusage::PosixResourceUsage;
 use crate::proto::runner::{RunRequest, RunResponse};
@@ -33,44 +33,39 @@ struct ExecArgs {
 const EXEC_DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 fn parse_exec_args(args: &[String]) -> anyhow::Result<ExecArgs> {
-    let mut socket = None;
-    let mut address = None;
+    let mut target = TargetFlags::default();
     let mut build_dir = None;
     let mut environment = Vec::new();
     let mut timeout = None;
-    let mut iter = args.iter();
+    let mut args = Arguments::new(args);
     let mut command = Vec::new();
-    while let Some(arg) = iter.next() {
-        let mut value = |name: &str| {
-            iter.next()
-                .cloned()
-                .with_context(|| format!("{name} needs a value"))
-        };
-        match arg.as_str() {
-            "--socket" => socket = Some(PathBuf::from(value("--socket")?)),
-            "--address" => address = Some(value("--address")?),
-            "--build-dir" => build_dir = Some(PathBuf::from(value("--build-dir")?)),
+    while let Some(flag) = args.next_flag() {
+        if target.take(flag, &mut args)? {
+            continue;
+        }
+        match flag {
+            "--build-dir" => build_dir = Some(PathBuf::from(args.value(flag)?)),
             "--env" => {
-                let pair = value("--env")?;
+                let pair = args.value(flag)?;
                 let (key, val) = pair
                     .split_once('=')
                     .with_context(|| format!("--env {pair:?} is not of the form K=V"))?;
                 environment.push((key.to_string(), val.to_string()));
             }
             "--timeout" => {
-                let text = value("--timeout")?;
+                let text = args.value(flag)?;
                 let duration = config::parse_duration(&text)
                     .map_err(|err| anyhow::anyhow!("--timeout {text:?}: {err}"))?;
                 timeout = Some(duration);
             }
             "--" => {
-                command = iter.cloned().collect();
+                command = args.remaining();
                 break;
             }
             other => bail!("exec: unknown argument {other:?}\n{USAGE}"),
         }
     }
-    let target = target("exec", socket, address)?;
+    let target = target.target("exec")?;
     let build_dir = build_dir.context("exec needs --build-dir (the runner's build directory)")?;
     if command.is_empty() {
         bail!("exec needs a command after --\n{USAGE}");
@@ -97,17 +92,7 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("rbe-runner exec: cannot start the async runtime: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = runtime.block_on(async {
+    let result = run_client(async {
         let action = ActionDirectory::create(&args.build_dir)?;
         let request = action.request(args.command, args.environment);
         let response = run(&args.target, request, args.timeout).await?;

@@ -22,7 +22,7 @@ pub mod watch;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
 use client::Target;
 
@@ -55,15 +55,72 @@ fn status(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// The runner to talk to, from `--socket` or `--address` (exactly one).
-fn target(
-    command: &str,
+/// The arguments after a command's name, taken one flag at a time.
+struct Arguments<'a> {
+    rest: std::slice::Iter<'a, String>,
+}
+
+impl<'a> Arguments<'a> {
+    fn new(args: &'a [String]) -> Self {
+        Arguments { rest: args.iter() }
+    }
+
+    /// The next flag (or word).
+    fn next_flag(&mut self) -> Option<&'a str> {
+        self.rest.next().map(String::as_str)
+    }
+
+    /// The value that must follow `flag`.
+    fn value(&mut self, flag: &str) -> anyhow::Result<String> {
+        self.rest
+            .next()
+            .cloned()
+            .with_context(|| format!("{flag} needs a value"))
+    }
+
+    /// Everything not taken yet (the command after `--`).
+    fn remaining(self) -> Vec<String> {
+        self.rest.cloned().collect()
+    }
+}
+
+/// The runner to talk to, as `exec` and `watch` take it: `--socket PATH`
+/// or `--address HOST:PORT`, exactly one.
+#[derive(Default)]
+struct TargetFlags {
     socket: Option<PathBuf>,
     address: Option<String>,
-) -> anyhow::Result<Target> {
-    match (socket, address) {
-        (Some(socket), None) => Ok(Target::Socket(socket)),
-        (None, Some(address)) => Ok(Target::Address(address)),
-        _ => bail!("{command} needs exactly one of --socket and --address\n{USAGE}"),
+}
+
+impl TargetFlags {
+    /// Takes `flag` (and its value) if it names the runner; whether it did.
+    fn take(&mut self, flag: &str, args: &mut Arguments) -> anyhow::Result<bool> {
+        match flag {
+            "--socket" => self.socket = Some(PathBuf::from(args.value(flag)?)),
+            "--address" => self.address = Some(args.value(flag)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
+
+    fn target(self, command: &str) -> anyhow::Result<Target> {
+        match (self.socket, self.address) {
+            (Some(socket), None) => Ok(Target::Socket(socket)),
+            (None, Some(address)) => Ok(Target::Address(address)),
+            _ => bail!("{command} needs exactly one of --socket and --address\n{USAGE}"),
+        }
+    }
+}
+
+/// Runs a client command's work on a runtime of its own; any failure,
+/// starting the runtime included, comes back as the text to print.
+fn run_client<T, E: std::fmt::Display>(
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the async runtime: {err}"))?
+        .block_on(work)
+        .map_err(|err| err.to_string())
 }

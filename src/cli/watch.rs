@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use anyhow::{bail, Context};
 use prost::Name;
 
 use super::client::{self, ClientError, Target};
-use super::{target, USAGE};
+use super::{run_client, Arguments, TargetFlags, USAGE};
 use crate::action::ActionResult;
 use crate::events::json::event_line;
 use crate::events::{Published, Usage};
@@ -47,8 +46,7 @@ pub struct WatchOptions {
 }
 
 fn parse_watch_args(args: &[String]) -> anyhow::Result<WatchOptions> {
-    let mut socket = None;
-    let mut address = None;
+    let mut target = TargetFlags::default();
     let mut options = WatchOptions {
         target: Target::Address(String::new()),
         after_sequence: 0,
@@ -57,18 +55,14 @@ fn parse_watch_args(args: &[String]) -> anyhow::Result<WatchOptions> {
         summary: false,
         follow: true,
     };
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        let mut value = |name: &str| {
-            iter.next()
-                .cloned()
-                .with_context(|| format!("{name} needs a value"))
-        };
-        match arg.as_str() {
-            "--socket" => socket = Some(PathBuf::from(value("--socket")?)),
-            "--address" => address = Some(value("--address")?),
+    let mut args = Arguments::new(args);
+    while let Some(flag) = args.next_flag() {
+        if target.take(flag, &mut args)? {
+            continue;
+        }
+        match flag {
             "--after" => {
-                let text = value("--after")?;
+                let text = args.value(flag)?;
                 options.after_sequence = text
                     .parse()
                     .with_context(|| format!("--after {text:?} is not a sequence number"))?;
@@ -80,7 +74,7 @@ fn parse_watch_args(args: &[String]) -> anyhow::Result<WatchOptions> {
             other => bail!("watch: unknown argument {other:?}\n{USAGE}"),
         }
     }
-    options.target = target("watch", socket, address)?;
+    options.target = target.target("watch")?;
     Ok(options)
 }
 
@@ -94,16 +88,7 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| format!("cannot start the async runtime: {err}"))
-        .and_then(|runtime| {
-            runtime
-                .block_on(watch(&options))
-                .map_err(|err| err.to_string())
-        });
-    match result {
+    match run_client(watch(&options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("rbe-runner watch: {err}");
