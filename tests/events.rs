@@ -491,3 +491,286 @@ fn watch_json_no_follow_prints_the_events_of_an_action_run_with_exec() {
     );
     assert_eq!(lines[2]["sequence"], "3");
 }
+
+// ---------------------------------------------------------------------------
+// The journal's mode, event memory in bytes, whole lines on a full disk
+// ---------------------------------------------------------------------------
+
+/// The permission bits of `path`.
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn rotated(journal: &Path) -> PathBuf {
+    let mut name = journal.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
+/// Why it matters: argv may hold secrets (`--password=…`), and actions
+/// may run as other users: a journal created with the umask's mode let an
+/// action running as uid 65534 read another action's arguments.
+// Multi-threaded: the test blocks in stop() while the client's connections
+// answer the server's graceful shutdown.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_journal_is_its_owners_alone_under_umask_0_and_an_existing_wider_one_is_narrowed() {
+    let journal_dir = tempfile::tempdir().unwrap();
+    let created = journal_dir.path().join("created.jsonl");
+    let mut runner = TestRunner::start(json!({
+        "global": { "setUmask": { "umask": 0 } },
+        "events": { "journalPath": created, "journalMaxBytes": "4K" },
+    }));
+    // Enough lines to rotate: the `.1` is the journal renamed.
+    run_actions(&runner, 12).await;
+    assert!(runner.stop().success());
+    assert_eq!(mode_of(&created), 0o600, "{}", created.display());
+    assert_eq!(mode_of(&rotated(&created)), 0o600);
+
+    let existing = journal_dir.path().join("existing.jsonl");
+    for file in [existing.clone(), rotated(&existing)] {
+        std::fs::write(&file, "").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+    }
+    let mut runner = TestRunner::start(json!({ "events": { "journalPath": existing } }));
+    run_actions(&runner, 1).await;
+    assert!(runner.stop().success());
+    assert_eq!(mode_of(&existing), 0o600);
+    assert_eq!(mode_of(&rotated(&existing)), 0o600);
+    let narrowed = runner
+        .log()
+        .iter()
+        .filter(|line| line.contains("narrowed"))
+        .count();
+    assert_eq!(
+        narrowed,
+        2,
+        "one line for each file:\n{}",
+        runner.log().join("\n")
+    );
+}
+
+/// The value of the unlabelled metric `name` scraped from `runner`.
+fn scraped(runner: &TestRunner, name: &str) -> f64 {
+    let (status, body) = http_get(&diagnostics_address(runner), "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+}
+
+/// Runs `count` actions, 4 at a time, each with 1 MB of argv (16
+/// arguments of 64,000 bytes, as a long compiler command line might be).
+async fn run_megabyte_actions(runner: &Arc<TestRunner>, count: usize) {
+    let concurrency = Arc::new(tokio::sync::Semaphore::new(4));
+    let mut actions = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let runner = runner.clone();
+        let permit = concurrency.clone().acquire_owned().await.unwrap();
+        actions.spawn(async move {
+            let action = runner.action();
+            let mut request = shell_request(&action, "true");
+            request
+                .arguments
+                .extend((0..16).map(|_| "x".repeat(64_000)));
+            runner.run_successfully(&action, request).await;
+            drop(permit);
+        });
+    }
+    while let Some(joined) = actions.join_next().await {
+        joined.expect("the action's Run succeeded");
+    }
+}
+
+/// Why it matters: with 1 MB argv the replay buffer (4,096 events) held
+/// 2.1 GB, and a journal writer blocked on a hung file queued 181 MB with
+/// no drop counted. Cut argv (the default) keeps events small; with argv
+/// not cut, the byte budgets bound the replay buffer, the journal's queue
+/// and a subscriber that never reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn actions_with_a_megabyte_of_arguments_keep_the_runner_small() {
+    const ACTIONS: usize = 400;
+    let diagnostics = json!({ "diagnosticsHttpServer": {
+        "httpServers": [{
+            "listenAddresses": ["127.0.0.1:0"],
+            "authenticationPolicy": { "allow": {} },
+        }],
+        "enablePrometheus": true,
+    } });
+    // (what is configured, the peak RSS it may reach)
+    let cases = [
+        (json!({}), 160u64 << 20),
+        (
+            json!({
+                "maximumArgumentBytes": "2Mi",
+                "replayBufferBytes": "32Mi",
+                "subscriberQueueBytes": "16Mi",
+                "journalQueueBytes": "32Mi",
+            }),
+            224 << 20,
+        ),
+    ];
+    for (events, peak_limit) in cases {
+        // A FIFO nobody reads stands in for a hung journal filesystem.
+        let journal_dir = tempfile::tempdir().unwrap();
+        let journal = journal_dir.path().join("events.jsonl");
+        nix::unistd::mkfifo(&journal, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let mut config = json!({ "global": diagnostics, "events": { "journalPath": journal } });
+        merge(&mut config, json!({ "events": events.clone() }));
+        let runner = Arc::new(TestRunner::start(config));
+        let _stalled = EventsClient::new(small_window_channel(&runner.socket).await)
+            .subscribe(after(0))
+            .await
+            .expect("subscribe")
+            .into_inner();
+        run_megabyte_actions(&runner, ACTIONS).await;
+        let peak = status_bytes(runner.pid(), "VmHWM:");
+        let dropped = scraped(&runner, "rbe_runner_events_dropped_total");
+        eprintln!(
+            "events {events}: peak RSS {} MiB after {ACTIONS} actions of 1 MB argv, {dropped} events dropped",
+            peak >> 20
+        );
+        assert!(
+            peak < peak_limit,
+            "events {events}: the runner's peak RSS reached {} MiB (limit {} MiB)",
+            peak >> 20,
+            peak_limit >> 20
+        );
+        assert!(dropped > 0.0, "the hung journal missed nothing?");
+        // The runner cannot flush a journal nobody reads; it is killed
+        // when dropped.
+    }
+}
+
+/// Why it matters: 1,000 subscribers that never read cost 270 MB (each
+/// stream has its queue and its HTTP/2 send buffer); beyond the cap a
+/// client is told to come back later, naming the setting.
+#[tokio::test]
+async fn one_subscriber_more_than_the_maximum_is_resource_exhausted_naming_the_cap() {
+    let runner = TestRunner::start(json!({ "events": { "maximumSubscribers": 2 } }));
+    let first = subscribe(&runner, after(0)).await;
+    let _second = subscribe(&runner, after(0)).await;
+    let mut events = EventsClient::new(runner.channel().await);
+    let refused = events.subscribe(after(0)).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("events.maximumSubscribers"),
+        "{}",
+        refused.message()
+    );
+    assert!(refused.message().contains('2'), "{}", refused.message());
+    drop(first);
+    // The runner notices the stream ended when the client resets it.
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        match events.subscribe(after(0)).await {
+            Ok(_) => break,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slot was never freed"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+}
+
+/// Why it matters: after ENOSPC the journal ended in half a line, the
+/// next event was appended to it (both lost), and nothing recorded the
+/// events never written, so `report` counted 88 of 520 actions without
+/// saying so.
+// Multi-threaded: the test blocks in stop() while the client's connections
+// answer the server's graceful shutdown.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_journal_filesystem_leaves_whole_lines_and_an_events_lost_line_that_report_counts() {
+    let test =
+        "a_full_journal_filesystem_leaves_whole_lines_and_an_events_lost_line_that_report_counts";
+    if !running_as_root(test) {
+        return;
+    }
+    let tmpfs = Tmpfs::mount("size=256k");
+    let journal = tmpfs.dir.path().join("events.jsonl");
+    let mut runner = TestRunner::start(json!({ "events": { "journalPath": journal } }));
+    run_actions(&runner, 3).await;
+    // Wait until the journal has the first events: the filler must not
+    // take the space of its first line.
+    eventually("the journal has its first lines", EVENT_TIMEOUT, || {
+        std::fs::read_to_string(&journal).is_ok_and(|text| text.lines().count() >= 7)
+    })
+    .await;
+    // Fill every free page; the journal's last page keeps some room, so
+    // its next line is written in part, then fails.
+    let filler_path = tmpfs.dir.path().join("filler");
+    let mut filler = std::fs::File::create(&filler_path).unwrap();
+    while std::io::Write::write_all(&mut filler, &[0u8; 4096]).is_ok() {}
+    drop(filler);
+    run_actions(&runner, 5).await;
+    eventually("the journal writer fails", EVENT_TIMEOUT, || {
+        runner
+            .log()
+            .iter()
+            .any(|line| line.contains("cannot write the events journal"))
+    })
+    .await;
+    std::fs::remove_file(&filler_path).unwrap();
+    run_actions(&runner, 3).await;
+    assert!(runner.stop().success());
+
+    // Every line parses; the events and the EventsLost ranges account
+    // for every sequence once, in order.
+    let text = read(&journal);
+    let mut next = 1;
+    let mut lost_in_lines = 0;
+    for line in text.lines() {
+        let event: Value = serde_json::from_str(line)
+            .unwrap_or_else(|err| panic!("a torn line ({err}): {line:?}"));
+        let number = |value: &Value| value.as_str().unwrap().parse::<u64>().unwrap();
+        match event.get("eventsLost") {
+            Some(lost) => {
+                let (first, last) = (
+                    number(&lost["firstSequence"]),
+                    number(&lost["lastSequence"]),
+                );
+                assert_eq!(first, next, "the gap starts where the events stop: {line}");
+                lost_in_lines += last - first + 1;
+                next = last + 1;
+            }
+            None => {
+                assert_eq!(number(&event["sequence"]), next, "{line}");
+                next += 1;
+            }
+        }
+    }
+    // 1 state + 11 actions + the state at shutdown.
+    assert_eq!(next - 1, 24, "{text}");
+    assert!(lost_in_lines > 0, "the full disk lost nothing?\n{text}");
+    eprintln!("{lost_in_lines} events were not written while the journal's filesystem was full");
+
+    let output = Command::new(runner_under_test())
+        .args(["report", "--json"])
+        .arg(&journal)
+        .output()
+        .expect("run rbe-runner report");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["skipped"]["corrupt"], 0, "{report:#}");
+    assert_eq!(report["skipped"]["truncated"], 0, "{report:#}");
+    assert_eq!(report["skipped"]["lostEvents"], lost_in_lines, "{report:#}");
+}

@@ -288,32 +288,6 @@ async fn a_runner_out_of_descriptors_answers_unavailable_and_leaves_nothing() {
     assert_eq!(result.unwrap().exit_code, 0, "the runner recovered");
 }
 
-/// A tmpfs mounted on a temporary directory, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(options: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount -t tmpfs -o {options}: {status}");
-        Tmpfs { dir }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// Why it matters: on a full build filesystem the action ran, could not
 /// write its output and failed with exit code 1 and an empty stderr: a
 /// broken build, on every worker with a full disk. It is the node's

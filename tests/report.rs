@@ -88,7 +88,7 @@ async fn known_actions_run_through_the_runner_give_their_counts_and_maxima() {
     assert_eq!(summary["cleanupFailures"], 0);
     assert_eq!(
         report["skipped"],
-        json!({"truncated": 0, "corrupt": 0, "unknownKind": 0, "eventsLost": 0})
+        json!({"truncated": 0, "corrupt": 0, "unknownKind": 0, "eventsLost": 0, "lostEvents": 0})
     );
 
     assert_eq!(group(&report, "exit")["count"], 3);
@@ -391,4 +391,40 @@ fn an_unreadable_journal_or_bad_option_is_a_clear_error() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--group-by"));
+}
+
+/// Why it matters: the journal is its owner's alone (`journalMode`
+/// 0600), so an analyst who is not that owner must be told why it cannot
+/// be read, and which file it is, not given an empty report.
+#[test]
+fn a_journal_the_caller_may_not_read_is_permission_denied_naming_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let journal = dir.path().join("events.jsonl");
+    let rotated = dir.path().join("events.jsonl.1");
+    std::fs::write(&journal, "").unwrap();
+    std::fs::write(&rotated, "").unwrap();
+    // Root reads whatever the mode says; the report runs as nobody then.
+    let report = |readable: &Path, unreadable: &Path| {
+        std::fs::set_permissions(readable, PermissionsExt::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(unreadable, PermissionsExt::from_mode(0o600)).unwrap();
+        let mut command = Command::new(runner_under_test());
+        command.arg("report").arg(&journal);
+        if nix::unistd::geteuid().is_root() {
+            command.uid(65534).gid(65534);
+        }
+        command.output().expect("run rbe-runner report")
+    };
+    for (readable, unreadable) in [(&rotated, &journal), (&journal, &rotated)] {
+        let output = report(readable, unreadable);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{}:", unreadable.display())),
+            "{stderr}"
+        );
+        assert!(stderr.contains("ermission denied"), "{stderr}");
+    }
 }

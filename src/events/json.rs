@@ -62,6 +62,8 @@ fn action_started(started: &ActionStarted) -> Value {
         "inputRootDirectory": started.input_root_directory,
         "pid": int64(started.pid),
         "cgroup": started.cgroup,
+        "originalArgumentsBytes": uint64(started.original_arguments_bytes),
+        "argumentsCut": started.arguments_cut,
     })
 }
 

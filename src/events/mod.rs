@@ -32,14 +32,16 @@ use crate::proto::rbe_runner::events::v1::events_server::EventsServer;
 use crate::proto::rbe_runner::events::v1::Event;
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 
-use hub::EventHub;
-use journal::Journal;
+use hub::{Capacity, EventHub};
+use journal::{Journal, JournalOptions};
 
-/// Queue of each gRPC subscriber: enough for a burst of a few hundred
-/// actions between two reads of a slow client.
+/// Events queued for each gRPC subscriber at most (its bytes are bounded
+/// by `subscriberQueueBytes`): enough for a burst of a few hundred actions
+/// between two reads of a slow client.
 pub const STREAM_QUEUE_CAPACITY: usize = 1024;
 
-/// Queue of the journal writer.
+/// Events queued for the journal writer at most (its bytes are bounded by
+/// `journalQueueBytes`).
 pub const JOURNAL_QUEUE_CAPACITY: usize = 65_536;
 
 /// An event as published: the wire message, and the usages its
@@ -90,6 +92,8 @@ impl EventCounters {
 pub struct Events {
     hub: Arc<EventHub>,
     runner_name: String,
+    maximum_argument_bytes: u64,
+    stream_queue: Capacity,
     journal: Option<Journal>,
 }
 
@@ -97,17 +101,37 @@ impl Events {
     /// Events of `instance`, configured by `config`; starts the journal
     /// writer when `journalPath` is set. Needs the tokio runtime.
     pub fn start(config: &EventsConfig, instance: RunnerInstance) -> Self {
-        let hub = Arc::new(EventHub::new(instance, config.replay_buffer_size));
-        let journal = config
-            .journal_path
-            .as_ref()
-            .map(|path| Journal::start(&hub, path.clone(), config.journal_max_bytes));
+        let replay = Capacity {
+            events: config.replay_buffer_size,
+            bytes: config.replay_buffer_bytes,
+        };
+        let maximum_streams = usize::try_from(config.maximum_subscribers).unwrap_or(usize::MAX);
+        let hub = Arc::new(EventHub::new(instance, replay, maximum_streams));
+        let journal = config.journal_path.as_ref().map(|path| {
+            Journal::start(
+                &hub,
+                JournalOptions {
+                    path: path.clone(),
+                    mode: config.journal_mode,
+                    max_bytes: config.journal_max_bytes,
+                    queue: Capacity {
+                        events: JOURNAL_QUEUE_CAPACITY,
+                        bytes: config.journal_queue_bytes,
+                    },
+                },
+            )
+        });
         Events {
             hub,
             runner_name: config
                 .runner_name
                 .clone()
                 .unwrap_or_else(default_runner_name),
+            maximum_argument_bytes: config.maximum_argument_bytes,
+            stream_queue: Capacity {
+                events: STREAM_QUEUE_CAPACITY,
+                bytes: config.subscriber_queue_bytes,
+            },
             journal,
         }
     }
@@ -117,12 +141,16 @@ impl Events {
         Arc::new(observer::EventObserver::new(
             self.hub.clone(),
             self.runner_name.clone(),
+            self.maximum_argument_bytes,
         ))
     }
 
     /// The gRPC service, for every listener.
     pub fn service(&self) -> EventsServer<service::EventsService> {
-        EventsServer::new(service::EventsService::new(self.hub.clone()))
+        EventsServer::new(service::EventsService::new(
+            self.hub.clone(),
+            self.stream_queue,
+        ))
     }
 
     /// The hub, to end the event streams at shutdown

@@ -18,20 +18,27 @@ use crate::proto::rpc;
 pub struct EventObserver {
     hub: Arc<EventHub>,
     runner_name: String,
+    maximum_argument_bytes: u64,
 }
 
 impl EventObserver {
-    /// Publishes on `hub`; `runner_name` goes into every `RunnerState`.
-    pub fn new(hub: Arc<EventHub>, runner_name: String) -> Self {
-        EventObserver { hub, runner_name }
+    /// Publishes on `hub`; `runner_name` goes into every `RunnerState`;
+    /// an `ActionStarted` carries at most `maximum_argument_bytes` of argv.
+    pub fn new(hub: Arc<EventHub>, runner_name: String, maximum_argument_bytes: u64) -> Self {
+        EventObserver {
+            hub,
+            runner_name,
+            maximum_argument_bytes,
+        }
     }
 }
 
 impl Observer for EventObserver {
     fn action_started(&self, started: &ActionStarted) {
+        let arguments = cut_arguments(&started.arguments, self.maximum_argument_bytes);
         let event = proto::ActionStarted {
             action_id: started.id.to_string(),
-            arguments: started.arguments.clone(),
+            arguments: arguments.kept,
             input_root_directory: started.input_root_directory.clone(),
             pid: i64::from(started.pid),
             cgroup: started
@@ -39,6 +46,8 @@ impl Observer for EventObserver {
                 .as_ref()
                 .map(|cgroup| cgroup.display().to_string())
                 .unwrap_or_default(),
+            original_arguments_bytes: arguments.original_bytes,
+            arguments_cut: arguments.cut,
         };
         self.hub.publish(Kind::ActionStarted(event), Vec::new());
     }
@@ -81,6 +90,55 @@ impl Observer for EventObserver {
             runner_name: self.runner_name.clone(),
         };
         self.hub.publish(Kind::RunnerState(event), Vec::new());
+    }
+}
+
+/// An argv as an event carries it.
+#[derive(Debug, PartialEq)]
+struct CutArguments {
+    /// What fits the limit.
+    kept: Vec<String>,
+    /// The sum of the arguments' lengths in bytes, as requested.
+    original_bytes: u64,
+    /// Whether `kept` holds less than the argv.
+    cut: bool,
+}
+
+/// `arguments` within `maximum_bytes` in total: whole arguments while they
+/// fit, then the start of the one that crosses the limit (at a character
+/// boundary); later ones are left out. Every event is held in memory by the
+/// replay buffer and the queues, so one long command line must not cost
+/// what thousands of short ones do.
+fn cut_arguments(arguments: &[String], maximum_bytes: u64) -> CutArguments {
+    let original_bytes: u64 = arguments.iter().map(|argument| argument.len() as u64).sum();
+    if original_bytes <= maximum_bytes {
+        return CutArguments {
+            kept: arguments.to_vec(),
+            original_bytes,
+            cut: false,
+        };
+    }
+    let mut kept = Vec::new();
+    let mut left = usize::try_from(maximum_bytes).unwrap_or(usize::MAX);
+    for argument in arguments {
+        if argument.len() <= left {
+            kept.push(argument.clone());
+            left -= argument.len();
+            continue;
+        }
+        let mut end = left;
+        while !argument.is_char_boundary(end) {
+            end -= 1;
+        }
+        if end > 0 {
+            kept.push(argument[..end].to_owned());
+        }
+        break;
+    }
+    CutArguments {
+        kept,
+        original_bytes,
+        cut: true,
     }
 }
 
@@ -221,6 +279,40 @@ mod tests {
             resourceusage::TerminationReason::Deadline as i32
         );
         assert_eq!(usages.len(), 2);
+    }
+
+    #[test]
+    fn a_long_argv_is_cut_at_the_limit_and_says_so() {
+        // Why it matters: one event with 1 MB of argv costs the replay
+        // buffer and every queue a megabyte; cut, it costs the limit.
+        let arguments: Vec<String> = ["cc", "-c", "a.c"].map(String::from).to_vec();
+        assert_eq!(
+            cut_arguments(&arguments, 7),
+            CutArguments {
+                kept: arguments.clone(),
+                original_bytes: 7,
+                cut: false,
+            }
+        );
+        assert_eq!(
+            cut_arguments(&arguments, 4),
+            CutArguments {
+                kept: ["cc", "-c"].map(String::from).to_vec(),
+                original_bytes: 7,
+                cut: true,
+            }
+        );
+        assert_eq!(cut_arguments(&arguments, 6).kept, ["cc", "-c", "a."]);
+        // A character is never split.
+        let wide = vec!["é".repeat(4)];
+        assert_eq!(cut_arguments(&wide, 5).kept, ["éé"]);
+        assert_eq!(cut_arguments(&wide, 1).kept, Vec::<String>::new());
+        let megabyte: Vec<String> = (0..16).map(|_| "x".repeat(64_000)).collect();
+        let cut = cut_arguments(&megabyte, 64 << 10);
+        assert_eq!(cut.original_bytes, 1_024_000);
+        assert!(cut.cut);
+        assert_eq!(cut.kept.iter().map(String::len).sum::<usize>(), 64 << 10);
+        assert_eq!(cut.kept.len(), 2);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! tonic polls the stream only as fast as HTTP/2 flow control lets it
 //! send, so a client that does not read fills its own queue in the hub and
 //! then misses events (told with `EventsLost`); it never holds up
-//! publishing.
+//! publishing. Each stream also costs its HTTP/2 send buffer, so their
+//! number is capped: one more answers RESOURCE_EXHAUSTED, which a client
+//! may retry later.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,20 +14,23 @@ use std::sync::Arc;
 use futures_util::Stream;
 use tonic::{Request, Response, Status};
 
-use super::hub::{delivered_event, EventHub, Lifetime, Start};
-use super::STREAM_QUEUE_CAPACITY;
+use super::hub::{delivered_event, Capacity, EventHub, Lifetime, Start, SubscribeError};
 use crate::proto::rbe_runner::events::v1::events_server::Events;
 use crate::proto::rbe_runner::events::v1::{Event, SubscribeRequest};
 
 /// Serves subscriptions to one hub.
 pub struct EventsService {
     hub: Arc<EventHub>,
+    queue_capacity: Capacity,
 }
 
 impl EventsService {
-    /// Subscriptions to `hub`.
-    pub fn new(hub: Arc<EventHub>) -> Self {
-        EventsService { hub }
+    /// Subscriptions to `hub`, each with a queue of `queue_capacity`.
+    pub fn new(hub: Arc<EventHub>, queue_capacity: Capacity) -> Self {
+        EventsService {
+            hub,
+            queue_capacity,
+        }
     }
 }
 
@@ -50,7 +55,14 @@ impl Events for EventsService {
         } else {
             Lifetime::Stream
         };
-        let subscription = self.hub.subscribe(&start, STREAM_QUEUE_CAPACITY, lifetime);
+        let subscription = self
+            .hub
+            .subscribe(&start, self.queue_capacity, lifetime)
+            .map_err(|error| match error {
+                SubscribeError::TooManySubscribers { .. } => {
+                    Status::resource_exhausted(error.to_string())
+                }
+            })?;
         let instance = self.hub.instance().clone();
         let stream = futures_util::stream::unfold(
             (subscription, instance),

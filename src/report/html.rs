@@ -82,8 +82,12 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(
         page,
         "<p class=\"note\">Skipped journal lines: {} truncated, {} corrupt, {} of an unknown kind, \
-         {} EventsLost.</p></main></body></html>",
-        skipped.truncated, skipped.corrupt, skipped.unknown_kind, skipped.events_lost
+         {} EventsLost ({} events missing from the journal).</p></main></body></html>",
+        skipped.truncated,
+        skipped.corrupt,
+        skipped.unknown_kind,
+        skipped.events_lost,
+        skipped.lost_events
     );
     page
 }

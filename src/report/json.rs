@@ -49,6 +49,7 @@ pub fn report_json(report: &Report) -> Value {
             "corrupt": report.skipped.corrupt,
             "unknownKind": report.skipped.unknown_kind,
             "eventsLost": report.skipped.events_lost,
+            "lostEvents": report.skipped.lost_events,
         },
     })
 }

@@ -5,7 +5,8 @@
 //! of a file (the runner was killed mid-write), one that is not such an
 //! event, an `EventsLost` line or a kind this build does not know is
 //! counted in [`Skipped`] and never stops the report: an analyst's journal
-//! is whatever a fleet left behind.
+//! is whatever a fleet left behind. The events an `EventsLost` line says
+//! are missing are counted too.
 
 use std::io::{self, BufRead};
 use std::str::FromStr;
@@ -118,8 +119,11 @@ pub struct Skipped {
     pub corrupt: u64,
     /// Events of a kind this build does not know.
     pub unknown_kind: u64,
-    /// `EventsLost` lines (the journal writer fell behind).
+    /// `EventsLost` lines (the journal writer fell behind, or could not
+    /// write).
     pub events_lost: u64,
+    /// The events those lines say are missing from the journal.
+    pub lost_events: u64,
 }
 
 /// Why a line was not used.
@@ -129,8 +133,8 @@ pub enum LineError {
     Corrupt(String),
     /// No kind this build knows.
     UnknownKind,
-    /// An `EventsLost` line.
-    EventsLost,
+    /// An `EventsLost` line, saying this many events are missing.
+    EventsLost(u64),
 }
 
 /// Reads one journal, calling `record` for every usable line and counting
@@ -157,7 +161,10 @@ pub fn read_journal(
             Err(LineError::Corrupt(_)) if !complete => skipped.truncated += 1,
             Err(LineError::Corrupt(_)) => skipped.corrupt += 1,
             Err(LineError::UnknownKind) => skipped.unknown_kind += 1,
-            Err(LineError::EventsLost) => skipped.events_lost += 1,
+            Err(LineError::EventsLost(missing)) => {
+                skipped.events_lost += 1;
+                skipped.lost_events += missing;
+            }
         }
     }
 }
@@ -200,8 +207,16 @@ pub fn parse_line(line: &str) -> Result<Record, LineError> {
     if event.contains_key("actionTerminating") {
         return Ok(Record::Terminating);
     }
-    if event.contains_key("eventsLost") {
-        return Err(LineError::EventsLost);
+    if let Some(lost) = event.get("eventsLost") {
+        let first = int64(lost, "firstSequence")?.unwrap_or(0);
+        let last = int64(lost, "lastSequence")?.unwrap_or(0);
+        // Sequences start at 1; a range without one says nothing.
+        let missing = if first >= 1 && last >= first {
+            (last - first + 1) as u64
+        } else {
+            0
+        };
+        return Err(LineError::EventsLost(missing));
     }
     Err(LineError::UnknownKind)
 }
@@ -378,6 +393,7 @@ mod tests {
         // newer runner, must still give a report.
         let journal = format!(
             "{STARTED}\nnot json\n{{\"sequence\":\"0\",\"runnerInstance\":\"0badcafe\",\"eventsLost\":{{}}}}\n\
+             {{\"sequence\":\"0\",\"runnerInstance\":\"0badcafe\",\"eventsLost\":{{\"firstSequence\":\"3\",\"lastSequence\":\"90\"}}}}\n\
              {{\"sequence\":\"9\",\"time\":\"2026-01-01T00:00:01Z\",\"runnerInstance\":\"0badcafe\",\"somethingNew\":{{}}}}\n\
              {{\"sequence\":\"5\",\"time\":\"2026-01-01T00:00:01Z\",\"runnerInstance\":\"0badcafe\",\"actionFin"
         );
@@ -394,7 +410,8 @@ mod tests {
                 truncated: 1,
                 corrupt: 1,
                 unknown_kind: 1,
-                events_lost: 1
+                events_lost: 2,
+                lost_events: 88,
             }
         );
     }

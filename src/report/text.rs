@@ -21,8 +21,13 @@ pub fn render(report: &Report) -> String {
     let skipped = &report.skipped;
     let _ = writeln!(
         out,
-        "\nSkipped lines: {} truncated, {} corrupt, {} of an unknown kind, {} EventsLost",
-        skipped.truncated, skipped.corrupt, skipped.unknown_kind, skipped.events_lost
+        "\nSkipped lines: {} truncated, {} corrupt, {} of an unknown kind, {} EventsLost\n\
+         Events missing from the journal (EventsLost ranges): {}",
+        skipped.truncated,
+        skipped.corrupt,
+        skipped.unknown_kind,
+        skipped.events_lost,
+        skipped.lost_events
     );
     out
 }

@@ -451,3 +451,29 @@ pub fn http_get(address: &str, path: &str) -> (u16, String) {
         .expect("a status code");
     (status, body.to_string())
 }
+
+/// A tmpfs mounted on a temporary directory, unmounted on drop. Needs
+/// root.
+pub struct Tmpfs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs with `options` (`size=64k`).
+    pub fn mount(options: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t tmpfs -o {options}: {status}");
+        Tmpfs { dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}

@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::serving::decode_permission_bits;
 use crate::cgroup::attribution::SharedLimitCulprit;
 use crate::cgroup::limits::ActionLimits;
 use crate::cgroup::Limit;
@@ -34,6 +35,31 @@ pub struct ActionCgroupsConfig {
 /// `events.replayBufferSize` is not set.
 pub const DEFAULT_REPLAY_BUFFER_SIZE: usize = 4096;
 
+/// Bytes of events kept for subscribers that connect late, when
+/// `events.replayBufferBytes` is not set: 64 MiB.
+pub const DEFAULT_REPLAY_BUFFER_BYTES: u64 = 64 << 20;
+
+/// Bytes of events queued for each gRPC subscriber, when
+/// `events.subscriberQueueBytes` is not set: 16 MiB.
+pub const DEFAULT_SUBSCRIBER_QUEUE_BYTES: u64 = 16 << 20;
+
+/// Bytes of events queued for the journal writer, when
+/// `events.journalQueueBytes` is not set: 64 MiB.
+pub const DEFAULT_JOURNAL_QUEUE_BYTES: u64 = 64 << 20;
+
+/// Event streams open at once, when `events.maximumSubscribers` is not
+/// set.
+pub const DEFAULT_MAXIMUM_SUBSCRIBERS: u32 = 64;
+
+/// Bytes of argv an `ActionStarted` carries, when
+/// `events.maximumArgumentBytes` is not set: 64 KiB, more than most real
+/// Bazel command lines (10 to 64 KB), far less than a 1 MB one.
+pub const DEFAULT_MAXIMUM_ARGUMENT_BYTES: u64 = 64 << 10;
+
+/// Mode of the journal and its `.1`, when `events.journalMode` is not
+/// set: the runner's user alone, because argv may hold secrets.
+pub const DEFAULT_JOURNAL_MODE: u32 = 0o600;
+
 /// Size at which the journal is rotated, when `events.journalMaxBytes` is
 /// not set: 64 MiB.
 pub const DEFAULT_JOURNAL_MAX_BYTES: u64 = 64 << 20;
@@ -41,16 +67,46 @@ pub const DEFAULT_JOURNAL_MAX_BYTES: u64 = 64 << 20;
 /// The replay buffer's largest size: a million events, a few hundred MB.
 const MAXIMUM_REPLAY_BUFFER_SIZE: u64 = 1 << 20;
 
+/// The smallest byte budget of a queue or of the replay buffer, and the
+/// smallest `journalMaxBytes`: below one line's size every event would
+/// overflow (or rotate the file).
+const MINIMUM_BUDGET_BYTES: u64 = 4096;
+
+/// The smallest `maximumArgumentBytes`: enough for the program's name.
+const MINIMUM_ARGUMENT_BYTES: u64 = 1024;
+
+/// The largest `maximumSubscribers`.
+const MAXIMUM_SUBSCRIBERS: u32 = 65_536;
+
 /// Extension `events`: the event stream and its journal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventsConfig {
-    /// `replayBufferSize`: the last events kept for late subscribers.
+    /// `replayBufferSize`: the last events kept for late subscribers, at
+    /// most.
     pub replay_buffer_size: usize,
+    /// `replayBufferBytes`: the bytes of the events kept for late
+    /// subscribers, at most (the newest event is always kept).
+    pub replay_buffer_bytes: u64,
+    /// `subscriberQueueBytes`: the bytes of events queued for one gRPC
+    /// subscriber that falls behind before it misses events.
+    pub subscriber_queue_bytes: u64,
+    /// `maximumSubscribers`: event streams open at once; one more is
+    /// refused with RESOURCE_EXHAUSTED.
+    pub maximum_subscribers: u32,
+    /// `maximumArgumentBytes`: the bytes of argv an `ActionStarted`
+    /// carries; longer argv is cut.
+    pub maximum_argument_bytes: u64,
     /// `journalPath`: the file every event is appended to, if any.
     pub journal_path: Option<PathBuf>,
+    /// `journalMode`: the permission bits of the journal and its `.1`,
+    /// whatever the umask.
+    pub journal_mode: u32,
     /// `journalMaxBytes`: the size at which the journal is rotated to
     /// `<journalPath>.1`.
     pub journal_max_bytes: u64,
+    /// `journalQueueBytes`: the bytes of events queued for the journal
+    /// writer before it misses events.
+    pub journal_queue_bytes: u64,
     /// `runnerName`: the name in `RunnerState` events; `None`: the host
     /// name.
     pub runner_name: Option<String>,
@@ -60,8 +116,14 @@ impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig {
             replay_buffer_size: DEFAULT_REPLAY_BUFFER_SIZE,
+            replay_buffer_bytes: DEFAULT_REPLAY_BUFFER_BYTES,
+            subscriber_queue_bytes: DEFAULT_SUBSCRIBER_QUEUE_BYTES,
+            maximum_subscribers: DEFAULT_MAXIMUM_SUBSCRIBERS,
+            maximum_argument_bytes: DEFAULT_MAXIMUM_ARGUMENT_BYTES,
             journal_path: None,
+            journal_mode: DEFAULT_JOURNAL_MODE,
             journal_max_bytes: DEFAULT_JOURNAL_MAX_BYTES,
+            journal_queue_bytes: DEFAULT_JOURNAL_QUEUE_BYTES,
             runner_name: None,
         }
     }
@@ -113,20 +175,37 @@ fn decode_events(mut message: Message) -> Decoded<EventsConfig> {
         }
         events.replay_buffer_size = size as usize;
     }
+    if let Some(field) = message.take("replay_buffer_bytes")? {
+        events.replay_buffer_bytes = size_at_least(field, MINIMUM_BUDGET_BYTES)?;
+    }
+    if let Some(field) = message.take("subscriber_queue_bytes")? {
+        events.subscriber_queue_bytes = size_at_least(field, MINIMUM_BUDGET_BYTES)?;
+    }
+    if let Some(field) = message.take("maximum_subscribers")? {
+        let path = field.path.clone();
+        let maximum = field.uint32()?;
+        if maximum == 0 || maximum > MAXIMUM_SUBSCRIBERS {
+            return Err(FieldError::invalid(
+                &path,
+                format!("must be between 1 and {MAXIMUM_SUBSCRIBERS} streams, got {maximum}"),
+            ));
+        }
+        events.maximum_subscribers = maximum;
+    }
+    if let Some(field) = message.take("maximum_argument_bytes")? {
+        events.maximum_argument_bytes = size_at_least(field, MINIMUM_ARGUMENT_BYTES)?;
+    }
     if let Some(field) = message.take("journal_path")? {
         events.journal_path = Some(PathBuf::from(field.non_empty_string()?));
     }
+    if let Some(field) = message.take("journal_mode")? {
+        events.journal_mode = decode_permission_bits(field)?;
+    }
     if let Some(field) = message.take("journal_max_bytes")? {
-        let path = field.path.clone();
-        let bytes = field.size()?;
-        // Below one line's size every event would rotate the file.
-        if bytes < 4096 {
-            return Err(FieldError::invalid(
-                &path,
-                format!("must be at least 4096 bytes (\"4K\"), got {bytes}"),
-            ));
-        }
-        events.journal_max_bytes = bytes;
+        events.journal_max_bytes = size_at_least(field, MINIMUM_BUDGET_BYTES)?;
+    }
+    if let Some(field) = message.take("journal_queue_bytes")? {
+        events.journal_queue_bytes = size_at_least(field, MINIMUM_BUDGET_BYTES)?;
     }
     if let Some(field) = message.take("runner_name")? {
         events.runner_name = Some(field.non_empty_string()?);
@@ -135,7 +214,24 @@ fn decode_events(mut message: Message) -> Decoded<EventsConfig> {
     Ok(events)
 }
 
-/// `events` as `check-config` prints it.
+/// A size in bytes of at least `minimum`.
+fn size_at_least(field: Field, minimum: u64) -> Decoded<u64> {
+    let path = field.path.clone();
+    let bytes = field.size()?;
+    if bytes < minimum {
+        return Err(FieldError::invalid(
+            &path,
+            format!(
+                "must be at least {minimum} bytes ({:?}), got {bytes}",
+                format_size(Limit::Value(minimum))
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `events` as `check-config` prints it: the fields it always had on one
+/// line, the byte budgets and the journal's mode below.
 pub(super) fn write_events(f: &mut fmt::Formatter<'_>, events: &EventsConfig) -> fmt::Result {
     let journal = match &events.journal_path {
         Some(path) => format!("{:?}", path.display().to_string()),
@@ -149,6 +245,29 @@ pub(super) fn write_events(f: &mut fmt::Formatter<'_>, events: &EventsConfig) ->
         f,
         "events: {{ replayBufferSize: {}, journalPath: {journal}, journalMaxBytes: {}, runnerName: {runner_name} }}",
         events.replay_buffer_size, events.journal_max_bytes
+    )?;
+    let size = |bytes: u64| format_size(Limit::Value(bytes));
+    writeln!(
+        f,
+        "  replayBufferBytes: {}",
+        size(events.replay_buffer_bytes)
+    )?;
+    writeln!(
+        f,
+        "  subscriberQueueBytes: {}",
+        size(events.subscriber_queue_bytes)
+    )?;
+    writeln!(f, "  maximumSubscribers: {}", events.maximum_subscribers)?;
+    writeln!(
+        f,
+        "  maximumArgumentBytes: {}",
+        size(events.maximum_argument_bytes)
+    )?;
+    writeln!(f, "  journalMode: '{:04o}'", events.journal_mode)?;
+    writeln!(
+        f,
+        "  journalQueueBytes: {}",
+        size(events.journal_queue_bytes)
     )
 }
 
@@ -287,21 +406,55 @@ mod tests {
     #[test]
     fn events_fields_decode_with_sizes_in_either_form() {
         let config = load_with(
-            "events: { replayBufferSize: 8, journalPath: '/var/log/rbe/events.jsonl', \
-             journalMaxBytes: '16Mi', runnerName: 'runner-0' }",
+            "events: { replayBufferSize: 8, replayBufferBytes: '1Mi', subscriberQueueBytes: 65536, \
+             maximumSubscribers: 3, maximumArgumentBytes: '4K', \
+             journalPath: '/var/log/rbe/events.jsonl', journalMode: '0640', \
+             journalMaxBytes: '16Mi', journalQueueBytes: '2M', runnerName: 'runner-0' }",
         )
         .expect("decodes");
         assert_eq!(
             config.events,
             EventsConfig {
                 replay_buffer_size: 8,
+                replay_buffer_bytes: 1 << 20,
+                subscriber_queue_bytes: 64 << 10,
+                maximum_subscribers: 3,
+                maximum_argument_bytes: 4 << 10,
                 journal_path: Some("/var/log/rbe/events.jsonl".into()),
+                journal_mode: 0o640,
                 journal_max_bytes: 16 << 20,
+                journal_queue_bytes: 2 << 20,
                 runner_name: Some("runner-0".into()),
             }
         );
-        let config = load_with("events: { journal_max_bytes: 1048576 }").expect("decodes");
+        let config = load_with("events: { journal_max_bytes: 1048576, journal_mode: 384 }")
+            .expect("decodes");
         assert_eq!(config.events.journal_max_bytes, 1 << 20);
+        assert_eq!(config.events.journal_mode, 0o600);
+    }
+
+    /// Why it matters: the defaults are what bounds a runner nobody tuned;
+    /// the operator reads them in check-config's output.
+    #[test]
+    fn event_budgets_default_to_the_documented_bounds_and_are_printed() {
+        let events = load_with("").expect("decodes").events;
+        assert_eq!(events.replay_buffer_bytes, 64 << 20);
+        assert_eq!(events.subscriber_queue_bytes, 16 << 20);
+        assert_eq!(events.journal_queue_bytes, 64 << 20);
+        assert_eq!(events.maximum_subscribers, 64);
+        assert_eq!(events.maximum_argument_bytes, 64 << 10);
+        assert_eq!(events.journal_mode, 0o600);
+        let text = load_with("").expect("decodes").to_string();
+        for expected in [
+            "  replayBufferBytes: 64M",
+            "  subscriberQueueBytes: 16M",
+            "  maximumSubscribers: 64",
+            "  maximumArgumentBytes: 64K",
+            "  journalMode: '0600'",
+            "  journalQueueBytes: 64M",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+        }
     }
 
     /// Wrong types and malformed values name the field they are in.
@@ -354,6 +507,41 @@ mod tests {
                 "at least 4096",
             ),
             ("events: { journalPath: '' }", "events.journalPath", "empty"),
+            (
+                "events: { replayBufferBytes: '1K' }",
+                "events.replayBufferBytes",
+                "at least 4096",
+            ),
+            (
+                "events: { subscriberQueueBytes: 'max' }",
+                "events.subscriberQueueBytes",
+                "not allowed",
+            ),
+            (
+                "events: { journalQueueBytes: '64MB' }",
+                "events.journalQueueBytes",
+                "not a size",
+            ),
+            (
+                "events: { maximumArgumentBytes: 100 }",
+                "events.maximumArgumentBytes",
+                "at least 1024",
+            ),
+            (
+                "events: { maximumSubscribers: 0 }",
+                "events.maximumSubscribers",
+                "between 1 and",
+            ),
+            (
+                "events: { journalMode: '0644x' }",
+                "events.journalMode",
+                "octal",
+            ),
+            (
+                "events: { journalMode: '01600' }",
+                "events.journalMode",
+                "outside 0o777",
+            ),
             ("events: { runnerName: 7 }", "events.runnerName", "a string"),
         ]);
     }

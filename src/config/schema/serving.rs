@@ -43,7 +43,7 @@ pub(super) fn decode(message: &mut Message) -> Decoded<Serving> {
     // rbe-runner's extension.
     let listen_path_mode = message
         .take("listen_path_mode")?
-        .map(decode_listen_path_mode)
+        .map(decode_permission_bits)
         .transpose()?;
     Ok(Serving {
         build_directory_path: PathBuf::from(build_directory_path),
@@ -53,9 +53,10 @@ pub(super) fn decode(message: &mut Message) -> Decoded<Serving> {
     })
 }
 
-/// `listenPathMode`: an octal string such as `'0660'`, or a number (e.g.
-/// `std.parseOctal('660')`); permission bits only.
-fn decode_listen_path_mode(field: Field) -> Decoded<u32> {
+/// A file mode (`listenPathMode`, `events.journalMode`): an octal string
+/// such as `'0660'`, or a number (e.g. `std.parseOctal('660')`);
+/// permission bits only.
+pub(super) fn decode_permission_bits(field: Field) -> Decoded<u32> {
     let path = field.path.clone();
     let mode = if field.is_string() {
         let text = field.string()?;
