@@ -217,13 +217,16 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     // global.diagnosticsHttpServer: bound once the gRPC listeners are,
     // stopped with them.
     let diagnostics = start_diagnostics(&config, metrics, &state).await?;
+    // The state is reported (event, metric, log) before the "serving"
+    // line: whoever waits for that line (an operator, a test, a probe) and
+    // then asks /-/ready must find the metrics and events agreeing.
+    state.started();
     tracing::info!(
         listeners = ?servers.listener_names(),
         build_directory = %build_directory.path().display(),
         runner_instance = %instance,
         "serving"
     );
-    state.started();
 
     // On the first signal: refuse work, then let actions finish
     // (stopGracefully) or terminate them; event streams end after the last
