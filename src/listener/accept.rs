@@ -52,6 +52,14 @@ pub struct Slot {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+impl Slot {
+    /// A slot under no cap.
+    #[cfg(test)]
+    pub(crate) fn uncapped() -> Slot {
+        Slot { _permit: None }
+    }
+}
+
 /// What to do with the outcome of one `accept`.
 pub enum Admitted<T> {
     /// Serve this connection, holding its slot.
@@ -159,6 +167,16 @@ impl Admission {
 pub(crate) trait Accept {
     type Connection;
     fn accept(&self) -> impl Future<Output = io::Result<Self::Connection>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Connection = tokio::net::TcpStream;
+
+    async fn accept(&self) -> io::Result<tokio::net::TcpStream> {
+        tokio::net::TcpListener::accept(self)
+            .await
+            .map(|(stream, _)| stream)
+    }
 }
 
 /// Accepts on `listener` until `stop` becomes true, running `serve` on a

@@ -15,6 +15,8 @@
 //! - [`authority`]: on Unix sockets, every request's `:authority` becomes
 //!   `localhost`, so that C-core and Java clients are served.
 //! - [`deadline`]: an expired `grpc-timeout` answers `DEADLINE_EXCEEDED`.
+//! - [`keep_alive`]: the header-read and idle timeouts of the diagnostics
+//!   server's HTTP/1 connections.
 //!
 //! TCP listeners are open to the network: all of them together hold at
 //! most [`TcpLimits::max_connections`]. Unix sockets are guarded by their
@@ -68,6 +70,7 @@ pub mod authority;
 pub mod deadline;
 pub mod handshake;
 pub mod idle;
+pub mod keep_alive;
 pub mod socket;
 
 use std::convert::Infallible;
