@@ -1,12 +1,12 @@
-//! The two timeouts of an HTTP/1 connection, as Go's `http.Server` has
-//! them (`ReadHeaderTimeout`, `IdleTimeout`) and so every Buildbarn
-//! component's diagnostics server: a request head must arrive whole within
-//! the header-read timeout, and a kept-alive connection may wait that long
-//! plus the idle timeout for its next request. Without them a client holds
-//! a descriptor for as long as it likes, by sending nothing or by sending a
-//! head one byte at a time. The idle timeout also bounds each answer (Go's
-//! `WriteTimeout`), so that one stuck (a readiness path on a hung mount)
-//! does not hold the connection, or a shutdown, for good.
+//! The two timeouts of an HTTP/1 connection, as Go's `http.Server` names
+//! them (`ReadHeaderTimeout`, `IdleTimeout`): a request head must arrive
+//! whole within the header-read timeout, and a kept-alive connection may
+//! wait the idle timeout for the first byte of its next request. Without
+//! them a client holds a descriptor for as long as it likes, by sending
+//! nothing or by sending a head one byte at a time. The idle timeout also
+//! bounds each answer (like Go's `WriteTimeout`), so that one stuck (a
+//! readiness path on a hung mount) does not hold the connection, or a
+//! shutdown, for good.
 //!
 //! hyper's own `header_read_timeout` starts whenever it waits for a head,
 //! between kept-alive requests too, so it cannot tell idle from slow; the
