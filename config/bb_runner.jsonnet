@@ -31,10 +31,15 @@ local podName = std.extVar('POD_NAME');
     // Options every Buildbarn binary has; rbe-runner accepts logPaths and
     // says once at startup that it does not act on it.
     logPaths: ['/worker/log/%s-runner.log' % podName],
-    // /metrics, /-/healthy and /-/ready on port 9987 of every interface.
+    // /metrics, /-/healthy and /-/ready on port 9987 of the loopback
+    // interface: reachable from this host (in a pod, from its containers)
+    // only. Whoever reaches the port can read the metrics and probe
+    // readiness; it controls nothing. For Prometheus to scrape it from
+    // elsewhere, bind ':9987' where a network boundary limits who can
+    // connect (deploy/kubernetes does so: the pod network is the boundary).
     diagnosticsHttpServer: {
       httpServers: [{
-        listenAddresses: [':9987'],
+        listenAddresses: ['127.0.0.1:9987'],
         authenticationPolicy: { allow: {} },
       }],
       enablePrometheus: true,

@@ -9,25 +9,72 @@
 //! probe, as CheckReadiness does); otherwise 503 with the reason as the
 //! body, so a Kubernetes readiness probe takes the pod out of service as
 //! soon as shutdown starts.
+//!
+//! Its port may be reachable from the network (Kubernetes scrapes it), so
+//! no client may hold it, or the runner's descriptors, for long: a request
+//! head must arrive within [`DEFAULT_HEADER_READ_TIMEOUT`], a kept-alive
+//! connection waits at most [`DEFAULT_IDLE_TIMEOUT`] for its next request
+//! (and an answer takes at most that long), and at most
+//! [`DEFAULT_MAX_CONNECTIONS`] are open at once over all its addresses
+//! (beyond, new ones are closed at once and counted in
+//! `rbe_runner_diagnostics_connections_rejected_total`). Out of
+//! descriptors, accepting backs off as the gRPC listeners do. At shutdown
+//! the listeners close, idle connections close, and requests in flight are
+//! answered first, each within those same timeouts.
 
 use std::convert::Infallible;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::action::observer::RunnerStateReporter;
 use crate::config::DiagnosticsHttpServerConfig;
-use crate::listener;
+use crate::listener::accept::{serve_connections, Admission, ConnectionCap, Slot};
+use crate::listener::idle::Holding;
+use crate::listener::keep_alive::{ConnectionClock, KeepAliveTimeouts};
+use crate::listener::{self, stopped};
 use crate::metrics::{Metrics, TEXT_FORMAT};
 use crate::runner::readiness;
+
+/// How long a client may take to send a request head: from accepting the
+/// connection for the first request, from its first byte for later ones.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a kept-alive connection may wait for its next request.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections open at once, over all listen addresses.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// The bounds on the diagnostics server's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiagnosticsLimits {
+    /// The header-read and idle timeouts of every connection.
+    pub timeouts: KeepAliveTimeouts,
+    /// Connections open at once; those beyond are closed as soon as they
+    /// are accepted.
+    pub max_connections: usize,
+}
+
+impl Default for DiagnosticsLimits {
+    fn default() -> Self {
+        DiagnosticsLimits {
+            timeouts: KeepAliveTimeouts {
+                header_read: DEFAULT_HEADER_READ_TIMEOUT,
+                idle: DEFAULT_IDLE_TIMEOUT,
+            },
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
 
 /// An address of `httpServers[].listenAddresses` could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +109,7 @@ impl Readiness {
 pub struct DiagnosticsServer {
     listeners: Vec<(String, TcpListener)>,
     handler: Arc<Handler>,
+    limits: DiagnosticsLimits,
 }
 
 struct Handler {
@@ -98,7 +146,14 @@ impl DiagnosticsServer {
         Ok(DiagnosticsServer {
             listeners,
             handler: Arc::new(Handler { metrics, readiness }),
+            limits: DiagnosticsLimits::default(),
         })
+    }
+
+    /// Other bounds than the defaults (tests use short ones).
+    pub fn with_limits(mut self, limits: DiagnosticsLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The bound addresses, for the startup log.
@@ -110,47 +165,74 @@ impl DiagnosticsServer {
     }
 
     /// Serves until `stop` becomes true; then closes the listeners and
-    /// every connection (scrapes and probes are short and retried).
-    pub async fn serve(self, mut stop: watch::Receiver<bool>) {
+    /// the idle connections, and answers the requests in flight before
+    /// returning.
+    pub async fn serve(self, stop: watch::Receiver<bool>) {
+        let rejected = self
+            .handler
+            .metrics
+            .as_ref()
+            .map(|metrics| metrics.diagnostics_connections_rejected.clone());
+        let cap = ConnectionCap::new(self.limits.max_connections, rejected);
+        let timeouts = self.limits.timeouts;
         let mut tasks = tokio::task::JoinSet::new();
         for (name, listener) in self.listeners {
-            tasks.spawn(accept_loop(name, listener, self.handler.clone()));
+            let admission = Admission::new(name, Some(cap.clone()));
+            let (handler, stopping) = (self.handler.clone(), stop.clone());
+            let stop = stop.clone();
+            tasks.spawn(serve_connections(
+                listener,
+                admission,
+                stopping,
+                move |stream, slot| {
+                    serve_connection(stream, handler.clone(), timeouts, stop.clone(), slot)
+                },
+            ));
         }
-        while !*stop.borrow_and_update() {
-            if stop.changed().await.is_err() {
-                break;
-            }
-        }
-        tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
 }
 
-async fn accept_loop(name: String, listener: TcpListener, handler: Arc<Handler>) {
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                // Out of descriptors, most likely: the gRPC listeners back
-                // off the same way; a probe retries.
-                tracing::warn!(listener = name, %err, "diagnostics server cannot accept");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
+/// One HTTP/1 connection, until the client closes it, a timeout of
+/// `timeouts` passes or, once `stop` is true, its request in flight is
+/// answered. Its `slot` is given back when it closes.
+async fn serve_connection<S>(
+    stream: S,
+    handler: Arc<Handler>,
+    timeouts: KeepAliveTimeouts,
+    mut stop: watch::Receiver<bool>,
+    _slot: Slot,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let clock = ConnectionClock::accepted(timeouts);
+    let service = {
+        let clock = clock.clone();
+        hyper::service::service_fn(move |request| {
+            let (handler, answering) = (handler.clone(), clock.answering());
+            async move {
+                let response = handler.handle(request).await;
+                Ok::<_, Infallible>(response.map(|body| Holding::new(body, answering)))
             }
-        };
-        // Reap finished connections so the set does not grow.
-        while connections.try_join_next().is_some() {}
-        let handler = handler.clone();
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler.handle(request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        })
+    };
+    let connection = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(clock.reads(stream)), service);
+    tokio::pin!(connection);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            expired = clock.expired() => {
+                tracing::debug!(?expired, "closing a diagnostics connection that timed out");
+                return;
+            }
+            // Closes the connection once idle, after any request in flight.
+            _ = stopped(&mut stop), if !stopping => {
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
 
@@ -186,5 +268,183 @@ impl Handler {
             },
             _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::observer::Observers;
+    use crate::config::HttpServerConfig;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::time::Instant;
+
+    const HEALTHY: &[u8] = b"GET /-/healthy HTTP/1.1\r\nHost: runner\r\n\r\n";
+
+    fn handler() -> Arc<Handler> {
+        let state = RunnerStateReporter::new(Arc::new(Observers::new(vec![])));
+        Arc::new(Handler {
+            metrics: None,
+            readiness: Readiness {
+                state: Arc::new(state),
+                pathnames: Arc::new(Vec::new()),
+            },
+        })
+    }
+
+    /// The client end of a connection served with the default limits,
+    /// through a buffer of `buffer` bytes, and the sender that stops it.
+    fn connect(buffer: usize) -> (DuplexStream, watch::Sender<bool>) {
+        let (client, server) = tokio::io::duplex(buffer);
+        let (stop, stopped) = watch::channel(false);
+        let timeouts = DiagnosticsLimits::default().timeouts;
+        tokio::spawn(serve_connection(
+            server,
+            handler(),
+            timeouts,
+            stopped,
+            Slot::uncapped(),
+        ));
+        (client, stop)
+    }
+
+    /// Reads one whole `/-/healthy` answer.
+    async fn read_answer(client: &mut (impl AsyncRead + Unpin)) {
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\nOK\n") {
+            let mut byte = [0];
+            assert_eq!(client.read(&mut byte).await.unwrap(), 1, "{answer:?}");
+            answer.push(byte[0]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200 OK"), "{answer:?}");
+    }
+
+    /// Waits until the server closes the connection; returns what it sent
+    /// until then.
+    async fn read_to_close(client: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        rest
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_sends_nothing_is_closed_at_the_header_read_timeout() {
+        // Why: 1,100 such connections used to take every descriptor of the
+        // runner, so that its Runs failed.
+        let (mut client, _stop) = connect(4096);
+        let start = Instant::now();
+        assert!(read_to_close(&mut client).await.is_empty());
+        assert!(start.elapsed() >= DEFAULT_HEADER_READ_TIMEOUT);
+        assert!(start.elapsed() < DEFAULT_IDLE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_sent_a_byte_a_second_is_closed_at_the_header_read_timeout() {
+        // Why: slowloris clients (a byte every few seconds) used to be
+        // kept for good.
+        let (client, _stop) = connect(4096);
+        let (mut reader, mut writer) = tokio::io::split(client);
+        let start = Instant::now();
+        let closed = read_to_close(&mut reader);
+        tokio::pin!(closed);
+        let endless_head = b"GET /-/healthy HTTP/1.1\r\nX-Slow: "
+            .iter()
+            .chain(std::iter::repeat(&b'a'));
+        for byte in endless_head {
+            writer.write_all(&[*byte]).await.unwrap();
+            tokio::select! {
+                rest = closed.as_mut() => {
+                    assert!(rest.is_empty(), "{rest:?}");
+                    break;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        assert!(start.elapsed() < DEFAULT_IDLE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_alive_connection_waits_the_idle_timeout_for_its_next_request() {
+        // Why: Prometheus scrapes every 15 to 60 s over one kept-alive
+        // connection; the header-read timeout must not cut it between
+        // scrapes, and the idle timeout must end it when scrapes stop.
+        let (mut client, _stop) = connect(4096);
+        client.write_all(HEALTHY).await.unwrap();
+        read_answer(&mut client).await;
+        tokio::time::sleep(DEFAULT_HEADER_READ_TIMEOUT * 3).await;
+        client.write_all(HEALTHY).await.unwrap();
+        read_answer(&mut client).await;
+        let answered = Instant::now();
+        assert!(read_to_close(&mut client).await.is_empty());
+        assert!(answered.elapsed() >= DEFAULT_IDLE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_shutdown_an_answer_in_flight_is_finished_and_idle_connections_close() {
+        // Why: stopping used to abort every connection, cutting a scrape
+        // half-written; one kept alive must not hold the stop up.
+        let (mut scraping, stop) = connect(8);
+        scraping.write_all(HEALTHY).await.unwrap();
+        let mut first = [0];
+        scraping.read_exact(&mut first).await.unwrap();
+        let (mut idle, stop_idle) = connect(4096);
+        idle.write_all(HEALTHY).await.unwrap();
+        read_answer(&mut idle).await;
+
+        let stopping = Instant::now();
+        stop.send(true).unwrap();
+        stop_idle.send(true).unwrap();
+        let rest = read_to_close(&mut scraping).await;
+        let answer = [&first[..], &rest].concat();
+        assert!(answer.starts_with(b"HTTP/1.1 200 OK"), "{answer:?}");
+        assert!(answer.ends_with(b"\r\n\r\nOK\n"), "{answer:?}");
+        assert!(read_to_close(&mut idle).await.is_empty());
+        assert_eq!(stopping.elapsed(), Duration::ZERO, "no timeout waited for");
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_at_once_and_the_others_served() {
+        // Why: without a cap, clients of the diagnostics port could use up
+        // the descriptors the runner's actions need.
+        let config = DiagnosticsHttpServerConfig {
+            http_servers: vec![HttpServerConfig {
+                listen_addresses: vec!["127.0.0.1:0".into()],
+            }],
+            enable_prometheus: false,
+            enable_pprof: false,
+            enable_active_spans: false,
+        };
+        let readiness = Readiness {
+            state: handler().readiness.state.clone(),
+            pathnames: Arc::new(Vec::new()),
+        };
+        let hour = Duration::from_secs(3600);
+        let server = DiagnosticsServer::bind(&config, None, readiness)
+            .await
+            .unwrap()
+            .with_limits(DiagnosticsLimits {
+                timeouts: KeepAliveTimeouts {
+                    header_read: hour,
+                    idle: hour,
+                },
+                max_connections: 2,
+            });
+        let address = server.addresses().remove(0);
+        let (stop, stopped) = watch::channel(false);
+        let serving = tokio::spawn(server.serve(stopped));
+
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+        }
+        let mut beyond = tokio::net::TcpStream::connect(&address).await.unwrap();
+        assert!(read_to_close(&mut beyond).await.is_empty());
+        for connection in &mut held {
+            connection.write_all(HEALTHY).await.unwrap();
+            read_answer(connection).await;
+        }
+
+        stop.send(true).unwrap();
+        serving.await.unwrap();
     }
 }

@@ -4,10 +4,12 @@
 //! Each listener (Unix socket or TCP) of each `grpcServers` entry serves
 //! `buildbarn.runner.Runner`, `rbe_runner.events.v1.Events`, gRPC health
 //! and server reflection, through the connection handling of
-//! [`crate::listener`]. On shutdown the listeners stop accepting, in-flight
-//! calls finish (the caller decides beforehand whether actions are allowed
-//! to run to completion or are terminated), and socket files are removed if
-//! they are still ours.
+//! [`crate::listener`]; TCP listeners together hold at most
+//! [`TcpLimits::max_connections`] connections and close those with no call
+//! for [`TcpLimits::idle_timeout`]. On shutdown the listeners stop
+//! accepting, in-flight calls finish (the caller decides beforehand whether
+//! actions are allowed to run to completion or are terminated), and socket
+//! files are removed if they are still ours.
 
 use std::future::Future;
 use std::io;
@@ -25,9 +27,10 @@ use crate::bounded::bounded_message;
 use crate::config::GrpcServerConfig;
 use crate::events::service::EventsService;
 use crate::fault::RunnerError;
+use crate::listener::accept::ConnectionCap;
 use crate::listener::deadline::{parse_grpc_timeout, DeadlineService};
 use crate::listener::socket::{BoundSocket, SocketError, SocketFile};
-use crate::listener::{self, Listener};
+use crate::listener::{self, Listener, TcpLimits};
 use crate::metrics::{GrpcMetrics, GrpcMetricsService};
 use crate::process::privileges::{self, CAP_SETUID};
 use crate::proto::rbe_runner::events::v1::events_server::EventsServer;
@@ -218,6 +221,15 @@ impl BoundServers {
             .build_v1()
             .map_err(|err| ServeError::Reflection(err.to_string()))?;
 
+        // One cap for every TCP listener: together they hold at most
+        // max_connections descriptors, whatever clients do.
+        let tcp_limits = TcpLimits::default();
+        let tcp_cap = ConnectionCap::new(
+            tcp_limits.max_connections,
+            self.metrics
+                .as_ref()
+                .map(|metrics| metrics.connections_rejected()),
+        );
         let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         let mut socket_files: Vec<SocketFile> = Vec::new();
@@ -246,7 +258,12 @@ impl BoundServers {
                             })?;
                         Listener::Unix { name, listener }
                     }
-                    Bound::Tcp { listener, .. } => Listener::Tcp { name, listener },
+                    Bound::Tcp { listener, .. } => Listener::Tcp {
+                        name,
+                        listener,
+                        cap: tcp_cap.clone(),
+                        idle_timeout: tcp_limits.idle_timeout,
+                    },
                 };
                 tasks.spawn(listener::serve(
                     listener,

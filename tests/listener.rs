@@ -1,7 +1,9 @@
 //! The listener under adversarial use, against the real binary: a second
 //! runner on the same path, permissions under umask 000, signals, a full
-//! descriptor table, and connections that never finish their handshake.
-//! Each test reproduces a way the runner used to be hijacked or starved.
+//! descriptor table, connections that never finish their handshake, and
+//! floods of idle and slowloris connections over TCP, to the gRPC and the
+//! diagnostics ports. Each test reproduces a way the runner used to be
+//! hijacked or starved.
 
 mod common;
 
@@ -330,4 +332,225 @@ async fn a_client_that_is_not_http2_is_refused_through_the_rewriting() {
         .read_to_end(&mut received)
         .expect("the runner closes the connection");
     ready(&runner).await;
+}
+
+// ---------------------------------------------------------------------------
+// Idle and slowloris connections over TCP, under the descriptor limit the
+// shipped systemd unit gives. With 1,100 idle connections on the
+// diagnostics port, 18 of 20 Runs used to fail: the runner had no
+// descriptor left to accept bb_worker or to start an action.
+
+/// The soft `RLIMIT_NOFILE` the runner is given: what the shipped systemd
+/// unit leaves it (the runner does not raise its own).
+const SOFT_DESCRIPTOR_LIMIT: u64 = 1024;
+/// More idle connections than the runner has descriptors.
+const IDLE_CONNECTIONS: usize = 1100;
+const SLOWLORIS_CONNECTIONS: usize = 50;
+/// The pace of a slowloris client.
+const TRICKLE_INTERVAL: Duration = Duration::from_secs(1);
+/// Past this, a connection is taken as refused (a full backlog drops the
+/// SYN, and the kernel would retry for minutes).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one Run may take here before the test calls it failed.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The test opens more connections than a soft limit of 1024 allows.
+fn raise_own_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let needed = 4 * (IDLE_CONNECTIONS + SLOWLORIS_CONNECTIONS) as u64;
+    assert!(
+        hard >= needed,
+        "the test needs {needed} descriptors; the hard limit is {hard}"
+    );
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+}
+
+/// The first address on 127.0.0.1 in the runner's log line containing
+/// `marker`.
+fn logged_address(runner: &TestRunner, marker: &str) -> String {
+    let line = runner
+        .log()
+        .into_iter()
+        .find(|line| line.contains(marker))
+        .unwrap_or_else(|| panic!("no log line with {marker:?}"));
+    let start = line.find("127.0.0.1:").expect("an address on 127.0.0.1");
+    line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect()
+}
+
+/// A client that sends `head` a byte every [`TRICKLE_INTERVAL`] and then
+/// `filler` forever; the task ends when the runner closes the connection.
+async fn slowloris(address: &str, head: &'static [u8], filler: u8) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    tokio::spawn(async move {
+        let mut received = [0; 256];
+        for byte in head.iter().copied().chain(std::iter::repeat(filler)) {
+            if stream.write_all(&[byte]).await.is_err() {
+                return;
+            }
+            let deadline = tokio::time::Instant::now() + TRICKLE_INTERVAL;
+            loop {
+                tokio::select! {
+                    read = stream.read(&mut received) => match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+        }
+    })
+}
+
+/// Opens up to [`IDLE_CONNECTIONS`] connections to `address`, each sending
+/// `greeting` and then nothing. Stops early when a connection cannot be
+/// made: the runner no longer accepts and its backlog (128) is full.
+async fn idle_connections(address: &str, greeting: &[u8]) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut connections = Vec::with_capacity(IDLE_CONNECTIONS);
+    for _ in 0..IDLE_CONNECTIONS {
+        let connecting = tokio::net::TcpStream::connect(address);
+        let Ok(Ok(mut stream)) = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await else {
+            eprintln!(
+                "the runner stopped accepting after {} idle connections",
+                connections.len()
+            );
+            break;
+        };
+        // The runner may have closed it already, being at its cap.
+        let _ = stream.write_all(greeting).await;
+        connections.push(stream);
+    }
+    connections
+}
+
+/// Twenty Runs over the Unix socket, each answered with exit code 0.
+async fn runs_succeed(runner: &TestRunner) {
+    for run in 1..=20 {
+        match tokio::time::timeout(RUN_TIMEOUT, runner.run_shell("exit 0")).await {
+            Ok((_, Ok(response))) => assert_eq!(response.exit_code, 0, "Run {run}"),
+            Ok((_, Err(status))) => panic!("Run {run} failed: {status:?}"),
+            Err(_) => panic!("Run {run} had no answer within {RUN_TIMEOUT:?}"),
+        }
+    }
+}
+
+/// Waits until the runner has closed every slowloris connection.
+async fn all_closed(slowloris: Vec<tokio::task::JoinHandle<()>>) {
+    for client in slowloris {
+        tokio::time::timeout(SETTLE * 2, client)
+            .await
+            .expect("the runner closes a slowloris connection")
+            .unwrap();
+    }
+}
+
+/// The value of an unlabelled counter in a scrape of `address`, retried
+/// until a connection is admitted.
+async fn scraped_counter(address: &str, name: &str) -> f64 {
+    let mut value = None;
+    eventually("a scrape is answered", SETTLE, || {
+        value = scrape(address).and_then(|exposition| {
+            exposition
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("{name} ")))
+                .and_then(|value| value.parse().ok())
+        });
+        value.is_some()
+    })
+    .await;
+    value.unwrap()
+}
+
+/// `/metrics` of `address`, or `None` when the connection was closed
+/// without an answer (the server is at its cap).
+fn scrape(address: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(SETTLE)).ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.starts_with("HTTP/1.1 200").then_some(response)
+}
+
+fn diagnostics_on_loopback() -> serde_json::Value {
+    json!({
+        "global": { "diagnosticsHttpServer": {
+            "httpServers": [{
+                "listenAddresses": ["127.0.0.1:0"],
+                "authenticationPolicy": { "allow": {} },
+            }],
+            "enablePrometheus": true,
+        } },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_and_slowloris_clients_of_the_diagnostics_port_leave_runs_unharmed() {
+    // Why: with no timeout and no cap, idle connections to the diagnostics
+    // port took every descriptor (Runs answered UNAVAILABLE) and slowloris
+    // connections stayed open for good.
+    raise_own_descriptor_limit();
+    let runner = TestRunner::start(diagnostics_on_loopback());
+    set_descriptor_limit(runner.pid(), SOFT_DESCRIPTOR_LIMIT);
+    let address = diagnostics_address(&runner);
+
+    let mut slow = Vec::new();
+    for _ in 0..SLOWLORIS_CONNECTIONS {
+        slow.push(slowloris(&address, b"GET /metrics HTTP/1.1\r\nX-Slow: ", b'a').await);
+    }
+    let idle = idle_connections(&address, b"").await;
+    runs_succeed(&runner).await;
+
+    all_closed(slow).await;
+    let rejected = scraped_counter(
+        &address,
+        "rbe_runner_diagnostics_connections_rejected_total",
+    )
+    .await;
+    assert!(rejected > 0.0, "connections beyond the cap are counted");
+    assert!(rejected <= (IDLE_CONNECTIONS + SLOWLORIS_CONNECTIONS) as f64);
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_and_slowloris_clients_of_a_grpc_tcp_listener_leave_runs_unharmed() {
+    // Why: a TCP connection past the HTTP/2 handshake was never closed and
+    // there was no cap, so idle clients of the gRPC port could take every
+    // descriptor, as on the diagnostics port.
+    raise_own_descriptor_limit();
+    let mut config = diagnostics_on_loopback();
+    merge(
+        &mut config,
+        json!({ "grpcServers": [{ "listenAddresses": ["127.0.0.1:0"] }] }),
+    );
+    let runner = TestRunner::start(config);
+    set_descriptor_limit(runner.pid(), SOFT_DESCRIPTOR_LIMIT);
+    let address = logged_address(&runner, "serving");
+
+    let mut slow = Vec::new();
+    for _ in 0..SLOWLORIS_CONNECTIONS {
+        slow.push(slowloris(&address, HANDSHAKE, 0).await);
+    }
+    let idle = idle_connections(&address, HANDSHAKE).await;
+    runs_succeed(&runner).await;
+
+    all_closed(slow).await;
+    let rejected = scraped_counter(
+        &diagnostics_address(&runner),
+        "rbe_runner_grpc_connections_rejected_total",
+    )
+    .await;
+    assert!(rejected > 0.0, "connections beyond the cap are counted");
+    drop(idle);
 }

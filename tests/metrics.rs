@@ -202,6 +202,12 @@ async fn the_scrape_counts_exactly_the_actions_that_ran() {
     );
     assert_eq!(before.value("rbe_runner_refusing_work", &[]), 0.0);
     assert_eq!(before.value("rbe_runner_events_dropped_total", &[]), 0.0);
+    for rejected in [
+        "rbe_runner_diagnostics_connections_rejected_total",
+        "rbe_runner_grpc_connections_rejected_total",
+    ] {
+        assert_eq!(before.value(rejected, &[]), 0.0, "{rejected}");
+    }
     assert_eq!(before.value("rbe_runner_spawn_server_up", &[]), 1.0);
     assert_eq!(
         before.value("rbe_runner_events_journal_write_failures_total", &[]),

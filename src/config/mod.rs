@@ -304,7 +304,10 @@ mod tests {
         assert_eq!(config.global.set_umask, Some(0o022));
         assert_eq!(config.global.ignored_keys, vec!["global.logPaths"]);
         let diagnostics = config.global.diagnostics_http_server.expect("diagnostics");
-        assert_eq!(diagnostics.http_servers[0].listen_addresses, vec![":9987"]);
+        assert_eq!(
+            diagnostics.http_servers[0].listen_addresses,
+            vec!["127.0.0.1:9987"]
+        );
         assert!(diagnostics.enable_prometheus);
     }
 }

@@ -2,8 +2,10 @@
 //! first SETTINGS frame, read before the connection is handed to the HTTP/2
 //! server, so that a client that never sends them can be closed after
 //! [`HANDSHAKE_TIMEOUT`] instead of holding a descriptor (and a task)
-//! forever. Past the handshake a connection is never closed for idleness:
-//! bb_worker keeps one open for the runner's lifetime.
+//! forever. Past the handshake, a connection on a Unix socket is never
+//! closed for idleness (bb_worker keeps one open for the runner's
+//! lifetime); one over TCP is, after [`super::TcpLimits::idle_timeout`]
+//! with no call (see [`super::idle`]).
 
 use std::io;
 use std::pin::Pin;

@@ -4,15 +4,24 @@
 //! the runner's edge, each in its own file:
 //! - [`socket`]: binding a Unix socket without taking over a live one and
 //!   with exact permissions; removing only our own socket on exit.
+//! - [`accept`]: backing off when the process runs out of descriptors
+//!   instead of retrying at once (a full descriptor table makes `accept`
+//!   fail immediately, over and over, for as long as a connection is
+//!   queued), and a cap on the connections a group of listeners holds.
 //! - [`handshake`]: a connection must send the HTTP/2 preface and SETTINGS
 //!   within [`handshake::HANDSHAKE_TIMEOUT`] or is closed.
+//! - [`idle`]: on TCP, a connection with no call for
+//!   [`TcpLimits::idle_timeout`] is closed.
 //! - [`authority`]: on Unix sockets, every request's `:authority` becomes
 //!   `localhost`, so that C-core and Java clients are served.
 //! - [`deadline`]: an expired `grpc-timeout` answers `DEADLINE_EXCEEDED`.
+//! - [`keep_alive`]: the header-read and idle timeouts of the diagnostics
+//!   server's HTTP/1 connections.
 //!
-//! The accept loop backs off when the process runs out of descriptors
-//! instead of retrying at once: a full descriptor table makes `accept` fail
-//! immediately, over and over, for as long as a connection is queued.
+//! TCP listeners are open to the network: all of them together hold at
+//! most [`TcpLimits::max_connections`]. Unix sockets are guarded by their
+//! permissions and have no cap: bb_worker keeps one connection there for
+//! the runner's lifetime, idle or not.
 
 /// Implements `AsyncWrite` for a wrapper that only changes what is read,
 /// by passing every write to its `inner` stream.
@@ -56,9 +65,12 @@ macro_rules! write_through_to_inner {
     };
 }
 
+pub mod accept;
 pub mod authority;
 pub mod deadline;
 pub mod handshake;
+pub mod idle;
+pub mod keep_alive;
 pub mod socket;
 
 use std::convert::Infallible;
@@ -73,13 +85,40 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tower::Service;
 
+use accept::{serve_connections, Accept, Admission, ConnectionCap, Slot};
 use authority::{AuthorityRewriting, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE};
 use handshake::{read_handshake, Replay, HANDSHAKE_TIMEOUT};
+use idle::{CountingCalls, OpenCalls};
 
-/// First pause after `accept` fails for lack of descriptors.
-const EXHAUSTION_FIRST_BACKOFF: Duration = Duration::from_millis(10);
-/// Longest pause: descriptors freed are noticed within this.
-const EXHAUSTION_MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// `grpcServers[].listenAddresses`: at most this many TCP connections at
+/// once, over every TCP listener of the runner.
+pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 256;
+/// `grpcServers[].listenAddresses`: a TCP connection with no call open for
+/// this long is closed. bb_worker's client reconnects on its next call.
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a connection closed for idleness may take to acknowledge the
+/// GOAWAY (a PING's round trip) before it is dropped; a call opened
+/// meanwhile is served to its end.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// The bounds on the gRPC servers' TCP connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpLimits {
+    /// Connections held at once over all TCP listeners; those beyond are
+    /// closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// A connection with no call open for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits {
+            max_connections: DEFAULT_TCP_MAX_CONNECTIONS,
+            idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
+        }
+    }
+}
 
 /// A listening socket, ready to accept.
 pub enum Listener {
@@ -90,20 +129,21 @@ pub enum Listener {
     Tcp {
         name: String,
         listener: TcpListener,
+        /// Shared by every TCP listener.
+        cap: ConnectionCap,
+        /// A connection with no call for this long is closed.
+        idle_timeout: Duration,
     },
 }
 
-enum Accepted {
+/// A connection a [`Listener`] accepted.
+pub(crate) enum Accepted {
     Unix(UnixStream),
     Tcp(TcpStream),
 }
 
-impl Listener {
-    pub fn name(&self) -> &str {
-        match self {
-            Listener::Unix { name, .. } | Listener::Tcp { name, .. } => name,
-        }
-    }
+impl Accept for Listener {
+    type Connection = Accepted;
 
     async fn accept(&self) -> io::Result<Accepted> {
         match self {
@@ -121,40 +161,25 @@ impl Listener {
     }
 }
 
-/// Whether an `accept` error means the process or system is out of
-/// descriptors (or memory), which retrying at once cannot fix.
-fn is_resource_exhaustion(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
-/// Backoff of one listener's accept loop: 10 ms doubling to 1 s while
-/// `accept` keeps failing for lack of resources, one log line per episode.
-#[derive(Debug, Default)]
-struct AcceptBackoff {
-    /// Failures in the current episode; 0 when accepting normally.
-    failures: u64,
-    delay: Duration,
-}
-
-impl AcceptBackoff {
-    /// Records a failure; returns how long to pause and whether this
-    /// failure starts an episode (and so is to be logged).
-    fn failed(&mut self) -> (Duration, bool) {
-        self.failures += 1;
-        self.delay = if self.failures == 1 {
-            EXHAUSTION_FIRST_BACKOFF
-        } else {
-            (self.delay * 2).min(EXHAUSTION_MAX_BACKOFF)
-        };
-        (self.delay, self.failures == 1)
+impl Listener {
+    pub fn name(&self) -> &str {
+        match self {
+            Listener::Unix { name, .. } | Listener::Tcp { name, .. } => name,
+        }
     }
 
-    /// Records a success; returns the failures of the episode it ends.
-    fn succeeded(&mut self) -> u64 {
-        std::mem::take(&mut self.failures)
+    fn cap(&self) -> Option<ConnectionCap> {
+        match self {
+            Listener::Unix { .. } => None,
+            Listener::Tcp { cap, .. } => Some(cap.clone()),
+        }
+    }
+
+    fn idle_timeout(&self) -> Option<Duration> {
+        match self {
+            Listener::Unix { .. } => None,
+            Listener::Tcp { idle_timeout, .. } => Some(*idle_timeout),
+        }
     }
 }
 
@@ -184,7 +209,7 @@ pub async fn bind_tcp(address: &str) -> io::Result<TcpListener> {
 /// Serves `service` on every connection `listener` accepts until `stop`
 /// becomes true; then stops accepting (closing the listening socket), lets
 /// connections finish their calls (HTTP/2 graceful shutdown) and returns.
-pub async fn serve<S>(listener: Listener, service: S, mut stop: watch::Receiver<bool>)
+pub async fn serve<S>(listener: Listener, service: S, stop: watch::Receiver<bool>)
 where
     S: Service<
             http::Request<Incoming>,
@@ -195,53 +220,31 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let mut connections = tokio::task::JoinSet::new();
-    let mut backoff = AcceptBackoff::default();
-    loop {
-        let accepted = tokio::select! {
-            _ = stopped(&mut stop) => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok(connection) => {
-                let failures = backoff.succeeded();
-                if failures > 0 {
-                    tracing::info!(
-                        listener = listener.name(),
-                        failures,
-                        "accepting connections again"
-                    );
-                }
-                connections.spawn(serve_connection(connection, service.clone(), stop.clone()));
-            }
-            Err(err) if is_resource_exhaustion(&err) => {
-                let (delay, first) = backoff.failed();
-                if first {
-                    tracing::warn!(
-                        listener = listener.name(),
-                        %err,
-                        "cannot accept connections: out of descriptors; retrying with backoff (up to 1 s) until some are freed"
-                    );
-                }
-                tokio::select! {
-                    _ = stopped(&mut stop) => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-            // Per-connection failures (ECONNABORTED, ...): the next accept
-            // is unaffected.
-            Err(err) => tracing::debug!(listener = listener.name(), %err, "accept failed"),
-        }
-        while connections.try_join_next().is_some() {}
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
+    let admission = Admission::new(listener.name(), listener.cap());
+    let idle_timeout = listener.idle_timeout();
+    let stopping = stop.clone();
+    serve_connections(listener, admission, stopping, move |connection, slot| {
+        serve_connection(
+            connection,
+            service.clone(),
+            stop.clone(),
+            idle_timeout,
+            slot,
+        )
+    })
+    .await
 }
 
 /// One connection: the handshake within its time limit, then HTTP/2 until
-/// the client leaves or, after `stop`, its calls are done.
-async fn serve_connection<S>(connection: Accepted, service: S, mut stop: watch::Receiver<bool>)
-where
+/// the client leaves, it has had no call for `idle_timeout` or, after
+/// `stop`, its calls are done. Its `slot` is given back when it closes.
+async fn serve_connection<S>(
+    connection: Accepted,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+    idle_timeout: Option<Duration>,
+    _slot: Slot,
+) where
     S: Service<
             http::Request<Incoming>,
             Response = http::Response<tonic::body::Body>,
@@ -256,13 +259,14 @@ where
             let Some(prefix) = handshake(&mut stream, &mut stop).await else {
                 return;
             };
-            serve_http2(AuthorityRewriting::new(stream, &prefix), service, stop).await
+            let stream = AuthorityRewriting::new(stream, &prefix);
+            serve_http2(stream, service, stop, idle_timeout).await
         }
         Accepted::Tcp(mut stream) => {
             let Some(prefix) = handshake(&mut stream, &mut stop).await else {
                 return;
             };
-            serve_http2(Replay::new(stream, prefix), service, stop).await
+            serve_http2(Replay::new(stream, prefix), service, stop, idle_timeout).await
         }
     }
 }
@@ -293,8 +297,12 @@ async fn handshake<S: AsyncRead + Unpin>(
     }
 }
 
-async fn serve_http2<I, S>(io: I, service: S, mut stop: watch::Receiver<bool>)
-where
+async fn serve_http2<I, S>(
+    io: I,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+    idle_timeout: Option<Duration>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<
             http::Request<Incoming>,
@@ -305,6 +313,8 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let calls = OpenCalls::default();
+    let service = CountingCalls::new(service, calls.clone());
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -318,6 +328,17 @@ where
             connection.as_mut().graceful_shutdown();
             connection.await
         }
+        _ = calls.idle_for(idle_timeout) => {
+            tracing::debug!(timeout = ?idle_timeout, "closing a connection with no call");
+            // GOAWAY, then closed once the client acknowledged it (a PING
+            // round trip) and any call it opened meanwhile is done. A
+            // client that never answers is dropped after the grace.
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = connection.as_mut() => result,
+                _ = calls.idle_for(Some(IDLE_CLOSE_GRACE)) => Ok(()),
+            }
+        }
     };
     if let Err(err) = result {
         tracing::debug!(%err, "connection ended with an error");
@@ -325,7 +346,7 @@ where
 }
 
 /// Completes when the server is to stop (or its stop sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard wait_for returns is not Send; drop it here.
     let _ = stop.wait_for(|stop| *stop).await;
 }
@@ -333,6 +354,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use tokio::time::Instant;
 
     #[tokio::test]
     async fn a_port_alone_binds_every_interface() {
@@ -347,46 +370,87 @@ mod tests {
         assert!(specific.local_addr().unwrap().ip().is_loopback());
     }
 
-    #[test]
-    fn backoff_doubles_from_10ms_to_1s_and_logs_once_per_episode() {
-        // Why: a full descriptor table must neither spin the accept loop
-        // nor flood the log.
-        let mut backoff = AcceptBackoff::default();
-        let delays: Vec<(u128, bool)> = (0..10)
-            .map(|_| {
-                let (delay, log) = backoff.failed();
-                (delay.as_millis(), log)
-            })
-            .collect();
-        assert_eq!(
-            delays,
-            [
-                (10, true),
-                (20, false),
-                (40, false),
-                (80, false),
-                (160, false),
-                (320, false),
-                (640, false),
-                (1000, false),
-                (1000, false),
-                (1000, false)
-            ]
-        );
-        assert_eq!(backoff.succeeded(), 10);
-        assert_eq!(backoff.succeeded(), 0);
-        assert_eq!(backoff.failed(), (EXHAUSTION_FIRST_BACKOFF, true));
+    /// A service that answers `/slow` once `release` is notified, and
+    /// every other path at once.
+    fn service(
+        release: Arc<tokio::sync::Notify>,
+    ) -> impl Service<
+        http::Request<Incoming>,
+        Response = http::Response<tonic::body::Body>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+           + Send
+           + 'static {
+        tower::service_fn(move |request: http::Request<Incoming>| {
+            let release = release.clone();
+            async move {
+                if request.uri().path() == "/slow" {
+                    release.notified().await;
+                }
+                Ok(http::Response::new(tonic::body::Body::empty()))
+            }
+        })
     }
 
-    #[test]
-    fn only_resource_exhaustion_backs_off() {
-        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
-            assert!(is_resource_exhaustion(&io::Error::from_raw_os_error(errno)));
-        }
-        for errno in [libc::ECONNABORTED, libc::EINTR, libc::EPROTO] {
-            assert!(!is_resource_exhaustion(&io::Error::from_raw_os_error(
-                errno
-            )));
-        }
+    fn request(path: &str) -> http::Request<()> {
+        http::Request::post(format!("http://runner{path}"))
+            .body(())
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tcp_connection_is_closed_after_the_idle_timeout_with_no_call_open() {
+        // Why: TCP connections that finished the handshake and then sent
+        // nothing (or a frame a byte at a time) used to be kept for good,
+        // using up the runner's descriptors; but a call in flight, however
+        // long (a Run, an event stream), must never be cut.
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(serve_http2(
+            server,
+            service(release.clone()),
+            stopped,
+            Some(DEFAULT_TCP_IDLE_TIMEOUT),
+        ));
+        let (mut sender, connection) = h2::client::handshake(client).await.unwrap();
+        let connection = tokio::spawn(connection);
+
+        let (slow, _) = sender.send_request(request("/slow"), true).unwrap();
+        tokio::time::sleep(DEFAULT_TCP_IDLE_TIMEOUT * 3).await;
+        assert!(!connection.is_finished(), "closed with a call in flight");
+        release.notify_one();
+        assert_eq!(slow.await.unwrap().status(), 200);
+
+        let answered = Instant::now();
+        let mut sender = sender.ready().await.unwrap();
+        let (quick, _) = sender.send_request(request("/quick"), true).unwrap();
+        assert_eq!(quick.await.unwrap().status(), 200);
+        connection.await.unwrap().unwrap();
+        assert!(answered.elapsed() >= DEFAULT_TCP_IDLE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_ignores_the_goaway_is_dropped_after_the_grace() {
+        // Why: an idle close waits for the client's answer to a PING; a
+        // client that never answers must not keep its descriptor anyway.
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let (_stop, stopped) = watch::channel(false);
+        let start = Instant::now();
+        tokio::spawn(serve_http2(
+            server,
+            service(Arc::default()),
+            stopped,
+            Some(DEFAULT_TCP_IDLE_TIMEOUT),
+        ));
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let mut sent = Vec::new();
+        client.read_to_end(&mut sent).await.unwrap();
+        assert!(start.elapsed() >= DEFAULT_TCP_IDLE_TIMEOUT + IDLE_CLOSE_GRACE);
     }
 }

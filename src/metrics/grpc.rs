@@ -14,6 +14,9 @@
 //! Paths that are not a served method are passed through uncounted: a
 //! client must not be able to create series at will.
 //!
+//! With them, `rbe_runner_grpc_connections_rejected_total`: TCP
+//! connections the gRPC listeners closed at once, being at their cap.
+//!
 //! [`DeadlineService`]: crate::listener::deadline::DeadlineService
 
 use std::convert::Infallible;
@@ -25,7 +28,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 use tokio::time::Instant;
 use tonic::Code;
 use tower::Service;
@@ -75,6 +78,7 @@ pub struct GrpcMetrics {
     msg_received: IntCounterVec,
     msg_sent: IntCounterVec,
     handling_seconds: HistogramVec,
+    connections_rejected: IntCounter,
 }
 
 const METHOD_LABELS: [&str; 3] = ["grpc_type", "grpc_service", "grpc_method"];
@@ -117,8 +121,13 @@ impl GrpcMetrics {
                 .buckets(DECIMAL_BUCKETS.to_vec()),
                 &METHOD_LABELS,
             )?,
+            connections_rejected: IntCounter::new(
+                "rbe_runner_grpc_connections_rejected_total",
+                "TCP connections to the gRPC listeners closed as soon as accepted, because the listeners held as many as they may.",
+            )?,
         };
         registry.register(Box::new(metrics.handling_seconds.clone()))?;
+        registry.register(Box::new(metrics.connections_rejected.clone()))?;
         for index in 0..SERVED_METHODS.len() {
             let labels = method_labels(index);
             metrics.started.with_label_values(&labels);
@@ -135,6 +144,11 @@ impl GrpcMetrics {
             }
         }
         Ok(metrics)
+    }
+
+    /// The counter of TCP connections turned away at the cap.
+    pub fn connections_rejected(&self) -> IntCounter {
+        self.connections_rejected.clone()
     }
 }
 

@@ -27,7 +27,7 @@ pub mod spawn_server;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub use actions::ActionMetrics;
 pub use grpc::{GrpcMetrics, GrpcMetricsService};
@@ -103,6 +103,9 @@ pub struct Metrics {
     pub grpc: Arc<GrpcMetrics>,
     /// The action metrics; wire it as an observer.
     pub actions: Arc<ActionMetrics>,
+    /// `rbe_runner_diagnostics_connections_rejected_total`, counted by the
+    /// diagnostics server.
+    pub diagnostics_connections_rejected: IntCounter,
 }
 
 impl Metrics {
@@ -136,10 +139,16 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         registry.register(Box::new(build_info))?;
+        let diagnostics_connections_rejected = IntCounter::new(
+            "rbe_runner_diagnostics_connections_rejected_total",
+            "Connections to the diagnostics HTTP server closed as soon as accepted, because it held as many as it may.",
+        )?;
+        registry.register(Box::new(diagnostics_connections_rejected.clone()))?;
         Ok(Metrics {
             registry,
             grpc,
             actions,
+            diagnostics_connections_rejected,
         })
     }
 
