@@ -14,7 +14,8 @@
 //!
 //! Whatever prost cannot decode (a broken encoding, a string that is not
 //! UTF-8) is the request's fault too: INVALID_ARGUMENT, where tonic's own
-//! codec answers INTERNAL. [`undecodable`] says so.
+//! codec answers INTERNAL. [`undecodable`] says so for every service,
+//! also those whose codec is not ours ([`crate::checked_requests`]).
 
 use std::marker::PhantomData;
 
