@@ -438,7 +438,13 @@ mod tests {
         refusal
             .set(RunnerError::InvalidArgument("broken".into()))
             .unwrap();
-        let trailers = body.frame().await.unwrap().unwrap().into_trailers().unwrap();
+        let trailers = body
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
         assert_eq!(trailers["grpc-status"], "3");
         assert_eq!(trailers["grpc-message"], "broken");
         assert!(body.frame().await.is_none());

@@ -190,7 +190,10 @@ fn measure_run_request(encoded: &[u8]) -> Result<ExecSize, WalkError> {
                     format!("environment_variables key {}", quoted(&lossy_key()))
                 })?;
                 require_utf8(value, || {
-                    format!("the value of environment_variables key {}", quoted(&lossy_key()))
+                    format!(
+                        "the value of environment_variables key {}",
+                        quoted(&lossy_key())
+                    )
                 })?;
                 size.add_environment_variable(lossy_key, key.len(), value.len())
                     .map_err(WalkError::Limit)?;
@@ -459,7 +462,10 @@ mod tests {
         let message = check_run_request(&encoded, 6 << 20)
             .unwrap_err()
             .to_string();
-        assert_eq!(message, "environment_variables key \"K\u{fffd}Y\" is not valid UTF-8");
+        assert_eq!(
+            message,
+            "environment_variables key \"K\u{fffd}Y\" is not valid UTF-8"
+        );
         let encoded = entry(b"KEY", b"\xc3");
         let message = check_run_request(&encoded, 6 << 20)
             .unwrap_err()

@@ -114,7 +114,10 @@ fn install_is_idempotent_and_replaces_a_running_copy() {
     drop(running.stdin.take());
     let _ = running.wait();
     assert!(second.status.success(), "{}", stderr_of(&second));
-    assert_eq!(names_in(dir.path()), ["bb_runner", "installed", "rbe-runner"]);
+    assert_eq!(
+        names_in(dir.path()),
+        ["bb_runner", "installed", "rbe-runner"]
+    );
 }
 
 /// The binary under test without its debug information, in `dir`: ten
@@ -204,7 +207,10 @@ fn install_onto_a_full_filesystem_fails_naming_the_destination() {
     );
     assert!(stderr.contains("No space left on device"), "{stderr}");
     assert!(!stderr.contains("/proc/self/exe"), "{stderr}");
-    assert!(names_in(tmpfs.dir.path()).is_empty(), "nothing is left behind");
+    assert!(
+        names_in(tmpfs.dir.path()).is_empty(),
+        "nothing is left behind"
+    );
 }
 
 #[test]

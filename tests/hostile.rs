@@ -283,17 +283,41 @@ async fn undecodable_requests_to_every_service_are_invalid_arguments_naming_the_
     const REFLECTION: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
     let invalid = "not a valid protobuf encoding";
     let cases = [
-        (CHECK_READINESS, then(&[], &not_utf8(0x0a)), "CheckReadinessRequest.path"),
+        (
+            CHECK_READINESS,
+            then(&[], &not_utf8(0x0a)),
+            "CheckReadinessRequest.path",
+        ),
         (CHECK_READINESS, then(&[], &cut_short), invalid),
-        (RUN, then(&run, &not_utf8(0x0a)), "arguments[3] is not valid UTF-8"),
+        (
+            RUN,
+            then(&run, &not_utf8(0x0a)),
+            "arguments[3] is not valid UTF-8",
+        ),
         (RUN, then(&run, &not_utf8(0x22)), "RunRequest.stdout_path"),
         (RUN, then(&run, &cut_short), invalid),
-        (SUBSCRIBE, then(&[], &not_utf8(0x1a)), "SubscribeRequest.runner_instance"),
+        (
+            SUBSCRIBE,
+            then(&[], &not_utf8(0x1a)),
+            "SubscribeRequest.runner_instance",
+        ),
         (SUBSCRIBE, then(&[], &cut_short), invalid),
-        (HEALTH_CHECK, then(&[], &not_utf8(0x0a)), "HealthCheckRequest.service"),
+        (
+            HEALTH_CHECK,
+            then(&[], &not_utf8(0x0a)),
+            "HealthCheckRequest.service",
+        ),
         (HEALTH_CHECK, then(&[], &cut_short), invalid),
-        (HEALTH_WATCH, then(&[], &not_utf8(0x0a)), "HealthCheckRequest.service"),
-        (REFLECTION, then(&[], &not_utf8(0x0a)), "ServerReflectionRequest.host"),
+        (
+            HEALTH_WATCH,
+            then(&[], &not_utf8(0x0a)),
+            "HealthCheckRequest.service",
+        ),
+        (
+            REFLECTION,
+            then(&[], &not_utf8(0x0a)),
+            "ServerReflectionRequest.host",
+        ),
         (REFLECTION, then(&[], &cut_short), invalid),
     ];
     let channel = runner.channel().await;
@@ -306,7 +330,11 @@ async fn undecodable_requests_to_every_service_are_invalid_arguments_naming_the_
             wrong.push(format!("{method} {encoded:?}: {answer:?}"));
         }
     }
-    assert!(wrong.is_empty(), "not INVALID_ARGUMENT naming the field:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "not INVALID_ARGUMENT naming the field:\n{}",
+        wrong.join("\n")
+    );
     assert_only_prepared(&action);
 }
 

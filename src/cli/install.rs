@@ -290,16 +290,13 @@ fn temporary_name(path: &Path) -> io::Result<PathBuf> {
 /// Whether `file_name` is a temporary name of one of the files installed,
 /// whoever wrote it (older versions used `.NAME.installing` alone).
 fn is_temporary_name(file_name: &str) -> bool {
-    EXECUTABLE_NAMES
-        .iter()
-        .chain([&MARKER_NAME])
-        .any(|name| {
-            file_name
-                .strip_prefix('.')
-                .and_then(|rest| rest.strip_prefix(name))
-                .and_then(|rest| rest.strip_prefix(TEMPORARY_SUFFIX))
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
-        })
+    EXECUTABLE_NAMES.iter().chain([&MARKER_NAME]).any(|name| {
+        file_name
+            .strip_prefix('.')
+            .and_then(|rest| rest.strip_prefix(name))
+            .and_then(|rest| rest.strip_prefix(TEMPORARY_SUFFIX))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
 }
 
 #[cfg(test)]
