@@ -441,13 +441,8 @@ mod tests {
     /// retries elsewhere in vain; the message says which string it is.
     #[test]
     fn strings_that_are_not_utf8_are_invalid_arguments_naming_them() {
-        let mut encoded = request(&["true", "ok"], &[]).encode_to_vec();
-        encoded.extend_from_slice(&[0x0a, 2, b'a', 0xff]);
-        let message = check_run_request(&encoded, 6 << 20)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(message, "arguments[2] is not valid UTF-8");
-
+        let mut argument = request(&["true", "ok"], &[]).encode_to_vec();
+        argument.extend_from_slice(&[0x0a, 2, b'a', 0xff]);
         // An environment entry: key field 1, value field 2.
         let entry = |key: &[u8], value: &[u8]| {
             let mut entry = vec![0x0a, key.len() as u8];
@@ -458,24 +453,25 @@ mod tests {
             field.extend_from_slice(&entry);
             field
         };
-        let encoded = entry(b"K\xffY", b"v");
-        let message = check_run_request(&encoded, 6 << 20)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            message,
-            "environment_variables key \"K\u{fffd}Y\" is not valid UTF-8"
-        );
-        let encoded = entry(b"KEY", b"\xc3");
-        let message = check_run_request(&encoded, 6 << 20)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            message,
-            "the value of environment_variables key \"KEY\" is not valid UTF-8"
-        );
-        for encoded in [entry(b"K\xffY", b"v"), entry(b"KEY", b"\xc3")] {
-            assert!(RunRequest::decode(encoded.as_slice()).is_err());
+        let cases = [
+            (argument, "arguments[2] is not valid UTF-8"),
+            (
+                entry(b"K\xffY", b"v"),
+                "environment_variables key \"K\u{fffd}Y\" is not valid UTF-8",
+            ),
+            (
+                entry(b"KEY", b"\xc3"),
+                "the value of environment_variables key \"KEY\" is not valid UTF-8",
+            ),
+        ];
+        for (encoded, expected) in cases {
+            let error = check_run_request(&encoded, 6 << 20).unwrap_err();
+            assert_eq!(error.code(), tonic::Code::InvalidArgument);
+            assert_eq!(error.to_string(), expected);
+            assert!(
+                RunRequest::decode(encoded.as_slice()).is_err(),
+                "{expected}"
+            );
         }
     }
 
