@@ -277,13 +277,14 @@ impl BuildDirectory {
         }
     }
 
-    /// Whether `relative` exists beneath the build directory.
+    /// Whether `relative` exists beneath the build directory (the empty
+    /// string is the build directory itself, as for bb_runner).
     pub fn check_exists(&self, relative: &str, field: &'static str) -> Result<(), PathError> {
         check_relative(relative, field)?;
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
             .resolve(BENEATH);
-        openat2_retrying(self.fd.as_fd(), relative, how)
+        openat2_retrying(self.fd.as_fd(), non_empty(relative), how)
             .map(drop)
             .map_err(|errno| resolution_error(self.fd.as_fd(), errno, field, relative))
     }
@@ -659,6 +660,10 @@ mod tests {
     fn check_exists_follows_the_same_rules() {
         let f = fixture();
         f.build.check_exists("action/root", "path").unwrap();
+        // bb_runner's NoPathSpecified and RootPath: both name the build
+        // directory, which exists.
+        f.build.check_exists("", "path").unwrap();
+        f.build.check_exists(".", "path").unwrap();
         assert!(matches!(
             f.build.check_exists("action/missing", "path"),
             Err(PathError::NotFound { .. })

@@ -10,7 +10,8 @@
 //! - [`runner`]: the internal [`runner::Runner`] trait, the local runner and one decorator per file.
 //! - [`build_directory`]: resolving request paths strictly beneath the build directory.
 //! - [`exec_limit`]: the kernel's limit on what `execve` passes to a program.
-//! - [`request_decoding`]: the gRPC codec that refuses a `RunRequest` too large to execute before decoding it.
+//! - [`request_decoding`]: the gRPC codec that refuses a `RunRequest` too large to execute before decoding it, and any undecodable request with INVALID_ARGUMENT.
+//! - [`checked_requests`]: the same refusal for the health and reflection services, whose codec is not ours.
 //! - [`fault`]: who can fix a failure (the request, the node, the runner), classified once where the errno is known; [`fault::RunnerError`], the error every layer returns, and [`fault::blocking`].
 //! - [`process`]: spawning processes (front door, spawn server, pre-exec child, clone mechanism), reaping, and graceful termination of process trees.
 //! - [`cleaner`]: restoring the host between actions (leftover processes, temporary directories, a command).
@@ -31,6 +32,7 @@ pub mod action;
 pub mod bounded;
 pub mod build_directory;
 pub mod cgroup;
+pub mod checked_requests;
 pub mod cleaner;
 pub mod cli;
 pub mod config;

@@ -11,15 +11,21 @@
 //! ([`crate::exec_limit`]) without allocating, and refused with
 //! INVALID_ARGUMENT, stating the size and the limit, when they cannot be
 //! executed. Only then does prost decode it.
+//!
+//! Whatever prost cannot decode (a broken encoding, a string that is not
+//! UTF-8) is the request's fault too: INVALID_ARGUMENT, where tonic's own
+//! codec answers INTERNAL. [`undecodable`] says so for every service,
+//! also those whose codec is not ours ([`crate::checked_requests`]).
 
 use std::marker::PhantomData;
 
 use prost::bytes::Buf;
 use prost::encoding::{decode_varint, WireType};
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic::codec::{Codec, DecodeBuf, Decoder};
 use tonic::Status;
-use tonic_prost::{ProstDecoder, ProstEncoder};
+use tonic_prost::ProstEncoder;
 
+use crate::bounded::quoted;
 use crate::exec_limit::{current_exec_limit, ExecLimitError, ExecSize};
 use crate::fault::RunnerError;
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
@@ -76,7 +82,7 @@ where
 
     fn decoder(&mut self) -> Self::Decoder {
         BoundedDecoder {
-            inner: ProstDecoder::default(),
+            _message: PhantomData,
         }
     }
 }
@@ -84,7 +90,7 @@ where
 /// Checks, then decodes with prost.
 #[derive(Debug)]
 pub struct BoundedDecoder<U> {
-    inner: ProstDecoder<U>,
+    _message: PhantomData<U>,
 }
 
 impl<U: Bounded> Decoder for BoundedDecoder<U> {
@@ -101,12 +107,19 @@ impl<U: Bounded> Decoder for BoundedDecoder<U> {
             U::check_encoded(&buf.copy_to_bytes(buf.remaining()))
         };
         checked.map_err(status_from_error)?;
-        self.inner.decode(buf)
+        U::decode(buf)
+            .map(Some)
+            .map_err(|error| status_from_error(undecodable(error)))
     }
+}
 
-    fn buffer_settings(&self) -> BufferSettings {
-        self.inner.buffer_settings()
-    }
+/// A request prost cannot decode: the client's fault. prost's message
+/// names the field (`RunRequest.stdout_path: invalid string value: data
+/// is not UTF-8 encoded`).
+pub fn undecodable(error: prost::DecodeError) -> RunnerError {
+    RunnerError::InvalidArgument(format!(
+        "the request is not a valid protobuf encoding: {error}"
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -133,6 +146,9 @@ fn check_run_request(encoded: &[u8], limit: u64) -> Result<(), RunnerError> {
         WalkError::Malformed { offset } => RunnerError::InvalidArgument(format!(
             "the RunRequest is not a valid protobuf encoding (at byte {offset})"
         )),
+        WalkError::NotUtf8 { what } => {
+            RunnerError::InvalidArgument(format!("{what} is not valid UTF-8"))
+        }
     })?;
     size.check(limit).map_err(limit_error)
 }
@@ -148,10 +164,13 @@ enum WalkError {
     Limit(ExecLimitError),
     /// The encoding is broken at this byte.
     Malformed { offset: usize },
+    /// A string is not UTF-8, which prost would refuse naming only the
+    /// field; this names which one (`arguments[3]`).
+    NotUtf8 { what: String },
 }
 
 /// What the arguments and environment of an encoded `RunRequest` take on
-/// a new program's stack. Allocates nothing per string.
+/// a new program's stack. Allocates nothing per valid string.
 fn measure_run_request(encoded: &[u8]) -> Result<ExecSize, WalkError> {
     let mut size = ExecSize::default();
     let mut arguments = 0;
@@ -159,23 +178,38 @@ fn measure_run_request(encoded: &[u8]) -> Result<ExecSize, WalkError> {
     while let Some(field) = fields.next_field()? {
         match field {
             Field::Bytes(ARGUMENTS_FIELD, argument) => {
+                require_utf8(argument, || format!("arguments[{arguments}]"))?;
                 size.add_argument(arguments, argument.len())
                     .map_err(WalkError::Limit)?;
                 arguments += 1;
             }
             Field::Bytes(ENVIRONMENT_VARIABLES_FIELD, entry) => {
                 let (key, value) = map_entry(entry)?;
-                size.add_environment_variable(
-                    || String::from_utf8_lossy(key).into_owned(),
-                    key.len(),
-                    value.len(),
-                )
-                .map_err(WalkError::Limit)?;
+                let lossy_key = || String::from_utf8_lossy(key).into_owned();
+                require_utf8(key, || {
+                    format!("environment_variables key {}", quoted(&lossy_key()))
+                })?;
+                require_utf8(value, || {
+                    format!(
+                        "the value of environment_variables key {}",
+                        quoted(&lossy_key())
+                    )
+                })?;
+                size.add_environment_variable(lossy_key, key.len(), value.len())
+                    .map_err(WalkError::Limit)?;
             }
             _ => {}
         }
     }
     Ok(size)
+}
+
+/// Refuses a string field that is not UTF-8; `what` names it.
+fn require_utf8(bytes: &[u8], what: impl FnOnce() -> String) -> Result<(), WalkError> {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(WalkError::NotUtf8 { what: what() }),
+    }
 }
 
 /// The key and value of an encoded map entry (absent ones are empty; a
@@ -401,6 +435,59 @@ mod tests {
             assert_eq!(error.code(), tonic::Code::InvalidArgument, "{broken:?}");
             assert!(RunRequest::decode(broken).is_err(), "{broken:?}");
         }
+    }
+
+    /// Why it matters: tonic's codec answered INTERNAL, which Bazel
+    /// retries elsewhere in vain; the message says which string it is.
+    #[test]
+    fn strings_that_are_not_utf8_are_invalid_arguments_naming_them() {
+        let mut argument = request(&["true", "ok"], &[]).encode_to_vec();
+        argument.extend_from_slice(&[0x0a, 2, b'a', 0xff]);
+        // An environment entry: key field 1, value field 2.
+        let entry = |key: &[u8], value: &[u8]| {
+            let mut entry = vec![0x0a, key.len() as u8];
+            entry.extend_from_slice(key);
+            entry.extend_from_slice(&[0x12, value.len() as u8]);
+            entry.extend_from_slice(value);
+            let mut field = vec![0x12, entry.len() as u8];
+            field.extend_from_slice(&entry);
+            field
+        };
+        let cases = [
+            (argument, "arguments[2] is not valid UTF-8"),
+            (
+                entry(b"K\xffY", b"v"),
+                "environment_variables key \"K\u{fffd}Y\" is not valid UTF-8",
+            ),
+            (
+                entry(b"KEY", b"\xc3"),
+                "the value of environment_variables key \"KEY\" is not valid UTF-8",
+            ),
+        ];
+        for (encoded, expected) in cases {
+            let error = check_run_request(&encoded, 6 << 20).unwrap_err();
+            assert_eq!(error.code(), tonic::Code::InvalidArgument);
+            assert_eq!(error.to_string(), expected);
+            assert!(
+                RunRequest::decode(encoded.as_slice()).is_err(),
+                "{expected}"
+            );
+        }
+    }
+
+    /// The walk does not look at the paths; decoding refuses them,
+    /// naming the field, with the same code.
+    #[test]
+    fn other_undecodable_strings_are_invalid_arguments_naming_the_field() {
+        let mut encoded = request(&["true"], &[]).encode_to_vec();
+        // stdout_path (field 4) again, not UTF-8: the last one wins.
+        encoded.extend_from_slice(&[0x22, 1, 0xff]);
+        check_run_request(&encoded, 6 << 20).unwrap();
+        let error = undecodable(RunRequest::decode(encoded.as_slice()).unwrap_err());
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        let message = error.to_string();
+        assert!(message.contains("RunRequest.stdout_path"), "{message}");
+        assert!(message.contains("not UTF-8"), "{message}");
     }
 
     proptest! {

@@ -22,8 +22,11 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 use crate::bounded::bounded_message;
+use crate::checked_requests::CheckedRequests;
 use crate::config::GrpcServerConfig;
 use crate::events::service::EventsService;
 use crate::fault::RunnerError;
@@ -238,10 +241,16 @@ impl BoundServers {
             if let Some(limit) = config.maximum_received_message_size_bytes {
                 runner_service = runner_service.max_decoding_message_size(limit);
             }
+            // Health and reflection decode with their own codec, which
+            // answers INTERNAL for what the client got wrong.
             let routes = Routes::new(runner_service)
                 .add_service(events.clone())
-                .add_service(health_service.clone())
-                .add_service(reflection_service.clone())
+                .add_service(CheckedRequests::<_, HealthCheckRequest>::new(
+                    health_service.clone(),
+                ))
+                .add_service(CheckedRequests::<_, ServerReflectionRequest>::new(
+                    reflection_service.clone(),
+                ))
                 .prepare();
             let service =
                 GrpcMetricsService::new(DeadlineService::new(routes), self.metrics.clone());

@@ -40,6 +40,16 @@ fn exec_json(output: &Output) -> Value {
 // ---------------------------------------------------------------------------
 // install
 
+/// The names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// The init container's job: both names, executable by the runner's uid
 /// (65534), identical to the running binary, and the marker last.
 #[test]
@@ -104,12 +114,103 @@ fn install_is_idempotent_and_replaces_a_running_copy() {
     drop(running.stdin.take());
     let _ = running.wait();
     assert!(second.status.success(), "{}", stderr_of(&second));
-    let mut names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+    assert_eq!(
+        names_in(dir.path()),
+        ["bb_runner", "installed", "rbe-runner"]
+    );
+}
+
+/// The binary under test without its debug information, in `dir`: ten
+/// installs of a 180 MB debug build would write 3.6 GB. Without `strip`,
+/// the binary as it is.
+fn small_installer(dir: &Path) -> PathBuf {
+    let stripped = dir.join("rbe-runner");
+    let status = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(runner_under_test())
+        .status();
+    match status {
+        Ok(status) if status.success() => stripped,
+        other => {
+            eprintln!("cannot strip the binary ({other:?}): installing it whole");
+            runner_under_test()
+        }
+    }
+}
+
+/// Why it matters: init containers of several pods sharing a hostPath, or
+/// a restarted one racing its predecessor, install into one directory at
+/// once; with one fixed temporary name each deleted the other's, and 78 of
+/// 120 failed. Each now writes its own, and the last rename wins.
+#[test]
+fn ten_concurrent_installs_into_one_directory_all_succeed() {
+    const INSTALLERS: usize = 10;
+    let scratch = tempfile::tempdir().unwrap();
+    let installer = small_installer(scratch.path());
+    let dir = scratch.path().join("bb");
+    std::fs::create_dir(&dir).unwrap();
+
+    let installs: Vec<Child> = (0..INSTALLERS)
+        .map(|_| {
+            Command::new(&installer)
+                .arg("install")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
         .collect();
-    names.sort();
-    assert_eq!(names, ["bb_runner", "installed", "rbe-runner"]);
+    let failures: Vec<String> = installs
+        .into_iter()
+        .map(|install| install.wait_with_output().unwrap())
+        .filter(|output| !output.status.success())
+        .map(|output| stderr_of(&output))
+        .collect();
+
+    assert!(
+        failures.is_empty(),
+        "{} of {INSTALLERS} installs failed: {failures:#?}",
+        failures.len()
+    );
+    assert_eq!(names_in(&dir), ["bb_runner", "installed", "rbe-runner"]);
+    let binary = std::fs::read(&installer).unwrap();
+    for name in ["rbe-runner", "bb_runner"] {
+        let installed = std::fs::read(dir.join(name)).unwrap();
+        assert!(installed == binary, "{name} is not a complete copy");
+    }
+}
+
+/// Why it matters: out of space, the error blamed the source,
+/// `/proc/self/exe`, sending the operator to look at the image instead of
+/// the volume; and a full volume must not keep half a file.
+#[test]
+fn install_onto_a_full_filesystem_fails_naming_the_destination() {
+    if !running_as_root("install_onto_a_full_filesystem_fails_naming_the_destination") {
+        return;
+    }
+    let tmpfs = Tmpfs::mount("size=1m");
+
+    let output = Command::new(runner_under_test())
+        .arg("install")
+        .arg(tmpfs.dir.path())
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = stderr_of(&output);
+    let destination = tmpfs.dir.path().join("rbe-runner");
+    assert!(
+        stderr.contains(&format!("{}:", destination.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(!stderr.contains("/proc/self/exe"), "{stderr}");
+    assert!(
+        names_in(tmpfs.dir.path()).is_empty(),
+        "nothing is left behind"
+    );
 }
 
 #[test]

@@ -7,7 +7,8 @@
 mod common;
 
 use common::*;
-use prost::bytes::{BufMut, Bytes};
+use prost::bytes::{Buf, BufMut, Bytes};
+use prost::Message;
 use rbe_runner::cli::exec::ActionDirectory;
 use rbe_runner::exec_limit::{current_exec_limit, ExecSize};
 use rbe_runner::proto::runner::{RunRequest, RunResponse};
@@ -21,15 +22,16 @@ use tonic::{Code, Status};
 // Sending pre-encoded requests
 // ---------------------------------------------------------------------------
 
-/// Sends bytes as they are, so that a huge request is encoded once rather
-/// than built as millions of strings in the test.
+/// Sends and receives messages as bytes: a huge request is encoded once
+/// rather than built as millions of strings in the test, and a broken one
+/// can be sent at all.
 #[derive(Default)]
-struct PreEncoded;
+struct Raw;
 
-struct PreEncodedEncoder;
-struct ResponseDecoder;
+struct RawEncoder;
+struct RawDecoder;
 
-impl Encoder for PreEncodedEncoder {
+impl Encoder for RawEncoder {
     type Item = Bytes;
     type Error = Status;
 
@@ -39,46 +41,67 @@ impl Encoder for PreEncodedEncoder {
     }
 }
 
-impl Decoder for ResponseDecoder {
-    type Item = RunResponse;
+impl Decoder for RawDecoder {
+    type Item = Bytes;
     type Error = Status;
 
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<RunResponse>, Status> {
-        use prost::Message;
-        RunResponse::decode(buf)
-            .map(Some)
-            .map_err(|err| Status::internal(err.to_string()))
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(buf.copy_to_bytes(buf.remaining())))
     }
 }
 
-impl Codec for PreEncoded {
+impl Codec for Raw {
     type Encode = Bytes;
-    type Decode = RunResponse;
-    type Encoder = PreEncodedEncoder;
-    type Decoder = ResponseDecoder;
+    type Decode = Bytes;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
 
-    fn encoder(&mut self) -> PreEncodedEncoder {
-        PreEncodedEncoder
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
     }
 
-    fn decoder(&mut self) -> ResponseDecoder {
-        ResponseDecoder
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
     }
 }
 
-/// Sends the encoded `RunRequest` `encoded` over `channel`.
-async fn run_encoded(channel: Channel, encoded: Bytes) -> Result<RunResponse, Status> {
+/// Calls `method` over `channel` with the one request message `encoded`:
+/// the response messages, or the status the call ended with. Every kind of
+/// method (unary or streaming) looks the same on the wire.
+async fn call_encoded(
+    channel: Channel,
+    method: &'static str,
+    encoded: Bytes,
+) -> Result<Vec<Bytes>, Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
         .map_err(|err| Status::unavailable(err.to_string()))?;
-    grpc.unary(
-        tonic::Request::new(encoded),
-        PathAndQuery::from_static("/buildbarn.runner.Runner/Run"),
-        PreEncoded,
-    )
-    .await
-    .map(tonic::Response::into_inner)
+    let mut responses = grpc
+        .streaming(
+            tonic::Request::new(futures_util::stream::iter([encoded])),
+            PathAndQuery::from_static(method),
+            Raw,
+        )
+        .await?
+        .into_inner();
+    let mut messages = Vec::new();
+    while let Some(message) = responses.message().await? {
+        messages.push(message);
+    }
+    Ok(messages)
+}
+
+/// Sends the encoded `RunRequest` `encoded` over `channel`.
+async fn run_encoded(channel: Channel, encoded: Bytes) -> Result<RunResponse, Status> {
+    let responses = call_encoded(channel, "/buildbarn.runner.Runner/Run", encoded).await?;
+    let [response] = responses.as_slice() else {
+        return Err(Status::internal(format!(
+            "{} responses to a Run",
+            responses.len()
+        )));
+    };
+    RunResponse::decode(response.clone()).map_err(|err| Status::internal(err.to_string()))
 }
 
 /// The runner's peak resident set (`VmHWM`), in bytes.
@@ -236,6 +259,82 @@ async fn an_exec_refused_with_e2big_is_invalid_argument_stating_the_size() {
     assert!(message.contains("E2BIG"), "{message}");
     assert!(message.contains(&limit.to_string()), "{message}");
     assert!(message.contains("bytes"), "{message}");
+    assert_only_prepared(&action);
+}
+
+/// Why it matters: an undecodable request to CheckReadiness, Events or
+/// Health, and a Run with a string that is not UTF-8, were answered
+/// INTERNAL (reflection answered OK, with nothing); Bazel retries INTERNAL
+/// elsewhere in vain, since only the client can fix what it sent.
+#[tokio::test]
+async fn undecodable_requests_to_every_service_are_invalid_arguments_naming_the_field() {
+    let runner = TestRunner::start(json!({}));
+    let action = runner.action();
+    let run = shell_request(&action, "echo ran").encode_to_vec();
+    let then = |start: &[u8], end: &[u8]| Bytes::from([start, end].concat());
+    // A string field (tag byte) holding "a\xff", and a string cut short.
+    let not_utf8 = |tag: u8| [tag, 2, b'a', 0xff];
+    let cut_short = [0x0a, 5, b'a'];
+    const CHECK_READINESS: &str = "/buildbarn.runner.Runner/CheckReadiness";
+    const RUN: &str = "/buildbarn.runner.Runner/Run";
+    const SUBSCRIBE: &str = "/rbe_runner.events.v1.Events/Subscribe";
+    const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+    const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
+    const REFLECTION: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+    let invalid = "not a valid protobuf encoding";
+    let cases = [
+        (
+            CHECK_READINESS,
+            then(&[], &not_utf8(0x0a)),
+            "CheckReadinessRequest.path",
+        ),
+        (CHECK_READINESS, then(&[], &cut_short), invalid),
+        (
+            RUN,
+            then(&run, &not_utf8(0x0a)),
+            "arguments[3] is not valid UTF-8",
+        ),
+        (RUN, then(&run, &not_utf8(0x22)), "RunRequest.stdout_path"),
+        (RUN, then(&run, &cut_short), invalid),
+        (
+            SUBSCRIBE,
+            then(&[], &not_utf8(0x1a)),
+            "SubscribeRequest.runner_instance",
+        ),
+        (SUBSCRIBE, then(&[], &cut_short), invalid),
+        (
+            HEALTH_CHECK,
+            then(&[], &not_utf8(0x0a)),
+            "HealthCheckRequest.service",
+        ),
+        (HEALTH_CHECK, then(&[], &cut_short), invalid),
+        (
+            HEALTH_WATCH,
+            then(&[], &not_utf8(0x0a)),
+            "HealthCheckRequest.service",
+        ),
+        (
+            REFLECTION,
+            then(&[], &not_utf8(0x0a)),
+            "ServerReflectionRequest.host",
+        ),
+        (REFLECTION, then(&[], &cut_short), invalid),
+    ];
+    let channel = runner.channel().await;
+    let mut wrong = Vec::new();
+    for (method, encoded, named) in cases {
+        let answer = call_encoded(channel.clone(), method, encoded.clone()).await;
+        let right = matches!(&answer, Err(status)
+            if status.code() == Code::InvalidArgument && status.message().contains(named));
+        if !right {
+            wrong.push(format!("{method} {encoded:?}: {answer:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not INVALID_ARGUMENT naming the field:\n{}",
+        wrong.join("\n")
+    );
     assert_only_prepared(&action);
 }
 

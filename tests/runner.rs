@@ -500,6 +500,22 @@ async fn check_readiness_requires_the_path_to_exist() {
     assert!(status.message().contains("missing"), "{}", status.message());
 }
 
+/// Why it matters: bb_runner's tests `NoPathSpecified` and `RootPath`: a
+/// probe that names no path, or the build directory itself, is answered
+/// OK; the empty path was answered INTERNAL, so such a probe saw a
+/// healthy runner as broken.
+#[tokio::test]
+async fn check_readiness_with_no_path_or_the_root_succeeds() {
+    let runner = TestRunner::start(json!({}));
+    let mut client = runner.client().await;
+    for path in ["", "."] {
+        client
+            .check_readiness(CheckReadinessRequest { path: path.into() })
+            .await
+            .unwrap_or_else(|status| panic!("path {path:?}: {status:?}"));
+    }
+}
+
 // ---- 13. shutdown ----
 
 // Multi-threaded: the test blocks in wait() while the call task runs.

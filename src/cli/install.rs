@@ -14,6 +14,13 @@
 //! old file or the new one, never half of one. Running it again replaces
 //! everything the same way, also while a previous copy is being executed
 //! (the old inode lives on until its process exits).
+//!
+//! Several installers may share `DIR` at once (init containers of pods on
+//! one hostPath, a restarted one racing its predecessor): each writes under
+//! a temporary name of its own (pid and a random number), so all of them
+//! succeed and the last rename wins. Each holds a shared `flock` on `DIR`
+//! while it writes; one that can take it exclusively is alone, and removes
+//! the temporary files that installers which died left behind.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -22,6 +29,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::bail;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use super::{status, USAGE};
 
@@ -41,6 +50,12 @@ pub const MARKER_NAME: &str = "installed";
 const EXECUTABLE_MODE: u32 = 0o555;
 const MARKER_MODE: u32 = 0o444;
 
+/// What follows `.NAME` in a temporary file's name.
+const TEMPORARY_SUFFIX: &str = ".installing";
+
+/// How much of the executable is copied at a time.
+const COPY_BUFFER_BYTES: usize = 128 * 1024;
+
 /// What the marker says, for a human who finds it.
 const MARKER_CONTENTS: &str = concat!("rbe-runner ", env!("CARGO_PKG_VERSION"), "\n");
 
@@ -57,6 +72,8 @@ pub enum InstallError {
     Write { path: PathBuf, error: io::Error },
     #[error("cannot replace {path}: {error}")]
     Replace { path: PathBuf, error: io::Error },
+    #[error("cannot remove {path}, left by an install that did not finish: {error}")]
+    Leftover { path: PathBuf, error: io::Error },
 }
 
 /// The files written, in order.
@@ -89,10 +106,12 @@ fn install_into(args: &[String]) -> anyhow::Result<()> {
 /// `dir` must exist: in a pod it is a mounted volume, and creating a
 /// missing one would hide a wrong mount path.
 pub fn install(source: &Path, dir: &Path) -> Result<Installed, InstallError> {
-    let directory = File::open(dir).map_err(|error| InstallError::Directory {
+    let directory_error = |error| InstallError::Directory {
         path: dir.to_path_buf(),
         error,
-    })?;
+    };
+    let directory = File::open(dir).map_err(directory_error)?;
+    let _installing = lock_directory(directory.try_clone().map_err(directory_error)?, dir)?;
     let mut executables = Vec::new();
     for name in EXECUTABLE_NAMES {
         let mut executable = File::open(source).map_err(|error| InstallError::ReadSource {
@@ -101,7 +120,7 @@ pub fn install(source: &Path, dir: &Path) -> Result<Installed, InstallError> {
         })?;
         let path = dir.join(name);
         replace_atomically(&path, EXECUTABLE_MODE, |file| {
-            io::copy(&mut executable, file).map(drop)
+            copy_contents(&mut executable, file)
         })
         .map_err(|err| match err {
             ReplaceError::Content(error) => InstallError::ReadSource {
@@ -116,7 +135,7 @@ pub fn install(source: &Path, dir: &Path) -> Result<Installed, InstallError> {
     sync_directory(&directory, dir)?;
     let marker = dir.join(MARKER_NAME);
     replace_atomically(&marker, MARKER_MODE, |file| {
-        io::Write::write_all(file, MARKER_CONTENTS.as_bytes())
+        io::Write::write_all(file, MARKER_CONTENTS.as_bytes()).map_err(ReplaceError::Write)
     })
     .map_err(|err| err.with_path(&marker))?;
     sync_directory(&directory, dir)?;
@@ -124,6 +143,69 @@ pub fn install(source: &Path, dir: &Path) -> Result<Installed, InstallError> {
         executables,
         marker,
     })
+}
+
+/// Takes the installers' shared lock on `directory` (`dir`), held until
+/// the returned lock is dropped. When no other installer holds it, first
+/// removes what installers that died left behind. Without locks (a
+/// filesystem that refuses `flock`), installs unlocked and removes nothing:
+/// a leftover costs space, removing a live installer's file fails it.
+fn lock_directory(directory: File, dir: &Path) -> Result<Option<Flock<File>>, InstallError> {
+    let lock_error = |errno: Errno| InstallError::Directory {
+        path: dir.to_path_buf(),
+        error: errno.into(),
+    };
+    match Flock::lock(directory, FlockArg::LockExclusiveNonblock) {
+        Ok(alone) => {
+            remove_leftovers(dir)?;
+            // Not atomic: another installer may take the lock exclusively
+            // in between, to find no temporary file of ours yet.
+            alone.relock(FlockArg::LockShared).map_err(lock_error)?;
+            Ok(Some(alone))
+        }
+        Err((directory, Errno::EWOULDBLOCK)) => Flock::lock(directory, FlockArg::LockShared)
+            .map(Some)
+            .map_err(|(_, errno)| lock_error(errno)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Removes the temporary files in `dir` of every name installed.
+fn remove_leftovers(dir: &Path) -> Result<(), InstallError> {
+    let entries = std::fs::read_dir(dir).map_err(|error| InstallError::Directory {
+        path: dir.to_path_buf(),
+        error,
+    })?;
+    for entry in entries.flatten() {
+        if !entry.file_name().to_str().is_some_and(is_temporary_name) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                return Err(InstallError::Leftover {
+                    path: entry.path(),
+                    error,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Copies `source` into `destination`, telling whose the failure is: a
+/// full volume is the destination's, not the executable's.
+fn copy_contents(source: &mut File, destination: &mut File) -> Result<(), ReplaceError> {
+    let mut buffer = vec![0; COPY_BUFFER_BYTES];
+    loop {
+        let read = match io::Read::read(source, &mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(ReplaceError::Content(error)),
+        };
+        io::Write::write_all(destination, &buffer[..read]).map_err(ReplaceError::Write)?;
+    }
 }
 
 /// Makes the renames in `dir` durable.
@@ -164,15 +246,9 @@ impl ReplaceError {
 fn replace_atomically(
     path: &Path,
     mode: u32,
-    fill: impl FnOnce(&mut File) -> io::Result<()>,
+    fill: impl FnOnce(&mut File) -> Result<(), ReplaceError>,
 ) -> Result<(), ReplaceError> {
-    let temporary = temporary_name(path);
-    // A leftover of an install that crashed is ours to replace.
-    match std::fs::remove_file(&temporary) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => return Err(ReplaceError::Write(err)),
-    }
+    let temporary = temporary_name(path).map_err(ReplaceError::Write)?;
     // Writable by us while filling; the final mode is set before the rename
     // so that the name never shows a file with other permissions.
     let mut file = OpenOptions::new()
@@ -182,7 +258,6 @@ fn replace_atomically(
         .open(&temporary)
         .map_err(ReplaceError::Write)?;
     let written = fill(&mut file)
-        .map_err(ReplaceError::Content)
         .and_then(|()| {
             file.set_permissions(std::fs::Permissions::from_mode(mode))
                 .and_then(|()| file.sync_all())
@@ -195,14 +270,33 @@ fn replace_atomically(
     written
 }
 
-/// `DIR/.NAME.installing`: in the same directory (so the rename is atomic),
-/// hidden, and fixed (so a crashed install leaves one leftover at most).
-fn temporary_name(path: &Path) -> PathBuf {
+/// `DIR/.NAME.installing.PID.RANDOM`: in the same directory (so the
+/// rename is atomic), hidden, and this installer's own: the pid tells
+/// installers on one host apart, the random number those in other pid
+/// namespaces (every init container is pid 1).
+fn temporary_name(path: &Path) -> io::Result<PathBuf> {
     let name = path
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.installing"))
+    let random = getrandom::u64()
+        .map_err(|error| io::Error::other(format!("no random number for its name: {error}")))?;
+    Ok(path.with_file_name(format!(
+        ".{name}{TEMPORARY_SUFFIX}.{}.{random:016x}",
+        std::process::id()
+    )))
+}
+
+/// Whether `file_name` is a temporary name of one of the files installed,
+/// whoever wrote it (older versions used `.NAME.installing` alone).
+fn is_temporary_name(file_name: &str) -> bool {
+    EXECUTABLE_NAMES.iter().chain([&MARKER_NAME]).any(|name| {
+        file_name
+            .strip_prefix('.')
+            .and_then(|rest| rest.strip_prefix(name))
+            .and_then(|rest| rest.strip_prefix(TEMPORARY_SUFFIX))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
 }
 
 #[cfg(test)]
@@ -288,19 +382,75 @@ mod tests {
         assert_eq!(names_in(&dir), ["bb_runner", "installed", "rbe-runner"]);
     }
 
-    /// A crashed install leaves its temporary file; the next one must not
-    /// trip over it.
+    /// A crashed install leaves its temporary file; the next one, alone,
+    /// removes it (and those of older versions' fixed names), and nothing
+    /// else.
     #[test]
-    fn a_leftover_temporary_file_is_replaced() {
+    fn leftover_temporary_files_are_removed() {
         let scratch = tempfile::tempdir().unwrap();
         let dir = scratch.path().join("bb");
         std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join(".bb_runner.installing"), b"half").unwrap();
+        for leftover in [
+            ".bb_runner.installing",
+            ".rbe-runner.installing.1.00c0ffee00c0ffee",
+            ".installed.installing.7.0123456789abcdef",
+            ".bb_runner.installing-not-ours",
+            ".other.installing.1.2",
+        ] {
+            std::fs::write(dir.join(leftover), b"half").unwrap();
+        }
 
         install(&source_file(scratch.path(), b"whole"), &dir).unwrap();
 
         assert_eq!(std::fs::read(dir.join("bb_runner")).unwrap(), b"whole");
-        assert_eq!(names_in(&dir), ["bb_runner", "installed", "rbe-runner"]);
+        assert_eq!(
+            names_in(&dir),
+            [
+                ".bb_runner.installing-not-ours",
+                ".other.installing.1.2",
+                "bb_runner",
+                "installed",
+                "rbe-runner"
+            ]
+        );
+    }
+
+    /// Why it matters: an installer that is still writing holds the lock;
+    /// removing its temporary file would fail it, the defect of one fixed
+    /// name that every installer removed.
+    #[test]
+    fn a_live_installers_temporary_file_is_left_alone() {
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("bb");
+        std::fs::create_dir(&dir).unwrap();
+        let other = ".bb_runner.installing.1.00c0ffee00c0ffee";
+        std::fs::write(dir.join(other), b"being written").unwrap();
+        let _other_installer =
+            Flock::lock(File::open(&dir).unwrap(), FlockArg::LockShared).unwrap();
+
+        install(&source_file(scratch.path(), b"whole"), &dir).unwrap();
+
+        assert_eq!(
+            names_in(&dir),
+            [other, "bb_runner", "installed", "rbe-runner"]
+        );
+    }
+
+    #[test]
+    fn temporary_names_are_unique_and_recognised() {
+        let path = Path::new("/bb/bb_runner");
+        let first = temporary_name(path).unwrap();
+        let second = temporary_name(path).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(first.parent(), Some(Path::new("/bb")));
+        let name = first.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with(&format!(".bb_runner.installing.{}.", std::process::id())),
+            "{name}"
+        );
+        assert!(is_temporary_name(name));
+        assert!(!is_temporary_name("bb_runner"));
+        assert!(!is_temporary_name(".bb_runner"));
     }
 
     /// A wrong volume path is a deployment error to report, not a
@@ -344,6 +494,6 @@ mod tests {
         assert!(matches!(err, InstallError::Replace { .. }), "{err:?}");
         assert!(err.to_string().contains("bb_runner"), "{err}");
         assert!(!dir.join("installed").exists());
-        assert!(!dir.join(".bb_runner.installing").exists());
+        assert_eq!(names_in(&dir), ["bb_runner", "rbe-runner"]);
     }
 }
