@@ -248,10 +248,9 @@ async fn the_scrape_counts_exactly_the_actions_that_ran() {
     let action = runner.action();
     let mut timed_out = tonic::Request::new(shell_request(&action, "exec sleep 60"));
     timed_out.set_timeout(Duration::from_millis(500));
-    // tonic's client enforces the deadline too, and may give up first
-    // (CANCELLED "Timeout expired"); the runner counts DeadlineExceeded
-    // either way, which is what this test is about.
-    let status = runner.client().await.run(timed_out).await.unwrap_err();
+    // The runner enforces the deadline, as for bb_worker (see
+    // `untimed_client`).
+    let status = runner.untimed_client().await.run(timed_out).await.unwrap_err();
     assert!(
         matches!(
             status.code(),

@@ -132,6 +132,17 @@ impl TestRunner {
         RunnerClient::new(self.channel().await)
     }
 
+    /// A client for calls with a deadline that only the runner enforces,
+    /// as with bb_worker: tonic's `Channel` cancels such a call at a timer
+    /// of its own, started before the request leaves, and on a loaded
+    /// machine that cancel reaches the runner more than its 50 ms margin
+    /// before the deadline it computed, so it counts as a cancellation.
+    pub async fn untimed_client(&self) -> RunnerClient<client::UntimedConnection> {
+        client::connect_untimed(&Target::Socket(self.socket.clone()))
+            .await
+            .expect("connect to runner")
+    }
+
     /// A fresh action directory, as bb_worker would prepare it.
     pub fn action(&self) -> ActionDirectory {
         ActionDirectory::create(&self.build_dir).expect("create action directory")
