@@ -38,6 +38,7 @@ use crate::proto::rpc;
 use crate::proto::runner::runner_server::{Runner as RunnerService, RunnerServer};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 use crate::runner::{CallContext, SharedRunner};
+use crate::shutdown::ShutdownBound;
 
 /// Maps a runner error to its gRPC status. The only such mapping.
 /// Messages are cut to [`crate::bounded::MAX_MESSAGE_BYTES`]: C-core
@@ -204,13 +205,14 @@ impl BoundServers {
 
     /// Serves `runner` and `events` on every listener until `shutdown`
     /// completes, then waits for in-flight calls (event streams included:
-    /// they end when the events are closed) and removes the socket files
-    /// that are still ours.
+    /// they end when the events are closed) until `bound` cuts the wait
+    /// short, and removes the socket files that are still ours.
     pub async fn serve(
         self,
         runner: SharedRunner,
         events: EventsServer<EventsService>,
         shutdown: impl Future<Output = ()> + Send + 'static,
+        bound: &ShutdownBound,
     ) -> Result<(), ServeError> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -277,10 +279,19 @@ impl BoundServers {
             shutdown.await;
             let _ = stop_sender.send(true);
         });
-        while let Some(joined) = tasks.join_next().await {
-            if let Err(err) = joined {
-                tracing::error!(%err, "listener task failed");
+        let all_closed = async {
+            while let Some(joined) = tasks.join_next().await {
+                if let Err(err) = joined {
+                    tracing::error!(%err, "listener task failed");
+                }
             }
+        };
+        // A client that ignores the GOAWAY or stopped reading (a full
+        // flow-control window) would hold its connection, and the runner,
+        // forever: past the bound, every connection still open is dropped.
+        if let Err(cut) = bound.bounded(all_closed).await {
+            tracing::warn!(%cut, "closing the connections of clients still connected");
+            tasks.shutdown().await;
         }
         for file in socket_files {
             file.remove_if_ours();
