@@ -553,46 +553,44 @@ async fn start_diagnostics(
 /// waits for actions by choice. A second signal terminates actions and
 /// abandons the waits on clients and the journal. Event streams end after
 /// the last action's events.
-fn on_signals(
+async fn on_signals(
     mut signals: ShutdownSignals,
     stop_gracefully: bool,
     state: Arc<RunnerStateReporter>,
     (actions_running, shutdown_signal): (ActionsRunning, ShutdownSignal),
     event_streams: Arc<EventHub>,
     bound: ShutdownBound,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        signals.recv().await;
-        state.refuse(Refusal::Shutdown, "a shutdown signal was received");
-        if stop_gracefully {
-            tracing::info!(
-                "shutting down: letting running actions finish (signal again to terminate them)"
-            );
-        } else {
-            tracing::info!(bound = ?bound.bound(), "shutting down: terminating running actions");
-            shutdown_signal.terminate_all();
-            bound.start_clock();
-        }
-        // An operator who cannot wait signals again.
-        tokio::spawn({
-            let bound = bound.clone();
-            async move {
-                signals.recv().await;
-                tracing::warn!(
-                    "second signal: terminating running actions; no longer waiting for clients or the journal"
-                );
-                shutdown_signal.terminate_all();
-                bound.abandon();
-            }
-        });
-        // Event streams never end on their own, and the servers stop only
-        // once every call did: end them after the last action's events.
-        tokio::spawn(async move {
-            actions_running.wait_idle().await;
-            event_streams.close_streams();
-            bound.start_clock();
-        });
+) {
+    signals.recv().await;
+    state.refuse(Refusal::Shutdown, "a shutdown signal was received");
+    if stop_gracefully {
+        tracing::info!(
+            "shutting down: letting running actions finish (signal again to terminate them)"
+        );
+    } else {
+        tracing::info!(bound = ?bound.bound(), "shutting down: terminating running actions");
+        shutdown_signal.terminate_all();
+        bound.start_clock();
     }
+    // An operator who cannot wait signals again.
+    tokio::spawn({
+        let bound = bound.clone();
+        async move {
+            signals.recv().await;
+            tracing::warn!(
+                "second signal: terminating running actions; no longer waiting for clients or the journal"
+            );
+            shutdown_signal.terminate_all();
+            bound.abandon();
+        }
+    });
+    // Event streams never end on their own, and the servers stop only
+    // once every call did: end them after the last action's events.
+    tokio::spawn(async move {
+        actions_running.wait_idle().await;
+        event_streams.close_streams();
+        bound.start_clock();
+    });
 }
 
 /// Calls are over, but actions whose calls were dropped may still be in

@@ -8,8 +8,9 @@
 //! [`TcpLimits::max_connections`] connections and close those with no call
 //! for [`TcpLimits::idle_timeout`]. On shutdown the listeners stop
 //! accepting, in-flight calls finish (the caller decides beforehand whether
-//! actions are allowed to run to completion or are terminated), and socket
-//! files are removed if they are still ours.
+//! actions are allowed to run to completion or are terminated) until the
+//! [`ShutdownBound`] closes what is left, and socket files are removed if
+//! they are still ours.
 
 use std::future::Future;
 use std::io;
