@@ -17,6 +17,7 @@
 //! - [`cleaner`]: restoring the host between actions (leftover processes, temporary directories, a command).
 //! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters, per-action limits, the OOM verdict.
 //! - [`server`]: serving the runner, shutdown, and the one mapping from runner errors to gRPC statuses.
+//! - [`shutdown`]: the one deadline every wait at shutdown ends by, and the second signal that abandons waits on others.
 //! - [`metrics`]: Prometheus metrics (gRPC server, actions, cgroup budget, process).
 //! - [`diagnostics`]: the diagnostics HTTP server: `/metrics`, `/-/healthy`, `/-/ready`.
 //! - [`listener`]: the connection edge: socket files, handshake limit, `:authority` rewriting, deadlines.
@@ -48,6 +49,7 @@ pub mod report;
 pub mod request_decoding;
 pub mod runner;
 pub mod server;
+pub mod shutdown;
 pub mod sync;
 #[cfg(test)]
 mod test_support;

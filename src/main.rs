@@ -26,6 +26,7 @@ use rbe_runner::cleaner::Cleaner;
 use rbe_runner::cli;
 use rbe_runner::config::{self, Config, LogFormat};
 use rbe_runner::diagnostics::{DiagnosticsServer, Readiness};
+use rbe_runner::events::hub::EventHub;
 use rbe_runner::events::Events;
 use rbe_runner::metrics::Metrics;
 use rbe_runner::process::clone::Method as SpawnMethod;
@@ -38,6 +39,7 @@ use rbe_runner::runner::local::LocalRunner;
 use rbe_runner::runner::SharedRunner;
 use rbe_runner::runner::{clean, readiness, temporary_directory_symlinking};
 use rbe_runner::server::BoundServers;
+use rbe_runner::shutdown::{shutdown_bound, ShutdownBound};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -100,11 +102,16 @@ fn serve(config_file: PathBuf) -> anyhow::Result<()> {
     let config = config::load(&config_file)?;
     init_logging(config.log_format);
     apply_process_settings(&config)?;
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?
-        .block_on(serve_config(config))
+        .context("cannot start the async runtime")?;
+    let served = runtime.block_on(serve_config(config));
+    // What is still running was given up at the shutdown deadline (a
+    // journal write blocked on a hung mount, say) and logged: dropping the
+    // runtime would wait for it without limit.
+    runtime.shutdown_background();
+    served
 }
 
 /// Settings of the runner process itself, inherited by every action.
@@ -132,7 +139,7 @@ fn apply_process_settings(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn serve_config(config: Config) -> anyhow::Result<()> {
-    let mut signals = ShutdownSignals::install()?;
+    let signals = ShutdownSignals::install()?;
     let proc_root = Path::new(DEFAULT_PROC_ROOT);
     require_privileges(&config, proc_root)?;
     let build_directory =
@@ -228,47 +235,29 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         "serving"
     );
 
-    // On the first signal: refuse work, then let actions finish
-    // (stopGracefully) or terminate them; event streams end after the last
-    // action's events.
+    // Signals: the first refuses work and stops actions as configured, the
+    // second abandons the waits on others. Every wait at shutdown ends by
+    // one deadline (src/shutdown.rs).
     let stop_gracefully = config
         .grpc_servers
         .iter()
         .all(|server| server.stop_gracefully);
-    let shutdown = {
-        let (shutdown_signal, state) = (shutdown_signal.clone(), state.clone());
-        let (actions_running, event_streams) = (actions_running.clone(), events.hub());
-        async move {
-            signals.recv().await;
-            state.refuse(Refusal::Shutdown, "a shutdown signal was received");
-            if stop_gracefully {
-                tracing::info!(
-                    "shutting down: letting running actions finish (signal again to terminate them)"
-                );
-                // An operator who cannot wait signals again: then terminate.
-                tokio::spawn(async move {
-                    signals.recv().await;
-                    tracing::info!("second signal: terminating running actions");
-                    shutdown_signal.terminate_all();
-                });
-            } else {
-                tracing::info!("shutting down: terminating running actions");
-                shutdown_signal.terminate_all();
-            }
-            // Event streams never end on their own, and the servers stop
-            // only once every call did: end them after the last action's
-            // events.
-            tokio::spawn(async move {
-                actions_running.wait_idle().await;
-                event_streams.close_streams();
-            });
-        }
-    };
-    let served = servers.serve(runner, events.service(), shutdown).await;
+    let bound = ShutdownBound::new(shutdown_bound(config.termination_grace_period));
+    let shutdown = on_signals(
+        signals,
+        stop_gracefully,
+        state.clone(),
+        (actions_running.clone(), shutdown_signal.clone()),
+        events.hub(),
+        bound.clone(),
+    );
+    let served = servers
+        .serve(runner, events.service(), shutdown, &bound)
+        .await;
     diagnostics.stop().await;
-    wait_for_terminating_actions(&config, &actions_running, &shutdown_signal).await;
+    wait_for_terminating_actions(&actions_running, &shutdown_signal, &bound).await;
     // Every event published; the journal writes what it was given.
-    events.finish().await;
+    events.finish(&bound).await;
     served?;
     tracing::info!("stopped");
     Ok(())
@@ -559,28 +548,68 @@ async fn start_diagnostics(
     })
 }
 
+/// The first signal: refuse work, then let actions finish (stopGracefully)
+/// or terminate them. The shutdown clock starts once the runner no longer
+/// waits for actions by choice. A second signal terminates actions and
+/// abandons the waits on clients and the journal. Event streams end after
+/// the last action's events.
+async fn on_signals(
+    mut signals: ShutdownSignals,
+    stop_gracefully: bool,
+    state: Arc<RunnerStateReporter>,
+    (actions_running, shutdown_signal): (ActionsRunning, ShutdownSignal),
+    event_streams: Arc<EventHub>,
+    bound: ShutdownBound,
+) {
+    signals.recv().await;
+    state.refuse(Refusal::Shutdown, "a shutdown signal was received");
+    if stop_gracefully {
+        tracing::info!(
+            "shutting down: letting running actions finish (signal again to terminate them)"
+        );
+    } else {
+        tracing::info!(bound = ?bound.bound(), "shutting down: terminating running actions");
+        shutdown_signal.terminate_all();
+        bound.start_clock();
+    }
+    // An operator who cannot wait signals again.
+    tokio::spawn({
+        let bound = bound.clone();
+        async move {
+            signals.recv().await;
+            tracing::warn!(
+                "second signal: terminating running actions; no longer waiting for clients or the journal"
+            );
+            shutdown_signal.terminate_all();
+            bound.abandon();
+        }
+    });
+    // Event streams never end on their own, and the servers stop only
+    // once every call did: end them after the last action's events.
+    tokio::spawn(async move {
+        actions_running.wait_idle().await;
+        event_streams.close_streams();
+        bound.start_clock();
+    });
+}
+
 /// Calls are over, but actions whose calls were dropped may still be in
 /// their grace period, detached from any call. Exiting now would orphan
 /// them (or leave their cgroups to the next start): stop them and wait,
-/// bounded.
+/// until the shutdown deadline (a second signal does not cut this wait).
 async fn wait_for_terminating_actions(
-    config: &Config,
     actions_running: &ActionsRunning,
     shutdown_signal: &ShutdownSignal,
+    bound: &ShutdownBound,
 ) {
     if actions_running.is_idle() {
         return;
     }
     tracing::info!("waiting for actions being terminated");
     shutdown_signal.terminate_all();
-    let limit = config.termination_grace_period
-        + rbe_runner::process::terminate::KILLED_EXIT_TIMEOUT
-        + rbe_runner::cgroup::action::DEFAULT_CLEANUP_TIMEOUT;
-    if tokio::time::timeout(limit, actions_running.wait_idle())
-        .await
-        .is_err()
-    {
-        tracing::error!(?limit, "actions still running at exit");
+    bound.start_clock();
+    if let Err(cut) = bound.until_deadline(actions_running.wait_idle()).await {
+        tracing::error!(%cut, "actions still running at exit");
     }
 }
 

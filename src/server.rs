@@ -8,8 +8,9 @@
 //! [`TcpLimits::max_connections`] connections and close those with no call
 //! for [`TcpLimits::idle_timeout`]. On shutdown the listeners stop
 //! accepting, in-flight calls finish (the caller decides beforehand whether
-//! actions are allowed to run to completion or are terminated), and socket
-//! files are removed if they are still ours.
+//! actions are allowed to run to completion or are terminated) until the
+//! [`ShutdownBound`] closes what is left, and socket files are removed if
+//! they are still ours.
 
 use std::future::Future;
 use std::io;
@@ -41,6 +42,7 @@ use crate::proto::rpc;
 use crate::proto::runner::runner_server::{Runner as RunnerService, RunnerServer};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 use crate::runner::{CallContext, SharedRunner};
+use crate::shutdown::ShutdownBound;
 
 /// Maps a runner error to its gRPC status. The only such mapping.
 /// Messages are cut to [`crate::bounded::MAX_MESSAGE_BYTES`]: C-core
@@ -207,13 +209,14 @@ impl BoundServers {
 
     /// Serves `runner` and `events` on every listener until `shutdown`
     /// completes, then waits for in-flight calls (event streams included:
-    /// they end when the events are closed) and removes the socket files
-    /// that are still ours.
+    /// they end when the events are closed) until `bound` cuts the wait
+    /// short, and removes the socket files that are still ours.
     pub async fn serve(
         self,
         runner: SharedRunner,
         events: EventsServer<EventsService>,
         shutdown: impl Future<Output = ()> + Send + 'static,
+        bound: &ShutdownBound,
     ) -> Result<(), ServeError> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -286,10 +289,19 @@ impl BoundServers {
             shutdown.await;
             let _ = stop_sender.send(true);
         });
-        while let Some(joined) = tasks.join_next().await {
-            if let Err(err) = joined {
-                tracing::error!(%err, "listener task failed");
+        let all_closed = async {
+            while let Some(joined) = tasks.join_next().await {
+                if let Err(err) = joined {
+                    tracing::error!(%err, "listener task failed");
+                }
             }
+        };
+        // A client that ignores the GOAWAY or stopped reading (a full
+        // flow-control window) would hold its connection, and the runner,
+        // forever: past the bound, every connection still open is dropped.
+        if let Err(cut) = bound.bounded(all_closed).await {
+            tracing::warn!(%cut, "closing the connections of clients still connected");
+            tasks.shutdown().await;
         }
         for file in socket_files {
             file.remove_if_ours();

@@ -162,6 +162,11 @@ impl EventHub {
         self.dropped_total.load(Ordering::Relaxed)
     }
 
+    /// The sequence of the last event published; 0 before the first.
+    pub fn last_sequence(&self) -> u64 {
+        lock_unpoisoned(&self.state).last_sequence
+    }
+
     /// Numbers `kind` and hands it to every subscriber. Never waits.
     pub fn publish(&self, kind: event::Kind, usages: Vec<Usage>) {
         // Estimated before taking the lock: with a long argv it is the

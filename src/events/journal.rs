@@ -35,6 +35,7 @@ use std::sync::Arc;
 use super::hub::{delivered_event, Capacity, Delivery, EventHub, Lifetime, Start, Subscription};
 use super::json::event_line;
 use crate::action::RunnerInstance;
+use crate::shutdown::ShutdownBound;
 
 /// Events taken from the queue at once at most, so that rotation and
 /// failures are noticed between batches of a busy runner too.
@@ -61,6 +62,10 @@ pub struct JournalOptions {
 pub struct Journal {
     task: tokio::task::JoinHandle<()>,
     write_failures: Arc<AtomicU64>,
+    /// The last sequence the writer has dealt with (written, or counted as
+    /// not written): what is after it is still queued or being written.
+    settled_through: Arc<AtomicU64>,
+    hub: Arc<EventHub>,
 }
 
 impl Journal {
@@ -73,16 +78,22 @@ impl Journal {
         let write_failures = Arc::new(AtomicU64::new(0));
         let mut writer =
             JournalWriter::new(&options, hub.instance().clone(), write_failures.clone());
+        let settled_through = Arc::new(AtomicU64::new(0));
         let runtime = tokio::runtime::Handle::current();
         // File writes block; the writer lives on a blocking thread and
         // waits for events on the runtime.
-        let task = tokio::task::spawn_blocking(move || {
-            writer.narrow_previous();
-            write_until_closed(&runtime, subscription, &mut writer);
+        let task = tokio::task::spawn_blocking({
+            let settled_through = settled_through.clone();
+            move || {
+                writer.narrow_previous();
+                write_until_closed(&runtime, subscription, &mut writer, &settled_through);
+            }
         });
         Journal {
             task,
             write_failures,
+            settled_through,
+            hub: hub.clone(),
         }
     }
 
@@ -96,11 +107,22 @@ impl Journal {
         self.write_failures.clone()
     }
 
-    /// Waits until everything given to the writer is written; the hub
-    /// must have been closed.
-    pub async fn finished(self) {
-        if let Err(error) = self.task.await {
-            tracing::error!(%error, "the journal writer failed");
+    /// Waits until everything given to the writer is written, or until
+    /// `bound` cuts the wait short (a write that blocks, as on a hung
+    /// mount): then the events not written are counted and logged, and the
+    /// writer is left to the runner's exit. The hub must have been closed.
+    pub async fn finished(self, bound: &ShutdownBound) {
+        match bound.bounded(self.task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "the journal writer failed"),
+            Err(cut) => {
+                let unwritten = self
+                    .hub
+                    .last_sequence()
+                    .saturating_sub(self.settled_through.load(Ordering::Relaxed));
+                tracing::error!(%cut, unwritten,
+                    "events not written to the journal: its final write did not finish");
+            }
         }
     }
 }
@@ -109,13 +131,15 @@ fn write_until_closed(
     runtime: &tokio::runtime::Handle,
     mut subscription: Subscription,
     writer: &mut JournalWriter,
+    settled_through: &AtomicU64,
 ) {
     loop {
         let batch = runtime.block_on(subscription.next_batch(BATCH, BATCH_BYTES));
-        if batch.is_empty() {
+        let Some(last) = batch.iter().map(|delivery| covered(delivery).1).max() else {
             break;
-        }
+        };
         writer.write(&batch);
+        settled_through.fetch_max(last, Ordering::Relaxed);
     }
     if let Some((first, last)) = writer.unwritten {
         tracing::error!(path = %writer.path.display(), first, last,

@@ -31,6 +31,7 @@ use crate::config::EventsConfig;
 use crate::proto::rbe_runner::events::v1::events_server::EventsServer;
 use crate::proto::rbe_runner::events::v1::Event;
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
+use crate::shutdown::ShutdownBound;
 
 use hub::{Capacity, EventHub};
 use journal::{Journal, JournalOptions};
@@ -182,11 +183,11 @@ impl Events {
     }
 
     /// Ends every subscription and waits until the journal has written
-    /// everything published.
-    pub async fn finish(self) {
+    /// everything published, or until `bound` cuts the wait short.
+    pub async fn finish(self, bound: &ShutdownBound) {
         self.hub.close();
         if let Some(journal) = self.journal {
-            journal.finished().await;
+            journal.finished(bound).await;
         }
     }
 }
