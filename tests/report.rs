@@ -288,6 +288,73 @@ fn the_html_page_has_its_figures_the_csp_and_no_schemed_url() {
     );
 }
 
+/// The most address space the report may use on a 2 GB line: a fixed
+/// bound, well under the line, that the kernel enforces (an allocation
+/// beyond it fails and the report aborts), so the test cannot pass by a
+/// lucky sample.
+const REPORT_ADDRESS_SPACE: u64 = 512 << 20;
+
+#[test]
+fn a_two_gigabyte_line_is_skipped_as_corrupt_under_a_memory_bound() {
+    // Why it matters: a damaged or hostile file with no newline for 2 GB
+    // cost the report 2.1 GB of memory, enough to take down the analyst's
+    // machine or be killed. Lines beyond 64 MiB are skipped while
+    // streaming, and the lines after them still count.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("events.jsonl");
+    let action = |index: u32| {
+        let id = format!("0badcafe-{index}");
+        format!(
+            "{}\n{}\n",
+            json!({"sequence": "1", "time": time(0.0), "runnerInstance": "0badcafe",
+                "actionStarted": {"actionId": id, "arguments": ["cc"]}}),
+            json!({"sequence": "2", "time": time(1.0), "runnerInstance": "0badcafe",
+                "actionFinished": {"actionId": id, "exitCode": "0", "wallTime": "1s"}})
+        )
+    };
+    // Sparse: the holes read as NUL bytes and take no disk.
+    let mut file = std::fs::File::create(&journal).unwrap();
+    file.write_all(action(1).as_bytes()).unwrap();
+    let mut end = file.metadata().unwrap().len() + (2 << 30);
+    file.set_len(end).unwrap();
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::End(0)).unwrap();
+    file.write_all(format!("\n{}", action(2)).as_bytes())
+        .unwrap();
+    // And a line just over the limit, cut off by the end of the file.
+    end = file.metadata().unwrap().len() + (64 << 20) + 1;
+    file.set_len(end).unwrap();
+    drop(file);
+
+    let mut command = Command::new(runner_under_test());
+    command.args(["report", "--json"]).arg(&journal);
+    // SAFETY: setrlimit is a single system call, async-signal-safe, and
+    // touches no memory shared with the parent.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_AS,
+                REPORT_ADDRESS_SPACE,
+                REPORT_ADDRESS_SPACE,
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+    let output = command.output().expect("run rbe-runner report");
+    assert!(
+        output.status.success(),
+        "report over a 2 GB line within {} MiB of address space: {}; {}",
+        REPORT_ADDRESS_SPACE >> 20,
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["summary"]["actions"], 2);
+    assert_eq!(report["skipped"]["corrupt"], 2);
+    assert_eq!(report["skipped"]["truncated"], 0);
+}
+
 /// Debian's Chromium, or `None` with `test` skipped (a panic under CI,
 /// whose setup installs it).
 fn chromium(test: &str) -> Option<PathBuf> {
