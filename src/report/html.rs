@@ -172,16 +172,17 @@ fn header(page: &mut String, report: &Report) {
     );
 }
 
-/// A histogram over power-of-two ranges of `sorted` (ascending) values.
-fn histogram(title: &str, sorted: &[f64], label: impl Fn(f64) -> String, color: &str) -> String {
+/// A histogram over power-of-two ranges of `values`.
+fn histogram(title: &str, values: &[f64], label: impl Fn(f64) -> String, color: &str) -> String {
     let (width, height) = (HALF_WIDTH, 260.0);
     let (left, right, top, bottom) = (44.0, 12.0, 28.0, 40.0);
     let mut svg = format!(
         "<div class=\"panel\"><svg width=\"{width}\" height=\"{height}\" role=\"img\" \
          aria-label=\"{title}\"><text x=\"4\" y=\"16\" style=\"font-size:13px;font-weight:600\">{title}</text>"
     );
-    let positive: Vec<f64> = sorted.iter().copied().filter(|v| *v > 0.0).collect();
-    let (Some(&min), Some(&max)) = (positive.first(), positive.last()) else {
+    let positive = values.iter().copied().filter(|v| *v > 0.0);
+    let (Some(min), Some(max)) = (positive.clone().reduce(f64::min), positive.reduce(f64::max))
+    else {
         svg.push_str("<text x=\"200\" y=\"130\">no values</text></svg></div>");
         return svg;
     };
@@ -196,7 +197,7 @@ fn histogram(title: &str, sorted: &[f64], label: impl Fn(f64) -> String, color: 
     }
     let bins = (high - low) as usize;
     let mut counts = vec![0u64; bins];
-    for value in sorted {
+    for value in values {
         let bin = if *value > 0.0 {
             (value.log2().floor() as i32 - low).clamp(0, bins as i32 - 1) as usize
         } else {

@@ -1,12 +1,13 @@
 //! The stream of records → what the figures need, then the [`Report`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::thread;
 
 use super::super::parse::{Finished, Record, RunnerState, Skipped, Started};
 use super::actions::{Action, Runner};
 use super::concurrency::{knee, stall_by_concurrency, sweep, RunnerSizing};
 use super::groups::{group_stats, program_group, GroupBy, NOT_STARTED};
-use super::{nearest_rank, sorted, with_headroom, Report, Sizing};
+use super::{nearest_ranks, with_headroom, Report, Sizing};
 use crate::action::ActionResult;
 use crate::cgroup::attribution::OomVerdict;
 use crate::metrics::go_code_name;
@@ -220,31 +221,32 @@ impl Analysis {
         }
     }
 
-    /// The figures.
+    /// The figures. The sweep over each runner's actions in time order
+    /// takes longest; the figures that need no order are computed
+    /// meanwhile on a second thread.
     pub fn finish(self, headroom: f64) -> Report {
-        let mut per_runner: Vec<Vec<usize>> = vec![Vec::new(); self.runners.len()];
-        for (index, action) in self.actions.iter().enumerate() {
-            per_runner[action.runner].push(index);
-        }
-        let mut concurrency = vec![1u32; self.actions.len()];
-        let runners: Vec<RunnerSizing> = per_runner
-            .iter()
-            .zip(&self.runners)
-            .filter(|(indices, _)| !indices.is_empty())
-            .map(|(indices, runner)| {
-                sweep(&self.actions, indices, &mut concurrency, runner, headroom)
-            })
-            .collect();
-        let memory = sorted(
-            self.actions
-                .iter()
-                .filter_map(|a| a.memory_bytes.map(|m| m as f64)),
-        );
-        let knee_table = stall_by_concurrency(&self.actions, &concurrency);
+        let actions = &self.actions;
+        let ((runners, concurrency), (groups, mut memory, walls)) = thread::scope(|scope| {
+            let unordered = scope.spawn(|| {
+                let memory: Vec<f64> = actions
+                    .iter()
+                    .filter_map(|a| a.memory_bytes.map(|m| m as f64))
+                    .collect();
+                let walls: Vec<f64> = actions.iter().map(|a| a.wall_seconds).collect();
+                (group_stats(&self.groups, actions), memory, walls)
+            });
+            let sweeps = self.sweeps(headroom);
+            let unordered = unordered
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (sweeps, unordered)
+        });
+        let knee_table = stall_by_concurrency(actions, &concurrency);
         let peak_memory = runners.iter().map(|r| r.peak_concurrent_memory_bytes).max();
+        let memory_max = nearest_ranks(&mut memory, [99.0, 100.0]);
         let sizing = Sizing {
-            memory_max_p99_bytes: nearest_rank(&memory, 99.0).map(|v| v as i64),
-            memory_max_p100_bytes: nearest_rank(&memory, 100.0).map(|v| v as i64),
+            memory_max_p99_bytes: memory_max.map(|[p99, _]| p99 as i64),
+            memory_max_p100_bytes: memory_max.map(|[_, p100]| p100 as i64),
             peak_concurrent_memory_bytes: peak_memory,
             pod_memory_bytes: peak_memory.map(|peak| with_headroom(peak, headroom)),
             peak_concurrent_cpu_cores: runners
@@ -254,12 +256,12 @@ impl Analysis {
             cpu_pressure_knee: knee(&knee_table),
             headroom,
         };
-        let first_time = self.actions.iter().map(|a| a.start).reduce(f64::min);
-        let last_time = self.actions.iter().map(|a| a.end).reduce(f64::max);
+        let first_time = actions.iter().map(|a| a.start).reduce(f64::min);
+        let last_time = actions.iter().map(|a| a.end).reduce(f64::max);
         Report {
-            groups: group_stats(&self.groups, &self.actions),
+            groups,
             memory_bytes: memory,
-            wall_seconds: sorted(self.actions.iter().map(|a| a.wall_seconds)),
+            wall_seconds: walls,
             tallies: self.tallies,
             span: first_time.zip(last_time),
             sizing,
@@ -269,6 +271,25 @@ impl Analysis {
             top_wall: self.top_wall,
             skipped: self.skipped,
         }
+    }
+
+    /// Each runner's concurrency figures, and for each action the most
+    /// actions that ran at once during its life.
+    fn sweeps(&self, headroom: f64) -> (Vec<RunnerSizing>, Vec<u32>) {
+        let mut per_runner: Vec<Vec<usize>> = vec![Vec::new(); self.runners.len()];
+        for (index, action) in self.actions.iter().enumerate() {
+            per_runner[action.runner].push(index);
+        }
+        let mut concurrency = vec![1u32; self.actions.len()];
+        let runners = per_runner
+            .iter()
+            .zip(&self.runners)
+            .filter(|(indices, _)| !indices.is_empty())
+            .map(|(indices, runner)| {
+                sweep(&self.actions, indices, &mut concurrency, runner, headroom)
+            })
+            .collect();
+        (runners, concurrency)
     }
 }
 

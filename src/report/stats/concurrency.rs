@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::actions::{Action, Runner};
-use super::{nearest_rank, with_headroom};
+use super::{nearest_ranks, with_headroom};
 use crate::cgroup::attribution::OomVerdict;
 
 /// One runner instance's concurrency figures.
@@ -47,11 +47,20 @@ pub(super) fn sweep(
     runner: &Runner,
     headroom: f64,
 ) -> RunnerSizing {
+    // Starts, then ends, each in journal order, which is nearly time
+    // order: the stable sort finds these runs and merges them in close to
+    // linear time. Changes at one instant stay in journal order.
     let mut changes: Vec<(f64, bool, usize)> = Vec::with_capacity(indices.len() * 2);
-    for &index in indices {
-        changes.push((actions[index].start, true, index));
-        changes.push((actions[index].end, false, index));
-    }
+    changes.extend(
+        indices
+            .iter()
+            .map(|&index| (actions[index].start, true, index)),
+    );
+    changes.extend(
+        indices
+            .iter()
+            .map(|&index| (actions[index].end, false, index)),
+    );
     changes.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let rate = |action: &Action| match action.cpu_seconds {
         Some(cpu) if action.wall_seconds > 0.0 => cpu / action.wall_seconds,
@@ -147,13 +156,11 @@ pub(super) fn stall_by_concurrency(
     }
     shares
         .into_iter()
-        .map(|(level, mut shares)| {
-            shares.sort_by(f64::total_cmp);
-            ConcurrencyStall {
-                concurrency: level,
-                actions: shares.len() as u64,
-                median_cpu_stall_share: nearest_rank(&shares, 50.0).unwrap_or(0.0),
-            }
+        .map(|(level, mut shares)| ConcurrencyStall {
+            concurrency: level,
+            actions: shares.len() as u64,
+            median_cpu_stall_share: nearest_ranks(&mut shares, [50.0])
+                .map_or(0.0, |[median]| median),
         })
         .collect()
 }

@@ -3,7 +3,7 @@
 
 use super::super::parse::Stall;
 use super::actions::Action;
-use super::{nearest_rank, sorted};
+use super::nearest_ranks;
 
 /// The group of actions that did not start (failed before spawn).
 pub const NOT_STARTED: &str = "(not started)";
@@ -75,69 +75,72 @@ pub struct GroupStats {
     pub stall_share: Option<Stall>,
 }
 
+/// Each group's figures, largest count first, from one pass over the
+/// actions.
 pub(super) fn group_stats(names: &[String], actions: &[Action]) -> Vec<GroupStats> {
-    let mut members: Vec<Vec<&Action>> = vec![Vec::new(); names.len()];
+    let mut sums: Vec<GroupSums> = names.iter().map(|_| GroupSums::default()).collect();
     for action in actions {
-        members[action.group].push(action);
+        sums[action.group].add(action);
     }
     let mut groups: Vec<GroupStats> = names
         .iter()
-        .zip(members)
-        .filter(|(_, members)| !members.is_empty())
-        .map(|(name, members)| one_group(name, &members))
+        .zip(sums)
+        .filter(|(_, sums)| !sums.walls.is_empty())
+        .map(|(name, sums)| sums.finish(name))
         .collect();
     groups.sort_by(|a, b| b.count.cmp(&a.count).then(a.program.cmp(&b.program)));
     groups
 }
 
-fn one_group(name: &str, members: &[&Action]) -> GroupStats {
-    let walls = sorted(members.iter().map(|a| a.wall_seconds));
-    let percentiles = |sorted: &[f64], list: &[f64]| -> Vec<f64> {
-        list.iter()
-            .filter_map(|&p| nearest_rank(sorted, p))
-            .collect()
-    };
-    let wall = percentiles(&walls, &[50.0, 95.0, 100.0]);
-    let memory = sorted(
-        members
-            .iter()
-            .filter_map(|a| a.memory_bytes.map(|m| m as f64)),
-    );
-    let memory = percentiles(&memory, &[50.0, 95.0, 99.0, 100.0]);
-    let mut stall = Stall::default();
-    let mut stalled_wall = 0.0;
-    for action in members {
+/// What one group's figures are computed from.
+#[derive(Default)]
+struct GroupSums {
+    walls: Vec<f64>,
+    memory: Vec<f64>,
+    memory_from_rss: bool,
+    cpu_seconds: f64,
+    /// PSI totals of the actions with cgroup measurements, and their wall
+    /// time.
+    stall: Option<(Stall, f64)>,
+}
+
+impl GroupSums {
+    fn add(&mut self, action: &Action) {
+        self.walls.push(action.wall_seconds);
+        if let Some(memory) = action.memory_bytes {
+            self.memory.push(memory as f64);
+        }
+        self.memory_from_rss |= action.memory_from_rss;
+        if let Some(cpu) = action.cpu_seconds {
+            self.cpu_seconds += cpu;
+        }
         if let Some(action_stall) = action.stall {
+            let (stall, wall) = self.stall.get_or_insert_default();
             stall.cpu += action_stall.cpu;
             stall.memory += action_stall.memory;
             stall.io += action_stall.io;
-            stalled_wall += action.wall_seconds;
+            *wall += action.wall_seconds;
         }
     }
-    let measured = members.iter().any(|a| a.stall.is_some()) && stalled_wall > 0.0;
-    GroupStats {
-        program: name.to_string(),
-        count: members.len() as u64,
-        wall_seconds: [wall[0], wall[1], wall[2]],
-        memory_bytes: (memory.len() == 4).then(|| {
-            [
-                memory[0] as i64,
-                memory[1] as i64,
-                memory[2] as i64,
-                memory[3] as i64,
-            ]
-        }),
-        memory_from_rss: members.iter().any(|a| a.memory_from_rss),
-        // Folded from +0.0: an empty f64 sum is -0.0, printed "-0".
-        cpu_seconds: members
-            .iter()
-            .filter_map(|a| a.cpu_seconds)
-            .fold(0.0, |sum, cpu| sum + cpu),
-        stall_share: measured.then(|| Stall {
-            cpu: stall.cpu / stalled_wall,
-            memory: stall.memory / stalled_wall,
-            io: stall.io / stalled_wall,
-        }),
+
+    fn finish(mut self, name: &str) -> GroupStats {
+        GroupStats {
+            program: name.to_string(),
+            count: self.walls.len() as u64,
+            wall_seconds: nearest_ranks(&mut self.walls, [50.0, 95.0, 100.0]).unwrap_or_default(),
+            memory_bytes: nearest_ranks(&mut self.memory, [50.0, 95.0, 99.0, 100.0])
+                .map(|memory| memory.map(|bytes| bytes as i64)),
+            memory_from_rss: self.memory_from_rss,
+            cpu_seconds: self.cpu_seconds,
+            stall_share: self
+                .stall
+                .filter(|&(_, wall)| wall > 0.0)
+                .map(|(stall, wall)| Stall {
+                    cpu: stall.cpu / wall,
+                    memory: stall.memory / wall,
+                    io: stall.io / wall,
+                }),
+        }
     }
 }
 

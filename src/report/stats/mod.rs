@@ -40,10 +40,24 @@ pub fn nearest_rank(sorted: &[f64], percentile: f64) -> Option<f64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-pub(super) fn sorted(values: impl Iterator<Item = f64>) -> Vec<f64> {
-    let mut values: Vec<f64> = values.collect();
-    values.sort_by(f64::total_cmp);
-    values
+/// The values at `percentiles` of `values` by nearest rank, as
+/// [`nearest_rank`] gives them from the values sorted, but found by
+/// selection (linear, where sorting is not): `values` is left reordered.
+/// `None` for no values.
+pub fn nearest_ranks<const N: usize>(
+    values: &mut [f64],
+    percentiles: [f64; N],
+) -> Option<[f64; N]> {
+    if values.is_empty() {
+        return None;
+    }
+    let length = values.len();
+    Some(percentiles.map(|percentile| {
+        let rank = (percentile / 100.0 * length as f64).ceil() as usize;
+        *values
+            .select_nth_unstable_by(rank.clamp(1, length) - 1, f64::total_cmp)
+            .1
+    }))
 }
 
 pub(super) fn with_headroom(bytes: i64, headroom: f64) -> i64 {
@@ -59,9 +73,9 @@ pub struct Report {
     pub span: Option<(f64, f64)>,
     /// Per group, largest count first.
     pub groups: Vec<GroupStats>,
-    /// Every action's memory figure, ascending (for histograms).
+    /// Every action's memory figure, in no order (for histograms).
     pub memory_bytes: Vec<f64>,
-    /// Every action's wall time, ascending.
+    /// Every action's wall time, in no order.
     pub wall_seconds: Vec<f64>,
     /// The sizing answers.
     pub sizing: Sizing,
@@ -115,5 +129,11 @@ mod tests {
         assert_eq!(nearest_rank(&[1.0, 2.0, 3.0, 4.0], 50.0), Some(2.0));
         assert_eq!(nearest_rank(&[7.0], 99.0), Some(7.0));
         assert_eq!(nearest_rank(&[], 50.0), None);
+        let mut shuffled = [7.0, 1.0, 10.0, 3.0, 5.0, 2.0, 9.0, 4.0, 8.0, 6.0];
+        assert_eq!(
+            nearest_ranks(&mut shuffled, [50.0, 95.0, 90.0, 100.0, 1.0]),
+            Some([5.0, 10.0, 9.0, 10.0, 1.0])
+        );
+        assert_eq!(nearest_ranks(&mut [], [50.0]), None);
     }
 }
