@@ -260,7 +260,7 @@ fn the_html_page_has_its_figures_the_csp_and_no_schemed_url() {
     let (_, html) = render_html(dir.path());
     assert!(html.contains(
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; \
-         style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">"
+         style-src 'unsafe-inline'; img-src data:\">"
     ));
     assert_eq!(schemed_urls(&html), Vec::<String>::new());
     assert_eq!(
@@ -286,6 +286,38 @@ fn the_html_page_has_its_figures_the_csp_and_no_schemed_url() {
         html.matches("<svg").count() >= 4,
         "histograms, stalls, timeline"
     );
+}
+
+/// The page's Content-Security-Policy, from its `<meta>`.
+fn content_security_policy(html: &str) -> &str {
+    let marker = "http-equiv=\"Content-Security-Policy\" content=\"";
+    let start = html.find(marker).expect("a CSP <meta>") + marker.len();
+    let length = html[start..].find('"').expect("the end of the CSP");
+    &html[start..start + length]
+}
+
+#[test]
+fn the_page_may_run_no_script() {
+    // Why it matters: the page has no script, and shows argv that whoever
+    // sent an action wrote. Were escaping ever to slip, a policy that
+    // allows inline scripts would run what the argv smuggled in; with no
+    // `script-src`, `default-src 'none'` forbids every script.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, html) = render_html(dir.path());
+    let csp = content_security_policy(&html);
+    let directives: Vec<&str> = csp.split(';').map(str::trim).collect();
+    assert!(directives.contains(&"default-src 'none'"), "{csp}");
+    assert!(
+        !directives.iter().any(|d| d.starts_with("script-src")),
+        "the CSP allows scripts: {csp}"
+    );
+    for directive in &directives {
+        assert!(
+            !directive.contains("'unsafe-inline'") || directive.starts_with("style-src"),
+            "{directive} in {csp}"
+        );
+    }
+    assert!(!html.to_ascii_lowercase().contains("<script"));
 }
 
 /// The most address space the report may use on a 2 GB line: a fixed

@@ -1,7 +1,8 @@
 //! `report --html`: one self-contained page (inline CSS and SVG, no
 //! script, nothing fetched) an analyst can open offline or attach to a
-//! ticket. Its Content-Security-Policy forbids loading anything, so a
-//! page that tried would show the gap rather than leak a request.
+//! ticket. Its Content-Security-Policy forbids loading anything and
+//! running any script, so a page that tried would show the gap rather
+//! than leak a request or run what an argv smuggled in.
 
 use std::fmt::Write;
 
@@ -10,9 +11,9 @@ use super::stats::{GroupStats, Report, RunnerSizing, TopAction};
 use super::text::{bytes, percent, seconds};
 use crate::cgroup::attribution::OomVerdict;
 
-/// The page's Content-Security-Policy.
-pub const CSP: &str =
-    "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:";
+/// The page's Content-Security-Policy: inline styles only (no
+/// `script-src`, so `default-src 'none'` forbids every script).
+pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:";
 
 /// Chart width in pixels: two charts side by side fit a 1280 px window.
 const HALF_WIDTH: f64 = 580.0;
