@@ -320,6 +320,81 @@ fn the_page_may_run_no_script() {
     assert!(!html.to_ascii_lowercase().contains("<script"));
 }
 
+/// A journal of one action whose argv holds NUL, a terminal's escape
+/// sequence, C1 and DEL, a newline and a right-to-left override.
+const HOSTILE_ARGV: [&str; 3] = [
+    "sh",
+    "-c",
+    "cat /etc/passwd\u{0}\u{1b}[2J\u{202e}fdp.exe\u{9b}\u{7f}\nnext",
+];
+
+fn hostile_journal(dir: &Path) -> PathBuf {
+    let journal = dir.join("events.jsonl");
+    let lines = [
+        json!({"sequence": "1", "time": time(0.0), "runnerInstance": "0badcafe",
+            "actionStarted": {"actionId": "0badcafe-1", "arguments": HOSTILE_ARGV,
+                              "inputRootDirectory": "", "pid": "9", "cgroup": ""}}),
+        json!({"sequence": "2", "time": time(2.0), "runnerInstance": "0badcafe",
+            "actionFinished": {"actionId": "0badcafe-1", "exitCode": "0",
+                "resourceUsage": [{
+                    "@type": "type.googleapis.com/buildbarn.resourceusage.POSIXResourceUsage",
+                    "userTime": "1s", "maximumResidentSetSize": "1000"}],
+                "wallTime": "2s"}}),
+    ];
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    std::fs::write(&journal, text.join("\n") + "\n").unwrap();
+    journal
+}
+
+/// The control and bidirectional characters of `text`, other than the
+/// newlines (and for JSON tabs) that lay it out.
+fn raw_hidden(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|&c| {
+            (c.is_control() && c != '\n')
+                || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+        })
+        .collect()
+}
+
+#[test]
+fn control_and_bidirectional_characters_from_argv_are_shown_escaped() {
+    // Why it matters: argv is whatever the client sent. Written raw, a NUL
+    // or an escape sequence acts on the analyst's terminal, and U+202E
+    // turns the rest of the line around, so that an argv reads as
+    // something other than what ran.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = hostile_journal(dir.path());
+    let page = dir.path().join("report.html");
+    let text = run_report(&["--html", page.to_str().unwrap(), journal.to_str().unwrap()]);
+    let text = String::from_utf8(text.stdout).expect("UTF-8 text");
+    assert_eq!(raw_hidden(&text), Vec::<char>::new(), "text:\n{text}");
+    assert!(
+        text.contains("cat /etc/passwd\\u{0}\\u{1b}[2J\\u{202e}"),
+        "{text}"
+    );
+    for line in text.lines() {
+        assert!(line.chars().count() <= 100, "too wide: {line:?}");
+    }
+
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(raw_hidden(&html), Vec::<char>::new(), "the page");
+    assert!(html.contains("\\u{202e}fdp.exe\\u{9b}\\u{7f}\\u{a}next"));
+
+    let output = run_report(&["--json", journal.to_str().unwrap()]);
+    let json_text = String::from_utf8(output.stdout).expect("UTF-8 JSON");
+    assert_eq!(
+        raw_hidden(&json_text),
+        Vec::<char>::new(),
+        "JSON:\n{json_text}"
+    );
+    assert!(json_text.contains("\\u0000\\u001b[2J\\u202efdp.exe\\u009b\\u007f\\nnext"));
+    // JSON's escapes give a reader the argv that ran.
+    let report: Value = serde_json::from_str(&json_text).unwrap();
+    assert_eq!(report["topWall"][0]["arguments"], json!(HOSTILE_ARGV));
+}
+
 /// The most address space the report may use on a 2 GB line: a fixed
 /// bound, well under the line, that the kernel enforces (an allocation
 /// beyond it fails and the report aborts), so the test cannot pass by a

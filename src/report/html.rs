@@ -9,6 +9,7 @@ use std::fmt::Write;
 use super::json::rfc3339;
 use super::stats::{GroupStats, Report, RunnerSizing, TopAction};
 use super::text::{bytes, percent, seconds};
+use super::visible::visible;
 use crate::cgroup::attribution::OomVerdict;
 
 /// The page's Content-Security-Policy: inline styles only (no
@@ -93,8 +94,10 @@ pub fn render(report: &Report) -> String {
     page
 }
 
-/// Text made safe for HTML content and attribute values.
+/// Text made safe for HTML content and attribute values, with control
+/// and bidirectional characters shown as escapes ([`visible`]).
 pub fn escape(text: &str) -> String {
+    let text = visible(text);
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -7,7 +7,8 @@
 //!   order.
 //! - [`stats`]: tallies, per-program distributions, concurrency sums and
 //!   the CPU-pressure knee.
-//! - [`text`], [`json`], [`html`]: the three ways of showing them.
+//! - [`text`], [`json`], [`html`]: the three ways of showing them, each
+//!   through [`visible`]: control and bidirectional characters escaped.
 //! - here: which files to read, and reading them into a [`Report`].
 
 pub mod html;
@@ -16,6 +17,7 @@ pub mod parse;
 pub mod read;
 pub mod stats;
 pub mod text;
+pub mod visible;
 
 use std::io;
 use std::path::{Path, PathBuf};
