@@ -260,7 +260,7 @@ fn the_html_page_has_its_figures_the_csp_and_no_schemed_url() {
     let (_, html) = render_html(dir.path());
     assert!(html.contains(
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; \
-         style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">"
+         style-src 'unsafe-inline'; img-src data:\">"
     ));
     assert_eq!(schemed_urls(&html), Vec::<String>::new());
     assert_eq!(
@@ -286,6 +286,180 @@ fn the_html_page_has_its_figures_the_csp_and_no_schemed_url() {
         html.matches("<svg").count() >= 4,
         "histograms, stalls, timeline"
     );
+}
+
+/// The page's Content-Security-Policy, from its `<meta>`.
+fn content_security_policy(html: &str) -> &str {
+    let marker = "http-equiv=\"Content-Security-Policy\" content=\"";
+    let start = html.find(marker).expect("a CSP <meta>") + marker.len();
+    let length = html[start..].find('"').expect("the end of the CSP");
+    &html[start..start + length]
+}
+
+#[test]
+fn the_page_may_run_no_script() {
+    // Why it matters: the page has no script, and shows argv that whoever
+    // sent an action wrote. Were escaping ever to slip, a policy that
+    // allows inline scripts would run what the argv smuggled in; with no
+    // `script-src`, `default-src 'none'` forbids every script.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, html) = render_html(dir.path());
+    let csp = content_security_policy(&html);
+    let directives: Vec<&str> = csp.split(';').map(str::trim).collect();
+    assert!(directives.contains(&"default-src 'none'"), "{csp}");
+    assert!(
+        !directives.iter().any(|d| d.starts_with("script-src")),
+        "the CSP allows scripts: {csp}"
+    );
+    for directive in &directives {
+        assert!(
+            !directive.contains("'unsafe-inline'") || directive.starts_with("style-src"),
+            "{directive} in {csp}"
+        );
+    }
+    assert!(!html.to_ascii_lowercase().contains("<script"));
+}
+
+/// A journal of one action whose argv holds NUL, a terminal's escape
+/// sequence, C1 and DEL, a newline and a right-to-left override.
+const HOSTILE_ARGV: [&str; 3] = [
+    "sh",
+    "-c",
+    "cat /etc/passwd\u{0}\u{1b}[2J\u{202e}fdp.exe\u{9b}\u{7f}\nnext",
+];
+
+fn hostile_journal(dir: &Path) -> PathBuf {
+    let journal = dir.join("events.jsonl");
+    let lines = [
+        json!({"sequence": "1", "time": time(0.0), "runnerInstance": "0badcafe",
+            "actionStarted": {"actionId": "0badcafe-1", "arguments": HOSTILE_ARGV,
+                              "inputRootDirectory": "", "pid": "9", "cgroup": ""}}),
+        json!({"sequence": "2", "time": time(2.0), "runnerInstance": "0badcafe",
+            "actionFinished": {"actionId": "0badcafe-1", "exitCode": "0",
+                "resourceUsage": [{
+                    "@type": "type.googleapis.com/buildbarn.resourceusage.POSIXResourceUsage",
+                    "userTime": "1s", "maximumResidentSetSize": "1000"}],
+                "wallTime": "2s"}}),
+    ];
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    std::fs::write(&journal, text.join("\n") + "\n").unwrap();
+    journal
+}
+
+/// The control and bidirectional characters of `text`, other than the
+/// newlines (and for JSON tabs) that lay it out.
+fn raw_hidden(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|&c| {
+            (c.is_control() && c != '\n')
+                || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+        })
+        .collect()
+}
+
+#[test]
+fn control_and_bidirectional_characters_from_argv_are_shown_escaped() {
+    // Why it matters: argv is whatever the client sent. Written raw, a NUL
+    // or an escape sequence acts on the analyst's terminal, and U+202E
+    // turns the rest of the line around, so that an argv reads as
+    // something other than what ran.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = hostile_journal(dir.path());
+    let page = dir.path().join("report.html");
+    let text = run_report(&["--html", page.to_str().unwrap(), journal.to_str().unwrap()]);
+    let text = String::from_utf8(text.stdout).expect("UTF-8 text");
+    assert_eq!(raw_hidden(&text), Vec::<char>::new(), "text:\n{text}");
+    assert!(
+        text.contains("cat /etc/passwd\\u{0}\\u{1b}[2J\\u{202e}"),
+        "{text}"
+    );
+    for line in text.lines() {
+        assert!(line.chars().count() <= 100, "too wide: {line:?}");
+    }
+
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(raw_hidden(&html), Vec::<char>::new(), "the page");
+    assert!(html.contains("\\u{202e}fdp.exe\\u{9b}\\u{7f}\\u{a}next"));
+
+    let output = run_report(&["--json", journal.to_str().unwrap()]);
+    let json_text = String::from_utf8(output.stdout).expect("UTF-8 JSON");
+    assert_eq!(
+        raw_hidden(&json_text),
+        Vec::<char>::new(),
+        "JSON:\n{json_text}"
+    );
+    assert!(json_text.contains("\\u0000\\u001b[2J\\u202efdp.exe\\u009b\\u007f\\nnext"));
+    // JSON's escapes give a reader the argv that ran.
+    let report: Value = serde_json::from_str(&json_text).unwrap();
+    assert_eq!(report["topWall"][0]["arguments"], json!(HOSTILE_ARGV));
+}
+
+/// The most address space the report may use on a 2 GB line: a fixed
+/// bound, well under the line, that the kernel enforces (an allocation
+/// beyond it fails and the report aborts), so the test cannot pass by a
+/// lucky sample.
+const REPORT_ADDRESS_SPACE: u64 = 512 << 20;
+
+#[test]
+fn a_two_gigabyte_line_is_skipped_as_corrupt_under_a_memory_bound() {
+    // Why it matters: a damaged or hostile file with no newline for 2 GB
+    // cost the report 2.1 GB of memory, enough to take down the analyst's
+    // machine or be killed. Lines beyond 64 MiB are skipped while
+    // streaming, and the lines after them still count.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("events.jsonl");
+    let action = |index: u32| {
+        let id = format!("0badcafe-{index}");
+        format!(
+            "{}\n{}\n",
+            json!({"sequence": "1", "time": time(0.0), "runnerInstance": "0badcafe",
+                "actionStarted": {"actionId": id, "arguments": ["cc"]}}),
+            json!({"sequence": "2", "time": time(1.0), "runnerInstance": "0badcafe",
+                "actionFinished": {"actionId": id, "exitCode": "0", "wallTime": "1s"}})
+        )
+    };
+    // Sparse: the holes read as NUL bytes and take no disk.
+    let mut file = std::fs::File::create(&journal).unwrap();
+    file.write_all(action(1).as_bytes()).unwrap();
+    let mut end = file.metadata().unwrap().len() + (2 << 30);
+    file.set_len(end).unwrap();
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::End(0)).unwrap();
+    file.write_all(format!("\n{}", action(2)).as_bytes())
+        .unwrap();
+    // And a line just over the limit, cut off by the end of the file.
+    end = file.metadata().unwrap().len() + (64 << 20) + 1;
+    file.set_len(end).unwrap();
+    drop(file);
+
+    let mut command = Command::new(runner_under_test());
+    command.args(["report", "--json"]).arg(&journal);
+    // SAFETY: setrlimit is a single system call, async-signal-safe, and
+    // touches no memory shared with the parent.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_AS,
+                REPORT_ADDRESS_SPACE,
+                REPORT_ADDRESS_SPACE,
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+    let output = command.output().expect("run rbe-runner report");
+    assert!(
+        output.status.success(),
+        "report over a 2 GB line within {} MiB of address space: {}; {}",
+        REPORT_ADDRESS_SPACE >> 20,
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["summary"]["actions"], 2);
+    assert_eq!(report["skipped"]["corrupt"], 2);
+    assert_eq!(report["skipped"]["truncated"], 0);
 }
 
 /// Debian's Chromium, or `None` with `test` skipped (a panic under CI,

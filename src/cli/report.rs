@@ -134,7 +134,7 @@ fn run(options: &ReportOptions) -> Result<(), ReportError> {
         write_html(path, &report)?;
     }
     let output = if options.json {
-        format!("{:#}\n", json::report_json(&report))
+        json::render(&report)
     } else {
         text::render(&report)
     };

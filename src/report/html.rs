@@ -1,18 +1,20 @@
 //! `report --html`: one self-contained page (inline CSS and SVG, no
 //! script, nothing fetched) an analyst can open offline or attach to a
-//! ticket. Its Content-Security-Policy forbids loading anything, so a
-//! page that tried would show the gap rather than leak a request.
+//! ticket. Its Content-Security-Policy forbids loading anything and
+//! running any script, so a page that tried would show the gap rather
+//! than leak a request or run what an argv smuggled in.
 
 use std::fmt::Write;
 
 use super::json::rfc3339;
 use super::stats::{GroupStats, Report, RunnerSizing, TopAction};
 use super::text::{bytes, percent, seconds};
+use super::visible::visible;
 use crate::cgroup::attribution::OomVerdict;
 
-/// The page's Content-Security-Policy.
-pub const CSP: &str =
-    "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:";
+/// The page's Content-Security-Policy: inline styles only (no
+/// `script-src`, so `default-src 'none'` forbids every script).
+pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:";
 
 /// Chart width in pixels: two charts side by side fit a 1280 px window.
 const HALF_WIDTH: f64 = 580.0;
@@ -92,8 +94,10 @@ pub fn render(report: &Report) -> String {
     page
 }
 
-/// Text made safe for HTML content and attribute values.
+/// Text made safe for HTML content and attribute values, with control
+/// and bidirectional characters shown as escapes ([`visible`]).
 pub fn escape(text: &str) -> String {
+    let text = visible(text);
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -172,16 +176,17 @@ fn header(page: &mut String, report: &Report) {
     );
 }
 
-/// A histogram over power-of-two ranges of `sorted` (ascending) values.
-fn histogram(title: &str, sorted: &[f64], label: impl Fn(f64) -> String, color: &str) -> String {
+/// A histogram over power-of-two ranges of `values`.
+fn histogram(title: &str, values: &[f64], label: impl Fn(f64) -> String, color: &str) -> String {
     let (width, height) = (HALF_WIDTH, 260.0);
     let (left, right, top, bottom) = (44.0, 12.0, 28.0, 40.0);
     let mut svg = format!(
         "<div class=\"panel\"><svg width=\"{width}\" height=\"{height}\" role=\"img\" \
          aria-label=\"{title}\"><text x=\"4\" y=\"16\" style=\"font-size:13px;font-weight:600\">{title}</text>"
     );
-    let positive: Vec<f64> = sorted.iter().copied().filter(|v| *v > 0.0).collect();
-    let (Some(&min), Some(&max)) = (positive.first(), positive.last()) else {
+    let positive = values.iter().copied().filter(|v| *v > 0.0);
+    let (Some(min), Some(max)) = (positive.clone().reduce(f64::min), positive.reduce(f64::max))
+    else {
         svg.push_str("<text x=\"200\" y=\"130\">no values</text></svg></div>");
         return svg;
     };
@@ -196,7 +201,7 @@ fn histogram(title: &str, sorted: &[f64], label: impl Fn(f64) -> String, color: 
     }
     let bins = (high - low) as usize;
     let mut counts = vec![0u64; bins];
-    for value in sorted {
+    for value in values {
         let bin = if *value > 0.0 {
             (value.log2().floor() as i32 - low).clamp(0, bins as i32 - 1) as usize
         } else {

@@ -1,13 +1,23 @@
 //! `report --json`: the report as one JSON object, camelCase keys, tallies
 //! keyed by the label values the metrics use. Byte counts are numbers
 //! (not proto3's strings): this is not a protobuf message, and analysts'
-//! tools compare them as numbers.
+//! tools compare them as numbers. Control and bidirectional characters
+//! from the journal are written as JSON escapes
+//! ([`json_escape_hidden`]): a reader gets the argv that ran, a terminal
+//! showing the output does not act on it.
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
 use super::stats::{GroupStats, Report, RunnerSizing, TopAction};
+use super::visible::json_escape_hidden;
+
+/// The report as printed: indented JSON and a newline.
+pub fn render(report: &Report) -> String {
+    let text = format!("{:#}\n", report_json(report));
+    json_escape_hidden(&text).into_owned()
+}
 
 /// The report as JSON.
 pub fn report_json(report: &Report) -> Value {

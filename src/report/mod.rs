@@ -3,22 +3,27 @@
 //!
 //! - [`parse`]: journal lines → typed records, streaming; bad lines are
 //!   counted, never fatal.
+//! - [`read`]: several files parsed at once, their records handed on in
+//!   order.
 //! - [`stats`]: tallies, per-program distributions, concurrency sums and
 //!   the CPU-pressure knee.
-//! - [`text`], [`json`], [`html`]: the three ways of showing them.
+//! - [`text`], [`json`], [`html`]: the three ways of showing them, each
+//!   through [`visible`]: control and bidirectional characters escaped.
 //! - here: which files to read, and reading them into a [`Report`].
 
 pub mod html;
 pub mod json;
 pub mod parse;
+pub mod read;
 pub mod stats;
 pub mod text;
+pub mod visible;
 
-use std::fs::File;
-use std::io::{self, BufReader};
+use std::io;
 use std::path::{Path, PathBuf};
 
-use parse::{read_journal, Record, Skipped};
+use parse::Record;
+use read::read_in_order;
 use stats::{Analysis, GroupBy, Report};
 
 /// What a report covers and how it is computed.
@@ -78,28 +83,6 @@ pub fn journal_files(journals: &[PathBuf]) -> Vec<PathBuf> {
     files
 }
 
-/// Reads every file, handing each record to `record`.
-fn read_all(
-    files: &[PathBuf],
-    skipped: &mut Skipped,
-    mut record: impl FnMut(Record),
-) -> Result<(), ReportError> {
-    for path in files {
-        let read_error = |source| ReportError::Read {
-            path: path.clone(),
-            source,
-        };
-        let file = File::open(path).map_err(read_error)?;
-        read_journal(
-            BufReader::with_capacity(1 << 16, file),
-            skipped,
-            &mut record,
-        )
-        .map_err(read_error)?;
-    }
-    Ok(())
-}
-
 /// The report of the journals, as `options` ask.
 pub fn analyse(options: &ReportOptions) -> Result<Report, ReportError> {
     let files = journal_files(&options.journals);
@@ -110,7 +93,7 @@ pub fn analyse(options: &ReportOptions) -> Result<Report, ReportError> {
         None => None,
         Some(since) => {
             let mut latest = f64::NEG_INFINITY;
-            read_all(&files, &mut Skipped::default(), |record| {
+            read_in_order(&files, |record| {
                 if let Some(time) = record_time(&record) {
                     latest = latest.max(time);
                 }
@@ -119,8 +102,7 @@ pub fn analyse(options: &ReportOptions) -> Result<Report, ReportError> {
         }
     };
     let mut analysis = Analysis::new(options.group_by, cutoff);
-    let mut skipped = Skipped::default();
-    read_all(&files, &mut skipped, |record| analysis.add(record))?;
+    let skipped = read_in_order(&files, |record| analysis.add(record))?;
     analysis.skipped = skipped;
     Ok(analysis.finish(options.headroom))
 }

@@ -6,15 +6,22 @@
 //! event, an `EventsLost` line or a kind this build does not know is
 //! counted in [`Skipped`] and never stops the report: an analyst's journal
 //! is whatever a fleet left behind. The events an `EventsLost` line says
-//! are missing are counted too.
+//! are missing are counted too, and a line longer than
+//! [`MAX_LINE_BYTES`] is skipped unread and counted as corrupt.
+//!
+//! Each line is read into the fields the report uses and nothing else
+//! (serde, borrowing from the line), not into a generic JSON tree.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::io::{self, BufRead};
+use std::marker::PhantomData;
 use std::str::FromStr;
 use std::sync::LazyLock;
 
 use prost::Name;
-
-use serde_json::Value;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 
 use crate::action::TerminationReason;
 use crate::cgroup::attribution::OomVerdict;
@@ -115,7 +122,8 @@ pub enum Record {
 pub struct Skipped {
     /// The last line of a file, without its newline, that does not parse.
     pub truncated: u64,
-    /// Lines that are not an event as the journal writes them.
+    /// Lines that are not an event as the journal writes them, and
+    /// lines longer than [`MAX_LINE_BYTES`].
     pub corrupt: u64,
     /// Events of a kind this build does not know.
     pub unknown_kind: u64,
@@ -124,6 +132,16 @@ pub struct Skipped {
     pub events_lost: u64,
     /// The events those lines say are missing from the journal.
     pub lost_events: u64,
+}
+
+impl std::ops::AddAssign for Skipped {
+    fn add_assign(&mut self, other: Skipped) {
+        self.truncated += other.truncated;
+        self.corrupt += other.corrupt;
+        self.unknown_kind += other.unknown_kind;
+        self.events_lost += other.events_lost;
+        self.lost_events += other.lost_events;
+    }
 }
 
 /// Why a line was not used.
@@ -137,151 +155,455 @@ pub enum LineError {
     EventsLost(u64),
 }
 
-/// Reads one journal, calling `record` for every usable line and counting
-/// the others in `skipped`. Only an error reading the file is returned.
-pub fn read_journal(
-    mut reader: impl BufRead,
-    skipped: &mut Skipped,
-    mut record: impl FnMut(Record),
-) -> io::Result<()> {
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            return Ok(());
+/// The longest line read: longer ones are skipped while streaming and
+/// counted as corrupt. The runner's events are far shorter (argv is cut at
+/// `events.maximumArgumentBytes`, 64 KiB by default), so only a damaged or
+/// hostile file has such a line, and it must not cost its length in memory.
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// A journal read record by record.
+///
+/// A line that lies whole in the reader's buffer is parsed where it is;
+/// only one that straddles a refill is gathered into `line` first. Either
+/// way no more than [`MAX_LINE_BYTES`] of a line is ever held.
+pub struct JournalReader<R> {
+    reader: R,
+    /// The start of a line that straddles the reader's buffer.
+    line: Vec<u8>,
+    /// [`MAX_LINE_BYTES`], but for tests.
+    max_line_bytes: usize,
+    /// The current line is longer than [`MAX_LINE_BYTES`]: the rest of it
+    /// is being skipped.
+    overlong: bool,
+}
+
+/// How a line ended.
+#[derive(Clone, Copy)]
+enum LineEnd {
+    /// With a newline.
+    Newline,
+    /// At the end of the file, without one: perhaps cut off mid-write.
+    EndOfFile,
+}
+
+impl<R: BufRead> JournalReader<R> {
+    /// Reads `reader` from where it is.
+    pub fn new(reader: R) -> Self {
+        JournalReader {
+            reader,
+            line: Vec::new(),
+            max_line_bytes: MAX_LINE_BYTES,
+            overlong: false,
         }
-        let complete = line.last() == Some(&b'\n');
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim();
-        if text.is_empty() {
-            continue;
-        }
-        match parse_line(text) {
-            Ok(parsed) => record(parsed),
-            Err(LineError::Corrupt(_)) if !complete => skipped.truncated += 1,
-            Err(LineError::Corrupt(_)) => skipped.corrupt += 1,
-            Err(LineError::UnknownKind) => skipped.unknown_kind += 1,
-            Err(LineError::EventsLost(missing)) => {
-                skipped.events_lost += 1;
-                skipped.lost_events += missing;
+    }
+
+    /// The next usable record, counting the lines skipped on the way in
+    /// `skipped`; `None` at the end. Only an error reading the file is
+    /// returned.
+    pub fn next_record(&mut self, skipped: &mut Skipped) -> io::Result<Option<Record>> {
+        loop {
+            let buffer = match self.reader.fill_buf() {
+                Ok(buffer) => buffer,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            };
+            if buffer.is_empty() {
+                let record = if std::mem::take(&mut self.overlong) {
+                    skipped.corrupt += 1;
+                    None
+                } else if self.line.is_empty() {
+                    return Ok(None);
+                } else {
+                    judge(&self.line, LineEnd::EndOfFile, skipped)
+                };
+                self.line.clear();
+                match record {
+                    Some(record) => return Ok(Some(record)),
+                    None => continue,
+                }
+            }
+            let Some(newline) = memchr::memchr(b'\n', buffer) else {
+                let length = buffer.len();
+                if !self.overlong && self.line.len() + length > self.max_line_bytes {
+                    self.overlong = true;
+                    self.line = Vec::new();
+                }
+                if !self.overlong {
+                    self.line.extend_from_slice(buffer);
+                }
+                self.reader.consume(length);
+                continue;
+            };
+            let record = if std::mem::take(&mut self.overlong)
+                || self.line.len() + newline > self.max_line_bytes
+            {
+                skipped.corrupt += 1;
+                None
+            } else if self.line.is_empty() {
+                judge(&buffer[..newline], LineEnd::Newline, skipped)
+            } else {
+                self.line.extend_from_slice(&buffer[..newline]);
+                judge(&self.line, LineEnd::Newline, skipped)
+            };
+            self.line.clear();
+            self.reader.consume(newline + 1);
+            if let Some(record) = record {
+                return Ok(Some(record));
             }
         }
     }
 }
 
-/// One line of the journal, parsed.
-pub fn parse_line(line: &str) -> Result<Record, LineError> {
-    let value: Value =
-        serde_json::from_str(line).map_err(|err| LineError::Corrupt(err.to_string()))?;
-    let event = value
-        .as_object()
-        .ok_or_else(|| corrupt("the line is not a JSON object"))?;
-    let instance = string(&value, "runnerInstance")?;
-    let time = || -> Result<f64, LineError> { timestamp(string(&value, "time")?) };
-    if let Some(started) = event.get("actionStarted") {
-        return Ok(Record::Started(Started {
-            instance: instance.to_string(),
-            action_id: string(started, "actionId")?.to_string(),
-            time: time()?,
-            arguments: strings(started, "arguments")?,
-        }));
+/// The record of one line (without its newline), or `None` with the line
+/// counted in `skipped`.
+fn judge(line: &[u8], end: LineEnd, skipped: &mut Skipped) -> Option<Record> {
+    let text = line.trim_ascii();
+    if text.is_empty() {
+        return None;
     }
-    if let Some(finished) = event.get("actionFinished") {
-        return Ok(Record::Finished(Box::new(finished_record(
-            instance,
-            time()?,
-            finished,
-        )?)));
+    match parse_bytes(text) {
+        Ok(record) => return Some(record),
+        Err(LineError::Corrupt(_)) => match end {
+            LineEnd::EndOfFile => skipped.truncated += 1,
+            LineEnd::Newline => skipped.corrupt += 1,
+        },
+        Err(LineError::UnknownKind) => skipped.unknown_kind += 1,
+        Err(LineError::EventsLost(missing)) => {
+            skipped.events_lost += 1;
+            skipped.lost_events += missing;
+        }
     }
-    if let Some(state) = event.get("runnerState") {
-        return Ok(Record::RunnerState(RunnerState {
-            instance: instance.to_string(),
-            time: time()?,
-            memory_budget_bytes: int64(state, "memoryBudgetBytes")?.unwrap_or(0),
-            runner_name: string(state, "runnerName").unwrap_or_default().to_string(),
-        }));
-    }
-    if event.contains_key("cleanupFailed") {
-        return Ok(Record::CleanupFailed { time: time()? });
-    }
-    if event.contains_key("actionTerminating") {
-        return Ok(Record::Terminating);
-    }
-    if let Some(lost) = event.get("eventsLost") {
-        let first = int64(lost, "firstSequence")?.unwrap_or(0);
-        let last = int64(lost, "lastSequence")?.unwrap_or(0);
-        // Sequences start at 1; a range without one says nothing.
-        let missing = if first >= 1 && last >= first {
-            (last - first + 1) as u64
-        } else {
-            0
-        };
-        return Err(LineError::EventsLost(missing));
-    }
-    Err(LineError::UnknownKind)
+    None
 }
 
-fn finished_record(instance: &str, time: f64, finished: &Value) -> Result<Finished, LineError> {
-    let code = match finished.get("status").and_then(|status| status.get("code")) {
-        None => 0,
-        Some(code) => code
-            .as_i64()
-            .and_then(|code| i32::try_from(code).ok())
-            .ok_or_else(|| corrupt("status.code is not a number"))?,
+/// Reads one journal, calling `record` for every usable line and counting
+/// the others in `skipped`. Only an error reading the file is returned.
+pub fn read_journal(
+    reader: impl BufRead,
+    skipped: &mut Skipped,
+    mut record: impl FnMut(Record),
+) -> io::Result<()> {
+    let mut journal = JournalReader::new(reader);
+    while let Some(parsed) = journal.next_record(skipped)? {
+        record(parsed);
+    }
+    Ok(())
+}
+
+/// One line of the journal, parsed.
+pub fn parse_line(line: &str) -> Result<Record, LineError> {
+    parse_bytes(line.as_bytes())
+}
+
+/// One line as bytes. Text that is not UTF-8 is read as the journal's
+/// readers always did, with U+FFFD in place of bad bytes. The line is
+/// checked once, as a whole: serde then need not check each string.
+fn parse_bytes(line: &[u8]) -> Result<Record, LineError> {
+    let text = match std::str::from_utf8(line) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(line),
     };
-    let wall_seconds = match finished.get("wallTime") {
-        None => 0.0,
-        Some(wall) => duration(wall.as_str().ok_or_else(|| corrupt("wallTime"))?)?,
-    };
-    let verdict = match finished.get("oomVerdict").and_then(Value::as_str) {
-        Some("OOM_VERDICT_OWN_LIMIT") => OomVerdict::OwnLimit,
-        Some("OOM_VERDICT_SHARED_LIMIT") => OomVerdict::SharedLimit,
-        Some("OOM_VERDICT_NOT_OWN_LIMIT") => OomVerdict::NotOwnLimit,
-        _ => OomVerdict::None,
-    };
-    let termination_reason = match finished.get("terminationReason").and_then(Value::as_str) {
-        Some("TERMINATION_REASON_DEADLINE") => Some(TerminationReason::Deadline),
-        Some("TERMINATION_REASON_CANCELLED") => Some(TerminationReason::Cancelled),
-        Some("TERMINATION_REASON_SHUTDOWN") => Some(TerminationReason::Shutdown),
-        _ => None,
-    };
-    Ok(Finished {
-        instance: instance.to_string(),
-        action_id: string(finished, "actionId")?.to_string(),
-        time,
-        exit_code: int64(finished, "exitCode")?.unwrap_or(0),
-        code: tonic::Code::from(code),
-        wall_seconds,
-        oom_verdict: verdict,
-        termination_reason,
-        usage: usage(finished)?,
-    })
+    serde_json::from_str::<EventLine>(&text)
+        .map_err(|err| LineError::Corrupt(err.to_string()))?
+        .record()
+}
+
+// The journal's lines as serde reads them: only the fields the report
+// uses, each borrowed from the line where it can be (a string with no
+// escapes), everything else skipped without being built. A field whose
+// meaning depends on another (`@type`) or that older readers tolerated in
+// any shape (`runnerName`, the enums) is a [`Scalar`], judged afterwards.
+
+/// An `Event`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventLine<'a> {
+    runner_instance: String,
+    #[serde(borrow)]
+    time: Option<Scalar<'a>>,
+    action_started: Option<StartedLine>,
+    #[serde(borrow)]
+    action_finished: Option<FinishedLine<'a>>,
+    #[serde(borrow)]
+    runner_state: Option<RunnerStateLine<'a>>,
+    cleanup_failed: Option<IgnoredAny>,
+    action_terminating: Option<IgnoredAny>,
+    #[serde(borrow)]
+    events_lost: Option<EventsLostLine<'a>>,
+}
+
+/// `ActionStarted`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StartedLine {
+    action_id: String,
+    #[serde(default)]
+    arguments: Vec<String>,
+}
+
+/// `ActionFinished`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FinishedLine<'a> {
+    action_id: String,
+    #[serde(borrow)]
+    exit_code: Option<Scalar<'a>>,
+    status: Option<StatusLine<'a>>,
+    #[serde(borrow)]
+    wall_time: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    oom_verdict: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    termination_reason: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    resource_usage: Vec<UsageLine<'a>>,
+}
+
+/// `google.rpc.Status`: only its code.
+#[derive(Deserialize)]
+struct StatusLine<'a> {
+    #[serde(borrow)]
+    code: Option<Scalar<'a>>,
+}
+
+/// One `Any` of `resourceUsage`: the fields of the two messages the
+/// report reads, used according to `@type`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageLine<'a> {
+    #[serde(rename = "@type", borrow)]
+    type_url: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    maximum_resident_set_size: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    user_time: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    system_time: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    memory_peak: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    cpu_pressure_some_total: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    memory_pressure_some_total: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    io_pressure_some_total: Option<Scalar<'a>>,
+}
+
+/// `RunnerState`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunnerStateLine<'a> {
+    #[serde(borrow)]
+    memory_budget_bytes: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    runner_name: Option<Scalar<'a>>,
+}
+
+/// `EventsLost`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventsLostLine<'a> {
+    #[serde(borrow)]
+    first_sequence: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    last_sequence: Option<Scalar<'a>>,
+}
+
+/// A JSON value read without judging it: proto3 JSON writes int64,
+/// durations, timestamps and enums as strings, but a number is accepted
+/// where protobuf's parsers accept one, and whether a field matters at all
+/// can depend on another (`@type`).
+enum Scalar<'a> {
+    Text(Cow<'a, str>),
+    Integer(i64),
+    /// A number that is not an `i64` (a fraction, or too large).
+    OtherNumber,
+    /// `true`, an object or a list.
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ScalarVisitor(PhantomData))
+    }
+}
+
+struct ScalarVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for ScalarVisitor<'a> {
+    type Value = Scalar<'a>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Borrowed(text)))
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(text.to_string())))
+    }
+
+    fn visit_i64<E>(self, number: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Integer(number))
+    }
+
+    fn visit_u64<E>(self, number: u64) -> Result<Self::Value, E> {
+        Ok(i64::try_from(number).map_or(Scalar::OtherNumber, Scalar::Integer))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::OtherNumber)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
+        while items.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Self::Value, A::Error> {
+        while entries.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+}
+
+impl Scalar<'_> {
+    fn text(&self) -> Option<&str> {
+        match self {
+            Scalar::Text(text) => Some(text),
+            _ => None,
+        }
+    }
+}
+
+impl EventLine<'_> {
+    /// The record of this event, or why there is none.
+    fn record(self) -> Result<Record, LineError> {
+        let instance = self.runner_instance;
+        let time = || -> Result<f64, LineError> {
+            let text = self.time.as_ref().and_then(Scalar::text);
+            timestamp(text.ok_or_else(|| corrupt("time is missing or not a string"))?)
+        };
+        if let Some(started) = self.action_started {
+            return Ok(Record::Started(Started {
+                time: time()?,
+                instance,
+                action_id: started.action_id,
+                arguments: started.arguments,
+            }));
+        }
+        if let Some(finished) = self.action_finished {
+            return Ok(Record::Finished(Box::new(
+                finished.record(instance, time()?)?,
+            )));
+        }
+        if let Some(state) = self.runner_state {
+            return Ok(Record::RunnerState(RunnerState {
+                time: time()?,
+                instance,
+                memory_budget_bytes: int64(&state.memory_budget_bytes, "memoryBudgetBytes")?
+                    .unwrap_or(0),
+                runner_name: state
+                    .runner_name
+                    .as_ref()
+                    .and_then(Scalar::text)
+                    .unwrap_or_default()
+                    .to_string(),
+            }));
+        }
+        if self.cleanup_failed.is_some() {
+            return Ok(Record::CleanupFailed { time: time()? });
+        }
+        if self.action_terminating.is_some() {
+            return Ok(Record::Terminating);
+        }
+        if let Some(lost) = self.events_lost {
+            let first = int64(&lost.first_sequence, "firstSequence")?.unwrap_or(0);
+            let last = int64(&lost.last_sequence, "lastSequence")?.unwrap_or(0);
+            // Sequences start at 1; a range without one says nothing.
+            let missing = if first >= 1 && last >= first {
+                (last - first + 1) as u64
+            } else {
+                0
+            };
+            return Err(LineError::EventsLost(missing));
+        }
+        Err(LineError::UnknownKind)
+    }
+}
+
+impl FinishedLine<'_> {
+    fn record(self, instance: String, time: f64) -> Result<Finished, LineError> {
+        let code = match self.status.and_then(|status| status.code) {
+            None => 0,
+            Some(Scalar::Integer(code)) => {
+                i32::try_from(code).map_err(|_| corrupt("status.code is not a number"))?
+            }
+            Some(_) => return Err(corrupt("status.code is not a number")),
+        };
+        let wall_seconds = optional_duration(&self.wall_time, "wallTime")?.unwrap_or(0.0);
+        let oom_verdict = match self.oom_verdict.as_ref().and_then(Scalar::text) {
+            Some("OOM_VERDICT_OWN_LIMIT") => OomVerdict::OwnLimit,
+            Some("OOM_VERDICT_SHARED_LIMIT") => OomVerdict::SharedLimit,
+            Some("OOM_VERDICT_NOT_OWN_LIMIT") => OomVerdict::NotOwnLimit,
+            _ => OomVerdict::None,
+        };
+        let termination_reason = match self.termination_reason.as_ref().and_then(Scalar::text) {
+            Some("TERMINATION_REASON_DEADLINE") => Some(TerminationReason::Deadline),
+            Some("TERMINATION_REASON_CANCELLED") => Some(TerminationReason::Cancelled),
+            Some("TERMINATION_REASON_SHUTDOWN") => Some(TerminationReason::Shutdown),
+            _ => None,
+        };
+        Ok(Finished {
+            instance,
+            action_id: self.action_id,
+            time,
+            exit_code: int64(&self.exit_code, "exitCode")?.unwrap_or(0),
+            code: tonic::Code::from(code),
+            wall_seconds,
+            oom_verdict,
+            termination_reason,
+            usage: usage(&self.resource_usage)?,
+        })
+    }
 }
 
 /// The `@type`s of the usage messages, as the journal writes them.
 static POSIX_TYPE: LazyLock<String> = LazyLock::new(PosixResourceUsage::type_url);
 static CGROUP_TYPE: LazyLock<String> = LazyLock::new(CgroupResourceUsage::type_url);
 
-fn usage(finished: &Value) -> Result<Usage, LineError> {
+fn usage(messages: &[UsageLine]) -> Result<Usage, LineError> {
     let mut usage = Usage::default();
-    let Some(messages) = finished.get("resourceUsage").and_then(Value::as_array) else {
-        return Ok(usage);
-    };
     for message in messages {
-        let kind = message.get("@type").and_then(Value::as_str);
+        let kind = message.type_url.as_ref().and_then(Scalar::text);
         if kind == Some(POSIX_TYPE.as_str()) {
-            usage.max_rss_bytes = int64(message, "maximumResidentSetSize")?;
-            let user = optional_duration(message, "userTime")?;
-            let system = optional_duration(message, "systemTime")?;
+            usage.max_rss_bytes =
+                int64(&message.maximum_resident_set_size, "maximumResidentSetSize")?;
+            let user = optional_duration(&message.user_time, "userTime")?;
+            let system = optional_duration(&message.system_time, "systemTime")?;
             if user.is_some() || system.is_some() {
                 usage.cpu_seconds = Some(user.unwrap_or(0.0) + system.unwrap_or(0.0));
             }
         } else if kind == Some(CGROUP_TYPE.as_str()) {
-            usage.memory_peak_bytes = int64(message, "memoryPeak")?.filter(|&peak| peak > 0);
+            usage.memory_peak_bytes =
+                int64(&message.memory_peak, "memoryPeak")?.filter(|&peak| peak > 0);
+            let pressure = |field, key| optional_duration(field, key).map(|d| d.unwrap_or(0.0));
             usage.stall = Some(Stall {
-                cpu: optional_duration(message, "cpuPressureSomeTotal")?.unwrap_or(0.0),
-                memory: optional_duration(message, "memoryPressureSomeTotal")?.unwrap_or(0.0),
-                io: optional_duration(message, "ioPressureSomeTotal")?.unwrap_or(0.0),
+                cpu: pressure(&message.cpu_pressure_some_total, "cpuPressureSomeTotal")?,
+                memory: pressure(
+                    &message.memory_pressure_some_total,
+                    "memoryPressureSomeTotal",
+                )?,
+                io: pressure(&message.io_pressure_some_total, "ioPressureSomeTotal")?,
             });
         }
     }
@@ -292,49 +614,23 @@ fn corrupt(what: &str) -> LineError {
     LineError::Corrupt(what.to_string())
 }
 
-fn string<'a>(value: &'a Value, key: &str) -> Result<&'a str, LineError> {
-    value
-        .get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| LineError::Corrupt(format!("{key} is missing or not a string")))
-}
-
-fn strings(value: &Value, key: &str) -> Result<Vec<String>, LineError> {
-    let Some(items) = value.get(key) else {
-        return Ok(Vec::new());
-    };
-    items
-        .as_array()
-        .and_then(|items| {
-            items
-                .iter()
-                .map(|item| item.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-        })
-        .ok_or_else(|| LineError::Corrupt(format!("{key} is not a list of strings")))
-}
-
 /// A proto3 JSON int64: a string of digits (a number is accepted too, as
 /// protobuf's parsers do).
-fn int64(value: &Value, key: &str) -> Result<Option<i64>, LineError> {
-    match value.get(key) {
-        None => Ok(None),
-        Some(Value::String(text)) => text
-            .parse()
-            .map(Some)
-            .map_err(|_| LineError::Corrupt(format!("{key} is not an int64"))),
-        Some(number) => number
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| LineError::Corrupt(format!("{key} is not an int64"))),
+fn int64(value: &Option<Scalar>, key: &str) -> Result<Option<i64>, LineError> {
+    match value {
+        None => Some(None),
+        Some(Scalar::Text(text)) => text.parse().map(Some).ok(),
+        Some(Scalar::Integer(number)) => Some(Some(*number)),
+        Some(_) => None,
     }
+    .ok_or_else(|| LineError::Corrupt(format!("{key} is not an int64")))
 }
 
-fn optional_duration(value: &Value, key: &str) -> Result<Option<f64>, LineError> {
-    match value.get(key) {
+fn optional_duration(value: &Option<Scalar>, key: &str) -> Result<Option<f64>, LineError> {
+    match value {
         None => Ok(None),
-        Some(text) => text
-            .as_str()
+        Some(value) => value
+            .text()
             .ok_or_else(|| LineError::Corrupt(format!("{key} is not a duration")))
             .and_then(duration)
             .map(Some),
@@ -414,6 +710,62 @@ mod tests {
                 lost_events: 88,
             }
         );
+    }
+
+    fn records_and_skipped(
+        journal: &[u8],
+        buffer: usize,
+        max_line_bytes: usize,
+    ) -> (Vec<Record>, Skipped) {
+        let mut reader = JournalReader::new(io::BufReader::with_capacity(buffer, journal));
+        reader.max_line_bytes = max_line_bytes;
+        let mut skipped = Skipped::default();
+        let mut records = Vec::new();
+        while let Some(record) = reader.next_record(&mut skipped).unwrap() {
+            records.push(record);
+        }
+        (records, skipped)
+    }
+
+    #[test]
+    fn overlong_lines_are_corrupt_and_lines_across_refills_whole() {
+        // Why it matters: a line is held whole to be parsed, so one without
+        // an end would cost its length in memory; lines that straddle the
+        // reader's buffer must read as if it were not there.
+        let long = format!("{{\"sequence\":\"{}\"}}", "9".repeat(400));
+        let journal = format!("{STARTED}\n{long}\n\n{STARTED}\n{long}");
+        for buffer in [1, 7, 64, 1 << 16] {
+            let (records, skipped) = records_and_skipped(journal.as_bytes(), buffer, STARTED.len());
+            assert_eq!(records.len(), 2, "buffer {buffer}");
+            assert_eq!(
+                skipped,
+                Skipped {
+                    corrupt: 2,
+                    ..Skipped::default()
+                },
+                "buffer {buffer}"
+            );
+        }
+        // At the limit a line is read; the cut-off last one is truncated.
+        let (records, skipped) = records_and_skipped(journal.as_bytes(), 7, long.len());
+        assert_eq!(records.len(), 2);
+        assert_eq!((skipped.corrupt, skipped.truncated), (1, 1));
+    }
+
+    #[test]
+    fn escaped_and_non_utf8_strings_are_read() {
+        let escaped = STARTED.replace("javac x", "javac \\\"\\u00e9\\t");
+        let Ok(Record::Started(started)) = parse_line(&escaped) else {
+            panic!("not parsed: {escaped}");
+        };
+        assert_eq!(started.arguments[2], "javac \"\u{e9}\t");
+        let mut bytes = STARTED.as_bytes().to_vec();
+        let at = STARTED.find("javac").unwrap();
+        bytes[at] = 0xff;
+        let Ok(Record::Started(started)) = parse_bytes(&bytes) else {
+            panic!("a bad byte in argv made the line unreadable");
+        };
+        assert_eq!(started.arguments[2], "\u{fffd}avac x");
     }
 
     #[test]

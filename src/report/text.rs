@@ -1,11 +1,14 @@
 //! The report as aligned tables for a terminal, at most 100 columns wide
-//! (argv in the top lists is shortened to fit).
+//! (argv in the top lists is shortened to fit). Text from the journal is
+//! shown through [`visible`]: a terminal must not act on what an action's
+//! argv contains.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::json::rfc3339;
 use super::stats::{Report, TopAction};
+use super::visible::visible;
 
 /// The widest line the tables write.
 pub const WIDTH: usize = 100;
@@ -47,7 +50,7 @@ fn summary(out: &mut String, report: &Report) {
     let names: Vec<String> = report
         .runners
         .iter()
-        .map(|r| format!("{} {}", r.instance, r.name))
+        .map(|r| format!("{} {}", visible(&r.instance), visible(&r.name)))
         .collect();
     let runners = match names.len() {
         0 => "0".to_string(),
@@ -116,7 +119,7 @@ fn groups(out: &mut String, report: &Report) {
                     .map_or("-".into(), |share| percent(pick(share)))
             };
             vec![
-                shorten(&group.program, 24),
+                shorten(&visible(&group.program), 24),
                 group.count.to_string(),
                 seconds(group.wall_seconds[0]),
                 seconds(group.wall_seconds[1]),
@@ -154,7 +157,7 @@ fn groups(out: &mut String, report: &Report) {
         .map(|group| {
             let mark = if group.memory_from_rss { "*" } else { "" };
             let mut row = vec![
-                format!("{}{mark}", shorten(&group.program, 24)),
+                format!("{}{mark}", shorten(&visible(&group.program), 24)),
                 group.count.to_string(),
             ];
             match group.memory_bytes {
@@ -204,7 +207,11 @@ fn sizing(out: &mut String, report: &Report) {
         .iter()
         .map(|runner| {
             vec![
-                format!("{} {}", runner.instance, shorten(&runner.name, 20)),
+                format!(
+                    "{} {}",
+                    visible(&runner.instance),
+                    shorten(&visible(&runner.name), 20)
+                ),
                 runner.peak_concurrency.to_string(),
                 bytes(runner.peak_concurrent_memory_bytes),
                 bytes(runner.pod_memory_bytes),
@@ -264,10 +271,10 @@ fn top(out: &mut String, title: &str, actions: &[TopAction]) {
                 )
             });
             vec![
-                action.action_id.clone(),
+                visible(&action.action_id).into_owned(),
                 memory,
                 seconds(action.wall_seconds),
-                shorten(&action.arguments.join(" "), 44),
+                shorten(&visible(&action.arguments.join(" ")), 44),
             ]
         })
         .collect();
