@@ -250,7 +250,12 @@ async fn the_scrape_counts_exactly_the_actions_that_ran() {
     timed_out.set_timeout(Duration::from_millis(500));
     // The runner enforces the deadline, as for bb_worker (see
     // `untimed_client`).
-    let status = runner.untimed_client().await.run(timed_out).await.unwrap_err();
+    let status = runner
+        .untimed_client()
+        .await
+        .run(timed_out)
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             status.code(),

@@ -431,7 +431,12 @@ async fn a_call_whose_deadline_passes_stops_its_action_as_a_deadline() {
     let script = "trap 'exit 0' TERM; touch ready; while :; do sleep 0.1; done";
     let mut request = tonic::Request::new(shell_request(&action, script));
     request.set_timeout(Duration::from_secs(2));
-    let status = runner.untimed_client().await.run(request).await.unwrap_err();
+    let status = runner
+        .untimed_client()
+        .await
+        .run(request)
+        .await
+        .unwrap_err();
     assert!(
         matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{status:?}"
