@@ -572,15 +572,19 @@ async fn on_signals(
         shutdown_signal.terminate_all();
         bound.start_clock();
     }
-    // An operator who cannot wait signals again.
+    // An operator who cannot wait signals again: running actions are
+    // terminated, and once they have ended (their callers answered) the
+    // waits on clients and the journal are abandoned.
     tokio::spawn({
-        let bound = bound.clone();
+        let (bound, actions_running) = (bound.clone(), actions_running.clone());
         async move {
             signals.recv().await;
             tracing::warn!(
-                "second signal: terminating running actions; no longer waiting for clients or the journal"
+                "second signal: terminating running actions; then no longer waiting for clients or the journal"
             );
             shutdown_signal.terminate_all();
+            bound.start_clock();
+            let _ = bound.until_deadline(actions_running.wait_idle()).await;
             bound.abandon();
         }
     });

@@ -44,6 +44,10 @@ use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 use crate::runner::{CallContext, SharedRunner};
 use crate::shutdown::ShutdownBound;
 
+/// How long connections may take to close once a shutdown wait was cut:
+/// enough for answers already being written, not for a stalled client.
+const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Maps a runner error to its gRPC status. The only such mapping.
 /// Messages are cut to [`crate::bounded::MAX_MESSAGE_BYTES`]: C-core
 /// clients refuse long ones and report RESOURCE_EXHAUSTED instead.
@@ -289,7 +293,7 @@ impl BoundServers {
             shutdown.await;
             let _ = stop_sender.send(true);
         });
-        let all_closed = async {
+        let all_closed = async |tasks: &mut tokio::task::JoinSet<_>| {
             while let Some(joined) = tasks.join_next().await {
                 if let Err(err) = joined {
                     tracing::error!(%err, "listener task failed");
@@ -299,9 +303,15 @@ impl BoundServers {
         // A client that ignores the GOAWAY or stopped reading (a full
         // flow-control window) would hold its connection, and the runner,
         // forever: past the bound, every connection still open is dropped.
-        if let Err(cut) = bound.bounded(all_closed).await {
-            tracing::warn!(%cut, "closing the connections of clients still connected");
-            tasks.shutdown().await;
+        if let Err(cut) = bound.bounded(all_closed(&mut tasks)).await {
+            // Answers already on their way (the calls of actions a second
+            // signal terminated) get a moment to be written; only the
+            // connections still open after it are dropped.
+            let answered = tokio::time::timeout(ANSWER_GRACE, all_closed(&mut tasks)).await;
+            if answered.is_err() {
+                tracing::warn!(%cut, "closing the connections of clients still connected");
+                tasks.shutdown().await;
+            }
         }
         for file in socket_files {
             file.remove_if_ours();
