@@ -145,7 +145,7 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
 
     // How action processes are created: clone3 (straight into their
     // cgroups) where the kernel and seccomp allow it, else clone.
-    let spawn_method = choose_spawn_method(&cgroups)?;
+    let spawn_method = choose_spawn_method(&cgroups).await?;
 
     // Under memory pressure the kernel should kill an action (retryable)
     // before the runner that serves all of them. That it cannot matters
@@ -438,14 +438,19 @@ async fn start_spawn_server() -> Option<Arc<SpawnServer>> {
 
 /// Chooses how action processes are created (RBE_RUNNER_SPAWN overrides),
 /// trying clone3 into the runner's own cgroup when actions get cgroups of
-/// their own, and says which in the log.
-fn choose_spawn_method(cgroups: &CgroupSetup) -> anyhow::Result<SpawnMethod> {
+/// their own, and says which in the log. The trial child is waited for
+/// off the runtime's threads.
+async fn choose_spawn_method(cgroups: &CgroupSetup) -> anyhow::Result<SpawnMethod> {
     let setting = std::env::var(SPAWN_ENVIRONMENT_VARIABLE).ok();
     let runner_cgroup = match cgroups {
         CgroupSetup::ActionCgroups { manager, .. } => Some(manager.parent().join(RUNNER_LEAF)),
         _ => None,
     };
-    let choice = choose_method(setting.as_deref(), runner_cgroup.as_deref())?;
+    let choice = tokio::task::spawn_blocking(move || {
+        choose_method(setting.as_deref(), runner_cgroup.as_deref())
+    })
+    .await
+    .context("choosing how to spawn actions")??;
     tracing::info!(method = %choice.method, reason = choice.reason, "spawning actions with {}", choice.method);
     Ok(choice.method)
 }

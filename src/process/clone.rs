@@ -411,7 +411,7 @@ mod tests {
             7
         }
         for method in [Method::Clone3, Method::Clone] {
-            let _children = crate::process::reaper::reaper().holding_children();
+            let expecting = crate::process::reaper::reaper().expecting();
             let creator = creator().unwrap();
             let arg = Arg {
                 report: creator.report(),
@@ -443,11 +443,9 @@ mod tests {
             };
             assert_eq!(creator.report().get(), Some((5, pid)), "{method}");
             assert_eq!(arg.written.load(Ordering::SeqCst), 0, "{method}: a copy");
-            let mut status = 0;
-            // SAFETY: our own child; `status` is a valid local.
-            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-            assert!(libc::WIFEXITED(status), "{method}: {status:#x}");
-            assert_eq!(libc::WEXITSTATUS(status), 7, "{method}");
+            drop(creator);
+            let exit = expecting.register(pid).exit.blocking_recv().unwrap();
+            assert_eq!(exit.exit_code(), Some(7), "{method}");
         }
     }
 

@@ -61,7 +61,7 @@ pub fn spawn(
         spec.identity.as_ref(),
         &exec,
     );
-    let holding = reaper().holding_children();
+    let expecting = reaper().expecting();
     let created = match server.map(|server| server.create(&child, method)) {
         Some(Ok(created)) => created,
         Some(Err(ServerGone::BeforeRequest(error))) => {
@@ -92,19 +92,16 @@ pub fn spawn(
         },
         source,
     })?;
-    if let Some((step, errno)) = created.failed {
-        // The child has exited; reap it while the reaper is held off, so
-        // that it never reaches the reaper as an orphan.
-        let mut status = 0;
-        // SAFETY: our own child; `status` is a valid local.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        drop(holding);
-        return Err(SpawnError {
+    // Registered even when a step failed: the child has exited, and the
+    // reaper reaps it like any other.
+    let spawned = expecting.register(pid);
+    match created.failed {
+        Some((step, errno)) => Err(SpawnError {
             step,
             source: io::Error::from_raw_os_error(errno),
-        });
+        }),
+        None => Ok(spawned),
     }
-    Ok(holding.register(pid))
 }
 
 /// The environment variable that overrides the choice of [`Method`]:
@@ -183,22 +180,22 @@ pub fn choose_method(setting: Option<&str>, cgroup: Option<&Path>) -> Result<Cho
 
 /// Whether `method` can create children here, tried with a child that
 /// exits at once (placed into the cgroup open as `cgroup` when given, as
-/// actions will be). The child is reaped here, with the reaper held off.
+/// actions will be). Blocking: waits for the child's exit.
 pub fn probe(method: Method, cgroup: Option<RawFd>) -> io::Result<()> {
     extern "C" fn exit_at_once(_: *mut c_void) -> libc::c_int {
         0
     }
-    let _children = reaper().holding_children();
+    let expecting = reaper().expecting();
     let creator = clone::creator()?;
     let previous = clone::block_all_signals();
     // SAFETY: the child only returns 0; nothing is passed to it.
     let created =
         unsafe { creator.create(method, cgroup, false, exit_at_once, std::ptr::null_mut()) };
     clone::restore_signals(&previous);
-    let pid = created?;
-    let mut status = 0;
-    // SAFETY: waits for our own child; `status` is a valid local.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
+    drop(creator);
+    // Waited for like any child, by the reaper.
+    let child = expecting.register(created?);
+    let _ = child.exit.blocking_recv();
     Ok(())
 }
 
