@@ -15,11 +15,12 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use super::child::{create, Child};
+use super::child::{self, Child};
 use super::clone::{self, Method};
-use super::reaper::{reaper, SpawnedChild};
+use super::reaper::{reaper, Expecting, SpawnedChild};
 use super::spawn_server::{ServerGone, SpawnServer};
 use super::spec::{ExecArguments, OomScoreAdj, Parent, ProcessSpec, SpawnError, SpawnStep};
+use super::status::{self, Status, StatusReader};
 
 /// Starts the process described by `spec` with `method`, as the leader of
 /// a new process group, registered with the reaper. The spawn server
@@ -66,7 +67,7 @@ pub fn spawn(
         Some(Ok(created)) => created,
         Some(Err(ServerGone::BeforeRequest(error))) => {
             tracing::error!(%error, "the spawn server is gone; the runner creates actions' processes itself from now on");
-            create(&child, method, Parent::Creator)
+            return create_here(&child, method, expecting);
         }
         Some(Err(ServerGone::DuringRequest(error))) => {
             tracing::error!(%error, "the spawn server is gone; the runner creates actions' processes itself from now on");
@@ -80,18 +81,11 @@ pub fn spawn(
                 )),
             });
         }
-        Some(Err(ServerGone::Earlier)) | None => create(&child, method, Parent::Creator),
+        Some(Err(ServerGone::Earlier)) | None => return create_here(&child, method, expecting),
     };
-    let pid = created.pid.map_err(|source| SpawnError {
-        // With CLONE_INTO_CGROUP, the kernel's refusal to place the child
-        // is the only failure particular to this spawn.
-        step: if method == Method::Clone3 && child.cgroup.is_some() {
-            SpawnStep::JoinCgroup
-        } else {
-            SpawnStep::Create
-        },
-        source,
-    })?;
+    let pid = created
+        .pid
+        .map_err(|source| creation_error(method, &child, source))?;
     // Registered even when a step failed: the child has exited, and the
     // reaper reaps it like any other.
     let spawned = expecting.register(pid);
@@ -101,6 +95,88 @@ pub fn spawn(
             source: io::Error::from_raw_os_error(errno),
         }),
         None => Ok(spawned),
+    }
+}
+
+/// Creates `child` in this process with `method`, and follows it to its
+/// exec. Only the clone system call is done holding the [`clone::Creator`]
+/// (with making and closing the status pipe around it); the wait for the
+/// exec is this thread's alone.
+fn create_here(
+    child: &Child,
+    method: Method,
+    expecting: Expecting<'_>,
+) -> Result<SpawnedChild, SpawnError> {
+    let setup = |source| SpawnError {
+        step: SpawnStep::Setup,
+        source,
+    };
+    let (created, status) = {
+        let creator = clone::creator().map_err(setup)?;
+        let (status, writer) = status::pipe().map_err(setup)?;
+        let created = child::create(&creator, child, method, Parent::Creator, writer.as_raw_fd());
+        drop(writer);
+        (created, status)
+    };
+    let pid = created.map_err(|source| creation_error(method, child, source))?;
+    let spawned = expecting.register(pid);
+    let pid = spawned.pid;
+    follow(status, None, Some(spawned))?.ok_or_else(|| SpawnError {
+        step: SpawnStep::Create,
+        source: io::Error::other(format!("child {pid} lost")),
+    })
+}
+
+/// The error of a child that could not be created with `method`.
+fn creation_error(method: Method, child: &Child, source: io::Error) -> SpawnError {
+    SpawnError {
+        // With CLONE_INTO_CGROUP, the kernel's refusal to place the child
+        // is the only failure particular to this spawn.
+        step: if method == Method::Clone3 && child.cgroup.is_some() {
+            SpawnStep::JoinCgroup
+        } else {
+            SpawnStep::Create
+        },
+        source,
+    }
+}
+
+/// Reads a child's status pipe up to its exec (blocking, holding nothing):
+/// registers the child under `expecting` as soon as it says its pid,
+/// unless it is `spawned` already. `Ok(None)`: the pipe ended without a
+/// word, so no child was created.
+fn follow(
+    mut status: StatusReader,
+    mut expecting: Option<Expecting<'_>>,
+    mut spawned: Option<SpawnedChild>,
+) -> Result<Option<SpawnedChild>, SpawnError> {
+    loop {
+        let told = status.next().map_err(|source| SpawnError {
+            step: SpawnStep::Setup,
+            source,
+        })?;
+        match told {
+            Some(Status::Started(pid)) => {
+                if let Some(expecting) = expecting.take() {
+                    spawned = Some(expecting.register(pid));
+                }
+            }
+            // Registered already (it said its pid first): the reaper
+            // reaps it once it has exited.
+            Some(Status::Failed(step, errno)) => {
+                return Err(SpawnError {
+                    step,
+                    source: io::Error::from_raw_os_error(errno),
+                })
+            }
+            Some(Status::NotCreated(errno)) => {
+                return Err(SpawnError {
+                    step: SpawnStep::Create,
+                    source: io::Error::from_raw_os_error(errno),
+                })
+            }
+            None => return Ok(spawned),
+        }
     }
 }
 

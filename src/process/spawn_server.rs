@@ -30,9 +30,10 @@ use std::sync::Mutex;
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 
-use super::child::{create, Child};
-use super::clone::Method;
+use super::child::{self, Child};
+use super::clone::{self, Method};
 use super::spec::{Created, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
+use super::status::{self, Status};
 
 /// This executable, as the kernel knows it: still there when the file was
 /// replaced since (`rbe-runner install` over a running copy).
@@ -378,7 +379,7 @@ pub fn serve(_args: &[String]) -> ExitCode {
         match receive(&mut connection) {
             Ok(Some((body, descriptors))) => {
                 let created = match Request::decode(&body, descriptors) {
-                    Ok(request) => create(&request.child(), request.method, Parent::CreatorsParent),
+                    Ok(request) => create(&request),
                     Err(problem) => Created {
                         pid: Err(io::Error::other(problem)),
                         failed: None,
@@ -394,6 +395,39 @@ pub fn serve(_args: &[String]) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+    }
+}
+
+/// Creates the child `request` describes, and waits for its exec.
+fn create(request: &Request) -> Created {
+    let created = clone::creator().and_then(|creator| {
+        let (status, writer) = status::pipe()?;
+        let pid = child::create(
+            &creator,
+            &request.child(),
+            request.method,
+            Parent::CreatorsParent,
+            writer.as_raw_fd(),
+        )?;
+        Ok((pid, status))
+    });
+    match created {
+        Ok((pid, mut status)) => {
+            let mut failed = None;
+            while let Ok(Some(told)) = status.next() {
+                if let Status::Failed(step, errno) = told {
+                    failed = Some((step, errno));
+                }
+            }
+            Created {
+                pid: Ok(pid),
+                failed,
+            }
+        }
+        Err(error) => Created {
+            pid: Err(error),
+            failed: None,
+        },
     }
 }
 
