@@ -18,7 +18,7 @@ use std::path::Path;
 use super::child::{self, Child};
 use super::clone::{self, Method};
 use super::reaper::{reaper, Expecting, SpawnedChild};
-use super::spawn_server::{ServerGone, SpawnServer};
+use super::spawn_server::SpawnServer;
 use super::spec::{ExecArguments, OomScoreAdj, Parent, ProcessSpec, SpawnError, SpawnStep};
 use super::status::{self, Status, StatusReader};
 
@@ -62,40 +62,44 @@ pub fn spawn(
         spec.identity.as_ref(),
         &exec,
     );
-    let expecting = reaper().expecting();
-    let created = match server.map(|server| server.create(&child, method)) {
-        Some(Ok(created)) => created,
-        Some(Err(ServerGone::BeforeRequest(error))) => {
-            tracing::error!(%error, "the spawn server is gone; the runner creates actions' processes itself from now on");
-            return create_here(&child, method, expecting);
+    if let Some(server) = server.filter(|server| server.is_up()) {
+        if let Some(spawned) = ask_server(server, &child, method)? {
+            return Ok(spawned);
         }
-        Some(Err(ServerGone::DuringRequest(error))) => {
-            tracing::error!(%error, "the spawn server is gone; the runner creates actions' processes itself from now on");
-            // It may have died after creating this child, which would then
-            // run unknown to us: never create it a second time. With a
-            // cgroup of its own, discarding the placement kills it.
-            return Err(SpawnError {
-                step: SpawnStep::Create,
-                source: io::Error::other(format!(
-                    "the spawn server stopped during this request ({error})"
-                )),
-            });
-        }
-        Some(Err(ServerGone::Earlier)) | None => return create_here(&child, method, expecting),
-    };
-    let pid = created
-        .pid
-        .map_err(|source| creation_error(method, &child, source))?;
-    // Registered even when a step failed: the child has exited, and the
-    // reaper reaps it like any other.
-    let spawned = expecting.register(pid);
-    match created.failed {
-        Some((step, errno)) => Err(SpawnError {
-            step,
-            source: io::Error::from_raw_os_error(errno),
-        }),
-        None => Ok(spawned),
     }
+    create_here(&child, method, reaper().expecting())
+}
+
+/// Has the spawn server create `child` with `method`, and follows it to
+/// its exec. `Ok(None)` when the server is gone without having created
+/// it: the caller creates it instead, never twice.
+fn ask_server(
+    server: &SpawnServer,
+    child: &Child,
+    method: Method,
+) -> Result<Option<SpawnedChild>, SpawnError> {
+    let setup = |source| SpawnError {
+        step: SpawnStep::Setup,
+        source,
+    };
+    let expecting = reaper().expecting();
+    let status = {
+        // No child of ours is created while our write end is open.
+        let _creator = clone::creator().map_err(setup)?;
+        let (status, writer) = status::pipe().map_err(setup)?;
+        if server.ask(child, method, writer.as_raw_fd()).is_err() {
+            return Ok(None);
+        }
+        status
+    };
+    let spawned = follow(status, Some(expecting), None)?;
+    if spawned.is_none() {
+        // Every copy of the write end closed without a word: the server
+        // died with the request, before creating the child (whose first
+        // words are its pid).
+        server.gone(&"it ended a request without creating the child");
+    }
+    Ok(spawned)
 }
 
 /// Creates `child` in this process with `method`, and follows it to its
@@ -414,6 +418,34 @@ mod tests {
             assert_eq!(lines[3], pid.to_string(), "{method}: {output}");
             assert_eq!(lines[4], "end", "{method}: {output}");
         }
+    }
+
+    /// Why it matters: a spawn server that dies holding a request must
+    /// neither lose the action nor let it run twice: nothing was created
+    /// (a child's first words are its pid), so the runner creates it.
+    #[test]
+    fn a_request_the_server_took_with_it_is_created_here_once() {
+        use std::io::{Read, Write};
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let dying = std::thread::spawn(move || {
+            theirs.write_all(b"RDY1").unwrap();
+            let mut first = [0u8; 4];
+            theirs.read_exact(&mut first).unwrap();
+            // Dies with the request and its descriptors.
+        });
+        let server = SpawnServer::connect(ours, 0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut shell = spec(dir.path(), "/bin/sh");
+        shell.arguments = vec!["/bin/sh".into(), "-c".into(), "echo ran".into()];
+        let child = spawn(shell, Method::Clone, Some(&server)).unwrap();
+        dying.join().unwrap();
+        let exit = child.exit.blocking_recv().unwrap();
+        assert_eq!(exit.exit_code(), Some(0));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("stdout")).unwrap(),
+            "ran\n"
+        );
+        assert!(!server.is_up());
     }
 
     /// Why it matters: CI forces the fallback with the variable to test

@@ -28,6 +28,7 @@ const MESSAGE_SIZE: usize = 12;
 
 const STARTED: u32 = 1;
 const FAILED: u32 = 2;
+const NOT_CREATED: u32 = 3;
 
 /// What a child, or whoever was asked to create it, reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,11 @@ impl StatusWriter {
     /// `step` failed with `errno`; the child exits next.
     pub(crate) fn failed(self, step: SpawnStep, errno: i32) {
         self.write(FAILED, step as i32, errno);
+    }
+
+    /// The child could not be created (the spawn server's words).
+    pub(crate) fn not_created(self, errno: i32) {
+        self.write(NOT_CREATED, 0, errno);
     }
 
     fn write(self, kind: u32, value: i32, errno: i32) {
@@ -146,9 +152,10 @@ fn decode(message: &[u8]) -> Status {
     match u32::from_le_bytes(number(0)) {
         STARTED => Status::Started(value),
         FAILED => Status::Failed(SpawnStep::from_code(value as u8), errno),
-        // NOT_CREATED; only we write to this pipe, so anything else is
-        // taken for it too.
-        _ => Status::NotCreated(errno),
+        NOT_CREATED => Status::NotCreated(errno),
+        // Only we write to this pipe: a kind of ours that this build does
+        // not know says nothing about the child.
+        _ => Status::NotCreated(libc::EPROTO),
     }
 }
 
@@ -165,6 +172,7 @@ mod tests {
         let status = StatusWriter(writer.as_raw_fd());
         status.started();
         status.failed(SpawnStep::Chroot, libc::EPERM);
+        status.not_created(libc::EAGAIN);
         drop(writer);
         assert_eq!(
             reader.next().unwrap(),
@@ -173,6 +181,10 @@ mod tests {
         assert_eq!(
             reader.next().unwrap(),
             Some(Status::Failed(SpawnStep::Chroot, libc::EPERM))
+        );
+        assert_eq!(
+            reader.next().unwrap(),
+            Some(Status::NotCreated(libc::EAGAIN))
         );
         assert_eq!(reader.next().unwrap(), None);
     }
