@@ -14,6 +14,7 @@ use std::ffi::c_void;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::OnceLock;
 
 use super::child::{self, Child};
 use super::clone::{self, Method};
@@ -40,22 +41,13 @@ pub fn spawn(
         step: SpawnStep::Exec,
         source,
     })?;
-    // Actions read end-of-file from stdin, as from /dev/null, but from a
-    // pipe whose write end is closed: the runner must not depend on /dev,
-    // which a bare root (a chroot, an image FROM scratch) may lack.
-    let (stdin, stdin_writer) = std::io::pipe().map_err(|source| SpawnError {
+    let stdin = empty_stdin().map_err(|source| SpawnError {
         step: SpawnStep::Setup,
         source,
     })?;
-    drop(stdin_writer);
-    let stdin: OwnedFd = stdin.into();
     let child = Child::new(
         spec.cgroup.as_ref().map(AsRawFd::as_raw_fd),
-        [
-            stdin.as_raw_fd(),
-            spec.stdout.as_raw_fd(),
-            spec.stderr.as_raw_fd(),
-        ],
+        [stdin, spec.stdout.as_raw_fd(), spec.stderr.as_raw_fd()],
         spec.oom_score_adj.map(OomScoreAdj::new),
         spec.chroot_directory.as_ref().map(AsRawFd::as_raw_fd),
         spec.working_directory.as_raw_fd(),
@@ -68,6 +60,23 @@ pub fn spawn(
         }
     }
     create_here(&child, method, reaper().expecting())
+}
+
+/// Every action's stdin: it reads end-of-file, as from /dev/null, but from
+/// a pipe whose write end is closed, since the runner must not depend on
+/// /dev, which a bare root (a chroot, an image FROM scratch) may lack. One
+/// pipe for all, made once while no child of ours can be created: a child
+/// that inherited a write end would keep the stdin of every action that
+/// shares it from ending until its own exec, as one pipe per action did.
+fn empty_stdin() -> io::Result<RawFd> {
+    static EMPTY: OnceLock<OwnedFd> = OnceLock::new();
+    if let Some(stdin) = EMPTY.get() {
+        return Ok(stdin.as_raw_fd());
+    }
+    let _creator = clone::creator()?;
+    let (stdin, writer) = std::io::pipe()?;
+    drop(writer);
+    Ok(EMPTY.get_or_init(|| stdin.into()).as_raw_fd())
 }
 
 /// Has the spawn server create `child` with `method`, and follows it to
