@@ -159,7 +159,10 @@ impl Creator {
     /// Creates a child running `main(arg)` with `method`, in the cgroup
     /// whose directory is open as `cgroup` (clone3 only; with
     /// [`Method::Clone`] the child must join by itself), as our child or,
-    /// when `sibling`, our parent's. Returns its pid as soon as it exists,
+    /// when `sibling`, our parent's. The child has no exit signal (a
+    /// sibling takes its creator's: none, for the spawn server), so that
+    /// only a wait with `__WALL` sees it (see [`super::reaper`]). Returns
+    /// its pid as soon as it exists,
     /// while the child runs on in its copy of this process. Every signal
     /// should be blocked in the calling thread (see [`block_all_signals`])
     /// so that no handler of the runner runs in the child before it has
@@ -187,9 +190,10 @@ impl Creator {
             // SAFETY: forwarded from this function's contract; the stack is
             // ours while the lock is held.
             Method::Clone3 => unsafe { clone3_on_stack(area, cgroup, parent as u64, main, arg) },
-            // SAFETY: as above. glibc's wrapper takes the top of the stack.
+            // SAFETY: as above. glibc's wrapper takes the top of the stack;
+            // no signal number in the flags: no exit signal.
             Method::Clone => unsafe {
-                libc::clone(main, area.top() as *mut c_void, parent | libc::SIGCHLD, arg) as isize
+                libc::clone(main, area.top() as *mut c_void, parent, arg) as isize
             },
         };
         if pid < 0 {
@@ -237,12 +241,11 @@ unsafe fn clone3_on_stack(
     main: ChildMain,
     arg: *mut c_void,
 ) -> isize {
-    let sibling = flags & libc::CLONE_PARENT as u64 != 0;
     let mut args = CloneArgs {
         flags,
-        // A sibling's exit signal is its creator's (SIGCHLD for the spawn
-        // server); clone3 refuses one given with CLONE_PARENT.
-        exit_signal: if sibling { 0 } else { libc::SIGCHLD as u64 },
+        // None (a sibling takes its creator's; clone3 refuses one given
+        // with CLONE_PARENT).
+        exit_signal: 0,
         stack: stack.low() as u64,
         stack_size: (stack.top() - stack.low()) as u64,
         ..CloneArgs::default()

@@ -8,18 +8,22 @@
 //! [`choose_method`] decides once, at startup, which of the mechanisms in
 //! [`super::clone`] creates children: what [`SPAWN_ENVIRONMENT_VARIABLE`]
 //! asks for, and what a [`probe`] child shows this kernel and its seccomp
-//! profile allow. `clone.rs` only carries out the choice.
+//! profile allow. `clone.rs` only carries out the choice. Likewise
+//! [`choose_waiting`] decides how [`super::reaper`] waits for children.
 
 use std::ffi::c_void;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use tokio::sync::oneshot;
+
 use super::child::{self, Child};
 use super::clone::{self, Method};
-use super::reaper::{reaper, Expecting, SpawnedChild};
-use super::spawn_server::SpawnServer;
+use super::reaper::{self, reaper, ChildExit, Expecting, SpawnedChild, Waiting};
+use super::spawn_server::{self, SpawnServer};
 use super::spec::{ExecArguments, OomScoreAdj, Parent, ProcessSpec, SpawnError, SpawnStep};
 use super::status::{self, Status, StatusReader};
 
@@ -41,10 +45,13 @@ pub fn spawn(
         step: SpawnStep::Exec,
         source,
     })?;
-    let stdin = empty_stdin().map_err(|source| SpawnError {
-        step: SpawnStep::Setup,
-        source,
-    })?;
+    let stdin = match &spec.stdin {
+        Some(stdin) => stdin.as_raw_fd(),
+        None => empty_stdin().map_err(|source| SpawnError {
+            step: SpawnStep::Setup,
+            source,
+        })?,
+    };
     let child = Child::new(
         spec.cgroup.as_ref().map(AsRawFd::as_raw_fd),
         [stdin, spec.stdout.as_raw_fd(), spec.stderr.as_raw_fd()],
@@ -118,7 +125,7 @@ fn ask_server(
 fn create_here(
     child: &Child,
     method: Method,
-    expecting: Expecting<'_>,
+    expecting: Expecting,
 ) -> Result<SpawnedChild, SpawnError> {
     let setup = |source| SpawnError {
         step: SpawnStep::Setup,
@@ -160,7 +167,7 @@ fn creation_error(method: Method, child: &Child, source: io::Error) -> SpawnErro
 /// word, so no child was created.
 fn follow(
     mut status: StatusReader,
-    mut expecting: Option<Expecting<'_>>,
+    mut expecting: Option<Expecting>,
     mut spawned: Option<SpawnedChild>,
 ) -> Result<Option<SpawnedChild>, SpawnError> {
     loop {
@@ -193,6 +200,52 @@ fn follow(
     }
 }
 
+/// Starts `executable` (this program, normally
+/// [`spawn_server::DEFAULT_PROC_SELF_EXE`]) as the spawn server: a child of
+/// the runner created as actions are, with `method` and no exit signal,
+/// which the children it creates with `CLONE_PARENT` take from it (see
+/// [`super::reaper`]). Its connection is its standard input. Returns the
+/// server, ready, and its exit. Blocking.
+pub fn start_spawn_server(
+    executable: &Path,
+    method: Method,
+) -> io::Result<(SpawnServer, oneshot::Receiver<ChildExit>)> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let stderr = || {
+        std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .map(std::fs::File::from)
+    };
+    let root = nix::fcntl::open(
+        "/",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let spec = ProcessSpec {
+        program: executable.to_string_lossy().into_owned(),
+        arguments: vec![
+            "rbe-runner".into(),
+            spawn_server::SERVE_ARGUMENT.into(),
+            std::process::id().to_string(),
+        ],
+        environment: Vec::new(),
+        working_directory: root,
+        chroot_directory: None,
+        identity: None,
+        stdin: Some(theirs.into()),
+        // It never writes to its standard output.
+        stdout: stderr()?,
+        stderr: stderr()?,
+        cgroup: None,
+        oom_score_adj: None,
+    };
+    let child =
+        spawn(spec, method, None).map_err(|error| io::Error::new(error.source.kind(), error))?;
+    let server = SpawnServer::connect(ours, child.pid as u32)?;
+    Ok((server, child.exit))
+}
+
 /// The environment variable that overrides the choice of [`Method`]:
 /// `auto` (the default) uses clone3 where it works, `clone3` refuses to
 /// start without it, `fallback` always uses clone.
@@ -216,6 +269,47 @@ pub enum ChoiceError {
     /// `clone3` was required and does not work here.
     #[error("RBE_RUNNER_SPAWN=clone3, but clone3 cannot create children here: {0}")]
     Clone3Required(String),
+    /// [`WAIT_ENVIRONMENT_VARIABLE`] has a value we do not know.
+    #[error("RBE_RUNNER_WAIT={0}: expected auto or thread")]
+    UnknownWaitSetting(String),
+}
+
+/// The environment variable that overrides the choice of [`Waiting`]:
+/// `auto` (the default) waits on pidfds where they work, `thread` always
+/// with one thread (as where they do not).
+pub const WAIT_ENVIRONMENT_VARIABLE: &str = "RBE_RUNNER_WAIT";
+
+/// How children will be waited for, and why, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitChoice {
+    /// How children will be waited for.
+    pub waiting: Waiting,
+    /// Why, in words for the startup log.
+    pub reason: String,
+}
+
+/// Chooses how to wait for children from `setting` (the value of
+/// [`WAIT_ENVIRONMENT_VARIABLE`]), trying pidfds once.
+pub fn choose_waiting(setting: Option<&str>) -> Result<WaitChoice, ChoiceError> {
+    match setting.unwrap_or("auto") {
+        "auto" | "" => Ok(match reaper::pidfds_work() {
+            Ok(()) => WaitChoice {
+                waiting: Waiting::Pidfd,
+                reason: "pidfds work here".into(),
+            },
+            Err(error) => WaitChoice {
+                waiting: Waiting::Thread,
+                reason: format!("pidfds are unavailable ({error})"),
+            },
+        }),
+        "thread" => Ok(WaitChoice {
+            waiting: Waiting::Thread,
+            reason: format!("forced by {WAIT_ENVIRONMENT_VARIABLE}=thread"),
+        }),
+        other => Err(ChoiceError::UnknownWaitSetting(
+            crate::bounded::quoted(other).to_string(),
+        )),
+    }
 }
 
 /// Chooses how to create children from `setting` (the value of
@@ -306,6 +400,7 @@ mod tests {
             working_directory,
             chroot_directory: None,
             identity: None,
+            stdin: None,
             stdout: std::fs::File::create(dir.join("stdout")).unwrap(),
             stderr: std::fs::File::create(dir.join("stderr")).unwrap(),
             cgroup: None,
@@ -476,6 +571,24 @@ mod tests {
             Ok(choice) => assert_eq!(choice.method, Method::Clone3),
             Err(error) => assert!(matches!(error, ChoiceError::Clone3Required(_)), "{error}"),
         }
+    }
+
+    /// Why it matters: CI runs the suites once more waiting with one
+    /// thread, and a typo must not silently pick a way.
+    #[test]
+    fn the_wait_setting_forces_the_thread_and_typos_are_refused() {
+        let forced = choose_waiting(Some("thread")).unwrap();
+        assert_eq!(forced.waiting, Waiting::Thread);
+        assert!(
+            forced.reason.contains("RBE_RUNNER_WAIT=thread"),
+            "{forced:?}"
+        );
+        let error = choose_waiting(Some("pidfds")).unwrap_err();
+        assert!(
+            error.to_string().contains("RBE_RUNNER_WAIT=\"pidfds\""),
+            "{error}"
+        );
+        assert_eq!(choose_waiting(None).unwrap().waiting, Waiting::Pidfd);
     }
 
     #[test]

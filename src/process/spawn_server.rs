@@ -31,16 +31,17 @@ use std::ffi::CString;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 
+use tokio::sync::oneshot;
+
 use super::child::{self, Child};
 use super::clone::{self, Method};
+use super::reaper::ChildExit;
 use super::spec::{ExecArguments, Identity, OomScoreAdj, Parent};
 use super::status::StatusWriter;
 
@@ -79,26 +80,6 @@ pub struct SpawnServer {
 }
 
 impl SpawnServer {
-    /// Starts `executable` (this program) as the spawn server. Blocking.
-    pub fn start(executable: &Path) -> io::Result<SpawnServer> {
-        let (ours, theirs) = UnixStream::pair()?;
-        // The server finds its end as its standard input; nothing else is
-        // inherited (every other descriptor of ours is close-on-exec).
-        let child = Command::new(executable)
-            .arg0("rbe-runner")
-            .arg(SERVE_ARGUMENT)
-            .arg(std::process::id().to_string())
-            .env_clear()
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        // Never waited on here: the reaper reaps it if it exits.
-        let pid = child.id();
-        drop(child);
-        SpawnServer::connect(ours, pid)
-    }
-
     /// The runner's end of a connection to the server `pid`, once the
     /// server has said that it is ready. Blocking.
     pub(crate) fn connect(mut connection: UnixStream, pid: u32) -> io::Result<SpawnServer> {
@@ -126,6 +107,20 @@ impl SpawnServer {
     /// Never waits: an atomic.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// Notes the server's end as soon as it exits: its exit comes like any
+    /// child's (its pidfd, or the reaper thread), so `/metrics` says so at
+    /// once, not at the next spawn.
+    pub async fn watch(&self, exit: oneshot::Receiver<ChildExit>) {
+        match exit.await {
+            Ok(exit) => self.gone(&format_args!(
+                "it exited (code {:?}, signal {:?})",
+                exit.exit_code(),
+                exit.signal().map(super::signal_name)
+            )),
+            Err(_) => self.gone(&"its exit was lost"),
+        }
     }
 
     /// Notes that the server is gone, saying so once, when first noticed.

@@ -38,7 +38,10 @@ pub struct ProcessSpec {
     pub chroot_directory: Option<OwnedFd>,
     /// When set, the child drops to this identity before exec.
     pub identity: Option<Identity>,
-    /// The child's standard output (its standard input is an empty pipe).
+    /// The child's standard input; `None` for one that reads end of file
+    /// (an empty pipe), as every action's.
+    pub stdin: Option<OwnedFd>,
+    /// The child's standard output.
     pub stdout: File,
     /// The child's standard error.
     pub stderr: File,
