@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod slow_fuse;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -361,6 +363,23 @@ pub fn running_as_root(test: &str) -> bool {
         panic!("{test} needs root, and CI must not skip it");
     }
     eprintln!("SKIPPED (needs root): {test}");
+    false
+}
+
+/// Whether a test that mounts a FUSE filesystem may go on: it needs root
+/// and `/dev/fuse`. Otherwise: prints a loud SKIPPED line and returns
+/// false, except under CI, which must not skip.
+pub fn fuse_available(test: &str) -> bool {
+    if !running_as_root(test) {
+        return false;
+    }
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} needs /dev/fuse, and CI must not skip it");
+    }
+    eprintln!("SKIPPED (no /dev/fuse): {test}");
     false
 }
 
