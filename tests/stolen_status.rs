@@ -141,7 +141,8 @@ async fn check_one(
     mut client: RunnerClient<tonic::transport::Channel>,
     index: usize,
 ) -> Option<String> {
-    let program = if index % 2 == 0 {
+    let failing = index % 2 == 1;
+    let program = if !failing {
         "/bin/true".to_string()
     } else {
         format!("/nonexistent/program-{index}")
@@ -153,8 +154,8 @@ async fn check_one(
     for output in ["stdout", "stderr"] {
         let _ = std::fs::remove_file(slot.path.join(format!("{output}-{index}")));
     }
-    match (index % 2, answer) {
-        (0, Ok(response)) => {
+    match (failing, answer) {
+        (false, Ok(response)) => {
             let usage = response
                 .resource_usage
                 .first()
@@ -164,7 +165,7 @@ async fn check_one(
                 _ => Some(format!("{index} {program}: {response:?}")),
             }
         }
-        (1, Err(status))
+        (true, Err(status))
             if status.code() == tonic::Code::InvalidArgument
                 && status.message().contains(&program) =>
         {
