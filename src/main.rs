@@ -222,13 +222,15 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     // global.diagnosticsHttpServer: bound once the gRPC listeners are,
     // stopped with them.
     let diagnostics = start_diagnostics(&config, metrics, &state).await?;
+    // Before "serving": whoever waits for that line finds every change of
+    // the runner's state reported from then on.
+    state.started();
     tracing::info!(
         listeners = ?servers.listener_names(),
         build_directory = %build_directory.path().display(),
         runner_instance = %instance,
         "serving"
     );
-    state.started();
 
     // On the first signal: refuse work, then let actions finish
     // (stopGracefully) or terminate them; event streams end after the last
