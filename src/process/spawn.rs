@@ -3,7 +3,8 @@
 //! [`spawn`] prepares everything the child needs from the action's
 //! [`ProcessSpec`] (C strings, descriptors, an empty stdin), asks the spawn
 //! server ([`super::spawn_server`]) to create the child, or creates it
-//! itself ([`super::child`]), and registers it with the reaper.
+//! itself ([`super::child`]), registers it with the reaper and follows it
+//! to its exec. [`start_spawn_server`] starts the spawn server the same way.
 //!
 //! [`choose_method`] decides once, at startup, which of the mechanisms in
 //! [`super::clone`] creates children: what [`SPAWN_ENVIRONMENT_VARIABLE`]
@@ -30,7 +31,10 @@ use super::status::{self, Status, StatusReader};
 /// Starts the process described by `spec` with `method`, as the leader of
 /// a new process group, registered with the reaper. The spawn server
 /// creates it when there is one (see [`super::spawn_server`]); without
-/// one, or once it is gone, the runner creates it itself.
+/// one, or once it is gone, the runner creates it itself. Blocking: returns
+/// once the child has exec'd or a step before failed, which this thread
+/// alone waits for, holding no lock (the child's status pipe says, see
+/// [`super::status`]).
 ///
 /// The exec is a plain `execve`: no PATH search and no fallback of running
 /// a file that fails with ENOEXEC through `/bin/sh`, which would hide a
