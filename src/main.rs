@@ -31,7 +31,11 @@ use rbe_runner::events::Events;
 use rbe_runner::metrics::Metrics;
 use rbe_runner::process::clone::Method as SpawnMethod;
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
-use rbe_runner::process::spawn::{choose_method, SPAWN_ENVIRONMENT_VARIABLE};
+use rbe_runner::process::reaper::{self, Waiting};
+use rbe_runner::process::spawn::{
+    choose_method, choose_waiting, start_spawn_server as start_server, SPAWN_ENVIRONMENT_VARIABLE,
+    WAIT_ENVIRONMENT_VARIABLE,
+};
 use rbe_runner::process::spawn_server::{self, SpawnServer};
 use rbe_runner::process::spec::Identity;
 use rbe_runner::process::{LoweredOomScoreAdj, OomScoreAdjError, DEFAULT_PROC_ROOT};
@@ -151,8 +155,9 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     let cgroups = start_cgroups(&config).await?;
 
     // How action processes are created: clone3 (straight into their
-    // cgroups) where the kernel and seccomp allow it, else clone.
-    let spawn_method = choose_spawn_method(&cgroups)?;
+    // cgroups) where the kernel and seccomp allow it, else clone; and how
+    // they are waited for: on pidfds in the event loop, else one thread.
+    let spawn_method = choose_how_actions_start(&cgroups).await?;
 
     // Under memory pressure the kernel should kill an action (retryable)
     // before the runner that serves all of them. That it cannot matters
@@ -166,7 +171,7 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     // each (see src/process/spawn_server.rs). Started after the runner
     // moved into its cgroup and lowered its oom_score_adj, which it
     // inherits.
-    let spawn_server = start_spawn_server().await;
+    let spawn_server = start_spawn_server(spawn_method).await;
 
     // The event stream of this start of the runner (every action id and
     // event names the instance), with its journal when events.journalPath
@@ -404,22 +409,26 @@ fn action_options(
     }
 }
 
-/// Starts the spawn server; without one (no /proc, say) the runner
-/// creates actions' processes itself, which costs it more per action.
-async fn start_spawn_server() -> Option<Arc<SpawnServer>> {
-    let started = tokio::task::spawn_blocking(|| {
-        SpawnServer::start(Path::new(spawn_server::DEFAULT_PROC_SELF_EXE))
+/// Starts the spawn server, and watches it so that the runner knows at
+/// once when it is gone; without one (no /proc, say) the runner creates
+/// actions' processes itself, which costs it more per action.
+async fn start_spawn_server(method: SpawnMethod) -> Option<Arc<SpawnServer>> {
+    let started = tokio::task::spawn_blocking(move || {
+        start_server(Path::new(spawn_server::DEFAULT_PROC_SELF_EXE), method)
     })
     .await
     .map_err(std::io::Error::other)
     .and_then(|started| started);
     match started {
-        Ok(server) => {
+        Ok((server, exit)) => {
             tracing::info!(
                 pid = server.pid(),
                 "spawn server started: it creates actions' processes as children of the runner"
             );
-            Some(Arc::new(server))
+            let server = Arc::new(server);
+            let watched = server.clone();
+            tokio::spawn(async move { watched.watch(exit).await });
+            Some(server)
         }
         Err(error) => {
             tracing::warn!(%error, "cannot start the spawn server; the runner creates actions' processes itself");
@@ -430,15 +439,34 @@ async fn start_spawn_server() -> Option<Arc<SpawnServer>> {
 
 /// Chooses how action processes are created (RBE_RUNNER_SPAWN overrides),
 /// trying clone3 into the runner's own cgroup when actions get cgroups of
-/// their own, and says which in the log.
-fn choose_spawn_method(cgroups: &CgroupSetup) -> anyhow::Result<SpawnMethod> {
+/// their own, and how they are waited for (RBE_RUNNER_WAIT overrides),
+/// starting the reaper that way; says both in one log line. The trial
+/// child is waited for off the runtime's threads.
+async fn choose_how_actions_start(cgroups: &CgroupSetup) -> anyhow::Result<SpawnMethod> {
+    let waiting = choose_waiting(std::env::var(WAIT_ENVIRONMENT_VARIABLE).ok().as_deref())?;
+    let waiting_now = reaper::start(waiting.waiting, &tokio::runtime::Handle::current());
     let setting = std::env::var(SPAWN_ENVIRONMENT_VARIABLE).ok();
     let runner_cgroup = match cgroups {
         CgroupSetup::ActionCgroups { manager, .. } => Some(manager.parent().join(RUNNER_LEAF)),
         _ => None,
     };
-    let choice = choose_method(setting.as_deref(), runner_cgroup.as_deref())?;
-    tracing::info!(method = %choice.method, reason = choice.reason, "spawning actions with {}", choice.method);
+    let choice = tokio::task::spawn_blocking(move || {
+        choose_method(setting.as_deref(), runner_cgroup.as_deref())
+    })
+    .await
+    .context("choosing how to spawn actions")??;
+    let waited = match waiting_now {
+        Waiting::Pidfd => "on their pidfds",
+        Waiting::Thread => "on a thread",
+    };
+    tracing::info!(
+        method = %choice.method,
+        reason = choice.reason,
+        waiting = %waiting_now,
+        waiting_reason = waiting.reason,
+        "spawning actions with {}, waiting for them {waited}",
+        choice.method
+    );
     Ok(choice.method)
 }
 

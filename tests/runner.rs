@@ -787,15 +787,7 @@ async fn the_startup_log_says_how_actions_are_started_and_the_variable_forces_th
         let runner = TestRunner::start_with(json!({}), |command| {
             command.env("RBE_RUNNER_SPAWN", setting);
         });
-        let log = runner.log().join("\n");
-        let line = log
-            .lines()
-            .find(|line| line.contains("spawning actions with"))
-            .unwrap_or_else(|| panic!("no spawn method in the log:\n{log}"));
-        let method = line
-            .split_whitespace()
-            .find_map(|field| field.strip_prefix("method="))
-            .unwrap_or_else(|| panic!("no method field: {line}"));
+        let (line, method) = startup_field(&runner, "method");
         if setting == "auto" && method != expected {
             // A machine whose seccomp profile refuses clone3 falls back,
             // with the reason; CI's machine has clone3.
@@ -810,6 +802,39 @@ async fn the_startup_log_says_how_actions_are_started_and_the_variable_forces_th
         let (_, response) = runner.run_shell("exit 3").await;
         assert_eq!(response.unwrap().exit_code, 3, "{setting}");
     }
+}
+
+/// Why it matters: operators must be able to tell whether the runner waits
+/// for actions on pidfds or with its reaper thread (kernels before 5.4,
+/// older seccomp profiles), and CI forces the thread to keep it proven.
+#[tokio::test]
+async fn the_startup_log_says_how_actions_are_waited_for_and_the_variable_forces_the_thread() {
+    for setting in ["auto", "thread"] {
+        let runner = TestRunner::start_with(json!({}), |command| {
+            command.env("RBE_RUNNER_WAIT", setting);
+        });
+        let (line, waiting) = startup_field(&runner, "waiting");
+        let expected = if setting == "auto" { "pidfd" } else { "thread" };
+        assert_eq!(waiting, expected, "{line}");
+        let (_, response) = runner.run_shell("exit 3").await;
+        assert_eq!(response.unwrap().exit_code, 3, "{setting}");
+    }
+}
+
+/// The line that says how actions are started, and its field `name`.
+fn startup_field(runner: &TestRunner, name: &str) -> (String, String) {
+    let log = runner.log().join("\n");
+    let line = log
+        .lines()
+        .find(|line| line.contains("spawning actions with"))
+        .unwrap_or_else(|| panic!("no spawn method in the log:\n{log}"))
+        .to_string();
+    let value = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} field: {line}"))
+        .to_string();
+    (line, value)
 }
 
 #[test]

@@ -293,6 +293,7 @@ impl Actions {
             working_directory: prepared.working_directory,
             chroot_directory: prepared.chroot_directory,
             identity: self.options.identity.clone(),
+            stdin: None,
             stdout: prepared.stdout,
             stderr: prepared.stderr,
             cgroup: placement.take_cgroup_directory(),

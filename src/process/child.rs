@@ -3,18 +3,20 @@
 //!
 //! The child is created as a copy of its creator ([`super::clone`]): the
 //! spawn server ([`super::spawn_server`]), or the runner without one. It
-//! sets itself up with raw system calls on values prepared beforehand: its
-//! cgroup (unless created in it), signal dispositions, process group,
-//! descriptors, `oom_score_adj`, root, directory and identity. A step that
-//! fails is written into the shared [`Report`], which the parent reads once
-//! it resumes: no pipe, no allocation in the child.
+//! says it exists, then sets itself up with raw system calls on values
+//! prepared beforehand: its cgroup (unless created in it), signal
+//! dispositions, process group, descriptors, `oom_score_adj`, root,
+//! directory and identity. Everything it says goes into its status pipe
+//! ([`super::status`]): no allocation in the child, and no one waits for
+//! its exec but whoever reads that pipe.
 
 use std::ffi::c_void;
 use std::io;
 use std::os::fd::RawFd;
 
-use super::clone::{self, Method, Report};
-use super::spec::{Created, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
+use super::clone::{self, Creator, Method};
+use super::spec::{ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
+use super::status::StatusWriter;
 
 /// Where a process sets its own OOM-killer preference. Opened by the child,
 /// so `self` is the child.
@@ -25,20 +27,19 @@ pub const DEFAULT_PROC_SELF_OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 const PROC_SELF_OOM_SCORE_ADJ: &std::ffi::CStr = c"/proc/self/oom_score_adj";
 
 /// Creates the child described by `child` with `method` in this process,
-/// and returns once it has exec'd or failed.
-pub(crate) fn create(child: &Child, method: Method, parent: Parent) -> Created {
-    let creator = match clone::creator() {
-        Ok(creator) => creator,
-        Err(error) => {
-            return Created {
-                pid: Err(error),
-                failed: None,
-            }
-        }
-    };
+/// reporting to the status pipe whose write end is `status`, and returns
+/// its pid as soon as it exists. `creator` is held by the caller from
+/// making the status pipe until it has closed its own write end.
+pub(crate) fn create(
+    creator: &Creator,
+    child: &Child,
+    method: Method,
+    parent: Parent,
+    status: RawFd,
+) -> io::Result<i32> {
     let argument = ChildArgument {
         child: *child,
-        report: creator.report(),
+        status: StatusWriter(status),
         joins_cgroup: match method {
             Method::Clone3 => None,
             Method::Clone => child.cgroup,
@@ -51,8 +52,8 @@ pub(crate) fn create(child: &Child, method: Method, parent: Parent) -> Created {
     let previous = clone::block_all_signals();
     // SAFETY: `ChildArgument::main` keeps the contract of `Creator::create`
     // (raw system calls on values prepared above, no allocation, no locks,
-    // no unwinding), and `argument` outlives the call, which returns only
-    // once the child has exec'd or exited.
+    // no unwinding), and `argument` is valid during the call; the child
+    // reads its own copy of it.
     let pid = unsafe {
         creator.create(
             method,
@@ -63,19 +64,13 @@ pub(crate) fn create(child: &Child, method: Method, parent: Parent) -> Created {
         )
     };
     clone::restore_signals(&previous);
-    let failed = match &pid {
-        Ok(_) => creator
-            .report()
-            .get()
-            .map(|(step, errno)| (SpawnStep::from_code(step), errno)),
-        Err(_) => None,
-    };
-    Created { pid, failed }
+    pid
 }
 
 /// Everything the child uses, prepared before it is created, as raw
-/// descriptors and pointers into memory the creator keeps alive (it is
-/// suspended until the child has exec'd or exited).
+/// descriptors and pointers into the creator's memory, of which the child
+/// has a copy (descriptors too: the creator may close its own once the
+/// child exists).
 #[derive(Clone, Copy)]
 pub(crate) struct Child<'a> {
     /// The directory of the action's cgroup.
@@ -117,9 +112,8 @@ impl<'a> Child<'a> {
 /// sees as it was when it was created (its memory is a copy).
 struct ChildArgument<'a> {
     child: Child<'a>,
-    /// Where a failed step is reported: the creator's page, shared with
-    /// the child. A reference, so never null.
-    report: &'a Report,
+    /// The write end of the child's status pipe.
+    status: StatusWriter,
     /// The cgroup to join by writing `cgroup.procs`, when the child is not
     /// created in it.
     joins_cgroup: Option<RawFd>,
@@ -142,10 +136,13 @@ impl ChildArgument<'_> {
         // `Creator::create`, non-null and aligned; the child's memory is a
         // copy of its creator's, so it stays valid for the child's life.
         let argument = unsafe { &*(arg as *const ChildArgument) };
+        // First words, before anything can fail: whoever reads the pipe
+        // learns the pid even when the spawn server does not say it.
+        argument.status.started();
         match argument.set_up_and_exec() {
             Ok(never) => match never {},
             Err((step, errno)) => {
-                argument.report.set(step as u8, errno);
+                argument.status.failed(step, errno);
                 127
             }
         }
@@ -154,8 +151,7 @@ impl ChildArgument<'_> {
     /// Only glibc wrappers that are plain system calls are used (no
     /// `setuid`, whose wrapper would signal the copies of the runner's
     /// threads it believes exist; raw system calls instead). Every
-    /// descriptor and pointer used is the creator's, which is suspended and
-    /// keeps them open and alive until the child has exec'd or exited.
+    /// descriptor and pointer used is the child's copy of the creator's.
     fn set_up_and_exec(&self) -> Result<std::convert::Infallible, (SpawnStep, i32)> {
         let child = &self.child;
         if let Some(cgroup) = self.joins_cgroup {
@@ -205,7 +201,7 @@ impl ChildArgument<'_> {
             let groups = &identity.additional_group_ids;
             let calls = [
                 // SAFETY: `groups` points to `groups.len()` group ids (u32,
-                // the kernel's gid_t) that the creator keeps alive; the
+                // the kernel's gid_t) in the child's copy of the creator's memory; the
                 // kernel only reads them.
                 unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) },
                 // SAFETY: setgid takes only a number.
@@ -227,7 +223,7 @@ impl ChildArgument<'_> {
         let exec = child.exec;
         // SAFETY: the program is a NUL-terminated string and argv and envp
         // null-terminated arrays of them, all built by `ExecArguments`
-        // before the child was created and kept alive by the creator.
+        // before the child was created; the child has its copy of them.
         unsafe { libc::execve(exec.program.as_ptr(), exec.argv(), exec.envp()) };
         Err((SpawnStep::Exec, errno()))
     }

@@ -12,12 +12,12 @@
 //! small spawn server), below what any program reports on its own.
 //! BENCHMARKS.md has the price of this choice.
 //!
-//! The child starts on a stack of its own (a copy, in its own memory) in a
-//! function of ours, and until exec it may only make raw, async-signal-safe
-//! system calls (see [`super::child`]). The calling thread is suspended
-//! until the child has exec'd or exited (`CLONE_VFORK`), and the child
-//! reports a failed step in a page shared with its creator ([`Report`]), so
-//! no pipe is needed to learn whether exec worked.
+//! The child starts on a stack of its own (its copy of [`Creator`]'s one
+//! stack) in a function of ours, and until exec it may only make raw,
+//! async-signal-safe system calls (see [`super::child`]). Its creator goes
+//! on at once: nothing waits here for the child's exec, which a program
+//! on a slow FUSE or NFS mount can make take seconds. The child reports
+//! what became of it through a pipe of its own ([`super::status`]).
 //!
 //! Two ways to create it ([`Method`]), chosen once at startup by the front
 //! door ([`super::spawn::choose_method`]):
@@ -35,15 +35,14 @@
 use std::ffi::c_void;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// How children are created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Method {
-    /// `clone3(CLONE_VFORK [| CLONE_INTO_CGROUP])`.
+    /// `clone3([CLONE_INTO_CGROUP])`.
     Clone3,
-    /// glibc's `clone(CLONE_VFORK)`; the child joins its cgroup itself.
+    /// glibc's `clone`; the child joins its cgroup itself.
     /// Available wherever the runner can start processes at all.
     #[default]
     Clone,
@@ -67,50 +66,17 @@ pub type ChildMain = extern "C" fn(arg: *mut c_void) -> libc::c_int;
 /// (a few hundred bytes of locals, glibc's thin system call wrappers).
 const STACK_SIZE: usize = 64 * 1024;
 
-/// What the child tells its parent: the step that failed (0: none) and
-/// its errno. It lives in a page mapped shared, so the child's writes
-/// reach the parent although the child's memory is a copy.
-#[repr(C)]
-#[derive(Default)]
-pub struct Report {
-    step: AtomicU8,
-    errno: AtomicI32,
-}
-
-impl Report {
-    /// Records a failed step; for the child.
-    pub fn set(&self, step: u8, errno: i32) {
-        self.errno.store(errno, Ordering::Relaxed);
-        self.step.store(step, Ordering::Release);
-    }
-
-    /// The failed step and its errno, if the child reported one.
-    pub fn get(&self) -> Option<(u8, i32)> {
-        match self.step.load(Ordering::Acquire) {
-            0 => None,
-            step => Some((step, self.errno.load(Ordering::Relaxed))),
-        }
-    }
-
-    fn clear(&self) {
-        self.step.store(0, Ordering::Relaxed);
-        self.errno.store(0, Ordering::Relaxed);
-    }
-}
-
-/// The child's stack and the report page, made once.
+/// The child's stack, made once.
 static AREA: Mutex<Option<Area>> = Mutex::new(None);
 
-/// Two anonymous mappings: the stack (with a guard page below it) and
-/// the shared report page.
+/// An anonymous mapping: the stack, with a guard page below it.
 struct Area {
     base: *mut c_void,
     length: usize,
-    report: *const Report,
 }
 
-// SAFETY: both mappings are process-wide memory that is never unmapped;
-// the pointers are only used while `AREA`'s lock is held.
+// SAFETY: the mapping is process-wide memory that is never unmapped; the
+// pointer is only used while `AREA`'s lock is held.
 unsafe impl Send for Area {}
 
 impl Area {
@@ -123,12 +89,7 @@ impl Area {
         if unsafe { libc::mprotect(base, guard, libc::PROT_NONE) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        let report = map_anonymous(page_size(), libc::MAP_SHARED)?;
-        Ok(Area {
-            base,
-            length,
-            report: report as *const Report,
-        })
+        Ok(Area { base, length })
     }
 
     /// The lowest usable address of the stack (above the guard page).
@@ -140,12 +101,6 @@ impl Area {
     /// require (page-aligned here).
     fn top(&self) -> usize {
         self.base as usize + self.length
-    }
-
-    fn report(&self) -> &Report {
-        // SAFETY: a page of zeroes (a valid `Report`), mapped for the life
-        // of the process; only atomics are accessed through it.
-        unsafe { &*self.report }
     }
 }
 
@@ -175,14 +130,16 @@ fn page_size() -> usize {
     usize::try_from(size).unwrap_or(4096)
 }
 
-/// The right to create children: one at a time, on the one stack, with
-/// the one report page. Obtain it with [`creator`].
+/// The right to create children: one at a time in this process, which
+/// keeps the one stack to the clone system call that uses it, and keeps
+/// any child from inheriting another's status pipe (see
+/// [`super::status`]). Hold it only around creating one child: never
+/// while anything waits for a child. Obtain it with [`creator`].
 pub struct Creator {
     area: MutexGuard<'static, Option<Area>>,
 }
 
-/// Takes the right to create children (mapping the stack and report page
-/// on first use).
+/// Takes the right to create children (mapping the stack on first use).
 pub fn creator() -> io::Result<Creator> {
     let mut area = crate::sync::lock_unpoisoned(&AREA);
     if area.is_none() {
@@ -199,26 +156,24 @@ impl Creator {
         }
     }
 
-    /// Where the child writes its failure, shared with the parent; cleared
-    /// by each [`Self::create`].
-    pub fn report(&self) -> &Report {
-        self.area().report()
-    }
-
     /// Creates a child running `main(arg)` with `method`, in the cgroup
     /// whose directory is open as `cgroup` (clone3 only; with
     /// [`Method::Clone`] the child must join by itself), as our child or,
-    /// when `sibling`, our parent's. Returns its pid
-    /// once it has exec'd or exited; [`Self::report`] then says whether a
-    /// step failed. Every signal should be blocked in the calling thread
-    /// (see [`block_all_signals`]) so that no handler of the runner runs
-    /// in the child before it has reset them.
+    /// when `sibling`, our parent's. The child has no exit signal (a
+    /// sibling takes its creator's: none, for the spawn server), so that
+    /// only a wait with `__WALL` sees it (see [`super::reaper`]). Returns
+    /// its pid as soon as it exists,
+    /// while the child runs on in its copy of this process. Every signal
+    /// should be blocked in the calling thread (see [`block_all_signals`])
+    /// so that no handler of the runner runs in the child before it has
+    /// reset them.
     ///
     /// # Safety
     /// `main` runs in a copy of this process between creation and exec: it
     /// must make only async-signal-safe calls, never allocate, take locks,
     /// unwind or return into Rust frames, and `arg` must point to memory
-    /// that stays valid until this function returns.
+    /// that is valid when this function is called (the child reads its
+    /// copy).
     pub unsafe fn create(
         &self,
         method: Method,
@@ -228,22 +183,17 @@ impl Creator {
         arg: *mut c_void,
     ) -> io::Result<i32> {
         let area = self.area();
-        area.report().clear();
         // A sibling is a child of our parent (the spawn server creates
         // children of the runner).
         let parent = if sibling { libc::CLONE_PARENT } else { 0 };
         let pid = match method {
             // SAFETY: forwarded from this function's contract; the stack is
             // ours while the lock is held.
-            Method::Clone3 => unsafe { clone3_vfork(area, cgroup, parent as u64, main, arg) },
-            // SAFETY: as above. glibc's wrapper takes the top of the stack.
+            Method::Clone3 => unsafe { clone3_on_stack(area, cgroup, parent as u64, main, arg) },
+            // SAFETY: as above. glibc's wrapper takes the top of the stack;
+            // no signal number in the flags: no exit signal.
             Method::Clone => unsafe {
-                libc::clone(
-                    main,
-                    area.top() as *mut c_void,
-                    libc::CLONE_VFORK | parent | libc::SIGCHLD,
-                    arg,
-                ) as isize
+                libc::clone(main, area.top() as *mut c_void, parent, arg) as isize
             },
         };
         if pid < 0 {
@@ -284,19 +234,18 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// # Safety
 /// As [`create`]; `stack` must be unused by anything else.
 #[cfg(target_arch = "x86_64")]
-unsafe fn clone3_vfork(
+unsafe fn clone3_on_stack(
     stack: &Area,
     cgroup: Option<RawFd>,
     flags: u64,
     main: ChildMain,
     arg: *mut c_void,
 ) -> isize {
-    let sibling = flags & libc::CLONE_PARENT as u64 != 0;
     let mut args = CloneArgs {
-        flags: libc::CLONE_VFORK as u64 | flags,
-        // A sibling's exit signal is its creator's (SIGCHLD for the spawn
-        // server); clone3 refuses one given with CLONE_PARENT.
-        exit_signal: if sibling { 0 } else { libc::SIGCHLD as u64 },
+        flags,
+        // None (a sibling takes its creator's; clone3 refuses one given
+        // with CLONE_PARENT).
+        exit_signal: 0,
         stack: stack.low() as u64,
         stack_size: (stack.top() - stack.low()) as u64,
         ..CloneArgs::default()
@@ -346,7 +295,7 @@ unsafe fn clone3_vfork(
 /// # Safety
 /// Always safe; kept `unsafe` for the same signature.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn clone3_vfork(
+unsafe fn clone3_on_stack(
     _stack: &Area,
     _cgroup: Option<RawFd>,
     _flags: u64,
@@ -392,44 +341,49 @@ pub fn is_unavailable(error: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
-    /// Why it matters: the parent learns whether the child's setup failed
-    /// only through the shared report, and resumes only once the child is
-    /// done; the child's other writes stay in its own copy.
+    /// Why it matters: a creator suspended until its child's exec would
+    /// stall whoever waits for it behind one slow exec; and the child is a
+    /// copy, so its writes stay its own (its maxrss is its own too).
     #[test]
-    fn the_child_reports_through_the_shared_page_and_writes_nothing_else_of_ours() {
-        struct Arg<'a> {
-            report: &'a Report,
-            written: AtomicI32,
+    fn the_creator_goes_on_while_the_child_runs_on_its_own_copy() {
+        struct Arg {
+            /// The child waits here for a byte from the parent.
+            go: RawFd,
+            written: std::sync::atomic::AtomicI32,
         }
-        extern "C" fn report_and_write(arg: *mut c_void) -> libc::c_int {
+        extern "C" fn wait_then_write(arg: *mut c_void) -> libc::c_int {
             // SAFETY: `arg` is the `Arg` below (in the child, its copy).
             let arg = unsafe { &*(arg as *const Arg) };
-            arg.written.store(1, Ordering::SeqCst);
-            // SAFETY: getpid takes nothing and is async-signal-safe.
-            arg.report.set(5, unsafe { libc::getpid() });
-            7
+            arg.written.store(1, std::sync::atomic::Ordering::SeqCst);
+            let mut byte = 0u8;
+            // SAFETY: reads one byte into a live local.
+            unsafe { libc::read(arg.go, (&mut byte as *mut u8).cast(), 1) };
+            byte.into()
         }
         for method in [Method::Clone3, Method::Clone] {
-            let _children = crate::process::reaper::reaper().holding_children();
+            let (go_reader, mut go_writer) = std::io::pipe().unwrap();
+            let expecting = crate::process::reaper::reaper().expecting();
             let creator = creator().unwrap();
             let arg = Arg {
-                report: creator.report(),
-                written: AtomicI32::new(0),
+                go: go_reader.as_raw_fd(),
+                written: std::sync::atomic::AtomicI32::new(0),
             };
             let previous = block_all_signals();
-            // SAFETY: `report_and_write` only stores into its copy of
-            // `arg` and the shared report.
+            // SAFETY: `wait_then_write` only stores into its copy of `arg`
+            // and reads from a pipe.
             let created = unsafe {
                 creator.create(
                     method,
                     None,
                     false,
-                    report_and_write,
+                    wait_then_write,
                     &arg as *const _ as *mut c_void,
                 )
             };
             restore_signals(&previous);
+            drop(creator);
             let pid = match created {
                 Err(error) if method == Method::Clone3 && is_unavailable(&error) => {
                     crate::test_support::skip(
@@ -440,13 +394,12 @@ mod tests {
                 }
                 created => created.unwrap(),
             };
-            assert_eq!(creator.report().get(), Some((5, pid)), "{method}");
-            assert_eq!(arg.written.load(Ordering::SeqCst), 0, "{method}: a copy");
-            let mut status = 0;
-            // SAFETY: our own child; `status` is a valid local.
-            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-            assert!(libc::WIFEXITED(status), "{method}: {status:#x}");
-            assert_eq!(libc::WEXITSTATUS(status), 7, "{method}");
+            // The child is still waiting for us: we are not suspended.
+            std::io::Write::write_all(&mut go_writer, &[7]).unwrap();
+            let exit = expecting.register(pid).exit.blocking_recv().unwrap();
+            assert_eq!(exit.exit_code(), Some(7), "{method}");
+            let written = arg.written.load(std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(written, 0, "{method}: a copy");
         }
     }
 

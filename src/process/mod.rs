@@ -15,6 +15,8 @@
 //! - [`spec`]: what a spawn is asked for and what it answers (the action's
 //!   description, the values prepared from it, the step that failed),
 //!   shared by the front door, the spawn server and the child.
+//! - [`status`]: the pipe of each child through which it says its pid and
+//!   the step that failed, and whose end of file is its exec.
 //!
 //! Around it:
 //! - [`lookup`]: finding the program in the request's PATH.
@@ -32,6 +34,7 @@ pub mod reaper;
 pub mod spawn;
 pub mod spawn_server;
 pub mod spec;
+pub mod status;
 pub mod terminate;
 
 use std::path::{Path, PathBuf};

@@ -1,34 +1,71 @@
 //! The one place that waits for child processes.
 //!
 //! Two requirements collide here. Each action's `POSIXResourceUsage` must be
-//! *that child's own* rusage, which only `wait4` on its pid gives
+//! *that child's own* rusage, which only a wait for its pid gives
 //! (`RUSAGE_CHILDREN` would mix concurrent actions). And the runner is a
 //! child subreaper (possibly PID 1 in a container), so orphans of actions are
 //! re-parented to it and must be reaped, which means waiting for *any* child.
-//! If two places waited, an any-child wait could steal an action's exit
-//! status. So a single thread waits for everything and hands each registered
-//! child's status and rusage to whoever spawned it.
+//! An any-child wait could take an action's exit status, which would then be
+//! lost to the action.
 //!
-//! The race between fork and registration is closed by a lock: spawning
-//! holds it from fork until the pid is registered, and the reaper only reaps
-//! (after learning of a zombie with `WNOWAIT`, which does not reap) while
-//! holding it. An exited child is therefore never reaped before its
-//! registration, and a pid is never reused while its entry is live.
+//! # Why no status is ever stolen
+//!
+//! Every child is either *registered* (its pid is known, and its exit goes
+//! to whoever created it) or *unknown*. A child is unknown only between
+//! its creation and its registration, or when it is an orphan. Two rules
+//! keep the two apart:
+//!
+//! 1. Whoever creates a child takes a reservation first
+//!    ([`Reaper::expecting`]) and holds it until the pid is registered (or
+//!    it knows that no child was created). A reservation is not a lock: any
+//!    number are held at once, and creating a child never waits for the
+//!    reaper, nor the reaper for a creation that started after it looked.
+//! 2. An unknown zombie is reaped as an orphan only once every reservation
+//!    taken before it was seen is over. Every child that could be that
+//!    zombie was created under one of those (a child created later cannot
+//!    have its pid, which the zombie still holds), so by then the zombie is
+//!    registered, and its exit goes to its creator, or it is an orphan.
+//!
+//! Reaping happens under the registry lock, held only for a map update and
+//! a non-blocking wait, and only by the waiters below (a creator whose
+//! child failed before exec registers it like any other). So the zombie
+//! the reaper saw is still the same process after it waited for older
+//! reservations: with one waiter, nothing else reaped it; with pidfds, the
+//! reaper holds it by a pidfd opened under the lock when it saw it.
+//!
+//! # Two ways of waiting ([`Waiting`]), chosen once at startup
+//!
+//! The runner's own children (actions, the spawn server, the children it
+//! creates for the runner) have no exit signal: in the kernel's terms they
+//! are "clone" children, which an any-child wait sees only with `__WALL`,
+//! and no `SIGCHLD` is sent for them. Orphans re-parented to the runner
+//! and children started with std (the cleaner's commands) exit with
+//! `SIGCHLD`.
+//! - [`Waiting::Pidfd`]: each registered child is waited for on its pidfd
+//!   in the event loop, where its exit status and rusage are read with the
+//!   raw `waitid` system call (glibc's wrapper has no rusage argument).
+//!   Orphans are reaped in the event loop too, on `SIGCHLD`, by an
+//!   any-child wait without `__WALL`, which never sees a clone child.
+//! - [`Waiting::Thread`], where the kernel or a seccomp profile refuses
+//!   pidfds (before Linux 5.4): one thread waits for every child
+//!   (`__WALL`) and hands each registered child's exit to its creator.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::sys::wait::{waitid, Id, WaitPidFlag};
-use tokio::sync::oneshot;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, Notify};
 
 /// How a reaped child ended, with its own resource usage.
 #[derive(Debug, Clone, Copy)]
 pub struct ChildExit {
-    /// Raw wait status as returned by `wait4`.
+    /// Raw wait status, as `wait4` returns it.
     pub status: i32,
     /// The child's own rusage.
     pub rusage: libc::rusage,
@@ -49,140 +86,562 @@ impl ChildExit {
 /// A spawned child: its pid and a receiver for its exit.
 #[derive(Debug)]
 pub struct SpawnedChild {
-    /// The child's pid, registered with the reaper before it could exit.
+    /// The child's pid, registered with the reaper.
     pub pid: i32,
-    /// Receives the child's exit once the reaper has waited for it.
+    /// Receives the child's exit once it has been reaped.
     pub exit: oneshot::Receiver<ChildExit>,
 }
 
-/// The reaper held off: see [`Reaper::holding_children`].
-pub struct Holding<'a> {
-    reaper: &'a Reaper,
-    registry: MutexGuard<'a, Registry>,
+/// How children's exits are learned; see the module's documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// Each child on its pidfd, orphans on `SIGCHLD`, all in the event loop.
+    Pidfd,
+    /// One thread waits for every child.
+    Thread,
 }
 
-impl Holding<'_> {
-    /// Registers the child `pid`, created under this hold, and lets the
-    /// reaper go on: its exit reaches the returned receiver.
-    pub fn register(mut self, pid: i32) -> SpawnedChild {
-        let (sender, exit) = oneshot::channel();
-        self.registry.waiting.insert(pid, sender);
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Waiting::Pidfd => "pidfd",
+            Waiting::Thread => "thread",
+        })
+    }
+}
+
+/// A reservation for a child about to be created: see
+/// [`Reaper::expecting`]. Over when the child is registered with
+/// [`Expecting::register`], or when dropped (nothing was created, or what
+/// was is no longer ours to wait for).
+pub struct Expecting {
+    reaper: &'static Reaper,
+    ticket: u64,
+}
+
+impl Expecting {
+    /// Registers the child `pid`, created under this reservation: its exit
+    /// reaches the returned receiver. With pidfds, the pidfd is opened
+    /// while the reservation still holds the pid.
+    pub fn register(self, pid: i32) -> SpawnedChild {
         let reaper = self.reaper;
-        drop(self);
-        reaper.children_spawned.notify_all();
+        let pidfd = match &reaper.mode {
+            Mode::Pidfd(_) => Some(pidfd_open(pid)),
+            Mode::Thread => None,
+        };
+        let (sender, exit) = oneshot::channel();
+        {
+            let mut registry = reaper.lock();
+            registry.waiting.insert(pid, sender);
+            registry.end(self.ticket);
+        }
+        reaper.changed();
+        // Over already; dropping would only end it again.
+        std::mem::forget(self);
+        if let (Mode::Pidfd(runtime), Some(pidfd)) = (&reaper.mode, pidfd) {
+            runtime.spawn(reaper.wait_on_pidfd(pid, pidfd));
+        }
         SpawnedChild { pid, exit }
     }
 }
 
+impl Drop for Expecting {
+    fn drop(&mut self) {
+        self.reaper.lock().end(self.ticket);
+        self.reaper.changed();
+    }
+}
+
 struct Registry {
+    /// Registered children, each with whoever waits for its exit.
     waiting: HashMap<i32, oneshot::Sender<ChildExit>>,
+    /// The next reservation's number: reservations are numbered in the
+    /// order they are taken.
+    next_ticket: u64,
+    /// Reservations not yet over.
+    outstanding: BTreeSet<u64>,
+    /// Counts reservations taken and ended, so that the reaper can tell
+    /// whether any was since it last looked.
+    changes: u64,
+}
+
+impl Registry {
+    fn take(&mut self) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.outstanding.insert(ticket);
+        self.changes += 1;
+        ticket
+    }
+
+    fn end(&mut self, ticket: u64) {
+        self.outstanding.remove(&ticket);
+        self.changes += 1;
+    }
+
+    /// Whether every reservation taken before `horizon` is over.
+    fn settled_before(&self, horizon: u64) -> bool {
+        self.outstanding
+            .first()
+            .is_none_or(|&oldest| oldest >= horizon)
+    }
+
+    /// Reaps `child` if it has exited, handing its exit to its creator, or
+    /// saying it was an orphan. Whether it was reaped (or is gone).
+    fn reap(&mut self, pid: i32, child: Which) -> bool {
+        match wait_now(child) {
+            Ok(Some(exit)) => {
+                match self.waiting.remove(&pid) {
+                    Some(sender) => {
+                        let _ = sender.send(exit);
+                    }
+                    None => {
+                        tracing::debug!(pid, code = ?exit.exit_code(), signal = ?exit.signal(), "reaped an orphan");
+                    }
+                }
+                true
+            }
+            Ok(None) => false,
+            // ECHILD: reaped by its other waiter (see `settle`).
+            Err(_) => true,
+        }
+    }
+}
+
+/// What the reaper waits with.
+enum Mode {
+    /// Pidfd tasks and the orphan task run on this runtime.
+    Pidfd(Handle),
+    Thread,
 }
 
 /// The process-wide reaper. Obtain it with [`reaper`].
 pub struct Reaper {
     registry: Mutex<Registry>,
-    /// Signalled when a child is spawned, so an idle reaper wakes up.
-    children_spawned: Condvar,
+    mode: Mode,
+    /// Told whenever a reservation is taken or ends, so that an idle
+    /// reaper thread, or a reaper waiting for older reservations, looks
+    /// again.
+    thread_changed: Condvar,
+    task_changed: Notify,
 }
 
-/// The process-wide reaper, started on first use.
+static REAPER: OnceLock<&'static Reaper> = OnceLock::new();
+
+/// Starts the process-wide reaper waiting with `waiting` (tasks on
+/// `runtime`). Call it before anything uses [`reaper`]; once started, the
+/// reaper keeps its way of waiting, which is returned.
+pub fn start(waiting: Waiting, runtime: &Handle) -> Waiting {
+    let reaper = REAPER.get_or_init(|| {
+        let mode = match waiting {
+            Waiting::Pidfd => Mode::Pidfd(runtime.clone()),
+            Waiting::Thread => Mode::Thread,
+        };
+        Reaper::started(mode)
+    });
+    match reaper.mode {
+        Mode::Pidfd(_) => Waiting::Pidfd,
+        Mode::Thread => Waiting::Thread,
+    }
+}
+
+/// The process-wide reaper; one thread, unless [`start`] chose otherwise.
 pub fn reaper() -> &'static Reaper {
-    static REAPER: OnceLock<&'static Reaper> = OnceLock::new();
-    REAPER.get_or_init(|| {
-        let reaper: &'static Reaper = Box::leak(Box::new(Reaper {
-            registry: Mutex::new(Registry {
-                waiting: HashMap::new(),
-            }),
-            children_spawned: Condvar::new(),
-        }));
-        std::thread::Builder::new()
-            .name("rbe-runner-reaper".into())
-            .spawn(move || reaper.reap_forever())
-            .expect("cannot start the reaper thread");
-        reaper
-    })
+    REAPER.get_or_init(|| Reaper::started(Mode::Thread))
 }
 
 impl Reaper {
-    /// Holds off reaping while children are created: a child created under
-    /// the returned hold is not reaped (by anyone but its creator) until it
-    /// is registered with [`Holding::register`] or the hold is dropped.
-    /// Creation that fails after the child existed (its exec failed) must
-    /// reap the child itself while holding.
-    pub fn holding_children(&self) -> Holding<'_> {
-        Holding {
+    fn started(mode: Mode) -> &'static Reaper {
+        let reaper: &'static Reaper = Box::leak(Box::new(Reaper {
+            registry: Mutex::new(Registry {
+                waiting: HashMap::new(),
+                next_ticket: 0,
+                outstanding: BTreeSet::new(),
+                changes: 0,
+            }),
+            mode,
+            thread_changed: Condvar::new(),
+            task_changed: Notify::new(),
+        }));
+        match &reaper.mode {
+            Mode::Pidfd(runtime) => {
+                runtime.spawn(reaper.reap_orphans());
+            }
+            Mode::Thread => {
+                std::thread::Builder::new()
+                    .name("rbe-runner-reaper".into())
+                    .spawn(move || reaper.reap_forever())
+                    .expect("cannot start the reaper thread");
+            }
+        }
+        reaper
+    }
+
+    /// Reserves the registration of a child about to be created: until the
+    /// reservation is over, no zombie that could be this child is reaped
+    /// as an orphan. Take it before creating the child; never blocks on
+    /// the reaper beyond a map update.
+    pub fn expecting(&'static self) -> Expecting {
+        let ticket = self.lock().take();
+        // An idle reaper thread (no child at all) looks again.
+        self.changed();
+        Expecting {
             reaper: self,
-            registry: self.lock(),
+            ticket,
         }
     }
 
     /// Spawns `command` with std (the cleaner's commands) and registers
     /// the child. Blocking: call it from a blocking context.
-    pub fn spawn(&self, command: &mut Command) -> io::Result<SpawnedChild> {
-        let holding = self.holding_children();
+    pub fn spawn(&'static self, command: &mut Command) -> io::Result<SpawnedChild> {
+        let expecting = self.expecting();
         // std's `Child` is dropped at once: it must never be waited on, as
         // this reaper owns all waiting. Dropping it does not wait or kill.
         let pid = command.spawn()?.id() as i32;
-        Ok(holding.register(pid))
+        Ok(expecting.register(pid))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
-        // Each operation on the map is a single insert or remove.
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // Each operation on the registry is a single insert or remove.
         crate::sync::lock_unpoisoned(&self.registry)
     }
 
+    fn changed(&self) {
+        match self.mode {
+            Mode::Pidfd(_) => self.task_changed.notify_waiters(),
+            Mode::Thread => self.thread_changed.notify_all(),
+        }
+    }
+
+    // ---- one thread ----
+
     fn reap_forever(&self) {
         loop {
+            let seen = self.lock().changes;
             // Learn of an exited child without reaping it.
-            match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-                Ok(status) => {
-                    if let Some(pid) = status.pid() {
-                        self.reap(pid.as_raw());
-                    }
-                }
-                Err(Errno::ECHILD) => {
-                    // No children at all: sleep until one is spawned. The
-                    // timeout only guards against a missed notification.
+            match next_zombie(libc::__WALL, false) {
+                Ok(Some(pid)) => self.settle_here(pid),
+                Ok(None) => {}
+                Err(error) if error.raw_os_error() == Some(libc::ECHILD) => {
+                    // No child at all: sleep until one is about to be
+                    // created or was. The timeout only guards against a
+                    // missed notification.
                     let registry = self.lock();
-                    if !registry.waiting.is_empty() {
-                        // Spawned between waitid and taking the lock.
+                    if registry.changes != seen {
                         continue;
                     }
                     let _ = self
-                        .children_spawned
+                        .thread_changed
                         .wait_timeout(registry, Duration::from_millis(500));
                 }
-                Err(Errno::EINTR) => {}
-                Err(errno) => {
-                    tracing::error!(%errno, "waitid failed in the reaper; retrying");
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    tracing::error!(%error, "waitid failed in the reaper; retrying");
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
         }
     }
 
-    fn reap(&self, pid: i32) {
+    /// Reaps the zombie `pid`: its creator's once registered; an orphan
+    /// once no reservation taken before now could be it. Only this thread
+    /// reaps, so the zombie stays the same process while it waits.
+    fn settle_here(&self, pid: i32) {
         let mut registry = self.lock();
-        let mut status: libc::c_int = 0;
-        // SAFETY: all-zero bytes are a valid `rusage` (plain integers).
-        let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: `status` and `rusage` are valid, writable locals that
-        // outlive the call; wait4 writes nothing else.
-        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut rusage) };
-        if reaped != pid {
-            // Already reaped by its creator: a child whose exec failed is
-            // reaped under the hold it was created in (std's spawn does the
-            // same inside `Command::spawn`).
-            return;
+        if !registry.waiting.contains_key(&pid) {
+            let horizon = registry.next_ticket;
+            while !registry.settled_before(horizon) {
+                registry = self
+                    .thread_changed
+                    .wait(registry)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
         }
-        match registry.waiting.remove(&pid) {
-            Some(sender) => {
-                let _ = sender.send(ChildExit { status, rusage });
+        registry.reap(pid, Which::Pid(pid));
+    }
+
+    // ---- pidfds, in the event loop ----
+
+    /// Waits for the registered child `pid` on its pidfd and reaps it.
+    /// Where the pidfd could not be had (out of descriptors), waits on a
+    /// blocking thread instead: slower, never lost.
+    async fn wait_on_pidfd(&'static self, pid: i32, pidfd: io::Result<OwnedFd>) {
+        let watched = pidfd.and_then(|pidfd| {
+            // SAFETY: the AsyncFd owns the pidfd, which stays open and the
+            // same until it is dropped.
+            unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+                .map_err(io::Error::from)
+        });
+        let pidfd = match watched {
+            Ok(pidfd) => pidfd,
+            Err(error) => {
+                tracing::warn!(pid, %error, "cannot watch a child's pidfd; waiting for it on a thread");
+                let _ = tokio::task::spawn_blocking(move || self.wait_on_thread(pid)).await;
+                return;
             }
-            None => {
-                let exit = ChildExit { status, rusage };
-                tracing::debug!(pid, code = ?exit.exit_code(), signal = ?exit.signal(), "reaped an orphan");
+        };
+        loop {
+            let Ok(mut ready) = pidfd.readable().await else {
+                let _ = tokio::task::spawn_blocking(move || self.wait_on_thread(pid)).await;
+                return;
+            };
+            let which = Which::Pidfd(pidfd.get_ref().as_raw_fd());
+            if self.reap_registered(pid, which) {
+                return;
             }
+            ready.clear_ready();
+        }
+    }
+
+    /// Blocks until the registered child `pid` has exited, and reaps it.
+    fn wait_on_thread(&self, pid: i32) {
+        loop {
+            let mut info = SigInfo::default();
+            // WNOWAIT: learn of its exit; reap it under the lock below.
+            match waitid(Which::Pid(pid), libc::WNOWAIT, &mut info, None) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                _ => break,
+            }
+        }
+        self.reap_registered(pid, Which::Pid(pid));
+    }
+
+    /// Reaps the registered child `pid` if it has exited; whether it is
+    /// done with (reaped now, or by the orphan task before).
+    fn reap_registered(&self, pid: i32, which: Which) -> bool {
+        let mut registry = self.lock();
+        if !registry.waiting.contains_key(&pid) {
+            return true;
+        }
+        registry.reap(pid, which)
+    }
+
+    /// Reaps orphans (and std's children) whenever `SIGCHLD` says one
+    /// exited. A clone child, such as an action, never sends it, nor is
+    /// it seen by the wait without `__WALL`.
+    async fn reap_orphans(&'static self) {
+        let mut exited = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        {
+            Ok(exited) => exited,
+            Err(error) => {
+                tracing::error!(%error, "cannot learn of orphans' exits (SIGCHLD); they are reaped by a thread instead");
+                let _ = tokio::task::spawn_blocking(move || self.reap_forever()).await;
+                return;
+            }
+        };
+        loop {
+            loop {
+                match next_zombie(0, true) {
+                    Ok(Some(pid)) => self.settle_in_task(pid).await,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    // None exited (or no such child at all).
+                    _ => break,
+                }
+            }
+            exited.recv().await;
+        }
+    }
+
+    /// As [`Self::settle_here`], in the event loop: the zombie is held by
+    /// a pidfd opened under the lock, since a pidfd task may reap it while
+    /// this waits (a registered child whose exit signal became `SIGCHLD`:
+    /// a thread other than its leader called exec).
+    async fn settle_in_task(&self, pid: i32) {
+        let (horizon, pinned) = {
+            let mut registry = self.lock();
+            if registry.waiting.contains_key(&pid) {
+                registry.reap(pid, Which::Pid(pid));
+                return;
+            }
+            (registry.next_ticket, pidfd_open(pid))
+        };
+        loop {
+            let changed = self.task_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.lock().settled_before(horizon) {
+                break;
+            }
+            changed.await;
+        }
+        let mut registry = self.lock();
+        match &pinned {
+            Ok(pidfd) => registry.reap(pid, Which::Pidfd(pidfd.as_raw_fd())),
+            // Out of descriptors: only a child registered and reaped
+            // meanwhile could have freed the pid; never take a registered
+            // pid for an orphan.
+            Err(_) => registry.reap(pid, Which::Pid(pid)),
+        };
+    }
+}
+
+/// A child to wait for: by pid, or by pidfd (which cannot be reused).
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Pid(i32),
+    Pidfd(RawFd),
+}
+
+/// `siginfo_t`, zeroed: `si_pid` stays 0 when no child has exited.
+struct SigInfo(libc::siginfo_t);
+
+impl Default for SigInfo {
+    fn default() -> Self {
+        // SAFETY: all-zero bytes are a valid `siginfo_t` (plain integers).
+        SigInfo(unsafe { std::mem::zeroed() })
+    }
+}
+
+impl SigInfo {
+    fn pid(&self) -> i32 {
+        // SAFETY: `waitid` filled in a SIGCHLD siginfo, or left it zeroed;
+        // either way `si_pid` is initialized.
+        unsafe { self.0.si_pid() }
+    }
+
+    /// The wait status `wait4` would have given.
+    fn wait_status(&self) -> i32 {
+        // SAFETY: as above, for `si_status`.
+        let status = unsafe { self.0.si_status() };
+        match self.0.si_code {
+            libc::CLD_EXITED => (status & 0xff) << 8,
+            libc::CLD_DUMPED => status | 0x80,
+            // CLD_KILLED: the signal.
+            _ => status,
+        }
+    }
+}
+
+/// The raw `waitid` system call (WEXITED, with `__WALL` and `options`),
+/// which also gives the child's rusage when asked for it.
+fn waitid(
+    which: Which,
+    options: libc::c_int,
+    info: &mut SigInfo,
+    rusage: Option<&mut libc::rusage>,
+) -> io::Result<()> {
+    let (idtype, id) = match which {
+        Which::Pid(pid) => (libc::P_PID, pid as libc::id_t),
+        Which::Pidfd(fd) => (libc::P_PIDFD, fd as libc::id_t),
+    };
+    let rusage = rusage.map_or(std::ptr::null_mut(), |rusage| rusage as *mut libc::rusage);
+    // SAFETY: `info` and `rusage` (when not null) are valid, writable and
+    // outlive the call; the kernel writes nothing else.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_waitid,
+            idtype,
+            id,
+            &mut info.0 as *mut libc::siginfo_t,
+            libc::WEXITED | libc::__WALL | options,
+            rusage,
+        )
+    };
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Reaps `which` if it has exited: its exit, `None` if it has not.
+fn wait_now(which: Which) -> io::Result<Option<ChildExit>> {
+    let mut info = SigInfo::default();
+    // SAFETY: all-zero bytes are a valid `rusage` (plain integers).
+    let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        match waitid(which, libc::WNOHANG, &mut info, Some(&mut rusage)) {
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            waited => waited?,
+        }
+        break;
+    }
+    Ok((info.pid() != 0).then(|| ChildExit {
+        status: info.wait_status(),
+        rusage,
+    }))
+}
+
+/// An exited child, not reaped (`WNOWAIT`), of the kind `flags` selects
+/// (`__WALL`: every child; 0: those with `SIGCHLD`), waiting for one
+/// unless `nohang`. `Ok(None)` when none has exited (with `nohang`).
+fn next_zombie(flags: libc::c_int, nohang: bool) -> io::Result<Option<i32>> {
+    let mut info = SigInfo::default();
+    let options = flags | libc::WEXITED | libc::WNOWAIT | if nohang { libc::WNOHANG } else { 0 };
+    // SAFETY: `info` is valid and writable and outlives the call; with a
+    // null rusage the kernel writes nothing else.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_waitid,
+            libc::P_ALL,
+            0 as libc::id_t,
+            &mut info.0 as *mut libc::siginfo_t,
+            options,
+            std::ptr::null_mut::<libc::rusage>(),
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((info.pid() != 0).then(|| info.pid()))
+}
+
+/// A pidfd for `pid` (Linux 5.3), close-on-exec.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes only numbers; its result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Whether children can be waited for on pidfds here: opening one
+/// (Linux 5.3, and not refused by a seccomp profile) and waiting on it
+/// (`P_PIDFD`, Linux 5.4). Tried on this process, which is nobody's child
+/// of ours: a kernel that knows `P_PIDFD` answers ECHILD.
+pub fn pidfds_work() -> io::Result<()> {
+    let own = pidfd_open(std::process::id() as i32)?;
+    let mut info = SigInfo::default();
+    match waitid(
+        Which::Pidfd(own.as_raw_fd()),
+        libc::WNOHANG,
+        &mut info,
+        None,
+    ) {
+        Err(error) if error.raw_os_error() == Some(libc::ECHILD) => Ok(()),
+        Err(error) => Err(error),
+        Ok(()) => Err(io::Error::other("waitid on our own pidfd did not refuse")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Why it matters: the runner chooses pidfds only where they work;
+    /// this machine (Linux 5.4 or later) has them.
+    #[test]
+    fn pidfds_work_here() {
+        pidfds_work().unwrap();
+    }
+
+    /// Why it matters: an action's exit code, signal and rusage are read
+    /// from `waitid`'s answer, which must read as `wait4`'s did.
+    #[test]
+    fn an_exit_reads_as_wait4_s() {
+        for (script, code, signal) in [("exit 3", Some(3), None), ("kill -9 $$", None, Some(9))] {
+            let child = reaper()
+                .spawn(std::process::Command::new("/bin/sh").args(["-c", script]))
+                .unwrap();
+            let exit = child.exit.blocking_recv().unwrap();
+            assert_eq!(
+                (exit.exit_code(), exit.signal()),
+                (code, signal),
+                "{script}"
+            );
+            assert!(exit.rusage.ru_maxrss > 0, "{script}");
         }
     }
 }

@@ -3,28 +3,38 @@
 //! [`spawn`] prepares everything the child needs from the action's
 //! [`ProcessSpec`] (C strings, descriptors, an empty stdin), asks the spawn
 //! server ([`super::spawn_server`]) to create the child, or creates it
-//! itself ([`super::child`]), and registers it with the reaper.
+//! itself ([`super::child`]), registers it with the reaper and follows it
+//! to its exec. [`start_spawn_server`] starts the spawn server the same way.
 //!
 //! [`choose_method`] decides once, at startup, which of the mechanisms in
 //! [`super::clone`] creates children: what [`SPAWN_ENVIRONMENT_VARIABLE`]
 //! asks for, and what a [`probe`] child shows this kernel and its seccomp
-//! profile allow. `clone.rs` only carries out the choice.
+//! profile allow. `clone.rs` only carries out the choice. Likewise
+//! [`choose_waiting`] decides how [`super::reaper`] waits for children.
 
 use std::ffi::c_void;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::OnceLock;
 
-use super::child::{create, Child};
+use tokio::sync::oneshot;
+
+use super::child::{self, Child};
 use super::clone::{self, Method};
-use super::reaper::{reaper, SpawnedChild};
-use super::spawn_server::{ServerGone, SpawnServer};
+use super::reaper::{self, reaper, ChildExit, Expecting, SpawnedChild, Waiting};
+use super::spawn_server::{self, SpawnServer};
 use super::spec::{ExecArguments, OomScoreAdj, Parent, ProcessSpec, SpawnError, SpawnStep};
+use super::status::{self, Status, StatusReader};
 
 /// Starts the process described by `spec` with `method`, as the leader of
 /// a new process group, registered with the reaper. The spawn server
 /// creates it when there is one (see [`super::spawn_server`]); without
-/// one, or once it is gone, the runner creates it itself.
+/// one, or once it is gone, the runner creates it itself. Blocking: returns
+/// once the child has exec'd or a step before failed, which this thread
+/// alone waits for, holding no lock (the child's status pipe says, see
+/// [`super::status`]).
 ///
 /// The exec is a plain `execve`: no PATH search and no fallback of running
 /// a file that fails with ENOEXEC through `/bin/sh`, which would hide a
@@ -39,50 +49,111 @@ pub fn spawn(
         step: SpawnStep::Exec,
         source,
     })?;
-    // Actions read end-of-file from stdin, as from /dev/null, but from a
-    // pipe whose write end is closed: the runner must not depend on /dev,
-    // which a bare root (a chroot, an image FROM scratch) may lack.
-    let (stdin, stdin_writer) = std::io::pipe().map_err(|source| SpawnError {
-        step: SpawnStep::Setup,
-        source,
-    })?;
-    drop(stdin_writer);
-    let stdin: OwnedFd = stdin.into();
+    let stdin = match &spec.stdin {
+        Some(stdin) => stdin.as_raw_fd(),
+        None => empty_stdin().map_err(|source| SpawnError {
+            step: SpawnStep::Setup,
+            source,
+        })?,
+    };
     let child = Child::new(
         spec.cgroup.as_ref().map(AsRawFd::as_raw_fd),
-        [
-            stdin.as_raw_fd(),
-            spec.stdout.as_raw_fd(),
-            spec.stderr.as_raw_fd(),
-        ],
+        [stdin, spec.stdout.as_raw_fd(), spec.stderr.as_raw_fd()],
         spec.oom_score_adj.map(OomScoreAdj::new),
         spec.chroot_directory.as_ref().map(AsRawFd::as_raw_fd),
         spec.working_directory.as_raw_fd(),
         spec.identity.as_ref(),
         &exec,
     );
-    let holding = reaper().holding_children();
-    let created = match server.map(|server| server.create(&child, method)) {
-        Some(Ok(created)) => created,
-        Some(Err(ServerGone::BeforeRequest(error))) => {
-            tracing::error!(%error, "the spawn server is gone; the runner creates actions' processes itself from now on");
-            create(&child, method, Parent::Creator)
+    if let Some(server) = server.filter(|server| server.is_up()) {
+        if let Some(spawned) = ask_server(server, &child, method)? {
+            return Ok(spawned);
         }
-        Some(Err(ServerGone::DuringRequest(error))) => {
-            tracing::error!(%error, "the spawn server is gone; the runner creates actions' processes itself from now on");
-            // It may have died after creating this child, which would then
-            // run unknown to us: never create it a second time. With a
-            // cgroup of its own, discarding the placement kills it.
-            return Err(SpawnError {
-                step: SpawnStep::Create,
-                source: io::Error::other(format!(
-                    "the spawn server stopped during this request ({error})"
-                )),
-            });
-        }
-        Some(Err(ServerGone::Earlier)) | None => create(&child, method, Parent::Creator),
+    }
+    create_here(&child, method, reaper().expecting())
+}
+
+/// Every action's stdin: it reads end-of-file, as from /dev/null, but from
+/// a pipe whose write end is closed, since the runner must not depend on
+/// /dev, which a bare root (a chroot, an image FROM scratch) may lack. One
+/// pipe for all, made once while no child of ours can be created: a child
+/// that inherited a write end would keep the stdin of every action that
+/// shares it from ending until its own exec, as one pipe per action did.
+fn empty_stdin() -> io::Result<RawFd> {
+    static EMPTY: OnceLock<OwnedFd> = OnceLock::new();
+    if let Some(stdin) = EMPTY.get() {
+        return Ok(stdin.as_raw_fd());
+    }
+    let _creator = clone::creator()?;
+    let (stdin, writer) = std::io::pipe()?;
+    drop(writer);
+    Ok(EMPTY.get_or_init(|| stdin.into()).as_raw_fd())
+}
+
+/// Has the spawn server create `child` with `method`, and follows it to
+/// its exec. `Ok(None)` when the server is gone without having created
+/// it: the caller creates it instead, never twice.
+fn ask_server(
+    server: &SpawnServer,
+    child: &Child,
+    method: Method,
+) -> Result<Option<SpawnedChild>, SpawnError> {
+    let setup = |source| SpawnError {
+        step: SpawnStep::Setup,
+        source,
     };
-    let pid = created.pid.map_err(|source| SpawnError {
+    let expecting = reaper().expecting();
+    let status = {
+        // No child of ours is created while our write end is open.
+        let _creator = clone::creator().map_err(setup)?;
+        let (status, writer) = status::pipe().map_err(setup)?;
+        if server.ask(child, method, writer.as_raw_fd()).is_err() {
+            return Ok(None);
+        }
+        status
+    };
+    let spawned = follow(status, Some(expecting), None)?;
+    if spawned.is_none() {
+        // Every copy of the write end closed without a word: the server
+        // died with the request, before creating the child (whose first
+        // words are its pid).
+        server.gone(&"it ended a request without creating the child");
+    }
+    Ok(spawned)
+}
+
+/// Creates `child` in this process with `method`, and follows it to its
+/// exec. Only the clone system call is done holding the [`clone::Creator`]
+/// (with making and closing the status pipe around it); the wait for the
+/// exec is this thread's alone.
+fn create_here(
+    child: &Child,
+    method: Method,
+    expecting: Expecting,
+) -> Result<SpawnedChild, SpawnError> {
+    let setup = |source| SpawnError {
+        step: SpawnStep::Setup,
+        source,
+    };
+    let (created, status) = {
+        let creator = clone::creator().map_err(setup)?;
+        let (status, writer) = status::pipe().map_err(setup)?;
+        let created = child::create(&creator, child, method, Parent::Creator, writer.as_raw_fd());
+        drop(writer);
+        (created, status)
+    };
+    let pid = created.map_err(|source| creation_error(method, child, source))?;
+    let spawned = expecting.register(pid);
+    let pid = spawned.pid;
+    follow(status, None, Some(spawned))?.ok_or_else(|| SpawnError {
+        step: SpawnStep::Create,
+        source: io::Error::other(format!("child {pid} lost")),
+    })
+}
+
+/// The error of a child that could not be created with `method`.
+fn creation_error(method: Method, child: &Child, source: io::Error) -> SpawnError {
+    SpawnError {
         // With CLONE_INTO_CGROUP, the kernel's refusal to place the child
         // is the only failure particular to this spawn.
         step: if method == Method::Clone3 && child.cgroup.is_some() {
@@ -91,20 +162,92 @@ pub fn spawn(
             SpawnStep::Create
         },
         source,
-    })?;
-    if let Some((step, errno)) = created.failed {
-        // The child has exited; reap it while the reaper is held off, so
-        // that it never reaches the reaper as an orphan.
-        let mut status = 0;
-        // SAFETY: our own child; `status` is a valid local.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        drop(holding);
-        return Err(SpawnError {
-            step,
-            source: io::Error::from_raw_os_error(errno),
-        });
     }
-    Ok(holding.register(pid))
+}
+
+/// Reads a child's status pipe up to its exec (blocking, holding nothing):
+/// registers the child under `expecting` as soon as it says its pid,
+/// unless it is `spawned` already. `Ok(None)`: the pipe ended without a
+/// word, so no child was created.
+fn follow(
+    mut status: StatusReader,
+    mut expecting: Option<Expecting>,
+    mut spawned: Option<SpawnedChild>,
+) -> Result<Option<SpawnedChild>, SpawnError> {
+    loop {
+        let told = status.next().map_err(|source| SpawnError {
+            step: SpawnStep::Setup,
+            source,
+        })?;
+        match told {
+            Some(Status::Started(pid)) => {
+                if let Some(expecting) = expecting.take() {
+                    spawned = Some(expecting.register(pid));
+                }
+            }
+            // Registered already (it said its pid first): the reaper
+            // reaps it once it has exited.
+            Some(Status::Failed(step, errno)) => {
+                return Err(SpawnError {
+                    step,
+                    source: io::Error::from_raw_os_error(errno),
+                })
+            }
+            Some(Status::NotCreated(errno)) => {
+                return Err(SpawnError {
+                    step: SpawnStep::Create,
+                    source: io::Error::from_raw_os_error(errno),
+                })
+            }
+            None => return Ok(spawned),
+        }
+    }
+}
+
+/// Starts `executable` (this program, normally
+/// [`spawn_server::DEFAULT_PROC_SELF_EXE`]) as the spawn server: a child of
+/// the runner created as actions are, with `method` and no exit signal,
+/// which the children it creates with `CLONE_PARENT` take from it (see
+/// [`super::reaper`]). Its connection is its standard input. Returns the
+/// server, ready, and its exit. Blocking.
+pub fn start_spawn_server(
+    executable: &Path,
+    method: Method,
+) -> io::Result<(SpawnServer, oneshot::Receiver<ChildExit>)> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let stderr = || {
+        std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .map(std::fs::File::from)
+    };
+    let root = nix::fcntl::open(
+        "/",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let spec = ProcessSpec {
+        program: executable.to_string_lossy().into_owned(),
+        arguments: vec![
+            "rbe-runner".into(),
+            spawn_server::SERVE_ARGUMENT.into(),
+            std::process::id().to_string(),
+        ],
+        environment: Vec::new(),
+        working_directory: root,
+        chroot_directory: None,
+        identity: None,
+        stdin: Some(theirs.into()),
+        // It never writes to its standard output.
+        stdout: stderr()?,
+        stderr: stderr()?,
+        cgroup: None,
+        oom_score_adj: None,
+    };
+    let child =
+        spawn(spec, method, None).map_err(|error| io::Error::new(error.source.kind(), error))?;
+    let server = SpawnServer::connect(ours, child.pid as u32)?;
+    Ok((server, child.exit))
 }
 
 /// The environment variable that overrides the choice of [`Method`]:
@@ -130,6 +273,47 @@ pub enum ChoiceError {
     /// `clone3` was required and does not work here.
     #[error("RBE_RUNNER_SPAWN=clone3, but clone3 cannot create children here: {0}")]
     Clone3Required(String),
+    /// [`WAIT_ENVIRONMENT_VARIABLE`] has a value we do not know.
+    #[error("RBE_RUNNER_WAIT={0}: expected auto or thread")]
+    UnknownWaitSetting(String),
+}
+
+/// The environment variable that overrides the choice of [`Waiting`]:
+/// `auto` (the default) waits on pidfds where they work, `thread` always
+/// with one thread (as where they do not).
+pub const WAIT_ENVIRONMENT_VARIABLE: &str = "RBE_RUNNER_WAIT";
+
+/// How children will be waited for, and why, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitChoice {
+    /// How children will be waited for.
+    pub waiting: Waiting,
+    /// Why, in words for the startup log.
+    pub reason: String,
+}
+
+/// Chooses how to wait for children from `setting` (the value of
+/// [`WAIT_ENVIRONMENT_VARIABLE`]), trying pidfds once.
+pub fn choose_waiting(setting: Option<&str>) -> Result<WaitChoice, ChoiceError> {
+    match setting.unwrap_or("auto") {
+        "auto" | "" => Ok(match reaper::pidfds_work() {
+            Ok(()) => WaitChoice {
+                waiting: Waiting::Pidfd,
+                reason: "pidfds work here".into(),
+            },
+            Err(error) => WaitChoice {
+                waiting: Waiting::Thread,
+                reason: format!("pidfds are unavailable ({error})"),
+            },
+        }),
+        "thread" => Ok(WaitChoice {
+            waiting: Waiting::Thread,
+            reason: format!("forced by {WAIT_ENVIRONMENT_VARIABLE}=thread"),
+        }),
+        other => Err(ChoiceError::UnknownWaitSetting(
+            crate::bounded::quoted(other).to_string(),
+        )),
+    }
 }
 
 /// Chooses how to create children from `setting` (the value of
@@ -183,22 +367,22 @@ pub fn choose_method(setting: Option<&str>, cgroup: Option<&Path>) -> Result<Cho
 
 /// Whether `method` can create children here, tried with a child that
 /// exits at once (placed into the cgroup open as `cgroup` when given, as
-/// actions will be). The child is reaped here, with the reaper held off.
+/// actions will be). Blocking: waits for the child's exit.
 pub fn probe(method: Method, cgroup: Option<RawFd>) -> io::Result<()> {
     extern "C" fn exit_at_once(_: *mut c_void) -> libc::c_int {
         0
     }
-    let _children = reaper().holding_children();
+    let expecting = reaper().expecting();
     let creator = clone::creator()?;
     let previous = clone::block_all_signals();
     // SAFETY: the child only returns 0; nothing is passed to it.
     let created =
         unsafe { creator.create(method, cgroup, false, exit_at_once, std::ptr::null_mut()) };
     clone::restore_signals(&previous);
-    let pid = created?;
-    let mut status = 0;
-    // SAFETY: waits for our own child; `status` is a valid local.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
+    drop(creator);
+    // Waited for like any child, by the reaper.
+    let child = expecting.register(created?);
+    let _ = child.exit.blocking_recv();
     Ok(())
 }
 
@@ -220,6 +404,7 @@ mod tests {
             working_directory,
             chroot_directory: None,
             identity: None,
+            stdin: None,
             stdout: std::fs::File::create(dir.join("stdout")).unwrap(),
             stderr: std::fs::File::create(dir.join("stderr")).unwrap(),
             cgroup: None,
@@ -341,6 +526,34 @@ mod tests {
         }
     }
 
+    /// Why it matters: a spawn server that dies holding a request must
+    /// neither lose the action nor let it run twice: nothing was created
+    /// (a child's first words are its pid), so the runner creates it.
+    #[test]
+    fn a_request_the_server_took_with_it_is_created_here_once() {
+        use std::io::{Read, Write};
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let dying = std::thread::spawn(move || {
+            theirs.write_all(b"RDY1").unwrap();
+            let mut first = [0u8; 4];
+            theirs.read_exact(&mut first).unwrap();
+            // Dies with the request and its descriptors.
+        });
+        let server = SpawnServer::connect(ours, 0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut shell = spec(dir.path(), "/bin/sh");
+        shell.arguments = vec!["/bin/sh".into(), "-c".into(), "echo ran".into()];
+        let child = spawn(shell, Method::Clone, Some(&server)).unwrap();
+        dying.join().unwrap();
+        let exit = child.exit.blocking_recv().unwrap();
+        assert_eq!(exit.exit_code(), Some(0));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("stdout")).unwrap(),
+            "ran\n"
+        );
+        assert!(!server.is_up());
+    }
+
     /// Why it matters: CI forces the fallback with the variable to test
     /// both paths, and a typo must not silently pick one.
     #[test]
@@ -360,6 +573,24 @@ mod tests {
             Ok(choice) => assert_eq!(choice.method, Method::Clone3),
             Err(error) => assert!(matches!(error, ChoiceError::Clone3Required(_)), "{error}"),
         }
+    }
+
+    /// Why it matters: CI runs the suites once more waiting with one
+    /// thread, and a typo must not silently pick a way.
+    #[test]
+    fn the_wait_setting_forces_the_thread_and_typos_are_refused() {
+        let forced = choose_waiting(Some("thread")).unwrap();
+        assert_eq!(forced.waiting, Waiting::Thread);
+        assert!(
+            forced.reason.contains("RBE_RUNNER_WAIT=thread"),
+            "{forced:?}"
+        );
+        let error = choose_waiting(Some("pidfds")).unwrap_err();
+        assert!(
+            error.to_string().contains("RBE_RUNNER_WAIT=\"pidfds\""),
+            "{error}"
+        );
+        assert_eq!(choose_waiting(None).unwrap().waiting, Waiting::Pidfd);
     }
 
     #[test]

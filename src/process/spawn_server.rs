@@ -10,29 +10,40 @@
 //! small. It receives each child's description and descriptors over a
 //! Unix socket, creates the child with `CLONE_PARENT`, so that the child is
 //! the runner's (waited for by the runner's reaper, its rusage the
-//! runner's to read, its orphans re-parented to the runner), and answers
-//! with the pid and the step that failed, if one did.
+//! runner's to read, its orphans re-parented to the runner), and goes on
+//! to the next request at once.
 //!
-//! The runner holds the reaper off from sending the request until it has
-//! registered the pid, as when it creates children itself. If the server
-//! is gone (it never is unless killed), the runner creates children itself
-//! from then on, and says so in its log. The server exits at the end of
-//! file on the socket: when the runner exits, however it dies.
+//! It never answers, and never waits for a child's exec: among the
+//! descriptors of each request is the write end of the child's status pipe
+//! ([`super::status`]), through which the child itself tells the runner
+//! its pid and the step that failed, and whose end of file is its exec.
+//! The server only writes there when it could not create the child. So one
+//! slow exec holds up no other request, and the runner learns a child's
+//! pid even if the server dies right after creating it.
+//!
+//! If the server is gone (it never is unless killed), the runner creates
+//! children itself from then on, and says so in its log. A request the
+//! server took with it ends the status pipe without a word: nothing was
+//! created, and the runner creates that child itself. The server exits at
+//! the end of file on the socket: when the runner exits, however it dies.
 
 use std::ffi::CString;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 
-use super::child::{create, Child};
-use super::clone::Method;
-use super::spec::{Created, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
+use tokio::sync::oneshot;
+
+use super::child::{self, Child};
+use super::clone::{self, Method};
+use super::reaper::ChildExit;
+use super::spec::{ExecArguments, Identity, OomScoreAdj, Parent};
+use super::status::StatusWriter;
 
 /// This executable, as the kernel knows it: still there when the file was
 /// replaced since (`rbe-runner install` over a running copy).
@@ -48,9 +59,9 @@ const REQUEST_MAGIC: u32 = 0x5242_5331;
 /// Sent by the server once it is ready.
 const READY: &[u8; 4] = b"RDY1";
 
-/// The most descriptors one request carries: stdin, stdout, stderr, the
-/// working directory, the root and the cgroup.
-const MOST_DESCRIPTORS: usize = 6;
+/// The most descriptors one request carries: the status pipe, stdin,
+/// stdout, stderr, the working directory, the root and the cgroup.
+const MOST_DESCRIPTORS: usize = 7;
 
 /// The largest request: the exec size limit is at most a quarter of an
 /// 8 GiB stack, but requests are measured against the real limit long
@@ -60,30 +71,18 @@ const LARGEST_REQUEST: usize = 1 << 30;
 /// The runner's end of the connection to its spawn server.
 #[derive(Debug)]
 pub struct SpawnServer {
-    /// `None` once the server is gone.
-    connection: Mutex<Option<UnixStream>>,
+    /// Where requests are written, one whole request at a time.
+    connection: Mutex<UnixStream>,
+    /// Whether the server is still there, as far as the runner knows;
+    /// read without a lock, by `/metrics` too.
+    up: AtomicBool,
     pid: u32,
 }
 
 impl SpawnServer {
-    /// Starts `executable` (this program) as the spawn server. Blocking.
-    pub fn start(executable: &Path) -> io::Result<SpawnServer> {
-        let (ours, theirs) = UnixStream::pair()?;
-        // The server finds its end as its standard input; nothing else is
-        // inherited (every other descriptor of ours is close-on-exec).
-        let child = Command::new(executable)
-            .arg0("rbe-runner")
-            .arg(SERVE_ARGUMENT)
-            .arg(std::process::id().to_string())
-            .env_clear()
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        // Never waited on here: the reaper reaps it if it exits.
-        let pid = child.id();
-        drop(child);
-        let mut connection = ours;
+    /// The runner's end of a connection to the server `pid`, once the
+    /// server has said that it is ready. Blocking.
+    pub(crate) fn connect(mut connection: UnixStream, pid: u32) -> io::Result<SpawnServer> {
         let mut ready = [0u8; 4];
         connection.read_exact(&mut ready)?;
         if &ready != READY {
@@ -93,7 +92,8 @@ impl SpawnServer {
             ));
         }
         Ok(SpawnServer {
-            connection: Mutex::new(Some(connection)),
+            connection: Mutex::new(connection),
+            up: AtomicBool::new(true),
             pid,
         })
     }
@@ -103,48 +103,54 @@ impl SpawnServer {
         self.pid
     }
 
-    /// Whether the server is still there, as far as the runner knows (it
-    /// learns of its end at the next request).
+    /// Whether the server is still there, as far as the runner knows.
+    /// Never waits: an atomic.
     pub fn is_up(&self) -> bool {
-        crate::sync::lock_unpoisoned(&self.connection).is_some()
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Notes the server's end as soon as it exits: its exit comes like any
+    /// child's (its pidfd, or the reaper thread), so `/metrics` says so at
+    /// once, not at the next spawn.
+    pub async fn watch(&self, exit: oneshot::Receiver<ChildExit>) {
+        match exit.await {
+            Ok(exit) => self.gone(&format_args!(
+                "it exited (code {:?}, signal {:?})",
+                exit.exit_code(),
+                exit.signal().map(super::signal_name)
+            )),
+            Err(_) => self.gone(&"its exit was lost"),
+        }
+    }
+
+    /// Notes that the server is gone, saying so once, when first noticed.
+    pub(crate) fn gone(&self, why: &dyn std::fmt::Display) {
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::error!(pid = self.pid, why = %why, "the spawn server is gone; the runner creates actions' processes itself from now on");
+        }
     }
 
     /// Asks the server to create `child` with `method` as a child of the
-    /// runner. Blocking. An error means the server is gone (and will not
-    /// be asked again); the caller creates the child itself.
-    pub(crate) fn create(&self, child: &Child, method: Method) -> Result<Created, ServerGone> {
-        let mut connection = crate::sync::lock_unpoisoned(&self.connection);
-        let Some(stream) = connection.as_mut() else {
-            return Err(ServerGone::Earlier);
-        };
-        let (request, descriptors) = encode(child, method);
-        if let Err(error) = send(stream, &request, &descriptors) {
-            // Not all of the request arrived: nothing was created.
-            *connection = None;
-            return Err(ServerGone::BeforeRequest(error));
+    /// runner, reporting to the status pipe whose write end is `status`.
+    /// Returns once the request is written: whatever became of the child
+    /// comes through the status pipe. An error means that the server is
+    /// gone (and will not be asked again) and that it did not have the
+    /// whole request, so nothing was created.
+    pub(crate) fn ask(&self, child: &Child, method: Method, status: RawFd) -> io::Result<()> {
+        if !self.is_up() {
+            return Err(io::Error::other("the spawn server is gone"));
         }
-        let mut reply = [0u8; 12];
-        match stream.read_exact(&mut reply) {
-            Ok(()) => Ok(decode_reply(&reply)),
-            Err(error) => {
-                *connection = None;
-                Err(ServerGone::DuringRequest(error))
-            }
+        let (request, descriptors) = encode(child, method, status);
+        let sent = send(
+            &mut crate::sync::lock_unpoisoned(&self.connection),
+            &request,
+            &descriptors,
+        );
+        if let Err(error) = &sent {
+            self.gone(error);
         }
+        sent
     }
-}
-
-/// Why the spawn server could not create a child.
-#[derive(Debug)]
-pub(crate) enum ServerGone {
-    /// It stopped before an earlier request (already reported).
-    Earlier,
-    /// It is gone, found before it had the whole request: nothing was
-    /// created.
-    BeforeRequest(io::Error),
-    /// It stopped after it had the whole request: it may have created the
-    /// child before dying.
-    DuringRequest(io::Error),
 }
 
 /// Sends `request` with `descriptors` attached to its first byte.
@@ -165,9 +171,11 @@ fn send(stream: &mut UnixStream, request: &[u8], descriptors: &[RawFd]) -> io::R
     stream.write_all(&request[sent..])
 }
 
-/// The request for `child`: its descriptors, and everything else as bytes.
-fn encode(child: &Child, method: Method) -> (Vec<u8>, Vec<RawFd>) {
-    let mut descriptors = child.standard.to_vec();
+/// The request for `child` reporting to `status`: its descriptors (the
+/// status pipe's first), and everything else as bytes.
+fn encode(child: &Child, method: Method, status: RawFd) -> (Vec<u8>, Vec<RawFd>) {
+    let mut descriptors = vec![status];
+    descriptors.extend(child.standard);
     descriptors.push(child.working_directory);
     let mut flags = 0u8;
     if let Some(root) = child.chroot_directory {
@@ -308,41 +316,6 @@ impl Request {
     }
 }
 
-/// The reply: the pid or minus the errno of the creation, then the failed
-/// step (0: none) and its errno.
-fn encode_reply(created: &Created) -> [u8; 12] {
-    let pid = match &created.pid {
-        Ok(pid) => *pid,
-        Err(error) => -error.raw_os_error().unwrap_or(libc::EIO),
-    };
-    let (step, errno) = created
-        .failed
-        .map_or((0u8, 0), |(step, errno)| (step as u8, errno));
-    let mut reply = [0u8; 12];
-    reply[0..4].copy_from_slice(&pid.to_le_bytes());
-    reply[4] = step;
-    reply[8..12].copy_from_slice(&errno.to_le_bytes());
-    reply
-}
-
-fn decode_reply(reply: &[u8; 12]) -> Created {
-    let number = |range: std::ops::Range<usize>| {
-        let mut bytes = [0u8; 4];
-        bytes.copy_from_slice(&reply[range]);
-        i32::from_le_bytes(bytes)
-    };
-    let pid = number(0..4);
-    let errno = number(8..12);
-    Created {
-        pid: if pid > 0 {
-            Ok(pid)
-        } else {
-            Err(io::Error::from_raw_os_error(-pid))
-        },
-        failed: (reply[4] != 0).then(|| (SpawnStep::from_code(reply[4]), errno)),
-    }
-}
-
 /// The spawn server's main: serves the runner on standard input until the
 /// runner closes it. What follows [`SERVE_ARGUMENT`] (the runner's pid) is
 /// only there for `ps`, to tell whose server it is.
@@ -376,24 +349,44 @@ pub fn serve(_args: &[String]) -> ExitCode {
     }
     loop {
         match receive(&mut connection) {
-            Ok(Some((body, descriptors))) => {
-                let created = match Request::decode(&body, descriptors) {
-                    Ok(request) => create(&request.child(), request.method, Parent::CreatorsParent),
-                    Err(problem) => Created {
-                        pid: Err(io::Error::other(problem)),
-                        failed: None,
-                    },
-                };
-                if connection.write_all(&encode_reply(&created)).is_err() {
-                    return ExitCode::FAILURE;
-                }
-            }
+            Ok(Some((body, descriptors))) => serve_one(&body, descriptors),
             Ok(None) => return ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("rbe-runner {SERVE_ARGUMENT}: {error}");
                 return ExitCode::FAILURE;
             }
         }
+    }
+}
+
+/// Creates the child a request describes, and goes on: the child tells
+/// the rest through its status pipe. Only a child that cannot be created
+/// is reported here. Dropping the request closes the server's copies of
+/// its descriptors, the status pipe's among them.
+fn serve_one(body: &[u8], mut descriptors: Vec<OwnedFd>) {
+    if descriptors.is_empty() {
+        eprintln!("rbe-runner {SERVE_ARGUMENT}: a request without descriptors");
+        return;
+    }
+    let status_pipe = descriptors.remove(0);
+    let status = StatusWriter(status_pipe.as_raw_fd());
+    let created = Request::decode(body, descriptors)
+        .map_err(|problem| {
+            eprintln!("rbe-runner {SERVE_ARGUMENT}: {problem}");
+            io::Error::from_raw_os_error(libc::EPROTO)
+        })
+        .and_then(|request| {
+            let creator = clone::creator()?;
+            child::create(
+                &creator,
+                &request.child(),
+                request.method,
+                Parent::CreatorsParent,
+                status.0,
+            )
+        });
+    if let Err(error) = created {
+        status.not_created(error.raw_os_error().unwrap_or(libc::EIO));
     }
 }
 
@@ -526,8 +519,12 @@ mod tests {
             Some(&identity),
             &exec,
         );
-        let (request, descriptors) = encode(&child, Method::Clone3);
-        assert_eq!(descriptors, vec![fd(0), fd(1), fd(2), fd(3), fd(4), fd(5)]);
+        let status = fd(0);
+        let (request, descriptors) = encode(&child, Method::Clone3, status);
+        assert_eq!(
+            descriptors,
+            vec![status, fd(0), fd(1), fd(2), fd(3), fd(4), fd(5)]
+        );
         let length = u32::from_le_bytes(request[0..4].try_into().unwrap()) as usize;
         assert_eq!(length, request.len() - 4);
         let owned = files
@@ -547,8 +544,8 @@ mod tests {
 
         // Without root, cgroup, identity and oom_score_adj.
         let plain = Child::new(None, [fd(0), fd(1), fd(2)], None, None, fd(3), None, &exec);
-        let (request, descriptors) = encode(&plain, Method::Clone);
-        assert_eq!(descriptors.len(), 4);
+        let (request, descriptors) = encode(&plain, Method::Clone, fd(0));
+        assert_eq!(descriptors.len(), 5);
         let owned = files[..4]
             .iter()
             .map(|file| OwnedFd::from(file.try_clone().unwrap()))
@@ -566,7 +563,7 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         let fd = file.as_raw_fd();
         let child = Child::new(None, [fd; 3], None, None, fd, None, &exec);
-        let (request, _) = encode(&child, Method::Clone);
+        let (request, _) = encode(&child, Method::Clone, fd);
         let descriptors = || {
             (0..4)
                 .map(|_| OwnedFd::from(file.try_clone().unwrap()))
@@ -583,65 +580,34 @@ mod tests {
         assert!(Request::decode(&request[4..], too_few).is_err());
     }
 
-    /// Why it matters: a server that died after it had the whole request
-    /// may have created the child, which must then never be created a
-    /// second time; one that died before may be replaced at once.
+    /// Why it matters: a server that is gone must be noticed at once and
+    /// never asked again, and `/metrics` reads that without a lock.
     #[test]
-    fn the_runner_knows_whether_a_dead_server_had_the_request() {
+    fn a_server_gone_before_the_request_is_down_and_not_asked_again() {
         let exec = exec();
         let file = tempfile::tempfile().unwrap();
         let fd = file.as_raw_fd();
         let child = Child::new(None, [fd; 3], None, None, fd, None, &exec);
-        let server = |connection| SpawnServer {
-            connection: Mutex::new(Some(connection)),
-            pid: 0,
-        };
-
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        drop(theirs);
-        let gone = server(ours);
-        let result = gone.create(&child, Method::Clone);
-        assert!(
-            matches!(result, Err(ServerGone::BeforeRequest(_))),
-            "{result:?}"
-        );
-        assert!(!gone.is_up());
-        assert!(matches!(
-            gone.create(&child, Method::Clone),
-            Err(ServerGone::Earlier)
-        ));
-
         let (ours, mut theirs) = UnixStream::pair().unwrap();
-        let reader = std::thread::spawn(move || {
-            let received = receive(&mut theirs).unwrap();
-            assert!(received.is_some());
-            // Dies without answering.
-        });
-        let dying = server(ours);
-        let result = dying.create(&child, Method::Clone);
-        reader.join().unwrap();
-        assert!(
-            matches!(result, Err(ServerGone::DuringRequest(_))),
-            "{result:?}"
-        );
-        assert!(!dying.is_up());
+        theirs.write_all(READY).unwrap();
+        let server = SpawnServer::connect(ours, 0).unwrap();
+        assert!(server.is_up());
+        drop(theirs);
+        assert!(server.ask(&child, Method::Clone, fd).is_err());
+        assert!(!server.is_up());
+        assert!(server.ask(&child, Method::Clone, fd).is_err());
     }
 
+    /// Why it matters: a request the server cannot understand must be
+    /// refused through the child's status pipe, not left unanswered.
     #[test]
-    fn a_reply_carries_the_pid_or_the_errno_and_the_failed_step() {
-        let created = Created {
-            pid: Ok(4242),
-            failed: Some((SpawnStep::Chroot, libc::EPERM)),
-        };
-        let decoded = decode_reply(&encode_reply(&created));
-        assert_eq!(decoded.pid.unwrap(), 4242);
-        assert_eq!(decoded.failed, Some((SpawnStep::Chroot, libc::EPERM)));
-        let refused = Created {
-            pid: Err(io::Error::from_raw_os_error(libc::EAGAIN)),
-            failed: None,
-        };
-        let decoded = decode_reply(&encode_reply(&refused));
-        assert_eq!(decoded.pid.unwrap_err().raw_os_error(), Some(libc::EAGAIN));
-        assert!(decoded.failed.is_none());
+    fn a_damaged_request_is_answered_not_created() {
+        let (mut reader, writer) = crate::process::status::pipe().unwrap();
+        serve_one(b"garbage", vec![writer]);
+        assert_eq!(
+            reader.next().unwrap(),
+            Some(crate::process::status::Status::NotCreated(libc::EPROTO))
+        );
+        assert_eq!(reader.next().unwrap(), None);
     }
 }

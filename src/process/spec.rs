@@ -3,8 +3,8 @@
 //! ([`super::spawn_server`]), so that none of them imports another for it:
 //! the action's description ([`ProcessSpec`], [`Identity`]), the values
 //! prepared from it before the child exists (`ExecArguments`,
-//! `OomScoreAdj`), and the answer ([`Created`], the [`SpawnStep`] that
-//! failed, [`SpawnError`]).
+//! `OomScoreAdj`), and the answer (the [`SpawnStep`] that failed,
+//! [`SpawnError`]).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -38,7 +38,10 @@ pub struct ProcessSpec {
     pub chroot_directory: Option<OwnedFd>,
     /// When set, the child drops to this identity before exec.
     pub identity: Option<Identity>,
-    /// The child's standard output (its standard input is an empty pipe).
+    /// The child's standard input; `None` for one that reads end of file
+    /// (an empty pipe), as every action's.
+    pub stdin: Option<OwnedFd>,
+    /// The child's standard output.
     pub stdout: File,
     /// The child's standard error.
     pub stderr: File,
@@ -154,16 +157,6 @@ pub enum Parent {
     /// The creator's parent (`CLONE_PARENT`): the spawn server creates
     /// children of the runner.
     CreatorsParent,
-}
-
-/// What creating a child gave.
-#[derive(Debug)]
-pub struct Created {
-    /// The child's pid, or why it could not be created.
-    pub pid: Result<i32, io::Error>,
-    /// The step that failed in the child, with its errno: the child has
-    /// then exited without executing the program.
-    pub failed: Option<(SpawnStep, i32)>,
 }
 
 /// The step between creating the child and exec that failed.

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod slow_fuse;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -365,6 +367,20 @@ pub fn test_python(test: &str) -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// Whether a test that mounts a FUSE filesystem may go on: it needs root
+/// and `/dev/fuse`. Otherwise the test is skipped with [`skip`] (which
+/// fails under CI) and this returns false.
+pub fn fuse_available(test: &str) -> bool {
+    if !running_as_root(test) {
+        return false;
+    }
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    skip(test, "no /dev/fuse");
+    false
 }
 
 /// The lowest descriptor number `pid` does not have open: with its

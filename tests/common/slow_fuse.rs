@@ -1,0 +1,230 @@
+//! A FUSE filesystem whose reads are slow, as bb_worker's virtual build
+//! directory is when it loads a file from the CAS on its first read: one
+//! executable file, `slow`, a shell script whose every read is answered
+//! only after a delay.
+//!
+//! A small server over `/dev/fuse`, mounted with mount(2) (root only), so
+//! that no library or package is needed: it answers the handful of
+//! requests that executing a file sends (INIT, LOOKUP, GETATTR, OPEN,
+//! READ, FLUSH, RELEASE) and ENOSYS to anything else.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The script that lives on the filesystem.
+pub const SCRIPT: &[u8] = b"#!/bin/sh\nexit 0\n";
+
+/// The node of the script (the root is 1).
+const FILE_NODE: u64 = 2;
+
+const LOOKUP: u32 = 1;
+const FORGET: u32 = 2;
+const GETATTR: u32 = 3;
+const OPEN: u32 = 14;
+const READ: u32 = 15;
+const RELEASE: u32 = 18;
+const FLUSH: u32 = 25;
+const INIT: u32 = 26;
+const INTERRUPT: u32 = 36;
+const BATCH_FORGET: u32 = 42;
+
+/// A mounted slow filesystem; unmounted when dropped.
+pub struct SlowFuse {
+    mountpoint: PathBuf,
+    reads: Arc<AtomicUsize>,
+}
+
+impl SlowFuse {
+    /// Mounts the filesystem at `mountpoint` (an empty directory), its
+    /// reads answered after `delay`.
+    pub fn mount(mountpoint: &Path, delay: Duration) -> SlowFuse {
+        let device = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .expect("open /dev/fuse");
+        let options = CString::new(format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other",
+            device.as_raw_fd()
+        ))
+        .unwrap();
+        let target = CString::new(mountpoint.as_os_str().as_bytes()).unwrap();
+        // SAFETY: every pointer is a NUL-terminated string that outlives
+        // the call; the kernel only reads them.
+        let mounted = unsafe {
+            libc::mount(
+                c"rbe-slow-fuse".as_ptr(),
+                target.as_ptr(),
+                c"fuse".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            mounted,
+            0,
+            "mount FUSE at {}: {}",
+            mountpoint.display(),
+            std::io::Error::last_os_error()
+        );
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counted = reads.clone();
+        std::thread::spawn(move || serve(device, delay, &counted));
+        SlowFuse {
+            mountpoint: mountpoint.to_path_buf(),
+            reads,
+        }
+    }
+
+    /// The script's path.
+    pub fn script(&self) -> PathBuf {
+        self.mountpoint.join("slow")
+    }
+
+    /// Waits (bounded) until a read has reached the server: whoever reads
+    /// is now blocked for the delay.
+    pub fn wait_for_a_read(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.reads.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no read reached the FUSE server");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for SlowFuse {
+    fn drop(&mut self) {
+        let target = CString::new(self.mountpoint.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path that outlives the call.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Answers requests until the filesystem is unmounted.
+fn serve(mut device: File, delay: Duration, reads: &AtomicUsize) {
+    let mut buffer = vec![0u8; 1 << 20 | 4096];
+    loop {
+        let length = match device.read(&mut buffer) {
+            Ok(length) => length,
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => continue,
+            // ENODEV: unmounted.
+            Err(_) => return,
+        };
+        let request = &buffer[..length];
+        let opcode = u32_at(request, 4);
+        let unique = u64_at(request, 8);
+        let node = u64_at(request, 16);
+        let body = &request[40..];
+        let reply = match opcode {
+            FORGET | BATCH_FORGET | INTERRUPT => continue,
+            INIT => Ok(init_out()),
+            LOOKUP if node == 1 && body.split(|b| *b == 0).next() == Some(b"slow") => {
+                Ok(entry_out())
+            }
+            LOOKUP => Err(libc::ENOENT),
+            GETATTR => Ok(attr_out(node)),
+            OPEN => Ok([0u8; 16].to_vec()),
+            READ => {
+                reads.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(delay);
+                let offset = u64_at(body, 8) as usize;
+                let size = u32_at(body, 16) as usize;
+                let start = offset.min(SCRIPT.len());
+                let end = (offset + size).min(SCRIPT.len());
+                Ok(SCRIPT[start..end].to_vec())
+            }
+            FLUSH | RELEASE => Ok(Vec::new()),
+            _ => Err(libc::ENOSYS),
+        };
+        let (error, payload) = match reply {
+            Ok(payload) => (0, payload),
+            Err(errno) => (-errno, Vec::new()),
+        };
+        let mut out = Vec::with_capacity(16 + payload.len());
+        out.extend(((16 + payload.len()) as u32).to_le_bytes());
+        out.extend(error.to_le_bytes());
+        out.extend(unique.to_le_bytes());
+        out.extend(payload);
+        // ENOENT: the request was interrupted meanwhile.
+        let _ = device.write(&out);
+    }
+}
+
+/// `fuse_init_out` of protocol 7.19 (the kernel accepts the shorter
+/// reply of an older minor version).
+fn init_out() -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend(7u32.to_le_bytes()); // major
+    out.extend(19u32.to_le_bytes()); // minor
+    out.extend(0u32.to_le_bytes()); // max_readahead
+    out.extend(0u32.to_le_bytes()); // flags
+    out.extend(1u16.to_le_bytes()); // max_background
+    out.extend(1u16.to_le_bytes()); // congestion_threshold
+    out.extend((1u32 << 20).to_le_bytes()); // max_write
+    out
+}
+
+/// `fuse_attr` of `node`.
+fn attr(node: u64) -> Vec<u8> {
+    let (mode, size, links) = if node == FILE_NODE {
+        (libc::S_IFREG | 0o755, SCRIPT.len() as u64, 1u32)
+    } else {
+        (libc::S_IFDIR | 0o755, 0, 2)
+    };
+    let mut out = Vec::new();
+    out.extend(node.to_le_bytes()); // ino
+    out.extend(size.to_le_bytes());
+    out.extend(1u64.to_le_bytes()); // blocks
+    for _ in 0..3 {
+        out.extend(0u64.to_le_bytes()); // atime, mtime, ctime
+    }
+    for _ in 0..3 {
+        out.extend(0u32.to_le_bytes()); // their nanoseconds
+    }
+    out.extend(mode.to_le_bytes());
+    out.extend(links.to_le_bytes());
+    out.extend(0u32.to_le_bytes()); // uid
+    out.extend(0u32.to_le_bytes()); // gid
+    out.extend(0u32.to_le_bytes()); // rdev
+    out.extend(4096u32.to_le_bytes()); // blksize
+    out.extend(0u32.to_le_bytes()); // padding
+    out
+}
+
+/// `fuse_entry_out` of the script, valid for a minute.
+fn entry_out() -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend(FILE_NODE.to_le_bytes());
+    out.extend(0u64.to_le_bytes()); // generation
+    out.extend(60u64.to_le_bytes()); // entry_valid
+    out.extend(60u64.to_le_bytes()); // attr_valid
+    out.extend(0u32.to_le_bytes());
+    out.extend(0u32.to_le_bytes());
+    out.extend(attr(FILE_NODE));
+    out
+}
+
+/// `fuse_attr_out` of `node`, valid for a minute.
+fn attr_out(node: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend(60u64.to_le_bytes()); // attr_valid
+    out.extend(0u32.to_le_bytes());
+    out.extend(0u32.to_le_bytes()); // dummy
+    out.extend(attr(node));
+    out
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}

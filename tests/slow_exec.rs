@@ -1,0 +1,219 @@
+//! A slow exec costs only its own action (issue 23).
+//!
+//! bb_worker's virtual build directory (FUSE, or NFSv4) loads a file from
+//! the CAS on its first read, so the first exec of a large tool can wait
+//! seconds. While one action's exec waits [`DELAY`] on a FUSE filesystem
+//! whose reads are slow ([`common::slow_fuse`]), every other action must be
+//! answered as if nothing waited: 20 `/bin/true` Runs, and the completions
+//! of 4 `sleep 1` actions already running, each within [`SLACK`] of when
+//! it would be answered otherwise; CheckReadiness and `/metrics` within
+//! [`SLACK`] too. With the spawn server, and with it killed first (as an
+//! operator would), when the runner creates every process itself; both
+//! spawn paths (`tests/run-all` runs this file again with
+//! `RBE_RUNNER_SPAWN=fallback`, and with `RBE_RUNNER_WAIT=thread`).
+//!
+//! These are the only timing bounds here, with generous margins: the
+//! runner once held one lock from each child's creation to its exec, and
+//! every one of these waited out the whole delay.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::slow_fuse::SlowFuse;
+use common::*;
+use rbe_runner::proto::runner::CheckReadinessRequest;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+/// How long each read of the slow filesystem takes.
+const DELAY: Duration = Duration::from_secs(3);
+
+/// How much later than otherwise anything may be answered meanwhile.
+const SLACK: Duration = Duration::from_secs(1);
+
+/// The bounds are about time: the two cases share 2 cores, one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_exec_holds_up_no_other_action() {
+    slow_exec("a_slow_exec_holds_up_no_other_action", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_exec_holds_up_no_other_action_without_the_spawn_server() {
+    slow_exec(
+        "a_slow_exec_holds_up_no_other_action_without_the_spawn_server",
+        true,
+    )
+    .await;
+}
+
+async fn slow_exec(test: &str, kill_the_spawn_server: bool) {
+    if !fuse_available(test) {
+        return;
+    }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let mounted = tempfile::tempdir().unwrap();
+    let fuse = SlowFuse::mount(mounted.path(), DELAY);
+    let runner = TestRunner::start(json!({
+        "global": { "diagnosticsHttpServer": {
+            "httpServers": [{
+                "listenAddresses": ["127.0.0.1:0"],
+                "authenticationPolicy": { "allow": {} },
+            }],
+            "enablePrometheus": true,
+        } },
+    }));
+    let address = diagnostics_address(&runner);
+    if kill_the_spawn_server {
+        kill_spawn_server(&runner, &address).await;
+    }
+    // Every action but the slow one says it ran here, once.
+    let ran = runner.dir.path().join("ran");
+
+    // Undelayed, for comparison.
+    let mut true_alone = Duration::ZERO;
+    for _ in 0..3 {
+        true_alone = true_alone.max(run_true(&runner).await);
+    }
+
+    // Four actions that are running when the slow exec starts, each
+    // answered to a task of its own.
+    let mut sleepers = Vec::new();
+    for index in 0..4 {
+        let action = runner.action();
+        let script = format!("echo sleep-{index} >> {}; sleep 1", ran.display());
+        let request = shell_request(&action, &script);
+        let mut client = runner.client().await;
+        sleepers.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let response = client.run(request).await.unwrap().into_inner();
+            assert_eq!(response.exit_code, 0, "sleep-{index}");
+            started.elapsed()
+        }));
+    }
+    let lines = |ran: &Path| std::fs::read_to_string(ran).unwrap_or_default();
+    eventually("the four sleepers run", Duration::from_secs(30), || {
+        lines(&ran).lines().count() == 4
+    })
+    .await;
+
+    // The slow one, until its exec is waiting for the filesystem.
+    let slow_action = runner.action();
+    let slow_request = slow_action.request(
+        vec![fuse.script().display().to_string()],
+        vec![("PATH".into(), TEST_PATH.into())],
+    );
+    let mut client = runner.client().await;
+    let slow_started = Instant::now();
+    let slow = tokio::spawn(async move { client.run(slow_request).await });
+    let fuse = tokio::task::spawn_blocking(move || {
+        fuse.wait_for_a_read(Duration::from_secs(30));
+        fuse
+    })
+    .await
+    .unwrap();
+
+    // Meanwhile.
+    for index in 0..20 {
+        let took = run_true(&runner).await;
+        assert!(
+            took <= true_alone + SLACK,
+            "/bin/true {index} took {took:?} while an exec waited (alone: {true_alone:?})"
+        );
+    }
+    let asked = Instant::now();
+    runner
+        .client()
+        .await
+        .check_readiness(CheckReadinessRequest { path: ".".into() })
+        .await
+        .expect("ready");
+    assert!(
+        asked.elapsed() <= SLACK,
+        "CheckReadiness took {:?}",
+        asked.elapsed()
+    );
+    let asked = Instant::now();
+    let (status, _) = scrape(&address).await;
+    assert_eq!(status, 200);
+    assert!(
+        asked.elapsed() <= SLACK,
+        "/metrics took {:?}",
+        asked.elapsed()
+    );
+    for (index, sleeper) in sleepers.into_iter().enumerate() {
+        let took = sleeper.await.unwrap();
+        assert!(
+            took <= Duration::from_secs(1) + true_alone + SLACK,
+            "sleep-{index} was answered after {took:?} while an exec waited"
+        );
+    }
+    assert!(
+        slow_started.elapsed() < DELAY,
+        "everything above must happen while the exec waits; the delay is too short here"
+    );
+
+    // The slow one runs in the end, once.
+    let response = slow
+        .await
+        .unwrap()
+        .expect("the slow action runs")
+        .into_inner();
+    drop(fuse);
+    assert_eq!(response.exit_code, 0);
+    assert!(slow_started.elapsed() >= DELAY);
+    let mut recorded: Vec<String> = lines(&ran).lines().map(String::from).collect();
+    recorded.sort();
+    assert_eq!(
+        recorded,
+        ["sleep-0", "sleep-1", "sleep-2", "sleep-3"],
+        "each ran once"
+    );
+}
+
+/// Runs `/bin/true`; how long it took to be answered.
+async fn run_true(runner: &TestRunner) -> Duration {
+    let action = runner.action();
+    let request = action.request(vec!["/bin/true".into()], vec![]);
+    let started = Instant::now();
+    let response = runner.client().await.run(request).await.unwrap();
+    assert_eq!(response.into_inner().exit_code, 0);
+    started.elapsed()
+}
+
+async fn scrape(address: &str) -> (u16, String) {
+    let address = address.to_string();
+    tokio::task::spawn_blocking(move || http_get(&address, "/metrics"))
+        .await
+        .unwrap()
+}
+
+/// Kills the spawn server as an operator would; the runner must say so
+/// in its metrics within a second.
+async fn kill_spawn_server(runner: &TestRunner, address: &str) {
+    let server = spawn_server_of(runner.pid()).expect("the runner's spawn server");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = Instant::now();
+    loop {
+        let (_, metrics) = scrape(address).await;
+        if metrics
+            .lines()
+            .any(|line| line == "rbe_runner_spawn_server_up 0")
+        {
+            break;
+        }
+        assert!(
+            killed.elapsed() <= SLACK,
+            "rbe_runner_spawn_server_up still 1 after {:?}",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
