@@ -295,14 +295,10 @@ async fn a_deadline_is_reported_as_terminating_then_finished_with_its_reason() {
     .await;
     let action = runner.action();
     // SIGTERM is ignored, so the runner must also SIGKILL it.
-    let mut request = tonic::Request::new(shell_request(&action, "trap '' TERM; sleep 30"));
-    request.set_timeout(Duration::from_secs(1));
+    let request = shell_request(&action, "trap '' TERM; sleep 30");
     let status = runner
-        .untimed_client()
-        .await
-        .run(request)
-        .await
-        .unwrap_err();
+        .run_past_deadline(request, Duration::from_secs(1))
+        .await;
     assert!(
         matches!(
             status.code(),

@@ -246,16 +246,13 @@ async fn the_scrape_counts_exactly_the_actions_that_ran() {
     let status = runner.client().await.run(refused).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     let action = runner.action();
-    let mut timed_out = tonic::Request::new(shell_request(&action, "exec sleep 60"));
-    timed_out.set_timeout(Duration::from_millis(500));
-    // The runner enforces the deadline, as for bb_worker (see
-    // `untimed_client`).
+    // The runner enforces the deadline, as for bb_worker.
     let status = runner
-        .untimed_client()
-        .await
-        .run(timed_out)
-        .await
-        .unwrap_err();
+        .run_past_deadline(
+            shell_request(&action, "exec sleep 60"),
+            Duration::from_millis(500),
+        )
+        .await;
     assert!(
         matches!(
             status.code(),

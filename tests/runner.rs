@@ -429,14 +429,10 @@ async fn a_call_whose_deadline_passes_stops_its_action_as_a_deadline() {
     let runner = TestRunner::start(json!({ "terminationGracePeriod": "5s" }));
     let action = runner.action();
     let script = "trap 'exit 0' TERM; touch ready; while :; do sleep 0.1; done";
-    let mut request = tonic::Request::new(shell_request(&action, script));
-    request.set_timeout(Duration::from_secs(2));
+    let request = shell_request(&action, script);
     let status = runner
-        .untimed_client()
-        .await
-        .run(request)
-        .await
-        .unwrap_err();
+        .run_past_deadline(request, Duration::from_secs(2))
+        .await;
     assert!(
         matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{status:?}"

@@ -145,6 +145,18 @@ impl TestRunner {
             .expect("connect to runner")
     }
 
+    /// Sends `request` with the deadline `timeout`, which only the runner
+    /// enforces (see [`Self::untimed_client`]); the call must fail.
+    pub async fn run_past_deadline(&self, request: RunRequest, timeout: Duration) -> tonic::Status {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(timeout);
+        self.untimed_client()
+            .await
+            .run(request)
+            .await
+            .expect_err("the call's deadline passes before the action ends")
+    }
+
     /// A fresh action directory, as bb_worker would prepare it.
     pub fn action(&self) -> ActionDirectory {
         ActionDirectory::create(&self.build_dir).expect("create action directory")
