@@ -597,13 +597,6 @@ async fn run_megabyte_actions(runner: &Arc<TestRunner>, count: usize) {
 #[tokio::test(flavor = "multi_thread")]
 async fn actions_with_a_megabyte_of_arguments_keep_the_runner_small() {
     const ACTIONS: usize = 400;
-    let diagnostics = json!({ "diagnosticsHttpServer": {
-        "httpServers": [{
-            "listenAddresses": ["127.0.0.1:0"],
-            "authenticationPolicy": { "allow": {} },
-        }],
-        "enablePrometheus": true,
-    } });
     // (what is configured, the peak RSS it may reach)
     let cases = [
         (json!({}), 160u64 << 20),
@@ -623,7 +616,8 @@ async fn actions_with_a_megabyte_of_arguments_keep_the_runner_small() {
         let journal = journal_dir.path().join("events.jsonl");
         nix::unistd::mkfifo(&journal, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .expect("mkfifo");
-        let mut config = json!({ "global": diagnostics, "events": { "journalPath": journal } });
+        let mut config = diagnostics_on_loopback();
+        merge(&mut config, json!({ "events": { "journalPath": journal } }));
         merge(&mut config, json!({ "events": events.clone() }));
         let runner = Arc::new(TestRunner::start(config));
         let _stalled = EventsClient::new(small_window_channel(&runner.socket).await)

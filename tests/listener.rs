@@ -483,18 +483,6 @@ fn scrape(address: &str) -> Option<String> {
     response.starts_with("HTTP/1.1 200").then_some(response)
 }
 
-fn diagnostics_on_loopback() -> serde_json::Value {
-    json!({
-        "global": { "diagnosticsHttpServer": {
-            "httpServers": [{
-                "listenAddresses": ["127.0.0.1:0"],
-                "authenticationPolicy": { "allow": {} },
-            }],
-            "enablePrometheus": true,
-        } },
-    })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_and_slowloris_clients_of_the_diagnostics_port_leave_runs_unharmed() {
     // Why: with no timeout and no cap, idle connections to the diagnostics

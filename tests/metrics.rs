@@ -9,7 +9,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{diagnostics_address, eventually, http_get as get, shell_request, skip, TestRunner};
+use common::{
+    diagnostics_address, diagnostics_on_loopback, eventually, http_get as get, merge,
+    shell_request, skip, TestRunner,
+};
 use serde_json::json;
 
 /// One sample of the exposition: its name and labels.
@@ -94,16 +97,12 @@ fn run_with_code(code: &'static str) -> Vec<(&'static str, &'static str)> {
 }
 
 fn start(readiness_path: &Path) -> TestRunner {
-    TestRunner::start(json!({
-        "global": { "diagnosticsHttpServer": {
-            "httpServers": [{
-                "listenAddresses": ["127.0.0.1:0"],
-                "authenticationPolicy": { "allow": {} },
-            }],
-            "enablePrometheus": true,
-        } },
-        "readinessCheckingPathnames": [readiness_path],
-    }))
+    let mut config = diagnostics_on_loopback();
+    merge(
+        &mut config,
+        json!({ "readinessCheckingPathnames": [readiness_path] }),
+    );
+    TestRunner::start(config)
 }
 
 /// Prometheus's promtool, or `None` with the promtool check of `test`
@@ -371,17 +370,15 @@ impl OutputWithStdin for std::process::Command {
 #[tokio::test(flavor = "multi_thread")]
 async fn cleaner_runs_and_a_cancelled_action_are_counted() {
     let scratch = tempfile::tempdir().unwrap();
-    let runner = TestRunner::start(json!({
-        "global": { "diagnosticsHttpServer": {
-            "httpServers": [{
-                "listenAddresses": ["127.0.0.1:0"],
-                "authenticationPolicy": { "allow": {} },
-            }],
-            "enablePrometheus": true,
-        } },
-        "cleanTemporaryDirectories": [scratch.path()],
-        "terminationGracePeriod": "5s",
-    }));
+    let mut config = diagnostics_on_loopback();
+    merge(
+        &mut config,
+        json!({
+            "cleanTemporaryDirectories": [scratch.path()],
+            "terminationGracePeriod": "5s",
+        }),
+    );
+    let runner = TestRunner::start(config);
     let address = diagnostics_address(&runner);
     let action = runner.action();
     runner

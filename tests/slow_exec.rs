@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use common::slow_fuse::SlowFuse;
 use common::*;
 use rbe_runner::proto::runner::CheckReadinessRequest;
-use serde_json::json;
 use tokio::sync::Mutex;
 
 /// How long each read of the slow filesystem takes.
@@ -57,15 +56,7 @@ async fn slow_exec(test: &str, kill_the_spawn_server: bool) {
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let mounted = tempfile::tempdir().unwrap();
     let fuse = SlowFuse::mount(mounted.path(), DELAY);
-    let runner = TestRunner::start(json!({
-        "global": { "diagnosticsHttpServer": {
-            "httpServers": [{
-                "listenAddresses": ["127.0.0.1:0"],
-                "authenticationPolicy": { "allow": {} },
-            }],
-            "enablePrometheus": true,
-        } },
-    }));
+    let runner = TestRunner::start(diagnostics_on_loopback());
     let address = diagnostics_address(&runner);
     if kill_the_spawn_server {
         kill_spawn_server(&runner, &address).await;

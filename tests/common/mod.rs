@@ -516,3 +516,18 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(self.dir.path()).status();
     }
 }
+
+/// Configuration for a diagnostics server with metrics on a free loopback
+/// port (its address is in the log: [`diagnostics_address`]); merge more
+/// into it with [`merge`].
+pub fn diagnostics_on_loopback() -> Value {
+    json!({
+        "global": { "diagnosticsHttpServer": {
+            "httpServers": [{
+                "listenAddresses": ["127.0.0.1:0"],
+                "authenticationPolicy": { "allow": {} },
+            }],
+            "enablePrometheus": true,
+        } },
+    })
+}

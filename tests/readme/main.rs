@@ -245,12 +245,7 @@ fn every_key_check_config_prints_is_documented() {
 /// table; a metric the runner serves but the reference lacks is invisible.
 #[test]
 fn every_metric_served_is_documented() {
-    let runner = TestRunner::start(json!({
-        "global": { "diagnosticsHttpServer": {
-            "httpServers": [{ "listenAddresses": ["127.0.0.1:0"], "authenticationPolicy": { "allow": {} } }],
-            "enablePrometheus": true,
-        } },
-    }));
+    let runner = TestRunner::start(common::diagnostics_on_loopback());
     let (status, exposition) = common::http_get(&common::diagnostics_address(&runner), "/metrics");
     assert_eq!(status, 200, "{exposition}");
     let families: BTreeSet<&str> = exposition
