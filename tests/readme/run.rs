@@ -253,9 +253,7 @@ impl Reader {
         let mut result = Ok(());
         for command in &example.commands {
             if command.root_only && !self.is_root {
-                if crate::common::running_as_root(&format!("README line {}", command.line)) {
-                    unreachable!("not root");
-                }
+                crate::common::skip(&format!("README line {}", command.line), "needs root");
                 continue;
             }
             result = match command.expect {
