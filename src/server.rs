@@ -42,10 +42,11 @@ use crate::proto::rpc;
 use crate::proto::runner::runner_server::{Runner as RunnerService, RunnerServer};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 use crate::runner::{CallContext, SharedRunner};
-use crate::shutdown::ShutdownBound;
+use crate::shutdown::{Cut, ShutdownBound};
 
-/// How long connections may take to close once a shutdown wait was cut:
-/// enough for answers already being written, not for a stalled client.
+/// How long connections may take to close after a second signal cut the
+/// wait on them: enough for answers already being written, not for a
+/// stalled client.
 const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Maps a runner error to its gRPC status. The only such mapping.
@@ -304,11 +305,14 @@ impl BoundServers {
         // flow-control window) would hold its connection, and the runner,
         // forever: past the bound, every connection still open is dropped.
         if let Err(cut) = bound.bounded(all_closed(&mut tasks)).await {
-            // Answers already on their way (the calls of actions a second
-            // signal terminated) get a moment to be written; only the
-            // connections still open after it are dropped.
-            let answered = tokio::time::timeout(ANSWER_GRACE, all_closed(&mut tasks)).await;
-            if answered.is_err() {
+            // After a second signal, answers already on their way (the
+            // calls of the actions it terminated) get a moment to be
+            // written; at the deadline nothing more is waited for.
+            let answered = cut == Cut::Abandoned
+                && tokio::time::timeout(ANSWER_GRACE, all_closed(&mut tasks))
+                    .await
+                    .is_ok();
+            if !answered {
                 tracing::warn!(%cut, "closing the connections of clients still connected");
                 tasks.shutdown().await;
             }
