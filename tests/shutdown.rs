@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -52,6 +52,15 @@ fn preface_only(runner: &TestRunner) -> UnixStream {
         .unwrap();
     // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
     stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+    // The server's own SETTINGS frame header: the connection is accepted
+    // and served, so a signal sent next finds it open (otherwise the
+    // runner may stop before it ever accepted it, with nothing to wait for).
+    let mut header = [0u8; 9];
+    stream.set_read_timeout(Some(SLACK)).unwrap();
+    stream
+        .read_exact(&mut header)
+        .expect("the runner answers the preface with its SETTINGS");
+    assert_eq!(header[3], 4, "the first frame is SETTINGS: {header:?}");
     stream
 }
 
