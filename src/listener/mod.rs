@@ -15,6 +15,8 @@
 //! - [`authority`]: on Unix sockets, every request's `:authority` becomes
 //!   `localhost`, so that C-core and Java clients are served.
 //! - [`deadline`]: an expired `grpc-timeout` answers `DEADLINE_EXCEEDED`.
+//! - [`peer`]: who the client is (Unix credentials, TCP address, TLS
+//!   certificates), attached to each of its requests.
 //! - [`keep_alive`]: the header-read and idle timeouts of the diagnostics
 //!   server's HTTP/1 connections.
 //!
@@ -71,6 +73,7 @@ pub mod deadline;
 pub mod handshake;
 pub mod idle;
 pub mod keep_alive;
+pub mod peer;
 pub mod socket;
 
 use std::convert::Infallible;
@@ -89,6 +92,7 @@ use accept::{serve_connections, Accept, Admission, ConnectionCap, Slot};
 use authority::{AuthorityRewriting, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE};
 use handshake::{read_handshake, Replay, HANDSHAKE_TIMEOUT};
 use idle::{CountingCalls, OpenCalls};
+use peer::{ConnectionPeer, WithPeer};
 
 /// `grpcServers[].listenAddresses`: at most this many TCP connections at
 /// once, over every TCP listener of the runner.
@@ -256,6 +260,7 @@ async fn serve_connection<S>(
 {
     match connection {
         Accepted::Unix(mut stream) => {
+            let service = WithPeer::new(service, ConnectionPeer::unix(&stream));
             let Some(prefix) = handshake(&mut stream, &mut stop).await else {
                 return;
             };
@@ -263,6 +268,7 @@ async fn serve_connection<S>(
             serve_http2(stream, service, stop, idle_timeout).await
         }
         Accepted::Tcp(mut stream) => {
+            let service = WithPeer::new(service, ConnectionPeer::tcp(&stream));
             let Some(prefix) = handshake(&mut stream, &mut stop).await else {
                 return;
             };
