@@ -20,7 +20,9 @@ pub(super) mod diagnostics;
 mod display;
 pub(super) mod environment;
 pub(super) mod extensions;
+pub(super) mod keepalive;
 pub(super) mod serving;
+pub(super) mod tls;
 
 use super::jsonnet::Json;
 use super::protojson::{Decoded, FieldError, Message};
@@ -122,6 +124,7 @@ mod tests {
                 ],
                 stop_gracefully: true,
                 maximum_received_message_size_bytes: Some(16 << 20),
+                ..GrpcServerConfig::default()
             }]
         );
         assert_eq!(
