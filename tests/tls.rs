@@ -515,17 +515,9 @@ async fn expiry_metrics_hold_the_served_certificate_dates_and_diagnostics_serve_
 /// Reads HTTP/2 frames from `stream` until a GOAWAY; returns its error
 /// code, or `None` if the connection closed without one.
 fn read_until_goaway(stream: &mut TcpStream) -> Option<u32> {
-    loop {
-        let mut header = [0u8; 9];
-        stream.read_exact(&mut header).ok()?;
-        let length =
-            (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2]);
-        let mut payload = vec![0u8; length];
-        stream.read_exact(&mut payload).ok()?;
-        if header[3] == 0x7 {
-            return Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
-        }
-    }
+    std::iter::from_fn(|| next_frame(stream))
+        .find(|(kind, _)| *kind == GOAWAY)
+        .map(|(_, payload)| u32::from_be_bytes(payload[4..8].try_into().unwrap()))
 }
 
 #[tokio::test]
@@ -537,13 +529,113 @@ async fn a_connection_idle_beyond_max_connection_idle_gets_goaway() {
         "keepaliveParameters": { "maxConnectionIdle": "0.5s" },
     }] });
     let runner = TestRunner::start(config);
-    let address = tcp_address(&runner);
-    let mut stream = TcpStream::connect(&address).unwrap();
+    let mut stream = raw_http2(&tcp_address(&runner));
+    assert_eq!(read_until_goaway(&mut stream), Some(0), "GOAWAY(NO_ERROR)");
+}
+
+/// Connects to `address`, sends the HTTP/2 preface and an empty SETTINGS,
+/// and returns the stream (reads time out after 30 s).
+fn raw_http2(address: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(address).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     stream
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .unwrap();
+    stream
+}
+
+/// The next HTTP/2 frame: type and payload; `None` at end of stream.
+fn next_frame(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header).ok()?;
+    let length =
+        (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2]);
+    let mut payload = vec![0u8; length];
+    stream.read_exact(&mut payload).ok()?;
+    Some((header[3], payload))
+}
+
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const SETTINGS: u8 = 0x4;
+const WINDOW_UPDATE: u8 = 0x8;
+
+#[tokio::test]
+async fn an_unanswered_server_ping_closes_the_connection() {
+    // Why: keepaliveParameters.time and .timeout detect clients that are
+    // gone without closing (a dead peer behind a NAT); such a connection
+    // must not be kept.
+    let config = json!({ "grpcServers": [{
+        "listenAddresses": ["127.0.0.1:0"],
+        "keepaliveParameters": { "time": "1s", "timeout": "1s" },
+    }] });
+    let runner = TestRunner::start(config);
+    let mut stream = raw_http2(&tcp_address(&runner));
+    let mut pinged = false;
+    while let Some((kind, _)) = next_frame(&mut stream) {
+        pinged |= kind == PING;
+    }
+    assert!(pinged, "the server sent a PING before closing");
+}
+
+#[tokio::test]
+async fn a_connection_older_than_max_connection_age_gets_goaway() {
+    // Why: maxConnectionAge makes clients reconnect now and then (to be
+    // balanced again); it must send the GOAWAY grpc-go sends.
+    let config = json!({ "grpcServers": [{
+        "listenAddresses": ["127.0.0.1:0"],
+        "keepaliveParameters": { "maxConnectionAge": "0.5s", "maxConnectionAgeGrace": "1s" },
+    }] });
+    let runner = TestRunner::start(config);
+    let mut stream = raw_http2(&tcp_address(&runner));
     assert_eq!(read_until_goaway(&mut stream), Some(0), "GOAWAY(NO_ERROR)");
+}
+
+#[tokio::test]
+async fn window_sizes_are_announced_and_health_reports_the_configured_service() {
+    // Why: initialWindowSizeBytes and initialConnWindowSizeBytes tune
+    // throughput of large messages; healthCheckService is what load
+    // balancers' health checks ask for by name.
+    let config = json!({ "grpcServers": [{
+        "listenAddresses": ["127.0.0.1:0"],
+        "initialWindowSizeBytes": 1_048_576,
+        "initialConnWindowSizeBytes": 4_194_304,
+        "healthCheckService": "runner-pool-a",
+    }] });
+    let runner = TestRunner::start(config);
+    let mut stream = raw_http2(&tcp_address(&runner));
+    let (kind, settings) = next_frame(&mut stream).expect("the server's SETTINGS");
+    assert_eq!(kind, SETTINGS);
+    let initial_window = settings
+        .chunks(6)
+        .find(|setting| setting[..2] == [0, 4])
+        .map(|setting| u32::from_be_bytes(setting[2..].try_into().unwrap()));
+    assert_eq!(initial_window, Some(1_048_576), "{settings:?}");
+    let update = std::iter::from_fn(|| next_frame(&mut stream))
+        .find_map(|(kind, payload)| (kind == WINDOW_UPDATE).then_some(payload))
+        .expect("a WINDOW_UPDATE");
+    // The connection window starts at 65535 and is raised to the size.
+    assert_eq!(
+        u32::from_be_bytes(update[..4].try_into().unwrap()),
+        4_194_304 - 65_535
+    );
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(runner.channel().await);
+    for service in ["runner-pool-a", "buildbarn.runner.Runner"] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service}"
+        );
+    }
 }
