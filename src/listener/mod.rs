@@ -776,4 +776,62 @@ mod tests {
             "the server certificate's dates are recorded"
         );
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_handshake_bound_covers_the_tls_and_http2_handshakes_together() {
+        // Why: a client that completes TLS and then never sends the HTTP/2
+        // preface must not get the bound twice over.
+        let test = "the_handshake_bound_covers_the_tls_and_http2_handshakes_together";
+        let dir = tempfile::tempdir().unwrap();
+        if make_certificates(test, dir.path()).is_none() {
+            return;
+        }
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        let config = crate::config::TlsServerConfig {
+            server_key_pair: crate::config::KeyPairSource::Inline {
+                certificate: read("server.pem"),
+                private_key: read("server.key"),
+            },
+            cipher_suite_names: Vec::new(),
+            tls12_cipher_suites: None,
+        };
+        let acceptor = tls::acceptor(&config, &[b"h2"], Vec::new(), &Default::default()).unwrap();
+        let limits = ConnectionLimits {
+            tls: Some(acceptor),
+            ..ConnectionLimits::default()
+        };
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (_stop, stopped) = watch::channel(false);
+        let peer = ConnectionPeer {
+            transport: peer::PeerTransport::Tcp { address: None },
+            client_certificates: Arc::from(Vec::new()),
+        };
+        let start = Instant::now();
+        let serving = tokio::spawn(serve_stream(
+            server,
+            peer,
+            Transport::Tcp,
+            start + HANDSHAKE_TIMEOUT,
+            service(Arc::default()),
+            stopped,
+            limits,
+        ));
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(pem_certificates(&dir.path().join("ca.pem")).remove(0))
+            .unwrap();
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let name = rustls_pki_types::ServerName::try_from("runner.test").unwrap();
+        tokio::time::sleep(HANDSHAKE_TIMEOUT / 2).await;
+        let _tls_stream = connector.connect(name, client).await.unwrap();
+        serving.await.unwrap();
+        assert_eq!(start.elapsed(), HANDSHAKE_TIMEOUT);
+    }
 }
