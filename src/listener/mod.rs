@@ -8,10 +8,16 @@
 //!   instead of retrying at once (a full descriptor table makes `accept`
 //!   fail immediately, over and over, for as long as a connection is
 //!   queued), and a cap on the connections a group of listeners holds.
-//! - [`handshake`]: a connection must send the HTTP/2 preface and SETTINGS
-//!   within [`handshake::HANDSHAKE_TIMEOUT`] or is closed.
+//! - [`tls`]: with `tls`, the TLS handshake (client certificates
+//!   requested, not required) and the server's key pair, reloaded from its
+//!   files.
+//! - [`handshake`]: a connection must complete the TLS handshake, if any,
+//!   and send the HTTP/2 preface and SETTINGS within
+//!   [`handshake::HANDSHAKE_TIMEOUT`] or is closed.
 //! - [`idle`]: on TCP, a connection with no call for
-//!   [`TcpLimits::idle_timeout`] is closed.
+//!   [`TcpLimits::idle_timeout`] (or `keepaliveParameters.maxConnectionIdle`,
+//!   on any listener) is closed; `maxConnectionAge` and the server's PINGs
+//!   (`time`, `timeout`) are applied around the HTTP/2 connection here.
 //! - [`authority`]: on Unix sockets, every request's `:authority` becomes
 //!   `localhost`, so that C-core and Java clients are served.
 //! - [`deadline`]: an expired `grpc-timeout` answers `DEADLINE_EXCEEDED`.
