@@ -65,6 +65,7 @@ fn main() -> ExitCode {
         Some("install") => return cli::install::main(&args[1..]),
         Some("exec") => return cli::exec::main(&args[1..]),
         Some("watch") => return cli::watch::main(&args[1..]),
+        Some("logs") => return cli::logs::main(&args[1..]),
         Some("report") => return cli::report::main(&args[1..]),
         Some(spawn_server::SERVE_ARGUMENT) => return spawn_server::serve(&args[1..]),
         Some(_) if args.len() == 1 => serve(PathBuf::from(&args[0])),
