@@ -200,3 +200,37 @@ impl Drop for FileChanges {
         self.watcher.unwatch(self.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_wakes_every_follower_of_the_file_and_the_last_one_removes_the_watch() {
+        // Why it matters: waiting is on the kernel's word, shared by the
+        // followers of one file; a watch left behind would be a leak per
+        // followed file for the runner's lifetime.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let mut writer = File::create(&path).unwrap();
+        let watcher = ChangeWatcher::start(std::path::Path::new("/proc")).unwrap();
+        let mut first = watcher.watch(&File::open(&path).unwrap()).unwrap();
+        let mut second = watcher.watch(&File::open(&path).unwrap()).unwrap();
+        assert_eq!(watcher.watched_files(), 1);
+        first.mark_seen();
+        second.mark_seen();
+        writer.write_all(b"more").unwrap();
+        for changes in [&mut first, &mut second] {
+            tokio::time::timeout(Duration::from_secs(30), changes.changed())
+                .await
+                .expect("the write is told");
+        }
+        drop(first);
+        assert_eq!(watcher.watched_files(), 1);
+        drop(second);
+        assert_eq!(watcher.watched_files(), 0);
+    }
+}

@@ -258,3 +258,62 @@ impl Opener {
         Ok(file)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opener(build_directory: BuildDirectory) -> Opener {
+        Opener {
+            build_directory: Arc::new(build_directory),
+            stream_slots: StreamSlots::new(1),
+            watcher: Err("not needed".into()),
+        }
+    }
+
+    #[test]
+    fn only_the_file_the_runner_created_is_opened() {
+        // Why it matters: the action may replace its own stdout with a
+        // symlink, a hard link or a FIFO; a follower must then read
+        // nothing else (another action's secret) and never hang.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::fs::write(dir.path().join("secret"), "secret").unwrap();
+        let build = BuildDirectory::open(dir.path()).unwrap();
+        let (_file, created) = build.create_output("a/stdout", "stdout_path").unwrap();
+        let output = OutputFile {
+            path: "a/stdout".into(),
+            identity: created.identity(),
+        };
+        let opener = opener(build);
+        assert!(opener.open("x-1", "stdout", &output).is_ok());
+
+        let stdout = dir.path().join("a/stdout");
+        let replacements: [(&str, &dyn Fn()); 3] = [
+            ("symlink", &|| {
+                std::os::unix::fs::symlink("../secret", &stdout).unwrap()
+            }),
+            ("hard link", &|| {
+                std::fs::hard_link(dir.path().join("secret"), &stdout).unwrap()
+            }),
+            ("FIFO", &|| {
+                nix::unistd::mkfifo(&stdout, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                    .unwrap()
+            }),
+        ];
+        for (what, replace) in replacements {
+            std::fs::remove_file(&stdout).unwrap();
+            replace();
+            let error = opener.open("x-1", "stdout", &output).unwrap_err();
+            assert!(
+                matches!(error, FollowError::Replaced { .. }),
+                "{what}: {error}"
+            );
+        }
+
+        std::fs::remove_dir_all(dir.path().join("a")).unwrap();
+        let error = opener.open("x-1", "stdout", &output).unwrap_err();
+        assert!(matches!(error, FollowError::Removed { .. }), "{error}");
+        assert!(error.to_string().contains("no longer exists"), "{error}");
+    }
+}
