@@ -573,3 +573,59 @@ async fn ten_followers_waiting_on_a_silent_action_cost_the_runner_no_cpu() {
         assert!(status.success());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_output_service_is_on_every_listener_and_listed_by_reflection() {
+    // Why it matters: an operator follows from wherever they reach the
+    // runner, and tools like grpcurl find the service by reflection.
+    let runner = Arc::new(TestRunner::start(
+        json!({ "grpcServers": [{ "listenAddresses": ["127.0.0.1:0"] }] }),
+    ));
+    let line = runner
+        .log()
+        .into_iter()
+        .find(|line| line.contains("serving"))
+        .unwrap();
+    let address = line
+        .split(['"', ' ', '[', ']', ','])
+        .find(|part| part.starts_with("127.0.0.1:") && !part.ends_with(":0"))
+        .unwrap_or_else(|| panic!("no bound TCP address in {line:?}"))
+        .to_string();
+    let (_action, call) = start_shell(&runner, "printf 'over tcp' # every-listener");
+    let id = action_id(&runner, "every-listener").await;
+    finished(call).await;
+    let over_tcp = tokio::process::Command::new(BIN)
+        .args(["logs", "--address", &address, &id])
+        .output()
+        .await
+        .unwrap();
+    assert!(over_tcp.status.success(), "{over_tcp:?}");
+    assert_eq!(over_tcp.stdout, b"over tcp");
+    assert_eq!(logs_output(logs(&runner, &[&id])).await, b"over tcp");
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let response = ServerReflectionClient::new(runner.channel().await)
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"rbe_runner.output.v1.Output".to_string()),
+        "{names:?}"
+    );
+}
