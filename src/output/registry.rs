@@ -20,9 +20,10 @@ use crate::action::observer::OutputFiles;
 use crate::action::{ActionId, RunnerInstance};
 use crate::sync::lock_unpoisoned;
 
-/// Finished actions kept followable at most: some 200 bytes each, so a
-/// fifth of a megabyte; at a few actions a second, several minutes of a
-/// busy worker's history, longer than bb_worker keeps their directories.
+/// Finished actions kept followable at most: a few hundred bytes each
+/// (two paths, an id, a channel), under half a megabyte in all; at a few
+/// actions a second, several minutes of a busy worker's history, longer
+/// than bb_worker keeps their directories.
 pub const FINISHED_ACTIONS_KEPT: usize = 1024;
 
 /// The followable actions of one runner instance.
