@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/google/rpc/status.proto",
         "proto/rbe_runner/resourceusage/v1/resourceusage.proto",
         "proto/rbe_runner/events/v1/events.proto",
+        "proto/rbe_runner/output/v1/output.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

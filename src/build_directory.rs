@@ -277,6 +277,17 @@ impl BuildDirectory {
         }
     }
 
+    /// Opens the file at `relative` for reading, beneath the build
+    /// directory and through no symlink. `O_NONBLOCK`, so that a FIFO put
+    /// in its place cannot hold the caller; callers check what they got
+    /// (see [`CreatedFile::identity`]). Blocking.
+    pub fn open_for_reading(&self, relative: &str) -> Result<File, Errno> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+            .resolve(BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        openat2_retrying(self.fd.as_fd(), non_empty(relative), how).map(File::from)
+    }
+
     /// Whether `relative` exists beneath the build directory (the empty
     /// string is the build directory itself, as for bb_runner).
     pub fn check_exists(&self, relative: &str, field: &'static str) -> Result<(), PathError> {
@@ -317,6 +328,12 @@ pub struct CreatedFile {
 }
 
 impl CreatedFile {
+    /// Its device and inode as created, which tell it from a file put in
+    /// its place; `None` if they could not be read.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        self.identity
+    }
+
     /// Removes the file unless someone replaced it meanwhile. Returns
     /// whether it was removed. Blocking.
     pub fn remove(&self) -> Result<bool, PathError> {

@@ -6,6 +6,7 @@
 //! - [`proto`]: generated wire types (`buildbarn.runner`, `buildbarn.resourceusage`, `google.rpc`, `rbe_runner.resourceusage.v1`).
 //! - [`action`]: one action's life (prepare, place, spawn, supervise, measure, release), its typed outcome, and the observers of it.
 //! - [`events`]: action events: the broadcaster with its replay buffer, the journal and the `Events` service.
+//! - [`output`]: following a running (or finished) action's stdout and stderr: which actions can be followed, the `Output` service, waiting with inotify.
 //! - [`config`]: the bb_runner Jsonnet configuration, evaluated and decoded into typed, documented values.
 //! - [`runner`]: the internal [`runner::Runner`] trait, the local runner and one decorator per file.
 //! - [`build_directory`]: resolving request paths strictly beneath the build directory.
@@ -18,6 +19,7 @@
 //! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters, per-action limits, the OOM verdict.
 //! - [`server`]: serving the runner, shutdown, and the one mapping from runner errors to gRPC statuses.
 //! - [`shutdown`]: the one deadline every wait at shutdown ends by, and the second signal that abandons waits on others.
+//! - [`streams`]: the cap on long-lived streams, event subscriptions and output followers together.
 //! - [`metrics`]: Prometheus metrics (gRPC server, actions, cgroup budget, process).
 //! - [`diagnostics`]: the diagnostics HTTP server: `/metrics`, `/-/healthy`, `/-/ready`.
 //! - [`listener`]: the connection edge: socket files, handshake limit, `:authority` rewriting, deadlines.
@@ -43,6 +45,7 @@ pub mod exec_limit;
 pub mod fault;
 pub mod listener;
 pub mod metrics;
+pub mod output;
 pub mod process;
 pub mod proto;
 pub mod report;
@@ -50,6 +53,7 @@ pub mod request_decoding;
 pub mod runner;
 pub mod server;
 pub mod shutdown;
+pub mod streams;
 pub mod sync;
 #[cfg(test)]
 mod test_support;

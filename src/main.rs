@@ -30,6 +30,7 @@ use rbe_runner::events::hub::EventHub;
 use rbe_runner::events::Events;
 use rbe_runner::listener::tls::ServedCertificates;
 use rbe_runner::metrics::Metrics;
+use rbe_runner::output::Output;
 use rbe_runner::process::clone::Method as SpawnMethod;
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
 use rbe_runner::process::reaper::{self, Waiting};
@@ -65,6 +66,7 @@ fn main() -> ExitCode {
         Some("install") => return cli::install::main(&args[1..]),
         Some("exec") => return cli::exec::main(&args[1..]),
         Some("watch") => return cli::watch::main(&args[1..]),
+        Some("logs") => return cli::logs::main(&args[1..]),
         Some("report") => return cli::report::main(&args[1..]),
         Some(spawn_server::SERVE_ARGUMENT) => return spawn_server::serve(&args[1..]),
         Some(_) if args.len() == 1 => serve(PathBuf::from(&args[0])),
@@ -194,9 +196,21 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         &served_certificates,
     )?;
 
-    // Who learns what the runner does: the log, the event stream, the
-    // metrics, and whether it accepts work.
-    let mut observers: Vec<Arc<dyn Observer>> = vec![Arc::new(LogObserver), events.observer()];
+    // Live output: running (and recently finished) actions' stdout and
+    // stderr for followers (`rbe-runner logs`), who count against
+    // events.maximumSubscribers together with event subscribers.
+    let output = Output::start(
+        instance.clone(),
+        build_directory.clone(),
+        events.hub().stream_slots(),
+        proc_root,
+    );
+
+    // Who learns what the runner does: the log, live output (before the
+    // events, so that an action announced there can be followed), the
+    // event stream, the metrics, and whether it accepts work.
+    let mut observers: Vec<Arc<dyn Observer>> =
+        vec![Arc::new(LogObserver), output.observer(), events.observer()];
     if let Some(metrics) = &metrics {
         observers.push(metrics.actions.clone());
     }
@@ -272,7 +286,7 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         bound.clone(),
     );
     let served = servers
-        .serve(runner, events.service(), shutdown, &bound)
+        .serve(runner, events.service(), output.service(), shutdown, &bound)
         .await;
     diagnostics.stop().await;
     wait_for_terminating_actions(&actions_running, &shutdown_signal, &bound).await;

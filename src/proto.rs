@@ -112,6 +112,13 @@ pub mod rbe_runner {
             tonic::include_proto!("rbe_runner.events.v1");
         }
     }
+
+    /// `rbe_runner.output.v1`: following an action's stdout and stderr.
+    pub mod output {
+        pub mod v1 {
+            tonic::include_proto!("rbe_runner.output.v1");
+        }
+    }
 }
 
 /// Encoded `FileDescriptorSet` of all of the above, for server reflection.

@@ -51,6 +51,8 @@ impl Bounded for RunResponse {}
 impl Bounded for () {}
 impl Bounded for crate::proto::rbe_runner::events::v1::SubscribeRequest {}
 impl Bounded for crate::proto::rbe_runner::events::v1::Event {}
+impl Bounded for crate::proto::rbe_runner::output::v1::FollowRequest {}
+impl Bounded for crate::proto::rbe_runner::output::v1::OutputChunk {}
 
 /// prost's codec, with [`Bounded::check_encoded`] before each decode.
 #[derive(Debug, Clone)]

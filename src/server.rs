@@ -2,7 +2,8 @@
 //! errors become gRPC statuses.
 //!
 //! Each listener (Unix socket or TCP) of each `grpcServers` entry serves
-//! `buildbarn.runner.Runner`, `rbe_runner.events.v1.Events`, gRPC health
+//! `buildbarn.runner.Runner`, `rbe_runner.events.v1.Events`,
+//! `rbe_runner.output.v1.Output`, gRPC health
 //! and server reflection, through the connection handling of
 //! [`crate::listener`]; TCP listeners together hold at most
 //! [`TcpLimits::max_connections`] connections and close those with no call
@@ -37,8 +38,10 @@ use crate::listener::socket::{BoundSocket, SocketError, SocketFile};
 use crate::listener::tls::{ServedCertificates, TlsError};
 use crate::listener::{self, ConnectionSettings, Listener, TcpLimits};
 use crate::metrics::{GrpcMetrics, GrpcMetricsService};
+use crate::output::service::OutputService;
 use crate::process::privileges::{self, CAP_SETUID};
 use crate::proto::rbe_runner::events::v1::events_server::EventsServer;
+use crate::proto::rbe_runner::output::v1::output_server::OutputServer;
 use crate::proto::rpc;
 use crate::proto::runner::runner_server::{Runner as RunnerService, RunnerServer};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
@@ -228,14 +231,16 @@ impl BoundServers {
             .collect()
     }
 
-    /// Serves `runner` and `events` on every listener until `shutdown`
-    /// completes, then waits for in-flight calls (event streams included:
-    /// they end when the events are closed) until `bound` cuts the wait
+    /// Serves `runner`, `events` and `output` on every listener until
+    /// `shutdown` completes, then waits for in-flight calls (event streams
+    /// included: they end when the events are closed; output streams end
+    /// with their actions) until `bound` cuts the wait
     /// short, and removes the socket files that are still ours.
     pub async fn serve(
         self,
         runner: SharedRunner,
         events: EventsServer<EventsService>,
+        output: OutputServer<OutputService>,
         shutdown: impl Future<Output = ()> + Send + 'static,
         bound: &ShutdownBound,
     ) -> Result<(), ServeError> {
@@ -282,6 +287,7 @@ impl BoundServers {
             // answers INTERNAL for what the client got wrong.
             let routes = Routes::new(runner_service)
                 .add_service(events.clone())
+                .add_service(output.clone())
                 .add_service(CheckedRequests::<_, HealthCheckRequest>::new(
                     health_service.clone(),
                 ))

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::id::{ActionId, ActionIds};
-use super::observer::{ActionStarted, ActionTerminating, CleanupFailed, Observer};
+use super::observer::{ActionStarted, ActionTerminating, CleanupFailed, Observer, OutputFiles};
 use super::oom_diagnosis;
 use super::outcome::{
     posix_resource_usage, ActionOutcome, Cleanup, Ended, ExitStatus, TerminationReason,
@@ -190,7 +190,7 @@ impl Actions {
         let this = self.clone();
         let action_id = id.clone();
         let spawned = blocking(move || this.start(&action_id, &request)).await;
-        let (child, placement, request) = match spawned {
+        let (child, placement, request, outputs) = match spawned {
             Ok(started) => started,
             Err(error) => return Lived::not_started(error),
         };
@@ -201,6 +201,7 @@ impl Actions {
             input_root_directory: request.input_root_directory.clone(),
             pid,
             cgroup: placement.cgroup_path().map(Into::into),
+            outputs,
         });
         let tree = placement.tree(pid);
         let (ended, exit) = self.supervise(&id, child, &tree, call).await;
@@ -264,11 +265,14 @@ impl Actions {
         &self,
         id: &ActionId,
         request: &RunRequest,
-    ) -> Result<(SpawnedChild, Placement, RunRequest), RunnerError> {
+    ) -> Result<(SpawnedChild, Placement, RunRequest, OutputFiles), RunnerError> {
         let mut prepared = prepare(&self.build_directory, &self.options.prepare, request)?;
         let outputs = std::mem::take(&mut prepared.outputs);
-        self.place_and_spawn(id, request, prepared)
-            .inspect_err(|_| outputs.remove())
+        let (child, placement, request) = self
+            .place_and_spawn(id, request, prepared)
+            .inspect_err(|_| outputs.remove())?;
+        let described = outputs.described(&request);
+        Ok((child, placement, request, described))
     }
 
     fn place_and_spawn(

@@ -31,6 +31,27 @@ pub struct ActionStarted {
     pub pid: i32,
     /// Its own cgroup, with `actionCgroups`.
     pub cgroup: Option<PathBuf>,
+    /// The files its stdout and stderr go to, created by the runner.
+    pub outputs: OutputFiles,
+}
+
+/// The files an action's stdout and stderr go to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputFiles {
+    /// Its standard output.
+    pub stdout: OutputFile,
+    /// Its standard error.
+    pub stderr: OutputFile,
+}
+
+/// A file the runner created for an action's output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputFile {
+    /// Relative to the build directory, as the request gave it.
+    pub path: String,
+    /// Its device and inode when created, which tell it from a file the
+    /// action (or anyone) put in its place; `None` if unknown.
+    pub identity: Option<(u64, u64)>,
 }
 
 /// The runner began stopping an action (SIGTERM), and again when it had

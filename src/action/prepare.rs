@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 
+use super::observer::{OutputFile, OutputFiles};
 use crate::bounded::quoted;
 use crate::build_directory::{
     open_directory_beneath, BuildDirectory, CreatedFile, ResolvedDirectory,
@@ -51,6 +52,22 @@ pub struct CreatedOutputs {
 }
 
 impl CreatedOutputs {
+    /// The stdout and stderr files created for `request`, as the
+    /// action-started fact names them (empty without them).
+    pub fn described(&self, request: &RunRequest) -> OutputFiles {
+        let identity = |index: usize| self.files.get(index).and_then(CreatedFile::identity);
+        OutputFiles {
+            stdout: OutputFile {
+                path: request.stdout_path.clone(),
+                identity: identity(0),
+            },
+            stderr: OutputFile {
+                path: request.stderr_path.clone(),
+                identity: identity(1),
+            },
+        }
+    }
+
     /// Removes the files of an action that never started, unless someone
     /// replaced them meanwhile. Needs no new descriptor. Blocking.
     pub fn remove(&self) {

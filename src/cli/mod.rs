@@ -6,15 +6,17 @@
 //! - [`install`]: `install [DIR]`, the init container of a worker pod.
 //! - [`exec`]: `exec`, one action run as a worker would run it.
 //! - [`watch`]: `watch`, the runner's action events as they come.
+//! - [`logs`]: `logs`, an action's stdout or stderr as it writes them.
 //! - [`report`]: `report`, sizing figures from event journals (the
 //!   statistics and renderings are [`crate::report`]).
-//! - [`client`]: reaching a runner, for `exec` and `watch`.
+//! - [`client`]: reaching a runner, for `exec`, `watch` and `logs`.
 //! - [`usage_json`]: resource usage messages as JSON, for `exec`.
 
 pub mod check_config;
 pub mod client;
 pub mod exec;
 pub mod install;
+pub mod logs;
 pub mod report;
 pub mod usage_json;
 pub mod watch;
@@ -39,6 +41,10 @@ usage:
   rbe-runner watch (--socket PATH | --address HOST:PORT) [--after N] [--live]
                    [--json] [--summary] [--no-follow]
                                     print the runner's action events as they come
+  rbe-runner logs (--socket PATH | --address HOST:PORT) ACTION_ID
+                  [--stderr] [--no-follow] [--offset N]
+                                    an action's stdout (or stderr) as it writes it, until
+                                    it has ended; ACTION_ID as `watch` prints it
   rbe-runner report [--json] [--html OUT.html] [--group-by program|none]
                     [--since DURATION] [--headroom PERCENT] JOURNAL...
                                     sizing figures from event journals

@@ -157,7 +157,11 @@ pub async fn watch(options: &WatchOptions) -> Result<(), ClientError> {
                     if event.sequence != 0 {
                         after_sequence = event.sequence;
                     }
-                    printer.print(event);
+                    if printer.print(event).is_err() {
+                        // Whoever read our stdout is gone (`watch | grep
+                        // -m1 …`): nothing more can be shown.
+                        return Ok(());
+                    }
                 }
                 Ok(None) => break "the runner ended the stream".to_string(),
                 Err(status) => break client::describe_status(&status),
@@ -225,7 +229,9 @@ impl Printer {
         }
     }
 
-    fn print(&mut self, event: Event) {
+    /// Prints `event` (or counts it); an error only when stdout's reader
+    /// is gone (a broken pipe).
+    fn print(&mut self, event: Event) -> Result<(), std::io::Error> {
         self.tally.count(&event);
         let mut stdout = std::io::stdout().lock();
         if self.summary {
@@ -233,7 +239,7 @@ impl Printer {
                 let _ = write!(stdout, "\r\x1b[K{}", self.tally);
                 let _ = stdout.flush();
             }
-            return;
+            return Ok(());
         }
         let line = if self.json {
             let usages = match &event.kind {
@@ -244,8 +250,10 @@ impl Printer {
         } else {
             human_line(&event, &mut self.programs)
         };
-        let _ = writeln!(stdout, "{line}");
-        let _ = stdout.flush();
+        match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(error),
+            _ => Ok(()),
+        }
     }
 
     fn finish(&mut self) {

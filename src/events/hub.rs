@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 use super::{Published, Usage};
 use crate::action::RunnerInstance;
 use crate::proto::rbe_runner::events::v1::{event, Event};
+use crate::streams::{StreamSlot, StreamSlots};
 use crate::sync::lock_unpoisoned;
 
 /// What an event costs beyond its encoded fields: the structures that
@@ -62,9 +63,10 @@ impl Capacity {
 /// Why a subscription was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
-    /// `events.maximumSubscribers` streams are open already.
+    /// `events.maximumSubscribers` streams (event subscriptions and
+    /// output followers together, see [`crate::streams`]) are open already.
     #[error(
-        "the runner already serves {maximum} event streams, its maximum \
+        "the runner already serves {maximum} event and output streams, its maximum \
          (events.maximumSubscribers); try again when one has ended"
     )]
     TooManySubscribers {
@@ -117,7 +119,8 @@ pub enum Lifetime {
 pub struct EventHub {
     instance: RunnerInstance,
     replay_capacity: Capacity,
-    maximum_streams: usize,
+    /// The cap on streams, shared with output followers.
+    stream_slots: Arc<StreamSlots>,
     state: Mutex<HubState>,
     dropped_total: AtomicU64,
 }
@@ -145,10 +148,16 @@ impl EventHub {
         EventHub {
             instance,
             replay_capacity,
-            maximum_streams,
+            stream_slots: StreamSlots::new(maximum_streams),
             state: Mutex::new(HubState::default()),
             dropped_total: AtomicU64::new(0),
         }
+    }
+
+    /// The cap on streams, which output followers share
+    /// ([`crate::streams`]).
+    pub fn stream_slots(&self) -> Arc<StreamSlots> {
+        self.stream_slots.clone()
     }
 
     /// The instance every event names.
@@ -214,19 +223,17 @@ impl EventHub {
         queue_capacity: Capacity,
         lifetime: Lifetime,
     ) -> Result<Subscription, SubscribeError> {
-        let mut state = lock_unpoisoned(&self.state);
-        if lifetime != Lifetime::UntilExit {
-            let streams = state
-                .subscribers
-                .values()
-                .filter(|(lifetime, _)| *lifetime != Lifetime::UntilExit)
-                .count();
-            if streams >= self.maximum_streams {
-                return Err(SubscribeError::TooManySubscribers {
-                    maximum: self.maximum_streams,
-                });
+        let slot = match lifetime {
+            Lifetime::UntilExit => None,
+            Lifetime::Stream | Lifetime::ReplayOnly => {
+                Some(self.stream_slots.take().map_err(|refused| {
+                    SubscribeError::TooManySubscribers {
+                        maximum: refused.maximum,
+                    }
+                })?)
             }
-        }
+        };
+        let mut state = lock_unpoisoned(&self.state);
         let oldest = state
             .buffer
             .front()
@@ -259,6 +266,7 @@ impl EventHub {
             id,
             replay,
             queue,
+            _slot: slot,
         })
     }
 
@@ -454,6 +462,8 @@ pub struct Subscription {
     /// Deliveries of the replay, each with its bytes.
     replay: VecDeque<(Delivery, u64)>,
     queue: Arc<Queue>,
+    /// Its place under the cap on streams; `None` for the journal.
+    _slot: Option<StreamSlot>,
 }
 
 impl Subscription {

@@ -90,8 +90,9 @@ pub struct EventsConfig {
     /// `subscriberQueueBytes`: the bytes of events queued for one gRPC
     /// subscriber that falls behind before it misses events.
     pub subscriber_queue_bytes: u64,
-    /// `maximumSubscribers`: event streams open at once; one more is
-    /// refused with RESOURCE_EXHAUSTED.
+    /// `maximumSubscribers`: event streams and output followers open at
+    /// once, together ([`crate::streams`]); one more is refused with
+    /// RESOURCE_EXHAUSTED.
     pub maximum_subscribers: u32,
     /// `maximumArgumentBytes`: the bytes of argv an `ActionStarted`
     /// carries; longer argv is cut.
