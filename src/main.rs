@@ -413,12 +413,7 @@ fn action_options(
 /// once when it is gone; without one (no /proc, say) the runner creates
 /// actions' processes itself, which costs it more per action.
 async fn start_spawn_server(method: SpawnMethod) -> Option<Arc<SpawnServer>> {
-    let started = tokio::task::spawn_blocking(move || {
-        start_server(Path::new(spawn_server::DEFAULT_PROC_SELF_EXE), method)
-    })
-    .await
-    .map_err(std::io::Error::other)
-    .and_then(|started| started);
+    let started = start_server(Path::new(spawn_server::DEFAULT_PROC_SELF_EXE), method).await;
     match started {
         Ok((server, exit)) => {
             tracing::info!(

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use common::slow_fuse::SlowFuse;
 use common::*;
 use rbe_runner::proto::runner::CheckReadinessRequest;
+use serde_json::json;
 use tokio::sync::Mutex;
 
 /// How long each read of the slow filesystem takes.
@@ -207,4 +208,149 @@ async fn kill_spawn_server(runner: &TestRunner, address: &str) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// ---------------------------------------------------------------------------
+// Deadlines before and during spawn
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_deadline_creates_nothing() {
+    expired_deadlines(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_deadline_creates_nothing_without_the_spawn_server() {
+    expired_deadlines(true).await;
+}
+
+/// Calls whose `grpc-timeout` has passed on arrival (`1n`, `1u`, `0m`)
+/// are answered DEADLINE_EXCEEDED, and nothing runs: the marker file each
+/// command would write never exists, and the runner's complete log (read
+/// after it stopped, so that no action can still be under way) shows no
+/// action that ran.
+async fn expired_deadlines(kill_the_spawn_server: bool) {
+    let mut runner = TestRunner::start(diagnostics_on_loopback());
+    if kill_the_spawn_server {
+        let address = diagnostics_address(&runner);
+        kill_spawn_server(&runner, &address).await;
+    }
+    let mut markers = Vec::new();
+    for timeout in ["1n", "1u", "0m"] {
+        let action = runner.action();
+        let marker = action.path.join("ran");
+        let request = shell_request(&action, &format!("echo ran > {}", marker.display()));
+        let status = run_with_grpc_timeout(&runner, request, timeout).await;
+        assert_eq!(
+            status.code(),
+            tonic::Code::DeadlineExceeded,
+            "grpc-timeout {timeout}: {status:?}"
+        );
+        markers.push((timeout, marker));
+    }
+    let stopped = runner.stop();
+    assert!(stopped.success(), "{stopped:?}");
+    for (timeout, marker) in &markers {
+        assert!(
+            !marker.exists(),
+            "grpc-timeout {timeout}: the command ran ({})",
+            marker.display()
+        );
+    }
+    let ran: Vec<String> = runner
+        .log()
+        .into_iter()
+        .filter(|line| line.contains("action exited") || line.contains("action terminated"))
+        .collect();
+    assert!(ran.is_empty(), "actions ran: {ran:#?}");
+}
+
+/// Sends `request` with the literal `grpc-timeout` header `timeout`,
+/// enforced only by the runner; the call must fail.
+async fn run_with_grpc_timeout(
+    runner: &TestRunner,
+    request: rbe_runner::proto::runner::RunRequest,
+    timeout: &str,
+) -> tonic::Status {
+    let mut request = tonic::Request::new(request);
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", timeout.parse().unwrap());
+    runner
+        .untimed_client()
+        .await
+        .run(request)
+        .await
+        .expect_err("the call's deadline has passed")
+}
+
+/// A call whose deadline passes while its exec waits on a FUSE read is
+/// answered DEADLINE_EXCEEDED at its deadline, and the process is stopped
+/// as soon as the exec returns: gone within terminationGracePeriod (2 s in
+/// the tests' configuration) of the read being answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deadline_passing_during_a_blocked_exec_stops_the_process_when_it_returns() {
+    let test = "a_deadline_passing_during_a_blocked_exec_stops_the_process_when_it_returns";
+    if !fuse_available(test) {
+        return;
+    }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let mounted = tempfile::tempdir().unwrap();
+    let fuse = SlowFuse::mount_hung(mounted.path());
+    let runner = TestRunner::start(json!({}));
+    let action = runner.action();
+    // The script, once exec'd, runs `sleep 1000`: only termination ends it.
+    let script = fuse.script().display().to_string();
+    let request = action.request(
+        vec![script.clone(), "sleep".into(), "1000".into()],
+        vec![("PATH".into(), TEST_PATH.into())],
+    );
+    let status = runner
+        .run_past_deadline(request, Duration::from_millis(500))
+        .await;
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    // The exec is still waiting on the read: nothing answers it yet.
+    fuse.wait_for_a_read(Duration::from_secs(30));
+    fuse.release();
+    let released = Instant::now();
+    eventually(
+        "the action stopped after its exec returned",
+        Duration::from_secs(30),
+        || {
+            runner
+                .log()
+                .iter()
+                .any(|line| line.contains("action terminated"))
+        },
+    )
+    .await;
+    assert!(
+        released.elapsed() <= Duration::from_secs(2) + SLACK,
+        "stopped {:?} after the exec returned",
+        released.elapsed()
+    );
+    assert!(
+        processes_running(&script).is_empty(),
+        "still running: {:?}",
+        processes_running(&script)
+    );
+    let log = runner.log();
+    let stopped = log
+        .iter()
+        .find(|line| line.contains("action terminated"))
+        .unwrap();
+    assert!(stopped.contains("reason=Deadline"), "{stopped}");
+}
+
+/// The pids of processes whose command line mentions `path`.
+fn processes_running(path: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(path))
+                .unwrap_or(false)
+        })
+        .collect()
 }

@@ -15,8 +15,11 @@
 //! - [`spec`]: what a spawn is asked for and what it answers (the action's
 //!   description, the values prepared from it, the step that failed),
 //!   shared by the front door, the spawn server and the child.
-//! - [`status`]: the pipe of each child through which it says its pid and
-//!   the step that failed, and whose end of file is its exec.
+//! - [`status`]: the channel of each child through which it says its pid
+//!   and the step that failed, whose end of file is its exec, and through
+//!   which the runner cancels it.
+//! - [`call`]: what a spawn knows of its Run call: its deadline (on the
+//!   monotonic clock the spawn server and the child read) and its end.
 //!
 //! Around it:
 //! - [`lookup`]: finding the program in the request's PATH.
@@ -26,6 +29,7 @@
 //! - [`privileges`]: whether the runner may do what its configuration asks
 //!   of the kernel (switching identity, chroot).
 
+pub mod call;
 pub mod child;
 pub mod clone;
 pub mod lookup;

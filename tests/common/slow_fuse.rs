@@ -1,7 +1,8 @@
 //! A FUSE filesystem whose reads are slow, as bb_worker's virtual build
 //! directory is when it loads a file from the CAS on its first read: one
 //! executable file, `slow`, a shell script whose every read is answered
-//! only after a delay.
+//! only after a delay, or ([`SlowFuse::mount_hung`]) only once the test
+//! releases it, as a hung mount's.
 //!
 //! A small server over `/dev/fuse`, mounted with mount(2) (root only), so
 //! that no library or package is needed: it answers the handful of
@@ -15,11 +16,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// The script that lives on the filesystem.
-pub const SCRIPT: &[u8] = b"#!/bin/sh\nexit 0\n";
+/// The script that lives on the filesystem: it runs its arguments, if
+/// any (`slow sleep 30`), and exits 0 without.
+pub const SCRIPT: &[u8] = b"#!/bin/sh\nexec \"$@\"\n";
 
 /// The node of the script (the root is 1).
 const FILE_NODE: u64 = 2;
@@ -39,12 +41,32 @@ const BATCH_FORGET: u32 = 42;
 pub struct SlowFuse {
     mountpoint: PathBuf,
     reads: Arc<AtomicUsize>,
+    /// Set once reads may be answered, for a hung filesystem.
+    released: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl SlowFuse {
     /// Mounts the filesystem at `mountpoint` (an empty directory), its
     /// reads answered after `delay`.
     pub fn mount(mountpoint: &Path, delay: Duration) -> SlowFuse {
+        Self::mount_with(mountpoint, Some(delay))
+    }
+
+    /// Mounts the filesystem at `mountpoint`, its reads answered only
+    /// once [`Self::release`] is called: a hung mount.
+    pub fn mount_hung(mountpoint: &Path) -> SlowFuse {
+        Self::mount_with(mountpoint, None)
+    }
+
+    /// Answers every read waiting on a hung filesystem, and every later
+    /// one at once.
+    pub fn release(&self) {
+        let (released, changed) = &*self.released;
+        *released.lock().unwrap() = true;
+        changed.notify_all();
+    }
+
+    fn mount_with(mountpoint: &Path, delay: Option<Duration>) -> SlowFuse {
         let device = File::options()
             .read(true)
             .write(true)
@@ -76,16 +98,24 @@ impl SlowFuse {
         );
         let reads = Arc::new(AtomicUsize::new(0));
         let counted = reads.clone();
-        std::thread::spawn(move || serve(device, delay, &counted));
+        let released = Arc::new((Mutex::new(false), Condvar::new()));
+        let waited = released.clone();
+        std::thread::spawn(move || serve(device, delay, &counted, &waited));
         SlowFuse {
             mountpoint: mountpoint.to_path_buf(),
             reads,
+            released,
         }
     }
 
     /// The script's path.
     pub fn script(&self) -> PathBuf {
         self.mountpoint.join("slow")
+    }
+
+    /// How many reads reached the server so far.
+    pub fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
     }
 
     /// Waits (bounded) until a read has reached the server: whoever reads
@@ -101,14 +131,21 @@ impl SlowFuse {
 
 impl Drop for SlowFuse {
     fn drop(&mut self) {
+        self.release();
         let target = CString::new(self.mountpoint.as_os_str().as_bytes()).unwrap();
         // SAFETY: a NUL-terminated path that outlives the call.
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
     }
 }
 
-/// Answers requests until the filesystem is unmounted.
-fn serve(mut device: File, delay: Duration, reads: &AtomicUsize) {
+/// Answers requests until the filesystem is unmounted; reads after
+/// `delay`, or once released when there is none.
+fn serve(
+    mut device: File,
+    delay: Option<Duration>,
+    reads: &AtomicUsize,
+    released: &(Mutex<bool>, Condvar),
+) {
     let mut buffer = vec![0u8; 1 << 20 | 4096];
     loop {
         let length = match device.read(&mut buffer) {
@@ -133,7 +170,15 @@ fn serve(mut device: File, delay: Duration, reads: &AtomicUsize) {
             OPEN => Ok([0u8; 16].to_vec()),
             READ => {
                 reads.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(delay);
+                match delay {
+                    Some(delay) => std::thread::sleep(delay),
+                    None => {
+                        let (done, changed) = released;
+                        let _released = changed
+                            .wait_while(done.lock().unwrap(), |done| !*done)
+                            .unwrap();
+                    }
+                }
                 let offset = u64_at(body, 8) as usize;
                 let size = u32_at(body, 16) as usize;
                 let start = offset.min(SCRIPT.len());
