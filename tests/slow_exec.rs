@@ -354,3 +354,130 @@ fn processes_running(path: &str) -> Vec<i32> {
         })
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// A stuck spawn makes the runner not ready
+// ---------------------------------------------------------------------------
+
+/// How long a spawn may wait for its exec in [`a_hung_exec_makes_the_runner_not_ready_until_it_returns`].
+const STUCK_SPAWN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// An exec hung on a FUSE read makes the runner refuse work once it has
+/// waited `stuckSpawnTimeout`, in every way a dirty cgroup does
+/// (CheckReadiness UNAVAILABLE naming the program, `/-/ready` 503,
+/// `rbe_runner_refusing_work` 1, a `RunnerState` with reason `stuck
+/// spawn`, Runs refused), and ready again once the read is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_exec_makes_the_runner_not_ready_until_it_returns() {
+    let test = "a_hung_exec_makes_the_runner_not_ready_until_it_returns";
+    if !fuse_available(test) {
+        return;
+    }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let mounted = tempfile::tempdir().unwrap();
+    let fuse = SlowFuse::mount_hung(mounted.path());
+    let mut config = diagnostics_on_loopback();
+    merge(&mut config, json!({ "stuckSpawnTimeout": "1s" }));
+    let runner = TestRunner::start(config);
+    let address = diagnostics_address(&runner);
+    check_readiness(&runner).await.expect("ready at first");
+
+    let action = runner.action();
+    let script = fuse.script().display().to_string();
+    let request = action.request(
+        vec![script.clone()],
+        vec![("PATH".into(), TEST_PATH.into())],
+    );
+    let mut client = runner.client().await;
+    let sent = Instant::now();
+    let hung = tokio::spawn(async move { client.run(request).await });
+    let fuse = tokio::task::spawn_blocking(move || {
+        fuse.wait_for_a_read(Duration::from_secs(30));
+        fuse
+    })
+    .await
+    .unwrap();
+
+    let refusal = loop {
+        match check_readiness(&runner).await {
+            Ok(()) => assert!(sent.elapsed() < Duration::from_secs(30), "still ready"),
+            Err(refusal) => break refusal,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        sent.elapsed() >= STUCK_SPAWN_TIMEOUT,
+        "not ready after {:?}, before stuckSpawnTimeout",
+        sent.elapsed()
+    );
+    assert_eq!(refusal.code(), tonic::Code::Unavailable, "{refusal:?}");
+    assert!(
+        refusal.message().contains(&format!("\"{script}\""))
+            && refusal.message().contains("has not returned after"),
+        "{refusal:?}"
+    );
+    eventually(
+        "/-/ready and the metric agree",
+        Duration::from_secs(10),
+        || {
+            let (ready, _) = http_get(&address, "/-/ready");
+            let (_, metrics) = http_get(&address, "/metrics");
+            ready == 503
+                && metrics
+                    .lines()
+                    .any(|line| line == "rbe_runner_refusing_work 1")
+        },
+    )
+    .await;
+    assert!(
+        runner
+            .log()
+            .iter()
+            .any(|line| line.contains("refusing work") && line.contains("stuck spawn")),
+        "no RunnerState with reason stuck spawn"
+    );
+    let refused = runner
+        .client()
+        .await
+        .run(runner.action().request(vec!["/bin/true".into()], vec![]))
+        .await
+        .expect_err("work is refused while a spawn is stuck");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    // The storage answers: the spawn completes, the runner is ready.
+    fuse.release();
+    let response = hung
+        .await
+        .unwrap()
+        .expect("the hung action runs")
+        .into_inner();
+    assert_eq!(response.exit_code, 0);
+    eventually("ready again", Duration::from_secs(10), || {
+        let (ready, _) = http_get(&address, "/-/ready");
+        let (_, metrics) = http_get(&address, "/metrics");
+        ready == 200
+            && metrics
+                .lines()
+                .any(|line| line == "rbe_runner_refusing_work 0")
+    })
+    .await;
+    check_readiness(&runner).await.expect("ready again");
+    assert!(
+        runner
+            .log()
+            .iter()
+            .any(|line| line.contains("accepting work") && line.contains("stuck spawn resolved")),
+        "no RunnerState saying the stuck spawn is resolved"
+    );
+    drop(fuse);
+}
+
+/// What CheckReadiness answers.
+async fn check_readiness(runner: &TestRunner) -> Result<(), tonic::Status> {
+    runner
+        .client()
+        .await
+        .check_readiness(CheckReadinessRequest { path: ".".into() })
+        .await
+        .map(|_| ())
+}

@@ -33,6 +33,7 @@ use crate::process::clone::Method as SpawnMethod;
 use crate::process::reaper::{ChildExit, SpawnedChild};
 use crate::process::spawn_server::SpawnServer;
 use crate::process::spec::{Identity, ProcessSpec, SpawnError, SpawnStep};
+use crate::process::stuck::StuckSpawns;
 use crate::process::terminate::terminate;
 use crate::proto::runner::RunRequest;
 
@@ -58,6 +59,8 @@ pub struct ProcessSpawner {
     pub method: SpawnMethod,
     /// The spawn server, if one was started.
     pub server: Option<Arc<SpawnServer>>,
+    /// Where spawns whose exec does not return in time are counted.
+    pub stuck: Option<Arc<StuckSpawns>>,
 }
 
 #[tonic::async_trait]
@@ -67,7 +70,14 @@ impl Spawner for ProcessSpawner {
         spec: ProcessSpec,
         call: &mut CallGone,
     ) -> Result<SpawnedChild, SpawnError> {
-        crate::process::spawn::spawn(spec, self.method, self.server.as_deref(), call).await
+        crate::process::spawn::spawn(
+            spec,
+            self.method,
+            self.server.as_deref(),
+            call,
+            self.stuck.as_deref(),
+        )
+        .await
     }
 }
 
@@ -87,6 +97,9 @@ pub struct ActionOptions {
     pub spawn_method: SpawnMethod,
     /// The spawn server that creates them, if one was started.
     pub spawn_server: Option<Arc<SpawnServer>>,
+    /// `stuckSpawnTimeout`: a spawn whose exec has not returned by then
+    /// makes the runner refuse work until it does; `None`: never.
+    pub stuck_spawn_timeout: Option<Duration>,
 }
 
 /// Everything actions of one runner share.
@@ -99,6 +112,7 @@ pub struct Actions {
     running: ActionsRunning,
     shutdown: ShutdownSignal,
     spawner: Arc<dyn Spawner>,
+    stuck_spawns: Arc<StuckSpawns>,
 }
 
 impl Actions {
@@ -111,9 +125,11 @@ impl Actions {
         ids: ActionIds,
         observer: Arc<dyn Observer>,
     ) -> Self {
+        let stuck_spawns = Arc::new(StuckSpawns::new(options.stuck_spawn_timeout));
         let spawner = Arc::new(ProcessSpawner {
             method: options.spawn_method,
             server: options.spawn_server.clone(),
+            stuck: Some(stuck_spawns.clone()),
         });
         Actions {
             build_directory,
@@ -124,6 +140,7 @@ impl Actions {
             running: ActionsRunning::default(),
             shutdown: ShutdownSignal::default(),
             spawner,
+            stuck_spawns,
         }
     }
 
@@ -141,6 +158,12 @@ impl Actions {
     /// The signal that stops every action, for shutdown.
     pub fn shutdown(&self) -> &ShutdownSignal {
         &self.shutdown
+    }
+
+    /// The spawns whose exec has not returned within
+    /// `stuckSpawnTimeout`: while there is one, the runner refuses work.
+    pub fn stuck_spawns(&self) -> &Arc<StuckSpawns> {
+        &self.stuck_spawns
     }
 
     /// The placement of every action.

@@ -18,6 +18,8 @@
 //! - [`status`]: the channel of each child through which it says its pid
 //!   and the step that failed, whose end of file is its exec, and through
 //!   which the runner cancels it.
+//! - [`stuck`]: spawns whose exec has not returned within
+//!   `stuckSpawnTimeout`, which make the runner refuse work.
 //! - [`call`]: what a spawn knows of its Run call: its deadline (on the
 //!   monotonic clock the spawn server and the child read) and its end.
 //!
@@ -39,6 +41,7 @@ pub mod spawn;
 pub mod spawn_server;
 pub mod spec;
 pub mod status;
+pub mod stuck;
 pub mod terminate;
 
 use std::path::{Path, PathBuf};

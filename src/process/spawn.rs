@@ -18,6 +18,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -28,6 +29,7 @@ use super::reaper::{self, reaper, ChildExit, Expecting, SpawnedChild, Waiting};
 use super::spawn_server::{self, NotAsked, SpawnServer};
 use super::spec::{ExecArguments, OomScoreAdj, Parent, ProcessSpec, SpawnError, SpawnStep};
 use super::status::{self, Status, StatusReader};
+use super::stuck::StuckSpawns;
 
 /// Starts the process described by `spec` with `method`, as the leader of
 /// a new process group, registered with the reaper, for the Run call
@@ -41,7 +43,8 @@ use super::status::{self, Status, StatusReader};
 /// nothing: not here, not in the spawn server, not in a child that has not
 /// reached its exec ([`SpawnStep::Deadline`], [`SpawnStep::Cancelled`]).
 /// A child that was already inside `execve` is returned once its exec
-/// returns, for its supervisor to stop.
+/// returns, for its supervisor to stop. A spawn still waiting for its
+/// exec after `stuck`'s timeout is counted there until it is over.
 ///
 /// The exec is a plain `execve`: no PATH search and no fallback of running
 /// a file that fails with ENOEXEC through `/bin/sh`, which would hide a
@@ -52,7 +55,13 @@ pub async fn spawn(
     method: Method,
     server: Option<&SpawnServer>,
     call: &mut CallGone,
+    stuck: Option<&StuckSpawns>,
 ) -> Result<SpawnedChild, SpawnError> {
+    let waiting = Waited {
+        program: &spec.program,
+        since: Instant::now(),
+        stuck,
+    };
     if call.is_over() {
         return Err(call.over_error());
     }
@@ -78,13 +87,13 @@ pub async fn spawn(
     )
     .with_deadline(call.spawn_deadline());
     if let Some(server) = server.filter(|server| server.is_up()) {
-        if let Some(spawned) = ask_server(server, &child, method, call).await? {
+        if let Some(spawned) = ask_server(server, &child, method, call, &waiting).await? {
             return Ok(spawned);
         }
     }
     let (spawned, status) = create_here(&child, method, reaper().expecting())?;
     let pid = spawned.pid;
-    follow(status, None, Some(spawned), call)
+    follow(status, None, Some(spawned), call, &waiting)
         .await?
         .ok_or_else(|| SpawnError {
             step: SpawnStep::Create,
@@ -117,6 +126,7 @@ async fn ask_server(
     child: &Child<'_>,
     method: Method,
     call: &mut CallGone,
+    waiting: &Waited<'_>,
 ) -> Result<Option<SpawnedChild>, SpawnError> {
     let expecting = reaper().expecting();
     let status = match server.ask(child, method, call).await {
@@ -130,7 +140,7 @@ async fn ask_server(
             })
         }
     };
-    let spawned = follow(status, Some(expecting), None, call).await?;
+    let spawned = follow(status, Some(expecting), None, call, waiting).await?;
     if spawned.is_none() {
         if call.is_over() {
             // The server saw the cancel before it read the request.
@@ -183,30 +193,55 @@ fn creation_error(method: Method, child: &Child, source: io::Error) -> SpawnErro
     }
 }
 
+/// A spawn as the wait for its exec sees it.
+struct Waited<'a> {
+    /// The program, to name it when the spawn is stuck.
+    program: &'a str,
+    /// When the spawn began.
+    since: Instant,
+    /// Where a spawn that waits too long is counted.
+    stuck: Option<&'a StuckSpawns>,
+}
+
+impl Waited<'_> {
+    /// When the spawn counts as stuck, if it ever does.
+    fn stuck_at(&self) -> Option<tokio::time::Instant> {
+        let timeout = self.stuck?.timeout()?;
+        Some(tokio::time::Instant::from_std(self.since) + timeout)
+    }
+}
+
 /// Reads a child's status channel up to its exec, in the event loop:
 /// registers the child under `expecting` as soon as it says its pid,
 /// unless it is `spawned` already. When `call` ends meanwhile, cancels
 /// (the child exits before its exec; the server creates nothing) and goes
-/// on reading, so that a child created anyway is known and stopped.
-/// `Ok(None)`: the channel ended without a word, so no child was created.
+/// on reading, so that a child created anyway is known and stopped. Still
+/// waiting after the stuck-spawn timeout, counts itself as stuck until it
+/// returns. `Ok(None)`: the channel ended without a word, so no child was
+/// created.
 async fn follow(
     mut status: StatusReader,
     mut expecting: Option<Expecting>,
     mut spawned: Option<SpawnedChild>,
     call: &mut CallGone,
+    waiting: &Waited<'_>,
 ) -> Result<Option<SpawnedChild>, SpawnError> {
     let mut cancelled = false;
+    let stuck_at = waiting.stuck_at();
+    let mut stuck = None;
     loop {
-        let told = if cancelled {
-            status.next().await
-        } else {
-            tokio::select! {
-                told = status.next() => told,
-                _ = call.gone() => {
-                    status.cancel();
-                    cancelled = true;
-                    continue;
-                }
+        let told = tokio::select! {
+            told = status.next() => told,
+            _ = call.gone(), if !cancelled => {
+                status.cancel();
+                cancelled = true;
+                continue;
+            }
+            _ = sleep_until_some(stuck_at), if stuck.is_none() => {
+                stuck = waiting
+                    .stuck
+                    .map(|spawns| spawns.stuck(waiting.program, waiting.since));
+                continue;
             }
         };
         let told = told.map_err(|source| SpawnError {
@@ -235,6 +270,14 @@ async fn follow(
             }
             None => return Ok(spawned),
         }
+    }
+}
+
+/// Resolves at `at`; never without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -280,7 +323,7 @@ pub async fn start_spawn_server(
     };
     let (_forever, dropped) = oneshot::channel();
     let mut call = CallGone::new(dropped, None);
-    let child = spawn(spec, method, None, &mut call)
+    let child = spawn(spec, method, None, &mut call, None)
         .await
         .map_err(|error| io::Error::new(error.source.kind(), error))?;
     let server = SpawnServer::connect(ours, child.pid as u32).await?;
@@ -487,6 +530,7 @@ mod tests {
                 method,
                 None,
                 &mut forever(),
+                None,
             )
             .await
             .unwrap_err();
@@ -509,7 +553,7 @@ mod tests {
                 )
                 .unwrap(),
             );
-            let err = spawn(joining, method, None, &mut forever())
+            let err = spawn(joining, method, None, &mut forever(), None)
                 .await
                 .unwrap_err();
             assert_eq!(err.step, SpawnStep::JoinCgroup, "{method}: {err}");
@@ -523,7 +567,7 @@ mod tests {
                 nix::sys::stat::Mode::empty(),
             )
             .unwrap();
-            let err = spawn(entering, method, None, &mut forever())
+            let err = spawn(entering, method, None, &mut forever(), None)
                 .await
                 .unwrap_err();
             assert_eq!(err.step, SpawnStep::WorkingDirectory, "{method}: {err}");
@@ -534,9 +578,15 @@ mod tests {
     async fn a_successful_spawn_runs_the_program() {
         for method in methods("a_successful_spawn_runs_the_program") {
             let dir = tempfile::tempdir().unwrap();
-            let child = spawn(spec(dir.path(), "/bin/true"), method, None, &mut forever())
-                .await
-                .unwrap();
+            let child = spawn(
+                spec(dir.path(), "/bin/true"),
+                method,
+                None,
+                &mut forever(),
+                None,
+            )
+            .await
+            .unwrap();
             let exit = child.exit.await.unwrap();
             assert_eq!(exit.exit_code(), Some(0), "{method}");
         }
@@ -560,7 +610,9 @@ mod tests {
                     .into(),
             ];
             let _previous = clone::block_all_signals();
-            let child = spawn(shell, method, None, &mut forever()).await.unwrap();
+            let child = spawn(shell, method, None, &mut forever(), None)
+                .await
+                .unwrap();
             let pid = child.pid;
             let exit = child.exit.await.unwrap();
             assert_eq!(exit.exit_code(), Some(0), "{method}");
@@ -605,7 +657,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut shell = spec(dir.path(), "/bin/sh");
         shell.arguments = vec!["/bin/sh".into(), "-c".into(), "echo ran".into()];
-        let child = spawn(shell, Method::Clone, Some(&server), &mut forever())
+        let child = spawn(shell, Method::Clone, Some(&server), &mut forever(), None)
             .await
             .unwrap();
         dying.join().unwrap();
