@@ -10,8 +10,8 @@
 //! - [`child`]: the child between clone and exec (its cgroup, signals,
 //!   process group, descriptors, root, directory and identity, set up with
 //!   raw system calls), and creating it in this process.
-//! - [`clone`]: the mechanism only: `clone3` or glibc's `clone` with
-//!   `CLONE_VFORK`, the child's stack and the page it reports through.
+//! - [`clone`]: the mechanism only: `clone3` or glibc's `clone`, and the
+//!   child's stack.
 //! - [`spec`]: what a spawn is asked for and what it answers (the action's
 //!   description, the values prepared from it, the step that failed),
 //!   shared by the front door, the spawn server and the child.

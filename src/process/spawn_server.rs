@@ -733,6 +733,37 @@ mod tests {
         assert!(matches!(asked, Err(NotAsked::Gone)), "{asked:?}");
     }
 
+    /// Why it matters: a server that does not read (stopped with SIGSTOP)
+    /// must hold up no thread, and a Run whose call ends while it waits
+    /// for room must send nothing, so that nothing of it runs on resume.
+    #[tokio::test]
+    async fn a_full_socket_is_waited_for_in_the_event_loop_and_an_ended_call_sends_nothing() {
+        use futures_util::FutureExt;
+        let exec = exec();
+        let file = tempfile::tempfile().unwrap();
+        let fd = file.as_raw_fd();
+        let child = Child::new(None, [fd; 3], None, None, fd, None, &exec);
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        theirs.write_all(READY).unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let filler = [0u8; 4096];
+        while (&ours).write(&filler).is_ok() {}
+        let server = SpawnServer::connect(ours, 0).await.unwrap();
+        let (call, dropped) = oneshot::channel::<()>();
+        let mut gone = CallGone::new(dropped, None);
+        let asking = server.ask(&child, Method::Clone, &mut gone);
+        tokio::pin!(asking);
+        assert!(
+            (&mut asking).now_or_never().is_none(),
+            "sent into a full socket"
+        );
+        drop(call);
+        let asked = asking.await;
+        assert!(matches!(asked, Err(NotAsked::CallOver)), "{asked:?}");
+        assert!(server.is_up());
+        drop(theirs);
+    }
+
     /// Why it matters: a request the server cannot understand must be
     /// refused through the child's status pipe, not left unanswered.
     #[tokio::test]
