@@ -38,7 +38,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_exec_holds_up_no_other_action() {
-    slow_exec("a_slow_exec_holds_up_no_other_action", false).await;
+    slow_exec("a_slow_exec_holds_up_no_other_action", false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -46,18 +46,50 @@ async fn a_slow_exec_holds_up_no_other_action_without_the_spawn_server() {
     slow_exec(
         "a_slow_exec_holds_up_no_other_action_without_the_spawn_server",
         true,
+        false,
     )
     .await;
 }
 
-async fn slow_exec(test: &str, kill_the_spawn_server: bool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_exec_holds_up_no_other_action_in_action_cgroups() {
+    slow_exec(
+        "a_slow_exec_holds_up_no_other_action_in_action_cgroups",
+        false,
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_exec_holds_up_no_other_action_in_action_cgroups_without_the_spawn_server() {
+    slow_exec(
+        "a_slow_exec_holds_up_no_other_action_in_action_cgroups_without_the_spawn_server",
+        true,
+        true,
+    )
+    .await;
+}
+
+async fn slow_exec(test: &str, kill_the_spawn_server: bool, action_cgroups: bool) {
     if !fuse_available(test) {
         return;
     }
+    // Dropped after the runner (declared before it).
+    let cgroup = match action_cgroups {
+        true => match TestCgroup::create(test) {
+            Some(cgroup) => Some(cgroup),
+            None => return,
+        },
+        false => None,
+    };
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let mounted = tempfile::tempdir().unwrap();
     let fuse = SlowFuse::mount(mounted.path(), DELAY);
-    let runner = TestRunner::start(diagnostics_on_loopback());
+    let runner = match &cgroup {
+        Some(cgroup) => cgroup.start_runner(diagnostics_on_loopback()),
+        None => TestRunner::start(diagnostics_on_loopback()),
+    };
     let address = diagnostics_address(&runner);
     if kill_the_spawn_server {
         kill_spawn_server(&runner, &address).await;
@@ -480,4 +512,181 @@ async fn check_readiness(runner: &TestRunner) -> Result<(), tonic::Status> {
         .check_readiness(CheckReadinessRequest { path: ".".into() })
         .await
         .map(|_| ())
+}
+
+// ---------------------------------------------------------------------------
+// The spawn server stopped or killed
+// ---------------------------------------------------------------------------
+
+/// Runs whose deadline passes while the spawn server is stopped (SIGSTOP)
+/// are answered DEADLINE_EXCEEDED and never run their command, also once
+/// the server resumes; a Run after that runs once.
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_whose_deadline_passed_while_the_spawn_server_was_stopped_never_run() {
+    let mut runner = TestRunner::start(json!({}));
+    let server = nix::unistd::Pid::from_raw(
+        spawn_server_of(runner.pid()).expect("the runner's spawn server"),
+    );
+    nix::sys::signal::kill(server, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let mut markers = Vec::new();
+    for index in 0..3 {
+        let action = runner.action();
+        let marker = action.path.join("ran");
+        let request = shell_request(&action, &format!("echo {index} >> {}", marker.display()));
+        let status = runner
+            .run_past_deadline(request, Duration::from_millis(300))
+            .await;
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        markers.push(marker);
+    }
+    nix::sys::signal::kill(server, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let action = runner.action();
+    let after = action.path.join("ran");
+    let request = shell_request(&action, &format!("echo after >> {}", after.display()));
+    runner.run_successfully(&action, request).await;
+    let stopped = runner.stop();
+    assert!(stopped.success(), "{stopped:?}");
+    assert_eq!(read(&after), "after\n", "ran once");
+    for marker in &markers {
+        assert!(
+            !marker.exists(),
+            "a Run past its deadline ran: {}",
+            marker.display()
+        );
+    }
+    let ran = runner
+        .log()
+        .into_iter()
+        .filter(|line| line.contains("action exited") || line.contains("action terminated"))
+        .count();
+    assert_eq!(ran, 1, "{:#?}", runner.log());
+}
+
+/// The spawn server killed while Runs are being spawned: the metric says
+/// so within a second, and every Run runs its command exactly once (a
+/// request the server took with it is created by the runner instead).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_spawn_server_killed_under_load_runs_nothing_twice() {
+    let runner = TestRunner::start(diagnostics_on_loopback());
+    let address = diagnostics_address(&runner);
+    let ran = runner.dir.path().join("ran");
+    let mut runs = Vec::new();
+    for index in 0..40 {
+        let action = runner.action();
+        let request = shell_request(&action, &format!("echo {index} >> {}", ran.display()));
+        let mut client = runner.client().await;
+        runs.push(tokio::spawn(async move {
+            client
+                .run(request)
+                .await
+                .map(|response| response.into_inner().exit_code)
+        }));
+    }
+    let lines = |ran: &Path| std::fs::read_to_string(ran).unwrap_or_default();
+    eventually("some Runs ran", Duration::from_secs(30), || {
+        lines(&ran).lines().count() >= 5
+    })
+    .await;
+    kill_spawn_server(&runner, &address).await;
+    for (index, run) in runs.into_iter().enumerate() {
+        let exit_code = run
+            .await
+            .unwrap()
+            .unwrap_or_else(|status| panic!("Run {index}: {status:?}"));
+        assert_eq!(exit_code, 0, "Run {index}");
+    }
+    let mut recorded: Vec<u32> = lines(&ran)
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect();
+    recorded.sort();
+    assert_eq!(
+        recorded,
+        (0..40).collect::<Vec<u32>>(),
+        "each ran exactly once"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// actionCgroups
+// ---------------------------------------------------------------------------
+
+/// A test-owned parent cgroup on the unified hierarchy, removed on drop
+/// with everything in it (as in tests/action_cgroups.rs).
+struct TestCgroup {
+    path: std::path::PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates the cgroup, or returns None with `test` skipped (loudly;
+    /// failing under CI), saying why this machine cannot run it.
+    fn create(test: &str) -> Option<TestCgroup> {
+        use rbe_runner::cgroup::host::mount_point_of;
+        use rbe_runner::cgroup::{
+            locate_own_cgroup, DEFAULT_PROC_SELF_CGROUP, DEFAULT_PROC_SELF_MOUNTINFO,
+        };
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let problem = if !nix::unistd::Uid::effective().is_root() {
+            "needs root".to_string()
+        } else {
+            match locate_own_cgroup(
+                Path::new(DEFAULT_PROC_SELF_CGROUP),
+                Path::new(DEFAULT_PROC_SELF_MOUNTINFO),
+            ) {
+                Ok(own) => {
+                    let path = mount_point_of(&own).join(format!(
+                        "rbe-runner-slow-exec-{}-{}",
+                        std::process::id(),
+                        COUNTER.fetch_add(1, Ordering::SeqCst)
+                    ));
+                    match std::fs::create_dir(&path) {
+                        Ok(()) => return Some(TestCgroup { path }),
+                        Err(err) => format!("cannot create {}: {err}", path.display()),
+                    }
+                }
+                Err(err) => format!("no cgroup v2 here: {err}"),
+            }
+        };
+        skip(test, &problem);
+        None
+    }
+
+    /// Starts a runner with `actionCgroups: {}` inside this cgroup.
+    fn start_runner(&self, extra: serde_json::Value) -> TestRunner {
+        use std::os::fd::AsRawFd;
+        let mut config = json!({ "actionCgroups": {} });
+        merge(&mut config, extra);
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))
+            .unwrap();
+        TestRunner::start_with(config, move |command| {
+            use std::os::unix::process::CommandExt;
+            let fd = procs.as_raw_fd();
+            let join = move || {
+                // SAFETY: `fd` stays open until the spawn (forgotten below)
+                // and the kernel reads one byte of a static string.
+                if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            // SAFETY: between fork and exec the hook makes only write(2) on
+            // a descriptor opened before the fork: async-signal-safe, no
+            // allocation, no lock.
+            unsafe { command.pre_exec(join) };
+            std::mem::forget(procs);
+        })
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Err(err) =
+            rbe_runner::cgroup::action::kill_and_remove(&self.path, Duration::from_secs(10))
+        {
+            eprintln!("cannot remove test cgroup: {err}");
+        }
+    }
 }
