@@ -71,7 +71,44 @@ async fn a_slow_exec_holds_up_no_other_action_in_action_cgroups_without_the_spaw
     .await;
 }
 
+/// The second case: the slow action's input root (with its program) and
+/// its stdout and stderr live on the slow filesystem, as in bb_worker's
+/// virtual build directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_exec_on_a_fuse_input_root_holds_up_no_other_action() {
+    slow_exec_with(
+        "a_slow_exec_on_a_fuse_input_root_holds_up_no_other_action",
+        false,
+        false,
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_exec_on_a_fuse_input_root_holds_up_no_other_action_without_the_spawn_server() {
+    slow_exec_with(
+        "a_slow_exec_on_a_fuse_input_root_holds_up_no_other_action_without_the_spawn_server",
+        true,
+        false,
+        true,
+    )
+    .await;
+}
+
 async fn slow_exec(test: &str, kill_the_spawn_server: bool, action_cgroups: bool) {
+    slow_exec_with(test, kill_the_spawn_server, action_cgroups, false).await;
+}
+
+/// While one action's exec waits [`DELAY`] on the slow filesystem (its
+/// program alone, or with `input_root_on_fuse` its whole input root and
+/// its outputs), every other action is answered as if nothing waited.
+async fn slow_exec_with(
+    test: &str,
+    kill_the_spawn_server: bool,
+    action_cgroups: bool,
+    input_root_on_fuse: bool,
+) {
     if !fuse_available(test) {
         return;
     }
@@ -84,11 +121,15 @@ async fn slow_exec(test: &str, kill_the_spawn_server: bool, action_cgroups: bool
         false => None,
     };
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
-    let mounted = tempfile::tempdir().unwrap();
-    let fuse = SlowFuse::mount(mounted.path(), DELAY);
     let runner = match &cgroup {
         Some(cgroup) => cgroup.start_runner(diagnostics_on_loopback()),
         None => TestRunner::start(diagnostics_on_loopback()),
+    };
+    let slow_action = runner.action();
+    let mounted = tempfile::tempdir().unwrap();
+    let fuse = match input_root_on_fuse {
+        true => SlowFuse::mount(&slow_action.path.join("root"), DELAY),
+        false => SlowFuse::mount(mounted.path(), DELAY),
     };
     let address = diagnostics_address(&runner);
     if kill_the_spawn_server {
@@ -125,11 +166,20 @@ async fn slow_exec(test: &str, kill_the_spawn_server: bool, action_cgroups: bool
     .await;
 
     // The slow one, until its exec is waiting for the filesystem.
-    let slow_action = runner.action();
-    let slow_request = slow_action.request(
-        vec![fuse.script().display().to_string()],
-        vec![("PATH".into(), TEST_PATH.into())],
-    );
+    let slow_request = if input_root_on_fuse {
+        let mut request = slow_action.request(
+            vec!["./slow".into(), "echo".into(), "slow-output".into()],
+            vec![("PATH".into(), TEST_PATH.into())],
+        );
+        request.stdout_path = format!("{}/root/stdout", slow_action.relative);
+        request.stderr_path = format!("{}/root/stderr", slow_action.relative);
+        request
+    } else {
+        slow_action.request(
+            vec![fuse.script().display().to_string()],
+            vec![("PATH".into(), TEST_PATH.into())],
+        )
+    };
     let mut client = runner.client().await;
     let slow_started = Instant::now();
     let slow = tokio::spawn(async move { client.run(slow_request).await });
@@ -186,6 +236,13 @@ async fn slow_exec(test: &str, kill_the_spawn_server: bool, action_cgroups: bool
         .unwrap()
         .expect("the slow action runs")
         .into_inner();
+    if input_root_on_fuse {
+        assert_eq!(
+            read(&slow_action.path.join("root/stdout")),
+            "slow-output\n",
+            "its output, written on the slow filesystem"
+        );
+    }
     drop(fuse);
     assert_eq!(response.exit_code, 0);
     assert!(slow_started.elapsed() >= DELAY);
