@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use rbe_runner::action::observer::{
-    report_dirty_cgroups, LogObserver, Refusal, RunnerStateReporter,
+    report_dirty_cgroups, report_stuck_spawns, LogObserver, Refusal, RunnerStateReporter,
 };
 use rbe_runner::action::prepare::PrepareOptions;
 use rbe_runner::action::{
@@ -231,6 +231,9 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     ));
     let actions_running = actions.running().clone();
     let shutdown_signal = actions.shutdown().clone();
+    // stuckSpawnTimeout: a spawn whose exec hangs (its storage does) makes
+    // the runner refuse work until it returns, as a dirty cgroup does.
+    report_stuck_spawns(actions.stuck_spawns().clone(), state.clone());
 
     // The runner chain, innermost first, as bb_runner composes it: the
     // local runner executes actions as child processes; the decorators
@@ -441,6 +444,7 @@ fn action_options(
         oom_score_adj,
         spawn_method,
         spawn_server,
+        stuck_spawn_timeout: config.stuck_spawn_timeout,
     }
 }
 
@@ -448,12 +452,7 @@ fn action_options(
 /// once when it is gone; without one (no /proc, say) the runner creates
 /// actions' processes itself, which costs it more per action.
 async fn start_spawn_server(method: SpawnMethod) -> Option<Arc<SpawnServer>> {
-    let started = tokio::task::spawn_blocking(move || {
-        start_server(Path::new(spawn_server::DEFAULT_PROC_SELF_EXE), method)
-    })
-    .await
-    .map_err(std::io::Error::other)
-    .and_then(|started| started);
+    let started = start_server(Path::new(spawn_server::DEFAULT_PROC_SELF_EXE), method).await;
     match started {
         Ok((server, exit)) => {
             tracing::info!(

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::id::{ActionId, ActionIds};
@@ -21,7 +20,7 @@ use super::outcome::{
     posix_resource_usage, ActionOutcome, Cleanup, Ended, ExitStatus, TerminationReason,
 };
 use super::placement::{Measurement, Placement, PlacementPolicy, Tree};
-use super::prepare::{prepare, PrepareOptions, Prepared};
+use super::prepare::{prepare, CreatedOutputs, PrepareOptions, Prepared};
 use super::running::{ActionsRunning, RunningGuard, ShutdownSignal};
 use crate::bounded::quoted;
 use crate::build_directory::BuildDirectory;
@@ -29,18 +28,26 @@ use crate::cgroup::attribution::{Attribution, OomVerdict};
 use crate::exec_limit::{current_exec_limit, ExecLimitError, ExecSize};
 use crate::fault::Fault;
 use crate::fault::{blocking, RunnerError};
+pub use crate::process::call::CallGone;
 use crate::process::clone::Method as SpawnMethod;
 use crate::process::reaper::{ChildExit, SpawnedChild};
 use crate::process::spawn_server::SpawnServer;
 use crate::process::spec::{Identity, ProcessSpec, SpawnError, SpawnStep};
+use crate::process::stuck::StuckSpawns;
 use crate::process::terminate::terminate;
 use crate::proto::runner::RunRequest;
 
 /// Starts a prepared process; replaceable so that the lifecycle can be
 /// tested without real children.
+#[tonic::async_trait]
 pub trait Spawner: Send + Sync {
-    /// Starts `spec` and registers it with the reaper.
-    fn spawn(&self, spec: ProcessSpec) -> Result<SpawnedChild, SpawnError>;
+    /// Starts `spec` for the Run call `call` and registers it with the
+    /// reaper; creates nothing once the call is over.
+    async fn spawn(
+        &self,
+        spec: ProcessSpec,
+        call: &mut CallGone,
+    ) -> Result<SpawnedChild, SpawnError>;
 }
 
 /// The real spawner: [`crate::process::spawn::spawn`], creating children
@@ -52,11 +59,25 @@ pub struct ProcessSpawner {
     pub method: SpawnMethod,
     /// The spawn server, if one was started.
     pub server: Option<Arc<SpawnServer>>,
+    /// Where spawns whose exec does not return in time are counted.
+    pub stuck: Option<Arc<StuckSpawns>>,
 }
 
+#[tonic::async_trait]
 impl Spawner for ProcessSpawner {
-    fn spawn(&self, spec: ProcessSpec) -> Result<SpawnedChild, SpawnError> {
-        crate::process::spawn::spawn(spec, self.method, self.server.as_deref())
+    async fn spawn(
+        &self,
+        spec: ProcessSpec,
+        call: &mut CallGone,
+    ) -> Result<SpawnedChild, SpawnError> {
+        crate::process::spawn::spawn(
+            spec,
+            self.method,
+            self.server.as_deref(),
+            call,
+            self.stuck.as_deref(),
+        )
+        .await
     }
 }
 
@@ -76,15 +97,9 @@ pub struct ActionOptions {
     pub spawn_method: SpawnMethod,
     /// The spawn server that creates them, if one was started.
     pub spawn_server: Option<Arc<SpawnServer>>,
-}
-
-/// The end of a Run call, as the action sees it: resolves when the call is
-/// dropped, which the call's deadline tells apart from a cancellation.
-pub struct CallGone {
-    /// Closed when the call's future is dropped.
-    pub dropped: oneshot::Receiver<()>,
-    /// The call's deadline, if it had one.
-    pub deadline: Option<Instant>,
+    /// `stuckSpawnTimeout`: a spawn whose exec has not returned by then
+    /// makes the runner refuse work until it does; `None`: never.
+    pub stuck_spawn_timeout: Option<Duration>,
 }
 
 /// Everything actions of one runner share.
@@ -97,6 +112,7 @@ pub struct Actions {
     running: ActionsRunning,
     shutdown: ShutdownSignal,
     spawner: Arc<dyn Spawner>,
+    stuck_spawns: Arc<StuckSpawns>,
 }
 
 impl Actions {
@@ -109,9 +125,11 @@ impl Actions {
         ids: ActionIds,
         observer: Arc<dyn Observer>,
     ) -> Self {
+        let stuck_spawns = Arc::new(StuckSpawns::new(options.stuck_spawn_timeout));
         let spawner = Arc::new(ProcessSpawner {
             method: options.spawn_method,
             server: options.spawn_server.clone(),
+            stuck: Some(stuck_spawns.clone()),
         });
         Actions {
             build_directory,
@@ -122,6 +140,7 @@ impl Actions {
             running: ActionsRunning::default(),
             shutdown: ShutdownSignal::default(),
             spawner,
+            stuck_spawns,
         }
     }
 
@@ -139,6 +158,12 @@ impl Actions {
     /// The signal that stops every action, for shutdown.
     pub fn shutdown(&self) -> &ShutdownSignal {
         &self.shutdown
+    }
+
+    /// The spawns whose exec has not returned within
+    /// `stuckSpawnTimeout`: while there is one, the runner refuses work.
+    pub fn stuck_spawns(&self) -> &Arc<StuckSpawns> {
+        &self.stuck_spawns
     }
 
     /// The placement of every action.
@@ -186,11 +211,13 @@ impl Actions {
     }
 
     /// Prepare, place, spawn, supervise, measure, release.
-    async fn live(self: Arc<Self>, id: ActionId, request: RunRequest, call: CallGone) -> Lived {
-        let this = self.clone();
-        let action_id = id.clone();
-        let spawned = blocking(move || this.start(&action_id, &request)).await;
-        let (child, placement, request, outputs) = match spawned {
+    async fn live(self: Arc<Self>, id: ActionId, request: RunRequest, mut call: CallGone) -> Lived {
+        // A call whose deadline passed already (`grpc-timeout: 1n`) gets
+        // nothing created: no outputs, no cgroup, no child.
+        if call.deadline_passed() {
+            return Lived::not_started(deadline_passed_before_start());
+        }
+        let (child, placement, request, outputs) = match self.start(&id, request, &mut call).await {
             Ok(started) => started,
             Err(error) => return Lived::not_started(error),
         };
@@ -204,7 +231,7 @@ impl Actions {
             outputs,
         });
         let tree = placement.tree(pid);
-        let (ended, exit) = self.supervise(&id, child, &tree, call).await;
+        let (ended, exit) = self.supervise(&id, child, &tree, &mut call).await;
         if matches!(ended, Ended::Exited(_)) {
             placement.after_exit(pid);
         }
@@ -258,30 +285,83 @@ impl Actions {
         }
     }
 
-    /// Prepares the request, places the action and spawns it. Blocking.
-    /// An action that does not start leaves nothing behind: not its
-    /// outputs, not its cgroup.
-    fn start(
-        &self,
+    /// Prepares the request, places the action and spawns it. An action
+    /// that does not start leaves nothing behind: not its outputs, not its
+    /// cgroup. Preparing may block (on the build directory's filesystem)
+    /// and is done off the async threads; a call that is over by the time
+    /// a thread takes it up prepares nothing. The spawn waits in the event
+    /// loop.
+    async fn start(
+        self: &Arc<Self>,
         id: &ActionId,
-        request: &RunRequest,
+        request: RunRequest,
+        call: &mut CallGone,
     ) -> Result<(SpawnedChild, Placement, RunRequest, OutputFiles), RunnerError> {
-        let mut prepared = prepare(&self.build_directory, &self.options.prepare, request)?;
-        let outputs = std::mem::take(&mut prepared.outputs);
-        let (child, placement, request) = self
-            .place_and_spawn(id, request, prepared)
-            .inspect_err(|_| outputs.remove())?;
-        let described = outputs.described(&request);
-        Ok((child, placement, request, described))
+        let this = self.clone();
+        let action_id = id.clone();
+        let deadline = call.deadline();
+        let ready = blocking(move || {
+            if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+                return Err(deadline_passed_before_start());
+            }
+            this.prepare_and_place(&action_id, request)
+        })
+        .await?;
+        let Ready {
+            spec,
+            placement,
+            outputs,
+            exec_size,
+            request,
+        } = ready;
+        let program = spec.program.clone();
+        let spawned = if call.is_over() {
+            Err(call.over_error())
+        } else {
+            self.spawner.spawn(spec, call).await
+        };
+        match spawned {
+            Ok(child) => {
+                let described = outputs.described(&request);
+                Ok((child, placement, request, described))
+            }
+            Err(error) => {
+                let error = spawn_error(&request.arguments[0], &program, exec_size, error);
+                // Nothing runs in its place; a failure to remove its
+                // cgroup marks the runner dirty.
+                let _ = blocking(move || {
+                    placement.discard();
+                    outputs.remove();
+                    Ok(())
+                })
+                .await;
+                Err(error)
+            }
+        }
     }
 
-    fn place_and_spawn(
+    /// Prepares the request and places the action: what its spawn needs.
+    /// Blocking.
+    fn prepare_and_place(&self, id: &ActionId, request: RunRequest) -> Result<Ready, RunnerError> {
+        let mut prepared = prepare(&self.build_directory, &self.options.prepare, &request)?;
+        let outputs = std::mem::take(&mut prepared.outputs);
+        match Placement::new(&self.placement, id) {
+            Ok(placement) => Ok(self.describe(request, prepared, placement, outputs)),
+            Err(error) => {
+                outputs.remove();
+                Err(error)
+            }
+        }
+    }
+
+    /// The process to start for `request`, as prepared and placed.
+    fn describe(
         &self,
-        id: &ActionId,
-        request: &RunRequest,
+        request: RunRequest,
         prepared: Prepared,
-    ) -> Result<(SpawnedChild, Placement, RunRequest), RunnerError> {
-        let mut placement = Placement::new(&self.placement, id)?;
+        mut placement: Placement,
+        outputs: CreatedOutputs,
+    ) -> Ready {
         let exec_size = ExecSize::of(
             &request.arguments,
             prepared.environment.iter().map(|(key, value)| (key, value)),
@@ -291,7 +371,7 @@ impl Actions {
             size
         });
         let spec = ProcessSpec {
-            program: prepared.program.clone(),
+            program: prepared.program,
             arguments: request.arguments.clone(),
             environment: prepared.environment,
             working_directory: prepared.working_directory,
@@ -303,19 +383,12 @@ impl Actions {
             cgroup: placement.take_cgroup_directory(),
             oom_score_adj: self.options.oom_score_adj,
         };
-        match self.spawner.spawn(spec) {
-            Ok(child) => Ok((child, placement, request.clone())),
-            Err(error) => {
-                // Nothing runs in its place; a failure to remove it marks
-                // the runner dirty.
-                placement.discard();
-                Err(spawn_error(
-                    &request.arguments[0],
-                    &prepared.program,
-                    exec_size,
-                    error,
-                ))
-            }
+        Ready {
+            spec,
+            placement,
+            outputs,
+            exec_size,
+            request,
         }
     }
 
@@ -327,7 +400,7 @@ impl Actions {
         id: &ActionId,
         mut child: SpawnedChild,
         tree: &Tree,
-        mut call: CallGone,
+        call: &mut CallGone,
     ) -> (Ended, Option<ChildExit>) {
         let reason = tokio::select! {
             exit = &mut child.exit => {
@@ -338,8 +411,8 @@ impl Actions {
                     Err(_) => (Ended::Exited(ExitStatus::Unknown(-1)), None),
                 };
             }
-            _ = &mut call.dropped => {
-                TerminationReason::of_dropped_call(call.deadline, Instant::now())
+            _ = call.gone() => {
+                TerminationReason::of_dropped_call(call.deadline(), Instant::now())
             }
             _ = self.shutdown.terminating() => TerminationReason::Shutdown,
         };
@@ -408,6 +481,24 @@ impl Actions {
     }
 }
 
+/// An action prepared and placed, ready to be spawned.
+struct Ready {
+    spec: ProcessSpec,
+    placement: Placement,
+    /// Removed if it never starts.
+    outputs: CreatedOutputs,
+    exec_size: Result<ExecSize, ExecLimitError>,
+    request: RunRequest,
+}
+
+/// The error of a call whose deadline passed before its action was
+/// created.
+fn deadline_passed_before_start() -> RunnerError {
+    RunnerError::DeadlineExceeded(
+        "the call's deadline passed before the action was started; nothing was run".into(),
+    )
+}
+
 /// What [`Actions::live`] found.
 struct Lived {
     pid: Option<i32>,
@@ -441,6 +532,21 @@ fn spawn_error(
     err: SpawnError,
 ) -> RunnerError {
     let errno = err.source.raw_os_error();
+    match err.step {
+        SpawnStep::Deadline => {
+            return RunnerError::DeadlineExceeded(format!(
+                "{} was not started: {err}; nothing was run",
+                quoted(argv0)
+            ))
+        }
+        SpawnStep::Cancelled => {
+            return RunnerError::Cancelled(format!(
+                "{} was not started: {err}; nothing was run",
+                quoted(argv0)
+            ))
+        }
+        _ => {}
+    }
     if err.step != SpawnStep::Exec {
         let fault = errno.map_or(Fault::Runner, Fault::of_host_errno);
         return RunnerError::of_fault(fault, format!("cannot start {}: {err}", quoted(argv0)));

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use super::id::ActionId;
 use super::outcome::{ActionOutcome, Ended, ExitStatus, TerminationReason};
 use crate::cgroup::action::ActionCgroupManager;
+use crate::process::stuck::StuckSpawns;
 use crate::sync::lock_unpoisoned;
 
 /// An action's process was started.
@@ -86,7 +87,7 @@ pub struct CleanupFailed {
 pub struct RunnerState {
     /// Whether Run and CheckReadiness may succeed.
     pub accepting_work: bool,
-    /// Why: `startup`, `dirty cgroup`, `readiness path missing`,
+    /// Why: `startup`, `dirty cgroup`, `stuck spawn`, `readiness path missing`,
     /// `shutdown`, or what ended a refusal.
     pub reason: String,
     /// `memory.max` of the cgroup all actions share (the delegated parent
@@ -175,6 +176,8 @@ impl Observer for Observers {
 pub enum Refusal {
     /// An action cgroup could not be emptied and removed.
     DirtyCgroup,
+    /// A spawn's exec has not returned within `stuckSpawnTimeout`.
+    StuckSpawn,
     /// A `readinessCheckingPathnames` path is missing.
     ReadinessPathMissing,
     /// The runner is shutting down.
@@ -185,6 +188,7 @@ impl Refusal {
     fn as_str(self) -> &'static str {
         match self {
             Refusal::DirtyCgroup => "dirty cgroup",
+            Refusal::StuckSpawn => "stuck spawn",
             Refusal::ReadinessPathMissing => "readiness path missing",
             Refusal::Shutdown => "shutdown",
         }
@@ -296,6 +300,25 @@ pub fn report_dirty_cgroups(manager: &ActionCgroupManager, state: Arc<RunnerStat
         while dirty.changed().await.is_ok() {
             let count = *dirty.borrow_and_update();
             report(count);
+        }
+    });
+}
+
+/// Reports the spawns whose exec has not returned within
+/// `stuckSpawnTimeout` to `state`, as [`report_dirty_cgroups`] does dirty
+/// cgroups: the runner refuses work while one is stuck. The reporting task
+/// ends when `spawns` is gone.
+pub fn report_stuck_spawns(spawns: Arc<StuckSpawns>, state: Arc<RunnerStateReporter>) {
+    let mut stuck = spawns.count();
+    tokio::spawn(async move {
+        while stuck.changed().await.is_ok() {
+            let count = *stuck.borrow_and_update();
+            // The program and how long it had waited when it was found
+            // stuck; CheckReadiness says how long it has waited by now.
+            match spawns.reason() {
+                Some(reason) if count > 0 => state.refuse(Refusal::StuckSpawn, reason),
+                _ => state.resolve(Refusal::StuckSpawn),
+            }
         }
     });
 }

@@ -56,7 +56,7 @@ pub use schema::diagnostics::{DiagnosticsHttpServerConfig, HttpServerConfig, Log
 pub use schema::environment::{GlobalConfig, RunCommandsAs};
 pub use schema::extensions::{
     ActionCgroupsConfig, EventsConfig, DEFAULT_JOURNAL_MAX_BYTES, DEFAULT_REPLAY_BUFFER_SIZE,
-    DEFAULT_TERMINATION_GRACE_PERIOD,
+    DEFAULT_STUCK_SPAWN_TIMEOUT, DEFAULT_TERMINATION_GRACE_PERIOD,
 };
 pub use schema::keepalive::{KeepaliveParameters, MINIMUM_WINDOW_SIZE_BYTES};
 pub use schema::serving::GrpcServerConfig;
@@ -96,6 +96,10 @@ pub struct Config {
     pub apple_xcode_developer_directories: BTreeMap<String, String>,
     /// Extension: time between SIGTERM and SIGKILL when an action is stopped.
     pub termination_grace_period: Duration,
+    /// Extension `stuckSpawnTimeout`: a spawn whose exec has not returned
+    /// by then makes the runner refuse work until it does; `None`
+    /// (`'0s'`): never.
+    pub stuck_spawn_timeout: Option<Duration>,
     /// Extension (proposed upstream as field 15): cgroup v2 counter deltas per action.
     pub sample_cgroup_resource_usage: bool,
     /// Extension: put every action in its own cgroup.

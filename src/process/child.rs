@@ -14,6 +14,7 @@ use std::ffi::c_void;
 use std::io;
 use std::os::fd::RawFd;
 
+use super::call::SpawnDeadline;
 use super::clone::{self, Creator, Method};
 use super::spec::{ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
 use super::status::StatusWriter;
@@ -82,6 +83,8 @@ pub(crate) struct Child<'a> {
     pub(crate) working_directory: RawFd,
     pub(crate) identity: Option<&'a Identity>,
     pub(crate) exec: &'a ExecArguments,
+    /// The call's deadline: past it, the child exits instead of exec'ing.
+    pub(crate) deadline: Option<SpawnDeadline>,
 }
 
 impl<'a> Child<'a> {
@@ -103,7 +106,14 @@ impl<'a> Child<'a> {
             working_directory,
             identity,
             exec,
+            deadline: None,
         }
+    }
+
+    /// The same child, exiting instead of exec'ing once `deadline` passed.
+    pub(crate) fn with_deadline(mut self, deadline: Option<SpawnDeadline>) -> Self {
+        self.deadline = deadline;
+        self
     }
 }
 
@@ -213,6 +223,7 @@ impl ChildArgument<'_> {
                 check(SpawnStep::Identity, result as libc::c_int)?;
             }
         }
+        self.still_wanted()?;
         // The parent blocked every signal before creating us.
         // SAFETY: all-zero bytes are a valid `sigset_t` (plain integers).
         let mut none: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -226,6 +237,20 @@ impl ChildArgument<'_> {
         // before the child was created; the child has its copy of them.
         unsafe { libc::execve(exec.program.as_ptr(), exec.argv(), exec.envp()) };
         Err((SpawnStep::Exec, errno()))
+    }
+}
+
+impl ChildArgument<'_> {
+    /// The last step before exec: the call's deadline has not passed, and
+    /// the runner has not cancelled the spawn (its call is over).
+    fn still_wanted(&self) -> Result<(), (SpawnStep, i32)> {
+        if self.child.deadline.is_some_and(SpawnDeadline::passed) {
+            return Err((SpawnStep::Deadline, libc::ETIMEDOUT));
+        }
+        if self.status.cancelled() {
+            return Err((SpawnStep::Cancelled, libc::ECANCELED));
+        }
+        Ok(())
     }
 }
 

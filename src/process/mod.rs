@@ -10,13 +10,18 @@
 //! - [`child`]: the child between clone and exec (its cgroup, signals,
 //!   process group, descriptors, root, directory and identity, set up with
 //!   raw system calls), and creating it in this process.
-//! - [`clone`]: the mechanism only: `clone3` or glibc's `clone` with
-//!   `CLONE_VFORK`, the child's stack and the page it reports through.
+//! - [`clone`]: the mechanism only: `clone3` or glibc's `clone`, and the
+//!   child's stack.
 //! - [`spec`]: what a spawn is asked for and what it answers (the action's
 //!   description, the values prepared from it, the step that failed),
 //!   shared by the front door, the spawn server and the child.
-//! - [`status`]: the pipe of each child through which it says its pid and
-//!   the step that failed, and whose end of file is its exec.
+//! - [`status`]: the channel of each child through which it says its pid
+//!   and the step that failed, whose end of file is its exec, and through
+//!   which the runner cancels it.
+//! - [`stuck`]: spawns whose exec has not returned within
+//!   `stuckSpawnTimeout`, which make the runner refuse work.
+//! - [`call`]: what a spawn knows of its Run call: its deadline (on the
+//!   monotonic clock the spawn server and the child read) and its end.
 //!
 //! Around it:
 //! - [`lookup`]: finding the program in the request's PATH.
@@ -26,6 +31,7 @@
 //! - [`privileges`]: whether the runner may do what its configuration asks
 //!   of the kernel (switching identity, chroot).
 
+pub mod call;
 pub mod child;
 pub mod clone;
 pub mod lookup;
@@ -35,6 +41,7 @@ pub mod spawn;
 pub mod spawn_server;
 pub mod spec;
 pub mod status;
+pub mod stuck;
 pub mod terminate;
 
 use std::path::{Path, PathBuf};

@@ -18,33 +18,53 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::call::CallGone;
 use super::child::{self, Child};
 use super::clone::{self, Method};
 use super::reaper::{self, reaper, ChildExit, Expecting, SpawnedChild, Waiting};
-use super::spawn_server::{self, SpawnServer};
+use super::spawn_server::{self, NotAsked, SpawnServer};
 use super::spec::{ExecArguments, OomScoreAdj, Parent, ProcessSpec, SpawnError, SpawnStep};
 use super::status::{self, Status, StatusReader};
+use super::stuck::StuckSpawns;
 
 /// Starts the process described by `spec` with `method`, as the leader of
-/// a new process group, registered with the reaper. The spawn server
-/// creates it when there is one (see [`super::spawn_server`]); without
-/// one, or once it is gone, the runner creates it itself. Blocking: returns
-/// once the child has exec'd or a step before failed, which this thread
-/// alone waits for, holding no lock (the child's status pipe says, see
-/// [`super::status`]).
+/// a new process group, registered with the reaper, for the Run call
+/// `call`. The spawn server creates it when there is one (see
+/// [`super::spawn_server`]); without one, or once it is gone, the runner
+/// creates it itself. Returns once the child has exec'd or a step before
+/// failed, which this task alone waits for, in the event loop, holding no
+/// lock (the child's status channel says, see [`super::status`]).
+///
+/// A call that is over (its deadline passed, or it was dropped) creates
+/// nothing: not here, not in the spawn server, not in a child that has not
+/// reached its exec ([`SpawnStep::Deadline`], [`SpawnStep::Cancelled`]).
+/// A child that was already inside `execve` is returned once its exec
+/// returns, for its supervisor to stop. A spawn still waiting for its
+/// exec after `stuck`'s timeout is counted there until it is over.
 ///
 /// The exec is a plain `execve`: no PATH search and no fallback of running
 /// a file that fails with ENOEXEC through `/bin/sh`, which would hide a
 /// broken executable behind exit code 127 instead of reporting it, as
 /// bb_runner does.
-pub fn spawn(
+pub async fn spawn(
     spec: ProcessSpec,
     method: Method,
     server: Option<&SpawnServer>,
+    call: &mut CallGone,
+    stuck: Option<&StuckSpawns>,
 ) -> Result<SpawnedChild, SpawnError> {
+    let waiting = Waited {
+        program: &spec.program,
+        since: Instant::now(),
+        stuck,
+    };
+    if call.is_over() {
+        return Err(call.over_error());
+    }
     let exec = ExecArguments::new(&spec).map_err(|source| SpawnError {
         step: SpawnStep::Exec,
         source,
@@ -64,13 +84,21 @@ pub fn spawn(
         spec.working_directory.as_raw_fd(),
         spec.identity.as_ref(),
         &exec,
-    );
+    )
+    .with_deadline(call.spawn_deadline());
     if let Some(server) = server.filter(|server| server.is_up()) {
-        if let Some(spawned) = ask_server(server, &child, method)? {
+        if let Some(spawned) = ask_server(server, &child, method, call, &waiting).await? {
             return Ok(spawned);
         }
     }
-    create_here(&child, method, reaper().expecting())
+    let (spawned, status) = create_here(&child, method, reaper().expecting())?;
+    let pid = spawned.pid;
+    follow(status, None, Some(spawned), call, &waiting)
+        .await?
+        .ok_or_else(|| SpawnError {
+            step: SpawnStep::Create,
+            source: io::Error::other(format!("child {pid} lost")),
+        })
 }
 
 /// Every action's stdin: it reads end-of-file, as from /dev/null, but from
@@ -93,28 +121,32 @@ fn empty_stdin() -> io::Result<RawFd> {
 /// Has the spawn server create `child` with `method`, and follows it to
 /// its exec. `Ok(None)` when the server is gone without having created
 /// it: the caller creates it instead, never twice.
-fn ask_server(
+async fn ask_server(
     server: &SpawnServer,
-    child: &Child,
+    child: &Child<'_>,
     method: Method,
+    call: &mut CallGone,
+    waiting: &Waited<'_>,
 ) -> Result<Option<SpawnedChild>, SpawnError> {
-    let setup = |source| SpawnError {
-        step: SpawnStep::Setup,
-        source,
-    };
     let expecting = reaper().expecting();
-    let status = {
-        // No child of ours is created while our write end is open.
-        let _creator = clone::creator().map_err(setup)?;
-        let (status, writer) = status::pipe().map_err(setup)?;
-        if server.ask(child, method, writer.as_raw_fd()).is_err() {
-            return Ok(None);
+    let status = match server.ask(child, method, call).await {
+        Ok(status) => status,
+        Err(NotAsked::Gone) => return Ok(None),
+        Err(NotAsked::CallOver) => return Err(call.over_error()),
+        Err(NotAsked::Setup(source)) => {
+            return Err(SpawnError {
+                step: SpawnStep::Setup,
+                source,
+            })
         }
-        status
     };
-    let spawned = follow(status, Some(expecting), None)?;
+    let spawned = follow(status, Some(expecting), None, call, waiting).await?;
     if spawned.is_none() {
-        // Every copy of the write end closed without a word: the server
+        if call.is_over() {
+            // The server saw the cancel before it read the request.
+            return Err(call.over_error());
+        }
+        // Every copy of the child's end closed without a word: the server
         // died with the request, before creating the child (whose first
         // words are its pid).
         server.gone(&"it ended a request without creating the child");
@@ -122,15 +154,16 @@ fn ask_server(
     Ok(spawned)
 }
 
-/// Creates `child` in this process with `method`, and follows it to its
-/// exec. Only the clone system call is done holding the [`clone::Creator`]
-/// (with making and closing the status pipe around it); the wait for the
-/// exec is this thread's alone.
+/// Creates `child` in this process with `method`; returns it, registered
+/// under `expecting`, and its status channel. Only the clone system call
+/// is done holding the [`clone::Creator`] (with making and closing the
+/// child's end of the channel around it), on this thread: the copy of the
+/// runner costs CPU, never a wait.
 fn create_here(
     child: &Child,
     method: Method,
     expecting: Expecting,
-) -> Result<SpawnedChild, SpawnError> {
+) -> Result<(SpawnedChild, StatusReader), SpawnError> {
     let setup = |source| SpawnError {
         step: SpawnStep::Setup,
         source,
@@ -143,12 +176,7 @@ fn create_here(
         (created, status)
     };
     let pid = created.map_err(|source| creation_error(method, child, source))?;
-    let spawned = expecting.register(pid);
-    let pid = spawned.pid;
-    follow(status, None, Some(spawned))?.ok_or_else(|| SpawnError {
-        step: SpawnStep::Create,
-        source: io::Error::other(format!("child {pid} lost")),
-    })
+    Ok((expecting.register(pid), status))
 }
 
 /// The error of a child that could not be created with `method`.
@@ -165,17 +193,58 @@ fn creation_error(method: Method, child: &Child, source: io::Error) -> SpawnErro
     }
 }
 
-/// Reads a child's status pipe up to its exec (blocking, holding nothing):
+/// A spawn as the wait for its exec sees it.
+struct Waited<'a> {
+    /// The program, to name it when the spawn is stuck.
+    program: &'a str,
+    /// When the spawn began.
+    since: Instant,
+    /// Where a spawn that waits too long is counted.
+    stuck: Option<&'a StuckSpawns>,
+}
+
+impl Waited<'_> {
+    /// When the spawn counts as stuck, if it ever does.
+    fn stuck_at(&self) -> Option<tokio::time::Instant> {
+        let timeout = self.stuck?.timeout()?;
+        Some(tokio::time::Instant::from_std(self.since) + timeout)
+    }
+}
+
+/// Reads a child's status channel up to its exec, in the event loop:
 /// registers the child under `expecting` as soon as it says its pid,
-/// unless it is `spawned` already. `Ok(None)`: the pipe ended without a
-/// word, so no child was created.
-fn follow(
+/// unless it is `spawned` already. When `call` ends meanwhile, cancels
+/// (the child exits before its exec; the server creates nothing) and goes
+/// on reading, so that a child created anyway is known and stopped. Still
+/// waiting after the stuck-spawn timeout, counts itself as stuck until it
+/// returns. `Ok(None)`: the channel ended without a word, so no child was
+/// created.
+async fn follow(
     mut status: StatusReader,
     mut expecting: Option<Expecting>,
     mut spawned: Option<SpawnedChild>,
+    call: &mut CallGone,
+    waiting: &Waited<'_>,
 ) -> Result<Option<SpawnedChild>, SpawnError> {
+    let mut cancelled = false;
+    let stuck_at = waiting.stuck_at();
+    let mut stuck = None;
     loop {
-        let told = status.next().map_err(|source| SpawnError {
+        let told = tokio::select! {
+            told = status.next() => told,
+            _ = call.gone(), if !cancelled => {
+                status.cancel();
+                cancelled = true;
+                continue;
+            }
+            _ = sleep_until_some(stuck_at), if stuck.is_none() => {
+                stuck = waiting
+                    .stuck
+                    .map(|spawns| spawns.stuck(waiting.program, waiting.since));
+                continue;
+            }
+        };
+        let told = told.map_err(|source| SpawnError {
             step: SpawnStep::Setup,
             source,
         })?;
@@ -204,13 +273,21 @@ fn follow(
     }
 }
 
+/// Resolves at `at`; never without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Starts `executable` (this program, normally
 /// [`spawn_server::DEFAULT_PROC_SELF_EXE`]) as the spawn server: a child of
 /// the runner created as actions are, with `method` and no exit signal,
 /// which the children it creates with `CLONE_PARENT` take from it (see
 /// [`super::reaper`]). Its connection is its standard input. Returns the
-/// server, ready, and its exit. Blocking.
-pub fn start_spawn_server(
+/// server, ready, and its exit.
+pub async fn start_spawn_server(
     executable: &Path,
     method: Method,
 ) -> io::Result<(SpawnServer, oneshot::Receiver<ChildExit>)> {
@@ -244,9 +321,12 @@ pub fn start_spawn_server(
         cgroup: None,
         oom_score_adj: None,
     };
-    let child =
-        spawn(spec, method, None).map_err(|error| io::Error::new(error.source.kind(), error))?;
-    let server = SpawnServer::connect(ours, child.pid as u32)?;
+    let (_forever, dropped) = oneshot::channel();
+    let mut call = CallGone::new(dropped, None);
+    let child = spawn(spec, method, None, &mut call, None)
+        .await
+        .map_err(|error| io::Error::new(error.source.kind(), error))?;
+    let server = SpawnServer::connect(ours, child.pid as u32).await?;
     Ok((server, child.exit))
 }
 
@@ -390,6 +470,13 @@ pub fn probe(method: Method, cgroup: Option<RawFd>) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A call without a deadline that never ends.
+    fn forever() -> CallGone {
+        let (call, dropped) = oneshot::channel();
+        std::mem::forget(call);
+        CallGone::new(dropped, None)
+    }
+
     fn spec(dir: &std::path::Path, program: &str) -> ProcessSpec {
         let working_directory = nix::fcntl::open(
             dir,
@@ -416,7 +503,12 @@ mod tests {
     /// where this machine has it (otherwise that half is skipped).
     fn methods(test: &str) -> Vec<Method> {
         let mut methods = vec![Method::Clone];
-        match probe(Method::Clone3, None) {
+        // The probe waits for its child, which a test's runtime thread
+        // must not.
+        match std::thread::spawn(|| probe(Method::Clone3, None))
+            .join()
+            .unwrap()
+        {
             Ok(()) => methods.push(Method::Clone3),
             Err(error) => crate::test_support::skip(
                 test,
@@ -429,18 +521,26 @@ mod tests {
     /// Why it matters: a missing program is the request's fault (the build
     /// fails), a step before exec failing is the host's (retry elsewhere);
     /// the caller can only tell them apart by the step.
-    #[test]
-    fn a_failing_exec_is_reported_as_the_exec_step() {
+    #[tokio::test]
+    async fn a_failing_exec_is_reported_as_the_exec_step() {
         for method in methods("a_failing_exec_is_reported_as_the_exec_step") {
             let dir = tempfile::tempdir().unwrap();
-            let err = spawn(spec(dir.path(), "/nonexistent/program"), method, None).unwrap_err();
+            let err = spawn(
+                spec(dir.path(), "/nonexistent/program"),
+                method,
+                None,
+                &mut forever(),
+                None,
+            )
+            .await
+            .unwrap_err();
             assert_eq!(err.step, SpawnStep::Exec, "{method}");
             assert_eq!(err.source.raw_os_error(), Some(libc::ENOENT), "{method}");
         }
     }
 
-    #[test]
-    fn a_failing_step_before_exec_is_named() {
+    #[tokio::test]
+    async fn a_failing_step_before_exec_is_named() {
         for method in methods("a_failing_step_before_exec_is_named") {
             let dir = tempfile::tempdir().unwrap();
             // A directory that is not a cgroup: the child cannot join it.
@@ -453,7 +553,9 @@ mod tests {
                 )
                 .unwrap(),
             );
-            let err = spawn(joining, method, None).unwrap_err();
+            let err = spawn(joining, method, None, &mut forever(), None)
+                .await
+                .unwrap_err();
             assert_eq!(err.step, SpawnStep::JoinCgroup, "{method}: {err}");
             assert!(err.to_string().contains("cgroup"), "{method}: {err}");
 
@@ -465,17 +567,27 @@ mod tests {
                 nix::sys::stat::Mode::empty(),
             )
             .unwrap();
-            let err = spawn(entering, method, None).unwrap_err();
+            let err = spawn(entering, method, None, &mut forever(), None)
+                .await
+                .unwrap_err();
             assert_eq!(err.step, SpawnStep::WorkingDirectory, "{method}: {err}");
         }
     }
 
-    #[test]
-    fn a_successful_spawn_runs_the_program() {
+    #[tokio::test]
+    async fn a_successful_spawn_runs_the_program() {
         for method in methods("a_successful_spawn_runs_the_program") {
             let dir = tempfile::tempdir().unwrap();
-            let child = spawn(spec(dir.path(), "/bin/true"), method, None).unwrap();
-            let exit = child.exit.blocking_recv().unwrap();
+            let child = spawn(
+                spec(dir.path(), "/bin/true"),
+                method,
+                None,
+                &mut forever(),
+                None,
+            )
+            .await
+            .unwrap();
+            let exit = child.exit.await.unwrap();
             assert_eq!(exit.exit_code(), Some(0), "{method}");
         }
     }
@@ -484,8 +596,8 @@ mod tests {
     /// of the runner's must never run in it, and an action must start as
     /// from a shell: nothing blocked, SIGPIPE not ignored (Rust ignores it
     /// in the runner), its own process group, stdin at end of file.
-    #[test]
-    fn the_action_starts_with_clean_signals_its_own_group_and_empty_stdin() {
+    #[tokio::test]
+    async fn the_action_starts_with_clean_signals_its_own_group_and_empty_stdin() {
         for method in methods("the_action_starts_with_clean_signals_its_own_group_and_empty_stdin")
         {
             let dir = tempfile::tempdir().unwrap();
@@ -498,9 +610,11 @@ mod tests {
                     .into(),
             ];
             let _previous = clone::block_all_signals();
-            let child = spawn(shell, method, None).unwrap();
+            let child = spawn(shell, method, None, &mut forever(), None)
+                .await
+                .unwrap();
             let pid = child.pid;
-            let exit = child.exit.blocking_recv().unwrap();
+            let exit = child.exit.await.unwrap();
             assert_eq!(exit.exit_code(), Some(0), "{method}");
             let output = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
             let lines: Vec<&str> = output.lines().collect();
@@ -529,8 +643,8 @@ mod tests {
     /// Why it matters: a spawn server that dies holding a request must
     /// neither lose the action nor let it run twice: nothing was created
     /// (a child's first words are its pid), so the runner creates it.
-    #[test]
-    fn a_request_the_server_took_with_it_is_created_here_once() {
+    #[tokio::test]
+    async fn a_request_the_server_took_with_it_is_created_here_once() {
         use std::io::{Read, Write};
         let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let dying = std::thread::spawn(move || {
@@ -539,13 +653,15 @@ mod tests {
             theirs.read_exact(&mut first).unwrap();
             // Dies with the request and its descriptors.
         });
-        let server = SpawnServer::connect(ours, 0).unwrap();
+        let server = SpawnServer::connect(ours, 0).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut shell = spec(dir.path(), "/bin/sh");
         shell.arguments = vec!["/bin/sh".into(), "-c".into(), "echo ran".into()];
-        let child = spawn(shell, Method::Clone, Some(&server)).unwrap();
+        let child = spawn(shell, Method::Clone, Some(&server), &mut forever(), None)
+            .await
+            .unwrap();
         dying.join().unwrap();
-        let exit = child.exit.blocking_recv().unwrap();
+        let exit = child.exit.await.unwrap();
         assert_eq!(exit.exit_code(), Some(0));
         assert_eq!(
             std::fs::read_to_string(dir.path().join("stdout")).unwrap(),

@@ -21,6 +21,15 @@
 //! slow exec holds up no other request, and the runner learns a child's
 //! pid even if the server dies right after creating it.
 //!
+//! The runner asks from the async task of the action (no blocking-pool
+//! thread, no lock held across a wait for the server): the socket is
+//! non-blocking, and requests are written one whole request at a time
+//! under an async lock that waits only while the socket is full (the
+//! server stopped, say). A spawn whose call ends while it waits for its
+//! turn sends nothing. Each request carries the call's deadline, and the
+//! server creates no child whose deadline passed or whose spawn the
+//! runner cancelled meanwhile (see [`super::call`]).
+//!
 //! If the server is gone (it never is unless killed), the runner creates
 //! children itself from then on, and says so in its log. A request the
 //! server took with it ends the status pipe without a word: nothing was
@@ -33,17 +42,19 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 
-use tokio::sync::oneshot;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::{oneshot, Mutex};
 
+use super::call::{CallGone, SpawnDeadline};
 use super::child::{self, Child};
 use super::clone::{self, Method};
 use super::reaper::ChildExit;
-use super::spec::{ExecArguments, Identity, OomScoreAdj, Parent};
-use super::status::StatusWriter;
+use super::spec::{ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
+use super::status::{self, StatusReader, StatusWriter};
 
 /// This executable, as the kernel knows it: still there when the file was
 /// replaced since (`rbe-runner install` over a running copy).
@@ -54,7 +65,7 @@ pub const SERVE_ARGUMENT: &str = "__spawn-server";
 
 /// Marks a request; bumped if its layout changes (the server is always
 /// the same executable as the runner, so this only guards against bugs).
-const REQUEST_MAGIC: u32 = 0x5242_5331;
+const REQUEST_MAGIC: u32 = 0x5242_5332;
 
 /// Sent by the server once it is ready.
 const READY: &[u8; 4] = b"RDY1";
@@ -71,20 +82,54 @@ const LARGEST_REQUEST: usize = 1 << 30;
 /// The runner's end of the connection to its spawn server.
 #[derive(Debug)]
 pub struct SpawnServer {
-    /// Where requests are written, one whole request at a time.
-    connection: Mutex<UnixStream>,
+    /// Where requests are written (non-blocking), one whole request at a
+    /// time: held only while a request is written, which waits only while
+    /// the socket is full.
+    connection: Mutex<AsyncFd<UnixStream>>,
     /// Whether the server is still there, as far as the runner knows;
     /// read without a lock, by `/metrics` too.
     up: AtomicBool,
     pid: u32,
 }
 
+/// Why a request was not sent.
+#[derive(Debug)]
+pub(crate) enum NotAsked {
+    /// The server is gone: nothing was created, ask no more.
+    Gone,
+    /// The call ended before any of the request was sent.
+    CallOver,
+    /// The request's status channel could not be made here.
+    Setup(io::Error),
+}
+
 impl SpawnServer {
     /// The runner's end of a connection to the server `pid`, once the
-    /// server has said that it is ready. Blocking.
-    pub(crate) fn connect(mut connection: UnixStream, pid: u32) -> io::Result<SpawnServer> {
+    /// server has said that it is ready. Needs a Tokio runtime.
+    pub(crate) async fn connect(connection: UnixStream, pid: u32) -> io::Result<SpawnServer> {
+        connection.set_nonblocking(true)?;
+        // SAFETY: the AsyncFd owns the socket, which stays open and the
+        // same until it is dropped.
+        let connection = unsafe {
+            AsyncFd::register_with_interest(connection, Interest::READABLE | Interest::WRITABLE)
+        }
+        .map_err(io::Error::from)?;
         let mut ready = [0u8; 4];
-        connection.read_exact(&mut ready)?;
+        let mut filled = 0;
+        while filled < ready.len() {
+            let read = connection
+                .async_io(Interest::READABLE, |mut socket| {
+                    socket.read(&mut ready[filled..])
+                })
+                .await?;
+            if read == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the spawn server exited before it was ready",
+                ));
+            }
+            filled += read;
+        }
         if &ready != READY {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -131,50 +176,110 @@ impl SpawnServer {
     }
 
     /// Asks the server to create `child` with `method` as a child of the
-    /// runner, reporting to the status pipe whose write end is `status`.
-    /// Returns once the request is written: whatever became of the child
-    /// comes through the status pipe. An error means that the server is
-    /// gone (and will not be asked again) and that it did not have the
-    /// whole request, so nothing was created.
-    pub(crate) fn ask(&self, child: &Child, method: Method, status: RawFd) -> io::Result<()> {
+    /// runner; returns the reader of the child's status channel once the
+    /// whole request is written: whatever became of the child comes
+    /// through it. Waits (in the event loop) for its turn and for room in
+    /// the socket, unless `call` ends first, which sends nothing. Once the
+    /// first part (with the descriptors) is sent, the rest is sent
+    /// whatever the call does, so that the next request is whole.
+    pub(crate) async fn ask(
+        &self,
+        child: &Child<'_>,
+        method: Method,
+        call: &mut CallGone,
+    ) -> Result<StatusReader, NotAsked> {
         if !self.is_up() {
-            return Err(io::Error::other("the spawn server is gone"));
+            return Err(NotAsked::Gone);
         }
-        let (request, descriptors) = encode(child, method, status);
-        let sent = send(
-            &mut crate::sync::lock_unpoisoned(&self.connection),
-            &request,
-            &descriptors,
-        );
-        if let Err(error) = &sent {
-            self.gone(error);
+        let (request, descriptors) = encode(child, method);
+        let connection = tokio::select! {
+            connection = self.connection.lock() => connection,
+            _ = call.gone() => return Err(NotAsked::CallOver),
+        };
+        let (status, sent) = loop {
+            let mut ready = tokio::select! {
+                ready = connection.writable() => ready.map_err(|error| self.lost(&error))?,
+                _ = call.gone() => return Err(NotAsked::CallOver),
+            };
+            match ready.try_io(|socket| send_first(socket.get_ref(), &request, &descriptors)) {
+                Ok(Ok(Ok(first))) => break first,
+                Ok(Ok(Err(setup))) => return Err(NotAsked::Setup(setup)),
+                Ok(Err(error)) => return Err(self.lost(&error)),
+                Err(_would_block) => continue,
+            }
+        };
+        let mut sent = sent;
+        while sent < request.len() {
+            let written = connection
+                .async_io(Interest::WRITABLE, |socket| {
+                    nix::sys::socket::send(
+                        socket.as_raw_fd(),
+                        &request[sent..],
+                        MsgFlags::MSG_NOSIGNAL,
+                    )
+                    .map_err(io::Error::from)
+                })
+                .await;
+            match written {
+                Ok(written) => sent += written,
+                // The server has the first part (and the status channel):
+                // it dies without creating the child, which the channel's
+                // end of file without a word tells.
+                Err(error) => {
+                    self.lost(&error);
+                    break;
+                }
+            }
         }
-        sent
+        Ok(status)
+    }
+
+    /// Notes that the connection failed with `error`: the server is gone.
+    fn lost(&self, error: &io::Error) -> NotAsked {
+        self.gone(error);
+        NotAsked::Gone
     }
 }
 
-/// Sends `request` with `descriptors` attached to its first byte.
-fn send(stream: &mut UnixStream, request: &[u8], descriptors: &[RawFd]) -> io::Result<()> {
-    let rights = [ControlMessage::ScmRights(descriptors)];
-    let sent = loop {
+/// Sends the first part of `request` with its `descriptors`, the child's
+/// end of a new status channel first, never waiting: `Err` is the
+/// connection's error (`WouldBlock` when full), `Ok(Err)` a failure to
+/// make the channel. Done holding the [`clone::Creator`], so that no child
+/// of ours inherits the channel's end: it is closed on return, in flight
+/// to the server with the request.
+fn send_first(
+    socket: &UnixStream,
+    request: &[u8],
+    descriptors: &[RawFd],
+) -> io::Result<io::Result<(StatusReader, usize)>> {
+    let made = clone::creator().and_then(|creator| Ok((creator, status::pipe()?)));
+    let (_creator, (status, writer)) = match made {
+        Ok(made) => made,
+        Err(error) => return Ok(Err(error)),
+    };
+    let mut attached = Vec::with_capacity(descriptors.len() + 1);
+    attached.push(writer.as_raw_fd());
+    attached.extend_from_slice(descriptors);
+    let rights = [ControlMessage::ScmRights(&attached)];
+    loop {
         match sendmsg::<UnixAddr>(
-            stream.as_raw_fd(),
+            socket.as_raw_fd(),
             &[IoSlice::new(request)],
             &rights,
-            MsgFlags::MSG_NOSIGNAL,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
             None,
         ) {
             Err(nix::errno::Errno::EINTR) => continue,
-            sent => break sent?,
+            Ok(sent) => return Ok(Ok((status, sent))),
+            Err(error) => return Err(error.into()),
         }
-    };
-    stream.write_all(&request[sent..])
+    }
 }
 
-/// The request for `child` reporting to `status`: its descriptors (the
-/// status pipe's first), and everything else as bytes.
-fn encode(child: &Child, method: Method, status: RawFd) -> (Vec<u8>, Vec<RawFd>) {
-    let mut descriptors = vec![status];
+/// The request for `child`: its descriptors (to which the status
+/// channel's is prepended when sent), and everything else as bytes.
+fn encode(child: &Child, method: Method) -> (Vec<u8>, Vec<RawFd>) {
+    let mut descriptors = Vec::with_capacity(MOST_DESCRIPTORS);
     descriptors.extend(child.standard);
     descriptors.push(child.working_directory);
     let mut flags = 0u8;
@@ -200,6 +305,8 @@ fn encode(child: &Child, method: Method, status: RawFd) -> (Vec<u8>, Vec<RawFd>)
     }
     body.u8(flags);
     body.u32(child.oom_score_adj.map_or(0, |value| value.value()) as u32);
+    // 0: no deadline (CLOCK_MONOTONIC is never 0 once the system runs).
+    body.u64(child.deadline.map_or(0, SpawnDeadline::nanoseconds));
     let no_groups = Vec::new();
     let (user, group, groups) = child.identity.map_or((0, 0, &no_groups), |identity| {
         (
@@ -242,6 +349,7 @@ struct Request {
     oom_score_adj: Option<i32>,
     identity: Option<Identity>,
     exec: ExecArguments,
+    deadline: Option<SpawnDeadline>,
 }
 
 impl Request {
@@ -257,6 +365,7 @@ impl Request {
         };
         let flags = reader.u8()?;
         let oom_score_adj = reader.u32()? as i32;
+        let deadline = reader.u64()?;
         let (user_id, group_id) = (reader.u32()?, reader.u32()?);
         let group_count = reader.u32()? as usize;
         let mut additional_group_ids = Vec::new();
@@ -290,6 +399,7 @@ impl Request {
                 additional_group_ids,
             }),
             exec: ExecArguments::of(program, arguments, environment),
+            deadline: (deadline != 0).then(|| SpawnDeadline::from_nanoseconds(deadline)),
         })
     }
 
@@ -313,6 +423,7 @@ impl Request {
             self.identity.as_ref(),
             &self.exec,
         )
+        .with_deadline(self.deadline)
     }
 }
 
@@ -376,6 +487,16 @@ fn serve_one(body: &[u8], mut descriptors: Vec<OwnedFd>) {
             io::Error::from_raw_os_error(libc::EPROTO)
         })
         .and_then(|request| {
+            // A request that waited (in the socket, or for a stopped
+            // server) past its call's end creates nothing.
+            if request.deadline.is_some_and(SpawnDeadline::passed) {
+                status.failed(SpawnStep::Deadline, libc::ETIMEDOUT);
+                return Ok(0);
+            }
+            if status.cancelled() {
+                status.failed(SpawnStep::Cancelled, libc::ECANCELED);
+                return Ok(0);
+            }
             let creator = clone::creator()?;
             child::create(
                 &creator,
@@ -451,6 +572,10 @@ impl Writer {
         self.0.extend_from_slice(&value.to_le_bytes());
     }
 
+    fn u64(&mut self, value: u64) {
+        self.0.extend_from_slice(&value.to_le_bytes());
+    }
+
     fn bytes(&mut self, bytes: &[u8]) {
         self.u32(bytes.len() as u32);
         self.0.extend_from_slice(bytes);
@@ -476,6 +601,12 @@ impl Reader<'_> {
     fn u32(&mut self) -> Result<u32, &'static str> {
         let bytes = self.take(4)?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, &'static str> {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(bytes))
     }
 
     fn cstring(&mut self) -> Result<CString, &'static str> {
@@ -519,12 +650,10 @@ mod tests {
             Some(&identity),
             &exec,
         );
-        let status = fd(0);
-        let (request, descriptors) = encode(&child, Method::Clone3, status);
-        assert_eq!(
-            descriptors,
-            vec![status, fd(0), fd(1), fd(2), fd(3), fd(4), fd(5)]
-        );
+        let deadline = SpawnDeadline::from_nanoseconds(123_456_789);
+        let child = child.with_deadline(Some(deadline));
+        let (request, descriptors) = encode(&child, Method::Clone3);
+        assert_eq!(descriptors, vec![fd(0), fd(1), fd(2), fd(3), fd(4), fd(5)]);
         let length = u32::from_le_bytes(request[0..4].try_into().unwrap()) as usize;
         assert_eq!(length, request.len() - 4);
         let owned = files
@@ -538,14 +667,15 @@ mod tests {
         assert_eq!(decoded.exec.program, exec.program);
         assert_eq!(decoded.exec.arguments, exec.arguments);
         assert_eq!(decoded.exec.environment, exec.environment);
+        assert_eq!(decoded.deadline, Some(deadline));
         let rebuilt = decoded.child();
         assert!(rebuilt.chroot_directory.is_some() && rebuilt.cgroup.is_some());
         assert_eq!(rebuilt.oom_score_adj.map(|value| value.value()), Some(-17));
 
         // Without root, cgroup, identity and oom_score_adj.
         let plain = Child::new(None, [fd(0), fd(1), fd(2)], None, None, fd(3), None, &exec);
-        let (request, descriptors) = encode(&plain, Method::Clone, fd(0));
-        assert_eq!(descriptors.len(), 5);
+        let (request, descriptors) = encode(&plain, Method::Clone);
+        assert_eq!(descriptors.len(), 4);
         let owned = files[..4]
             .iter()
             .map(|file| OwnedFd::from(file.try_clone().unwrap()))
@@ -553,6 +683,7 @@ mod tests {
         let decoded = Request::decode(&request[4..], owned).unwrap();
         assert_eq!(decoded.method, Method::Clone);
         assert_eq!((decoded.oom_score_adj, &decoded.identity), (None, &None));
+        assert_eq!(decoded.deadline, None);
         let rebuilt = decoded.child();
         assert!(rebuilt.chroot_directory.is_none() && rebuilt.cgroup.is_none());
     }
@@ -563,7 +694,7 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         let fd = file.as_raw_fd();
         let child = Child::new(None, [fd; 3], None, None, fd, None, &exec);
-        let (request, _) = encode(&child, Method::Clone, fd);
+        let (request, _) = encode(&child, Method::Clone);
         let descriptors = || {
             (0..4)
                 .map(|_| OwnedFd::from(file.try_clone().unwrap()))
@@ -582,32 +713,124 @@ mod tests {
 
     /// Why it matters: a server that is gone must be noticed at once and
     /// never asked again, and `/metrics` reads that without a lock.
-    #[test]
-    fn a_server_gone_before_the_request_is_down_and_not_asked_again() {
+    #[tokio::test]
+    async fn a_server_gone_before_the_request_is_down_and_not_asked_again() {
         let exec = exec();
         let file = tempfile::tempfile().unwrap();
         let fd = file.as_raw_fd();
         let child = Child::new(None, [fd; 3], None, None, fd, None, &exec);
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         theirs.write_all(READY).unwrap();
-        let server = SpawnServer::connect(ours, 0).unwrap();
+        let server = SpawnServer::connect(ours, 0).await.unwrap();
         assert!(server.is_up());
         drop(theirs);
-        assert!(server.ask(&child, Method::Clone, fd).is_err());
+        let (_call, dropped) = oneshot::channel();
+        let mut call = CallGone::new(dropped, None);
+        let asked = server.ask(&child, Method::Clone, &mut call).await;
+        assert!(matches!(asked, Err(NotAsked::Gone)), "{asked:?}");
         assert!(!server.is_up());
-        assert!(server.ask(&child, Method::Clone, fd).is_err());
+        let asked = server.ask(&child, Method::Clone, &mut call).await;
+        assert!(matches!(asked, Err(NotAsked::Gone)), "{asked:?}");
+    }
+
+    /// Why it matters: a server that does not read (stopped with SIGSTOP)
+    /// must hold up no thread, and a Run whose call ends while it waits
+    /// for room must send nothing, so that nothing of it runs on resume.
+    #[tokio::test]
+    async fn a_full_socket_is_waited_for_in_the_event_loop_and_an_ended_call_sends_nothing() {
+        use futures_util::FutureExt;
+        let exec = exec();
+        let file = tempfile::tempfile().unwrap();
+        let fd = file.as_raw_fd();
+        let child = Child::new(None, [fd; 3], None, None, fd, None, &exec);
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        theirs.write_all(READY).unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let filler = [0u8; 4096];
+        while (&ours).write(&filler).is_ok() {}
+        let server = SpawnServer::connect(ours, 0).await.unwrap();
+        let (call, dropped) = oneshot::channel::<()>();
+        let mut gone = CallGone::new(dropped, None);
+        let asking = server.ask(&child, Method::Clone, &mut gone);
+        tokio::pin!(asking);
+        assert!(
+            (&mut asking).now_or_never().is_none(),
+            "sent into a full socket"
+        );
+        drop(call);
+        let asked = asking.await;
+        assert!(matches!(asked, Err(NotAsked::CallOver)), "{asked:?}");
+        assert!(server.is_up());
+        drop(theirs);
     }
 
     /// Why it matters: a request the server cannot understand must be
     /// refused through the child's status pipe, not left unanswered.
-    #[test]
-    fn a_damaged_request_is_answered_not_created() {
+    #[tokio::test]
+    async fn a_damaged_request_is_answered_not_created() {
         let (mut reader, writer) = crate::process::status::pipe().unwrap();
         serve_one(b"garbage", vec![writer]);
         assert_eq!(
-            reader.next().unwrap(),
+            reader.next().await.unwrap(),
             Some(crate::process::status::Status::NotCreated(libc::EPROTO))
         );
-        assert_eq!(reader.next().unwrap(), None);
+        assert_eq!(reader.next().await.unwrap(), None);
+    }
+
+    /// Why it matters: a request that waited for a stopped server past its
+    /// call's deadline, or whose call was cancelled meanwhile, must never
+    /// run its command (issue 23: such Runs were created on resume).
+    #[tokio::test]
+    async fn a_request_past_its_deadline_or_cancelled_creates_nothing() {
+        let exec = exec();
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("out")).unwrap();
+        let directory = std::fs::File::open(dir.path()).unwrap();
+        let (fd, cwd) = (file.as_raw_fd(), directory.as_raw_fd());
+        let descriptors = || -> Vec<OwnedFd> {
+            [fd, fd, fd, cwd]
+                .iter()
+                .map(|&fd| {
+                    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own; the
+                    // result is checked and owned by nothing else.
+                    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+                    assert!(copy >= 0);
+                    // SAFETY: just created, owned by nothing else.
+                    unsafe { OwnedFd::from_raw_fd(copy) }
+                })
+                .collect()
+        };
+        let past = SpawnDeadline::at(tokio::time::Instant::now());
+        let child =
+            Child::new(None, [fd; 3], None, None, cwd, None, &exec).with_deadline(Some(past));
+        let (request, _) = encode(&child, Method::Clone);
+        let (mut reader, writer) = crate::process::status::pipe().unwrap();
+        let mut all = vec![writer];
+        all.extend(descriptors());
+        serve_one(&request[4..], all);
+        assert_eq!(
+            reader.next().await.unwrap(),
+            Some(crate::process::status::Status::Failed(
+                SpawnStep::Deadline,
+                libc::ETIMEDOUT
+            ))
+        );
+        assert_eq!(reader.next().await.unwrap(), None);
+
+        let child = Child::new(None, [fd; 3], None, None, cwd, None, &exec);
+        let (request, _) = encode(&child, Method::Clone);
+        let (mut reader, writer) = crate::process::status::pipe().unwrap();
+        reader.cancel();
+        let mut all = vec![writer];
+        all.extend(descriptors());
+        serve_one(&request[4..], all);
+        assert_eq!(
+            reader.next().await.unwrap(),
+            Some(crate::process::status::Status::Failed(
+                SpawnStep::Cancelled,
+                libc::ECANCELED
+            ))
+        );
+        assert_eq!(reader.next().await.unwrap(), None);
     }
 }

@@ -175,6 +175,10 @@ pub enum SpawnStep {
     Exec = 7,
     /// Creating the child process.
     Create = 8,
+    /// The call's deadline had passed before the exec: nothing ran.
+    Deadline = 9,
+    /// The call was over (cancelled) before the exec: nothing ran.
+    Cancelled = 10,
 }
 
 impl SpawnStep {
@@ -187,6 +191,8 @@ impl SpawnStep {
             5 => SpawnStep::WorkingDirectory,
             6 => SpawnStep::Identity,
             8 => SpawnStep::Create,
+            9 => SpawnStep::Deadline,
+            10 => SpawnStep::Cancelled,
             _ => SpawnStep::Exec,
         }
     }
@@ -203,6 +209,8 @@ impl std::fmt::Display for SpawnStep {
             SpawnStep::Identity => "switching to runCommandsAs's identity",
             SpawnStep::Exec => "executing the program",
             SpawnStep::Create => "creating the process",
+            SpawnStep::Deadline => "the call's deadline passed before the exec",
+            SpawnStep::Cancelled => "the call was over before the exec",
         })
     }
 }

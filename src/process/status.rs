@@ -1,25 +1,37 @@
 //! The status pipe: how a child tells whoever waits for its exec what
-//! became of it, without making anyone else wait.
+//! became of it, without making anyone else wait, and how the runner tells
+//! the child (and the spawn server) that its call is over.
 //!
-//! Each child gets the write end of a pipe of its own, close-on-exec, as
-//! musl's `posix_spawn` and Go's os/exec do. The child writes its pid
+//! Each child gets one end of a channel of its own, close-on-exec, as
+//! musl's `posix_spawn` and Go's os/exec do with a pipe. The child writes its pid
 //! first, then, if a step before exec fails, the step and its errno, and
-//! exits. The pipe reaches end of file when its last write end closes:
-//! the child's at exec (or exit), the creator's right after creating it.
-//! So the reader learns the exec outcome from this one child alone: no
-//! lock, no page shared between children, no creator suspended until the
-//! exec (a program on a slow FUSE or NFS mount can take seconds).
+//! exits. The channel reaches end of file when the last copy of the
+//! child's end closes: the child's at exec (or exit), the creator's right
+//! after creating it. So the reader learns the exec outcome from this one
+//! child alone: no lock, no page shared between children, no creator
+//! suspended until the exec (a program on a slow FUSE or NFS mount can
+//! take seconds).
+//!
+//! It is a Unix `SOCK_SEQPACKET` pair rather than a pipe so that it also
+//! carries word the other way: the reader cancels by shutting down its
+//! sending side ([`StatusReader::cancel`]), which the writer sees as a
+//! hang-up ([`StatusWriter::cancelled`]) without reading anything. The
+//! spawn server checks that before creating a child, the child as its
+//! last step before `execve`. The reader keeps reading after cancelling:
+//! a child created meanwhile still says its pid.
 //!
 //! A creator in a process with other threads that create children must
 //! not let another child inherit the write end, or the reader would wait
 //! for that child's exec too: it holds [`super::clone::Creator`] from
 //! making the pipe until it has closed its write end.
 //!
-//! Each message is [`MESSAGE_SIZE`] bytes, written with one `write`, which
-//! a pipe keeps whole (below `PIPE_BUF`).
+//! Each message is [`MESSAGE_SIZE`] bytes, sent as one packet.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use super::spec::SpawnStep;
 
@@ -41,26 +53,37 @@ pub(crate) enum Status {
     NotCreated(i32),
 }
 
-/// A new status pipe: its read end, and its write end for the child.
+/// A new status channel: the reader's end (non-blocking, waited for in
+/// the event loop), and the child's end (blocking). Needs a Tokio runtime.
 pub(crate) fn pipe() -> io::Result<(StatusReader, OwnedFd)> {
     let mut ends = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two descriptors into `ends`, a valid array of
-    // two.
-    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    // SAFETY: socketpair writes two descriptors into `ends`, a valid array
+    // of two.
+    let made = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            ends.as_mut_ptr(),
+        )
+    };
+    if made != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: both were just created and are owned by nothing else.
     let read = unsafe { OwnedFd::from_raw_fd(ends[0]) };
     // SAFETY: as above.
     let write = unsafe { OwnedFd::from_raw_fd(ends[1]) };
-    Ok((
-        StatusReader {
-            fd: read,
-            buffer: [0; 4 * MESSAGE_SIZE],
-            filled: 0,
-        },
-        write,
-    ))
+    // SAFETY: F_SETFL on the reader's own end, only its flags change (the
+    // child's end is another open file, and stays blocking).
+    if unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the AsyncFd owns the descriptor, which stays open and the
+    // same until it is dropped.
+    let fd = unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
+        .map_err(io::Error::from)?;
+    Ok((StatusReader { fd }, write))
 }
 
 /// The write end as the child (or the spawn server) uses it: a bare
@@ -86,58 +109,83 @@ impl StatusWriter {
         self.write(NOT_CREATED, 0, errno);
     }
 
+    /// The runner has cancelled this spawn (its call is over): it shut
+    /// down its sending side, or closed its end. One raw `poll`, nothing
+    /// allocated (the child calls it).
+    pub(crate) fn cancelled(self) -> bool {
+        let mut end = libc::pollfd {
+            fd: self.0,
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: poll reads and writes one pollfd, a valid local; a zero
+        // timeout never waits.
+        let ready = unsafe { libc::poll(&mut end, 1, 0) };
+        ready > 0
+            && end.revents & (libc::POLLIN | libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+
     fn write(self, kind: u32, value: i32, errno: i32) {
         let mut message = [0u8; MESSAGE_SIZE];
         message[0..4].copy_from_slice(&kind.to_le_bytes());
         message[4..8].copy_from_slice(&value.to_le_bytes());
         message[8..12].copy_from_slice(&errno.to_le_bytes());
-        // A reader that gave up has closed its end: the write fails (its
-        // SIGPIPE is blocked or ignored in every writer), and nothing is
-        // left to tell.
+        // A reader that gave up has closed its end: the send fails (with
+        // no SIGPIPE), and nothing is left to tell.
         // SAFETY: the kernel reads MESSAGE_SIZE bytes from a live local
         // array; the descriptor is a number the kernel checks.
-        unsafe { libc::write(self.0, message.as_ptr().cast(), MESSAGE_SIZE) };
+        unsafe {
+            libc::send(
+                self.0,
+                message.as_ptr().cast(),
+                MESSAGE_SIZE,
+                libc::MSG_NOSIGNAL,
+            )
+        };
     }
 }
 
-/// The read end: the messages in order, then the end of file.
+/// The reader's end: the messages in order, then the end of file.
 #[derive(Debug)]
 pub(crate) struct StatusReader {
-    fd: OwnedFd,
-    buffer: [u8; 4 * MESSAGE_SIZE],
-    filled: usize,
+    fd: AsyncFd<OwnedFd>,
 }
 
 impl StatusReader {
-    /// The next message, or `None` at the end of file (every write end is
-    /// closed: the child has exec'd or exited, or was never created).
-    /// Blocking.
-    pub(crate) fn next(&mut self) -> io::Result<Option<Status>> {
-        loop {
-            if self.filled >= MESSAGE_SIZE {
-                let message = decode(&self.buffer[..MESSAGE_SIZE]);
-                self.buffer.copy_within(MESSAGE_SIZE..self.filled, 0);
-                self.filled -= MESSAGE_SIZE;
-                return Ok(Some(message));
-            }
-            let free = &mut self.buffer[self.filled..];
-            // SAFETY: the kernel writes at most `free.len()` bytes into the
-            // live, exclusively borrowed `free`.
-            let read =
-                unsafe { libc::read(self.fd.as_raw_fd(), free.as_mut_ptr().cast(), free.len()) };
-            match read {
-                // A torn message cannot happen (each is one write); what
-                // is left of one is dropped with the pipe.
-                0 => return Ok(None),
-                read if read > 0 => self.filled += read as usize,
-                _ => {
-                    let error = io::Error::last_os_error();
-                    if error.kind() != io::ErrorKind::Interrupted {
-                        return Err(error);
-                    }
+    /// The next message, or `None` at the end of file (every copy of the
+    /// child's end is closed: the child has exec'd or exited, or was
+    /// never created). Waits in the event loop, blocking no thread.
+    pub(crate) async fn next(&mut self) -> io::Result<Option<Status>> {
+        let mut message = [0u8; MESSAGE_SIZE];
+        let read = self
+            .fd
+            .async_io(Interest::READABLE, |fd| {
+                // SAFETY: the kernel writes at most MESSAGE_SIZE bytes into
+                // the live local `message`.
+                let read = unsafe {
+                    libc::recv(fd.as_raw_fd(), message.as_mut_ptr().cast(), MESSAGE_SIZE, 0)
+                };
+                if read < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(read as usize)
                 }
-            }
-        }
+            })
+            .await?;
+        Ok(match read {
+            0 => None,
+            // Each packet is one whole message; anything else is not ours.
+            MESSAGE_SIZE => Some(decode(&message)),
+            _ => Some(Status::NotCreated(libc::EPROTO)),
+        })
+    }
+
+    /// Tells the child's end that the call is over: the spawn server then
+    /// creates no child, and a child created already exits before its
+    /// exec. Messages still arrive.
+    pub(crate) fn cancel(&self) {
+        // SAFETY: shutdown takes only a descriptor number of ours.
+        unsafe { libc::shutdown(self.fd.get_ref().as_raw_fd(), libc::SHUT_WR) };
     }
 }
 
@@ -166,8 +214,8 @@ mod tests {
     /// Why it matters: the reader must see each message whole and in
     /// order, then the end of file once the writer is gone, however the
     /// bytes arrive.
-    #[test]
-    fn messages_arrive_in_order_then_the_end_of_file() {
+    #[tokio::test]
+    async fn messages_arrive_in_order_then_the_end_of_file() {
         let (mut reader, writer) = pipe().unwrap();
         let status = StatusWriter(writer.as_raw_fd());
         status.started();
@@ -175,26 +223,47 @@ mod tests {
         status.not_created(libc::EAGAIN);
         drop(writer);
         assert_eq!(
-            reader.next().unwrap(),
+            reader.next().await.unwrap(),
             Some(Status::Started(std::process::id() as i32))
         );
         assert_eq!(
-            reader.next().unwrap(),
+            reader.next().await.unwrap(),
             Some(Status::Failed(SpawnStep::Chroot, libc::EPERM))
         );
         assert_eq!(
-            reader.next().unwrap(),
+            reader.next().await.unwrap(),
             Some(Status::NotCreated(libc::EAGAIN))
         );
-        assert_eq!(reader.next().unwrap(), None);
+        assert_eq!(reader.next().await.unwrap(), None);
+    }
+
+    /// Why it matters: the spawn server and the child must see that the
+    /// runner gave up on a spawn, while the runner still hears them.
+    #[tokio::test]
+    async fn a_cancel_reaches_the_writer_and_messages_still_arrive() {
+        let (mut reader, writer) = pipe().unwrap();
+        let status = StatusWriter(writer.as_raw_fd());
+        assert!(!status.cancelled());
+        reader.cancel();
+        assert!(status.cancelled());
+        status.failed(SpawnStep::Deadline, libc::ETIMEDOUT);
+        drop(writer);
+        assert_eq!(
+            reader.next().await.unwrap(),
+            Some(Status::Failed(SpawnStep::Deadline, libc::ETIMEDOUT))
+        );
+        assert_eq!(reader.next().await.unwrap(), None);
+        let (reader, writer) = pipe().unwrap();
+        drop(reader);
+        assert!(StatusWriter(writer.as_raw_fd()).cancelled());
     }
 
     /// Why it matters: a child must never pass its status pipe on to the
     /// program it executes, or the reader would wait for that program.
-    #[test]
-    fn both_ends_are_closed_on_exec() {
+    #[tokio::test]
+    async fn both_ends_are_closed_on_exec() {
         let (reader, writer) = pipe().unwrap();
-        for fd in [reader.fd.as_raw_fd(), writer.as_raw_fd()] {
+        for fd in [reader.fd.get_ref().as_raw_fd(), writer.as_raw_fd()] {
             // SAFETY: F_GETFD only reads the flags of a descriptor we own.
             let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
             assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);

@@ -44,8 +44,15 @@ impl LocalRunner {
 
     /// While an action cgroup could not be cleaned, this runner cannot
     /// promise that nothing of an earlier action is still running: refuse
-    /// work so that bb_worker stops trusting it until it is clean.
+    /// work so that bb_worker stops trusting it until it is clean. Likewise
+    /// while a spawn's exec has not returned within `stuckSpawnTimeout`:
+    /// its storage hangs, and work that needs it would hang too.
     fn refuse_if_dirty(&self) -> Result<(), RunnerError> {
+        if let Some(reason) = self.actions.stuck_spawns().reason() {
+            return Err(RunnerError::unavailable(format!(
+                "a spawn is stuck: {reason}"
+            )));
+        }
         let PlacementPolicy::ActionCgroups { manager, .. } = self.actions.placement() else {
             return Ok(());
         };
@@ -125,14 +132,10 @@ impl Runner for LocalRunner {
         // starts keeps it counted from the first moment.
         let (_dropped, gone) = oneshot::channel::<()>();
         let running = self.actions.count_in();
-        let life = self.actions.clone().run(
-            request,
-            CallGone {
-                dropped: gone,
-                deadline: call.deadline,
-            },
-            running,
-        );
+        let life = self
+            .actions
+            .clone()
+            .run(request, CallGone::new(gone, call.deadline), running);
         let outcome = tokio::spawn(life)
             .await
             .map_err(|err| RunnerError::Internal(format!("action supervisor failed: {err}")))?;

@@ -1,13 +1,18 @@
 //! A FUSE filesystem whose reads are slow, as bb_worker's virtual build
 //! directory is when it loads a file from the CAS on its first read: one
 //! executable file, `slow`, a shell script whose every read is answered
-//! only after a delay.
+//! only after a delay, or ([`SlowFuse::mount_hung`]) only once the test
+//! releases it, as a hung mount's.
 //!
 //! A small server over `/dev/fuse`, mounted with mount(2) (root only), so
 //! that no library or package is needed: it answers the handful of
 //! requests that executing a file sends (INIT, LOOKUP, GETATTR, OPEN,
-//! READ, FLUSH, RELEASE) and ENOSYS to anything else.
+//! READ, FLUSH, RELEASE), those that creating and writing a file sends
+//! (CREATE, WRITE, SETATTR; such files live in memory and are read at
+//! once), so that an action's input root and outputs can live on it too,
+//! and ENOSYS to anything else.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -15,16 +20,20 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// The script that lives on the filesystem.
-pub const SCRIPT: &[u8] = b"#!/bin/sh\nexit 0\n";
+/// The script that lives on the filesystem: it runs its arguments, if
+/// any (`slow sleep 30`), and exits 0 without.
+pub const SCRIPT: &[u8] = b"#!/bin/sh\nexec \"$@\"\n";
 
 /// The node of the script (the root is 1).
 const FILE_NODE: u64 = 2;
 
 const LOOKUP: u32 = 1;
+const SETATTR: u32 = 4;
+const WRITE: u32 = 16;
+const CREATE: u32 = 35;
 const FORGET: u32 = 2;
 const GETATTR: u32 = 3;
 const OPEN: u32 = 14;
@@ -39,12 +48,32 @@ const BATCH_FORGET: u32 = 42;
 pub struct SlowFuse {
     mountpoint: PathBuf,
     reads: Arc<AtomicUsize>,
+    /// Set once reads may be answered, for a hung filesystem.
+    released: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl SlowFuse {
     /// Mounts the filesystem at `mountpoint` (an empty directory), its
     /// reads answered after `delay`.
     pub fn mount(mountpoint: &Path, delay: Duration) -> SlowFuse {
+        Self::mount_with(mountpoint, Some(delay))
+    }
+
+    /// Mounts the filesystem at `mountpoint`, its reads answered only
+    /// once [`Self::release`] is called: a hung mount.
+    pub fn mount_hung(mountpoint: &Path) -> SlowFuse {
+        Self::mount_with(mountpoint, None)
+    }
+
+    /// Answers every read waiting on a hung filesystem, and every later
+    /// one at once.
+    pub fn release(&self) {
+        let (released, changed) = &*self.released;
+        *released.lock().unwrap() = true;
+        changed.notify_all();
+    }
+
+    fn mount_with(mountpoint: &Path, delay: Option<Duration>) -> SlowFuse {
         let device = File::options()
             .read(true)
             .write(true)
@@ -76,16 +105,24 @@ impl SlowFuse {
         );
         let reads = Arc::new(AtomicUsize::new(0));
         let counted = reads.clone();
-        std::thread::spawn(move || serve(device, delay, &counted));
+        let released = Arc::new((Mutex::new(false), Condvar::new()));
+        let waited = released.clone();
+        std::thread::spawn(move || serve(device, delay, &counted, &waited));
         SlowFuse {
             mountpoint: mountpoint.to_path_buf(),
             reads,
+            released,
         }
     }
 
     /// The script's path.
     pub fn script(&self) -> PathBuf {
         self.mountpoint.join("slow")
+    }
+
+    /// How many reads reached the server so far.
+    pub fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
     }
 
     /// Waits (bounded) until a read has reached the server: whoever reads
@@ -101,17 +138,26 @@ impl SlowFuse {
 
 impl Drop for SlowFuse {
     fn drop(&mut self) {
+        self.release();
         let target = CString::new(self.mountpoint.as_os_str().as_bytes()).unwrap();
         // SAFETY: a NUL-terminated path that outlives the call.
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
     }
 }
 
-/// Answers requests until the filesystem is unmounted.
-fn serve(mut device: File, delay: Duration, reads: &AtomicUsize) {
+/// Answers requests until the filesystem is unmounted; reads after
+/// `delay`, or once released when there is none.
+fn serve(
+    device: File,
+    delay: Option<Duration>,
+    reads: &AtomicUsize,
+    released: &Arc<(Mutex<bool>, Condvar)>,
+) {
     let mut buffer = vec![0u8; 1 << 20 | 4096];
+    let mut files: HashMap<u64, Written> = HashMap::new();
+    let mut next_node = FILE_NODE + 1;
     loop {
-        let length = match device.read(&mut buffer) {
+        let length = match (&device).read(&mut buffer) {
             Ok(length) => length,
             Err(error) if error.raw_os_error() == Some(libc::ENOENT) => continue,
             // ENODEV: unmounted.
@@ -122,39 +168,109 @@ fn serve(mut device: File, delay: Duration, reads: &AtomicUsize) {
         let unique = u64_at(request, 8);
         let node = u64_at(request, 16);
         let body = &request[40..];
-        let reply = match opcode {
+        let name = |at: usize| body[at..].split(|b| *b == 0).next().unwrap_or_default();
+        let reply_to = match opcode {
             FORGET | BATCH_FORGET | INTERRUPT => continue,
             INIT => Ok(init_out()),
-            LOOKUP if node == 1 && body.split(|b| *b == 0).next() == Some(b"slow") => {
-                Ok(entry_out())
-            }
+            LOOKUP if node == 1 && name(0) == b"slow" => Ok(entry_out(FILE_NODE, &files)),
+            LOOKUP if node == 1 => match files.iter().find(|(_, file)| file.name == name(0)) {
+                Some((&found, _)) => Ok(entry_out(found, &files)),
+                None => Err(libc::ENOENT),
+            },
             LOOKUP => Err(libc::ENOENT),
-            GETATTR => Ok(attr_out(node)),
+            GETATTR | SETATTR => Ok(attr_out(node, &files)),
             OPEN => Ok([0u8; 16].to_vec()),
+            CREATE if node == 1 => {
+                // fuse_create_in: flags, mode, umask, open_flags; the name.
+                let created = next_node;
+                next_node += 1;
+                files.insert(
+                    created,
+                    Written {
+                        name: name(16).to_vec(),
+                        data: Vec::new(),
+                    },
+                );
+                let mut out = entry_out(created, &files);
+                out.extend(created.to_le_bytes()); // fh
+                out.extend([0u8; 8]); // open_flags, padding
+                Ok(out)
+            }
+            CREATE => Err(libc::EACCES),
+            WRITE => match files.get_mut(&node) {
+                // fuse_write_in: fh, offset, size, write_flags, lock_owner,
+                // flags, padding; the data.
+                Some(file) => {
+                    let offset = u64_at(body, 8) as usize;
+                    let size = u32_at(body, 16) as usize;
+                    let data = &body[40..40 + size];
+                    if file.data.len() < offset + size {
+                        file.data.resize(offset + size, 0);
+                    }
+                    file.data[offset..offset + size].copy_from_slice(data);
+                    let mut out = (size as u32).to_le_bytes().to_vec();
+                    out.extend([0u8; 4]);
+                    Ok(out)
+                }
+                None => Err(libc::EBADF),
+            },
+            READ if node != FILE_NODE => {
+                let offset = u64_at(body, 8) as usize;
+                let size = u32_at(body, 16) as usize;
+                let data = files
+                    .get(&node)
+                    .map(|file| &file.data[..])
+                    .unwrap_or_default();
+                let start = offset.min(data.len());
+                let end = (offset + size).min(data.len());
+                Ok(data[start..end].to_vec())
+            }
             READ => {
+                // Answered on a thread of its own, as bb_worker's FUSE
+                // server (and any NFS server) answers other requests while
+                // one read waits for the CAS: a close (FLUSH) elsewhere on
+                // the filesystem does not wait for it.
                 reads.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(delay);
                 let offset = u64_at(body, 8) as usize;
                 let size = u32_at(body, 16) as usize;
                 let start = offset.min(SCRIPT.len());
                 let end = (offset + size).min(SCRIPT.len());
-                Ok(SCRIPT[start..end].to_vec())
+                let answer = device.try_clone().expect("duplicate /dev/fuse");
+                let released = released.clone();
+                std::thread::spawn(move || {
+                    match delay {
+                        Some(delay) => std::thread::sleep(delay),
+                        None => {
+                            let (done, changed) = &*released;
+                            let _released = changed
+                                .wait_while(done.lock().unwrap(), |done| !*done)
+                                .unwrap();
+                        }
+                    }
+                    reply(&answer, unique, Ok(SCRIPT[start..end].to_vec()));
+                });
+                continue;
             }
             FLUSH | RELEASE => Ok(Vec::new()),
             _ => Err(libc::ENOSYS),
         };
-        let (error, payload) = match reply {
-            Ok(payload) => (0, payload),
-            Err(errno) => (-errno, Vec::new()),
-        };
-        let mut out = Vec::with_capacity(16 + payload.len());
-        out.extend(((16 + payload.len()) as u32).to_le_bytes());
-        out.extend(error.to_le_bytes());
-        out.extend(unique.to_le_bytes());
-        out.extend(payload);
-        // ENOENT: the request was interrupted meanwhile.
-        let _ = device.write(&out);
+        reply(&device, unique, reply_to);
     }
+}
+
+/// Writes the answer to request `unique`: its payload, or an errno.
+fn reply(device: &File, unique: u64, answer: Result<Vec<u8>, i32>) {
+    let (error, payload) = match answer {
+        Ok(payload) => (0, payload),
+        Err(errno) => (-errno, Vec::new()),
+    };
+    let mut out = Vec::with_capacity(16 + payload.len());
+    out.extend(((16 + payload.len()) as u32).to_le_bytes());
+    out.extend(error.to_le_bytes());
+    out.extend(unique.to_le_bytes());
+    out.extend(payload);
+    // ENOENT: the request was interrupted meanwhile.
+    let _ = (&*device).write(&out);
 }
 
 /// `fuse_init_out` of protocol 7.19 (the kernel accepts the shorter
@@ -171,10 +287,18 @@ fn init_out() -> Vec<u8> {
     out
 }
 
+/// A file created on the filesystem, in memory.
+struct Written {
+    name: Vec<u8>,
+    data: Vec<u8>,
+}
+
 /// `fuse_attr` of `node`.
-fn attr(node: u64) -> Vec<u8> {
+fn attr(node: u64, files: &HashMap<u64, Written>) -> Vec<u8> {
     let (mode, size, links) = if node == FILE_NODE {
         (libc::S_IFREG | 0o755, SCRIPT.len() as u64, 1u32)
+    } else if let Some(file) = files.get(&node) {
+        (libc::S_IFREG | 0o644, file.data.len() as u64, 1u32)
     } else {
         (libc::S_IFDIR | 0o755, 0, 2)
     };
@@ -198,26 +322,28 @@ fn attr(node: u64) -> Vec<u8> {
     out
 }
 
-/// `fuse_entry_out` of the script, valid for a minute.
-fn entry_out() -> Vec<u8> {
+/// `fuse_entry_out` of `node`; the script's valid for a minute, written
+/// files' not cached (their size changes).
+fn entry_out(node: u64, files: &HashMap<u64, Written>) -> Vec<u8> {
+    let valid = if node == FILE_NODE { 60u64 } else { 0 };
     let mut out = Vec::new();
-    out.extend(FILE_NODE.to_le_bytes());
+    out.extend(node.to_le_bytes());
     out.extend(0u64.to_le_bytes()); // generation
-    out.extend(60u64.to_le_bytes()); // entry_valid
-    out.extend(60u64.to_le_bytes()); // attr_valid
+    out.extend(valid.to_le_bytes()); // entry_valid
+    out.extend(valid.to_le_bytes()); // attr_valid
     out.extend(0u32.to_le_bytes());
     out.extend(0u32.to_le_bytes());
-    out.extend(attr(FILE_NODE));
+    out.extend(attr(node, files));
     out
 }
 
-/// `fuse_attr_out` of `node`, valid for a minute.
-fn attr_out(node: u64) -> Vec<u8> {
+/// `fuse_attr_out` of `node`, not cached.
+fn attr_out(node: u64, files: &HashMap<u64, Written>) -> Vec<u8> {
     let mut out = Vec::new();
-    out.extend(60u64.to_le_bytes()); // attr_valid
+    out.extend(0u64.to_le_bytes()); // attr_valid
     out.extend(0u32.to_le_bytes());
     out.extend(0u32.to_le_bytes()); // dummy
-    out.extend(attr(node));
+    out.extend(attr(node, files));
     out
 }
 

@@ -140,6 +140,7 @@ async fn an_action_cgroup_nothing_can_join_is_removed() {
     let real = Arc::new(ProcessSpawner {
         method: SpawnMethod::Clone,
         server: None,
+        stuck: None,
     });
     let fixture = Fixture::action_cgroups_spawning(tree.path(), false, vec![], Some(real));
     let before = fixture.action_files();

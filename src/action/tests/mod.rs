@@ -159,8 +159,13 @@ struct FakeSpawner {
     spawned: mpsc::UnboundedSender<SpawnedAction>,
 }
 
+#[tonic::async_trait]
 impl Spawner for FakeSpawner {
-    fn spawn(&self, spec: ProcessSpec) -> Result<SpawnedChild, SpawnError> {
+    async fn spawn(
+        &self,
+        spec: ProcessSpec,
+        _call: &mut CallGone,
+    ) -> Result<SpawnedChild, SpawnError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let action = lock_unpoisoned(&self.script)
             .pop_front()

@@ -39,10 +39,7 @@ async fn a_missing_program_is_not_started_and_not_reported_as_started() {
         "the action",
         fixture.actions.clone().run(
             request,
-            CallGone {
-                dropped,
-                deadline: None,
-            },
+            CallGone::new(dropped, None),
             fixture.actions.count_in(),
         ),
     )
@@ -137,10 +134,13 @@ async fn a_call_dropped_at_its_deadline_is_a_deadline() {
     // Why it matters: bb_worker enforces action timeouts by letting the
     // call's deadline pass; that must count as DEADLINE_EXCEEDED.
     let mut fixture = Fixture::process_groups(vec![FakeAction::running_until_released()]);
+    let deadline = Instant::now() + Duration::from_millis(200);
     let call = CallContext {
-        deadline: Some(Instant::now()),
+        deadline: Some(deadline),
     };
     let (run, spawned) = fixture.start_run(call).await;
+    // The deadline itself is what this test waits for.
+    tokio::time::sleep_until(deadline).await;
     run.abort();
     let id = fixture.id(1);
     fixture
@@ -156,6 +156,28 @@ async fn a_call_dropped_at_its_deadline_is_a_deadline() {
         fixture.observer.codes(),
         [(id, "Failure".into(), Code::DeadlineExceeded)]
     );
+    fixture.assert_back_to_idle().await;
+}
+
+#[tokio::test]
+async fn a_call_whose_deadline_passed_creates_nothing() {
+    // Why it matters: a call sent with `grpc-timeout: 1n` (or one that
+    // waited for a thread past its deadline) must be answered
+    // DEADLINE_EXCEEDED without anything being started: no outputs, no
+    // child, no command run (issue 23: the answer was a race).
+    let fixture = Fixture::process_groups(vec![]);
+    let before = fixture.action_files();
+    let call = CallContext {
+        deadline: Some(Instant::now()),
+    };
+    let result = fixture.runner.run(fixture.request(), call).await;
+    assert!(
+        matches!(&result, Err(error @ RunnerError::DeadlineExceeded(message))
+            if error.code() == Code::DeadlineExceeded && message.contains("nothing was run")),
+        "{result:?}"
+    );
+    assert_eq!(fixture.spawner.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(fixture.action_files(), before, "outputs were created");
     fixture.assert_back_to_idle().await;
 }
 

@@ -63,6 +63,11 @@ impl fmt::Display for Config {
         )?;
         writeln!(
             f,
+            "stuckSpawnTimeout: {}",
+            format_duration(self.stuck_spawn_timeout.unwrap_or_default())
+        )?;
+        writeln!(
+            f,
             "sampleCgroupResourceUsage: {}",
             self.sample_cgroup_resource_usage
         )?;

@@ -1,6 +1,6 @@
 //! rbe-runner's own fields, beyond bb_runner's schema:
-//! `terminationGracePeriod`, `sampleCgroupResourceUsage`, `actionCgroups`
-//! and `events`.
+//! `terminationGracePeriod`, `stuckSpawnTimeout`,
+//! `sampleCgroupResourceUsage`, `actionCgroups` and `events`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -16,6 +16,10 @@ use crate::config::size::{format_cores, format_size, parse_cores, parse_count, p
 /// Time an action gets between SIGTERM and SIGKILL when
 /// `terminationGracePeriod` is not set.
 pub const DEFAULT_TERMINATION_GRACE_PERIOD: Duration = Duration::from_secs(5);
+
+/// How long a spawn may wait for its exec before the runner refuses work
+/// (`stuckSpawnTimeout`), when not set.
+pub const DEFAULT_STUCK_SPAWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Extension `actionCgroups`.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -134,6 +138,7 @@ impl Default for EventsConfig {
 /// Each field is the [`Config`](crate::config::Config) field of the same name.
 pub(super) struct Extensions {
     pub(super) termination_grace_period: Duration,
+    pub(super) stuck_spawn_timeout: Option<Duration>,
     pub(super) sample_cgroup_resource_usage: bool,
     pub(super) action_cgroups: Option<ActionCgroupsConfig>,
     pub(super) events: EventsConfig,
@@ -144,6 +149,11 @@ pub(super) fn decode(message: &mut Message) -> Decoded<Extensions> {
     let termination_grace_period = match message.take("termination_grace_period")? {
         Some(field) => field.duration()?,
         None => DEFAULT_TERMINATION_GRACE_PERIOD,
+    };
+    // '0s' disables the check.
+    let stuck_spawn_timeout = match message.take("stuck_spawn_timeout")? {
+        Some(field) => Some(field.duration()?).filter(|timeout| !timeout.is_zero()),
+        None => Some(DEFAULT_STUCK_SPAWN_TIMEOUT),
     };
     let sample_cgroup_resource_usage =
         optional(message.take("sample_cgroup_resource_usage")?, Field::bool)?;
@@ -157,6 +167,7 @@ pub(super) fn decode(message: &mut Message) -> Decoded<Extensions> {
     };
     Ok(Extensions {
         termination_grace_period,
+        stuck_spawn_timeout,
         sample_cgroup_resource_usage,
         action_cgroups,
         events,
@@ -397,11 +408,25 @@ mod tests {
     fn missing_fields_take_their_defaults() {
         let config = load_with("").expect("minimal config decodes");
         assert_eq!(config.termination_grace_period, Duration::from_secs(5));
+        assert_eq!(config.stuck_spawn_timeout, Some(Duration::from_secs(30)));
         assert!(!config.sample_cgroup_resource_usage);
         assert_eq!(config.action_cgroups, None);
         assert_eq!(config.events, EventsConfig::default());
         assert_eq!(config.events.replay_buffer_size, 4096);
         assert_eq!(config.events.journal_max_bytes, 64 << 20);
+    }
+
+    /// Why it matters: '0s' is how an operator turns the stuck-spawn
+    /// refusal off; any other duration is the timeout.
+    #[test]
+    fn stuck_spawn_timeout_is_a_duration_and_zero_disables_it() {
+        let config = load_with("stuckSpawnTimeout: '2.5s'").unwrap();
+        assert_eq!(
+            config.stuck_spawn_timeout,
+            Some(Duration::from_millis(2500))
+        );
+        let config = load_with("stuck_spawn_timeout: '0s'").unwrap();
+        assert_eq!(config.stuck_spawn_timeout, None);
     }
 
     #[test]
@@ -492,6 +517,8 @@ mod tests {
                 "terminationGracePeriod",
                 "not a duration",
             ),
+            ("stuckSpawnTimeout: '30'", "stuckSpawnTimeout", "duration"),
+            ("stuckSpawnTimeout: 30", "stuckSpawnTimeout", "duration"),
             (
                 "events: { replayBufferSize: 0 }",
                 "events.replayBufferSize",

@@ -65,6 +65,7 @@ pub(super) fn decode_config(json: Json) -> Decoded<Config> {
         run_command_cleaner: cleaning.run_command_cleaner,
         apple_xcode_developer_directories: environment.apple_xcode_developer_directories,
         termination_grace_period: extensions.termination_grace_period,
+        stuck_spawn_timeout: extensions.stuck_spawn_timeout,
         sample_cgroup_resource_usage: extensions.sample_cgroup_resource_usage,
         action_cgroups: extensions.action_cgroups,
         listen_path_mode: serving.listen_path_mode,
