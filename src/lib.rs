@@ -20,6 +20,7 @@
 //! - [`shutdown`]: the one deadline every wait at shutdown ends by, and the second signal that abandons waits on others.
 //! - [`metrics`]: Prometheus metrics (gRPC server, actions, cgroup budget, process).
 //! - [`diagnostics`]: the diagnostics HTTP server: `/metrics`, `/-/healthy`, `/-/ready`.
+//! - [`auth`]: who may call: Buildbarn's authentication policies (peer credentials, client certificates, JMESPath), the `runAuthorizer` and `eventsAuthorizer`, and the gate in front of every server's services.
 //! - [`listener`]: the connection edge: socket files, handshake limit, `:authority` rewriting, deadlines.
 //! - [`bounded`]: request values quoted in error messages, bounded in length.
 //! - [`sync`]: locking state that a panic cannot leave inconsistent.
@@ -30,6 +31,7 @@
 //! - [`report`]: the statistics and renderings behind `rbe-runner report`, from event journals.
 
 pub mod action;
+pub mod auth;
 pub mod bounded;
 pub mod build_directory;
 pub mod cgroup;
