@@ -4,7 +4,8 @@
 //! Each listener (Unix socket or TCP) of each `grpcServers` entry serves
 //! `buildbarn.runner.Runner`, `rbe_runner.events.v1.Events`, gRPC health
 //! and server reflection, through the connection handling of
-//! [`crate::listener`]; TCP listeners together hold at most
+//! [`crate::listener`], each call past the server's [`CallGate`]
+//! (`authenticationPolicy`, `runAuthorizer`, `eventsAuthorizer`); TCP listeners together hold at most
 //! [`TcpLimits::max_connections`] connections and close those with no call
 //! for [`TcpLimits::idle_timeout`]. On shutdown the listeners stop
 //! accepting, in-flight calls finish (the caller decides beforehand whether
@@ -26,6 +27,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
+use crate::auth::gate::{Authenticating, CallGate, GateError};
 use crate::bounded::bounded_message;
 use crate::checked_requests::CheckedRequests;
 use crate::config::GrpcServerConfig;
@@ -132,6 +134,8 @@ pub enum ServeError {
     Tcp { address: String, source: io::Error },
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
+    #[error(transparent)]
+    Auth(#[from] GateError),
 }
 
 /// One bound listener of one server configuration.
@@ -155,7 +159,7 @@ impl Bound {
 /// All configured listeners, bound. Binding happens before serving so that
 /// a bad address fails startup instead of one server silently missing.
 pub struct BoundServers {
-    servers: Vec<(GrpcServerConfig, Vec<Bound>)>,
+    servers: Vec<(GrpcServerConfig, Arc<CallGate>, Vec<Bound>)>,
     /// go-grpc-prometheus's metrics of every call, when enabled.
     metrics: Option<Arc<GrpcMetrics>>,
 }
@@ -169,7 +173,14 @@ impl BoundServers {
         socket_mode: Option<u32>,
     ) -> Result<Self, ServeError> {
         let mut servers = Vec::new();
-        for config in configs {
+        for (index, config) in configs.iter().enumerate() {
+            // authenticationPolicy and the authorizers, started (files read)
+            // before anything is bound.
+            let gate = CallGate::start(
+                &config.authentication_policy,
+                &config.authorizers,
+                &format!("grpcServers[{index}]"),
+            )?;
             let mut listeners = Vec::new();
             for path in &config.listen_paths {
                 let socket = BoundSocket::bind(path, socket_mode)?;
@@ -190,7 +201,7 @@ impl BoundServers {
                     .unwrap_or_else(|_| address.clone());
                 listeners.push(Bound::Tcp { address, listener });
             }
-            servers.push((config.clone(), listeners));
+            servers.push((config.clone(), Arc::new(gate), listeners));
         }
         Ok(BoundServers {
             servers,
@@ -208,7 +219,7 @@ impl BoundServers {
     pub fn listener_names(&self) -> Vec<String> {
         self.servers
             .iter()
-            .flat_map(|(_, listeners)| listeners.iter().map(Bound::name))
+            .flat_map(|(_, _, listeners)| listeners.iter().map(Bound::name))
             .collect()
     }
 
@@ -244,7 +255,7 @@ impl BoundServers {
         let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         let mut socket_files: Vec<SocketFile> = Vec::new();
-        for (config, listeners) in self.servers {
+        for (config, gate, listeners) in self.servers {
             let mut runner_service = RunnerServer::new(RunnerGrpcService::new(runner.clone()));
             if let Some(limit) = config.maximum_received_message_size_bytes {
                 runner_service = runner_service.max_decoding_message_size(limit);
@@ -260,8 +271,13 @@ impl BoundServers {
                     reflection_service.clone(),
                 ))
                 .prepare();
-            let service =
-                GrpcMetricsService::new(DeadlineService::new(routes), self.metrics.clone());
+            // Every call passes the server's gate (authentication, then the
+            // authorizer of its service) inside the metrics, which count
+            // its refusals by their code.
+            let service = GrpcMetricsService::new(
+                Authenticating::new(DeadlineService::new(routes), gate),
+                self.metrics.clone(),
+            );
             for bound in listeners {
                 let name = bound.name();
                 let listener = match bound {
