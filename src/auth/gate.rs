@@ -83,7 +83,8 @@ impl CallGate {
     ) -> Result<Self, GateError> {
         let authorizer = |config: &AuthorizerConfig, name: &str| {
             Authorizer::start(config).map_err(|source| GateError::Authorizer {
-                path: format!("{path}.{name}.jmespathExpression"),
+                // The authorizers are top-level fields.
+                path: format!("{name}.jmespathExpression"),
                 source,
             })
         };
