@@ -184,7 +184,9 @@ impl BoundServers {
             let mut listeners = Vec::new();
             for path in &config.listen_paths {
                 let socket = BoundSocket::bind(path, socket_mode)?;
-                warn_if_open_to_others(&socket);
+                if gate.lets_anyone_run() {
+                    warn_if_open_to_others(&socket);
+                }
                 listeners.push(Bound::Unix(socket));
             }
             for address in &config.listen_addresses {

@@ -83,7 +83,10 @@ impl ClientCertificatePolicy {
         now: UnixTime,
     ) -> Result<AuthenticationMetadata, String> {
         let Some((leaf, intermediates)) = chain.split_first() else {
-            return Err("the client presented no TLS client certificate".to_owned());
+            return Err(
+                "the client presented no TLS client certificate (or the connection is not TLS)"
+                    .to_owned(),
+            );
         };
         let (_, parsed) = X509Certificate::from_der(leaf)
             .map_err(|err| format!("cannot parse the TLS client certificate: {err}"))?;

@@ -96,6 +96,13 @@ impl CallGate {
         })
     }
 
+    /// Whether every caller may run actions: the policy is `allow` and
+    /// so is `runAuthorizer`. Only then is a socket's file mode all that
+    /// stands between a local user and the runner.
+    pub fn lets_anyone_run(&self) -> bool {
+        matches!(self.policy, Policy::Allow(_)) && matches!(self.run, Authorizer::Allow)
+    }
+
     /// Whether the call to `path` (`/service/method`) from `peer` may
     /// proceed, with the caller's metadata; else the status to answer.
     pub fn admit(
