@@ -36,12 +36,14 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::action::observer::RunnerStateReporter;
 use crate::config::DiagnosticsHttpServerConfig;
 use crate::listener::accept::{serve_connections, Admission, ConnectionCap, Slot};
 use crate::listener::idle::Holding;
 use crate::listener::keep_alive::{ConnectionClock, KeepAliveTimeouts};
+use crate::listener::tls::{ServedCertificates, TlsError};
 use crate::listener::{self, stopped};
 use crate::metrics::{Metrics, TEXT_FORMAT};
 use crate::runner::readiness;
@@ -76,12 +78,14 @@ impl Default for DiagnosticsLimits {
     }
 }
 
-/// An address of `httpServers[].listenAddresses` could not be bound.
+/// An address of `httpServers[].listenAddresses` could not be bound, or
+/// the `tls` of an entry could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("diagnosticsHttpServer: cannot listen on {address}: {source}")]
-pub struct BindError {
-    pub address: String,
-    pub source: io::Error,
+pub enum BindError {
+    #[error("diagnosticsHttpServer: cannot listen on {address}: {source}")]
+    Listen { address: String, source: io::Error },
+    #[error("diagnosticsHttpServer.httpServers[{index}].tls: {source}")]
+    Tls { index: usize, source: TlsError },
 }
 
 /// What `/-/ready` checks.
@@ -107,7 +111,8 @@ impl Readiness {
 
 /// The diagnostics server with its listeners bound.
 pub struct DiagnosticsServer {
-    listeners: Vec<(String, TcpListener)>,
+    /// Each address, with the TLS of its `httpServers` entry.
+    listeners: Vec<(String, TcpListener, Option<TlsAcceptor>)>,
     handler: Arc<Handler>,
     limits: DiagnosticsLimits,
 }
@@ -119,29 +124,37 @@ struct Handler {
 
 impl DiagnosticsServer {
     /// Binds every listen address of `config`; the first that fails stops
-    /// startup, naming it. `metrics` is served when given.
+    /// startup, naming it. `metrics` is served when given. The key pairs
+    /// of `tls` entries are loaded, their dates recorded in `served`.
     pub async fn bind(
         config: &DiagnosticsHttpServerConfig,
         metrics: Option<Arc<Metrics>>,
         readiness: Readiness,
+        served: &ServedCertificates,
     ) -> Result<Self, BindError> {
         let mut listeners = Vec::new();
-        for address in config
-            .http_servers
-            .iter()
-            .flat_map(|server| server.listen_addresses.iter())
-        {
-            let listener = listener::bind_tcp(address)
-                .await
-                .map_err(|source| BindError {
-                    address: address.clone(),
-                    source,
-                })?;
-            let name = listener
-                .local_addr()
-                .map(|bound| bound.to_string())
-                .unwrap_or_else(|_| address.clone());
-            listeners.push((name, listener));
+        for (index, server) in config.http_servers.iter().enumerate() {
+            let tls = match &server.tls {
+                Some(tls) => Some(
+                    listener::tls::acceptor(tls, &[b"http/1.1"], Vec::new(), served)
+                        .map_err(|source| BindError::Tls { index, source })?,
+                ),
+                None => None,
+            };
+            for address in &server.listen_addresses {
+                let listener =
+                    listener::bind_tcp(address)
+                        .await
+                        .map_err(|source| BindError::Listen {
+                            address: address.clone(),
+                            source,
+                        })?;
+                let name = listener
+                    .local_addr()
+                    .map(|bound| bound.to_string())
+                    .unwrap_or_else(|_| address.clone());
+                listeners.push((name, listener, tls.clone()));
+            }
         }
         Ok(DiagnosticsServer {
             listeners,
@@ -160,7 +173,7 @@ impl DiagnosticsServer {
     pub fn addresses(&self) -> Vec<String> {
         self.listeners
             .iter()
-            .map(|(name, _)| name.clone())
+            .map(|(name, _, _)| name.clone())
             .collect()
     }
 
@@ -176,7 +189,7 @@ impl DiagnosticsServer {
         let cap = ConnectionCap::new(self.limits.max_connections, rejected);
         let timeouts = self.limits.timeouts;
         let mut tasks = tokio::task::JoinSet::new();
-        for (name, listener) in self.listeners {
+        for (name, listener, tls) in self.listeners {
             let admission = Admission::new(name, Some(cap.clone()));
             let (handler, stopping) = (self.handler.clone(), stop.clone());
             let stop = stop.clone();
@@ -185,7 +198,16 @@ impl DiagnosticsServer {
                 admission,
                 stopping,
                 move |stream, slot| {
-                    serve_connection(stream, handler.clone(), timeouts, stop.clone(), slot)
+                    let (handler, stop, tls) = (handler.clone(), stop.clone(), tls.clone());
+                    async move {
+                        match tls {
+                            None => serve_connection(stream, handler, timeouts, stop, slot).await,
+                            Some(tls) => {
+                                serve_tls_connection(stream, tls, handler, timeouts, stop, slot)
+                                    .await
+                            }
+                        }
+                    }
                 },
             ));
         }
@@ -233,6 +255,23 @@ async fn serve_connection<S>(
                 connection.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// An HTTPS connection: the TLS handshake within the header-read
+/// timeout, then [`serve_connection`].
+async fn serve_tls_connection(
+    stream: tokio::net::TcpStream,
+    tls: TlsAcceptor,
+    handler: Arc<Handler>,
+    timeouts: KeepAliveTimeouts,
+    stop: watch::Receiver<bool>,
+    slot: Slot,
+) {
+    match tokio::time::timeout(timeouts.header_read, tls.accept(stream)).await {
+        Ok(Ok(stream)) => serve_connection(stream, handler, timeouts, stop, slot).await,
+        Ok(Err(err)) => tracing::debug!(%err, "diagnostics: TLS handshake failed"),
+        Err(_) => tracing::debug!("diagnostics: TLS handshake not completed in time"),
     }
 }
 
@@ -409,6 +448,7 @@ mod tests {
         let config = DiagnosticsHttpServerConfig {
             http_servers: vec![HttpServerConfig {
                 listen_addresses: vec!["127.0.0.1:0".into()],
+                tls: None,
             }],
             enable_prometheus: false,
             enable_pprof: false,
@@ -419,7 +459,7 @@ mod tests {
             pathnames: Arc::new(Vec::new()),
         };
         let hour = Duration::from_secs(3600);
-        let server = DiagnosticsServer::bind(&config, None, readiness)
+        let server = DiagnosticsServer::bind(&config, None, readiness, &Default::default())
             .await
             .unwrap()
             .with_limits(DiagnosticsLimits {

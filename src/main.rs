@@ -28,6 +28,7 @@ use rbe_runner::config::{self, Config, LogFormat};
 use rbe_runner::diagnostics::{DiagnosticsServer, Readiness};
 use rbe_runner::events::hub::EventHub;
 use rbe_runner::events::Events;
+use rbe_runner::listener::tls::ServedCertificates;
 use rbe_runner::metrics::Metrics;
 use rbe_runner::process::clone::Method as SpawnMethod;
 use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
@@ -182,7 +183,16 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     // global.diagnosticsHttpServer.enablePrometheus: metrics of calls,
     // actions, the event stream, the spawn server, the delegated cgroup's
     // budget and the process.
-    let metrics = create_metrics(&config, &cgroups, &events, &spawn_server)?;
+    // The TLS certificates served are recorded for Buildbarn's expiry
+    // metrics.
+    let served_certificates = ServedCertificates::default();
+    let metrics = create_metrics(
+        &config,
+        &cgroups,
+        &events,
+        &spawn_server,
+        &served_certificates,
+    )?;
 
     // Who learns what the runner does: the log, the event stream, the
     // metrics, and whether it accepts work.
@@ -222,13 +232,18 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         proc_root,
     )?;
 
-    let mut servers = BoundServers::bind(&config.grpc_servers, config.listen_path_mode).await?;
+    let mut servers = BoundServers::bind(
+        &config.grpc_servers,
+        config.listen_path_mode,
+        &served_certificates,
+    )
+    .await?;
     if let Some(metrics) = &metrics {
         servers.count_calls(metrics.grpc.clone());
     }
     // global.diagnosticsHttpServer: bound once the gRPC listeners are,
     // stopped with them.
-    let diagnostics = start_diagnostics(&config, metrics, &state).await?;
+    let diagnostics = start_diagnostics(&config, metrics, &state, &served_certificates).await?;
     // The state is reported (event, metric, log) before the "serving"
     // line: whoever waits for that line (an operator, a test, a probe) and
     // then asks /-/ready must find the metrics and events agreeing.
@@ -336,6 +351,7 @@ fn create_metrics(
     cgroups: &CgroupSetup,
     events: &Events,
     spawn_server: &Option<Arc<SpawnServer>>,
+    served_certificates: &ServedCertificates,
 ) -> anyhow::Result<Option<Arc<Metrics>>> {
     let Some(diagnostics) = &config.global.diagnostics_http_server else {
         return Ok(None);
@@ -347,8 +363,13 @@ fn create_metrics(
         CgroupSetup::ActionCgroups { manager, .. } => Some(manager.parent().to_owned()),
         _ => None,
     };
-    let metrics = Metrics::new(delegated_cgroup, events.counters(), spawn_server.clone())
-        .context("cannot create the metrics")?;
+    let metrics = Metrics::new(
+        delegated_cgroup,
+        events.counters(),
+        spawn_server.clone(),
+        served_certificates.clone(),
+    )
+    .context("cannot create the metrics")?;
     Ok(Some(Arc::new(metrics)))
 }
 
@@ -551,6 +572,7 @@ async fn start_diagnostics(
     config: &Config,
     metrics: Option<Arc<Metrics>>,
     state: &Arc<RunnerStateReporter>,
+    served_certificates: &ServedCertificates,
 ) -> anyhow::Result<RunningDiagnostics> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let Some(diagnostics) = &config.global.diagnostics_http_server else {
@@ -568,7 +590,8 @@ async fn start_diagnostics(
         state: state.clone(),
         pathnames: Arc::new(config.readiness_checking_pathnames.clone()),
     };
-    let server = DiagnosticsServer::bind(diagnostics, metrics, readiness).await?;
+    let server =
+        DiagnosticsServer::bind(diagnostics, metrics, readiness, served_certificates).await?;
     tracing::info!(addresses = ?server.addresses(), "diagnostics HTTP server listening");
     Ok(RunningDiagnostics {
         stop,

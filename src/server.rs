@@ -36,7 +36,8 @@ use crate::fault::RunnerError;
 use crate::listener::accept::ConnectionCap;
 use crate::listener::deadline::{parse_grpc_timeout, DeadlineService};
 use crate::listener::socket::{BoundSocket, SocketError, SocketFile};
-use crate::listener::{self, Listener, TcpLimits};
+use crate::listener::tls::{ServedCertificates, TlsError};
+use crate::listener::{self, ConnectionSettings, Listener, TcpLimits};
 use crate::metrics::{GrpcMetrics, GrpcMetricsService};
 use crate::process::privileges::{self, CAP_SETUID};
 use crate::proto::rbe_runner::events::v1::events_server::EventsServer;
@@ -136,6 +137,8 @@ pub enum ServeError {
     Reflection(String),
     #[error(transparent)]
     Auth(#[from] GateError),
+    #[error("grpcServers[{index}].tls: {source}")]
+    Tls { index: usize, source: TlsError },
 }
 
 /// One bound listener of one server configuration.
@@ -159,7 +162,12 @@ impl Bound {
 /// All configured listeners, bound. Binding happens before serving so that
 /// a bad address fails startup instead of one server silently missing.
 pub struct BoundServers {
-    servers: Vec<(GrpcServerConfig, Arc<CallGate>, Vec<Bound>)>,
+    servers: Vec<(
+        GrpcServerConfig,
+        Arc<CallGate>,
+        ConnectionSettings,
+        Vec<Bound>,
+    )>,
     /// go-grpc-prometheus's metrics of every call, when enabled.
     metrics: Option<Arc<GrpcMetrics>>,
 }
@@ -167,10 +175,12 @@ pub struct BoundServers {
 impl BoundServers {
     /// Binds every listener of every server. Socket files get `socket_mode`
     /// (`listenPathMode`) when given; stale ones are replaced, live ones
-    /// refused.
+    /// refused. TLS key pairs are loaded (a bad one stops startup) and
+    /// their dates recorded in `served`.
     pub async fn bind(
         configs: &[GrpcServerConfig],
         socket_mode: Option<u32>,
+        served: &ServedCertificates,
     ) -> Result<Self, ServeError> {
         let mut servers = Vec::new();
         for (index, config) in configs.iter().enumerate() {
@@ -181,6 +191,25 @@ impl BoundServers {
                 &config.authorizers,
                 &format!("grpcServers[{index}]"),
             )?;
+            let tls = match &config.tls {
+                // The CA names hinted at in the certificate request are
+                // the authentication policy's (tlsClientCertificate);
+                // none are hinted when it has none.
+                Some(tls) => {
+                    let hints = config
+                        .authentication_policy
+                        .client_certificate_authorities()
+                        .iter()
+                        .flat_map(|pem| listener::tls::hint_subjects_from_pem(pem.as_bytes()))
+                        .collect();
+                    Some(
+                        listener::tls::acceptor(tls, &[b"h2"], hints, served)
+                            .map_err(|source| ServeError::Tls { index, source })?,
+                    )
+                }
+                None => None,
+            };
+            let settings = ConnectionSettings::new(config, tls);
             let mut listeners = Vec::new();
             for path in &config.listen_paths {
                 let socket = BoundSocket::bind(path, socket_mode)?;
@@ -203,7 +232,7 @@ impl BoundServers {
                     .unwrap_or_else(|_| address.clone());
                 listeners.push(Bound::Tcp { address, listener });
             }
-            servers.push((config.clone(), Arc::new(gate), listeners));
+            servers.push((config.clone(), Arc::new(gate), settings, listeners));
         }
         Ok(BoundServers {
             servers,
@@ -221,7 +250,7 @@ impl BoundServers {
     pub fn listener_names(&self) -> Vec<String> {
         self.servers
             .iter()
-            .flat_map(|(_, _, listeners)| listeners.iter().map(Bound::name))
+            .flat_map(|(_, _, _, listeners)| listeners.iter().map(Bound::name))
             .collect()
     }
 
@@ -240,6 +269,19 @@ impl BoundServers {
         health_reporter
             .set_serving::<RunnerServer<RunnerGrpcService>>()
             .await;
+        // grpcServers[].healthCheckService: a name of the operator's
+        // choosing, reported SERVING as bb-storage does (by every
+        // listener: the health service is shared).
+        for (config, _, _, _) in &self.servers {
+            if !config.health_check_service.is_empty() {
+                health_reporter
+                    .set_service_status(
+                        &config.health_check_service,
+                        tonic_health::ServingStatus::Serving,
+                    )
+                    .await;
+            }
+        }
         let reflection_service = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -257,7 +299,7 @@ impl BoundServers {
         let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         let mut socket_files: Vec<SocketFile> = Vec::new();
-        for (config, gate, listeners) in self.servers {
+        for (config, gate, settings, listeners) in self.servers {
             let mut runner_service = RunnerServer::new(RunnerGrpcService::new(runner.clone()));
             if let Some(limit) = config.maximum_received_message_size_bytes {
                 runner_service = runner_service.max_decoding_message_size(limit);
@@ -291,13 +333,18 @@ impl BoundServers {
                                 what: "register with the runtime",
                                 source,
                             })?;
-                        Listener::Unix { name, listener }
+                        Listener::Unix {
+                            name,
+                            listener,
+                            settings: settings.clone(),
+                        }
                     }
                     Bound::Tcp { listener, .. } => Listener::Tcp {
                         name,
                         listener,
                         cap: tcp_cap.clone(),
                         idle_timeout: tcp_limits.idle_timeout,
+                        settings: settings.clone(),
                     },
                 };
                 tasks.spawn(listener::serve(

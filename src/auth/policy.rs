@@ -61,6 +61,21 @@ impl PolicyConfig {
         }
     }
 
+    /// The PEM of every `clientCertificateAuthorities` in the tree, whose
+    /// subjects the TLS handshake names in its certificate request.
+    pub fn client_certificate_authorities(&self) -> Vec<&str> {
+        match self {
+            PolicyConfig::TlsClientCertificate(config) => {
+                vec![config.client_certificate_authorities.as_str()]
+            }
+            PolicyConfig::Any(policies) | PolicyConfig::All(policies) => policies
+                .iter()
+                .flat_map(PolicyConfig::client_certificate_authorities)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The tree, one policy a line, indented by `indent` spaces (for
     /// `check-config`).
     pub fn write_tree(&self, f: &mut fmt::Formatter<'_>, indent: usize) -> fmt::Result {

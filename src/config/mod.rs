@@ -58,7 +58,9 @@ pub use schema::extensions::{
     ActionCgroupsConfig, EventsConfig, DEFAULT_JOURNAL_MAX_BYTES, DEFAULT_REPLAY_BUFFER_SIZE,
     DEFAULT_TERMINATION_GRACE_PERIOD,
 };
+pub use schema::keepalive::{KeepaliveParameters, MINIMUM_WINDOW_SIZE_BYTES};
 pub use schema::serving::GrpcServerConfig;
+pub use schema::tls::{KeyPairSource, TlsServerConfig};
 pub use size::parse_size;
 
 // ---------------------------------------------------------------------------

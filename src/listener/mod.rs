@@ -75,6 +75,7 @@ pub mod idle;
 pub mod keep_alive;
 pub mod peer;
 pub mod socket;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::io;
@@ -86,7 +87,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower::Service;
+
+use crate::config::{GrpcServerConfig, KeepaliveParameters, MINIMUM_WINDOW_SIZE_BYTES};
 
 use accept::{serve_connections, Accept, Admission, ConnectionCap, Slot};
 use authority::{AuthorityRewriting, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE};
@@ -124,19 +129,51 @@ impl Default for TcpLimits {
     }
 }
 
+/// How the connections of one `grpcServers` entry are served, past
+/// accepting them.
+#[derive(Clone, Default)]
+pub struct ConnectionSettings {
+    /// `tls`: the handshake every connection starts with.
+    pub tls: Option<TlsAcceptor>,
+    /// `keepaliveParameters`.
+    pub keepalive: KeepaliveParameters,
+    /// `initialWindowSizeBytes`, when grpc-go would apply it (64 KiB or
+    /// more).
+    pub initial_window_size_bytes: Option<u32>,
+    /// `initialConnWindowSizeBytes`, likewise.
+    pub initial_conn_window_size_bytes: Option<u32>,
+}
+
+impl ConnectionSettings {
+    /// The settings of `config`'s listeners, with `tls` built from its
+    /// `tls` field.
+    pub fn new(config: &GrpcServerConfig, tls: Option<TlsAcceptor>) -> Self {
+        let window = |size: Option<u32>| size.filter(|bytes| *bytes >= MINIMUM_WINDOW_SIZE_BYTES);
+        ConnectionSettings {
+            tls,
+            keepalive: config.keepalive_parameters,
+            initial_window_size_bytes: window(config.initial_window_size_bytes),
+            initial_conn_window_size_bytes: window(config.initial_conn_window_size_bytes),
+        }
+    }
+}
+
 /// A listening socket, ready to accept.
 pub enum Listener {
     Unix {
         name: String,
         listener: UnixListener,
+        settings: ConnectionSettings,
     },
     Tcp {
         name: String,
         listener: TcpListener,
         /// Shared by every TCP listener.
         cap: ConnectionCap,
-        /// A connection with no call for this long is closed.
+        /// A connection with no call for this long is closed, unless
+        /// `keepaliveParameters.maxConnectionIdle` says otherwise.
         idle_timeout: Duration,
+        settings: ConnectionSettings,
     },
 }
 
@@ -179,12 +216,35 @@ impl Listener {
         }
     }
 
-    fn idle_timeout(&self) -> Option<Duration> {
-        match self {
-            Listener::Unix { .. } => None,
-            Listener::Tcp { idle_timeout, .. } => Some(*idle_timeout),
+    /// What the connections of this listener are served with.
+    fn connection_limits(&self) -> ConnectionLimits {
+        let (settings, default_idle) = match self {
+            Listener::Unix { settings, .. } => (settings, None),
+            Listener::Tcp {
+                settings,
+                idle_timeout,
+                ..
+            } => (settings, Some(*idle_timeout)),
+        };
+        ConnectionLimits {
+            tls: settings.tls.clone(),
+            idle_timeout: settings.keepalive.max_connection_idle.or(default_idle),
+            keepalive: settings.keepalive,
+            initial_window_size_bytes: settings.initial_window_size_bytes,
+            initial_conn_window_size_bytes: settings.initial_conn_window_size_bytes,
         }
     }
+}
+
+/// What one connection is served with.
+#[derive(Clone, Default)]
+struct ConnectionLimits {
+    tls: Option<TlsAcceptor>,
+    /// A connection with no call for this long gets a GOAWAY.
+    idle_timeout: Option<Duration>,
+    keepalive: KeepaliveParameters,
+    initial_window_size_bytes: Option<u32>,
+    initial_conn_window_size_bytes: Option<u32>,
 }
 
 /// Binds a TCP listen address as Buildbarn writes them: `host:port`, or
@@ -225,28 +285,29 @@ where
     S::Future: Send + 'static,
 {
     let admission = Admission::new(listener.name(), listener.cap());
-    let idle_timeout = listener.idle_timeout();
+    let limits = listener.connection_limits();
     let stopping = stop.clone();
     serve_connections(listener, admission, stopping, move |connection, slot| {
         serve_connection(
             connection,
             service.clone(),
             stop.clone(),
-            idle_timeout,
+            limits.clone(),
             slot,
         )
     })
     .await
 }
 
-/// One connection: the handshake within its time limit, then HTTP/2 until
-/// the client leaves, it has had no call for `idle_timeout` or, after
-/// `stop`, its calls are done. Its `slot` is given back when it closes.
+/// One connection: the TLS and HTTP/2 handshakes within
+/// [`HANDSHAKE_TIMEOUT`], then HTTP/2 until the client leaves, `limits`
+/// end it or, after `stop`, its calls are done. Its `slot` is given back
+/// when it closes.
 async fn serve_connection<S>(
     connection: Accepted,
     service: S,
-    mut stop: watch::Receiver<bool>,
-    idle_timeout: Option<Duration>,
+    stop: watch::Receiver<bool>,
+    limits: ConnectionLimits,
     _slot: Slot,
 ) where
     S: Service<
@@ -258,22 +319,102 @@ async fn serve_connection<S>(
         + 'static,
     S::Future: Send + 'static,
 {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     match connection {
-        Accepted::Unix(mut stream) => {
-            let service = WithPeer::new(service, ConnectionPeer::unix(&stream));
-            let Some(prefix) = handshake(&mut stream, &mut stop).await else {
-                return;
-            };
+        Accepted::Unix(stream) => {
+            let peer = ConnectionPeer::unix(&stream);
+            let transport = Transport::Unix;
+            serve_stream(stream, peer, transport, deadline, service, stop, limits).await
+        }
+        Accepted::Tcp(stream) => {
+            let peer = ConnectionPeer::tcp(&stream);
+            let transport = Transport::Tcp;
+            serve_stream(stream, peer, transport, deadline, service, stop, limits).await
+        }
+    }
+}
+
+/// Which socket a stream came from: on a Unix socket, request authorities
+/// are rewritten (see [`authority`]).
+#[derive(Clone, Copy)]
+enum Transport {
+    Unix,
+    Tcp,
+}
+
+/// The TLS handshake when the listener has TLS (the client's certificates
+/// go into `peer`), then [`serve_decrypted`].
+async fn serve_stream<IO, S>(
+    stream: IO,
+    mut peer: ConnectionPeer,
+    transport: Transport,
+    deadline: Instant,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+    limits: ConnectionLimits,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<
+            http::Request<Incoming>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let Some(acceptor) = limits.tls.clone() else {
+        return serve_decrypted(stream, peer, transport, deadline, service, stop, limits).await;
+    };
+    let accepted = tokio::select! {
+        _ = stopped(&mut stop) => return,
+        accepted = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => accepted,
+    };
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            tracing::debug!(%err, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(timeout = ?HANDSHAKE_TIMEOUT, "closing a connection that did not complete the TLS handshake in time");
+            return;
+        }
+    };
+    peer.client_certificates = tls::client_certificates(&stream);
+    serve_decrypted(stream, peer, transport, deadline, service, stop, limits).await
+}
+
+/// The HTTP/2 handshake by `deadline`, then HTTP/2 on `stream`.
+async fn serve_decrypted<IO, S>(
+    mut stream: IO,
+    peer: ConnectionPeer,
+    transport: Transport,
+    deadline: Instant,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+    limits: ConnectionLimits,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<
+            http::Request<Incoming>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let service = WithPeer::new(service, peer);
+    let Some(prefix) = handshake(&mut stream, &mut stop, deadline).await else {
+        return;
+    };
+    match transport {
+        Transport::Unix => {
             let stream = AuthorityRewriting::new(stream, &prefix);
-            serve_http2(stream, service, stop, idle_timeout).await
+            serve_http2(stream, service, stop, limits).await
         }
-        Accepted::Tcp(mut stream) => {
-            let service = WithPeer::new(service, ConnectionPeer::tcp(&stream));
-            let Some(prefix) = handshake(&mut stream, &mut stop).await else {
-                return;
-            };
-            serve_http2(Replay::new(stream, prefix), service, stop, idle_timeout).await
-        }
+        Transport::Tcp => serve_http2(Replay::new(stream, prefix), service, stop, limits).await,
     }
 }
 
@@ -282,10 +423,11 @@ async fn serve_connection<S>(
 async fn handshake<S: AsyncRead + Unpin>(
     stream: &mut S,
     stop: &mut watch::Receiver<bool>,
+    deadline: Instant,
 ) -> Option<Vec<u8>> {
     let read = tokio::select! {
         _ = stopped(stop) => return None,
-        read = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_handshake(stream)) => read,
+        read = tokio::time::timeout_at(deadline, read_handshake(stream)) => read,
     };
     match read {
         Ok(Ok(prefix)) => Some(prefix),
@@ -303,11 +445,28 @@ async fn handshake<S: AsyncRead + Unpin>(
     }
 }
 
+/// grpc-go's jitter on `maxConnectionAge`: ±10%, so that connections made
+/// together do not all reconnect together.
+fn jittered(age: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = getrandom::fill(&mut byte);
+    // 0.9 to 1.1 of the age, in 256 steps.
+    age.mul_f64(0.9 + 0.2 * f64::from(byte[0]) / 255.0)
+}
+
+/// Completes `after` from now; never when `None`.
+async fn sleep_for(after: Option<Duration>) {
+    match after {
+        Some(after) => tokio::time::sleep(after).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn serve_http2<I, S>(
     io: I,
     service: S,
     mut stop: watch::Receiver<bool>,
-    idle_timeout: Option<Duration>,
+    limits: ConnectionLimits,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<
@@ -325,9 +484,22 @@ async fn serve_http2<I, S>(
     builder
         .timer(TokioTimer::new())
         .max_frame_size(MAX_FRAME_SIZE as u32)
-        .max_header_list_size(MAX_HEADER_LIST_SIZE as u32);
+        .max_header_list_size(MAX_HEADER_LIST_SIZE as u32)
+        // keepaliveParameters.time and .timeout: with nothing received
+        // for `time`, the server PINGs; no answer within `timeout` closes
+        // the connection (grpc-go's server keepalive).
+        .keep_alive_interval(limits.keepalive.ping_interval())
+        .keep_alive_timeout(limits.keepalive.ping_timeout());
+    if let Some(bytes) = limits.initial_window_size_bytes {
+        builder.initial_stream_window_size(bytes);
+    }
+    if let Some(bytes) = limits.initial_conn_window_size_bytes {
+        builder.initial_connection_window_size(bytes);
+    }
     let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(connection);
+    let idle_timeout = limits.idle_timeout;
+    let max_age = limits.keepalive.max_connection_age.map(jittered);
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = stopped(&mut stop) => {
@@ -343,6 +515,16 @@ async fn serve_http2<I, S>(
             tokio::select! {
                 result = connection.as_mut() => result,
                 _ = calls.idle_for(Some(IDLE_CLOSE_GRACE)) => Ok(()),
+            }
+        }
+        _ = sleep_for(max_age) => {
+            // keepaliveParameters.maxConnectionAge: GOAWAY; the calls open
+            // get maxConnectionAgeGrace (no limit when unset) to finish.
+            tracing::debug!(age = ?max_age, "closing a connection that reached its maximum age");
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = connection.as_mut() => result,
+                _ = sleep_for(limits.keepalive.max_connection_age_grace) => Ok(()),
             }
         }
     };
@@ -361,7 +543,6 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use tokio::time::Instant;
 
     #[tokio::test]
     async fn a_port_alone_binds_every_interface() {
@@ -399,6 +580,13 @@ mod tests {
         })
     }
 
+    fn idle_after(timeout: Duration) -> ConnectionLimits {
+        ConnectionLimits {
+            idle_timeout: Some(timeout),
+            ..ConnectionLimits::default()
+        }
+    }
+
     fn request(path: &str) -> http::Request<()> {
         http::Request::post(format!("http://runner{path}"))
             .body(())
@@ -418,7 +606,7 @@ mod tests {
             server,
             service(release.clone()),
             stopped,
-            Some(DEFAULT_TCP_IDLE_TIMEOUT),
+            idle_after(DEFAULT_TCP_IDLE_TIMEOUT),
         ));
         let (mut sender, connection) = h2::client::handshake(client).await.unwrap();
         let connection = tokio::spawn(connection);
@@ -448,7 +636,7 @@ mod tests {
             server,
             service(Arc::default()),
             stopped,
-            Some(DEFAULT_TCP_IDLE_TIMEOUT),
+            idle_after(DEFAULT_TCP_IDLE_TIMEOUT),
         ));
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         client
@@ -458,5 +646,134 @@ mod tests {
         let mut sent = Vec::new();
         client.read_to_end(&mut sent).await.unwrap();
         assert!(start.elapsed() >= DEFAULT_TCP_IDLE_TIMEOUT + IDLE_CLOSE_GRACE);
+    }
+
+    /// Makes a CA, a server certificate for `runner.test` and a client
+    /// certificate with the openssl command line in `dir`; `None` (the
+    /// test skipped) without openssl.
+    fn make_certificates(test: &str, dir: &std::path::Path) -> Option<()> {
+        let script = "set -e
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                -keyout ca.key -out ca.pem -days 2 -subj /CN=ca
+            for name in server client; do
+                openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                    -keyout $name.key -out $name.csr -subj /CN=$name
+                printf 'subjectAltName=DNS:runner.test\n' > $name.ext
+                openssl x509 -req -in $name.csr -CA ca.pem -CAkey ca.key -set_serial 7 \
+                    -days 2 -extfile $name.ext -out $name.pem
+            done";
+        let made = std::process::Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !made.is_ok_and(|status| status.success()) {
+            crate::test_support::skip(test, "the openssl command cannot make certificates");
+            return None;
+        }
+        Some(())
+    }
+
+    fn pem_certificates(path: &std::path::Path) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_client_certificate_of_the_tls_handshake_reaches_every_request() {
+        // Why: the tlsClientCertificate policy decides per call from the
+        // chain the client presented; it must be exactly that chain, and
+        // a certificate the runner cannot verify (none is configured to)
+        // must still complete the handshake.
+        let test = "the_client_certificate_of_the_tls_handshake_reaches_every_request";
+        let dir = tempfile::tempdir().unwrap();
+        if make_certificates(test, dir.path()).is_none() {
+            return;
+        }
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        let config = crate::config::TlsServerConfig {
+            server_key_pair: crate::config::KeyPairSource::Inline {
+                certificate: read("server.pem"),
+                private_key: read("server.key"),
+            },
+            cipher_suite_names: Vec::new(),
+            tls12_cipher_suites: None,
+        };
+        let served = tls::ServedCertificates::default();
+        let acceptor = tls::acceptor(&config, &[b"h2"], Vec::new(), &served).unwrap();
+        let limits = ConnectionLimits {
+            tls: Some(acceptor),
+            ..ConnectionLimits::default()
+        };
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let service = {
+            let seen = seen.clone();
+            tower::service_fn(move |request: http::Request<Incoming>| {
+                let peer = request.extensions().get::<ConnectionPeer>().cloned();
+                seen.lock().unwrap().push(peer);
+                async { Ok(http::Response::new(tonic::body::Body::empty())) }
+            })
+        };
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (_stop, stopped) = watch::channel(false);
+        let peer = ConnectionPeer {
+            transport: peer::PeerTransport::Tcp { address: None },
+            client_certificates: Arc::from(Vec::new()),
+        };
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        tokio::spawn(serve_stream(
+            server,
+            peer,
+            Transport::Tcp,
+            deadline,
+            service,
+            stopped,
+            limits,
+        ));
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(pem_certificates(&dir.path().join("ca.pem")).remove(0))
+            .unwrap();
+        let client_chain = pem_certificates(&dir.path().join("client.pem"));
+        let client_key = {
+            use rustls_pki_types::pem::PemObject;
+            rustls_pki_types::PrivateKeyDer::from_pem_file(dir.path().join("client.key")).unwrap()
+        };
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(client_chain.clone(), client_key)
+            .unwrap();
+        client_config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let name = rustls_pki_types::ServerName::try_from("runner.test").unwrap();
+        let tls_stream = connector.connect(name, client).await.unwrap();
+        let (mut sender, connection) = h2::client::handshake(tls_stream).await.unwrap();
+        tokio::spawn(connection);
+        for _ in 0..2 {
+            let (response, _) = sender.send_request(request("/any"), true).unwrap();
+            assert_eq!(response.await.unwrap().status(), 200);
+            sender = sender.ready().await.unwrap();
+        }
+
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        for peer in seen.iter() {
+            let peer = peer.as_ref().expect("every request carries its peer");
+            let expected: Vec<Vec<u8>> = client_chain.iter().map(|der| der.to_vec()).collect();
+            assert_eq!(&peer.client_certificates[..], &expected[..]);
+        }
+        assert_eq!(
+            served.snapshot().len(),
+            1,
+            "the server certificate's dates are recorded"
+        );
     }
 }

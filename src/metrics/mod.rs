@@ -10,6 +10,8 @@
 //!   lines not written), read when scraped.
 //! - [`spawn_server`]: whether the spawn server creates actions'
 //!   processes, read when scraped.
+//! - [`tls`]: Buildbarn's expiry metrics of the served TLS certificates,
+//!   read when scraped.
 //!
 //! The `prometheus` crate is used because its `TextEncoder` writes exactly
 //! the 0.0.4 text format with the names given (counters keep `_total`),
@@ -23,6 +25,7 @@ pub mod cgroup_budget;
 pub mod events;
 pub mod grpc;
 pub mod spawn_server;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -116,12 +119,16 @@ impl Metrics {
         delegated_cgroup: Option<PathBuf>,
         events: crate::events::EventCounters,
         spawn_server: Option<Arc<crate::process::spawn_server::SpawnServer>>,
+        served_certificates: crate::listener::tls::ServedCertificates,
     ) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let grpc = Arc::new(GrpcMetrics::register(&registry)?);
         let actions = Arc::new(ActionMetrics::register(&registry)?);
         registry.register(Box::new(events::EventLosses::new(events)?))?;
         registry.register(Box::new(spawn_server::SpawnServerUp::new(spawn_server)?))?;
+        registry.register(Box::new(tls::TlsCertificateDates::new(
+            served_certificates,
+        )?))?;
         if let Some(cgroup) = delegated_cgroup {
             registry.register(Box::new(cgroup_budget::CgroupBudget::new(cgroup)?))?;
         }

@@ -146,6 +146,18 @@ fn configuration_with_every_field() -> serde_json::Value {
             "authenticationPolicy": { "allow": {} },
             "stopGracefully": true,
             "maximumReceivedMessageSizeBytes": 8388608,
+            "tls": {
+                "serverKeyPair": { "files": {
+                    "certificatePath": "/etc/runner/tls.crt",
+                    "privateKeyPath": "/etc/runner/tls.key",
+                    "refreshInterval": "3600s",
+                } },
+                "cipherSuites": ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"],
+            },
+            "keepaliveParameters": { "maxConnectionIdle": "300s", "time": "60s" },
+            "initialWindowSizeBytes": 1048576,
+            "initialConnWindowSizeBytes": 1048576,
+            "healthCheckService": "runner",
         }],
         "cleanTemporaryDirectories": ["/tmp"],
         "global": {

@@ -327,22 +327,9 @@ pub(super) fn refuse_peer_credentials_with_tls(
     Ok(())
 }
 
-/// A server's listeners with their transport, its policy tree and its
-/// authorizers, as `check-config` prints them.
+/// A server's policy tree and its authorizers, as `check-config` prints
+/// them (its listeners and their transport are printed with `tls`).
 pub(super) fn write_server(f: &mut fmt::Formatter<'_>, server: &GrpcServerConfig) -> fmt::Result {
-    writeln!(f, "    listeners:")?;
-    // Without TLS every listener is plaintext; a Unix socket tells who
-    // connected (peer credentials), a TCP connection only its address.
-    for path in &server.listen_paths {
-        writeln!(
-            f,
-            "      - unix {} (plaintext, peer credentials)",
-            path.display()
-        )?;
-    }
-    for address in &server.listen_addresses {
-        writeln!(f, "      - tcp {address} (plaintext, peer address only)")?;
-    }
     writeln!(f, "    authenticationPolicy:")?;
     server.authentication_policy.write_tree(f, 6)?;
     writeln!(f, "    runAuthorizer: {}", server.authorizers.run)?;

@@ -8,6 +8,7 @@ use crate::config::protojson::{
 };
 
 use super::serving::{check_authentication_policy, decode_listen_address};
+use super::tls::{decode_tls_server, TlsServerConfig};
 
 /// `global.diagnosticsHttpServer`: the HTTP server of `/metrics`,
 /// `/-/healthy` and `/-/ready`.
@@ -28,6 +29,8 @@ pub struct DiagnosticsHttpServerConfig {
 pub struct HttpServerConfig {
     /// `listenAddresses`, `host:port`; `:9980` means every interface.
     pub listen_addresses: Vec<String>,
+    /// `tls`: HTTPS on every address of the entry when set.
+    pub tls: Option<TlsServerConfig>,
 }
 
 /// Extension `logFormat`: how log lines are written to stderr.
@@ -60,10 +63,7 @@ fn decode_http_server(field: Field) -> Decoded<HttpServerConfig> {
     let mut message = field.message()?;
     let listen_addresses = repeated(message.take("listen_addresses")?, decode_listen_address)?;
     let authentication_policy = message.take("authentication_policy")?;
-    message.reject(
-        "tls",
-        "TLS is not supported by rbe-runner's diagnostics server; put a proxy in front if needed",
-    )?;
+    let tls = message.take("tls")?.map(decode_tls_server).transpose()?;
     let server_path = message.path.clone();
     message.finish()?;
     match authentication_policy {
@@ -75,7 +75,10 @@ fn decode_http_server(field: Field) -> Decoded<HttpServerConfig> {
             ))
         }
     }
-    Ok(HttpServerConfig { listen_addresses })
+    Ok(HttpServerConfig {
+        listen_addresses,
+        tls,
+    })
 }
 
 /// Takes the extension `logFormat` from the top-level `message`.
@@ -148,6 +151,7 @@ mod tests {
             Some(DiagnosticsHttpServerConfig {
                 http_servers: vec![HttpServerConfig {
                     listen_addresses: vec![":9980".into(), "127.0.0.1:9981".into()],
+                    tls: None,
                 }],
                 enable_prometheus: true,
                 enable_pprof: true,
@@ -159,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn tls_and_policies_other_than_allow_are_refused_naming_the_field() {
+    fn policies_other_than_allow_are_refused_naming_the_field() {
         // Why it matters: a diagnostics port open to anyone must be a
         // decision the configuration states, as for gRPC servers.
         let server = |fields: &str| {
@@ -170,8 +174,8 @@ mod tests {
         let cases = [
             (
                 server("authenticationPolicy: { allow: {} }, tls: {}"),
-                "global.diagnosticsHttpServer.httpServers[0].tls",
-                "not supported",
+                "global.diagnosticsHttpServer.httpServers[0].tls.serverKeyPair",
+                "key pair",
             ),
             (
                 server("authenticationPolicy: { deny: {} }"),

@@ -22,7 +22,9 @@ pub(super) mod diagnostics;
 mod display;
 pub(super) mod environment;
 pub(super) mod extensions;
+pub(super) mod keepalive;
 pub(super) mod serving;
+pub(super) mod tls;
 
 use super::jsonnet::Json;
 use super::protojson::{Decoded, FieldError, Message};

@@ -7,6 +7,10 @@ use std::path::PathBuf;
 
 use super::auth;
 use super::display::quoted_list;
+use super::keepalive::{
+    decode_keepalive_parameters, decode_window_size, describe_window_size, KeepaliveParameters,
+};
+use super::tls::{decode_tls_server, TlsServerConfig};
 use crate::auth::gate::AuthorizersConfig;
 use crate::auth::policy::PolicyConfig;
 use crate::config::protojson::{
@@ -29,6 +33,17 @@ pub struct GrpcServerConfig {
     /// The top-level `runAuthorizer` and `eventsAuthorizer`, which every
     /// server applies to the metadata its policy gave.
     pub authorizers: AuthorizersConfig,
+    /// `tls`: every listener of the entry speaks TLS when set.
+    pub tls: Option<TlsServerConfig>,
+    /// `keepaliveParameters`: connection lifetime and server PINGs.
+    pub keepalive_parameters: KeepaliveParameters,
+    /// `initialWindowSizeBytes`: each stream's HTTP/2 flow-control window.
+    pub initial_window_size_bytes: Option<u32>,
+    /// `initialConnWindowSizeBytes`: the connection's HTTP/2 window.
+    pub initial_conn_window_size_bytes: Option<u32>,
+    /// `healthCheckService`: a service name the grpc.health.v1 service
+    /// reports SERVING for; empty when unset.
+    pub health_check_service: String,
 }
 
 /// The serving fields of the top-level message.
@@ -131,30 +146,16 @@ impl Serving {
 /// with the reason given.
 const UNSUPPORTED_SERVER_FIELDS: &[(&str, &str)] = &[
     (
-        "tls",
-        "TLS is not implemented; bb_worker talks to the runner over a local socket",
-    ),
-    (
         "keepalive_enforcement_policy",
-        "keepalive settings are not implemented",
-    ),
-    (
-        "health_check_service",
-        "the grpc.health.v1 service is not served",
-    ),
-    (
-        "initial_window_size_bytes",
-        "HTTP/2 window sizes cannot be configured",
-    ),
-    (
-        "initial_conn_window_size_bytes",
-        "HTTP/2 window sizes cannot be configured",
+        "the runner does not police its clients' PINGs; leave it out (grpc-go's default \
+         policy is not enforced either)",
     ),
     ("tracing", "OpenTelemetry tracing is not implemented"),
     (
-        "keepalive_parameters",
-        "keepalive settings are not implemented",
+        "alts",
+        "ALTS (Google's transport security) is not implemented; use `tls`",
     ),
+    ("relays", "relaying connections is not implemented"),
 ];
 
 fn decode_grpc_server(field: Field) -> Decoded<GrpcServerConfig> {
@@ -182,6 +183,15 @@ fn decode_grpc_server(field: Field) -> Decoded<GrpcServerConfig> {
             None => None,
         };
     let stop_gracefully = optional(message.take("stop_gracefully")?, Field::bool)?;
+    let tls = message.take("tls")?.map(decode_tls_server).transpose()?;
+    let keepalive_parameters = optional(
+        message.take("keepalive_parameters")?,
+        decode_keepalive_parameters,
+    )?;
+    let initial_window_size_bytes = decode_window_size(message.take("initial_window_size_bytes")?)?;
+    let initial_conn_window_size_bytes =
+        decode_window_size(message.take("initial_conn_window_size_bytes")?)?;
+    let health_check_service = optional(message.take("health_check_service")?, Field::string)?;
     for (name, reason) in UNSUPPORTED_SERVER_FIELDS {
         message.reject(name, reason)?;
     }
@@ -200,7 +210,60 @@ fn decode_grpc_server(field: Field) -> Decoded<GrpcServerConfig> {
         maximum_received_message_size_bytes,
         authentication_policy,
         authorizers: AuthorizersConfig::default(),
+        tls,
+        keepalive_parameters,
+        initial_window_size_bytes,
+        initial_conn_window_size_bytes,
+        health_check_service,
     })
+}
+
+/// The transport of each listener of `server` and its connection
+/// settings, as `check-config` prints them.
+fn write_transport(f: &mut fmt::Formatter<'_>, server: &GrpcServerConfig) -> fmt::Result {
+    let security = match &server.tls {
+        Some(_) => "tls",
+        None => "plaintext",
+    };
+    writeln!(f, "    listeners:")?;
+    for path in &server.listen_paths {
+        writeln!(
+            f,
+            "      - unix {:?} {security}",
+            path.display().to_string()
+        )?;
+    }
+    for address in &server.listen_addresses {
+        writeln!(f, "      - tcp {address:?} {security}")?;
+    }
+    match &server.tls {
+        Some(tls) => writeln!(f, "    tls: {tls}")?,
+        None => writeln!(f, "    tls: not set")?,
+    }
+    writeln!(
+        f,
+        "    keepaliveParameters: {}",
+        server.keepalive_parameters
+    )?;
+    writeln!(
+        f,
+        "    initialWindowSizeBytes: {}",
+        describe_window_size(server.initial_window_size_bytes)
+    )?;
+    writeln!(
+        f,
+        "    initialConnWindowSizeBytes: {}",
+        describe_window_size(server.initial_conn_window_size_bytes)
+    )?;
+    if server.health_check_service.is_empty() {
+        writeln!(f, "    healthCheckService: not set")
+    } else {
+        writeln!(
+            f,
+            "    healthCheckService: {:?}",
+            server.health_check_service
+        )
+    }
 }
 
 /// A TCP listen address: `host:port`, where the host may be empty (all
@@ -289,6 +352,7 @@ pub(super) fn write_grpc_servers(
             Some(bytes) => writeln!(f, "    maximumReceivedMessageSizeBytes: {bytes}")?,
             None => writeln!(f, "    maximumReceivedMessageSizeBytes: default (4 MiB)")?,
         }
+        write_transport(f, server)?;
     }
     Ok(())
 }
@@ -372,28 +436,13 @@ mod tests {
     #[test]
     fn unsupported_server_fields_are_refused() {
         let cases = [
-            ("tls: { serverCertificate: 'x' }", "grpcServers[0].tls"),
             (
                 "keepaliveEnforcementPolicy: { minTime: '10s' }",
                 "grpcServers[0].keepaliveEnforcementPolicy",
             ),
-            (
-                "health_check_service: 'runner'",
-                "grpcServers[0].health_check_service",
-            ),
-            (
-                "initialWindowSizeBytes: 65536",
-                "grpcServers[0].initialWindowSizeBytes",
-            ),
-            (
-                "initialConnWindowSizeBytes: 65536",
-                "grpcServers[0].initialConnWindowSizeBytes",
-            ),
             ("tracing: {}", "grpcServers[0].tracing"),
-            (
-                "keepaliveParameters: { time: '1s' }",
-                "grpcServers[0].keepaliveParameters",
-            ),
+            ("alts: {}", "grpcServers[0].alts"),
+            ("relays: []", "grpcServers[0].relays"),
         ];
         for (field, path) in cases {
             let text = with_server(&format!(
