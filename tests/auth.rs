@@ -473,8 +473,9 @@ impl Pki {
     }
 
     /// A key and signing request for `name`, and the extensions file of a
-    /// client certificate with `san` as its subject alternative names.
-    fn request(&self, name: &str, san: &str) {
+    /// certificate for `usage` (`clientAuth`, `serverAuth`) with `san` as
+    /// its subject alternative names.
+    fn request(&self, name: &str, san: &str, usage: &str) {
         self.openssl(&[
             "req",
             "-new",
@@ -491,14 +492,19 @@ impl Pki {
             &format!("{name}.csr"),
         ]);
         let extensions = format!(
-            "[client]\nbasicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\nsubjectAltName={san}\n"
+            "[client]\nbasicConstraints=CA:FALSE\nextendedKeyUsage={usage}\nsubjectAltName={san}\n"
         );
         std::fs::write(self.path(&format!("{name}.ext")), extensions).unwrap();
     }
 
     /// A client certificate `name` signed by `ca`, valid for a day.
     fn client(&self, name: &str, ca: &str, san: &str) -> PathBuf {
-        self.request(name, san);
+        self.signed(name, ca, san, "clientAuth")
+    }
+
+    /// A certificate `name` for `usage`, signed by `ca`, valid for a day.
+    fn signed(&self, name: &str, ca: &str, san: &str, usage: &str) -> PathBuf {
+        self.request(name, san, usage);
         self.openssl(&[
             "x509",
             "-req",
@@ -525,7 +531,7 @@ impl Pki {
     /// A client certificate signed by `ca` that expired in 2020
     /// (`openssl ca` takes explicit start and end dates).
     fn expired_client(&self, name: &str, ca: &str, san: &str) -> PathBuf {
-        self.request(name, san);
+        self.request(name, san, "clientAuth");
         let dir = self.dir.path().display();
         std::fs::create_dir_all(self.path("issued")).unwrap();
         std::fs::write(self.path("index.txt"), "").unwrap();
@@ -637,6 +643,136 @@ fn client_certificates_are_verified_against_the_policy_s_authorities() {
         let reason = policy.authenticate(&chain, now).unwrap_err();
         assert!(reason.contains(words), "{words:?} not in {reason:?}");
     }
+}
+
+/// One CheckReadiness over TLS with Python's grpcio, presenting
+/// `certificate` (a `name.pem` with its `name.key`) if given: `Ok(())` or
+/// what grpc_tls_call.py printed.
+fn grpcio_tls_check_readiness(
+    python: &Path,
+    pki: &Pki,
+    address: &str,
+    certificate: Option<&Path>,
+) -> Result<(), String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/grpc_tls_call.py");
+    let mut command = Command::new(python);
+    command
+        .arg(script)
+        .args([
+            address,
+            "CheckReadiness",
+            "--server-name",
+            "localhost",
+            "--ca",
+        ])
+        .arg(pki.path("ca.pem"));
+    if let Some(certificate) = certificate {
+        command
+            .arg("--cert")
+            .arg(certificate)
+            .arg("--key")
+            .arg(certificate.with_extension("key"));
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python");
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    let stdout = text(&output.stdout);
+    if stdout.starts_with("OK") {
+        return Ok(());
+    }
+    assert!(
+        stdout.starts_with("ERROR"),
+        "grpc_tls_call.py failed: {stdout}{}",
+        text(&output.stderr)
+    );
+    Err(stdout)
+}
+
+/// Why it matters: over TCP a client certificate is the caller's identity.
+/// As in Buildbarn, the handshake only asks for one, so every wrong
+/// certificate (none, another CA's, an expired one, one whose names fail
+/// validation) completes the handshake and is told why with
+/// UNAUTHENTICATED (a failed handshake would be UNAVAILABLE), while a good
+/// one runs, its names reaching runAuthorizer as metadata.
+#[test]
+fn grpcio_over_tls_is_authenticated_by_its_client_certificate() {
+    const TEST: &str = "grpcio_over_tls_is_authenticated_by_its_client_certificate";
+    let Some(pki) = Pki::new(TEST) else {
+        return;
+    };
+    let Some(python) = common::test_python(TEST) else {
+        return;
+    };
+    pki.signed("server", "ca", "DNS:localhost", "serverAuth");
+    let san = "DNS:worker-1.example.com,URI:spiffe://example.com/worker";
+    let good = pki.client("worker", "ca", san);
+    let other_ca = pki.client("stranger", "other-ca", san);
+    let expired = pki.expired_client("expired", "ca", san);
+    let wrong_name = pki.client("laptop", "ca", "DNS:laptop.example.com");
+    let other_worker = pki.client(
+        "worker-2",
+        "ca",
+        "DNS:worker-2.example.com,URI:spiffe://example.com/worker",
+    );
+
+    let mut config = json!({
+        "grpcServers": [{
+            "listenAddresses": ["127.0.0.1:0"],
+            "tls": { "serverKeyPair": { "inline": {
+                "certificate": pki.pem("server.pem"),
+                "privateKey": pki.pem("server.key"),
+            } } },
+            "authenticationPolicy": {
+                "allow": null,
+                "tlsClientCertificate": {
+                    "clientCertificateAuthorities": pki.pem("ca.pem"),
+                    "validationJmespathExpression": {
+                        "expression": "!contains(dnsNames, 'laptop.example.com') && length(uris) == `1`",
+                    },
+                    "metadataExtractionJmespathExpression": "{public: {dnsNames: dnsNames}}",
+                },
+            },
+        }],
+        "runAuthorizer": { "jmespathExpression":
+            "contains(authenticationMetadata.public.dnsNames, 'worker-1.example.com')" },
+    });
+    merge(&mut config, common::diagnostics_on_loopback());
+    let runner = TestRunner::start(config);
+    let address = tcp_address(&runner);
+
+    grpcio_tls_check_readiness(&python, &pki, &address, Some(&good))
+        .expect("a certificate of the CA with the right names");
+    for (certificate, words) in [
+        (None, "no TLS client certificate"),
+        (
+            Some(&other_ca),
+            "not issued by any of clientCertificateAuthorities",
+        ),
+        (Some(&expired), "expired on"),
+        (Some(&wrong_name), "fail validationJmespathExpression"),
+    ] {
+        let refused =
+            grpcio_tls_check_readiness(&python, &pki, &address, certificate.map(PathBuf::as_path))
+                .expect_err(words);
+        assert!(
+            refused.starts_with("ERROR UNAUTHENTICATED") && refused.contains(words),
+            "{words:?}: {refused}"
+        );
+    }
+    let refused = grpcio_tls_check_readiness(&python, &pki, &address, Some(&other_worker))
+        .expect_err("runAuthorizer allows worker-1 only");
+    assert!(refused.starts_with("ERROR PERMISSION_DENIED"), "{refused}");
+
+    assert_eq!(handled(&runner, "CheckReadiness", "Unauthenticated"), 4);
+    assert_eq!(handled(&runner, "CheckReadiness", "PermissionDenied"), 1);
+    assert_eq!(handled(&runner, "CheckReadiness", "OK"), 1);
+    let log = runner.log().join("\n");
+    assert!(log.contains("certificate subject \"CN=stranger\""), "{log}");
 }
 
 // The JMESPath library against Python's ---------------------------------
