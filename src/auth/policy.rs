@@ -118,9 +118,14 @@ impl PolicyConfig {
                 )
                 .map_or(0, |anchors| anchors.len());
                 writeln!(f, "{pad}tlsClientCertificate:")?;
+                let noun = if authorities == 1 {
+                    "certificate"
+                } else {
+                    "certificates"
+                };
                 writeln!(
                     f,
-                    "{pad}  clientCertificateAuthorities: {authorities} certificates"
+                    "{pad}  clientCertificateAuthorities: {authorities} {noun}"
                 )?;
                 writeln!(
                     f,
