@@ -191,6 +191,14 @@ impl BoundServers {
                 &config.authorizers,
                 &format!("grpcServers[{index}]"),
             )?;
+            if config.tls.is_none() && config.authentication_policy.uses_client_certificates() {
+                // As in Buildbarn this is not an error (an `any` may have
+                // other ways in), but that branch can never accept.
+                tracing::warn!(
+                    server = format!("grpcServers[{index}]"),
+                    "tlsClientCertificate in authenticationPolicy, but no tls: no caller can present a client certificate"
+                );
+            }
             let tls = match &config.tls {
                 // The CA names hinted at in the certificate request are
                 // the authentication policy's (tlsClientCertificate);

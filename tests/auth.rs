@@ -182,6 +182,23 @@ fn only_uid_65534_may_run_actions_on_the_same_socket_while_both_may_watch() {
     );
 }
 
+/// Why: events tell what every action ran; an operator may close them to
+/// callers who may not run actions, and `watch` must say why it failed.
+#[test]
+fn events_authorizer_deny_refuses_watch_but_not_run() {
+    let runner = TestRunner::start(json!({ "eventsAuthorizer": { "deny": {} } }));
+    let bin = PathBuf::from(BIN);
+    let watched = watch(Command::new(&bin), &runner);
+    assert!(!watched.status.success(), "watch was allowed");
+    let stderr = text(&watched.stderr);
+    assert!(
+        stderr.contains("PermissionDenied") && stderr.contains("eventsAuthorizer"),
+        "{stderr}"
+    );
+    let ran = exec(Command::new(&bin), &runner);
+    assert!(ran.status.success(), "{}", text(&ran.stderr));
+}
+
 async fn check_readiness(runner: &TestRunner) -> Result<(), tonic::Status> {
     runner
         .client()
