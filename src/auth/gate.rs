@@ -1,9 +1,9 @@
 //! The gate in front of every gRPC server's services: each call is
 //! authenticated by the server's `authenticationPolicy` (refused:
-//! UNAUTHENTICATED), then, for the services in [`AUTHORIZED_SERVICES`],
-//! authorized by the authorizer that governs them (refused:
-//! PERMISSION_DENIED). Health and reflection, as in bb-storage, pass the
-//! authentication policy only. Refusals are logged, rate-limited
+//! UNAUTHENTICATED), then authorized by what governs its service in
+//! [`GOVERNED_SERVICES`] (refused: PERMISSION_DENIED). Health and
+//! reflection, as in bb-storage, pass the authentication policy only; a
+//! service missing from the table is refused. Refusals are logged, rate-limited
 //! ([`RefusalLog`]); the gRPC metrics, outside this layer, count them by
 //! their code.
 //!
@@ -27,21 +27,29 @@ use super::refusals::RefusalLog;
 use crate::bounded::bounded_message;
 use crate::listener::peer::ConnectionPeer;
 
-/// Which authorizer governs a service's calls.
+/// What admits an authenticated call to a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Governed {
     /// `runAuthorizer`: running actions, and asking whether the runner can.
     Run,
     /// `eventsAuthorizer`: reading what the runner does.
     Events,
+    /// Authentication alone, as bb-storage serves health and reflection.
+    AuthenticationOnly,
 }
 
-/// The services an authorizer governs, by gRPC service name; every other
-/// path (health, reflection) is governed by authentication alone. A new
-/// service is one line here.
-pub const AUTHORIZED_SERVICES: &[(&str, Governed)] = &[
+/// Every service the servers serve, by gRPC service name, with what
+/// admits its calls. A new service is one line here; a service missing
+/// from it is refused (PERMISSION_DENIED), so that nothing is served
+/// ungoverned by mistake.
+pub const GOVERNED_SERVICES: &[(&str, Governed)] = &[
     ("buildbarn.runner.Runner", Governed::Run),
     ("rbe_runner.events.v1.Events", Governed::Events),
+    ("grpc.health.v1.Health", Governed::AuthenticationOnly),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        Governed::AuthenticationOnly,
+    ),
 ];
 
 /// The authorizers of one server, as configured.
@@ -118,8 +126,20 @@ impl CallGate {
                 return Err(Status::unauthenticated(bounded_message(reason)));
             }
         };
-        let Some((authorizer, name)) = self.authorizer_of(path) else {
-            return Ok(metadata);
+        let (authorizer, name) = match governed(path) {
+            Some(Governed::AuthenticationOnly) => return Ok(metadata),
+            Some(Governed::Run) => (&self.run, "runAuthorizer"),
+            Some(Governed::Events) => (&self.events, "eventsAuthorizer"),
+            None => {
+                self.refusals.refused(
+                    path,
+                    peer,
+                    Code::PermissionDenied,
+                    "its service is not in GOVERNED_SERVICES (src/auth/gate.rs)",
+                );
+                let reason = format!("permission denied: {path} is not a method of this runner");
+                return Err(Status::permission_denied(bounded_message(reason)));
+            }
         };
         if authorizer.allows(&metadata) {
             return Ok(metadata);
@@ -129,17 +149,16 @@ impl CallGate {
             .refused(path, peer, Code::PermissionDenied, &reason);
         Err(Status::permission_denied(reason))
     }
+}
 
-    fn authorizer_of(&self, path: &str) -> Option<(&Authorizer, &'static str)> {
-        let service = path.strip_prefix('/')?.split('/').next()?;
-        let (_, governed) = AUTHORIZED_SERVICES
-            .iter()
-            .find(|(name, _)| *name == service)?;
-        Some(match governed {
-            Governed::Run => (&self.run, "runAuthorizer"),
-            Governed::Events => (&self.events, "eventsAuthorizer"),
-        })
-    }
+/// What governs the service of `path` (`/service/method`); `None` for a
+/// service not in [`GOVERNED_SERVICES`].
+fn governed(path: &str) -> Option<Governed> {
+    let service = path.strip_prefix('/')?.split('/').next()?;
+    GOVERNED_SERVICES
+        .iter()
+        .find(|(name, _)| *name == service)
+        .map(|(_, governed)| *governed)
 }
 
 /// Puts a [`CallGate`] in front of `inner`: refused calls are answered
@@ -258,6 +277,19 @@ mod tests {
             assert_eq!(status.code(), Code::Unauthenticated, "{method}");
             assert!(status.message().contains("UNIX socket"), "{status:?}");
         }
+    }
+
+    /// Why: a service added to the servers but not to the table must be
+    /// refused, not served to every authenticated caller.
+    #[test]
+    fn a_service_missing_from_the_table_is_refused() {
+        let gate = only_nobody_runs();
+        let status = gate
+            .admit("/rbe_runner.unknown.v1.Unknown/Call", Some(&unix(65534)))
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert!(status.message().contains("not a method"), "{status:?}");
+        assert!(gate.admit("no-slash", Some(&unix(65534))).is_err());
     }
 
     #[tokio::test]
