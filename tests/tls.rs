@@ -494,6 +494,43 @@ async fn expiry_metrics_hold_the_served_certificate_dates_and_diagnostics_serve_
     );
     assert!(ok && answer.contains("HTTP/1.1 200 OK"), "{answer}");
 
+    // Prometheus's own checker accepts the exposition with them.
+    // s_client writes the server's bytes to stdout, first in `answer`,
+    // and its own diagnostics, which start with `depth=`, after them.
+    let exposition = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let exposition = match exposition.find("\ndepth=") {
+        Some(end) => &exposition[..=end],
+        None => exposition,
+    };
+    let promtool = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/promtool");
+    if !promtool.exists() {
+        skip(
+            test,
+            "its promtool check: no target/tools/promtool (run tests/tools/install-promtool)",
+        );
+    } else {
+        let mut child = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start promtool");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(exposition.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     let not_before = openssl(
         ca.dir.path(),
         &["x509", "-noout", "-startdate", "-in", "server.pem"],

@@ -8,10 +8,16 @@
 //!   instead of retrying at once (a full descriptor table makes `accept`
 //!   fail immediately, over and over, for as long as a connection is
 //!   queued), and a cap on the connections a group of listeners holds.
-//! - [`handshake`]: a connection must send the HTTP/2 preface and SETTINGS
-//!   within [`handshake::HANDSHAKE_TIMEOUT`] or is closed.
+//! - [`tls`]: with `tls`, the TLS handshake (client certificates
+//!   requested, not required) and the server's key pair, reloaded from its
+//!   files.
+//! - [`handshake`]: a connection must complete the TLS handshake, if any,
+//!   and send the HTTP/2 preface and SETTINGS within
+//!   [`handshake::HANDSHAKE_TIMEOUT`] or is closed.
 //! - [`idle`]: on TCP, a connection with no call for
-//!   [`TcpLimits::idle_timeout`] is closed.
+//!   [`TcpLimits::idle_timeout`] (or `keepaliveParameters.maxConnectionIdle`,
+//!   on any listener) is closed; `maxConnectionAge` and the server's PINGs
+//!   (`time`, `timeout`) are applied around the HTTP/2 connection here.
 //! - [`authority`]: on Unix sockets, every request's `:authority` becomes
 //!   `localhost`, so that C-core and Java clients are served.
 //! - [`deadline`]: an expired `grpc-timeout` answers `DEADLINE_EXCEEDED`.
@@ -775,5 +781,63 @@ mod tests {
             1,
             "the server certificate's dates are recorded"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_handshake_bound_covers_the_tls_and_http2_handshakes_together() {
+        // Why: a client that completes TLS and then never sends the HTTP/2
+        // preface must not get the bound twice over.
+        let test = "the_handshake_bound_covers_the_tls_and_http2_handshakes_together";
+        let dir = tempfile::tempdir().unwrap();
+        if make_certificates(test, dir.path()).is_none() {
+            return;
+        }
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        let config = crate::config::TlsServerConfig {
+            server_key_pair: crate::config::KeyPairSource::Inline {
+                certificate: read("server.pem"),
+                private_key: read("server.key"),
+            },
+            cipher_suite_names: Vec::new(),
+            tls12_cipher_suites: None,
+        };
+        let acceptor = tls::acceptor(&config, &[b"h2"], Vec::new(), &Default::default()).unwrap();
+        let limits = ConnectionLimits {
+            tls: Some(acceptor),
+            ..ConnectionLimits::default()
+        };
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (_stop, stopped) = watch::channel(false);
+        let peer = ConnectionPeer {
+            transport: peer::PeerTransport::Tcp { address: None },
+            client_certificates: Arc::from(Vec::new()),
+        };
+        let start = Instant::now();
+        let serving = tokio::spawn(serve_stream(
+            server,
+            peer,
+            Transport::Tcp,
+            start + HANDSHAKE_TIMEOUT,
+            service(Arc::default()),
+            stopped,
+            limits,
+        ));
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(pem_certificates(&dir.path().join("ca.pem")).remove(0))
+            .unwrap();
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let name = rustls_pki_types::ServerName::try_from("runner.test").unwrap();
+        tokio::time::sleep(HANDSHAKE_TIMEOUT / 2).await;
+        let _tls_stream = connector.connect(name, client).await.unwrap();
+        serving.await.unwrap();
+        assert_eq!(start.elapsed(), HANDSHAKE_TIMEOUT);
     }
 }

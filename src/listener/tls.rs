@@ -350,9 +350,10 @@ pub fn acceptor(
                 private_key_path: private_key_path.clone(),
                 loaded: None,
             };
-            let Some((key, facts)) = files.load(&provider)? else {
-                unreachable!("the first load always parses");
-            };
+            // Nothing was loaded before: a pair is always returned.
+            let (key, facts) = files.load(&provider)?.ok_or_else(|| {
+                TlsError::KeyPair("serverKeyPair.files: nothing loaded".to_owned())
+            })?;
             (key, facts, Some((files, *refresh_interval)))
         }
     };

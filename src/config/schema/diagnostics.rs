@@ -111,9 +111,22 @@ pub(super) fn write_diagnostics_http_server(
         .flat_map(|server| server.listen_addresses.iter())
         .map(|address| format!("{address:?}"))
         .collect();
+    // The addresses served with HTTPS, when any are.
+    let https: Vec<String> = diagnostics
+        .http_servers
+        .iter()
+        .filter(|server| server.tls.is_some())
+        .flat_map(|server| server.listen_addresses.iter())
+        .map(|address| format!("{address:?}"))
+        .collect();
+    let tls = if https.is_empty() {
+        String::new()
+    } else {
+        format!(", tls: [{}]", https.join(", "))
+    };
     writeln!(
         f,
-        "  diagnosticsHttpServer: {{ listenAddresses: [{}], enablePrometheus: {} }}",
+        "  diagnosticsHttpServer: {{ listenAddresses: [{}], enablePrometheus: {}{tls} }}",
         addresses.join(", "),
         diagnostics.enable_prometheus
     )
