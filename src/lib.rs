@@ -22,6 +22,7 @@
 //! - [`streams`]: the cap on long-lived streams, event subscriptions and output followers together.
 //! - [`metrics`]: Prometheus metrics (gRPC server, actions, cgroup budget, process).
 //! - [`diagnostics`]: the diagnostics HTTP server: `/metrics`, `/-/healthy`, `/-/ready`.
+//! - [`auth`]: who may call: Buildbarn's authentication policies (peer credentials, client certificates, JMESPath), the `runAuthorizer` and `eventsAuthorizer`, and the gate in front of every server's services.
 //! - [`listener`]: the connection edge: socket files, handshake limit, `:authority` rewriting, deadlines.
 //! - [`bounded`]: request values quoted in error messages, bounded in length.
 //! - [`sync`]: locking state that a panic cannot leave inconsistent.
@@ -32,6 +33,7 @@
 //! - [`report`]: the statistics and renderings behind `rbe-runner report`, from event journals.
 
 pub mod action;
+pub mod auth;
 pub mod bounded;
 pub mod build_directory;
 pub mod cgroup;

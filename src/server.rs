@@ -5,7 +5,8 @@
 //! `buildbarn.runner.Runner`, `rbe_runner.events.v1.Events`,
 //! `rbe_runner.output.v1.Output`, gRPC health
 //! and server reflection, through the connection handling of
-//! [`crate::listener`]; TCP listeners together hold at most
+//! [`crate::listener`], each call past the server's [`CallGate`]
+//! (`authenticationPolicy`, `runAuthorizer`, `eventsAuthorizer`); TCP listeners together hold at most
 //! [`TcpLimits::max_connections`] connections and close those with no call
 //! for [`TcpLimits::idle_timeout`]. On shutdown the listeners stop
 //! accepting, in-flight calls finish (the caller decides beforehand whether
@@ -27,6 +28,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
+use crate::auth::gate::{Authenticating, CallGate, GateError};
 use crate::bounded::bounded_message;
 use crate::checked_requests::CheckedRequests;
 use crate::config::GrpcServerConfig;
@@ -136,6 +138,8 @@ pub enum ServeError {
     Tcp { address: String, source: io::Error },
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
+    #[error(transparent)]
+    Auth(#[from] GateError),
     #[error("grpcServers[{index}].tls: {source}")]
     Tls { index: usize, source: TlsError },
 }
@@ -161,7 +165,12 @@ impl Bound {
 /// All configured listeners, bound. Binding happens before serving so that
 /// a bad address fails startup instead of one server silently missing.
 pub struct BoundServers {
-    servers: Vec<(GrpcServerConfig, ConnectionSettings, Vec<Bound>)>,
+    servers: Vec<(
+        GrpcServerConfig,
+        Arc<CallGate>,
+        ConnectionSettings,
+        Vec<Bound>,
+    )>,
     /// go-grpc-prometheus's metrics of every call, when enabled.
     metrics: Option<Arc<GrpcMetrics>>,
 }
@@ -178,21 +187,46 @@ impl BoundServers {
     ) -> Result<Self, ServeError> {
         let mut servers = Vec::new();
         for (index, config) in configs.iter().enumerate() {
+            // authenticationPolicy and the authorizers, started (files read)
+            // before anything is bound.
+            let gate = CallGate::start(
+                &config.authentication_policy,
+                &config.authorizers,
+                &format!("grpcServers[{index}]"),
+            )?;
+            if config.tls.is_none() && config.authentication_policy.uses_client_certificates() {
+                // As in Buildbarn this is not an error (an `any` may have
+                // other ways in), but that branch can never accept.
+                tracing::warn!(
+                    server = format!("grpcServers[{index}]"),
+                    "tlsClientCertificate in authenticationPolicy, but no tls: no caller can present a client certificate"
+                );
+            }
             let tls = match &config.tls {
                 // The CA names hinted at in the certificate request are
                 // the authentication policy's (tlsClientCertificate);
                 // none are hinted when it has none.
-                Some(tls) => Some(
-                    listener::tls::acceptor(tls, &[b"h2"], Vec::new(), served)
-                        .map_err(|source| ServeError::Tls { index, source })?,
-                ),
+                Some(tls) => {
+                    let hints = config
+                        .authentication_policy
+                        .client_certificate_authorities()
+                        .iter()
+                        .flat_map(|pem| listener::tls::hint_subjects_from_pem(pem.as_bytes()))
+                        .collect();
+                    Some(
+                        listener::tls::acceptor(tls, &[b"h2"], hints, served)
+                            .map_err(|source| ServeError::Tls { index, source })?,
+                    )
+                }
                 None => None,
             };
             let settings = ConnectionSettings::new(config, tls);
             let mut listeners = Vec::new();
             for path in &config.listen_paths {
                 let socket = BoundSocket::bind(path, socket_mode)?;
-                warn_if_open_to_others(&socket);
+                if gate.lets_anyone_run() {
+                    warn_if_open_to_others(&socket);
+                }
                 listeners.push(Bound::Unix(socket));
             }
             for address in &config.listen_addresses {
@@ -209,7 +243,7 @@ impl BoundServers {
                     .unwrap_or_else(|_| address.clone());
                 listeners.push(Bound::Tcp { address, listener });
             }
-            servers.push((config.clone(), settings, listeners));
+            servers.push((config.clone(), Arc::new(gate), settings, listeners));
         }
         Ok(BoundServers {
             servers,
@@ -227,7 +261,7 @@ impl BoundServers {
     pub fn listener_names(&self) -> Vec<String> {
         self.servers
             .iter()
-            .flat_map(|(_, _, listeners)| listeners.iter().map(Bound::name))
+            .flat_map(|(_, _, _, listeners)| listeners.iter().map(Bound::name))
             .collect()
     }
 
@@ -251,7 +285,7 @@ impl BoundServers {
         // grpcServers[].healthCheckService: a name of the operator's
         // choosing, reported SERVING as bb-storage does (by every
         // listener: the health service is shared).
-        for (config, _, _) in &self.servers {
+        for (config, _, _, _) in &self.servers {
             if !config.health_check_service.is_empty() {
                 health_reporter
                     .set_service_status(
@@ -278,7 +312,7 @@ impl BoundServers {
         let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         let mut socket_files: Vec<SocketFile> = Vec::new();
-        for (config, settings, listeners) in self.servers {
+        for (config, gate, settings, listeners) in self.servers {
             let mut runner_service = RunnerServer::new(RunnerGrpcService::new(runner.clone()));
             if let Some(limit) = config.maximum_received_message_size_bytes {
                 runner_service = runner_service.max_decoding_message_size(limit);
@@ -295,8 +329,13 @@ impl BoundServers {
                     reflection_service.clone(),
                 ))
                 .prepare();
-            let service =
-                GrpcMetricsService::new(DeadlineService::new(routes), self.metrics.clone());
+            // Every call passes the server's gate (authentication, then the
+            // authorizer of its service) inside the metrics, which count
+            // its refusals by their code.
+            let service = GrpcMetricsService::new(
+                Authenticating::new(DeadlineService::new(routes), gate),
+                self.metrics.clone(),
+            );
             for bound in listeners {
                 let name = bound.name();
                 let listener = match bound {

@@ -109,7 +109,7 @@ pub(super) fn child_path(parent: &str, key: &str) -> String {
 }
 
 /// protobuf's JSON name for a proto field name: `listen_paths` → `listenPaths`.
-fn lower_camel_case(proto_name: &str) -> String {
+pub(super) fn lower_camel_case(proto_name: &str) -> String {
     let mut out = String::with_capacity(proto_name.len());
     let mut upper_next = false;
     for c in proto_name.chars() {
@@ -193,6 +193,18 @@ impl Message {
             Some(field) => Err(FieldError::unsupported(&field.path, reason)),
             None => Ok(()),
         }
+    }
+
+    /// Whether the field with proto name `proto_name` is set (not null),
+    /// without taking it: for checks across fields.
+    pub(super) fn has(&self, proto_name: &str) -> bool {
+        [lower_camel_case(proto_name), proto_name.to_owned()]
+            .iter()
+            .any(|key| {
+                self.entries
+                    .get(key)
+                    .is_some_and(|value| *value != Json::Null)
+            })
     }
 
     /// The first key, in sorted order, that no `take` has asked for yet.
@@ -386,6 +398,12 @@ impl Field {
                 ),
             )),
         }
+    }
+
+    /// The value as written, for fields of type `google.protobuf.Value`
+    /// or `Struct`, whose contents are not a schema's.
+    pub(super) fn value(self) -> Json {
+        self.value
     }
 
     pub(super) fn message(self) -> Decoded<Message> {

@@ -6,6 +6,7 @@
 //! its own file together with its types, its part of `check-config`'s
 //! output and its tests:
 //! - [`serving`]: the build directory, gRPC servers and readiness paths;
+//! - [`auth`]: the servers' authentication policies and the authorizers;
 //! - [`environment`]: what actions run in and as (`global.setUmask`,
 //!   TMPDIR, chroot, `runCommandsAs`, Xcode directories);
 //! - [`cleaning`]: what is cleaned between actions;
@@ -15,6 +16,7 @@
 //!
 //! [`display`] prints the whole configuration in the schema's field order.
 
+mod auth;
 pub(super) mod cleaning;
 pub(super) mod diagnostics;
 mod display;

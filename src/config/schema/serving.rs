@@ -5,11 +5,14 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use super::auth;
 use super::display::quoted_list;
 use super::keepalive::{
     decode_keepalive_parameters, decode_window_size, describe_window_size, KeepaliveParameters,
 };
 use super::tls::{decode_tls_server, TlsServerConfig};
+use crate::auth::gate::AuthorizersConfig;
+use crate::auth::policy::PolicyConfig;
 use crate::config::protojson::{
     child_path, optional, repeated, Decoded, Field, FieldError, Message,
 };
@@ -25,6 +28,11 @@ pub struct GrpcServerConfig {
     pub stop_gracefully: bool,
     /// Largest request accepted; `None` keeps tonic's default (4 MiB).
     pub maximum_received_message_size_bytes: Option<usize>,
+    /// Who may call: every call is authenticated by this policy.
+    pub authentication_policy: PolicyConfig,
+    /// The top-level `runAuthorizer` and `eventsAuthorizer`, which every
+    /// server applies to the metadata its policy gave.
+    pub authorizers: AuthorizersConfig,
     /// `tls`: every listener of the entry speaks TLS when set.
     pub tls: Option<TlsServerConfig>,
     /// `keepaliveParameters`: connection lifetime and server PINGs.
@@ -52,7 +60,12 @@ pub(super) struct Serving {
 /// Takes the serving fields from the top-level `message`.
 pub(super) fn decode(message: &mut Message) -> Decoded<Serving> {
     let build_directory_path = optional(message.take("build_directory_path")?, Field::string)?;
-    let grpc_servers = repeated(message.take("grpc_servers")?, decode_grpc_server)?;
+    let mut grpc_servers = repeated(message.take("grpc_servers")?, decode_grpc_server)?;
+    // rbe-runner's extension: the authorizers every server applies.
+    let authorizers = auth::decode_authorizers(message)?;
+    for server in &mut grpc_servers {
+        server.authorizers = authorizers.clone();
+    }
     let readiness_checking_pathnames =
         optional(message.take("readiness_checking_pathnames")?, Field::paths)?;
     // rbe-runner's extension.
@@ -149,13 +162,13 @@ fn decode_grpc_server(field: Field) -> Decoded<GrpcServerConfig> {
     let mut message = field.message()?;
     let listen_addresses = repeated(message.take("listen_addresses")?, decode_listen_address)?;
     let listen_paths = optional(message.take("listen_paths")?, Field::paths)?;
-    let has_authentication_policy = match message.take("authentication_policy")? {
-        Some(field) => {
-            check_authentication_policy(field.message()?)?;
-            true
-        }
-        None => false,
-    };
+    let authentication_policy = message
+        .take("authentication_policy")?
+        .map(auth::decode_policy)
+        .transpose()?;
+    if let Some(policy) = &authentication_policy {
+        auth::refuse_peer_credentials_with_tls(policy, &message)?;
+    }
     let maximum_received_message_size_bytes =
         match message.take("maximum_received_message_size_bytes")? {
             Some(field) => {
@@ -184,17 +197,19 @@ fn decode_grpc_server(field: Field) -> Decoded<GrpcServerConfig> {
     }
     let server_path = message.path.clone();
     message.finish()?;
-    if !has_authentication_policy {
+    let Some(authentication_policy) = authentication_policy else {
         return Err(FieldError::missing(
             &child_path(&server_path, "authenticationPolicy"),
-            "bb_runner requires one; rbe-runner accepts `authenticationPolicy: { allow: {} }`",
+            "bb_runner requires one; `authenticationPolicy: { allow: {} }` accepts every caller",
         ));
-    }
+    };
     Ok(GrpcServerConfig {
         listen_paths,
         listen_addresses,
         stop_gracefully,
         maximum_received_message_size_bytes,
+        authentication_policy,
+        authorizers: AuthorizersConfig::default(),
         tls,
         keepalive_parameters,
         initial_window_size_bytes,
@@ -279,8 +294,7 @@ const OTHER_AUTHENTICATION_POLICIES: &[&str] = &[
     "remote",
 ];
 
-/// Only `{ allow: {} }` is accepted: the runner has no notion of identity,
-/// and its socket is protected by file permissions.
+/// For the diagnostics HTTP servers, only `{ allow: {} }` is accepted.
 pub(super) fn check_authentication_policy(mut message: Message) -> Decoded<()> {
     let policy_path = message.path.clone();
     let allow = message.take("allow")?;
@@ -332,7 +346,7 @@ pub(super) fn write_grpc_servers(
             .map(|address| format!("{address:?}"))
             .collect();
         writeln!(f, "    listenAddresses: [{}]", addresses.join(", "))?;
-        writeln!(f, "    authenticationPolicy: allow")?;
+        auth::write_server(f, server)?;
         writeln!(f, "    stopGracefully: {}", server.stop_gracefully)?;
         match server.maximum_received_message_size_bytes {
             Some(bytes) => writeln!(f, "    maximumReceivedMessageSizeBytes: {bytes}")?,
@@ -446,34 +460,14 @@ mod tests {
         }
     }
 
-    /// Only `allow: {}` makes sense for a runner; other policies would give
-    /// a false sense of protection.
+    /// The policy is a oneof and required, as in bb_runner; the policies
+    /// themselves are tested with their decoding (schema/auth.rs).
     #[test]
-    fn authentication_policies_other_than_allow_are_refused() {
+    fn the_authentication_policy_is_one_required_policy() {
         let cases = [
-            (
-                "{ deny: 'go away' }",
-                "grpcServers[0].authenticationPolicy.deny",
-                "not supported",
-            ),
-            (
-                "{ any: { policies: [] } }",
-                "grpcServers[0].authenticationPolicy.any",
-                "not supported",
-            ),
             (
                 "{ jwt: {} }",
                 "grpcServers[0].authenticationPolicy.jwt",
-                "not supported",
-            ),
-            (
-                "{ tls_client_certificate: {} }",
-                "grpcServers[0].authenticationPolicy.tls_client_certificate",
-                "not supported",
-            ),
-            (
-                "{ allow: { public: { user: 'x' } } }",
-                "grpcServers[0].authenticationPolicy.allow.public",
                 "not supported",
             ),
             (
