@@ -228,7 +228,8 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     }
     // global.diagnosticsHttpServer: bound once the gRPC listeners are,
     // stopped with them.
-    let diagnostics = start_diagnostics(&config, metrics, &state).await?;
+    let bound = ShutdownBound::new(shutdown_bound(config.termination_grace_period));
+    let diagnostics = start_diagnostics(&config, metrics, &state, &bound).await?;
     // The state is reported (event, metric, log) before the "serving"
     // line: whoever waits for that line (an operator, a test, a probe) and
     // then asks /-/ready must find the metrics and events agreeing.
@@ -247,7 +248,6 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         .grpc_servers
         .iter()
         .all(|server| server.stop_gracefully);
-    let bound = ShutdownBound::new(shutdown_bound(config.termination_grace_period));
     let shutdown = on_signals(
         signals,
         stop_gracefully,
@@ -259,6 +259,8 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     let served = servers
         .serve(runner, events.service(), shutdown, &bound)
         .await;
+    // Calls are over: the runner no longer waits for anything by choice.
+    bound.start_clock();
     diagnostics.stop().await;
     wait_for_terminating_actions(&actions_running, &shutdown_signal, &bound).await;
     // Every event published; the journal writes what it was given.
@@ -546,11 +548,12 @@ impl RunningDiagnostics {
 }
 
 /// Binds and starts `global.diagnosticsHttpServer`, if configured; a bind
-/// failure stops startup naming the address.
+/// failure stops startup naming the address. Its stop waits until `bound`.
 async fn start_diagnostics(
     config: &Config,
     metrics: Option<Arc<Metrics>>,
     state: &Arc<RunnerStateReporter>,
+    bound: &ShutdownBound,
 ) -> anyhow::Result<RunningDiagnostics> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let Some(diagnostics) = &config.global.diagnostics_http_server else {
@@ -572,13 +575,13 @@ async fn start_diagnostics(
     tracing::info!(addresses = ?server.addresses(), "diagnostics HTTP server listening");
     Ok(RunningDiagnostics {
         stop,
-        serving: Some(tokio::spawn(server.serve(stopped))),
+        serving: Some(tokio::spawn(server.serve(stopped, bound.clone()))),
     })
 }
 
 /// The first signal: refuse work, then let actions finish (stopGracefully)
 /// or terminate them. The shutdown clock starts once the runner no longer
-/// waits for actions by choice. A second signal terminates actions and
+/// waits for actions by choice. A second signal kills actions at once and
 /// abandons the waits on clients and the journal. Event streams end after
 /// the last action's events.
 async fn on_signals(
@@ -601,16 +604,17 @@ async fn on_signals(
         bound.start_clock();
     }
     // An operator who cannot wait signals again: running actions are
-    // terminated, and once they have ended (their callers answered) the
-    // waits on clients and the journal are abandoned.
+    // killed at once (SIGKILL, their cgroups removed), and once they have
+    // ended (their callers answered) the waits on clients and the journal
+    // are abandoned.
     tokio::spawn({
         let (bound, actions_running) = (bound.clone(), actions_running.clone());
         async move {
             signals.recv().await;
             tracing::warn!(
-                "second signal: terminating running actions; then no longer waiting for clients or the journal"
+                "second signal: killing running actions; then no longer waiting for clients or the journal"
             );
-            shutdown_signal.terminate_all();
+            shutdown_signal.kill_all();
             bound.start_clock();
             let _ = bound.until_deadline(actions_running.wait_idle()).await;
             bound.abandon();

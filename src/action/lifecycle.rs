@@ -344,10 +344,17 @@ impl Actions {
             reason,
             killed_at_grace_deadline: false,
         });
-        let (exit, outcome) =
-            terminate(tree, &mut child.exit, self.options.termination_grace_period).await;
+        // A second shutdown signal ends the grace period at once: the
+        // action is then recorded as killed at its (earlier) deadline.
+        let (exit, outcome) = terminate(
+            tree,
+            &mut child.exit,
+            self.options.termination_grace_period,
+            self.shutdown.killing(),
+        )
+        .await;
         let killed_at_grace_deadline =
-            outcome == crate::process::terminate::TerminationOutcome::KilledAtGraceDeadline;
+            outcome != crate::process::terminate::TerminationOutcome::ExitedAfterSigterm;
         if killed_at_grace_deadline {
             self.observer.action_terminating(&ActionTerminating {
                 id: id.clone(),

@@ -26,7 +26,9 @@ pub struct ConnectionPeer {
 pub enum PeerTransport {
     /// A Unix socket; `credentials` is what `SO_PEERCRED` said when the
     /// connection was accepted, `None` if the kernel refused it.
-    Unix { credentials: Option<PeerCredentials> },
+    Unix {
+        credentials: Option<PeerCredentials>,
+    },
     /// A TCP connection from `address`.
     Tcp { address: Option<SocketAddr> },
 }
