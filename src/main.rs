@@ -39,6 +39,7 @@ use rbe_runner::process::spawn::{
 use rbe_runner::process::spawn_server::{self, SpawnServer};
 use rbe_runner::process::spec::Identity;
 use rbe_runner::process::{LoweredOomScoreAdj, OomScoreAdjError, DEFAULT_PROC_ROOT};
+use rbe_runner::resource_limits::{self, DescriptorLimit};
 use rbe_runner::runner::local::LocalRunner;
 use rbe_runner::runner::SharedRunner;
 use rbe_runner::runner::{clean, readiness, temporary_directory_symlinking};
@@ -105,12 +106,12 @@ fn serve(config_file: PathBuf) -> anyhow::Result<()> {
     // by `main` without a logger.
     let config = config::load(&config_file)?;
     init_logging(config.log_format);
-    apply_process_settings(&config)?;
+    let descriptor_limit = apply_process_settings(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let served = runtime.block_on(serve_config(config));
+    let served = runtime.block_on(serve_config(config, descriptor_limit));
     // What is still running was given up at the shutdown deadline (a
     // journal write blocked on a hung mount, say) and logged: dropping the
     // runtime would wait for it without limit.
@@ -119,7 +120,9 @@ fn serve(config_file: PathBuf) -> anyhow::Result<()> {
 }
 
 /// Settings of the runner process itself, inherited by every action.
-fn apply_process_settings(config: &Config) -> anyhow::Result<()> {
+/// Returns the descriptor limit actions get back (see
+/// src/resource_limits.rs).
+fn apply_process_settings(config: &Config) -> anyhow::Result<Option<DescriptorLimit>> {
     if let Some(umask) = config.global.set_umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
         tracing::info!(
@@ -139,10 +142,16 @@ fn apply_process_settings(config: &Config) -> anyhow::Result<()> {
     // Orphans of actions are re-parented to us rather than to init, so
     // they are reaped (and accounted for) here, also when we are PID 1.
     nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
-    Ok(())
+    // global.setResourceLimits, then the runner's own descriptor limit
+    // raised; actions get back the soft limit it had in between.
+    resource_limits::apply(&config.global.set_resource_limits)?;
+    Ok(resource_limits::raise_descriptor_limit()?)
 }
 
-async fn serve_config(config: Config) -> anyhow::Result<()> {
+async fn serve_config(
+    config: Config,
+    descriptor_limit: Option<DescriptorLimit>,
+) -> anyhow::Result<()> {
     let signals = ShutdownSignals::install()?;
     let proc_root = Path::new(DEFAULT_PROC_ROOT);
     require_privileges(&config, proc_root)?;
@@ -200,7 +209,12 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     // own, measured as sampleCgroupResourceUsage asks.
     let actions = Arc::new(Actions::new(
         build_directory.clone(),
-        action_options(&config, action_oom_score_adj, spawn_method, spawn_server),
+        action_options(
+            &config,
+            (action_oom_score_adj, descriptor_limit),
+            spawn_method,
+            spawn_server,
+        ),
         placement_policy(&config, cgroups, &state),
         ActionIds::new(instance.clone()),
         observer.clone(),
@@ -390,7 +404,7 @@ fn placement_policy(
 /// How actions are prepared and run, from the configuration.
 fn action_options(
     config: &Config,
-    oom_score_adj: Option<i32>,
+    (oom_score_adj, descriptor_limit): (Option<i32>, Option<DescriptorLimit>),
     spawn_method: SpawnMethod,
     spawn_server: Option<Arc<SpawnServer>>,
 ) -> ActionOptions {
@@ -408,6 +422,7 @@ fn action_options(
         oom_score_adj,
         spawn_method,
         spawn_server,
+        descriptor_limit,
     }
 }
 

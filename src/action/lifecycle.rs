@@ -76,6 +76,9 @@ pub struct ActionOptions {
     pub spawn_method: SpawnMethod,
     /// The spawn server that creates them, if one was started.
     pub spawn_server: Option<Arc<SpawnServer>>,
+    /// `RLIMIT_NOFILE` for actions (the soft limit the runner started
+    /// with, before raising its own).
+    pub descriptor_limit: Option<crate::process::spec::DescriptorLimit>,
 }
 
 /// The end of a Run call, as the action sees it: resolves when the call is
@@ -298,6 +301,7 @@ impl Actions {
             stderr: prepared.stderr,
             cgroup: placement.take_cgroup_directory(),
             oom_score_adj: self.options.oom_score_adj,
+            descriptor_limit: self.options.descriptor_limit,
         };
         match self.spawner.spawn(spec) {
             Ok(child) => Ok((child, placement, request.clone())),

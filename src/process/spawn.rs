@@ -64,7 +64,8 @@ pub fn spawn(
         spec.working_directory.as_raw_fd(),
         spec.identity.as_ref(),
         &exec,
-    );
+    )
+    .with_descriptor_limit(spec.descriptor_limit);
     if let Some(server) = server.filter(|server| server.is_up()) {
         if let Some(spawned) = ask_server(server, &child, method)? {
             return Ok(spawned);
@@ -243,6 +244,7 @@ pub fn start_spawn_server(
         stderr: stderr()?,
         cgroup: None,
         oom_score_adj: None,
+        descriptor_limit: None,
     };
     let child =
         spawn(spec, method, None).map_err(|error| io::Error::new(error.source.kind(), error))?;
@@ -409,6 +411,7 @@ mod tests {
             stderr: std::fs::File::create(dir.join("stderr")).unwrap(),
             cgroup: None,
             oom_score_adj: None,
+            descriptor_limit: None,
         }
     }
 

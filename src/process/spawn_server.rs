@@ -42,7 +42,7 @@ use tokio::sync::oneshot;
 use super::child::{self, Child};
 use super::clone::{self, Method};
 use super::reaper::ChildExit;
-use super::spec::{ExecArguments, Identity, OomScoreAdj, Parent};
+use super::spec::{DescriptorLimit, ExecArguments, Identity, OomScoreAdj, Parent};
 use super::status::StatusWriter;
 
 /// This executable, as the kernel knows it: still there when the file was
@@ -198,6 +198,9 @@ fn encode(child: &Child, method: Method, status: RawFd) -> (Vec<u8>, Vec<RawFd>)
     if child.identity.is_some() {
         flags |= FLAG_IDENTITY;
     }
+    if child.descriptor_limit.is_some() {
+        flags |= FLAG_DESCRIPTOR_LIMIT;
+    }
     body.u8(flags);
     body.u32(child.oom_score_adj.map_or(0, |value| value.value()) as u32);
     let no_groups = Vec::new();
@@ -221,6 +224,10 @@ fn encode(child: &Child, method: Method, status: RawFd) -> (Vec<u8>, Vec<RawFd>)
             body.bytes(string.as_bytes());
         }
     }
+    if let Some(limit) = child.descriptor_limit {
+        body.u64(limit.soft);
+        body.u64(limit.hard);
+    }
     let mut request = (body.0.len() as u32).to_le_bytes().to_vec();
     request.extend(body.0);
     (request, descriptors)
@@ -230,6 +237,8 @@ const FLAG_CHROOT: u8 = 1;
 const FLAG_CGROUP: u8 = 2;
 const FLAG_OOM_SCORE_ADJ: u8 = 4;
 const FLAG_IDENTITY: u8 = 8;
+/// Two u64 (soft, hard) at the end of the body.
+const FLAG_DESCRIPTOR_LIMIT: u8 = 16;
 
 /// A request as the server received it, owning what the child needs.
 struct Request {
@@ -242,6 +251,7 @@ struct Request {
     oom_score_adj: Option<i32>,
     identity: Option<Identity>,
     exec: ExecArguments,
+    descriptor_limit: Option<DescriptorLimit>,
 }
 
 impl Request {
@@ -272,6 +282,14 @@ impl Request {
             }
         }
         let [arguments, environment] = vectors;
+        let descriptor_limit = if flags & FLAG_DESCRIPTOR_LIMIT != 0 {
+            Some(DescriptorLimit {
+                soft: reader.u64()?,
+                hard: reader.u64()?,
+            })
+        } else {
+            None
+        };
         let has_root = flags & FLAG_CHROOT != 0;
         let has_cgroup = flags & FLAG_CGROUP != 0;
         let expected = 4 + usize::from(has_root) + usize::from(has_cgroup);
@@ -290,6 +308,7 @@ impl Request {
                 additional_group_ids,
             }),
             exec: ExecArguments::of(program, arguments, environment),
+            descriptor_limit,
         })
     }
 
@@ -313,6 +332,7 @@ impl Request {
             self.identity.as_ref(),
             &self.exec,
         )
+        .with_descriptor_limit(self.descriptor_limit)
     }
 }
 
@@ -451,6 +471,10 @@ impl Writer {
         self.0.extend_from_slice(&value.to_le_bytes());
     }
 
+    fn u64(&mut self, value: u64) {
+        self.0.extend_from_slice(&value.to_le_bytes());
+    }
+
     fn bytes(&mut self, bytes: &[u8]) {
         self.u32(bytes.len() as u32);
         self.0.extend_from_slice(bytes);
@@ -476,6 +500,13 @@ impl Reader<'_> {
     fn u32(&mut self) -> Result<u32, &'static str> {
         let bytes = self.take(4)?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, &'static str> {
+        let bytes = self.take(8)?;
+        let mut value = [0; 8];
+        value.copy_from_slice(bytes);
+        Ok(u64::from_le_bytes(value))
     }
 
     fn cstring(&mut self) -> Result<CString, &'static str> {
@@ -518,7 +549,11 @@ mod tests {
             fd(3),
             Some(&identity),
             &exec,
-        );
+        )
+        .with_descriptor_limit(Some(DescriptorLimit {
+            soft: 1024,
+            hard: u64::MAX,
+        }));
         let status = fd(0);
         let (request, descriptors) = encode(&child, Method::Clone3, status);
         assert_eq!(
@@ -541,6 +576,13 @@ mod tests {
         let rebuilt = decoded.child();
         assert!(rebuilt.chroot_directory.is_some() && rebuilt.cgroup.is_some());
         assert_eq!(rebuilt.oom_score_adj.map(|value| value.value()), Some(-17));
+        assert_eq!(
+            rebuilt.descriptor_limit,
+            Some(DescriptorLimit {
+                soft: 1024,
+                hard: u64::MAX
+            })
+        );
 
         // Without root, cgroup, identity and oom_score_adj.
         let plain = Child::new(None, [fd(0), fd(1), fd(2)], None, None, fd(3), None, &exec);
@@ -555,6 +597,7 @@ mod tests {
         assert_eq!((decoded.oom_score_adj, &decoded.identity), (None, &None));
         let rebuilt = decoded.child();
         assert!(rebuilt.chroot_directory.is_none() && rebuilt.cgroup.is_none());
+        assert_eq!(rebuilt.descriptor_limit, None);
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 
+pub use crate::resource_limits::DescriptorLimit;
+
 /// The identity an action runs as (`runCommandsAs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -52,6 +54,9 @@ pub struct ProcessSpec {
     /// Value the child writes to its own `oom_score_adj` (the runner lowers
     /// its own; actions get back what the runner started with).
     pub oom_score_adj: Option<i32>,
+    /// `RLIMIT_NOFILE` the child sets before exec (the runner raises its
+    /// own soft limit; actions get back the one it started with).
+    pub descriptor_limit: Option<DescriptorLimit>,
 }
 
 /// NUL-terminated argv and envp arrays, built before the child is created
@@ -175,6 +180,7 @@ pub enum SpawnStep {
     Exec = 7,
     /// Creating the child process.
     Create = 8,
+    DescriptorLimit = 9,
 }
 
 impl SpawnStep {
@@ -187,6 +193,7 @@ impl SpawnStep {
             5 => SpawnStep::WorkingDirectory,
             6 => SpawnStep::Identity,
             8 => SpawnStep::Create,
+            9 => SpawnStep::DescriptorLimit,
             _ => SpawnStep::Exec,
         }
     }
@@ -203,6 +210,7 @@ impl std::fmt::Display for SpawnStep {
             SpawnStep::Identity => "switching to runCommandsAs's identity",
             SpawnStep::Exec => "executing the program",
             SpawnStep::Create => "creating the process",
+            SpawnStep::DescriptorLimit => "restoring the action's descriptor limit (RLIMIT_NOFILE)",
         })
     }
 }
