@@ -596,8 +596,9 @@ async fn start_diagnostics(
 
 /// The first signal: refuse work, then let actions finish (stopGracefully)
 /// or terminate them. The shutdown clock starts once the runner no longer
-/// waits for actions by choice. A second signal kills actions at once and
-/// abandons the waits on clients and the journal. Event streams end after
+/// waits for actions by choice. A second signal kills actions being
+/// terminated at once (after a graceful stop: terminates them, and a third
+/// kills them) and abandons the waits on clients and the journal. Event streams end after
 /// the last action's events.
 async fn on_signals(
     mut signals: ShutdownSignals,
@@ -618,18 +619,33 @@ async fn on_signals(
         shutdown_signal.terminate_all();
         bound.start_clock();
     }
-    // An operator who cannot wait signals again: running actions are
-    // killed at once (SIGKILL, their cgroups removed), and once they have
+    // An operator who cannot wait signals again, each signal one step
+    // further: actions being terminated are killed at once (SIGKILL, their
+    // cgroups removed); actions a graceful stop let run are terminated
+    // (their grace period), and killed at a third signal. Once they have
     // ended (their callers answered) the waits on clients and the journal
     // are abandoned.
     tokio::spawn({
         let (bound, actions_running) = (bound.clone(), actions_running.clone());
         async move {
             signals.recv().await;
-            tracing::warn!(
-                "second signal: killing running actions; then no longer waiting for clients or the journal"
-            );
-            shutdown_signal.kill_all();
+            if stop_gracefully {
+                tracing::warn!(
+                    "second signal: terminating running actions (signal again to kill them); then no longer waiting for clients or the journal"
+                );
+                shutdown_signal.terminate_all();
+                let shutdown_signal = shutdown_signal.clone();
+                tokio::spawn(async move {
+                    signals.recv().await;
+                    tracing::warn!("third signal: killing running actions");
+                    shutdown_signal.kill_all();
+                });
+            } else {
+                tracing::warn!(
+                    "second signal: killing running actions; then no longer waiting for clients or the journal"
+                );
+                shutdown_signal.kill_all();
+            }
             bound.start_clock();
             let _ = bound.until_deadline(actions_running.wait_idle()).await;
             bound.abandon();

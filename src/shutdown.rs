@@ -15,8 +15,10 @@
 //! `terminationGracePeriod` and the time to be killed and have their
 //! cgroups removed, and clients and the journal get as long.
 //!
-//! A second signal ends actions' grace periods at once: what is left of
-//! each is killed with SIGKILL, and its cgroup removed, through the
+//! A second signal ends actions' grace periods at once (after a graceful
+//! stop, which let them run, the second terminates them and a third does
+//! this): what is left of each is killed with SIGKILL, and its cgroup
+//! removed, through the
 //! action's own lifecycle (so its events and metrics still say how it
 //! ended: terminated for shutdown, killed). Once they are gone (or at the
 //! deadline) the waits on others are abandoned: connections are closed
