@@ -186,7 +186,25 @@ async fn a_second_sigterm_kills_actions_that_ignore_sigterm_at_once() {
     // Why: an operator who signals twice means "now"; an action that
     // ignores SIGTERM must not be left its grace period (ten minutes
     // here), and the runner must not exit leaving it behind.
-    let mut runner = TestRunner::start(json!({ "terminationGracePeriod": "600s" }));
+    signals_kill_an_action_that_ignores_sigterm(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_graceful_stop_a_third_sigterm_kills_actions_at_once() {
+    // Why: with stopGracefully the first signal lets actions run and the
+    // second terminates them (their grace period); the next one is "now".
+    signals_kill_an_action_that_ignores_sigterm(true).await;
+}
+
+/// Starts an action that ignores SIGTERM (and a helper process of its),
+/// signals the runner until it is terminating the action (once; twice with
+/// `stop_gracefully`), then once more: the runner exits and the action's
+/// processes are killed, its end recorded as a kill.
+async fn signals_kill_an_action_that_ignores_sigterm(stop_gracefully: bool) {
+    let mut runner = TestRunner::start(json!({
+        "terminationGracePeriod": "600s",
+        "grpcServers": [{ "stopGracefully": stop_gracefully }],
+    }));
     let action = runner.action();
     let (leader, helper) = (action.path.join("leader"), action.path.join("helper"));
     let script = format!(
@@ -204,20 +222,32 @@ async fn a_second_sigterm_kills_actions_that_ignore_sigterm_at_once() {
     let pid = |path: &std::path::Path| -> i32 { common::read(path).trim().parse().unwrap() };
     let pids = [pid(&leader), pid(&helper)];
 
+    let seen = |text: &'static str| {
+        let runner = &runner;
+        move || runner.log().iter().any(|line| line.contains(text))
+    };
+    if stop_gracefully {
+        runner.signal_terminate();
+        common::eventually(
+            "the graceful stop is seen",
+            SLACK,
+            seen("letting running actions finish"),
+        )
+        .await;
+    }
     runner.signal_terminate();
-    common::eventually("the first signal is seen", SLACK, || {
-        runner
-            .log()
-            .iter()
-            .any(|line| line.contains("terminating action"))
-    })
+    common::eventually(
+        "the action is being terminated",
+        SLACK,
+        seen("terminating action"),
+    )
     .await;
     assert!(
         pids.iter().all(|pid| is_alive(*pid)),
         "SIGTERM is ignored by the action"
     );
     runner.signal_terminate();
-    let status = tokio::task::block_in_place(|| exits_within(&mut runner, SLACK, "second SIGTERM"));
+    let status = tokio::task::block_in_place(|| exits_within(&mut runner, SLACK, "last SIGTERM"));
     assert!(status.success(), "{status:?}");
     // Killed before the runner exited; a killed process may take a moment
     // to be gone.
