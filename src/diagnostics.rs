@@ -20,7 +20,9 @@
 //! `rbe_runner_diagnostics_connections_rejected_total`). Out of
 //! descriptors, accepting backs off as the gRPC listeners do. At shutdown
 //! the listeners close, idle connections close, and requests in flight are
-//! answered first, each within those same timeouts.
+//! answered first, each within those same timeouts but never past the
+//! shutdown deadline ([`ShutdownBound`]): a client that stopped reading
+//! an answer is cut off there, like the gRPC servers' clients.
 
 use std::convert::Infallible;
 use std::io;
@@ -47,6 +49,7 @@ use crate::listener::tls::{ServedCertificates, TlsError};
 use crate::listener::{self, stopped};
 use crate::metrics::{Metrics, TEXT_FORMAT};
 use crate::runner::readiness;
+use crate::shutdown::ShutdownBound;
 
 /// How long a client may take to send a request head: from accepting the
 /// connection for the first request, from its first byte for later ones.
@@ -179,8 +182,8 @@ impl DiagnosticsServer {
 
     /// Serves until `stop` becomes true; then closes the listeners and
     /// the idle connections, and answers the requests in flight before
-    /// returning.
-    pub async fn serve(self, stop: watch::Receiver<bool>) {
+    /// returning, or closes their connections when `bound` cuts the wait.
+    pub async fn serve(self, stop: watch::Receiver<bool>, bound: ShutdownBound) {
         let rejected = self
             .handler
             .metrics
@@ -211,7 +214,14 @@ impl DiagnosticsServer {
                 },
             ));
         }
-        while tasks.join_next().await.is_some() {}
+        // Serving is not bounded; only the wait after `stop` is.
+        stopped(&mut stop.clone()).await;
+        let all_closed = async { while tasks.join_next().await.is_some() {} };
+        if let Err(cut) = bound.bounded(all_closed).await {
+            tracing::warn!(%cut, "closing the diagnostics connections still open");
+            // Aborting a listener's task drops its connections' tasks.
+            tasks.shutdown().await;
+        }
     }
 }
 
@@ -471,7 +481,7 @@ mod tests {
             });
         let address = server.addresses().remove(0);
         let (stop, stopped) = watch::channel(false);
-        let serving = tokio::spawn(server.serve(stopped));
+        let serving = tokio::spawn(server.serve(stopped, ShutdownBound::new(hour)));
 
         let mut held = Vec::new();
         for _ in 0..2 {

@@ -25,6 +25,7 @@
 //! - [`auth`]: who may call: Buildbarn's authentication policies (peer credentials, client certificates, JMESPath), the `runAuthorizer` and `eventsAuthorizer`, and the gate in front of every server's services.
 //! - [`listener`]: the connection edge: socket files, handshake limit, `:authority` rewriting, deadlines.
 //! - [`bounded`]: request values quoted in error messages, bounded in length.
+//! - [`resource_limits`]: `global.setResourceLimits`, and the descriptor limit the runner raises for itself while actions get back the one it started with.
 //! - [`sync`]: locking state that a panic cannot leave inconsistent.
 //! - `test_support` (unit tests only): the one way a test skips, shared with `tests/`.
 //!
@@ -52,6 +53,7 @@ pub mod process;
 pub mod proto;
 pub mod report;
 pub mod request_decoding;
+pub mod resource_limits;
 pub mod runner;
 pub mod server;
 pub mod shutdown;

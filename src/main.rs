@@ -41,6 +41,7 @@ use rbe_runner::process::spawn::{
 use rbe_runner::process::spawn_server::{self, SpawnServer};
 use rbe_runner::process::spec::Identity;
 use rbe_runner::process::{LoweredOomScoreAdj, OomScoreAdjError, DEFAULT_PROC_ROOT};
+use rbe_runner::resource_limits::{self, DescriptorLimit};
 use rbe_runner::runner::local::LocalRunner;
 use rbe_runner::runner::SharedRunner;
 use rbe_runner::runner::{clean, readiness, temporary_directory_symlinking};
@@ -108,12 +109,12 @@ fn serve(config_file: PathBuf) -> anyhow::Result<()> {
     // by `main` without a logger.
     let config = config::load(&config_file)?;
     init_logging(config.log_format);
-    apply_process_settings(&config)?;
+    let descriptor_limit = apply_process_settings(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let served = runtime.block_on(serve_config(config));
+    let served = runtime.block_on(serve_config(config, descriptor_limit));
     // What is still running was given up at the shutdown deadline (a
     // journal write blocked on a hung mount, say) and logged: dropping the
     // runtime would wait for it without limit.
@@ -122,7 +123,9 @@ fn serve(config_file: PathBuf) -> anyhow::Result<()> {
 }
 
 /// Settings of the runner process itself, inherited by every action.
-fn apply_process_settings(config: &Config) -> anyhow::Result<()> {
+/// Returns the descriptor limit actions get back (see
+/// src/resource_limits.rs).
+fn apply_process_settings(config: &Config) -> anyhow::Result<Option<DescriptorLimit>> {
     if let Some(umask) = config.global.set_umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
         tracing::info!(
@@ -142,10 +145,16 @@ fn apply_process_settings(config: &Config) -> anyhow::Result<()> {
     // Orphans of actions are re-parented to us rather than to init, so
     // they are reaped (and accounted for) here, also when we are PID 1.
     nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
-    Ok(())
+    // global.setResourceLimits, then the runner's own descriptor limit
+    // raised; actions get back the soft limit it had in between.
+    resource_limits::apply(&config.global.set_resource_limits)?;
+    Ok(resource_limits::raise_descriptor_limit()?)
 }
 
-async fn serve_config(config: Config) -> anyhow::Result<()> {
+async fn serve_config(
+    config: Config,
+    descriptor_limit: Option<DescriptorLimit>,
+) -> anyhow::Result<()> {
     let signals = ShutdownSignals::install()?;
     let proc_root = Path::new(DEFAULT_PROC_ROOT);
     require_privileges(&config, proc_root)?;
@@ -224,7 +233,12 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     // own, measured as sampleCgroupResourceUsage asks.
     let actions = Arc::new(Actions::new(
         build_directory.clone(),
-        action_options(&config, action_oom_score_adj, spawn_method, spawn_server),
+        action_options(
+            &config,
+            (action_oom_score_adj, descriptor_limit),
+            spawn_method,
+            spawn_server,
+        ),
         placement_policy(&config, cgroups, &state),
         ActionIds::new(instance.clone()),
         observer.clone(),
@@ -260,7 +274,9 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     }
     // global.diagnosticsHttpServer: bound once the gRPC listeners are,
     // stopped with them.
-    let diagnostics = start_diagnostics(&config, metrics, &state, &served_certificates).await?;
+    let bound = ShutdownBound::new(shutdown_bound(config.termination_grace_period));
+    let diagnostics =
+        start_diagnostics(&config, metrics, &state, &served_certificates, &bound).await?;
     // The state is reported (event, metric, log) before the "serving"
     // line: whoever waits for that line (an operator, a test, a probe) and
     // then asks /-/ready must find the metrics and events agreeing.
@@ -279,7 +295,6 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         .grpc_servers
         .iter()
         .all(|server| server.stop_gracefully);
-    let bound = ShutdownBound::new(shutdown_bound(config.termination_grace_period));
     let shutdown = on_signals(
         signals,
         stop_gracefully,
@@ -291,6 +306,8 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     let served = servers
         .serve(runner, events.service(), output.service(), shutdown, &bound)
         .await;
+    // Calls are over: the runner no longer waits for anything by choice.
+    bound.start_clock();
     diagnostics.stop().await;
     wait_for_terminating_actions(&actions_running, &shutdown_signal, &bound).await;
     // Every event published; the journal writes what it was given.
@@ -426,7 +443,7 @@ fn placement_policy(
 /// How actions are prepared and run, from the configuration.
 fn action_options(
     config: &Config,
-    oom_score_adj: Option<i32>,
+    (oom_score_adj, descriptor_limit): (Option<i32>, Option<DescriptorLimit>),
     spawn_method: SpawnMethod,
     spawn_server: Option<Arc<SpawnServer>>,
 ) -> ActionOptions {
@@ -445,6 +462,7 @@ fn action_options(
         spawn_method,
         spawn_server,
         stuck_spawn_timeout: config.stuck_spawn_timeout,
+        descriptor_limit,
     }
 }
 
@@ -580,12 +598,13 @@ impl RunningDiagnostics {
 }
 
 /// Binds and starts `global.diagnosticsHttpServer`, if configured; a bind
-/// failure stops startup naming the address.
+/// failure stops startup naming the address. Its stop waits until `bound`.
 async fn start_diagnostics(
     config: &Config,
     metrics: Option<Arc<Metrics>>,
     state: &Arc<RunnerStateReporter>,
     served_certificates: &ServedCertificates,
+    bound: &ShutdownBound,
 ) -> anyhow::Result<RunningDiagnostics> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let Some(diagnostics) = &config.global.diagnostics_http_server else {
@@ -608,14 +627,15 @@ async fn start_diagnostics(
     tracing::info!(addresses = ?server.addresses(), "diagnostics HTTP server listening");
     Ok(RunningDiagnostics {
         stop,
-        serving: Some(tokio::spawn(server.serve(stopped))),
+        serving: Some(tokio::spawn(server.serve(stopped, bound.clone()))),
     })
 }
 
 /// The first signal: refuse work, then let actions finish (stopGracefully)
 /// or terminate them. The shutdown clock starts once the runner no longer
-/// waits for actions by choice. A second signal terminates actions and
-/// abandons the waits on clients and the journal. Event streams end after
+/// waits for actions by choice. A second signal kills actions being
+/// terminated at once (after a graceful stop: terminates them, and a third
+/// kills them) and abandons the waits on clients and the journal. Event streams end after
 /// the last action's events.
 async fn on_signals(
     mut signals: ShutdownSignals,
@@ -636,17 +656,33 @@ async fn on_signals(
         shutdown_signal.terminate_all();
         bound.start_clock();
     }
-    // An operator who cannot wait signals again: running actions are
-    // terminated, and once they have ended (their callers answered) the
-    // waits on clients and the journal are abandoned.
+    // An operator who cannot wait signals again, each signal one step
+    // further: actions being terminated are killed at once (SIGKILL, their
+    // cgroups removed); actions a graceful stop let run are terminated
+    // (their grace period), and killed at a third signal. Once they have
+    // ended (their callers answered) the waits on clients and the journal
+    // are abandoned.
     tokio::spawn({
         let (bound, actions_running) = (bound.clone(), actions_running.clone());
         async move {
             signals.recv().await;
-            tracing::warn!(
-                "second signal: terminating running actions; then no longer waiting for clients or the journal"
-            );
-            shutdown_signal.terminate_all();
+            if stop_gracefully {
+                tracing::warn!(
+                    "second signal: terminating running actions (signal again to kill them); then no longer waiting for clients or the journal"
+                );
+                shutdown_signal.terminate_all();
+                let shutdown_signal = shutdown_signal.clone();
+                tokio::spawn(async move {
+                    signals.recv().await;
+                    tracing::warn!("third signal: killing running actions");
+                    shutdown_signal.kill_all();
+                });
+            } else {
+                tracing::warn!(
+                    "second signal: killing running actions; then no longer waiting for clients or the journal"
+                );
+                shutdown_signal.kill_all();
+            }
             bound.start_clock();
             let _ = bound.until_deadline(actions_running.wait_idle()).await;
             bound.abandon();

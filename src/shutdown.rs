@@ -15,10 +15,14 @@
 //! `terminationGracePeriod` and the time to be killed and have their
 //! cgroups removed, and clients and the journal get as long.
 //!
-//! A second signal abandons the waits on others at once: connections are
-//! closed and unwritten events are counted and logged. The wait for actions
-//! being terminated is not abandoned: they are still killed and their
-//! cgroups removed, within the same deadline, before the runner exits.
+//! A second signal ends actions' grace periods at once (after a graceful
+//! stop, which let them run, the second terminates them and a third does
+//! this): what is left of each is killed with SIGKILL, and its cgroup
+//! removed, through the
+//! action's own lifecycle (so its events and metrics still say how it
+//! ended: terminated for shutdown, killed). Once they are gone (or at the
+//! deadline) the waits on others are abandoned: connections are closed
+//! and unwritten events are counted and logged.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -169,3 +169,180 @@ async fn a_second_sigterm_ends_a_shutdown_that_would_wait() {
         .iter()
         .any(|line| line.contains("second signal")));
 }
+
+/// Whether `pid` is a live process: not gone, and not a zombie (a process
+/// killed but not yet reaped, which may be left to init once the runner
+/// exited).
+fn is_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the parenthesised command name.
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        !matches!(state.and_then(|rest| rest.chars().next()), Some('Z' | 'X'))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_kills_actions_that_ignore_sigterm_at_once() {
+    // Why: an operator who signals twice means "now"; an action that
+    // ignores SIGTERM must not be left its grace period (ten minutes
+    // here), and the runner must not exit leaving it behind.
+    signals_kill_an_action_that_ignores_sigterm(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_graceful_stop_a_third_sigterm_kills_actions_at_once() {
+    // Why: with stopGracefully the first signal lets actions run and the
+    // second terminates them (their grace period); the next one is "now".
+    signals_kill_an_action_that_ignores_sigterm(true).await;
+}
+
+/// Starts an action that ignores SIGTERM (and a helper process of its),
+/// signals the runner until it is terminating the action (once; twice with
+/// `stop_gracefully`), then once more: the runner exits and the action's
+/// processes are killed, its end recorded as a kill.
+async fn signals_kill_an_action_that_ignores_sigterm(stop_gracefully: bool) {
+    let mut runner = TestRunner::start(json!({
+        "terminationGracePeriod": "600s",
+        "grpcServers": [{ "stopGracefully": stop_gracefully }],
+    }));
+    let action = runner.action();
+    let (leader, helper) = (action.path.join("leader"), action.path.join("helper"));
+    let script = format!(
+        "trap '' TERM; sleep 100000 & echo $! > {helper}; echo $$ > {leader}; wait",
+        helper = helper.display(),
+        leader = leader.display(),
+    );
+    let mut client = runner.client().await;
+    let call =
+        tokio::spawn(async move { client.run(common::shell_request(&action, &script)).await });
+    common::eventually("the action started its helper", SLACK, || {
+        leader.exists() && helper.exists()
+    })
+    .await;
+    let pid = |path: &std::path::Path| -> i32 { common::read(path).trim().parse().unwrap() };
+    let pids = [pid(&leader), pid(&helper)];
+
+    let seen = |text: &'static str| {
+        let runner = &runner;
+        move || runner.log().iter().any(|line| line.contains(text))
+    };
+    if stop_gracefully {
+        runner.signal_terminate();
+        common::eventually(
+            "the graceful stop is seen",
+            SLACK,
+            seen("letting running actions finish"),
+        )
+        .await;
+    }
+    runner.signal_terminate();
+    common::eventually(
+        "the action is being terminated",
+        SLACK,
+        seen("terminating action"),
+    )
+    .await;
+    assert!(
+        pids.iter().all(|pid| is_alive(*pid)),
+        "SIGTERM is ignored by the action"
+    );
+    runner.signal_terminate();
+    let status = tokio::task::block_in_place(|| exits_within(&mut runner, SLACK, "last SIGTERM"));
+    assert!(status.success(), "{status:?}");
+    // Killed before the runner exited; a killed process may take a moment
+    // to be gone.
+    common::eventually("the action's processes are gone", SLACK, || {
+        pids.iter().all(|pid| !is_alive(*pid))
+    })
+    .await;
+    // The log reader may still be reading what the runner wrote last.
+    common::eventually("the action's end is recorded as a kill", SLACK, || {
+        runner
+            .log()
+            .iter()
+            .any(|line| line.contains("action terminated") && line.contains("SIGKILL"))
+    })
+    .await;
+    // Its call was answered (or dropped with the connection): it ended.
+    let _ = call.await.unwrap();
+}
+
+/// Whether the socket of the established TCP connection whose local port
+/// is `port` (the runner's side) has as much queued as its send buffer
+/// holds, so that its next write blocks: `wmem_queued >= sndbuf`, read
+/// with `ss` from the kernel's socket memory figures.
+fn send_buffer_full(port: &str) -> bool {
+    let output = std::process::Command::new("ss")
+        .args([
+            "-tmnH",
+            "state",
+            "established",
+            "sport",
+            "=",
+            &format!(":{port}"),
+        ])
+        .output()
+        .expect("run ss");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |name: &str| -> Option<u64> {
+        let memory = text.split("skmem:(").nth(1)?.split(')').next()?;
+        memory
+            .split(',')
+            .find_map(|item| item.strip_prefix(name)?.parse().ok())
+    };
+    matches!((field("w"), field("tb")), (Some(queued), Some(buffer)) if queued >= buffer)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_diagnostics_client_that_stops_reading_does_not_hold_the_exit() {
+    // Why: the diagnostics server answers a request in flight before it
+    // stops, and an answer may take its 60 s idle timeout to be written to
+    // a client that does not read: longer than the shutdown bound.
+    const TEST: &str = "a_diagnostics_client_that_stops_reading_does_not_hold_the_exit";
+    if std::process::Command::new("ss").arg("-V").output().is_err() {
+        common::skip(
+            TEST,
+            "needs ss (iproute2) to see the runner's socket buffer fill",
+        );
+        return;
+    }
+    let mut runner = start(common::diagnostics_on_loopback());
+    let address = common::diagnostics_address(&runner);
+    let client = std::net::TcpStream::connect(&address).unwrap();
+    // A small receive buffer: the runner's answers soon fill it.
+    nix::sys::socket::setsockopt(&client, nix::sys::socket::sockopt::RcvBuf, &4096).unwrap();
+    let port = address.rsplit_once(':').unwrap().1.to_owned();
+    // Requests pipelined without reading an answer: the answers (metrics,
+    // kilobytes each) soon fill the socket buffers and the runner is left
+    // blocked writing one. The writer stops when the runner closes the
+    // connection.
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\n\r\n");
+    let pipelined = request.repeat(100_000);
+    let mut writer = client.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let _ = writer.write_all(pipelined.as_bytes());
+    });
+    common::eventually("the runner is blocked writing an answer", SLACK, || {
+        send_buffer_full(&port)
+    })
+    .await;
+
+    runner.signal_terminate();
+    let status = tokio::task::block_in_place(|| {
+        exits_within(
+            &mut runner,
+            shutdown_bound(GRACE) + SLACK,
+            "unread diagnostics answer",
+        )
+    });
+    assert!(status.success(), "{status:?}");
+    // The log reader may still be reading what the runner wrote last.
+    common::eventually("the connection is cut at the deadline", SLACK, || {
+        runner
+            .log()
+            .iter()
+            .any(|line| line.contains("closing the diagnostics connections still open"))
+    })
+    .await;
+    drop(client);
+}

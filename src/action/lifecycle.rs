@@ -100,6 +100,9 @@ pub struct ActionOptions {
     /// `stuckSpawnTimeout`: a spawn whose exec has not returned by then
     /// makes the runner refuse work until it does; `None`: never.
     pub stuck_spawn_timeout: Option<Duration>,
+    /// `RLIMIT_NOFILE` for actions (the soft limit the runner started
+    /// with, before raising its own).
+    pub descriptor_limit: Option<crate::process::spec::DescriptorLimit>,
 }
 
 /// Everything actions of one runner share.
@@ -382,6 +385,7 @@ impl Actions {
             stderr: prepared.stderr,
             cgroup: placement.take_cgroup_directory(),
             oom_score_adj: self.options.oom_score_adj,
+            descriptor_limit: self.options.descriptor_limit,
         };
         Ready {
             spec,
@@ -421,10 +425,17 @@ impl Actions {
             reason,
             killed_at_grace_deadline: false,
         });
-        let (exit, outcome) =
-            terminate(tree, &mut child.exit, self.options.termination_grace_period).await;
+        // A second shutdown signal ends the grace period at once: the
+        // action is then recorded as killed at its (earlier) deadline.
+        let (exit, outcome) = terminate(
+            tree,
+            &mut child.exit,
+            self.options.termination_grace_period,
+            self.shutdown.killing(),
+        )
+        .await;
         let killed_at_grace_deadline =
-            outcome == crate::process::terminate::TerminationOutcome::KilledAtGraceDeadline;
+            outcome != crate::process::terminate::TerminationOutcome::ExitedAfterSigterm;
         if killed_at_grace_deadline {
             self.observer.action_terminating(&ActionTerminating {
                 id: id.clone(),

@@ -58,26 +58,61 @@ impl Drop for RunningGuard {
     }
 }
 
-/// Stops every running and future action, for shutdown. Cheap to clone.
+/// Stops every running and future action, for shutdown: first gracefully
+/// (SIGTERM, then SIGKILL at the end of the grace period), then, at an
+/// operator's second signal, at once (SIGKILL). Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct ShutdownSignal(Arc<watch::Sender<bool>>);
+pub struct ShutdownSignal(Arc<watch::Sender<Stopping>>);
+
+/// How hard actions are being stopped; only ever rises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stopping {
+    No,
+    Terminate,
+    Kill,
+}
 
 impl Default for ShutdownSignal {
     fn default() -> Self {
-        ShutdownSignal(Arc::new(watch::channel(false).0))
+        ShutdownSignal(Arc::new(watch::channel(Stopping::No).0))
     }
 }
 
 impl ShutdownSignal {
     /// Starts graceful termination of all running and future actions.
     pub fn terminate_all(&self) {
-        self.0.send_replace(true);
+        self.raise(Stopping::Terminate);
     }
 
-    /// Returns once [`Self::terminate_all`] was called.
+    /// Ends every action's grace period now: what is left of each is
+    /// killed with SIGKILL (running and future actions alike).
+    pub fn kill_all(&self) {
+        self.raise(Stopping::Kill);
+    }
+
+    fn raise(&self, to: Stopping) {
+        self.0.send_if_modified(|stopping| {
+            let raised = *stopping < to;
+            *stopping = (*stopping).max(to);
+            raised
+        });
+    }
+
+    /// Returns once [`Self::terminate_all`] (or [`Self::kill_all`]) was
+    /// called.
     pub async fn terminating(&self) {
+        self.reached(Stopping::Terminate).await;
+    }
+
+    /// Returns once [`Self::kill_all`] was called.
+    pub async fn killing(&self) {
+        self.reached(Stopping::Kill).await;
+    }
+
+    async fn reached(&self, level: Stopping) {
         let mut receiver = self.0.subscribe();
-        let _ = receiver.wait_for(|terminate| *terminate).await;
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = receiver.wait_for(|stopping| *stopping >= level).await;
     }
 }
 
@@ -119,5 +154,28 @@ mod tests {
         early.await.unwrap();
         // An action started after shutdown began sees it at once.
         shutdown.terminating().await;
+    }
+
+    #[tokio::test]
+    async fn kill_all_also_terminates_and_terminate_all_does_not_kill() {
+        // Why it matters: a second signal must reach actions that had not
+        // yet been told to stop, and a first one must leave them their
+        // grace period.
+        let shutdown = ShutdownSignal::default();
+        shutdown.terminate_all();
+        let killing = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { shutdown.killing().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!killing.is_finished());
+        shutdown.kill_all();
+        killing.await.unwrap();
+        shutdown.terminate_all();
+        shutdown.killing().await;
+
+        let killed_first = ShutdownSignal::default();
+        killed_first.kill_all();
+        killed_first.terminating().await;
     }
 }

@@ -5,8 +5,8 @@
 //! spawn server ([`super::spawn_server`]), or the runner without one. It
 //! says it exists, then sets itself up with raw system calls on values
 //! prepared beforehand: its cgroup (unless created in it), signal
-//! dispositions, process group, descriptors, `oom_score_adj`, root,
-//! directory and identity. Everything it says goes into its status pipe
+//! dispositions, process group, descriptors, `oom_score_adj`, descriptor
+//! limit, root, directory and identity. Everything it says goes into its status pipe
 //! ([`super::status`]): no allocation in the child, and no one waits for
 //! its exec but whoever reads that pipe.
 
@@ -16,7 +16,7 @@ use std::os::fd::RawFd;
 
 use super::call::SpawnDeadline;
 use super::clone::{self, Creator, Method};
-use super::spec::{ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
+use super::spec::{DescriptorLimit, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
 use super::status::StatusWriter;
 
 /// Where a process sets its own OOM-killer preference. Opened by the child,
@@ -85,6 +85,7 @@ pub(crate) struct Child<'a> {
     pub(crate) exec: &'a ExecArguments,
     /// The call's deadline: past it, the child exits instead of exec'ing.
     pub(crate) deadline: Option<SpawnDeadline>,
+    pub(crate) descriptor_limit: Option<DescriptorLimit>,
 }
 
 impl<'a> Child<'a> {
@@ -107,12 +108,19 @@ impl<'a> Child<'a> {
             identity,
             exec,
             deadline: None,
+            descriptor_limit: None,
         }
     }
 
     /// The same child, exiting instead of exec'ing once `deadline` passed.
     pub(crate) fn with_deadline(mut self, deadline: Option<SpawnDeadline>) -> Self {
         self.deadline = deadline;
+        self
+    }
+
+    /// The same child, setting `RLIMIT_NOFILE` to `limit` before exec.
+    pub(crate) fn with_descriptor_limit(mut self, limit: Option<DescriptorLimit>) -> Self {
+        self.descriptor_limit = limit;
         self
     }
 }
@@ -191,6 +199,17 @@ impl ChildArgument<'_> {
                 value.bytes(),
                 SpawnStep::OomScoreAdj,
             )?;
+        }
+        if let Some(limit) = child.descriptor_limit {
+            let limit = libc::rlimit {
+                rlim_cur: limit.soft,
+                rlim_max: limit.hard,
+            };
+            // Lowering the soft limit is always allowed; done before the
+            // identity switch all the same.
+            // SAFETY: setrlimit reads only `limit`, a valid local.
+            let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+            check(SpawnStep::DescriptorLimit, set)?;
         }
         if let Some(root) = child.chroot_directory {
             // SAFETY: fchdir takes only a descriptor number (the creator's

@@ -85,7 +85,8 @@ pub async fn spawn(
         spec.identity.as_ref(),
         &exec,
     )
-    .with_deadline(call.spawn_deadline());
+    .with_deadline(call.spawn_deadline())
+    .with_descriptor_limit(spec.descriptor_limit);
     if let Some(server) = server.filter(|server| server.is_up()) {
         if let Some(spawned) = ask_server(server, &child, method, call, &waiting).await? {
             return Ok(spawned);
@@ -320,6 +321,7 @@ pub async fn start_spawn_server(
         stderr: stderr()?,
         cgroup: None,
         oom_score_adj: None,
+        descriptor_limit: None,
     };
     let (_forever, dropped) = oneshot::channel();
     let mut call = CallGone::new(dropped, None);
@@ -496,6 +498,7 @@ mod tests {
             stderr: std::fs::File::create(dir.join("stderr")).unwrap(),
             cgroup: None,
             oom_score_adj: None,
+            descriptor_limit: None,
         }
     }
 

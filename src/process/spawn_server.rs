@@ -53,7 +53,7 @@ use super::call::{CallGone, SpawnDeadline};
 use super::child::{self, Child};
 use super::clone::{self, Method};
 use super::reaper::ChildExit;
-use super::spec::{ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
+use super::spec::{DescriptorLimit, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
 use super::status::{self, StatusReader, StatusWriter};
 
 /// This executable, as the kernel knows it: still there when the file was
@@ -303,6 +303,9 @@ fn encode(child: &Child, method: Method) -> (Vec<u8>, Vec<RawFd>) {
     if child.identity.is_some() {
         flags |= FLAG_IDENTITY;
     }
+    if child.descriptor_limit.is_some() {
+        flags |= FLAG_DESCRIPTOR_LIMIT;
+    }
     body.u8(flags);
     body.u32(child.oom_score_adj.map_or(0, |value| value.value()) as u32);
     // 0: no deadline (CLOCK_MONOTONIC is never 0 once the system runs).
@@ -328,6 +331,10 @@ fn encode(child: &Child, method: Method) -> (Vec<u8>, Vec<RawFd>) {
             body.bytes(string.as_bytes());
         }
     }
+    if let Some(limit) = child.descriptor_limit {
+        body.u64(limit.soft);
+        body.u64(limit.hard);
+    }
     let mut request = (body.0.len() as u32).to_le_bytes().to_vec();
     request.extend(body.0);
     (request, descriptors)
@@ -337,6 +344,8 @@ const FLAG_CHROOT: u8 = 1;
 const FLAG_CGROUP: u8 = 2;
 const FLAG_OOM_SCORE_ADJ: u8 = 4;
 const FLAG_IDENTITY: u8 = 8;
+/// Two u64 (soft, hard) at the end of the body.
+const FLAG_DESCRIPTOR_LIMIT: u8 = 16;
 
 /// A request as the server received it, owning what the child needs.
 struct Request {
@@ -350,6 +359,7 @@ struct Request {
     identity: Option<Identity>,
     exec: ExecArguments,
     deadline: Option<SpawnDeadline>,
+    descriptor_limit: Option<DescriptorLimit>,
 }
 
 impl Request {
@@ -381,6 +391,14 @@ impl Request {
             }
         }
         let [arguments, environment] = vectors;
+        let descriptor_limit = if flags & FLAG_DESCRIPTOR_LIMIT != 0 {
+            Some(DescriptorLimit {
+                soft: reader.u64()?,
+                hard: reader.u64()?,
+            })
+        } else {
+            None
+        };
         let has_root = flags & FLAG_CHROOT != 0;
         let has_cgroup = flags & FLAG_CGROUP != 0;
         let expected = 4 + usize::from(has_root) + usize::from(has_cgroup);
@@ -400,6 +418,7 @@ impl Request {
             }),
             exec: ExecArguments::of(program, arguments, environment),
             deadline: (deadline != 0).then(|| SpawnDeadline::from_nanoseconds(deadline)),
+            descriptor_limit,
         })
     }
 
@@ -424,6 +443,7 @@ impl Request {
             &self.exec,
         )
         .with_deadline(self.deadline)
+        .with_descriptor_limit(self.descriptor_limit)
     }
 }
 
@@ -651,7 +671,12 @@ mod tests {
             &exec,
         );
         let deadline = SpawnDeadline::from_nanoseconds(123_456_789);
-        let child = child.with_deadline(Some(deadline));
+        let child = child
+            .with_deadline(Some(deadline))
+            .with_descriptor_limit(Some(DescriptorLimit {
+                soft: 1024,
+                hard: u64::MAX,
+            }));
         let (request, descriptors) = encode(&child, Method::Clone3);
         assert_eq!(descriptors, vec![fd(0), fd(1), fd(2), fd(3), fd(4), fd(5)]);
         let length = u32::from_le_bytes(request[0..4].try_into().unwrap()) as usize;
@@ -671,6 +696,13 @@ mod tests {
         let rebuilt = decoded.child();
         assert!(rebuilt.chroot_directory.is_some() && rebuilt.cgroup.is_some());
         assert_eq!(rebuilt.oom_score_adj.map(|value| value.value()), Some(-17));
+        assert_eq!(
+            rebuilt.descriptor_limit,
+            Some(DescriptorLimit {
+                soft: 1024,
+                hard: u64::MAX
+            })
+        );
 
         // Without root, cgroup, identity and oom_score_adj.
         let plain = Child::new(None, [fd(0), fd(1), fd(2)], None, None, fd(3), None, &exec);
@@ -686,6 +718,7 @@ mod tests {
         assert_eq!(decoded.deadline, None);
         let rebuilt = decoded.child();
         assert!(rebuilt.chroot_directory.is_none() && rebuilt.cgroup.is_none());
+        assert_eq!(rebuilt.descriptor_limit, None);
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 
+pub use crate::resource_limits::DescriptorLimit;
+
 /// The identity an action runs as (`runCommandsAs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -52,6 +54,9 @@ pub struct ProcessSpec {
     /// Value the child writes to its own `oom_score_adj` (the runner lowers
     /// its own; actions get back what the runner started with).
     pub oom_score_adj: Option<i32>,
+    /// `RLIMIT_NOFILE` the child sets before exec (the runner raises its
+    /// own soft limit; actions get back the one it started with).
+    pub descriptor_limit: Option<DescriptorLimit>,
 }
 
 /// NUL-terminated argv and envp arrays, built before the child is created
@@ -179,6 +184,8 @@ pub enum SpawnStep {
     Deadline = 9,
     /// The call was over (cancelled) before the exec: nothing ran.
     Cancelled = 10,
+    /// Restoring the starting soft `RLIMIT_NOFILE` before the exec.
+    DescriptorLimit = 11,
 }
 
 impl SpawnStep {
@@ -193,6 +200,7 @@ impl SpawnStep {
             8 => SpawnStep::Create,
             9 => SpawnStep::Deadline,
             10 => SpawnStep::Cancelled,
+            11 => SpawnStep::DescriptorLimit,
             _ => SpawnStep::Exec,
         }
     }
@@ -211,6 +219,7 @@ impl std::fmt::Display for SpawnStep {
             SpawnStep::Create => "creating the process",
             SpawnStep::Deadline => "the call's deadline passed before the exec",
             SpawnStep::Cancelled => "the call was over before the exec",
+            SpawnStep::DescriptorLimit => "restoring the action's descriptor limit (RLIMIT_NOFILE)",
         })
     }
 }

@@ -47,6 +47,9 @@ pub enum TerminationOutcome {
     ExitedAfterSigterm,
     /// SIGKILL was needed at the grace deadline.
     KilledAtGraceDeadline,
+    /// SIGKILL was sent before the grace deadline, which was cut short (a
+    /// second shutdown signal).
+    KilledBeforeGraceDeadline,
 }
 
 impl std::fmt::Display for TerminationOutcome {
@@ -55,6 +58,9 @@ impl std::fmt::Display for TerminationOutcome {
             TerminationOutcome::ExitedAfterSigterm => "stopped by SIGTERM",
             TerminationOutcome::KilledAtGraceDeadline => {
                 "killed with SIGKILL at the grace deadline"
+            }
+            TerminationOutcome::KilledBeforeGraceDeadline => {
+                "killed with SIGKILL before the grace deadline"
             }
         })
     }
@@ -105,32 +111,35 @@ impl ProcessTree for ProcessGroup {
 }
 
 /// SIGTERM to every process of the action, wait up to `grace` for all of
-/// them to be gone, then SIGKILL whatever is left and wait (bounded) for
-/// the leader's exit. With a cgroup, verifying that it is empty and
-/// removing it is the caller's next step.
+/// them to be gone (or until `cut_short` resolves), then SIGKILL whatever
+/// is left and wait (bounded) for the leader's exit. With a cgroup,
+/// verifying that it is empty and removing it is the caller's next step.
 pub async fn terminate(
     tree: &impl ProcessTree,
     exit: &mut oneshot::Receiver<ChildExit>,
     grace: Duration,
+    cut_short: impl Future<Output = ()>,
 ) -> (Option<ChildExit>, TerminationOutcome) {
     tree.terminate().await;
     let deadline = Instant::now() + grace;
     let mut leader_exit = None;
+    tokio::pin!(cut_short);
+    let mut cut = false;
     let outcome = loop {
-        if leader_exit.is_none() {
-            tokio::select! {
-                result = &mut *exit => {
-                    // A closed channel means the reaper lost the child, which
-                    // cannot happen while it is registered; treat as gone.
-                    leader_exit = Some(result.ok());
-                }
-                _ = tokio::time::sleep(GROUP_POLL_INTERVAL) => {}
+        tokio::select! {
+            result = &mut *exit, if leader_exit.is_none() => {
+                // A closed channel means the reaper lost the child, which
+                // cannot happen while it is registered; treat as gone.
+                leader_exit = Some(result.ok());
             }
-        } else {
-            tokio::time::sleep(GROUP_POLL_INTERVAL).await;
+            _ = &mut cut_short, if !cut => cut = true,
+            _ = tokio::time::sleep(GROUP_POLL_INTERVAL) => {}
         }
         if leader_exit.is_some() && tree.is_empty().await {
             break TerminationOutcome::ExitedAfterSigterm;
+        }
+        if cut {
+            break TerminationOutcome::KilledBeforeGraceDeadline;
         }
         if Instant::now() >= deadline {
             break TerminationOutcome::KilledAtGraceDeadline;

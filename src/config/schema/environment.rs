@@ -1,4 +1,5 @@
-//! What actions run in and as: `global` (its `setUmask`),
+//! What actions run in and as: `global` (its `setUmask` and
+//! `setResourceLimits`),
 //! `setTmpdirEnvironmentVariable`, `temporaryDirectoryInstaller` (refused),
 //! `chrootIntoInputRoot`, `runCommandsAs` and
 //! `appleXcodeDeveloperDirectories`.
@@ -6,16 +7,21 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::config::protojson::{optional, Decoded, Field, FieldError, Message};
+use crate::config::protojson::{child_path, optional, Decoded, Field, FieldError, Message};
+use crate::resource_limits::{resource_names, ResourceLimit};
 
 use super::diagnostics::{self, DiagnosticsHttpServerConfig};
 
-/// `global`: only `setUmask` has an effect; other keys are listed in
-/// `ignored_keys` so that startup can log them once.
+/// `global`: `setUmask`, `setResourceLimits` and `diagnosticsHttpServer`
+/// have an effect; other keys are listed in `ignored_keys` so that startup
+/// can log them once.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct GlobalConfig {
     /// umask applied to the runner, and so inherited by every action.
     pub set_umask: Option<u32>,
+    /// `setResourceLimits`: limits set on the runner at startup, and so
+    /// inherited by every action, in key order.
+    pub set_resource_limits: Vec<ResourceLimit>,
     /// `diagnosticsHttpServer`: metrics and health over HTTP.
     pub diagnostics_http_server: Option<DiagnosticsHttpServerConfig>,
     /// Paths (e.g. `global.tracing`) present but not acted on.
@@ -98,7 +104,6 @@ const IGNORED_GLOBAL_FIELDS: &[&str] = &[
     "log_paths",
     "grpc_forward_and_reuse_metadata",
     "grpc_kubernetes_resolvers",
-    "set_resource_limits",
 ];
 
 fn decode_global(mut message: Message) -> Decoded<GlobalConfig> {
@@ -128,6 +133,11 @@ fn decode_global(mut message: Message) -> Decoded<GlobalConfig> {
         .take("diagnostics_http_server")?
         .map(|field| diagnostics::decode_diagnostics_http_server(field.message()?))
         .transpose()?;
+    let set_resource_limits = message
+        .take("set_resource_limits")?
+        .map(|field| decode_set_resource_limits(field.message()?))
+        .transpose()?
+        .unwrap_or_default();
     let mut ignored_keys = Vec::new();
     for name in IGNORED_GLOBAL_FIELDS {
         if let Some(field) = message.take(name)? {
@@ -137,9 +147,53 @@ fn decode_global(mut message: Message) -> Decoded<GlobalConfig> {
     message.finish()?;
     Ok(GlobalConfig {
         set_umask,
+        set_resource_limits,
         diagnostics_http_server,
         ignored_keys,
     })
+}
+
+/// `setResourceLimits`: a `map<string, SetResourceLimitConfiguration>`
+/// keyed by `RLIMIT_` suffix, each with `softLimit` and `hardLimit`
+/// (`google.protobuf.UInt64Value`: a number or a string of digits; left
+/// out, unlimited).
+fn decode_set_resource_limits(mut map: Message) -> Decoded<Vec<ResourceLimit>> {
+    let mut limits = Vec::new();
+    while let Some(key) = map.first_key().map(str::to_owned) {
+        let path = child_path(&map.path, &key);
+        let Some(field) = map.take(&key)? else {
+            continue;
+        };
+        let mut entry = field.message()?;
+        let mut limit = |name: &str| -> Decoded<Option<u64>> {
+            entry
+                .take(name)?
+                .map(|field| {
+                    field.parsed(
+                        "a uint64 (a whole number, or one written as a string)",
+                        |text| {
+                            text.parse::<u64>()
+                                .map_err(|_| format!("{text} is not a uint64 (0 to {})", u64::MAX))
+                        },
+                    )
+                })
+                .transpose()
+        };
+        let (soft, hard) = (limit("soft_limit")?, limit("hard_limit")?);
+        entry.finish()?;
+        let Some(resource_limit) = ResourceLimit::new(&key, soft, hard) else {
+            let known: Vec<&str> = resource_names().collect();
+            return Err(FieldError::invalid(
+                &path,
+                format!(
+                    "unknown resource; expected the suffix of an RLIMIT_ constant: {}",
+                    known.join(", ")
+                ),
+            ));
+        };
+        limits.push(resource_limit);
+    }
+    Ok(limits)
 }
 
 fn decode_run_commands_as(mut message: Message) -> Decoded<RunCommandsAs> {
@@ -160,6 +214,29 @@ pub(super) fn write_global(f: &mut fmt::Formatter<'_>, global: &GlobalConfig) ->
     match global.set_umask {
         Some(umask) => writeln!(f, "  setUmask: {{ umask: {umask:#05o} }}")?,
         None => writeln!(f, "  setUmask: not set (the inherited umask is kept)")?,
+    }
+    if global.set_resource_limits.is_empty() {
+        writeln!(
+            f,
+            "  setResourceLimits: none (the inherited limits are kept)"
+        )?;
+    } else {
+        let limits: Vec<String> = global
+            .set_resource_limits
+            .iter()
+            .map(|limit| {
+                let value = |limit: Option<u64>| {
+                    limit.map_or_else(|| "unlimited".to_owned(), |limit| limit.to_string())
+                };
+                format!(
+                    "{}: {{ softLimit: {}, hardLimit: {} }}",
+                    limit.name(),
+                    value(limit.soft),
+                    value(limit.hard)
+                )
+            })
+            .collect();
+        writeln!(f, "  setResourceLimits: {{ {} }}", limits.join(", "))?;
     }
     diagnostics::write_diagnostics_http_server(f, &global.diagnostics_http_server)?;
     if global.ignored_keys.is_empty() {
@@ -324,7 +401,6 @@ mod tests {
                 prometheusPushgateway: { url: 'http://pushgateway' },
                 grpcForwardAndReuseMetadata: ['authorization'],
                 grpcKubernetesResolvers: {},
-                setResourceLimits: { NOFILE: { softLimit: 1024 } },
                 setUmask: {},
             }",
         )
@@ -343,8 +419,80 @@ mod tests {
                 "global.log_paths",
                 "global.grpcForwardAndReuseMetadata",
                 "global.grpcKubernetesResolvers",
-                "global.setResourceLimits",
             ]
         );
+    }
+
+    /// `setResourceLimits` as bb-storage reads it: keys are RLIMIT_
+    /// suffixes, values UInt64Value (numbers or strings), and a limit left
+    /// out is unlimited.
+    #[test]
+    fn set_resource_limits_are_decoded_in_key_order_unset_meaning_unlimited() {
+        let config = load_with(
+            "global: { setResourceLimits: {
+                NOFILE: { softLimit: 1024, hardLimit: '65536' },
+                CORE: { soft_limit: 0 },
+                NPROC: {},
+            } }",
+        )
+        .expect("decodes");
+        let limits: Vec<(&str, Option<u64>, Option<u64>)> = config
+            .global
+            .set_resource_limits
+            .iter()
+            .map(|limit| (limit.name(), limit.soft, limit.hard))
+            .collect();
+        assert_eq!(
+            limits,
+            vec![
+                ("CORE", Some(0), None),
+                ("NOFILE", Some(1024), Some(65536)),
+                ("NPROC", None, None),
+            ]
+        );
+        assert!(config.global.ignored_keys.is_empty());
+        let shown = config.to_string();
+        assert!(
+            shown.contains("NOFILE: { softLimit: 1024, hardLimit: 65536 }"),
+            "{shown}"
+        );
+        assert!(shown.contains("NPROC: { softLimit: unlimited, hardLimit: unlimited }"));
+    }
+
+    /// An unknown resource or a bad value stops startup naming the key.
+    #[test]
+    fn bad_set_resource_limits_name_their_key() {
+        assert_invalid_fields(&[
+            (
+                "global: { setResourceLimits: { FILES: { softLimit: 1 } } }",
+                "global.setResourceLimits.FILES",
+                "unknown resource",
+            ),
+            (
+                "global: { setResourceLimits: { RLIMIT_NOFILE: {} } }",
+                "global.setResourceLimits.RLIMIT_NOFILE",
+                "NOFILE",
+            ),
+            (
+                "global: { setResourceLimits: { NOFILE: { softLimit: -1 } } }",
+                "global.setResourceLimits.NOFILE.softLimit",
+                "not a uint64",
+            ),
+            (
+                "global: { setResourceLimits: { NOFILE: { hardLimit: 'lots' } } }",
+                "global.setResourceLimits.NOFILE.hardLimit",
+                "not a uint64",
+            ),
+            (
+                "global: { setResourceLimits: { NOFILE: 1024 } }",
+                "global.setResourceLimits.NOFILE",
+                "expected an object",
+            ),
+            (
+                "global: { setResourceLimits: [] }",
+                "global.setResourceLimits",
+                "expected an object",
+            ),
+        ]);
     }
 }
