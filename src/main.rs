@@ -9,7 +9,7 @@ use anyhow::Context;
 use rbe_runner::action::observer::{
     report_dirty_cgroups, LogObserver, Refusal, RunnerStateReporter,
 };
-use rbe_runner::action::prepare::PrepareOptions;
+use rbe_runner::action::prepare::{Preparation, PrepareOptions};
 use rbe_runner::action::{
     ActionIds, ActionOptions, Actions, ActionsRunning, Observer, Observers, PlacementPolicy,
     RunnerInstance, ShutdownSignal,
@@ -100,6 +100,10 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The blocking pool's size (tokio's default, stated): preparation on a
+/// filesystem that may block, spawns waiting for their exec, cleanups.
+const BLOCKING_THREADS: usize = 512;
+
 fn serve(config_file: PathBuf) -> anyhow::Result<()> {
     // The configuration chooses the log format; its errors are printed
     // by `main` without a logger.
@@ -107,6 +111,7 @@ fn serve(config_file: PathBuf) -> anyhow::Result<()> {
     init_logging(config.log_format);
     apply_process_settings(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -148,6 +153,7 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     require_privileges(&config, proc_root)?;
     let build_directory =
         Arc::new(BuildDirectory::open(&config.build_directory_path).context("buildDirectoryPath")?);
+    Preparation::log(&build_directory, BLOCKING_THREADS);
 
     // sampleCgroupResourceUsage and actionCgroups: find the cgroups they
     // need, take over the delegated subtree (removing leftovers of a

@@ -21,7 +21,7 @@ use super::outcome::{
     posix_resource_usage, ActionOutcome, Cleanup, Ended, ExitStatus, TerminationReason,
 };
 use super::placement::{Measurement, Placement, PlacementPolicy, Tree};
-use super::prepare::{prepare, PrepareOptions, Prepared};
+use super::prepare::{prepare, CreatedOutputs, Preparation, PrepareOptions, Prepared};
 use super::running::{ActionsRunning, RunningGuard, ShutdownSignal};
 use crate::bounded::quoted;
 use crate::build_directory::BuildDirectory;
@@ -189,7 +189,18 @@ impl Actions {
     async fn live(self: Arc<Self>, id: ActionId, request: RunRequest, call: CallGone) -> Lived {
         let this = self.clone();
         let action_id = id.clone();
-        let spawned = blocking(move || this.start(&action_id, &request)).await;
+        let spawned = match Preparation::of(&self.build_directory) {
+            Preparation::OnBlockingPool => blocking(move || this.start(&action_id, &request)).await,
+            // Local: prepared here; only the spawn, which waits for the
+            // program's exec, goes to the blocking pool.
+            Preparation::OnWorker => match self.prepare(&request) {
+                Ok((prepared, outputs)) => {
+                    blocking(move || this.spawn_prepared(&action_id, &request, prepared, outputs))
+                        .await
+                }
+                Err(error) => Err(error),
+            },
+        };
         let (child, placement, request) = match spawned {
             Ok(started) => started,
             Err(error) => return Lived::not_started(error),
@@ -265,8 +276,26 @@ impl Actions {
         id: &ActionId,
         request: &RunRequest,
     ) -> Result<(SpawnedChild, Placement, RunRequest), RunnerError> {
+        let (prepared, outputs) = self.prepare(request)?;
+        self.spawn_prepared(id, request, prepared, outputs)
+    }
+
+    /// Prepares the request; the outputs created come apart, to remove if
+    /// the action never starts. Blocking where [`Preparation`] says so.
+    fn prepare(&self, request: &RunRequest) -> Result<(Prepared, CreatedOutputs), RunnerError> {
         let mut prepared = prepare(&self.build_directory, &self.options.prepare, request)?;
         let outputs = std::mem::take(&mut prepared.outputs);
+        Ok((prepared, outputs))
+    }
+
+    /// Places and spawns a prepared action. Blocking.
+    fn spawn_prepared(
+        &self,
+        id: &ActionId,
+        request: &RunRequest,
+        prepared: Prepared,
+        outputs: CreatedOutputs,
+    ) -> Result<(SpawnedChild, Placement, RunRequest), RunnerError> {
         self.place_and_spawn(id, request, prepared)
             .inspect_err(|_| outputs.remove())
     }
