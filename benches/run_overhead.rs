@@ -29,16 +29,28 @@ use rbe_runner::cli::exec::ActionDirectory;
 use rbe_runner::proto::runner::runner_client::RunnerClient;
 use tonic::transport::Channel;
 
+/// The FUSE filesystem with slow reads that tests/slow_exec.rs uses.
+#[path = "../tests/common/slow_fuse.rs"]
+#[allow(dead_code)]
+mod slow_fuse;
+
 /// How much to measure.
 struct Plan {
     latency_samples: usize,
     throughput_actions: usize,
+    /// Actions measured while another's exec waits: fewer than run in the
+    /// delay at the undelayed rate.
+    delayed_actions: usize,
+    /// How long the delayed exec waits.
+    exec_delay: Duration,
     growth: bool,
 }
 
 const FULL: Plan = Plan {
     latency_samples: 2000,
     throughput_actions: 2000,
+    delayed_actions: 400,
+    exec_delay: Duration::from_secs(1),
     growth: true,
 };
 
@@ -46,6 +58,8 @@ const FULL: Plan = Plan {
 const SMOKE: Plan = Plan {
     latency_samples: 20,
     throughput_actions: 20,
+    delayed_actions: 10,
+    exec_delay: Duration::from_millis(200),
     growth: false,
 };
 
@@ -79,9 +93,17 @@ fn main() {
     // Both ways of creating children: clone3 where the runner finds it
     // (its startup log says which), and the clone fallback that
     // containers' seccomp profiles leave.
+    // RBE_BENCH_ONLY=WORD measures only the configurations whose name
+    // contains it ("plain", "actionCgroups", "clone"), for profiles.
+    let only = std::env::var("RBE_BENCH_ONLY").unwrap_or_default();
     for (spawn, suffix) in [("auto", ""), ("fallback", " (clone)")] {
         let name = format!("plain{suffix}");
-        runtime.block_on(measure(&name, serde_json::json!({}), spawn, &plan));
+        if name.contains(&only) {
+            runtime.block_on(measure(&name, serde_json::json!({}), spawn, &plan));
+        }
+        if !format!("actionCgroups{suffix}").contains(&only) {
+            continue;
+        }
         match TestCgroup::create() {
             Ok(cgroup) => {
                 let extra =
@@ -123,7 +145,11 @@ async fn measure(name: &str, extra: serde_json::Value, spawn: &str, plan: &Plan)
     let (run_p50, run_p90) = percentiles(&mut runs);
     let (floor_p50, floor_p90) = percentiles(&mut floors);
 
+    let client_before = own_cpu_micros();
+    let runner_before = runner.work();
     let concurrent_2 = throughput(&runner, &channel, 2, plan.throughput_actions).await;
+    let client_cpu = (own_cpu_micros() - client_before) / plan.throughput_actions as f64;
+    let concurrent_work = runner.work().since(&runner_before, plan.throughput_actions);
     let concurrent_8 = throughput(&runner, &channel, 8, plan.throughput_actions).await;
     let floor_rate = {
         let start = Instant::now();
@@ -148,6 +174,25 @@ async fn measure(name: &str, extra: serde_json::Value, spawn: &str, plan: &Plan)
         "{name:<22} runner per action (sequential): {:.0} µs of CPU, {:.1} context switches",
         work.cpu_micros, work.context_switches
     );
+    println!(
+        "{name:<22} at c=2: runner {:.0} µs of CPU and {:.1} context switches per action, \
+         client (this benchmark) {client_cpu:.0} µs of CPU per action",
+        concurrent_work.cpu_micros, concurrent_work.context_switches
+    );
+    match delayed_exec(&runner, &channel, plan).await {
+        Ok((undelayed, delayed, overlapped)) => println!(
+            "{name:<22} c=2 while one exec waits {:?} on FUSE: {delayed:.0}/s against \
+             {undelayed:.0}/s undelayed ({:.2}x){}",
+            plan.exec_delay,
+            delayed / undelayed,
+            if overlapped {
+                ""
+            } else {
+                "; the others finished only after the delayed exec"
+            }
+        ),
+        Err(reason) => println!("{name:<22} delayed exec: skipped: {reason}"),
+    }
     match instructions {
         Ok(count) => println!(
             "{name:<22} runner instructions per action (perf stat): {}",
@@ -203,6 +248,49 @@ async fn throughput(runner: &Runner, channel: &Channel, concurrency: usize, acti
         worker.await.expect("a throughput worker");
     }
     actions as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Throughput at concurrency 2 over `plan.delayed_actions` Runs, first as
+/// it is, then while one more Run's program waits `plan.exec_delay` for
+/// its first read on a FUSE filesystem (bb_worker's virtual build
+/// directory loading a tool from the CAS). Needs root and `/dev/fuse`.
+async fn delayed_exec(
+    runner: &Runner,
+    channel: &Channel,
+    plan: &Plan,
+) -> Result<(f64, f64, bool), String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err("mounting FUSE needs root".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("no /dev/fuse".into());
+    }
+    let undelayed = throughput(runner, channel, 2, plan.delayed_actions).await;
+    let mounted = tempfile::tempdir().map_err(|err| err.to_string())?;
+    let fuse = slow_fuse::SlowFuse::mount(mounted.path(), plan.exec_delay);
+    let action = ActionDirectory::create(&runner.build_dir).map_err(|err| err.to_string())?;
+    let request = action.request(vec![fuse.script().display().to_string()], Vec::new());
+    let mut client = RunnerClient::new(channel.clone());
+    let slow = tokio::spawn(async move { client.run(request).await.map(|_| Instant::now()) });
+    fuse.wait_for_a_read(Duration::from_secs(10));
+    let delayed = throughput(runner, channel, 2, plan.delayed_actions).await;
+    let measured_by = Instant::now();
+    let slow_done = slow
+        .await
+        .map_err(|err| err.to_string())?
+        .map_err(|status| format!("the delayed Run failed: {status}"))?;
+    // The others' last answer came after the delayed exec's: they waited
+    // for it (or the delay is too short for the plan).
+    let overlapped = slow_done >= measured_by;
+    Ok((undelayed, delayed, overlapped))
+}
+
+/// This process's CPU time so far (user and system), in microseconds.
+fn own_cpu_micros() -> f64 {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .expect("getrusage");
+    let micros = |time: nix::sys::time::TimeVal| time.tv_sec() as f64 * 1e6 + time.tv_usec() as f64;
+    micros(usage.user_time()) + micros(usage.system_time())
 }
 
 /// `perf stat -e instructions` attached to the runner (its threads and
