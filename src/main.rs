@@ -104,6 +104,16 @@ fn init_logging(format: LogFormat) {
 /// filesystem that may block, spawns waiting for their exec, cleanups.
 const BLOCKING_THREADS: usize = 512;
 
+/// One async worker thread, whatever the cores. The runner's async work per
+/// action is tens of microseconds (HTTP/2, gRPC, the outcome); with a second
+/// worker, tokio wakes the idle one for every task spawned or woken from
+/// elsewhere, and the two hand each call back and forth: 14.7 context
+/// switches per action against 9.4 with one, and no throughput gained even
+/// at 8 calls at once (BENCHMARKS.md). Nothing may block it (slow
+/// filesystems go to the blocking pool); one thread serves about 3,000
+/// actions a second.
+const ASYNC_WORKER_THREADS: usize = 1;
+
 fn serve(config_file: PathBuf) -> anyhow::Result<()> {
     // The configuration chooses the log format; its errors are printed
     // by `main` without a logger.
@@ -111,6 +121,7 @@ fn serve(config_file: PathBuf) -> anyhow::Result<()> {
     init_logging(config.log_format);
     apply_process_settings(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(ASYNC_WORKER_THREADS)
         .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
