@@ -23,6 +23,7 @@
 //! - [`listener`]: the connection edge: socket files, handshake limit, `:authority` rewriting, deadlines.
 //! - [`bounded`]: request values quoted in error messages, bounded in length.
 //! - [`sync`]: locking state that a panic cannot leave inconsistent.
+//! - [`runtime`]: the async runtime: one worker, the blocking pool's cap, and the one thread SIGCHLD interrupts.
 //! - `test_support` (unit tests only): the one way a test skips, shared with `tests/`.
 //!
 //! The operator's tools:
@@ -48,6 +49,7 @@ pub mod proto;
 pub mod report;
 pub mod request_decoding;
 pub mod runner;
+pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod sync;

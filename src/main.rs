@@ -42,6 +42,7 @@ use rbe_runner::process::{LoweredOomScoreAdj, OomScoreAdjError, DEFAULT_PROC_ROO
 use rbe_runner::runner::local::LocalRunner;
 use rbe_runner::runner::SharedRunner;
 use rbe_runner::runner::{clean, readiness, temporary_directory_symlinking};
+use rbe_runner::runtime;
 use rbe_runner::server::BoundServers;
 use rbe_runner::shutdown::{shutdown_bound, ShutdownBound};
 
@@ -100,32 +101,14 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// The blocking pool's size (tokio's default, stated): preparation on a
-/// filesystem that may block, spawns waiting for their exec, cleanups.
-const BLOCKING_THREADS: usize = 512;
-
-/// One async worker thread, whatever the cores. The runner's async work per
-/// action is tens of microseconds (HTTP/2, gRPC, the outcome); with a second
-/// worker, tokio wakes the idle one for every task spawned or woken from
-/// elsewhere, and the two hand each call back and forth: 14.7 context
-/// switches per action against 9.4 with one, and no throughput gained even
-/// at 8 calls at once (BENCHMARKS.md). Nothing may block it (slow
-/// filesystems go to the blocking pool); one thread serves about 3,000
-/// actions a second.
-const ASYNC_WORKER_THREADS: usize = 1;
-
 fn serve(config_file: PathBuf) -> anyhow::Result<()> {
     // The configuration chooses the log format; its errors are printed
     // by `main` without a logger.
     let config = config::load(&config_file)?;
     init_logging(config.log_format);
     apply_process_settings(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(ASYNC_WORKER_THREADS)
-        .max_blocking_threads(BLOCKING_THREADS)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    // One async worker, which alone receives SIGCHLD (src/runtime.rs).
+    let runtime = runtime::build().context("cannot start the async runtime")?;
     let served = runtime.block_on(serve_config(config));
     // What is still running was given up at the shutdown deadline (a
     // journal write blocked on a hung mount, say) and logged: dropping the
@@ -164,7 +147,7 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     require_privileges(&config, proc_root)?;
     let build_directory =
         Arc::new(BuildDirectory::open(&config.build_directory_path).context("buildDirectoryPath")?);
-    Preparation::log(&build_directory, BLOCKING_THREADS);
+    Preparation::log(&build_directory, runtime::BLOCKING_THREADS);
 
     // sampleCgroupResourceUsage and actionCgroups: find the cgroups they
     // need, take over the delegated subtree (removing leftovers of a
