@@ -29,16 +29,24 @@ use rbe_runner::cli::exec::ActionDirectory;
 use rbe_runner::proto::runner::runner_client::RunnerClient;
 use tonic::transport::Channel;
 
+/// The FUSE filesystem with slow reads that tests/slow_exec.rs uses.
+#[path = "../tests/common/slow_fuse.rs"]
+#[allow(dead_code)]
+mod slow_fuse;
+
 /// How much to measure.
 struct Plan {
     latency_samples: usize,
     throughput_actions: usize,
+    /// How long the delayed exec waits.
+    exec_delay: Duration,
     growth: bool,
 }
 
 const FULL: Plan = Plan {
     latency_samples: 2000,
     throughput_actions: 2000,
+    exec_delay: Duration::from_secs(1),
     growth: true,
 };
 
@@ -46,6 +54,7 @@ const FULL: Plan = Plan {
 const SMOKE: Plan = Plan {
     latency_samples: 20,
     throughput_actions: 20,
+    exec_delay: Duration::from_millis(200),
     growth: false,
 };
 
@@ -79,9 +88,17 @@ fn main() {
     // Both ways of creating children: clone3 where the runner finds it
     // (its startup log says which), and the clone fallback that
     // containers' seccomp profiles leave.
+    // RBE_BENCH_ONLY=WORD measures only the configurations whose name
+    // contains it ("plain", "actionCgroups", "clone"), for profiles.
+    let only = std::env::var("RBE_BENCH_ONLY").unwrap_or_default();
     for (spawn, suffix) in [("auto", ""), ("fallback", " (clone)")] {
         let name = format!("plain{suffix}");
-        runtime.block_on(measure(&name, serde_json::json!({}), spawn, &plan));
+        if name.contains(&only) {
+            runtime.block_on(measure(&name, serde_json::json!({}), spawn, &plan));
+        }
+        if !format!("actionCgroups{suffix}").contains(&only) {
+            continue;
+        }
         match TestCgroup::create() {
             Ok(cgroup) => {
                 let extra =
@@ -123,7 +140,11 @@ async fn measure(name: &str, extra: serde_json::Value, spawn: &str, plan: &Plan)
     let (run_p50, run_p90) = percentiles(&mut runs);
     let (floor_p50, floor_p90) = percentiles(&mut floors);
 
+    let client_before = own_cpu_micros();
+    let runner_before = runner.work();
     let concurrent_2 = throughput(&runner, &channel, 2, plan.throughput_actions).await;
+    let client_cpu = (own_cpu_micros() - client_before) / plan.throughput_actions as f64;
+    let concurrent_work = runner.work().since(&runner_before, plan.throughput_actions);
     let concurrent_8 = throughput(&runner, &channel, 8, plan.throughput_actions).await;
     let floor_rate = {
         let start = Instant::now();
@@ -148,6 +169,20 @@ async fn measure(name: &str, extra: serde_json::Value, spawn: &str, plan: &Plan)
         "{name:<22} runner per action (sequential): {:.0} µs of CPU, {:.1} context switches",
         work.cpu_micros, work.context_switches
     );
+    println!(
+        "{name:<22} at c=2: runner {:.0} µs of CPU and {:.1} context switches per action, \
+         client (this benchmark) {client_cpu:.0} µs of CPU per action",
+        concurrent_work.cpu_micros, concurrent_work.context_switches
+    );
+    match delayed_exec(&runner, &channel, plan).await {
+        Ok((undelayed, delayed)) => println!(
+            "{name:<22} c=2 while one exec waits {:?} on FUSE: {delayed:.0}/s against \
+             {undelayed:.0}/s undelayed ({:.2}x)",
+            plan.exec_delay,
+            delayed / undelayed
+        ),
+        Err(reason) => println!("{name:<22} delayed exec: skipped: {reason}"),
+    }
     match instructions {
         Ok(count) => println!(
             "{name:<22} runner instructions per action (perf stat): {}",
@@ -203,6 +238,94 @@ async fn throughput(runner: &Runner, channel: &Channel, concurrency: usize, acti
         worker.await.expect("a throughput worker");
     }
     actions as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Runs per second at concurrency 2 over `plan.exec_delay`, first as it
+/// is, then while one more Run's program waits that long for its first
+/// read on a FUSE filesystem (bb_worker's virtual build directory loading
+/// a tool from the CAS): only the Runs answered before the delayed one are
+/// counted. Needs root and `/dev/fuse`.
+async fn delayed_exec(
+    runner: &Runner,
+    channel: &Channel,
+    plan: &Plan,
+) -> Result<(f64, f64), String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err("mounting FUSE needs root".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("no /dev/fuse".into());
+    }
+    let undelayed = rate_until(runner, channel, 2, tokio::time::sleep(plan.exec_delay)).await;
+    let mounted = tempfile::tempdir().map_err(|err| err.to_string())?;
+    let fuse = slow_fuse::SlowFuse::mount(mounted.path(), plan.exec_delay);
+    let action = ActionDirectory::create(&runner.build_dir).map_err(|err| err.to_string())?;
+    let request = action.request(vec![fuse.script().display().to_string()], Vec::new());
+    let mut client = RunnerClient::new(channel.clone());
+    let slow = tokio::spawn(async move { client.run(request).await });
+    fuse.wait_for_a_read(Duration::from_secs(10));
+    // The window is the delayed Run's own: from its read reaching the
+    // server to its answer.
+    let done = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = done.clone();
+    let waiter = tokio::spawn(async move {
+        let answered = slow.await;
+        notify.notify_one();
+        answered
+    });
+    let delayed = rate_until(runner, channel, 2, done.notified()).await;
+    waiter
+        .await
+        .map_err(|err| err.to_string())?
+        .map_err(|err| err.to_string())?
+        .map_err(|status| format!("the delayed Run failed: {status}"))?;
+    Ok((undelayed, delayed))
+}
+
+/// Runs per second with `concurrency` calls in flight on one connection,
+/// counting those answered before `stop` resolves.
+async fn rate_until(
+    runner: &Runner,
+    channel: &Channel,
+    concurrency: usize,
+    stop: impl std::future::Future<Output = ()>,
+) -> f64 {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stopped = std::sync::Arc::new(AtomicBool::new(false));
+    let answered = std::sync::Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (stopped, answered) = (stopped.clone(), answered.clone());
+            let mut client = RunnerClient::new(channel.clone());
+            let build_dir = runner.build_dir.clone();
+            tokio::spawn(async move {
+                while !stopped.load(Ordering::SeqCst) {
+                    let action = ActionDirectory::create(&build_dir).expect("an action directory");
+                    let request = action.request(vec!["/bin/true".into()], Vec::new());
+                    client.run(request).await.expect("Run(/bin/true)");
+                    if !stopped.load(Ordering::SeqCst) {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    stop.await;
+    stopped.store(true, Ordering::SeqCst);
+    let rate = answered.load(Ordering::SeqCst) as f64 / start.elapsed().as_secs_f64();
+    for worker in workers {
+        worker.await.expect("a throughput worker");
+    }
+    rate
+}
+
+/// This process's CPU time so far (user and system), in microseconds.
+fn own_cpu_micros() -> f64 {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .expect("getrusage");
+    let micros = |time: nix::sys::time::TimeVal| time.tv_sec() as f64 * 1e6 + time.tv_usec() as f64;
+    micros(usage.user_time()) + micros(usage.system_time())
 }
 
 /// `perf stat -e instructions` attached to the runner (its threads and

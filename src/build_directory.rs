@@ -139,6 +139,85 @@ pub struct ResolvedDirectory {
 pub struct BuildDirectory {
     fd: OwnedFd,
     path: PathBuf,
+    /// The filesystem it is on, read once when opened.
+    filesystem: Filesystem,
+}
+
+/// The kind of filesystem holding the build directory, from the magic
+/// number `statfs(2)` reports (`f_type`): what decides whether preparing
+/// an action there can block for long (see
+/// [`crate::action::prepare::Preparation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filesystem {
+    Tmpfs,
+    /// ext2, ext3 and ext4 share one magic number.
+    Ext4,
+    Xfs,
+    Btrfs,
+    /// bb_worker's virtual build directory, among others: every operation
+    /// is a round trip to a process that may itself wait on the network.
+    Fuse,
+    Nfs,
+    /// Any other magic number.
+    Other(i64),
+    /// `statfs` failed (a FUSE server that does not implement it, say).
+    Unknown,
+}
+
+/// `f_type` magic numbers (linux/magic.h).
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
+const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+const NFS_SUPER_MAGIC: i64 = 0x6969;
+
+impl Filesystem {
+    /// The kind `statfs` reports as `magic`.
+    pub fn from_magic(magic: i64) -> Filesystem {
+        match magic {
+            TMPFS_MAGIC => Filesystem::Tmpfs,
+            EXT4_SUPER_MAGIC => Filesystem::Ext4,
+            XFS_SUPER_MAGIC => Filesystem::Xfs,
+            BTRFS_SUPER_MAGIC => Filesystem::Btrfs,
+            FUSE_SUPER_MAGIC => Filesystem::Fuse,
+            NFS_SUPER_MAGIC => Filesystem::Nfs,
+            other => Filesystem::Other(other),
+        }
+    }
+
+    /// The filesystem of `fd`; [`Filesystem::Unknown`] when `statfs` fails.
+    pub fn of(fd: BorrowedFd<'_>) -> Filesystem {
+        match nix::sys::statfs::fstatfs(fd) {
+            #[allow(clippy::unnecessary_cast)] // fs_type_t is not i64 everywhere
+            Ok(stat) => Filesystem::from_magic(stat.filesystem_type().0 as i64),
+            Err(_) => Filesystem::Unknown,
+        }
+    }
+
+    /// A filesystem of this machine's own memory or disks, whose
+    /// operations never wait on another process or the network.
+    pub fn is_local(self) -> bool {
+        matches!(
+            self,
+            Filesystem::Tmpfs | Filesystem::Ext4 | Filesystem::Xfs | Filesystem::Btrfs
+        )
+    }
+}
+
+impl std::fmt::Display for Filesystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Filesystem::Tmpfs => f.write_str("tmpfs"),
+            Filesystem::Ext4 => f.write_str("ext4"),
+            Filesystem::Xfs => f.write_str("xfs"),
+            Filesystem::Btrfs => f.write_str("btrfs"),
+            Filesystem::Fuse => f.write_str("fuse"),
+            Filesystem::Nfs => f.write_str("nfs"),
+            Filesystem::Other(magic) => write!(f, "a filesystem of type {magic:#x}"),
+            Filesystem::Unknown => f.write_str("a filesystem statfs cannot name"),
+        }
+    }
 }
 
 /// How strictly a relative path is resolved.
@@ -176,7 +255,18 @@ impl BuildDirectory {
                 format!("cannot open build directory {}: {errno}", path.display()),
             )
         })?;
-        Ok(BuildDirectory { fd, path })
+        let filesystem = Filesystem::of(fd.as_fd());
+        Ok(BuildDirectory {
+            fd,
+            path,
+            filesystem,
+        })
+    }
+
+    /// The filesystem the build directory is on, as found when opened.
+    /// A mount beneath it is not seen.
+    pub fn filesystem(&self) -> Filesystem {
+        self.filesystem
     }
 
     /// Absolute host path of the build directory.
@@ -871,5 +961,48 @@ mod tests {
             assert!(created < 10, "nr_inodes=2 allowed {created} files");
         };
         assert!(matches!(err, PathError::NoSpace { .. }), "{err}");
+    }
+
+    /// Why it matters: where actions are prepared follows from this; a
+    /// network or FUSE filesystem taken for a local one would let a slow
+    /// server stall the async workers, and so every call.
+    #[test]
+    fn statfs_magic_numbers_name_the_filesystem_and_only_four_are_local() {
+        let cases = [
+            (0x0102_1994, Filesystem::Tmpfs, true),
+            (0xEF53, Filesystem::Ext4, true),
+            (0x5846_5342, Filesystem::Xfs, true),
+            (0x9123_683E, Filesystem::Btrfs, true),
+            (0x6573_5546, Filesystem::Fuse, false),
+            (0x6969, Filesystem::Nfs, false),
+            // overlayfs, cifs, ceph, proc: anything else is not local.
+            (0x794C_7630, Filesystem::Other(0x794C_7630), false),
+            (0xFF53_4D42, Filesystem::Other(0xFF53_4D42), false),
+            (0x00C3_6400, Filesystem::Other(0x00C3_6400), false),
+            (0x9FA0, Filesystem::Other(0x9FA0), false),
+        ];
+        for (magic, kind, local) in cases {
+            assert_eq!(Filesystem::from_magic(magic), kind, "{magic:#x}");
+            assert_eq!(kind.is_local(), local, "{kind}");
+        }
+        assert!(!Filesystem::Unknown.is_local());
+        assert_eq!(
+            Filesystem::Other(0x794C_7630).to_string(),
+            "a filesystem of type 0x794c7630"
+        );
+    }
+
+    /// Why it matters: the kernel's own answer on a real mount, not only
+    /// the table above.
+    #[test]
+    fn a_build_directory_on_tmpfs_is_found_on_tmpfs() {
+        let Some(tmpfs) =
+            SmallTmpfs::mount("a_build_directory_on_tmpfs_is_found_on_tmpfs", "size=64k")
+        else {
+            return;
+        };
+        let build = BuildDirectory::open(tmpfs.dir.path()).unwrap();
+        assert_eq!(build.filesystem(), Filesystem::Tmpfs);
+        assert!(build.filesystem().is_local());
     }
 }

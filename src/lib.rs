@@ -27,6 +27,7 @@
 //! - [`bounded`]: request values quoted in error messages, bounded in length.
 //! - [`resource_limits`]: `global.setResourceLimits`, and the descriptor limit the runner raises for itself while actions get back the one it started with.
 //! - [`sync`]: locking state that a panic cannot leave inconsistent.
+//! - [`runtime`]: the async runtime: one worker, the blocking pool's cap, and the one thread SIGCHLD interrupts.
 //! - `test_support` (unit tests only): the one way a test skips, shared with `tests/`.
 //!
 //! The operator's tools:
@@ -55,6 +56,7 @@ pub mod report;
 pub mod request_decoding;
 pub mod resource_limits;
 pub mod runner;
+pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod streams;

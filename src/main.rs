@@ -9,7 +9,7 @@ use anyhow::Context;
 use rbe_runner::action::observer::{
     report_dirty_cgroups, report_stuck_spawns, LogObserver, Refusal, RunnerStateReporter,
 };
-use rbe_runner::action::prepare::PrepareOptions;
+use rbe_runner::action::prepare::{Preparation, PrepareOptions};
 use rbe_runner::action::{
     ActionIds, ActionOptions, Actions, ActionsRunning, Observer, Observers, PlacementPolicy,
     RunnerInstance, ShutdownSignal,
@@ -45,6 +45,7 @@ use rbe_runner::resource_limits::{self, DescriptorLimit};
 use rbe_runner::runner::local::LocalRunner;
 use rbe_runner::runner::SharedRunner;
 use rbe_runner::runner::{clean, readiness, temporary_directory_symlinking};
+use rbe_runner::runtime;
 use rbe_runner::server::BoundServers;
 use rbe_runner::shutdown::{shutdown_bound, ShutdownBound};
 
@@ -110,10 +111,8 @@ fn serve(config_file: PathBuf) -> anyhow::Result<()> {
     let config = config::load(&config_file)?;
     init_logging(config.log_format);
     let descriptor_limit = apply_process_settings(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    // One async worker, which alone receives SIGCHLD (src/runtime.rs).
+    let runtime = runtime::build().context("cannot start the async runtime")?;
     let served = runtime.block_on(serve_config(config, descriptor_limit));
     // What is still running was given up at the shutdown deadline (a
     // journal write blocked on a hung mount, say) and logged: dropping the
@@ -160,6 +159,7 @@ async fn serve_config(
     require_privileges(&config, proc_root)?;
     let build_directory =
         Arc::new(BuildDirectory::open(&config.build_directory_path).context("buildDirectoryPath")?);
+    Preparation::log(&build_directory, runtime::BLOCKING_THREADS);
 
     // sampleCgroupResourceUsage and actionCgroups: find the cgroups they
     // need, take over the delegated subtree (removing leftovers of a

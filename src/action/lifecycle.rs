@@ -20,7 +20,7 @@ use super::outcome::{
     posix_resource_usage, ActionOutcome, Cleanup, Ended, ExitStatus, TerminationReason,
 };
 use super::placement::{Measurement, Placement, PlacementPolicy, Tree};
-use super::prepare::{prepare, CreatedOutputs, PrepareOptions, Prepared};
+use super::prepare::{prepare, CreatedOutputs, Preparation, PrepareOptions, Prepared};
 use super::running::{ActionsRunning, RunningGuard, ShutdownSignal};
 use crate::bounded::quoted;
 use crate::build_directory::BuildDirectory;
@@ -290,26 +290,34 @@ impl Actions {
 
     /// Prepares the request, places the action and spawns it. An action
     /// that does not start leaves nothing behind: not its outputs, not its
-    /// cgroup. Preparing may block (on the build directory's filesystem)
-    /// and is done off the async threads; a call that is over by the time
-    /// a thread takes it up prepares nothing. The spawn waits in the event
-    /// loop.
+    /// cgroup. Preparing is done on the async worker where the build
+    /// directory's filesystem cannot block for long ([`Preparation`]), and
+    /// otherwise on the blocking pool, where a call that is over by the
+    /// time a thread takes it up prepares nothing. The spawn waits in the
+    /// event loop.
     async fn start(
         self: &Arc<Self>,
         id: &ActionId,
         request: RunRequest,
         call: &mut CallGone,
     ) -> Result<(SpawnedChild, Placement, RunRequest, OutputFiles), RunnerError> {
-        let this = self.clone();
-        let action_id = id.clone();
-        let deadline = call.deadline();
-        let ready = blocking(move || {
-            if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
-                return Err(deadline_passed_before_start());
+        let ready = match Preparation::of(&self.build_directory) {
+            // A local filesystem answers at once: prepared here, with no
+            // hand-off to another thread (`live` checked the deadline).
+            Preparation::OnWorker => self.prepare_and_place(id, request)?,
+            Preparation::OnBlockingPool => {
+                let this = self.clone();
+                let action_id = id.clone();
+                let deadline = call.deadline();
+                blocking(move || {
+                    if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+                        return Err(deadline_passed_before_start());
+                    }
+                    this.prepare_and_place(&action_id, request)
+                })
+                .await?
             }
-            this.prepare_and_place(&action_id, request)
-        })
-        .await?;
+        };
         let Ready {
             spec,
             placement,

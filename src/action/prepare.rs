@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use super::observer::{OutputFile, OutputFiles};
 use crate::bounded::quoted;
 use crate::build_directory::{
-    open_directory_beneath, BuildDirectory, CreatedFile, ResolvedDirectory,
+    open_directory_beneath, BuildDirectory, CreatedFile, Filesystem, ResolvedDirectory,
 };
 use crate::exec_limit::{current_exec_limit, ExecSize};
 use crate::fault::RunnerError;
@@ -24,6 +24,61 @@ pub struct PrepareOptions {
     pub set_tmpdir_environment_variable: bool,
     /// Chroot into the input root before exec.
     pub chroot_into_input_root: bool,
+}
+
+/// Where actions are prepared: decided once at startup from the build
+/// directory's filesystem.
+///
+/// Preparing is a dozen system calls on the build directory (`openat2`
+/// of four directories, looking up the program, creating stdout and
+/// stderr). On a filesystem of this machine's memory or disks they take
+/// microseconds, less than handing the work to another thread and back,
+/// so they run on the async worker that serves the call. On FUSE (bb_worker's
+/// virtual build directory, which may fetch from the CAS first), NFS or
+/// anything not known to be local, each may wait on another process or
+/// the network for as long as it likes, and must not hold up the async
+/// workers that serve every other call: they go to the blocking pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preparation {
+    /// On the async worker thread, without a hand-off.
+    OnWorker,
+    /// On the runtime's blocking pool.
+    OnBlockingPool,
+}
+
+impl Preparation {
+    /// The choice for a build directory on `filesystem`.
+    pub fn for_filesystem(filesystem: Filesystem) -> Preparation {
+        if filesystem.is_local() {
+            Preparation::OnWorker
+        } else {
+            Preparation::OnBlockingPool
+        }
+    }
+
+    /// The choice for `build_directory`.
+    pub fn of(build_directory: &BuildDirectory) -> Preparation {
+        Preparation::for_filesystem(build_directory.filesystem())
+    }
+
+    /// Says at startup where actions are prepared and why;
+    /// `blocking_threads` is the blocking pool's size.
+    pub fn log(build_directory: &BuildDirectory, blocking_threads: usize) {
+        let filesystem = build_directory.filesystem();
+        match Preparation::for_filesystem(filesystem) {
+            Preparation::OnWorker => tracing::info!(
+                %filesystem,
+                "preparing actions on the async workers: the build directory is on {filesystem}, \
+                 a local filesystem"
+            ),
+            Preparation::OnBlockingPool => tracing::info!(
+                %filesystem,
+                blocking_threads,
+                "preparing actions on the blocking pool of at most {blocking_threads} threads: \
+                 the build directory is on {filesystem}, which may block"
+            ),
+        }
+    }
 }
 
 /// An action ready to be spawned.
@@ -218,4 +273,34 @@ fn create_output(
         )));
     }
     Ok(build_directory.create_output(relative, field)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Why it matters: only filesystems that never wait on another process
+    /// may be touched from an async worker.
+    #[test]
+    fn only_local_filesystems_are_prepared_on_the_workers() {
+        for local in [
+            Filesystem::Tmpfs,
+            Filesystem::Ext4,
+            Filesystem::Xfs,
+            Filesystem::Btrfs,
+        ] {
+            assert_eq!(Preparation::for_filesystem(local), Preparation::OnWorker);
+        }
+        for remote in [
+            Filesystem::Fuse,
+            Filesystem::Nfs,
+            Filesystem::Other(0x794C_7630),
+            Filesystem::Unknown,
+        ] {
+            assert_eq!(
+                Preparation::for_filesystem(remote),
+                Preparation::OnBlockingPool
+            );
+        }
+    }
 }

@@ -39,6 +39,8 @@ use bytes::{Buf, BufMut, BytesMut};
 use loona_hpack::{Decoder, Encoder};
 use tokio::io::{AsyncRead, ReadBuf};
 
+use super::huffman;
+
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -222,6 +224,9 @@ struct Rewriter {
     pending: Option<PendingBlock>,
     decoder: Decoder<'static>,
     encoder: Encoder<'static>,
+    /// A header block with its Huffman-coded strings written out, kept
+    /// between blocks for its allocation.
+    plain: Vec<u8>,
 }
 
 impl Rewriter {
@@ -237,6 +242,7 @@ impl Rewriter {
             pending: None,
             decoder,
             encoder,
+            plain: Vec::new(),
         }
     }
 
@@ -364,35 +370,47 @@ impl Rewriter {
     /// encodes it again with our own table. Also says whether the server
     /// would have accepted the block's authority (or its absence) as it was.
     fn rewrite_block(&mut self, block: &[u8]) -> Result<(Vec<u8>, bool), RewriteError> {
-        let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        // Huffman-coded strings written out plainly first: the decoder
+        // would build a table for each (see `huffman`).
+        let mut plain = std::mem::take(&mut self.plain);
+        plain.clear();
+        let decoded_block = match huffman::plain_strings(block, &mut plain) {
+            Ok(true) => plain.as_slice(),
+            // None to write out, or a malformed block: the decoder says how.
+            _ => block,
+        };
+        let mut encoded = Vec::with_capacity(decoded_block.len() + LOCAL_AUTHORITY.len());
         let mut list_size = 0usize;
         let mut too_large = false;
         let mut authority_accepted = true;
-        self.decoder
-            .decode_with_cb(block, |name, value| {
-                // Indexed fields can make a small block decode to a large
-                // list: stop keeping fields past the server's limit, but
-                // decode to the end so that the dynamic table stays right.
-                list_size += name.len() + value.len() + 32;
-                if list_size > MAX_HEADER_LIST_SIZE {
-                    too_large = true;
-                } else if name.as_ref() == b":authority" {
-                    // What the HTTP/2 server checks before any handler runs.
-                    authority_accepted = http::uri::Authority::try_from(value.as_ref()).is_ok();
-                    fields.push((name.into_owned(), LOCAL_AUTHORITY.to_vec()));
-                } else {
-                    fields.push((name.into_owned(), value.into_owned()));
-                }
-            })
-            .map_err(RewriteError::Hpack)?;
+        let Rewriter {
+            decoder, encoder, ..
+        } = self;
+        let decoded = decoder.decode_with_cb(decoded_block, |name, value| {
+            // Indexed fields can make a small block decode to a large
+            // list: stop encoding fields past the server's limit, but
+            // decode to the end so that the dynamic table stays right.
+            list_size += name.len() + value.len() + 32;
+            if list_size > MAX_HEADER_LIST_SIZE {
+                too_large = true;
+                return;
+            }
+            let value = if name.as_ref() == b":authority" {
+                // What the HTTP/2 server checks before any handler runs.
+                authority_accepted = http::uri::Authority::try_from(value.as_ref()).is_ok();
+                LOCAL_AUTHORITY
+            } else {
+                value.as_ref()
+            };
+            // Each field is encoded as it is decoded, without a copy;
+            // writing to a Vec cannot fail.
+            let _ = encoder.encode_header_into((name.as_ref(), value), &mut encoded);
+        });
+        self.plain = plain;
+        decoded.map_err(RewriteError::Hpack)?;
         if too_large {
             return Err(RewriteError::HeaderListTooLarge);
         }
-        let encoded = self.encoder.encode(
-            fields
-                .iter()
-                .map(|(name, value)| (name.as_slice(), value.as_slice())),
-        );
         Ok((encoded, authority_accepted))
     }
 }

@@ -77,6 +77,7 @@ pub mod accept;
 pub mod authority;
 pub mod deadline;
 pub mod handshake;
+pub mod huffman;
 pub mod idle;
 pub mod keep_alive;
 pub mod peer;

@@ -36,11 +36,13 @@
 //! # Two ways of waiting ([`Waiting`]), chosen once at startup
 //!
 //! The runner's own children (actions, the spawn server, the children it
-//! creates for the runner) have no exit signal: in the kernel's terms they
-//! are "clone" children, which an any-child wait sees only with `__WALL`,
-//! and no `SIGCHLD` is sent for them. Orphans re-parented to the runner
-//! and children started with std (the cleaner's commands) exit with
-//! `SIGCHLD`.
+//! creates for the runner) are created with no exit signal, but `execve`
+//! resets a process's exit signal to `SIGCHLD` (the kernel's `de_thread`),
+//! so once one has exec'd it sends `SIGCHLD` and an any-child wait without
+//! `__WALL` sees it too, like the orphans re-parented to the runner and
+//! the children started with std (the cleaner's commands). That costs a
+//! signal and a few waits per action, never a status: such a zombie is
+//! registered, and the orphan task hands it to its creator's waiter.
 //! - [`Waiting::Pidfd`]: each registered child is waited for on its pidfd
 //!   in the event loop, where its exit status and rusage are read with the
 //!   raw `waitid` system call (glibc's wrapper has no rusage argument).
@@ -417,8 +419,9 @@ impl Reaper {
     }
 
     /// Reaps orphans (and std's children) whenever `SIGCHLD` says one
-    /// exited. A clone child, such as an action, never sends it, nor is
-    /// it seen by the wait without `__WALL`.
+    /// exited. An action that has exec'd sends it too and is seen by this
+    /// wait; being registered, it is reaped for its creator, not as an
+    /// orphan ([`Self::settle_in_task`]).
     async fn reap_orphans(&'static self) {
         let mut exited = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
         {

@@ -39,6 +39,7 @@ const GETATTR: u32 = 3;
 const OPEN: u32 = 14;
 const READ: u32 = 15;
 const RELEASE: u32 = 18;
+const STATFS: u32 = 17;
 const FLUSH: u32 = 25;
 const INIT: u32 = 26;
 const INTERRUPT: u32 = 36;
@@ -252,6 +253,8 @@ fn serve(
                 continue;
             }
             FLUSH | RELEASE => Ok(Vec::new()),
+            // `fuse_statfs_out`, all zeros: enough for statfs to name FUSE.
+            STATFS => Ok(vec![0u8; 80]),
             _ => Err(libc::ENOSYS),
         };
         reply(&device, unique, reply_to);

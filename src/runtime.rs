@@ -1,0 +1,99 @@
+//! The runner's async runtime: how many threads, and which of them the
+//! kernel interrupts when a child exits.
+//!
+//! - **One async worker thread**, whatever the cores. The runner's async
+//!   work per action is tens of microseconds (HTTP/2, gRPC, the outcome).
+//!   With a second worker, tokio wakes the idle one for every task spawned
+//!   or woken from another thread, and a call is handed back and forth
+//!   between the two: 14.7 context switches per action against 9.4 with
+//!   one, for no throughput even at 8 calls at once (BENCHMARKS.md). One
+//!   thread serves a few thousand actions a second; nothing may block it
+//!   (preparation on a filesystem that may block, and spawns, which wait
+//!   for the exec, go to the blocking pool).
+//! - **A blocking pool of at most [`BLOCKING_THREADS`]**, tokio's default,
+//!   stated.
+//! - **`SIGCHLD` goes to the worker.** Every child that has called exec
+//!   sends `SIGCHLD` when it exits (exec resets its exit signal), actions
+//!   included, and the kernel delivers it to any thread that does not
+//!   block it: a blocking-pool thread asleep, interrupted and put back to
+//!   sleep for nothing. Only the worker, which wakes at that moment anyway
+//!   (the action's pidfd turns readable), leaves it unblocked; the signal
+//!   handler's note reaches the event loop as before.
+
+use std::io;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use tokio::runtime::Runtime;
+
+/// The blocking pool's size.
+pub const BLOCKING_THREADS: usize = 512;
+
+/// Async worker threads.
+const WORKER_THREADS: usize = 1;
+
+/// Builds the runtime. Call from the main thread before any other thread
+/// starts: it blocks `SIGCHLD` in the calling thread (and so in threads it
+/// starts later), and in every thread of the runtime but the worker.
+pub fn build() -> io::Result<Runtime> {
+    child_signal(SigmaskHow::SIG_BLOCK)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .max_blocking_threads(BLOCKING_THREADS)
+        // Each thread of the runtime starts with it blocked: a blocking
+        // thread started from the worker would inherit its mask.
+        .on_thread_start(|| {
+            let _ = child_signal(SigmaskHow::SIG_BLOCK);
+        })
+        .enable_all()
+        .build()?;
+    // A spawned task runs on the (one) worker.
+    runtime.block_on(async {
+        tokio::spawn(async { child_signal(SigmaskHow::SIG_UNBLOCK) })
+            .await
+            .map_err(io::Error::other)
+    })??;
+    Ok(runtime)
+}
+
+/// Blocks or unblocks `SIGCHLD` in the calling thread.
+fn child_signal(how: SigmaskHow) -> io::Result<()> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    nix::sys::signal::pthread_sigmask(how, Some(&set), None)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn child_signal_blocked() -> bool {
+        SigSet::thread_get_mask()
+            .map(|mask| mask.contains(Signal::SIGCHLD))
+            .unwrap_or(false)
+    }
+
+    /// Why it matters: a child's exit must interrupt only the thread that
+    /// wakes for it anyway, and still reach the signal handler there.
+    #[test]
+    fn only_the_worker_receives_the_child_signal() {
+        let built = std::thread::spawn(|| {
+            let runtime = build().unwrap();
+            let main_blocked = child_signal_blocked();
+            let worker_blocked = runtime
+                .block_on(async { tokio::spawn(async { child_signal_blocked() }).await })
+                .unwrap();
+            let blocking_blocked = runtime
+                .block_on(async {
+                    tokio::spawn(async { tokio::task::spawn_blocking(child_signal_blocked).await })
+                        .await
+                })
+                .unwrap()
+                .unwrap();
+            (main_blocked, worker_blocked, blocking_blocked)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(built, (true, false, true), "(main, worker, blocking)");
+    }
+}
