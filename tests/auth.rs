@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{merge, TestRunner, BIN};
+use common::{merge, output_with_input, TestRunner, BIN};
 use rbe_runner::auth::client_certificate::{ClientCertificateConfig, ClientCertificatePolicy};
 use rbe_runner::auth::jmespath::{Expression, ExpressionConfig};
 use rbe_runner::proto::runner::CheckReadinessRequest;
@@ -892,19 +891,10 @@ fn the_jmespath_library_agrees_with_python_s() {
         lines.push('\n');
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/jmespath_eval.py");
-    let mut child = Command::new(python)
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = output_with_input(
+        Command::new(python).arg(script).stdout(Stdio::piped()),
+        lines.as_bytes(),
+    );
     assert!(output.status.success());
     let answers: Vec<Value> = text(&output.stdout)
         .lines()

@@ -173,28 +173,21 @@ fn grpcio_tls_call(python: &Path, target: &str, ca: &Path) -> Result<(), String>
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/grpc_tls_call.py");
     let request = CheckReadinessRequest { path: ".".into() }.encode_to_vec();
     let hex: String = request.iter().map(|b| format!("{b:02x}")).collect();
-    let mut child = Command::new(python)
-        .arg(script)
-        .args([
-            target,
-            "CheckReadiness",
-            "--server-name",
-            SERVER_NAME,
-            "--ca",
-        ])
-        .arg(ca)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start python");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(hex.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = output_with_input(
+        Command::new(python)
+            .arg(script)
+            .args([
+                target,
+                "CheckReadiness",
+                "--server-name",
+                SERVER_NAME,
+                "--ca",
+            ])
+            .arg(ca)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+        hex.as_bytes(),
+    );
     let stdout = String::from_utf8(output.stdout).unwrap();
     match stdout.trim_end().strip_prefix("OK") {
         Some(_) => Ok(()),
@@ -205,23 +198,16 @@ fn grpcio_tls_call(python: &Path, target: &str, ca: &Path) -> Result<(), String>
 /// `openssl s_client` to `address` with `extra` options, sending `input`;
 /// its output and whether it succeeded.
 fn s_client(address: &str, ca: &Path, extra: &[&str], input: &str) -> (bool, String) {
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", address, "-servername", SERVER_NAME])
-        .arg("-CAfile")
-        .arg(ca)
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start openssl s_client");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = output_with_input(
+        Command::new("openssl")
+            .args(["s_client", "-connect", address, "-servername", SERVER_NAME])
+            .arg("-CAfile")
+            .arg(ca)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        input.as_bytes(),
+    );
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -237,19 +223,12 @@ fn served_serial(address: &str, ca: &Path) -> String {
         .find("-----BEGIN CERTIFICATE-----")
         .unwrap_or_else(|| panic!("no certificate served:\n{session}"));
     let end = session[begin..].find("-----END CERTIFICATE-----").unwrap() + begin + 25;
-    let mut child = Command::new("openssl")
-        .args(["x509", "-noout", "-serial"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&session.as_bytes()[begin..end])
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = output_with_input(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-serial"])
+            .stdout(Stdio::piped()),
+        &session.as_bytes()[begin..end],
+    );
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
@@ -509,20 +488,13 @@ async fn expiry_metrics_hold_the_served_certificate_dates_and_diagnostics_serve_
             "its promtool check: no target/tools/promtool (run tests/tools/install-promtool)",
         );
     } else {
-        let mut child = Command::new(&promtool)
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start promtool");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(exposition.as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
+        let output = output_with_input(
+            Command::new(&promtool)
+                .args(["check", "metrics"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+            exposition.as_bytes(),
+        );
         assert!(
             output.status.success(),
             "promtool check metrics: {}{}",

@@ -689,6 +689,19 @@ mod tests {
             .unwrap()
     }
 
+    /// A TLS configuration serving `make_certificates`'s server key pair.
+    fn inline_server_key_pair(dir: &std::path::Path) -> crate::config::TlsServerConfig {
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        crate::config::TlsServerConfig {
+            server_key_pair: crate::config::KeyPairSource::Inline {
+                certificate: read("server.pem"),
+                private_key: read("server.key"),
+            },
+            cipher_suite_names: Vec::new(),
+            tls12_cipher_suites: None,
+        }
+    }
+
     #[tokio::test]
     async fn the_client_certificate_of_the_tls_handshake_reaches_every_request() {
         // Why: the tlsClientCertificate policy decides per call from the
@@ -700,15 +713,7 @@ mod tests {
         if make_certificates(test, dir.path()).is_none() {
             return;
         }
-        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
-        let config = crate::config::TlsServerConfig {
-            server_key_pair: crate::config::KeyPairSource::Inline {
-                certificate: read("server.pem"),
-                private_key: read("server.key"),
-            },
-            cipher_suite_names: Vec::new(),
-            tls12_cipher_suites: None,
-        };
+        let config = inline_server_key_pair(dir.path());
         let served = tls::ServedCertificates::default();
         let acceptor = tls::acceptor(&config, &[b"h2"], Vec::new(), &served).unwrap();
         let limits = ConnectionLimits {
@@ -793,15 +798,7 @@ mod tests {
         if make_certificates(test, dir.path()).is_none() {
             return;
         }
-        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
-        let config = crate::config::TlsServerConfig {
-            server_key_pair: crate::config::KeyPairSource::Inline {
-                certificate: read("server.pem"),
-                private_key: read("server.key"),
-            },
-            cipher_suite_names: Vec::new(),
-            tls12_cipher_suites: None,
-        };
+        let config = inline_server_key_pair(dir.path());
         let acceptor = tls::acceptor(&config, &[b"h2"], Vec::new(), &Default::default()).unwrap();
         let limits = ConnectionLimits {
             tls: Some(acceptor),

@@ -325,6 +325,22 @@ pub async fn eventually(what: &str, limit: Duration, mut condition: impl FnMut()
 /// Merges `extra` into `base`: objects key by key and arrays element by
 /// element (so a test can adjust the first gRPC server without restating
 /// its socket); anything else is replaced.
+/// Runs `command` with `input` on its stdin (closed after it) and waits:
+/// its status and whatever of stdout and stderr it was set to capture.
+pub fn output_with_input(command: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {:?}: {err}", command.get_program()));
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(input)
+        .expect("write the command's input");
+    child.wait_with_output().expect("wait for the command")
+}
+
 pub fn merge(base: &mut Value, extra: Value) {
     match (base, extra) {
         (Value::Object(base), Value::Object(extra)) => {
