@@ -197,7 +197,9 @@ fn only_uid_65534_may_run_actions_on_the_same_socket_while_both_may_watch() {
 /// and `watch` and `logs` must say why they failed.
 #[test]
 fn events_authorizer_deny_refuses_watch_and_logs_but_not_run() {
-    let runner = TestRunner::start(json!({ "eventsAuthorizer": { "deny": {} } }));
+    let mut config = json!({ "eventsAuthorizer": { "deny": {} } });
+    merge(&mut config, common::diagnostics_on_loopback());
+    let runner = TestRunner::start(config);
     let bin = PathBuf::from(BIN);
     let watched = watch(Command::new(&bin), &runner);
     assert!(!watched.status.success(), "watch was allowed");
@@ -217,6 +219,9 @@ fn events_authorizer_deny_refuses_watch_and_logs_but_not_run() {
         stderr.contains("PermissionDenied") && stderr.contains("eventsAuthorizer"),
         "{stderr}"
     );
+    // Counted like every refused call, by the method and the code.
+    assert_eq!(handled(&runner, "Subscribe", "PermissionDenied"), 1);
+    assert_eq!(handled(&runner, "Follow", "PermissionDenied"), 1);
     let open = TestRunner::start(json!({}));
     let followed = logs(Command::new(&bin), &open, "no-such-action");
     let stderr = text(&followed.stderr);

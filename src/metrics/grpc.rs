@@ -58,10 +58,20 @@ impl GrpcType {
 }
 
 /// Every method the gRPC servers serve (see `server.rs`): the runner,
-/// gRPC health and server reflection.
+/// the event stream, live output, gRPC health and server reflection.
 pub const SERVED_METHODS: &[(&str, &str, GrpcType)] = &[
     ("buildbarn.runner.Runner", "CheckReadiness", GrpcType::Unary),
     ("buildbarn.runner.Runner", "Run", GrpcType::Unary),
+    (
+        "rbe_runner.events.v1.Events",
+        "Subscribe",
+        GrpcType::ServerStream,
+    ),
+    (
+        "rbe_runner.output.v1.Output",
+        "Follow",
+        GrpcType::ServerStream,
+    ),
     ("grpc.health.v1.Health", "Check", GrpcType::Unary),
     ("grpc.health.v1.Health", "Watch", GrpcType::ServerStream),
     (
