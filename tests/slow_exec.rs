@@ -22,6 +22,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::slow_fuse::SlowFuse;
+use common::test_cgroup::TestCgroup;
 use common::*;
 use rbe_runner::proto::runner::CheckReadinessRequest;
 use serde_json::json;
@@ -122,7 +123,11 @@ async fn slow_exec_with(
     };
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let runner = match &cgroup {
-        Some(cgroup) => cgroup.start_runner(diagnostics_on_loopback()),
+        Some(cgroup) => {
+            let mut config = json!({ "actionCgroups": {} });
+            merge(&mut config, diagnostics_on_loopback());
+            cgroup.start_runner_with(config)
+        }
         None => TestRunner::start(diagnostics_on_loopback()),
     };
     let slow_action = runner.action();
@@ -667,83 +672,3 @@ async fn the_spawn_server_killed_under_load_runs_nothing_twice() {
 // ---------------------------------------------------------------------------
 // actionCgroups
 // ---------------------------------------------------------------------------
-
-/// A test-owned parent cgroup on the unified hierarchy, removed on drop
-/// with everything in it (as in tests/action_cgroups.rs).
-struct TestCgroup {
-    path: std::path::PathBuf,
-}
-
-impl TestCgroup {
-    /// Creates the cgroup, or returns None with `test` skipped (loudly;
-    /// failing under CI), saying why this machine cannot run it.
-    fn create(test: &str) -> Option<TestCgroup> {
-        use rbe_runner::cgroup::host::mount_point_of;
-        use rbe_runner::cgroup::{
-            locate_own_cgroup, DEFAULT_PROC_SELF_CGROUP, DEFAULT_PROC_SELF_MOUNTINFO,
-        };
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let problem = if !nix::unistd::Uid::effective().is_root() {
-            "needs root".to_string()
-        } else {
-            match locate_own_cgroup(
-                Path::new(DEFAULT_PROC_SELF_CGROUP),
-                Path::new(DEFAULT_PROC_SELF_MOUNTINFO),
-            ) {
-                Ok(own) => {
-                    let path = mount_point_of(&own).join(format!(
-                        "rbe-runner-slow-exec-{}-{}",
-                        std::process::id(),
-                        COUNTER.fetch_add(1, Ordering::SeqCst)
-                    ));
-                    match std::fs::create_dir(&path) {
-                        Ok(()) => return Some(TestCgroup { path }),
-                        Err(err) => format!("cannot create {}: {err}", path.display()),
-                    }
-                }
-                Err(err) => format!("no cgroup v2 here: {err}"),
-            }
-        };
-        skip(test, &problem);
-        None
-    }
-
-    /// Starts a runner with `actionCgroups: {}` inside this cgroup.
-    fn start_runner(&self, extra: serde_json::Value) -> TestRunner {
-        use std::os::fd::AsRawFd;
-        let mut config = json!({ "actionCgroups": {} });
-        merge(&mut config, extra);
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(self.path.join("cgroup.procs"))
-            .unwrap();
-        TestRunner::start_with(config, move |command| {
-            use std::os::unix::process::CommandExt;
-            let fd = procs.as_raw_fd();
-            let join = move || {
-                // SAFETY: `fd` stays open until the spawn (forgotten below)
-                // and the kernel reads one byte of a static string.
-                if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            };
-            // SAFETY: between fork and exec the hook makes only write(2) on
-            // a descriptor opened before the fork: async-signal-safe, no
-            // allocation, no lock.
-            unsafe { command.pre_exec(join) };
-            std::mem::forget(procs);
-        })
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        if let Err(err) =
-            rbe_runner::cgroup::action::kill_and_remove(&self.path, Duration::from_secs(10))
-        {
-            eprintln!("cannot remove test cgroup: {err}");
-        }
-    }
-}

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod slow_fuse;
+pub mod test_cgroup;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
