@@ -60,7 +60,8 @@ const EXEC_FD: RawFd = 4;
 /// In the namespace's first process, once its namespaces are set up
 /// (`host_proc` is the host's `/proc`, open): forks the action. Returns
 /// `Ok` only in the action, which has said its pid as the runner sees
-/// it; the first process execs the init and never returns `Ok`.
+/// it; the first process becomes the init and returns only the error of
+/// failing to.
 /// `quiet` is a descriptor the init may have as its standard ones (the
 /// action's empty stdin). With `exec`, the init is this executable exec'd
 /// in init mode; otherwise this process, with only the descriptors it
