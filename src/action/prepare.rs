@@ -235,10 +235,16 @@ pub fn prepare(
     .map_err(|err| RunnerError::InvalidArgument(err.to_string()))?;
 
     let mut outputs = CreatedOutputs::default();
-    let (stdout, created) = create_output(build_directory, &request.stdout_path, "stdout_path")?;
+    let (stdout, created) =
+        create_output(build_directory, &request.stdout_path, "stdout_path", None)?;
     outputs.files.push(created);
-    let (stderr, created) = create_output(build_directory, &request.stderr_path, "stderr_path")
-        .inspect_err(|_| outputs.remove())?;
+    let (stderr, created) = create_output(
+        build_directory,
+        &request.stderr_path,
+        "stderr_path",
+        outputs.files.first(),
+    )
+    .inspect_err(|_| outputs.remove())?;
     outputs.files.push(created);
     Ok(Prepared {
         program,
@@ -262,17 +268,20 @@ fn optional_directory(
     Ok(Some(build_directory.open_directory(relative, field)?))
 }
 
+/// Creates the output at `relative`, `beside` another: see
+/// [`BuildDirectory::create_output_beside`].
 fn create_output(
     build_directory: &BuildDirectory,
     relative: &str,
     field: &'static str,
+    beside: Option<&CreatedFile>,
 ) -> Result<(File, CreatedFile), RunnerError> {
     if relative.is_empty() {
         return Err(RunnerError::InvalidArgument(format!(
             "{field} is empty: a path relative to the build directory is required"
         )));
     }
-    Ok(build_directory.create_output(relative, field)?)
+    Ok(build_directory.create_output_beside(relative, field, beside)?)
 }
 
 #[cfg(test)]
