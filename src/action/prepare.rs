@@ -190,11 +190,26 @@ pub fn prepare(
 ) -> Result<Prepared, RunnerError> {
     let input_root =
         build_directory.open_directory(&request.input_root_directory, "input_root_directory")?;
-    let working_directory = open_directory_beneath(
-        input_root.fd.as_fd(),
-        &request.working_directory,
-        "working_directory",
-    )?;
+    // An empty working directory is the input root itself: unless the
+    // child also chroots into it, one descriptor serves (one `openat2` and
+    // one `close` fewer per action).
+    let (working_directory, chroot_directory) = if options.chroot_into_input_root {
+        let working_directory = open_directory_beneath(
+            input_root.fd.as_fd(),
+            &request.working_directory,
+            "working_directory",
+        )?;
+        (working_directory, Some(input_root.fd))
+    } else if request.working_directory.is_empty() {
+        (input_root.fd, None)
+    } else {
+        let working_directory = open_directory_beneath(
+            input_root.fd.as_fd(),
+            &request.working_directory,
+            "working_directory",
+        )?;
+        (working_directory, None)
+    };
 
     // Directories the runner itself does not use are still checked, so that
     // no request path, used or not, may point out of the build directory.
@@ -223,9 +238,7 @@ pub fn prepare(
             .or_insert_with(|| temporary.path.to_string_lossy().into_owned());
     }
 
-    let root = options
-        .chroot_into_input_root
-        .then(|| input_root.fd.as_fd());
+    let root = chroot_directory.as_ref().map(AsFd::as_fd);
     let program = find_program(
         &request.arguments[0],
         environment.get("PATH").map(String::as_str),
@@ -250,7 +263,7 @@ pub fn prepare(
         program,
         environment: environment.into_iter().collect(),
         working_directory,
-        chroot_directory: options.chroot_into_input_root.then_some(input_root.fd),
+        chroot_directory,
         stdout,
         stderr,
         outputs,
