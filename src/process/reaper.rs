@@ -422,10 +422,16 @@ impl Reaper {
     /// exited. An action that has exec'd sends it too and is seen by this
     /// wait; being registered, it is reaped for its creator, not as an
     /// orphan ([`Self::settle_in_task`]).
+    ///
+    /// The signal is read from a signalfd ([`ChildSignals`]), never
+    /// delivered to a handler: no thread is interrupted, and the exit that
+    /// makes an action's pidfd readable makes the signalfd readable in the
+    /// same wake-up of the event loop. Each sweep waits until the tasks
+    /// woken with it have run, so that the pidfd tasks reap their actions
+    /// first and the sweep's one `waitid` finds only orphans.
     async fn reap_orphans(&'static self) {
-        let mut exited = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
-        {
-            Ok(exited) => exited,
+        let exits = match ChildSignals::open() {
+            Ok(exits) => exits,
             Err(error) => {
                 tracing::error!(%error, "cannot learn of orphans' exits (SIGCHLD); they are reaped by a thread instead");
                 let _ = tokio::task::spawn_blocking(move || self.reap_forever()).await;
@@ -433,6 +439,7 @@ impl Reaper {
             }
         };
         loop {
+            tokio::task::yield_now().await;
             loop {
                 match next_zombie(0, true) {
                     Ok(Some(pid)) => self.settle_in_task(pid).await,
@@ -441,7 +448,11 @@ impl Reaper {
                     _ => break,
                 }
             }
-            exited.recv().await;
+            if let Err(error) = exits.next().await {
+                tracing::error!(%error, "cannot read SIGCHLD from its signalfd; orphans are reaped by a thread instead");
+                let _ = tokio::task::spawn_blocking(move || self.reap_forever()).await;
+                return;
+            }
         }
     }
 
@@ -475,6 +486,68 @@ impl Reaper {
             // pid for an orphan.
             Err(_) => registry.reap(pid, Which::Pid(pid)),
         };
+    }
+}
+
+/// `SIGCHLD`, read from a signalfd in the event loop. It must be blocked
+/// in every thread of the process ([`crate::runtime::build`] does so): a
+/// thread that left it unblocked would take it, and with no handler the
+/// kernel would discard it there.
+struct ChildSignals {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl ChildSignals {
+    /// The signalfd, once `SIGCHLD` is known to be blocked here.
+    fn open() -> io::Result<ChildSignals> {
+        let mut mask = nix::sys::signal::SigSet::empty();
+        mask.add(nix::sys::signal::Signal::SIGCHLD);
+        if !nix::sys::signal::SigSet::thread_get_mask()?.contains(nix::sys::signal::Signal::SIGCHLD)
+        {
+            return Err(io::Error::other(
+                "SIGCHLD is not blocked in the event loop's thread, so a signalfd would miss it",
+            ));
+        }
+        // SAFETY: `mask` is a valid sigset_t that outlives the call; -1
+        // asks for a new descriptor, whose result is checked.
+        let fd = unsafe {
+            libc::signalfd(
+                -1,
+                mask.as_ref() as *const libc::sigset_t,
+                libc::SFD_NONBLOCK | libc::SFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just created this descriptor; nothing else
+        // owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the AsyncFd owns the signalfd, which stays open and the
+        // same until it is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        Ok(ChildSignals { fd })
+    }
+
+    /// Waits until `SIGCHLD` was sent since the last call, and takes it.
+    /// A standard signal is pending at most once, so one read takes every
+    /// exit since: the sweep that follows finds them all.
+    async fn next(&self) -> io::Result<()> {
+        self.fd
+            .async_io(Interest::READABLE, |fd| {
+                let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit();
+                let size = std::mem::size_of::<libc::signalfd_siginfo>();
+                // SAFETY: the kernel writes at most `size` bytes into
+                // `info`, which is that large and outlives the call.
+                let read = unsafe { libc::read(fd.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+                if read < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            })
+            .await
     }
 }
 
