@@ -26,6 +26,13 @@
 //!    have its pid, which the zombie still holds), so by then the zombie is
 //!    registered, and its exit goes to its creator, or it is an orphan.
 //!
+//! A creator learns its child's pid from the child's status channel,
+//! which normally wakes it only at the exec ([`super::status`]), so its
+//! reservation lasts until then. An orphan that must wait for
+//! reservations says so ([`Reaper::hurried`]), and creators then read
+//! their child's pid as soon as it is said: no orphan waits for another
+//! child's exec, however slow.
+//!
 //! Reaping happens under the registry lock, held only for a map update and
 //! a non-blocking wait, and only by the waiters below (a creator whose
 //! child failed before exec registers it like any other). So the zombie
@@ -56,6 +63,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -226,6 +234,11 @@ pub struct Reaper {
     /// again.
     thread_changed: Condvar,
     task_changed: Notify,
+    /// How many orphans wait for reservations to end: while there are
+    /// any, creators read their child's pid as soon as it is said.
+    hurrying: AtomicUsize,
+    /// Told when an orphan starts waiting for reservations to end.
+    hurry: Notify,
 }
 
 static REAPER: OnceLock<&'static Reaper> = OnceLock::new();
@@ -264,6 +277,8 @@ impl Reaper {
             mode,
             thread_changed: Condvar::new(),
             task_changed: Notify::new(),
+            hurrying: AtomicUsize::new(0),
+            hurry: Notify::new(),
         }));
         match &reaper.mode {
             Mode::Pidfd(runtime) => {
@@ -301,6 +316,26 @@ impl Reaper {
         // this reaper owns all waiting. Dropping it does not wait or kill.
         let pid = command.spawn()?.id() as i32;
         Ok(expecting.register(pid))
+    }
+
+    /// Resolves when an orphan starts waiting for reservations to end.
+    /// Enable it, then ask [`Self::is_hurrying`]: a creator holding a
+    /// reservation then reads its child's pid without waiting for the exec
+    /// (see [`super::status`]), so that no orphan waits for an exec.
+    pub(crate) fn hurried(&self) -> tokio::sync::futures::Notified<'_> {
+        self.hurry.notified()
+    }
+
+    /// Whether an orphan waits for reservations to end.
+    pub(crate) fn is_hurrying(&self) -> bool {
+        self.hurrying.load(Ordering::SeqCst) > 0
+    }
+
+    /// Counts an orphan waiting for reservations until dropped.
+    fn hurrying(&self) -> Hurrying<'_> {
+        self.hurrying.fetch_add(1, Ordering::SeqCst);
+        self.hurry.notify_waiters();
+        Hurrying(self)
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -352,6 +387,7 @@ impl Reaper {
         let mut registry = self.lock();
         if !registry.waiting.contains_key(&pid) {
             let horizon = registry.next_ticket;
+            let _hurrying = (!registry.settled_before(horizon)).then(|| self.hurrying());
             while !registry.settled_before(horizon) {
                 registry = self
                     .thread_changed
@@ -469,6 +505,7 @@ impl Reaper {
             }
             (registry.next_ticket, pidfd_open(pid))
         };
+        let mut hurrying = None;
         loop {
             let changed = self.task_changed.notified();
             tokio::pin!(changed);
@@ -476,8 +513,10 @@ impl Reaper {
             if self.lock().settled_before(horizon) {
                 break;
             }
+            hurrying.get_or_insert_with(|| self.hurrying());
             changed.await;
         }
+        drop(hurrying);
         let mut registry = self.lock();
         match &pinned {
             Ok(pidfd) => registry.reap(pid, Which::Pidfd(pidfd.as_raw_fd())),
@@ -548,6 +587,15 @@ impl ChildSignals {
                 }
             })
             .await
+    }
+}
+
+/// An orphan waiting for reservations to end; see [`Reaper::hurried`].
+struct Hurrying<'a>(&'a Reaper);
+
+impl Drop for Hurrying<'_> {
+    fn drop(&mut self) {
+        self.0.hurrying.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -213,13 +213,18 @@ impl Waited<'_> {
 }
 
 /// Reads a child's status channel up to its exec, in the event loop:
-/// registers the child under `expecting` as soon as it says its pid,
+/// registers the child under `expecting` once it has said its pid,
 /// unless it is `spawned` already. When `call` ends meanwhile, cancels
 /// (the child exits before its exec; the server creates nothing) and goes
 /// on reading, so that a child created anyway is known and stopped. Still
 /// waiting after the stuck-spawn timeout, counts itself as stuck until it
 /// returns. `Ok(None)`: the channel ended without a word, so no child was
 /// created.
+///
+/// The channel wakes this only at its end ([`super::status`]), when the
+/// pid is read with the rest; until then the reservation holds. Only an
+/// orphan waiting for reservations to end ([`super::reaper`]) has it
+/// read sooner: then each message wakes this as it comes.
 async fn follow(
     mut status: StatusReader,
     mut expecting: Option<Expecting>,
@@ -227,10 +232,26 @@ async fn follow(
     call: &mut CallGone,
     waiting: &Waited<'_>,
 ) -> Result<Option<SpawnedChild>, SpawnError> {
+    let setup = |source| SpawnError {
+        step: SpawnStep::Setup,
+        source,
+    };
     let mut cancelled = false;
+    let mut eager = false;
     let stuck_at = waiting.stuck_at();
     let mut stuck = None;
     loop {
+        let hurried = reaper().hurried();
+        tokio::pin!(hurried);
+        let wanted = expecting.is_some() && !eager;
+        if wanted {
+            hurried.as_mut().enable();
+            if reaper().is_hurrying() {
+                status.wake_for_messages().map_err(setup)?;
+                eager = true;
+                continue;
+            }
+        }
         let told = tokio::select! {
             told = status.next() => told,
             _ = call.gone(), if !cancelled => {
@@ -244,12 +265,9 @@ async fn follow(
                     .map(|spawns| spawns.stuck(waiting.program, waiting.since));
                 continue;
             }
+            _ = &mut hurried, if wanted => continue,
         };
-        let told = told.map_err(|source| SpawnError {
-            step: SpawnStep::Setup,
-            source,
-        })?;
-        match told {
+        match told.map_err(setup)? {
             Some(Status::Started(pid)) => {
                 if let Some(expecting) = expecting.take() {
                     spawned = Some(expecting.register(pid));
