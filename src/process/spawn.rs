@@ -51,7 +51,7 @@ use super::stuck::StuckSpawns;
 /// broken executable behind exit code 127 instead of reporting it, as
 /// bb_runner does.
 pub async fn spawn(
-    spec: ProcessSpec,
+    spec: &ProcessSpec,
     method: Method,
     server: Option<&SpawnServer>,
     call: &mut CallGone,
@@ -65,7 +65,7 @@ pub async fn spawn(
     if call.is_over() {
         return Err(call.over_error());
     }
-    let exec = ExecArguments::new(&spec).map_err(|source| SpawnError {
+    let exec = ExecArguments::new(spec).map_err(|source| SpawnError {
         step: SpawnStep::Exec,
         source,
     })?;
@@ -343,9 +343,12 @@ pub async fn start_spawn_server(
     };
     let (_forever, dropped) = oneshot::channel();
     let mut call = CallGone::new(dropped, None);
-    let child = spawn(spec, method, None, &mut call, None)
+    let child = spawn(&spec, method, None, &mut call, None)
         .await
         .map_err(|error| io::Error::new(error.source.kind(), error))?;
+    // Its end of the connection is the server's alone from now on: if it
+    // dies before it is ready, ours reads the end of file.
+    drop(spec);
     let server = SpawnServer::connect(ours, child.pid as u32).await?;
     Ok((server, child.exit))
 }
@@ -547,7 +550,7 @@ mod tests {
         for method in methods("a_failing_exec_is_reported_as_the_exec_step") {
             let dir = tempfile::tempdir().unwrap();
             let err = spawn(
-                spec(dir.path(), "/nonexistent/program"),
+                &spec(dir.path(), "/nonexistent/program"),
                 method,
                 None,
                 &mut forever(),
@@ -574,7 +577,7 @@ mod tests {
                 )
                 .unwrap(),
             );
-            let err = spawn(joining, method, None, &mut forever(), None)
+            let err = spawn(&joining, method, None, &mut forever(), None)
                 .await
                 .unwrap_err();
             assert_eq!(err.step, SpawnStep::JoinCgroup, "{method}: {err}");
@@ -588,7 +591,7 @@ mod tests {
                 nix::sys::stat::Mode::empty(),
             )
             .unwrap();
-            let err = spawn(entering, method, None, &mut forever(), None)
+            let err = spawn(&entering, method, None, &mut forever(), None)
                 .await
                 .unwrap_err();
             assert_eq!(err.step, SpawnStep::WorkingDirectory, "{method}: {err}");
@@ -600,7 +603,7 @@ mod tests {
         for method in methods("a_successful_spawn_runs_the_program") {
             let dir = tempfile::tempdir().unwrap();
             let child = spawn(
-                spec(dir.path(), "/bin/true"),
+                &spec(dir.path(), "/bin/true"),
                 method,
                 None,
                 &mut forever(),
@@ -631,7 +634,7 @@ mod tests {
                     .into(),
             ];
             let _previous = clone::block_all_signals();
-            let child = spawn(shell, method, None, &mut forever(), None)
+            let child = spawn(&shell, method, None, &mut forever(), None)
                 .await
                 .unwrap();
             let pid = child.pid;
@@ -678,7 +681,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut shell = spec(dir.path(), "/bin/sh");
         shell.arguments = vec!["/bin/sh".into(), "-c".into(), "echo ran".into()];
-        let child = spawn(shell, Method::Clone, Some(&server), &mut forever(), None)
+        let child = spawn(&shell, Method::Clone, Some(&server), &mut forever(), None)
             .await
             .unwrap();
         dying.join().unwrap();
