@@ -504,16 +504,21 @@ impl Actions {
 }
 
 /// Closes the runner's copies of what was prepared for a spawned action
-/// (its stdout and stderr, its directories) where they were opened. On a
-/// filesystem that may block (FUSE, NFS) closing a file written to can
-/// wait for the server (FUSE's FLUSH), as long as a hung one likes: not
-/// on the async worker, which serves every call, but on the blocking
-/// pool, without waiting for it.
+/// (its stdout and stderr, its directories). On a filesystem that may
+/// block (FUSE, NFS) closing a file written to can wait for the server
+/// (FUSE's FLUSH), as long as a hung one likes: not on the async worker,
+/// which serves every call, but on the blocking pool, without waiting for
+/// it, each output on a thread of its own (so that one hung close does
+/// not keep the other open, to be inherited by the next child the runner
+/// creates). The directories are `O_PATH` descriptors, whose close never
+/// asks the filesystem.
 fn release_prepared(preparation: Preparation, spec: ProcessSpec) {
     match preparation {
         Preparation::OnWorker => drop(spec),
         Preparation::OnBlockingPool => {
-            tokio::task::spawn_blocking(move || drop(spec));
+            let ProcessSpec { stdout, stderr, .. } = spec;
+            tokio::task::spawn_blocking(move || drop(stdout));
+            tokio::task::spawn_blocking(move || drop(stderr));
         }
     }
 }
