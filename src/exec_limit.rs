@@ -12,6 +12,7 @@
 //! may exceed `MAX_ARG_STRLEN` (32 pages) including its NUL.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The longest single argument or environment entry, including its
 /// terminating NUL (`MAX_ARG_STRLEN`: 32 pages of 4 KiB).
@@ -36,7 +37,21 @@ pub fn exec_limit(stack_limit: u64) -> u64 {
 
 /// The limit for programs this process starts: children inherit its
 /// `RLIMIT_STACK`. If it cannot be read, the kernel's default stack limit.
+///
+/// Read from the kernel once and remembered: every request and every
+/// action needs it (a `prlimit64` each, twice per action), and only
+/// [`refresh_current_exec_limit`] changes it, called where the runner sets
+/// its own limits at startup.
 pub fn current_exec_limit() -> u64 {
+    match CURRENT_EXEC_LIMIT.load(Ordering::Relaxed) {
+        0 => refresh_current_exec_limit(),
+        limit => limit,
+    }
+}
+
+/// Reads `RLIMIT_STACK` again and remembers the limit it gives: call it
+/// after changing this process's stack limit. Returns the limit.
+pub fn refresh_current_exec_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -44,12 +59,18 @@ pub fn current_exec_limit() -> u64 {
     // SAFETY: getrlimit writes one rlimit into the valid, exclusively
     // borrowed `limit` and reads nothing else.
     let result = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) };
-    if result == 0 {
+    let computed = if result == 0 {
         exec_limit(limit.rlim_cur)
     } else {
         exec_limit(STK_LIM)
-    }
+    };
+    CURRENT_EXEC_LIMIT.store(computed, Ordering::Relaxed);
+    computed
 }
+
+/// [`current_exec_limit`] once read (never 0: the limit is at least
+/// [`ARG_MAX`]); 0 before.
+static CURRENT_EXEC_LIMIT: AtomicU64 = AtomicU64::new(0);
 
 /// What an argv and envp take on the new program's stack: every string
 /// with its NUL, and a pointer to each plus the two terminating null

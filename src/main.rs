@@ -117,7 +117,8 @@ fn serve(config_file: PathBuf) -> anyhow::Result<()> {
     let config = config::load(&config_file)?;
     init_logging(config.log_format);
     let descriptor_limit = apply_process_settings(&config)?;
-    // One async worker, which alone receives SIGCHLD (src/runtime.rs).
+    // One async worker; SIGCHLD blocked everywhere, read from a signalfd
+    // (src/runtime.rs).
     let runtime = runtime::build().context("cannot start the async runtime")?;
     let served = runtime.block_on(serve_config(config, descriptor_limit));
     // What is still running was given up at the shutdown deadline (a

@@ -123,6 +123,10 @@ pub enum ResourceLimitError {
 pub fn apply(limits: &[ResourceLimit]) -> Result<(), ResourceLimitError> {
     for limit in limits {
         limit.apply()?;
+        if limit.resource == Resource::RLIMIT_STACK {
+            // Requests are measured against the limit it gives execve.
+            crate::exec_limit::refresh_current_exec_limit();
+        }
         tracing::info!(
             resource = limit.name,
             soft = describe(limit.soft),

@@ -12,13 +12,14 @@
 //!   for the exec, go to the blocking pool).
 //! - **A blocking pool of at most [`BLOCKING_THREADS`]**, tokio's default,
 //!   stated.
-//! - **`SIGCHLD` goes to the worker.** Every child that has called exec
+//! - **`SIGCHLD` goes to no thread.** Every child that has called exec
 //!   sends `SIGCHLD` when it exits (exec resets its exit signal), actions
-//!   included, and the kernel delivers it to any thread that does not
-//!   block it: a blocking-pool thread asleep, interrupted and put back to
-//!   sleep for nothing. Only the worker, which wakes at that moment anyway
-//!   (the action's pidfd turns readable), leaves it unblocked; the signal
-//!   handler's note reaches the event loop as before.
+//!   included. Delivered to a handler, it interrupted a thread (the worker,
+//!   or a blocking-pool thread asleep, put back to sleep for nothing) and
+//!   cost a write and two reads of tokio's signal pipe per action. It is
+//!   blocked in every thread instead and read from a signalfd by the
+//!   reaper (src/process/reaper.rs), in the same wake-up of the event loop
+//!   as the action's pidfd.
 
 use std::io;
 
@@ -32,26 +33,18 @@ pub const BLOCKING_THREADS: usize = 512;
 const WORKER_THREADS: usize = 1;
 
 /// Builds the runtime. Call from the main thread before any other thread
-/// starts: it blocks `SIGCHLD` in the calling thread (and so in threads it
-/// starts later), and in every thread of the runtime but the worker.
+/// starts: it blocks `SIGCHLD` in the calling thread, and so in every
+/// thread started later (each of the runtime's blocks it again).
 pub fn build() -> io::Result<Runtime> {
     child_signal(SigmaskHow::SIG_BLOCK)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKER_THREADS)
         .max_blocking_threads(BLOCKING_THREADS)
-        // Each thread of the runtime starts with it blocked: a blocking
-        // thread started from the worker would inherit its mask.
         .on_thread_start(|| {
             let _ = child_signal(SigmaskHow::SIG_BLOCK);
         })
         .enable_all()
         .build()?;
-    // A spawned task runs on the (one) worker.
-    runtime.block_on(async {
-        tokio::spawn(async { child_signal(SigmaskHow::SIG_UNBLOCK) })
-            .await
-            .map_err(io::Error::other)
-    })??;
     Ok(runtime)
 }
 
@@ -73,10 +66,10 @@ mod tests {
             .unwrap_or(false)
     }
 
-    /// Why it matters: a child's exit must interrupt only the thread that
-    /// wakes for it anyway, and still reach the signal handler there.
+    /// Why it matters: a child's exit must interrupt no thread, and reach
+    /// the reaper's signalfd, which only sees a signal blocked everywhere.
     #[test]
-    fn only_the_worker_receives_the_child_signal() {
+    fn no_thread_receives_the_child_signal() {
         let built = std::thread::spawn(|| {
             let runtime = build().unwrap();
             let main_blocked = child_signal_blocked();
@@ -94,6 +87,6 @@ mod tests {
         })
         .join()
         .unwrap();
-        assert_eq!(built, (true, false, true), "(main, worker, blocking)");
+        assert_eq!(built, (true, true, true), "(main, worker, blocking)");
     }
 }

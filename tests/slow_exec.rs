@@ -566,6 +566,75 @@ async fn a_hung_exec_makes_the_runner_not_ready_until_it_returns() {
     drop(fuse);
 }
 
+/// An exec hung on a FUSE read that the operator ends by aborting the
+/// FUSE connection (`/sys/fs/fuse/connections/N/abort`): the action fails
+/// with an error naming its program, and the runner, not ready while the
+/// spawn was stuck, is ready again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_exec_ended_by_aborting_the_fuse_connection_fails_and_the_runner_recovers() {
+    let test = "a_hung_exec_ended_by_aborting_the_fuse_connection_fails_and_the_runner_recovers";
+    if !fuse_available(test) {
+        return;
+    }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let mounted = tempfile::tempdir().unwrap();
+    let fuse = SlowFuse::mount_hung(mounted.path());
+    let abort = match fuse.abort_file() {
+        Ok(abort) => abort,
+        Err(reason) => {
+            common::skip(test, &reason);
+            return;
+        }
+    };
+    let mut config = diagnostics_on_loopback();
+    merge(&mut config, json!({ "stuckSpawnTimeout": "1s" }));
+    let runner = TestRunner::start(config);
+    let action = runner.action();
+    let script = fuse.script().display().to_string();
+    let request = action.request(
+        vec![script.clone()],
+        vec![("PATH".into(), TEST_PATH.into())],
+    );
+    let mut client = runner.client().await;
+    let hung = tokio::spawn(async move { client.run(request).await });
+    let fuse = tokio::task::spawn_blocking(move || {
+        fuse.wait_for_a_read(Duration::from_secs(30));
+        fuse
+    })
+    .await
+    .unwrap();
+    eventually(
+        "not ready while the exec hangs",
+        Duration::from_secs(30),
+        || {
+            let (ready, _) = http_get(&diagnostics_address(&runner), "/-/ready");
+            ready == 503
+        },
+    )
+    .await;
+
+    std::fs::write(&abort, "1").unwrap();
+    let failed = hung
+        .await
+        .unwrap()
+        .expect_err("an exec whose read was aborted fails");
+    assert!(
+        failed.message().contains(&format!("\"{script}\"")),
+        "{failed:?}"
+    );
+    check_readiness(&runner).await.expect("ready again");
+    let action = runner.action();
+    let response = runner
+        .client()
+        .await
+        .run(action.request(vec!["/bin/true".into()], vec![]))
+        .await
+        .expect("runs again")
+        .into_inner();
+    assert_eq!(response.exit_code, 0);
+    drop(fuse);
+}
+
 /// What CheckReadiness answers.
 async fn check_readiness(runner: &TestRunner) -> Result<(), tonic::Status> {
     runner

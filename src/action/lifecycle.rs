@@ -42,10 +42,11 @@ use crate::proto::runner::RunRequest;
 #[tonic::async_trait]
 pub trait Spawner: Send + Sync {
     /// Starts `spec` for the Run call `call` and registers it with the
-    /// reaper; creates nothing once the call is over.
+    /// reaper; creates nothing once the call is over. The caller closes
+    /// the spec's descriptors, where closing cannot hold up other calls.
     async fn spawn(
         &self,
-        spec: ProcessSpec,
+        spec: &ProcessSpec,
         call: &mut CallGone,
     ) -> Result<SpawnedChild, SpawnError>;
 }
@@ -67,7 +68,7 @@ pub struct ProcessSpawner {
 impl Spawner for ProcessSpawner {
     async fn spawn(
         &self,
-        spec: ProcessSpec,
+        spec: &ProcessSpec,
         call: &mut CallGone,
     ) -> Result<SpawnedChild, SpawnError> {
         crate::process::spawn::spawn(
@@ -303,7 +304,8 @@ impl Actions {
         request: RunRequest,
         call: &mut CallGone,
     ) -> Result<(SpawnedChild, Placement, RunRequest, OutputFiles), RunnerError> {
-        let ready = match Preparation::of(&self.build_directory) {
+        let preparation = Preparation::of(&self.build_directory);
+        let ready = match preparation {
             // A local filesystem answers at once: prepared here, with no
             // hand-off to another thread (`live` checked the deadline).
             Preparation::OnWorker => self.prepare_and_place(id, request)?,
@@ -327,22 +329,23 @@ impl Actions {
             exec_size,
             request,
         } = ready;
-        let program = spec.program.clone();
         let spawned = if call.is_over() {
             Err(call.over_error())
         } else {
-            self.spawner.spawn(spec, call).await
+            self.spawner.spawn(&spec, call).await
         };
         match spawned {
             Ok(child) => {
+                release_prepared(preparation, spec);
                 let described = outputs.described(&request);
                 Ok((child, placement, request, described))
             }
             Err(error) => {
-                let error = spawn_error(&request.arguments[0], &program, exec_size, error);
+                let error = spawn_error(&request.arguments[0], &spec.program, exec_size, error);
                 // Nothing runs in its place; a failure to remove its
                 // cgroup marks the runner dirty.
                 let _ = blocking(move || {
+                    drop(spec);
                     placement.discard();
                     outputs.remove();
                     Ok(())
@@ -501,6 +504,26 @@ impl Actions {
             Ok(())
         })
         .await;
+    }
+}
+
+/// Closes the runner's copies of what was prepared for a spawned action
+/// (its stdout and stderr, its directories). On a filesystem that may
+/// block (FUSE, NFS) closing a file written to can wait for the server
+/// (FUSE's FLUSH), as long as a hung one likes: not on the async worker,
+/// which serves every call, but on the blocking pool, without waiting for
+/// it, each output on a thread of its own (so that one hung close does
+/// not keep the other open, to be inherited by the next child the runner
+/// creates). The directories are `O_PATH` descriptors, whose close never
+/// asks the filesystem.
+fn release_prepared(preparation: Preparation, spec: ProcessSpec) {
+    match preparation {
+        Preparation::OnWorker => drop(spec),
+        Preparation::OnBlockingPool => {
+            let ProcessSpec { stdout, stderr, .. } = spec;
+            tokio::task::spawn_blocking(move || drop(stdout));
+            tokio::task::spawn_blocking(move || drop(stderr));
+        }
     }
 }
 

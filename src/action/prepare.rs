@@ -196,11 +196,26 @@ pub fn prepare(
 ) -> Result<Prepared, RunnerError> {
     let input_root =
         build_directory.open_directory(&request.input_root_directory, "input_root_directory")?;
-    let working_directory = open_directory_beneath(
-        input_root.fd.as_fd(),
-        &request.working_directory,
-        "working_directory",
-    )?;
+    // An empty working directory is the input root itself: unless the
+    // child also chroots into it, one descriptor serves (one `openat2` and
+    // one `close` fewer per action).
+    let (working_directory, chroot_directory) = if options.chroot_into_input_root {
+        let working_directory = open_directory_beneath(
+            input_root.fd.as_fd(),
+            &request.working_directory,
+            "working_directory",
+        )?;
+        (working_directory, Some(input_root.fd))
+    } else if request.working_directory.is_empty() {
+        (input_root.fd, None)
+    } else {
+        let working_directory = open_directory_beneath(
+            input_root.fd.as_fd(),
+            &request.working_directory,
+            "working_directory",
+        )?;
+        (working_directory, None)
+    };
 
     // Directories the runner itself does not use are still checked, so that
     // no request path, used or not, may point out of the build directory.
@@ -252,9 +267,7 @@ pub fn prepare(
         })?),
         None => None,
     };
-    let root = options
-        .chroot_into_input_root
-        .then(|| input_root.fd.as_fd());
+    let root = chroot_directory.as_ref().map(AsFd::as_fd);
     let program = find_program(
         &request.arguments[0],
         environment.get("PATH").map(String::as_str),
@@ -264,16 +277,22 @@ pub fn prepare(
     .map_err(|err| RunnerError::InvalidArgument(err.to_string()))?;
 
     let mut outputs = CreatedOutputs::default();
-    let (stdout, created) = create_output(build_directory, &request.stdout_path, "stdout_path")?;
+    let (stdout, created) =
+        create_output(build_directory, &request.stdout_path, "stdout_path", None)?;
     outputs.files.push(created);
-    let (stderr, created) = create_output(build_directory, &request.stderr_path, "stderr_path")
-        .inspect_err(|_| outputs.remove())?;
+    let (stderr, created) = create_output(
+        build_directory,
+        &request.stderr_path,
+        "stderr_path",
+        outputs.files.first(),
+    )
+    .inspect_err(|_| outputs.remove())?;
     outputs.files.push(created);
     Ok(Prepared {
         program,
         environment: environment.into_iter().collect(),
         working_directory,
-        chroot_directory: options.chroot_into_input_root.then_some(input_root.fd),
+        chroot_directory,
         temporary_directory,
         stdout,
         stderr,
@@ -292,17 +311,20 @@ fn optional_directory(
     Ok(Some(build_directory.open_directory(relative, field)?))
 }
 
+/// Creates the output at `relative`, `beside` another: see
+/// [`BuildDirectory::create_output_beside`].
 fn create_output(
     build_directory: &BuildDirectory,
     relative: &str,
     field: &'static str,
+    beside: Option<&CreatedFile>,
 ) -> Result<(File, CreatedFile), RunnerError> {
     if relative.is_empty() {
         return Err(RunnerError::InvalidArgument(format!(
             "{field} is empty: a path relative to the build directory is required"
         )));
     }
-    Ok(build_directory.create_output(relative, field)?)
+    Ok(build_directory.create_output_beside(relative, field, beside)?)
 }
 
 #[cfg(test)]

@@ -26,6 +26,13 @@
 //!    have its pid, which the zombie still holds), so by then the zombie is
 //!    registered, and its exit goes to its creator, or it is an orphan.
 //!
+//! A creator learns its child's pid from the child's status channel,
+//! which normally wakes it only at the exec ([`super::status`]), so its
+//! reservation lasts until then. An orphan that must wait for
+//! reservations says so ([`Reaper::hurried`]), and creators then read
+//! their child's pid as soon as it is said: no orphan waits for another
+//! child's exec, however slow.
+//!
 //! Reaping happens under the registry lock, held only for a map update and
 //! a non-blocking wait, and only by the waiters below (a creator whose
 //! child failed before exec registers it like any other). So the zombie
@@ -56,6 +63,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -226,6 +234,11 @@ pub struct Reaper {
     /// again.
     thread_changed: Condvar,
     task_changed: Notify,
+    /// How many orphans wait for reservations to end: while there are
+    /// any, creators read their child's pid as soon as it is said.
+    hurrying: AtomicUsize,
+    /// Told when an orphan starts waiting for reservations to end.
+    hurry: Notify,
 }
 
 static REAPER: OnceLock<&'static Reaper> = OnceLock::new();
@@ -264,6 +277,8 @@ impl Reaper {
             mode,
             thread_changed: Condvar::new(),
             task_changed: Notify::new(),
+            hurrying: AtomicUsize::new(0),
+            hurry: Notify::new(),
         }));
         match &reaper.mode {
             Mode::Pidfd(runtime) => {
@@ -301,6 +316,26 @@ impl Reaper {
         // this reaper owns all waiting. Dropping it does not wait or kill.
         let pid = command.spawn()?.id() as i32;
         Ok(expecting.register(pid))
+    }
+
+    /// Resolves when an orphan starts waiting for reservations to end.
+    /// Enable it, then ask [`Self::is_hurrying`]: a creator holding a
+    /// reservation then reads its child's pid without waiting for the exec
+    /// (see [`super::status`]), so that no orphan waits for an exec.
+    pub(crate) fn hurried(&self) -> tokio::sync::futures::Notified<'_> {
+        self.hurry.notified()
+    }
+
+    /// Whether an orphan waits for reservations to end.
+    pub(crate) fn is_hurrying(&self) -> bool {
+        self.hurrying.load(Ordering::SeqCst) > 0
+    }
+
+    /// Counts an orphan waiting for reservations until dropped.
+    fn hurrying(&self) -> Hurrying<'_> {
+        self.hurrying.fetch_add(1, Ordering::SeqCst);
+        self.hurry.notify_waiters();
+        Hurrying(self)
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -352,6 +387,7 @@ impl Reaper {
         let mut registry = self.lock();
         if !registry.waiting.contains_key(&pid) {
             let horizon = registry.next_ticket;
+            let _hurrying = (!registry.settled_before(horizon)).then(|| self.hurrying());
             while !registry.settled_before(horizon) {
                 registry = self
                     .thread_changed
@@ -422,10 +458,16 @@ impl Reaper {
     /// exited. An action that has exec'd sends it too and is seen by this
     /// wait; being registered, it is reaped for its creator, not as an
     /// orphan ([`Self::settle_in_task`]).
+    ///
+    /// The signal is read from a signalfd ([`ChildSignals`]), never
+    /// delivered to a handler: no thread is interrupted, and the exit that
+    /// makes an action's pidfd readable makes the signalfd readable in the
+    /// same wake-up of the event loop. Each sweep waits until the tasks
+    /// woken with it have run, so that the pidfd tasks reap their actions
+    /// first and the sweep's one `waitid` finds only orphans.
     async fn reap_orphans(&'static self) {
-        let mut exited = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
-        {
-            Ok(exited) => exited,
+        let exits = match ChildSignals::open() {
+            Ok(exits) => exits,
             Err(error) => {
                 tracing::error!(%error, "cannot learn of orphans' exits (SIGCHLD); they are reaped by a thread instead");
                 let _ = tokio::task::spawn_blocking(move || self.reap_forever()).await;
@@ -433,6 +475,7 @@ impl Reaper {
             }
         };
         loop {
+            tokio::task::yield_now().await;
             loop {
                 match next_zombie(0, true) {
                     Ok(Some(pid)) => self.settle_in_task(pid).await,
@@ -441,7 +484,11 @@ impl Reaper {
                     _ => break,
                 }
             }
-            exited.recv().await;
+            if let Err(error) = exits.next().await {
+                tracing::error!(%error, "cannot read SIGCHLD from its signalfd; orphans are reaped by a thread instead");
+                let _ = tokio::task::spawn_blocking(move || self.reap_forever()).await;
+                return;
+            }
         }
     }
 
@@ -458,6 +505,7 @@ impl Reaper {
             }
             (registry.next_ticket, pidfd_open(pid))
         };
+        let mut hurrying = None;
         loop {
             let changed = self.task_changed.notified();
             tokio::pin!(changed);
@@ -465,8 +513,10 @@ impl Reaper {
             if self.lock().settled_before(horizon) {
                 break;
             }
+            hurrying.get_or_insert_with(|| self.hurrying());
             changed.await;
         }
+        drop(hurrying);
         let mut registry = self.lock();
         match &pinned {
             Ok(pidfd) => registry.reap(pid, Which::Pidfd(pidfd.as_raw_fd())),
@@ -475,6 +525,77 @@ impl Reaper {
             // pid for an orphan.
             Err(_) => registry.reap(pid, Which::Pid(pid)),
         };
+    }
+}
+
+/// `SIGCHLD`, read from a signalfd in the event loop. It must be blocked
+/// in every thread of the process ([`crate::runtime::build`] does so): a
+/// thread that left it unblocked would take it, and with no handler the
+/// kernel would discard it there.
+struct ChildSignals {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl ChildSignals {
+    /// The signalfd, once `SIGCHLD` is known to be blocked here.
+    fn open() -> io::Result<ChildSignals> {
+        let mut mask = nix::sys::signal::SigSet::empty();
+        mask.add(nix::sys::signal::Signal::SIGCHLD);
+        if !nix::sys::signal::SigSet::thread_get_mask()?.contains(nix::sys::signal::Signal::SIGCHLD)
+        {
+            return Err(io::Error::other(
+                "SIGCHLD is not blocked in the event loop's thread, so a signalfd would miss it",
+            ));
+        }
+        // SAFETY: `mask` is a valid sigset_t that outlives the call; -1
+        // asks for a new descriptor, whose result is checked.
+        let fd = unsafe {
+            libc::signalfd(
+                -1,
+                mask.as_ref() as *const libc::sigset_t,
+                libc::SFD_NONBLOCK | libc::SFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just created this descriptor; nothing else
+        // owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the AsyncFd owns the signalfd, which stays open and the
+        // same until it is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        Ok(ChildSignals { fd })
+    }
+
+    /// Waits until `SIGCHLD` was sent since the last call, and takes it.
+    /// A standard signal is pending at most once, so one read takes every
+    /// exit since: the sweep that follows finds them all.
+    async fn next(&self) -> io::Result<()> {
+        self.fd
+            .async_io(Interest::READABLE, |fd| {
+                let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit();
+                let size = std::mem::size_of::<libc::signalfd_siginfo>();
+                // SAFETY: the kernel writes at most `size` bytes into
+                // `info`, which is that large and outlives the call.
+                let read = unsafe { libc::read(fd.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+                if read < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+    }
+}
+
+/// An orphan waiting for reservations to end; see [`Reaper::hurried`].
+struct Hurrying<'a>(&'a Reaper);
+
+impl Drop for Hurrying<'_> {
+    fn drop(&mut self) {
+        self.0.hurrying.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

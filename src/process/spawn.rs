@@ -52,7 +52,7 @@ use super::stuck::StuckSpawns;
 /// broken executable behind exit code 127 instead of reporting it, as
 /// bb_runner does.
 pub async fn spawn(
-    spec: ProcessSpec,
+    spec: &ProcessSpec,
     method: Method,
     server: Option<&SpawnServer>,
     call: &mut CallGone,
@@ -62,11 +62,12 @@ pub async fn spawn(
         program: &spec.program,
         since: Instant::now(),
         stuck,
+        under_init: spec.isolation.as_ref().is_some_and(|isolation| isolation.pid),
     };
     if call.is_over() {
         return Err(call.over_error());
     }
-    let exec = ExecArguments::new(&spec).map_err(|source| SpawnError {
+    let exec = ExecArguments::new(spec).map_err(|source| SpawnError {
         step: SpawnStep::Exec,
         source,
     })?;
@@ -207,6 +208,9 @@ struct Waited<'a> {
     since: Instant,
     /// Where a spawn that waits too long is counted.
     stuck: Option<&'a StuckSpawns>,
+    /// Whether the child is an init ([`super::init`]), which says the
+    /// action's exec and keeps its channel open until the action exits.
+    under_init: bool,
 }
 
 impl Waited<'_> {
@@ -218,13 +222,18 @@ impl Waited<'_> {
 }
 
 /// Reads a child's status channel up to its exec, in the event loop:
-/// registers the child under `expecting` as soon as it says its pid,
+/// registers the child under `expecting` once it has said its pid,
 /// unless it is `spawned` already. When `call` ends meanwhile, cancels
 /// (the child exits before its exec; the server creates nothing) and goes
 /// on reading, so that a child created anyway is known and stopped. Still
 /// waiting after the stuck-spawn timeout, counts itself as stuck until it
 /// returns. `Ok(None)`: the channel ended without a word, so no child was
 /// created.
+///
+/// The channel wakes this only at its end ([`super::status`]), when the
+/// pid is read with the rest; until then the reservation holds. Only an
+/// orphan waiting for reservations to end ([`super::reaper`]) has it
+/// read sooner: then each message wakes this as it comes.
 async fn follow(
     mut status: StatusReader,
     mut expecting: Option<Expecting>,
@@ -232,12 +241,34 @@ async fn follow(
     call: &mut CallGone,
     waiting: &Waited<'_>,
 ) -> Result<Option<SpawnedChild>, SpawnError> {
+    let setup = |source| SpawnError {
+        step: SpawnStep::Setup,
+        source,
+    };
     let mut cancelled = false;
     // An isolated action under an init: its pid as the runner sees it.
     let mut action = None;
+    // An init keeps the channel open past the exec, so its messages must
+    // each wake this: the end of file comes only with the action's exit.
+    let mut eager = false;
+    if waiting.under_init {
+        status.wake_for_messages().map_err(setup)?;
+        eager = true;
+    }
     let stuck_at = waiting.stuck_at();
     let mut stuck = None;
     loop {
+        let hurried = reaper().hurried();
+        tokio::pin!(hurried);
+        let wanted = expecting.is_some() && !eager;
+        if wanted {
+            hurried.as_mut().enable();
+            if reaper().is_hurrying() {
+                status.wake_for_messages().map_err(setup)?;
+                eager = true;
+                continue;
+            }
+        }
         let told = tokio::select! {
             told = status.next() => told,
             _ = call.gone(), if !cancelled => {
@@ -251,12 +282,9 @@ async fn follow(
                     .map(|spawns| spawns.stuck(waiting.program, waiting.since));
                 continue;
             }
+            _ = &mut hurried, if wanted => continue,
         };
-        let told = told.map_err(|source| SpawnError {
-            step: SpawnStep::Setup,
-            source,
-        })?;
-        match told {
+        match told.map_err(setup)? {
             Some(Status::Started(pid)) => {
                 if let Some(expecting) = expecting.take() {
                     spawned = Some(expecting.register(pid));
@@ -343,9 +371,12 @@ pub async fn start_spawn_server(
     };
     let (_forever, dropped) = oneshot::channel();
     let mut call = CallGone::new(dropped, None);
-    let child = spawn(spec, method, None, &mut call, None)
+    let child = spawn(&spec, method, None, &mut call, None)
         .await
         .map_err(|error| io::Error::new(error.source.kind(), error))?;
+    // Its end of the connection is the server's alone from now on: if it
+    // dies before it is ready, ours reads the end of file.
+    drop(spec);
     let server = SpawnServer::connect(ours, child.pid as u32).await?;
     Ok((server, child.exit))
 }
@@ -549,7 +580,7 @@ mod tests {
         for method in methods("a_failing_exec_is_reported_as_the_exec_step") {
             let dir = tempfile::tempdir().unwrap();
             let err = spawn(
-                spec(dir.path(), "/nonexistent/program"),
+                &spec(dir.path(), "/nonexistent/program"),
                 method,
                 None,
                 &mut forever(),
@@ -576,7 +607,7 @@ mod tests {
                 )
                 .unwrap(),
             );
-            let err = spawn(joining, method, None, &mut forever(), None)
+            let err = spawn(&joining, method, None, &mut forever(), None)
                 .await
                 .unwrap_err();
             assert_eq!(err.step, SpawnStep::JoinCgroup, "{method}: {err}");
@@ -590,7 +621,7 @@ mod tests {
                 nix::sys::stat::Mode::empty(),
             )
             .unwrap();
-            let err = spawn(entering, method, None, &mut forever(), None)
+            let err = spawn(&entering, method, None, &mut forever(), None)
                 .await
                 .unwrap_err();
             assert_eq!(err.step, SpawnStep::WorkingDirectory, "{method}: {err}");
@@ -602,7 +633,7 @@ mod tests {
         for method in methods("a_successful_spawn_runs_the_program") {
             let dir = tempfile::tempdir().unwrap();
             let child = spawn(
-                spec(dir.path(), "/bin/true"),
+                &spec(dir.path(), "/bin/true"),
                 method,
                 None,
                 &mut forever(),
@@ -633,7 +664,7 @@ mod tests {
                     .into(),
             ];
             let _previous = clone::block_all_signals();
-            let child = spawn(shell, method, None, &mut forever(), None)
+            let child = spawn(&shell, method, None, &mut forever(), None)
                 .await
                 .unwrap();
             let pid = child.pid;
@@ -680,7 +711,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut shell = spec(dir.path(), "/bin/sh");
         shell.arguments = vec!["/bin/sh".into(), "-c".into(), "echo ran".into()];
-        let child = spawn(shell, Method::Clone, Some(&server), &mut forever(), None)
+        let child = spawn(&shell, Method::Clone, Some(&server), &mut forever(), None)
             .await
             .unwrap();
         dying.join().unwrap();

@@ -29,6 +29,16 @@
 //! an isolated action's PID namespace ([`super::init`]) adds three: the
 //! action's pid, its exec (the end of file cannot say it: the init keeps
 //! its end open), and its exit with its rusage, a longer packet.
+//!
+//! The reader is woken by the hang-up alone, not by each message: the
+//! child's pid comes a few microseconds after its creation and its exec
+//! some tens later, and waking for each cost the event loop one more
+//! sleep and wake-up per action. The channel's end is watched by an
+//! epoll instance of its own that asks only for the hang-up
+//! (`EPOLLRDHUP`); that instance is what the event loop waits on. The
+//! messages are read once the channel hangs up, or at once when asked
+//! ([`StatusReader::wake_for_messages`]: an orphan waits for this child's
+//! pid, see [`super::reaper`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -122,11 +132,55 @@ pub(crate) fn pipe() -> io::Result<(StatusReader, OwnedFd)> {
     if unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the AsyncFd owns the descriptor, which stays open and the
-    // same until it is dropped.
-    let fd = unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
-        .map_err(io::Error::from)?;
-    Ok((StatusReader { fd }, write))
+    let watch = Watch::new(&read)?;
+    Ok((StatusReader { fd: read, watch }, write))
+}
+
+/// The epoll instance of one reader's end, registered with the event
+/// loop: it turns readable when the child's end hangs up (every copy
+/// closed), and on messages only once asked to.
+#[derive(Debug)]
+struct Watch(AsyncFd<OwnedFd>);
+
+/// What the watch asks of the reader's end at first: its hang-up alone
+/// (`EPOLLHUP` and `EPOLLERR` are always reported).
+const HANG_UP: u32 = libc::EPOLLRDHUP as u32;
+
+impl Watch {
+    fn new(end: &OwnedFd) -> io::Result<Watch> {
+        // SAFETY: epoll_create1 takes only flags; its result is checked.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just created this descriptor; nothing else
+        // owns it.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        Watch::control(&epoll, libc::EPOLL_CTL_ADD, end, HANG_UP)?;
+        // SAFETY: the AsyncFd owns the epoll instance, which stays open
+        // and the same until it is dropped.
+        let epoll = unsafe { AsyncFd::register_with_interest(epoll, Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        Ok(Watch(epoll))
+    }
+
+    /// Adds `end` to `epoll`, or changes what is asked of it.
+    fn control(
+        epoll: &OwnedFd,
+        operation: libc::c_int,
+        end: &OwnedFd,
+        events: u32,
+    ) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: 0 };
+        // SAFETY: epoll_ctl reads one epoll_event, a valid local, and
+        // takes descriptor numbers of ours.
+        let done =
+            unsafe { libc::epoll_ctl(epoll.as_raw_fd(), operation, end.as_raw_fd(), &mut event) };
+        if done != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// The write end as the child (or the spawn server) uses it: a bare
@@ -226,42 +280,82 @@ impl StatusWriter {
 /// The reader's end: the messages in order, then the end of file.
 #[derive(Debug)]
 pub(crate) struct StatusReader {
-    fd: AsyncFd<OwnedFd>,
+    /// Closed first (which takes it out of the watch).
+    fd: OwnedFd,
+    watch: Watch,
+}
+
+/// What one non-blocking read found.
+enum Heard {
+    Message(Status),
+    End,
+    Nothing,
 }
 
 impl StatusReader {
     /// The next message, or `None` at the end of file (every copy of the
     /// child's end is closed: the child has exec'd or exited, or was
-    /// never created). Waits in the event loop, blocking no thread.
+    /// never created). Waits in the event loop, blocking no thread, for
+    /// the hang-up (or, after [`Self::wake_for_messages`], any message):
+    /// a message sent earlier is read then, with those after it.
     pub(crate) async fn next(&mut self) -> io::Result<Option<Status>> {
+        loop {
+            match self.read_now()? {
+                Heard::Message(status) => return Ok(Some(status)),
+                Heard::End => return Ok(None),
+                Heard::Nothing => {}
+            }
+            let mut ready = self.watch.0.readable().await?;
+            match self.read_now()? {
+                Heard::Message(status) => return Ok(Some(status)),
+                Heard::End => return Ok(None),
+                // Woken by our own cancel, or a message read already.
+                Heard::Nothing => ready.clear_ready(),
+            }
+        }
+    }
+
+    /// From now on, wakes [`Self::next`] for each message too, not only
+    /// for the hang-up: for a child whose pid is needed before its exec.
+    pub(crate) fn wake_for_messages(&self) -> io::Result<()> {
+        let events = HANG_UP | libc::EPOLLIN as u32;
+        Watch::control(
+            self.watch.0.get_ref(),
+            libc::EPOLL_CTL_MOD,
+            &self.fd,
+            events,
+        )
+    }
+
+    /// One message if there is one, without waiting.
+    fn read_now(&self) -> io::Result<Heard> {
         let mut message = [0u8; EXIT_MESSAGE_SIZE];
-        let read = self
-            .fd
-            .async_io(Interest::READABLE, |fd| {
-                // SAFETY: the kernel writes at most the array's length into
-                // the live local `message`.
-                let read = unsafe {
-                    libc::recv(
-                        fd.as_raw_fd(),
-                        message.as_mut_ptr().cast(),
-                        message.len(),
-                        0,
-                    )
-                };
-                if read < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(read as usize)
+        loop {
+            // SAFETY: the kernel writes at most the array's length into the
+            // live local `message`.
+            let read = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    message.as_mut_ptr().cast(),
+                    message.len(),
+                    0,
+                )
+            };
+            return Ok(match read {
+                0 => Heard::End,
+                // Each packet is one whole message; anything else is not ours.
+                n if n as usize == MESSAGE_SIZE => Heard::Message(decode(&message)),
+                n if n as usize == EXIT_MESSAGE_SIZE && kind(&message) == EXITED => {
+                    Heard::Message(decode_exit(&message))
                 }
-            })
-            .await?;
-        Ok(match read {
-            0 => None,
-            // Each packet is one whole message; anything else is not ours.
-            MESSAGE_SIZE => Some(decode(&message)),
-            EXIT_MESSAGE_SIZE if kind(&message) == EXITED => Some(decode_exit(&message)),
-            _ => Some(Status::NotCreated(libc::EPROTO)),
-        })
+                n if n > 0 => Heard::Message(Status::NotCreated(libc::EPROTO)),
+                _ => match io::Error::last_os_error() {
+                    error if error.kind() == io::ErrorKind::WouldBlock => Heard::Nothing,
+                    error if error.kind() == io::ErrorKind::Interrupted => continue,
+                    error => return Err(error),
+                },
+            });
+        }
     }
 
     /// Tells the child's end that the call is over: the spawn server then
@@ -269,7 +363,7 @@ impl StatusReader {
     /// exec. Messages still arrive.
     pub(crate) fn cancel(&self) {
         // SAFETY: shutdown takes only a descriptor number of ours.
-        unsafe { libc::shutdown(self.fd.get_ref().as_raw_fd(), libc::SHUT_WR) };
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR) };
     }
 }
 
@@ -402,7 +496,7 @@ mod tests {
     #[tokio::test]
     async fn both_ends_are_closed_on_exec() {
         let (reader, writer) = pipe().unwrap();
-        for fd in [reader.fd.get_ref().as_raw_fd(), writer.as_raw_fd()] {
+        for fd in [reader.fd.as_raw_fd(), writer.as_raw_fd()] {
             // SAFETY: F_GETFD only reads the flags of a descriptor we own.
             let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
             assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);

@@ -126,6 +126,45 @@ impl SlowFuse {
         self.reads.load(Ordering::SeqCst)
     }
 
+    /// The file that aborts this filesystem's connection, as an operator
+    /// ends a hung FUSE server (`/sys/fs/fuse/connections/N/abort`):
+    /// every request waiting, and every later one, fails. Mounts the
+    /// control filesystem there if it is not yet; `Err` says why there is
+    /// none.
+    pub fn abort_file(&self) -> Result<PathBuf, String> {
+        use std::os::unix::fs::MetadataExt;
+        let connections = Path::new("/sys/fs/fuse/connections");
+        let device = std::fs::metadata(&self.mountpoint)
+            .map_err(|error| format!("stat {}: {error}", self.mountpoint.display()))?
+            .dev();
+        let abort = connections
+            .join(libc::minor(device).to_string())
+            .join("abort");
+        if !abort.exists() {
+            // SAFETY: NUL-terminated strings that outlive the call.
+            let mounted = unsafe {
+                libc::mount(
+                    c"fusectl".as_ptr(),
+                    c"/sys/fs/fuse/connections".as_ptr(),
+                    c"fusectl".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            if mounted != 0 {
+                return Err(format!(
+                    "cannot mount fusectl at {}: {}",
+                    connections.display(),
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        match abort.exists() {
+            true => Ok(abort),
+            false => Err(format!("{} does not exist", abort.display())),
+        }
+    }
+
     /// Waits (bounded) until a read has reached the server: whoever reads
     /// is now blocked for the delay.
     pub fn wait_for_a_read(&self, limit: Duration) {

@@ -163,7 +163,7 @@ struct FakeSpawner {
 impl Spawner for FakeSpawner {
     async fn spawn(
         &self,
-        spec: ProcessSpec,
+        spec: &ProcessSpec,
         _call: &mut CallGone,
     ) -> Result<SpawnedChild, SpawnError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
@@ -206,7 +206,7 @@ impl Spawner for FakeSpawner {
             None
         };
         let _ = self.spawned.send(SpawnedAction {
-            arguments: spec.arguments,
+            arguments: spec.arguments.clone(),
             held,
         });
         Ok(SpawnedChild {
