@@ -461,7 +461,7 @@ mod tests {
             };
             let (_call, dropped) = tokio::sync::oneshot::channel();
             let mut call = crate::process::call::CallGone::new(dropped, None);
-            let child = match spawn(spec, method, None, &mut call, None).await {
+            let child = match spawn(&spec, method, None, &mut call, None).await {
                 Err(error)
                     if method == Method::Clone3
                         && error.step == SpawnStep::Create

@@ -218,7 +218,7 @@ async fn run(
     };
     let (_forever, dropped) = oneshot::channel();
     let mut call = CallGone::new(dropped, Some(tokio::time::Instant::now() + PROBE_TIMEOUT));
-    let child = spawn(spec, method, server, &mut call, None)
+    let child = spawn(&spec, method, server, &mut call, None)
         .await
         .map_err(Probed::Refused)?;
     let exit = tokio::time::timeout(PROBE_TIMEOUT, child.exit)
