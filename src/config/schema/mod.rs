@@ -12,7 +12,8 @@
 //! - [`cleaning`]: what is cleaned between actions;
 //! - [`extensions`]: rbe-runner's own fields (grace period, cgroups,
 //!   events);
-//! - [`diagnostics`]: `global.diagnosticsHttpServer` and `logFormat`.
+//! - [`diagnostics`]: `global.diagnosticsHttpServer` and `logFormat`;
+//! - [`tracing`]: `global.tracing`, OpenTelemetry spans.
 //!
 //! [`display`] prints the whole configuration in the schema's field order.
 
@@ -25,6 +26,7 @@ pub(super) mod extensions;
 pub(super) mod keepalive;
 pub(super) mod serving;
 pub(super) mod tls;
+pub(super) mod tracing;
 
 use super::jsonnet::Json;
 use super::protojson::{Decoded, FieldError, Message};
