@@ -235,6 +235,8 @@ mod tests {
             accounting: None,
             measurement_error: None,
             cleanup: Cleanup::Verified,
+            trace: None,
+            phases: Default::default(),
         }
     }
 

@@ -498,6 +498,99 @@ fn decode_maximum_rate(mut message: Message) -> Decoded<SamplerConfig> {
     })
 }
 
+/// `grpcServers[].tracing` (bb-storage's `TracingMethodConfiguration`
+/// per full method name): fields of the first request and response
+/// message that become attributes of the call's server span, as
+/// `request.<field>` and `response.<field>`. Only the unary Runner calls
+/// have server spans, so only their fields can be named.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServerTracingConfig {
+    /// `/buildbarn.runner.Runner/Run`: `RunRequest` fields.
+    pub run_request: Vec<String>,
+    /// `/buildbarn.runner.Runner/Run`: `RunResponse` fields.
+    pub run_response: Vec<String>,
+    /// `/buildbarn.runner.Runner/CheckReadiness`: `CheckReadinessRequest`
+    /// fields.
+    pub check_readiness_request: Vec<String>,
+}
+
+/// The full method name of Run, as the `tracing` map keys it.
+pub const RUN_METHOD: &str = "/buildbarn.runner.Runner/Run";
+/// The full method name of CheckReadiness.
+pub const CHECK_READINESS_METHOD: &str = "/buildbarn.runner.Runner/CheckReadiness";
+
+/// The fields of `RunRequest` that can become attributes (scalars and
+/// repeated scalars; the environment map cannot).
+pub const RUN_REQUEST_FIELDS: &[&str] = &[
+    "arguments",
+    "working_directory",
+    "stdout_path",
+    "stderr_path",
+    "input_root_directory",
+    "temporary_directory",
+    "server_logs_directory",
+];
+/// The fields of `RunResponse` that can (`resource_usage` holds `Any`s).
+pub const RUN_RESPONSE_FIELDS: &[&str] = &["exit_code"];
+/// The fields of `CheckReadinessRequest` that can.
+pub const CHECK_READINESS_REQUEST_FIELDS: &[&str] = &["path"];
+
+pub(super) fn decode_server_tracing(field: Field) -> Decoded<ServerTracingConfig> {
+    let mut map = field.message()?;
+    let mut config = ServerTracingConfig::default();
+    while let Some(key) = map.first_key().map(str::to_owned) {
+        let path = child_path(&map.path, &key);
+        let Some(field) = map.take(&key)? else {
+            continue;
+        };
+        let mut method = field.message()?;
+        let request = method.take("attributes_from_first_request_message")?;
+        let response = method.take("attributes_from_first_response_message")?;
+        method.finish()?;
+        let (request_fields, response_fields) = match key.as_str() {
+            RUN_METHOD => (RUN_REQUEST_FIELDS, RUN_RESPONSE_FIELDS),
+            CHECK_READINESS_METHOD => (CHECK_READINESS_REQUEST_FIELDS, &[][..]),
+            _ => {
+                return Err(FieldError::unsupported(
+                    &path,
+                    format!(
+                        "only the unary Runner calls have server spans: use {RUN_METHOD:?} or \
+                         {CHECK_READINESS_METHOD:?}"
+                    ),
+                ))
+            }
+        };
+        let names = |field: Option<Field>, known: &[&str]| -> Decoded<Vec<String>> {
+            let Some(field) = field else {
+                return Ok(Vec::new());
+            };
+            let list_path = field.path.clone();
+            let names = repeated(Some(field), Field::string)?;
+            for (index, name) in names.iter().enumerate() {
+                if !known.contains(&name.as_str()) {
+                    return Err(FieldError::invalid(
+                        &format!("{list_path}[{index}]"),
+                        format!(
+                            "{name:?} is not a field that can become an attribute; expected one of: {}",
+                            if known.is_empty() { "none (the response is empty)".to_owned() } else { known.join(", ") }
+                        ),
+                    ));
+                }
+            }
+            Ok(names)
+        };
+        let request = names(request, request_fields)?;
+        let response = names(response, response_fields)?;
+        if key == RUN_METHOD {
+            config.run_request = request;
+            config.run_response = response;
+        } else {
+            config.check_readiness_request = request;
+        }
+    }
+    Ok(config)
+}
+
 impl fmt::Display for SamplerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -681,6 +774,39 @@ mod tests {
             ),
         ] {
             let error = refused(text);
+            assert!(error.contains(path), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn server_tracing_names_fields_of_the_runner_messages() {
+        // Buildbarn's shape keyed by full method name; a field that does
+        // not exist must stop startup rather than silently never appear.
+        let config = load_with(
+            "grpcServers: [{ listenPaths: ['/s'], authenticationPolicy: { allow: {} },
+               tracing: { '/buildbarn.runner.Runner/Run': {
+                 attributesFromFirstRequestMessage: ['arguments', 'working_directory'],
+                 attributesFromFirstResponseMessage: ['exit_code'] } } }]",
+        )
+        .expect("decodes");
+        let tracing = &config.grpc_servers[0].tracing;
+        assert_eq!(tracing.run_request, vec!["arguments", "working_directory"]);
+        assert_eq!(tracing.run_response, vec!["exit_code"]);
+        for (text, path) in [
+            (
+                "{ '/buildbarn.runner.Runner/Run': { attributesFromFirstRequestMessage: ['environment_variables'] } }",
+                "attributesFromFirstRequestMessage[0]",
+            ),
+            (
+                "{ '/rbe_runner.events.v1.Events/Subscribe': {} }",
+                "grpcServers[0].tracing",
+            ),
+        ] {
+            let error = load_with(&format!(
+                "grpcServers: [{{ listenPaths: ['/s'], authenticationPolicy: {{ allow: {{}} }}, tracing: {text} }}]"
+            ))
+            .expect_err(text)
+            .to_string();
             assert!(error.contains(path), "{text}: {error}");
         }
     }
