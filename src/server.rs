@@ -29,6 +29,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 use crate::auth::gate::{Authenticating, CallGate, GateError};
+use crate::auth::metadata::AuthenticationMetadata;
 use crate::bounded::bounded_message;
 use crate::checked_requests::CheckedRequests;
 use crate::config::GrpcServerConfig;
@@ -146,6 +147,7 @@ impl RunnerService for RunnerGrpcService {
         let mut span =
             self.telemetry
                 .server_span(RUNNER_SERVICE, "CheckReadiness", request.metadata());
+        span.add_authentication(request.extensions().get::<AuthenticationMetadata>());
         self.attributes
             .check_readiness_request(&mut span, request.get_ref());
         let result = self
@@ -162,6 +164,7 @@ impl RunnerService for RunnerGrpcService {
         let mut span = self
             .telemetry
             .server_span(RUNNER_SERVICE, "Run", request.metadata());
+        span.add_authentication(request.extensions().get::<AuthenticationMetadata>());
         self.attributes.run_request(&mut span, request.get_ref());
         let call = call_context(request.metadata(), received, span.trace());
         let result = self

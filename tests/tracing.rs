@@ -156,6 +156,9 @@ fn traced_runner(receiver_address: &str, sampler: Value) -> (TestRunner, tempfil
                 },
             },
             "grpcServers": [{
+                "authenticationPolicy": { "allow": { "tracingAttributes": [
+                    { "key": "tenant", "value": { "stringValue": "team-a" } },
+                ] } },
                 "tracing": {
                     "/buildbarn.runner.Runner/Run": {
                         "attributesFromFirstRequestMessage": ["arguments"],
@@ -263,6 +266,7 @@ async fn a_traced_run_is_exported_under_the_callers_span_with_its_outcome() {
         server["attributes"]["request.arguments"],
         json!(request.arguments)
     );
+    assert_eq!(server["attributes"]["auth.tenant"], "team-a");
     assert_eq!(server["resource"]["service.name"], "runner-under-test");
     assert_eq!(server["metadata"]["x-tenant"], "builds");
 

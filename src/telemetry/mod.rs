@@ -39,6 +39,7 @@ use opentelemetry_sdk::Resource;
 use tonic::metadata::MetadataMap;
 use tonic::Code;
 
+use crate::auth::metadata::AuthenticationMetadata;
 use crate::config::{AttributeValue, TracingConfig};
 use crate::trace_context::CallTrace;
 
@@ -160,15 +161,10 @@ impl Telemetry {
 
 /// `resourceAttributes`, with `service.name` `rbe-runner` unless given.
 fn resource(config: &TracingConfig) -> Resource {
-    let attributes = config.resource_attributes.iter().map(|(key, value)| {
-        let value = match value {
-            AttributeValue::String(text) => Value::from(text.clone()),
-            AttributeValue::Bool(flag) => Value::from(*flag),
-            AttributeValue::Int(number) => Value::from(*number),
-            AttributeValue::Double(number) => Value::from(*number),
-        };
-        KeyValue::new(key.clone(), value)
-    });
+    let attributes = config
+        .resource_attributes
+        .iter()
+        .map(|(key, value)| KeyValue::new(key.clone(), attribute_value(value)));
     let named = config
         .resource_attributes
         .iter()
@@ -180,6 +176,16 @@ fn resource(config: &TracingConfig) -> Resource {
         builder.with_service_name(SCOPE)
     };
     builder.with_attributes(attributes).build()
+}
+
+/// A configured attribute value as OpenTelemetry's.
+fn attribute_value(value: &AttributeValue) -> Value {
+    match value {
+        AttributeValue::String(text) => Value::from(text.clone()),
+        AttributeValue::Bool(flag) => Value::from(*flag),
+        AttributeValue::Int(number) => Value::from(*number),
+        AttributeValue::Double(number) => Value::from(*number),
+    }
 }
 
 /// The span's ids as the runner's layers pass them along.
@@ -226,6 +232,21 @@ impl ServerSpan {
     pub fn is_recording(&self) -> bool {
         use opentelemetry::trace::Span;
         self.span.as_ref().is_some_and(|span| span.is_recording())
+    }
+
+    /// Adds the caller's `tracingAttributes` (from its authentication
+    /// policy) as `auth.<key>`, as Buildbarn's servers do.
+    pub fn add_authentication(&mut self, metadata: Option<&AuthenticationMetadata>) {
+        let Some(metadata) = metadata else { return };
+        if metadata.tracing_attributes().is_empty() || !self.is_recording() {
+            return;
+        }
+        let attributes = metadata
+            .tracing_attributes()
+            .iter()
+            .map(|(key, value)| KeyValue::new(format!("auth.{key}"), attribute_value(value)))
+            .collect();
+        self.set_attributes(attributes);
     }
 
     /// Adds `attributes` to the span.
