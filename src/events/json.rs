@@ -91,9 +91,7 @@ fn action_finished(finished: &ActionFinished, usages: &[Usage]) -> Value {
         "terminationReason".into(),
         termination_reason(finished.termination_reason),
     );
-    if !finished.trace_id.is_empty() {
-        object.insert("traceId".into(), json!(finished.trace_id));
-    }
+    object.insert("traceId".into(), json!(finished.trace_id));
     Value::Object(object)
 }
 
