@@ -1,6 +1,7 @@
 //! The diagnostics HTTP server of `global.diagnosticsHttpServer`, as every
 //! Buildbarn component serves it: `/metrics` (when `enablePrometheus`),
-//! `/-/healthy` and `/-/ready`.
+//! `/active_spans` (when `enableActiveSpans`: the running actions'
+//! spans, with or without `global.tracing`), `/-/healthy` and `/-/ready`.
 //!
 //! It binds after the gRPC listeners and stops with them, on the same
 //! runtime. `/-/ready` answers 200 exactly when CheckReadiness would
@@ -50,6 +51,7 @@ use crate::listener::{self, stopped};
 use crate::metrics::{Metrics, TEXT_FORMAT};
 use crate::runner::readiness;
 use crate::shutdown::ShutdownBound;
+use crate::telemetry::active_spans::ActiveSpans;
 
 /// How long a client may take to send a request head: from accepting the
 /// connection for the first request, from its first byte for later ones.
@@ -123,15 +125,18 @@ pub struct DiagnosticsServer {
 struct Handler {
     metrics: Option<Arc<Metrics>>,
     readiness: Readiness,
+    active_spans: Option<Arc<ActiveSpans>>,
 }
 
 impl DiagnosticsServer {
     /// Binds every listen address of `config`; the first that fails stops
-    /// startup, naming it. `metrics` is served when given. The key pairs
-    /// of `tls` entries are loaded, their dates recorded in `served`.
+    /// startup, naming it. `metrics` and `active_spans` are served when
+    /// given. The key pairs of `tls` entries are loaded, their dates
+    /// recorded in `served`.
     pub async fn bind(
         config: &DiagnosticsHttpServerConfig,
         metrics: Option<Arc<Metrics>>,
+        active_spans: Option<Arc<ActiveSpans>>,
         readiness: Readiness,
         served: &ServedCertificates,
     ) -> Result<Self, BindError> {
@@ -161,7 +166,11 @@ impl DiagnosticsServer {
         }
         Ok(DiagnosticsServer {
             listeners,
-            handler: Arc::new(Handler { metrics, readiness }),
+            handler: Arc::new(Handler {
+                metrics,
+                readiness,
+                active_spans,
+            }),
             limits: DiagnosticsLimits::default(),
         })
     }
@@ -295,6 +304,7 @@ fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<B
 }
 
 const PLAIN: &str = "text/plain; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
 
 impl Handler {
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -314,6 +324,10 @@ impl Handler {
                     PLAIN,
                     format!("cannot encode metrics: {err}\n"),
                 ),
+            },
+            ("/active_spans", _) => match &self.active_spans {
+                Some(spans) => text(StatusCode::OK, HTML, spans.render_html()),
+                None => text(StatusCode::NOT_FOUND, PLAIN, "not found\n".into()),
             },
             _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n".into()),
         }
@@ -338,6 +352,7 @@ mod tests {
                 state: Arc::new(state),
                 pathnames: Arc::new(Vec::new()),
             },
+            active_spans: None,
         })
     }
 
@@ -469,7 +484,7 @@ mod tests {
             pathnames: Arc::new(Vec::new()),
         };
         let hour = Duration::from_secs(3600);
-        let server = DiagnosticsServer::bind(&config, None, readiness, &Default::default())
+        let server = DiagnosticsServer::bind(&config, None, None, readiness, &Default::default())
             .await
             .unwrap()
             .with_limits(DiagnosticsLimits {

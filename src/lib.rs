@@ -21,7 +21,9 @@
 //! - [`shutdown`]: the one deadline every wait at shutdown ends by, and the second signal that abandons waits on others.
 //! - [`streams`]: the cap on long-lived streams, event subscriptions and output followers together.
 //! - [`metrics`]: Prometheus metrics (gRPC server, actions, cgroup budget, process).
-//! - [`diagnostics`]: the diagnostics HTTP server: `/metrics`, `/-/healthy`, `/-/ready`.
+//! - [`diagnostics`]: the diagnostics HTTP server: `/metrics`, `/-/healthy`, `/-/ready`, `/active_spans`.
+//! - [`telemetry`]: OpenTelemetry tracing (`global.tracing`): the server span of each call, the action's spans from its outcome, the exporter, and the running actions' spans for `/active_spans`.
+//! - [`trace_context`]: the trace a call belongs to, as the runner's layers pass it along.
 //! - [`auth`]: who may call: Buildbarn's authentication policies (peer credentials, client certificates, JMESPath), the `runAuthorizer` and `eventsAuthorizer`, and the gate in front of every server's services.
 //! - [`listener`]: the connection edge: socket files, handshake limit, `:authority` rewriting, deadlines.
 //! - [`bounded`]: request values quoted in error messages, bounded in length.
@@ -61,5 +63,7 @@ pub mod server;
 pub mod shutdown;
 pub mod streams;
 pub mod sync;
+pub mod telemetry;
 #[cfg(test)]
 mod test_support;
+pub mod trace_context;

@@ -53,6 +53,9 @@ use rbe_runner::runner::{clean, readiness, temporary_directory_symlinking};
 use rbe_runner::runtime;
 use rbe_runner::server::BoundServers;
 use rbe_runner::shutdown::{shutdown_bound, ShutdownBound};
+use rbe_runner::telemetry::action_spans::ActionSpans;
+use rbe_runner::telemetry::active_spans::ActiveSpans;
+use rbe_runner::telemetry::{SpanDrops, Telemetry};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -219,12 +222,18 @@ async fn serve_config(
     // The TLS certificates served are recorded for Buildbarn's expiry
     // metrics.
     let served_certificates = ServedCertificates::default();
+    // global.tracing: a span per unary call and the spans of each action,
+    // exported in the background (a collector that is down costs only
+    // the spans, counted); /active_spans lists running actions either way.
+    let telemetry = Arc::new(Telemetry::start(config.global.tracing.as_ref())?);
+    let active_spans = Arc::new(ActiveSpans::default());
     let metrics = create_metrics(
         &config,
         &cgroups,
         &events,
         &spawn_server,
         &served_certificates,
+        telemetry.drops(),
     )?;
 
     // Live output: running (and recently finished) actions' stdout and
@@ -239,11 +248,15 @@ async fn serve_config(
 
     // Who learns what the runner does: the log, live output (before the
     // events, so that an action announced there can be followed), the
-    // event stream, the metrics, and whether it accepts work.
+    // event stream, the metrics, the spans, and whether it accepts work.
     let mut observers: Vec<Arc<dyn Observer>> =
         vec![Arc::new(LogObserver), output.observer(), events.observer()];
     if let Some(metrics) = &metrics {
         observers.push(metrics.actions.clone());
+    }
+    observers.push(active_spans.clone());
+    if let Some(tracer) = telemetry.tracer() {
+        observers.push(Arc::new(ActionSpans::new(tracer.clone())));
     }
     let observer: Arc<dyn Observer> = Arc::new(Observers::new(observers));
     let state = Arc::new(
@@ -295,11 +308,18 @@ async fn serve_config(
     if let Some(metrics) = &metrics {
         servers.count_calls(metrics.grpc.clone());
     }
+    servers.trace_calls(telemetry.clone());
     // global.diagnosticsHttpServer: bound once the gRPC listeners are,
     // stopped with them.
     let bound = ShutdownBound::new(shutdown_bound(config.termination_grace_period));
-    let diagnostics =
-        start_diagnostics(&config, metrics, &state, &served_certificates, &bound).await?;
+    let diagnostics = start_diagnostics(
+        &config,
+        (metrics, active_spans),
+        &state,
+        &served_certificates,
+        &bound,
+    )
+    .await?;
     // The state is reported (event, metric, log) before the "serving"
     // line: whoever waits for that line (an operator, a test, a probe) and
     // then asks /-/ready must find the metrics and events agreeing.
@@ -335,6 +355,8 @@ async fn serve_config(
     wait_for_terminating_actions(&actions_running, &shutdown_signal, &bound).await;
     // Every event published; the journal writes what it was given.
     events.finish(&bound).await;
+    // The last spans exported, for a few seconds at most.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     served?;
     tracing::info!("stopped");
     Ok(())
@@ -431,6 +453,7 @@ fn create_metrics(
     events: &Events,
     spawn_server: &Option<Arc<SpawnServer>>,
     served_certificates: &ServedCertificates,
+    span_drops: Arc<SpanDrops>,
 ) -> anyhow::Result<Option<Arc<Metrics>>> {
     let Some(diagnostics) = &config.global.diagnostics_http_server else {
         return Ok(None);
@@ -447,6 +470,7 @@ fn create_metrics(
         events.counters(),
         spawn_server.clone(),
         served_certificates.clone(),
+        span_drops,
     )
     .context("cannot create the metrics")?;
     Ok(Some(Arc::new(metrics)))
@@ -649,7 +673,7 @@ impl RunningDiagnostics {
 /// failure stops startup naming the address. Its stop waits until `bound`.
 async fn start_diagnostics(
     config: &Config,
-    metrics: Option<Arc<Metrics>>,
+    (metrics, active_spans): (Option<Arc<Metrics>>, Arc<ActiveSpans>),
     state: &Arc<RunnerStateReporter>,
     served_certificates: &ServedCertificates,
     bound: &ShutdownBound,
@@ -661,17 +685,22 @@ async fn start_diagnostics(
             serving: None,
         });
     };
-    if diagnostics.enable_pprof || diagnostics.enable_active_spans {
-        tracing::warn!(
-            "diagnosticsHttpServer: enablePprof and enableActiveSpans have no effect in rbe-runner"
-        );
+    if diagnostics.enable_pprof {
+        tracing::warn!("diagnosticsHttpServer: enablePprof has no effect in rbe-runner");
     }
+    let active_spans = diagnostics.enable_active_spans.then_some(active_spans);
     let readiness = Readiness {
         state: state.clone(),
         pathnames: Arc::new(config.readiness_checking_pathnames.clone()),
     };
-    let server =
-        DiagnosticsServer::bind(diagnostics, metrics, readiness, served_certificates).await?;
+    let server = DiagnosticsServer::bind(
+        diagnostics,
+        metrics,
+        active_spans,
+        readiness,
+        served_certificates,
+    )
+    .await?;
     tracing::info!(addresses = ?server.addresses(), "diagnostics HTTP server listening");
     Ok(RunningDiagnostics {
         stop,

@@ -29,6 +29,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 use crate::auth::gate::{Authenticating, CallGate, GateError};
+use crate::auth::metadata::AuthenticationMetadata;
 use crate::bounded::bounded_message;
 use crate::checked_requests::CheckedRequests;
 use crate::config::GrpcServerConfig;
@@ -49,6 +50,9 @@ use crate::proto::runner::runner_server::{Runner as RunnerService, RunnerServer}
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 use crate::runner::{CallContext, SharedRunner};
 use crate::shutdown::{Cut, ShutdownBound};
+use crate::telemetry::message_attributes::MessageAttributes;
+use crate::telemetry::{ServerSpan, Telemetry};
+use crate::trace_context::CallTrace;
 
 /// How long connections may take to close after a second signal cut the
 /// wait on them: enough for answers already being written, not for a
@@ -86,24 +90,52 @@ pub fn status_from_error(error: RunnerError) -> Status {
 }
 
 /// What the runner chain learns of a call from its metadata: the deadline
-/// the caller set (`grpc-timeout`), counted from `received`.
-fn call_context(metadata: &tonic::metadata::MetadataMap, received: Instant) -> CallContext {
+/// the caller set (`grpc-timeout`), counted from `received`, and the
+/// trace it belongs to.
+fn call_context(
+    metadata: &tonic::metadata::MetadataMap,
+    received: Instant,
+    trace: Option<CallTrace>,
+) -> CallContext {
     let deadline = metadata
         .get("grpc-timeout")
         .and_then(|value| parse_grpc_timeout(value.as_bytes()))
         .and_then(|timeout| received.checked_add(timeout));
-    CallContext { deadline }
+    CallContext { deadline, trace }
 }
 
-/// Adapts a [`SharedRunner`] to the generated gRPC service.
+/// The service name server spans carry.
+const RUNNER_SERVICE: &str = "buildbarn.runner.Runner";
+
+/// Adapts a [`SharedRunner`] to the generated gRPC service; each call in
+/// a server span of `telemetry`'s.
 pub struct RunnerGrpcService {
     runner: SharedRunner,
+    telemetry: Arc<Telemetry>,
+    attributes: Arc<MessageAttributes>,
 }
 
 impl RunnerGrpcService {
-    pub fn new(runner: SharedRunner) -> Self {
-        RunnerGrpcService { runner }
+    pub fn new(
+        runner: SharedRunner,
+        telemetry: Arc<Telemetry>,
+        attributes: Arc<MessageAttributes>,
+    ) -> Self {
+        RunnerGrpcService {
+            runner,
+            telemetry,
+            attributes,
+        }
     }
+}
+
+/// Ends `span` with `result`'s status, and gives the result back.
+fn finish_span<T>(span: ServerSpan, result: Result<T, Status>) -> Result<T, Status> {
+    match &result {
+        Ok(_) => span.finish(Code::Ok, ""),
+        Err(status) => span.finish(status.code(), status.message()),
+    }
+    result
 }
 
 #[tonic::async_trait]
@@ -112,20 +144,38 @@ impl RunnerService for RunnerGrpcService {
         &self,
         request: Request<CheckReadinessRequest>,
     ) -> Result<Response<()>, Status> {
-        self.runner
+        let mut span =
+            self.telemetry
+                .server_span(RUNNER_SERVICE, "CheckReadiness", request.metadata());
+        span.add_authentication(request.extensions().get::<AuthenticationMetadata>());
+        self.attributes
+            .check_readiness_request(&mut span, request.get_ref());
+        let result = self
+            .runner
             .check_readiness(request.into_inner())
             .await
             .map(Response::new)
-            .map_err(status_from_error)
+            .map_err(status_from_error);
+        finish_span(span, result)
     }
 
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
-        let call = call_context(request.metadata(), Instant::now());
-        self.runner
+        let received = Instant::now();
+        let mut span = self
+            .telemetry
+            .server_span(RUNNER_SERVICE, "Run", request.metadata());
+        span.add_authentication(request.extensions().get::<AuthenticationMetadata>());
+        self.attributes.run_request(&mut span, request.get_ref());
+        let call = call_context(request.metadata(), received, span.trace());
+        let result = self
+            .runner
             .run(request.into_inner(), call)
             .await
-            .map(Response::new)
-            .map_err(status_from_error)
+            .map_err(status_from_error);
+        if let Ok(response) = &result {
+            self.attributes.run_response(&mut span, response);
+        }
+        finish_span(span, result.map(Response::new))
     }
 }
 
@@ -173,6 +223,8 @@ pub struct BoundServers {
     )>,
     /// go-grpc-prometheus's metrics of every call, when enabled.
     metrics: Option<Arc<GrpcMetrics>>,
+    /// The server spans of unary calls.
+    telemetry: Arc<Telemetry>,
 }
 
 impl BoundServers {
@@ -248,7 +300,15 @@ impl BoundServers {
         Ok(BoundServers {
             servers,
             metrics: None,
+            telemetry: Arc::new(Telemetry::off()),
         })
+    }
+
+    /// Starts a server span for every unary Runner call, with `telemetry`
+    /// (`global.tracing`; without it the caller's trace is still passed on
+    /// to logs and the journal).
+    pub fn trace_calls(&mut self, telemetry: Arc<Telemetry>) {
+        self.telemetry = telemetry;
     }
 
     /// Counts every call in `metrics` (one layer around each server's
@@ -313,7 +373,14 @@ impl BoundServers {
         let mut tasks = tokio::task::JoinSet::new();
         let mut socket_files: Vec<SocketFile> = Vec::new();
         for (config, gate, settings, listeners) in self.servers {
-            let mut runner_service = RunnerServer::new(RunnerGrpcService::new(runner.clone()));
+            // grpcServers[].tracing: attributes from the first request and
+            // response messages of the server's calls.
+            let attributes = Arc::new(MessageAttributes::new(&config.tracing));
+            let mut runner_service = RunnerServer::new(RunnerGrpcService::new(
+                runner.clone(),
+                self.telemetry.clone(),
+                attributes,
+            ));
             if let Some(limit) = config.maximum_received_message_size_bytes {
                 runner_service = runner_service.max_decoding_message_size(limit);
             }
@@ -471,13 +538,13 @@ mod tests {
         // cancelled one.
         let mut metadata = tonic::metadata::MetadataMap::new();
         let now = Instant::now();
-        assert_eq!(call_context(&metadata, now).deadline, None);
+        assert_eq!(call_context(&metadata, now, None).deadline, None);
         metadata.insert("grpc-timeout", "1500m".parse().unwrap());
         assert_eq!(
-            call_context(&metadata, now).deadline,
+            call_context(&metadata, now, None).deadline,
             Some(now + Duration::from_millis(1500))
         );
         metadata.insert("grpc-timeout", "soon".parse().unwrap());
-        assert_eq!(call_context(&metadata, now).deadline, None);
+        assert_eq!(call_context(&metadata, now, None).deadline, None);
     }
 }

@@ -17,7 +17,8 @@ use super::id::{ActionId, ActionIds};
 use super::observer::{ActionStarted, ActionTerminating, CleanupFailed, Observer, OutputFiles};
 use super::oom_diagnosis;
 use super::outcome::{
-    posix_resource_usage, ActionOutcome, Cleanup, Ended, ExitStatus, TerminationReason,
+    posix_resource_usage, ActionOutcome, Cleanup, Ended, ExitStatus, Phase, Phases,
+    TerminationReason,
 };
 use super::placement::{Measurement, Placement, PlacementPolicy, Tree};
 use super::prepare::{prepare, CreatedOutputs, Preparation, PrepareOptions, Prepared};
@@ -36,6 +37,7 @@ use crate::process::spec::{Identity, ProcessSpec, SpawnError, SpawnStep};
 use crate::process::stuck::StuckSpawns;
 use crate::process::terminate::terminate;
 use crate::proto::runner::RunRequest;
+use crate::trace_context::CallTrace;
 
 /// Starts a prepared process; replaceable so that the lifecycle can be
 /// tested without real children.
@@ -183,18 +185,20 @@ impl Actions {
     }
 
     /// Runs one action to its end and returns its outcome, after telling
-    /// the observer. `_running` keeps it counted until then.
+    /// the observer. `_running` keeps it counted until then; `trace` is
+    /// the call's, recorded in its facts.
     pub async fn run(
         self: Arc<Self>,
         request: RunRequest,
         call: CallGone,
+        trace: Option<CallTrace>,
         _running: RunningGuard,
     ) -> ActionOutcome {
         let id = self.ids.next();
         let argv0 = request.arguments.first().cloned().unwrap_or_default();
         let started_at = SystemTime::now();
         let clock = Instant::now();
-        let ended = self.clone().live(id.clone(), request, call).await;
+        let ended = self.clone().live(id.clone(), request, call, trace).await;
         let outcome = ActionOutcome {
             id,
             argv0,
@@ -211,21 +215,31 @@ impl Actions {
             measurement_error: ended.measurement.error,
             ended: ended.ended,
             cleanup: ended.cleanup,
+            trace,
+            phases: ended.phases,
         };
         self.observer.action_finished(&outcome);
         outcome
     }
 
     /// Prepare, place, spawn, supervise, measure, release.
-    async fn live(self: Arc<Self>, id: ActionId, request: RunRequest, mut call: CallGone) -> Lived {
+    async fn live(
+        self: Arc<Self>,
+        id: ActionId,
+        request: RunRequest,
+        mut call: CallGone,
+        trace: Option<CallTrace>,
+    ) -> Lived {
+        let mut phases = Phases::default();
         // A call whose deadline passed already (`grpc-timeout: 1n`) gets
         // nothing created: no outputs, no cgroup, no child.
         if call.deadline_passed() {
-            return Lived::not_started(deadline_passed_before_start());
+            return Lived::not_started(deadline_passed_before_start(), phases);
         }
-        let (child, placement, request, outputs) = match self.start(&id, request, &mut call).await {
+        let started = self.start(&id, request, &mut call, &mut phases).await;
+        let (child, placement, request, outputs) = match started {
             Ok(started) => started,
-            Err(error) => return Lived::not_started(error),
+            Err(error) => return Lived::not_started(error, phases),
         };
         let pid = child.pid;
         self.observer.action_started(&ActionStarted {
@@ -235,16 +249,22 @@ impl Actions {
             pid,
             cgroup: placement.cgroup_path().map(Into::into),
             outputs,
+            trace,
         });
         let tree = placement.tree(pid);
+        let run_started = SystemTime::now();
         let (ended, exit) = self.supervise(&id, child, &tree, &mut call).await;
+        phases.run = Some(Phase::since(run_started));
         if matches!(ended, Ended::Exited(_)) {
             placement.after_exit(pid);
         }
         // Reading the kernel's counters is cheap (cgroupfs lives in
         // memory); only a cgroup that is not simply empty needs the
         // blocking cleanup (kill, wait for it to empty, remove).
+        let measure_started = SystemTime::now();
         let measurement = placement.measure(&id);
+        phases.measure = Some(Phase::since(measure_started));
+        let release_started = SystemTime::now();
         let cleanup = match placement.release_if_empty() {
             Some(cleanup) => cleanup,
             None => {
@@ -262,6 +282,7 @@ impl Actions {
                     })
             }
         };
+        phases.release = Some(Phase::since(release_started));
         if let Cleanup::Failed {
             cgroup,
             pids,
@@ -288,6 +309,7 @@ impl Actions {
             exit,
             measurement,
             cleanup,
+            phases,
         }
     }
 
@@ -303,12 +325,14 @@ impl Actions {
         id: &ActionId,
         request: RunRequest,
         call: &mut CallGone,
+        phases: &mut Phases,
     ) -> Result<(SpawnedChild, Placement, RunRequest, OutputFiles), RunnerError> {
+        let prepare_started = SystemTime::now();
         let preparation = Preparation::of(&self.build_directory);
         let ready = match preparation {
             // A local filesystem answers at once: prepared here, with no
             // hand-off to another thread (`live` checked the deadline).
-            Preparation::OnWorker => self.prepare_and_place(id, request)?,
+            Preparation::OnWorker => self.prepare_and_place(id, request),
             Preparation::OnBlockingPool => {
                 let this = self.clone();
                 let action_id = id.clone();
@@ -319,9 +343,11 @@ impl Actions {
                     }
                     this.prepare_and_place(&action_id, request)
                 })
-                .await?
+                .await
             }
         };
+        phases.prepare = Some(Phase::since(prepare_started));
+        let ready = ready?;
         let Ready {
             spec,
             placement,
@@ -329,11 +355,13 @@ impl Actions {
             exec_size,
             request,
         } = ready;
+        let spawn_started = SystemTime::now();
         let spawned = if call.is_over() {
             Err(call.over_error())
         } else {
             self.spawner.spawn(&spec, call).await
         };
+        phases.spawn = Some(Phase::since(spawn_started));
         match spawned {
             Ok(child) => {
                 release_prepared(preparation, spec);
@@ -552,16 +580,18 @@ struct Lived {
     exit: Option<ChildExit>,
     measurement: Measurement,
     cleanup: Cleanup,
+    phases: Phases,
 }
 
 impl Lived {
-    fn not_started(error: RunnerError) -> Self {
+    fn not_started(error: RunnerError, phases: Phases) -> Self {
         Lived {
             pid: None,
             ended: Ended::NotStarted(error),
             exit: None,
             measurement: Measurement::default(),
             cleanup: Cleanup::NothingStarted,
+            phases,
         }
     }
 }

@@ -18,6 +18,7 @@ use super::outcome::{ActionOutcome, Ended, ExitStatus, TerminationReason};
 use crate::cgroup::action::ActionCgroupManager;
 use crate::process::stuck::StuckSpawns;
 use crate::sync::lock_unpoisoned;
+use crate::trace_context::CallTrace;
 
 /// An action's process was started.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct ActionStarted {
     pub cgroup: Option<PathBuf>,
     /// The files its stdout and stderr go to, created by the runner.
     pub outputs: OutputFiles,
+    /// The trace of the call that asked for it, if any.
+    pub trace: Option<CallTrace>,
 }
 
 /// The files an action's stdout and stderr go to.
@@ -354,6 +357,10 @@ impl Observer for LogObserver {
         // One line per action, the cleanup included: a line is a write to
         // stderr, paid by every action.
         let cleanup = outcome.cleanup.as_str();
+        // The call's trace, to find the action's spans (or bb_worker's)
+        // from its log line; left out when the call carried none.
+        let trace_id = outcome.trace.map(|trace| trace.trace_id_hex());
+        let trace_id = trace_id.as_deref();
         match &outcome.ended {
             Ended::Exited(status) => {
                 let (exit_code, signal) = match status {
@@ -363,7 +370,7 @@ impl Observer for LogObserver {
                 };
                 tracing::info!(action_id, pid = ?outcome.pid, argv0, ?exit_code, ?signal,
                     ?wall_time, oom_verdict = %outcome.oom.verdict,
-                    result = outcome.result().as_str(), %cleanup, "action exited");
+                    result = outcome.result().as_str(), %cleanup, trace_id, "action exited");
             }
             Ended::Terminated {
                 reason,
@@ -375,11 +382,11 @@ impl Observer for LogObserver {
                     "stopped by SIGTERM"
                 };
                 tracing::info!(action_id, pid = ?outcome.pid, argv0, %reason, outcome = how,
-                    ?wall_time, %cleanup, "action terminated");
+                    ?wall_time, %cleanup, trace_id, "action terminated");
             }
             Ended::NotStarted(error) => {
                 tracing::info!(action_id, argv0, %error, code = ?outcome.grpc_code(),
-                    "action not started");
+                    trace_id, "action not started");
             }
         }
     }

@@ -17,6 +17,7 @@ use crate::fault::RunnerError;
 use crate::proto::rbe_runner::resourceusage::v1::ActionAccounting;
 use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 use crate::proto::runner::RunResponse;
+use crate::trace_context::CallTrace;
 
 /// How long before its deadline a dropped call still counts as having hit
 /// it: the client's timer fires first, and the cancellation takes a moment
@@ -178,6 +179,41 @@ impl ActionResult {
     }
 }
 
+/// When one phase of an action began and ended (wall clock, as spans and
+/// journals record time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phase {
+    /// When it began.
+    pub start: SystemTime,
+    /// When it ended.
+    pub end: SystemTime,
+}
+
+impl Phase {
+    /// The phase that began at `start` and ends now.
+    pub fn since(start: SystemTime) -> Self {
+        Phase {
+            start,
+            end: SystemTime::now(),
+        }
+    }
+}
+
+/// The phases of an action's life, each `None` when it never got there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// Checking the request, creating its outputs, placing it.
+    pub prepare: Option<Phase>,
+    /// Creating its first process, up to its exec.
+    pub spawn: Option<Phase>,
+    /// From its exec to its first process's reaping (termination included).
+    pub run: Option<Phase>,
+    /// Reading its usage and the OOM verdict.
+    pub measure: Option<Phase>,
+    /// Emptying and removing its cgroup or process group.
+    pub release: Option<Phase>,
+}
+
 /// Everything known about one finished action.
 #[derive(Debug)]
 pub struct ActionOutcome {
@@ -209,6 +245,11 @@ pub struct ActionOutcome {
     pub measurement_error: Option<String>,
     /// Whether everything of it is gone.
     pub cleanup: Cleanup,
+    /// The trace of the call that asked for it, if the call carried one
+    /// or the runner traces.
+    pub trace: Option<CallTrace>,
+    /// When each phase of its life began and ended.
+    pub phases: Phases,
 }
 
 impl ActionOutcome {
@@ -371,6 +412,8 @@ mod tests {
             accounting: None,
             measurement_error: None,
             cleanup: Cleanup::Verified,
+            trace: None,
+            phases: Default::default(),
         }
     }
 

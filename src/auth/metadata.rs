@@ -1,14 +1,60 @@
 //! Buildbarn's authentication metadata: what a policy learned about the
 //! caller, as the JSON object `{public, private}` that authorizers'
-//! expressions see as `authenticationMetadata`.
+//! expressions see as `authenticationMetadata`, and its
+//! `tracingAttributes`, which the call's server span carries as `auth.*`.
 
 use serde_json::{Map, Value};
 
+use crate::config::AttributeValue;
+
 /// The metadata one authentication produced: an object with at most the
-/// keys `public` (may be logged) and `private` (may not).
+/// keys `public` (may be logged) and `private` (may not), and the
+/// attributes of the call's span.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AuthenticationMetadata {
     fields: Map<String, Value>,
+    tracing_attributes: Vec<(String, AttributeValue)>,
+}
+
+/// `tracingAttributes`: OpenTelemetry `KeyValue`s in protobuf JSON,
+/// `[{ key, value: { stringValue | boolValue | intValue | doubleValue } }]`.
+pub fn tracing_attributes(value: &Value) -> Result<Vec<(String, AttributeValue)>, String> {
+    let Value::Array(items) = value else {
+        return Err(format!("tracingAttributes must be a list, not {value}"));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let key = item.get("key").and_then(Value::as_str).unwrap_or_default();
+            if key.is_empty() {
+                return Err(format!("tracingAttributes[{index}] has no key"));
+            }
+            let value = item.get("value").and_then(Value::as_object);
+            let parsed = value.and_then(|value| {
+                let (kind, value) = value.iter().next()?;
+                match kind.as_str() {
+                    "stringValue" | "string_value" => value
+                        .as_str()
+                        .map(|text| AttributeValue::String(text.to_owned())),
+                    "boolValue" | "bool_value" => value.as_bool().map(AttributeValue::Bool),
+                    "intValue" | "int_value" => value
+                        .as_i64()
+                        .or_else(|| value.as_str()?.parse().ok())
+                        .map(AttributeValue::Int),
+                    "doubleValue" | "double_value" => value.as_f64().map(AttributeValue::Double),
+                    _ => None,
+                }
+            });
+            match parsed {
+                Some(value) => Ok((key.to_owned(), value)),
+                None => Err(format!(
+                    "tracingAttributes[{index}].value must be one of stringValue, boolValue, \
+                     intValue, doubleValue"
+                )),
+            }
+        })
+        .collect()
 }
 
 /// The keys Buildbarn's `AuthenticationMetadata` message has that
@@ -17,10 +63,11 @@ const KEPT_KEYS: &[&str] = &["public", "private"];
 
 impl AuthenticationMetadata {
     /// The metadata a policy's expression produced: an object of `public`,
-    /// `private` (and `tracingAttributes`, which without tracing has no
-    /// use and is dropped), or null for none. Anything else is the
+    /// `private` and `tracingAttributes` (attributes of the call's span),
+    /// or null for none. Anything else is the
     /// expression's mistake, reported to the caller as the reason.
     pub fn from_extracted(value: Value) -> Result<Self, String> {
+        let mut tracing = Vec::new();
         let object = match value {
             Value::Null => return Ok(Self::default()),
             Value::Object(object) => object,
@@ -38,7 +85,11 @@ impl AuthenticationMetadata {
                         fields.insert(key, value);
                     }
                 }
-                "tracingAttributes" | "tracing_attributes" => {}
+                "tracingAttributes" | "tracing_attributes" => {
+                    if !value.is_null() {
+                        tracing = tracing_attributes(&value)?;
+                    }
+                }
                 other => {
                     return Err(format!(
                         "the metadata extraction expression gave the key {other:?}; only public and private are metadata"
@@ -46,18 +97,35 @@ impl AuthenticationMetadata {
                 }
             }
         }
-        Ok(AuthenticationMetadata { fields })
+        Ok(AuthenticationMetadata {
+            fields,
+            tracing_attributes: tracing,
+        })
     }
 
-    /// Metadata from configuration (`allow`), whose keys were checked.
-    pub fn from_fields(fields: Map<String, Value>) -> Self {
+    /// Metadata from configuration (`allow`), whose keys and tracing
+    /// attributes were checked.
+    pub fn from_fields(
+        fields: Map<String, Value>,
+        tracing_attributes: Vec<(String, AttributeValue)>,
+    ) -> Self {
         debug_assert!(fields.keys().all(|key| KEPT_KEYS.contains(&key.as_str())));
-        AuthenticationMetadata { fields }
+        AuthenticationMetadata {
+            fields,
+            tracing_attributes,
+        }
+    }
+
+    /// `tracingAttributes`, which the call's server span carries with the
+    /// prefix `auth.`, as Buildbarn's does.
+    pub fn tracing_attributes(&self) -> &[(String, AttributeValue)] {
+        &self.tracing_attributes
     }
 
     /// Merges `later` into this metadata: objects recursively, any other
     /// value replaced (the `all` policy, first to last).
     pub fn merge(&mut self, later: AuthenticationMetadata) {
+        self.tracing_attributes.extend(later.tracing_attributes);
         for (key, value) in later.fields {
             match self.fields.get_mut(&key) {
                 Some(existing) => merge_value(existing, value),

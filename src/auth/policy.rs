@@ -11,13 +11,17 @@ use super::client_certificate::{
     ClientCertificateConfig, ClientCertificateConfigError, ClientCertificatePolicy,
 };
 use super::jmespath::{Expression, ExpressionConfig, ExpressionError};
-use super::metadata::AuthenticationMetadata;
+use super::metadata::{tracing_attributes, AuthenticationMetadata};
 use crate::listener::peer::{ConnectionPeer, PeerTransport};
+
+/// The key of `allow`'s tracing attributes in its metadata map.
+pub const TRACING_ATTRIBUTES: &str = "tracingAttributes";
 
 /// `authenticationPolicy` as configured.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PolicyConfig {
-    /// `allow`: every call, with this metadata (`public`, `private`).
+    /// `allow`: every call, with this metadata (`public`, `private`, and
+    /// `tracingAttributes` for the call's span).
     Allow(Map<String, Value>),
     /// `deny`: no call; the string is the message.
     Deny(String),
@@ -194,7 +198,13 @@ impl Policy {
     pub fn start(config: &PolicyConfig, path: &str) -> Result<Policy, PolicyError> {
         Ok(match config {
             PolicyConfig::Allow(metadata) => {
-                Policy::Allow(AuthenticationMetadata::from_fields(metadata.clone()))
+                // `tracingAttributes` were checked when decoded.
+                let mut fields = metadata.clone();
+                let tracing = fields
+                    .remove(TRACING_ATTRIBUTES)
+                    .and_then(|value| tracing_attributes(&value).ok())
+                    .unwrap_or_default();
+                Policy::Allow(AuthenticationMetadata::from_fields(fields, tracing))
             }
             PolicyConfig::Deny(message) => Policy::Deny(message.clone()),
             PolicyConfig::Any(policies) => {

@@ -554,6 +554,7 @@ mod tests {
             } else {
                 0
             },
+            trace_id: String::new(),
         }))
     }
 

@@ -61,7 +61,11 @@ pub use schema::extensions::{
 pub use schema::isolation::{IsolationConfig, NetworkIsolation, TmpIsolation};
 pub use schema::keepalive::{KeepaliveParameters, MINIMUM_WINDOW_SIZE_BYTES};
 pub use schema::serving::GrpcServerConfig;
-pub use schema::tls::{KeyPairSource, TlsServerConfig};
+pub use schema::tls::{KeyPairSource, TlsClientConfig, TlsServerConfig};
+pub use schema::tracing::{
+    AttributeValue, BatchSettings, ClientKeepalive, OtlpExporterConfig, ParentBasedConfig,
+    SamplerConfig, ServerTracingConfig, SpanProcessorConfig, TracingBackend, TracingConfig,
+};
 pub use size::parse_size;
 
 // ---------------------------------------------------------------------------

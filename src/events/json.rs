@@ -91,6 +91,7 @@ fn action_finished(finished: &ActionFinished, usages: &[Usage]) -> Value {
         "terminationReason".into(),
         termination_reason(finished.termination_reason),
     );
+    object.insert("traceId".into(), json!(finished.trace_id));
     Value::Object(object)
 }
 
@@ -266,6 +267,7 @@ mod tests {
             }),
             oom_verdict: OomVerdict::OwnLimit as i32,
             termination_reason: 0,
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         };
         let usages = vec![
             Usage::Posix(PosixResourceUsage {
@@ -293,6 +295,7 @@ mod tests {
         assert_eq!(finished["wallTime"], "2.250s");
         assert_eq!(finished["oomVerdict"], "OOM_VERDICT_OWN_LIMIT");
         assert_eq!(finished["terminationReason"], "TERMINATION_REASON_NONE");
+        assert_eq!(finished["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
         let posix = &finished["resourceUsage"][0];
         assert_eq!(
             posix["@type"],

@@ -178,6 +178,10 @@ fn action_finished(outcome: &ActionOutcome) -> (proto::ActionFinished, Vec<Usage
         ),
         oom_verdict: oom_verdict(outcome.oom.verdict) as i32,
         termination_reason: termination_reason(reason) as i32,
+        trace_id: outcome
+            .trace
+            .map(|trace| trace.trace_id_hex())
+            .unwrap_or_default(),
     };
     (event, usages)
 }
@@ -235,6 +239,8 @@ mod tests {
             accounting: None,
             measurement_error: None,
             cleanup: Cleanup::Verified,
+            trace: None,
+            phases: Default::default(),
         }
     }
 

@@ -8,6 +8,8 @@
 //!   read when scraped.
 //! - [`events`]: what the event stream lost (dropped events, journal
 //!   lines not written), read when scraped.
+//! - [`spans`]: trace spans dropped (queue full, export failed), read
+//!   when scraped.
 //! - [`spawn_server`]: whether the spawn server creates actions'
 //!   processes, read when scraped.
 //! - [`tls`]: Buildbarn's expiry metrics of the served TLS certificates,
@@ -24,6 +26,7 @@ pub mod actions;
 pub mod cgroup_budget;
 pub mod events;
 pub mod grpc;
+pub mod spans;
 pub mod spawn_server;
 pub mod tls;
 
@@ -114,18 +117,21 @@ pub struct Metrics {
 impl Metrics {
     /// All metrics, pre-created at zero. `delegated_cgroup` is the parent of
     /// the action cgroups, whose budget is read at scrape time, as are the
-    /// losses of the event stream (`events`).
+    /// losses of the event stream (`events`) and the spans dropped
+    /// (`span_drops`).
     pub fn new(
         delegated_cgroup: Option<PathBuf>,
         events: crate::events::EventCounters,
         spawn_server: Option<Arc<crate::process::spawn_server::SpawnServer>>,
         served_certificates: crate::listener::tls::ServedCertificates,
+        span_drops: Arc<crate::telemetry::SpanDrops>,
     ) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let grpc = Arc::new(GrpcMetrics::register(&registry)?);
         let actions = Arc::new(ActionMetrics::register(&registry)?);
         registry.register(Box::new(events::EventLosses::new(events)?))?;
         registry.register(Box::new(spawn_server::SpawnServerUp::new(spawn_server)?))?;
+        registry.register(Box::new(spans::SpansDropped::new(span_drops)?))?;
         registry.register(Box::new(tls::TlsCertificateDates::new(
             served_certificates,
         )?))?;

@@ -132,10 +132,12 @@ impl Runner for LocalRunner {
         // starts keeps it counted from the first moment.
         let (_dropped, gone) = oneshot::channel::<()>();
         let running = self.actions.count_in();
-        let life = self
-            .actions
-            .clone()
-            .run(request, CallGone::new(gone, call.deadline), running);
+        let life = self.actions.clone().run(
+            request,
+            CallGone::new(gone, call.deadline),
+            call.trace,
+            running,
+        );
         let outcome = tokio::spawn(life)
             .await
             .map_err(|err| RunnerError::Internal(format!("action supervisor failed: {err}")))?;

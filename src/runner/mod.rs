@@ -22,12 +22,16 @@ use tokio::time::Instant;
 
 use crate::fault::RunnerError;
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
+use crate::trace_context::CallTrace;
 
 /// What the runner chain knows of a Run call besides its request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallContext {
     /// When the caller's deadline (`grpc-timeout`) passes, if it set one.
     pub deadline: Option<Instant>,
+    /// The trace the call belongs to: the runner's server span, or the
+    /// caller's span when the runner does not trace.
+    pub trace: Option<CallTrace>,
 }
 
 /// One link of the runner chain.

@@ -504,6 +504,7 @@ fn seconds(seconds: i64, nanos: i32) -> Option<prost_types::Duration> {
 fn call_with_time_left() -> CallContext {
     CallContext {
         deadline: Some(Instant::now() + Duration::from_secs(3600)),
+        ..CallContext::default()
     }
 }
 

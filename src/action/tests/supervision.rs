@@ -40,6 +40,7 @@ async fn a_missing_program_is_not_started_and_not_reported_as_started() {
         fixture.actions.clone().run(
             request,
             CallGone::new(dropped, None),
+            None,
             fixture.actions.count_in(),
         ),
     )
@@ -137,6 +138,7 @@ async fn a_call_dropped_at_its_deadline_is_a_deadline() {
     let deadline = Instant::now() + Duration::from_millis(200);
     let call = CallContext {
         deadline: Some(deadline),
+        ..CallContext::default()
     };
     let (run, spawned) = fixture.start_run(call).await;
     // The deadline itself is what this test waits for.
@@ -169,6 +171,7 @@ async fn a_call_whose_deadline_passed_creates_nothing() {
     let before = fixture.action_files();
     let call = CallContext {
         deadline: Some(Instant::now()),
+        ..CallContext::default()
     };
     let result = fixture.runner.run(fixture.request(), call).await;
     assert!(

@@ -88,10 +88,13 @@ fn decode_allow(field: Field) -> Decoded<PolicyConfig> {
             metadata.insert(name.to_owned(), json_value(field)?);
         }
     }
-    message.reject(
-        "tracing_attributes",
-        "tracing is not implemented, so tracing attributes would have no effect",
-    )?;
+    if let Some(field) = message.take("tracing_attributes")? {
+        let path = field.path.clone();
+        let value = json_value(field)?;
+        crate::auth::metadata::tracing_attributes(&value)
+            .map_err(|message| FieldError::invalid(&path, message))?;
+        metadata.insert(crate::auth::policy::TRACING_ATTRIBUTES.to_owned(), value);
+    }
     message.finish()?;
     Ok(PolicyConfig::Allow(metadata))
 }
@@ -422,10 +425,6 @@ mod tests {
         for (text, path) in [
             ("{ jwt: {} }", "authenticationPolicy.jwt"),
             ("{ remote: {} }", "authenticationPolicy.remote"),
-            (
-                "{ allow: { tracingAttributes: [] } }",
-                "authenticationPolicy.allow.tracingAttributes",
-            ),
         ] {
             let error = policy_error(text);
             assert!(

@@ -20,7 +20,8 @@ pub struct DiagnosticsHttpServerConfig {
     pub enable_prometheus: bool,
     /// `enablePprof`: accepted, has no effect in rbe-runner.
     pub enable_pprof: bool,
-    /// `enableActiveSpans`: accepted, has no effect in rbe-runner.
+    /// `enableActiveSpans`: whether `/active_spans` (the running actions'
+    /// spans) is served.
     pub enable_active_spans: bool,
 }
 

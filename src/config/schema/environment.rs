@@ -11,8 +11,9 @@ use crate::config::protojson::{child_path, optional, Decoded, Field, FieldError,
 use crate::resource_limits::{resource_names, ResourceLimit};
 
 use super::diagnostics::{self, DiagnosticsHttpServerConfig};
+use super::tracing::{self, TracingConfig};
 
-/// `global`: `setUmask`, `setResourceLimits` and `diagnosticsHttpServer`
+/// `global`: `setUmask`, `setResourceLimits`, `diagnosticsHttpServer` and `tracing`
 /// have an effect; other keys are listed in `ignored_keys` so that startup
 /// can log them once.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -24,7 +25,9 @@ pub struct GlobalConfig {
     pub set_resource_limits: Vec<ResourceLimit>,
     /// `diagnosticsHttpServer`: metrics and health over HTTP.
     pub diagnostics_http_server: Option<DiagnosticsHttpServerConfig>,
-    /// Paths (e.g. `global.tracing`) present but not acted on.
+    /// `tracing`: OpenTelemetry spans of calls and actions.
+    pub tracing: Option<TracingConfig>,
+    /// Paths (e.g. `global.logPaths`) present but not acted on.
     pub ignored_keys: Vec<String>,
 }
 
@@ -98,7 +101,6 @@ fn refuse_temporary_directory_installer(message: &mut Message) -> Decoded<()> {
 /// Keys of upstream's `global.Configuration` that are accepted and only
 /// recorded; `set_umask` is the one rbe-runner acts on.
 const IGNORED_GLOBAL_FIELDS: &[&str] = &[
-    "tracing",
     "mutex_profile_fraction",
     "prometheus_pushgateway",
     "log_paths",
@@ -138,6 +140,10 @@ fn decode_global(mut message: Message) -> Decoded<GlobalConfig> {
         .map(|field| decode_set_resource_limits(field.message()?))
         .transpose()?
         .unwrap_or_default();
+    let tracing = message
+        .take("tracing")?
+        .map(|field| tracing::decode_tracing(field.message()?))
+        .transpose()?;
     let mut ignored_keys = Vec::new();
     for name in IGNORED_GLOBAL_FIELDS {
         if let Some(field) = message.take(name)? {
@@ -149,6 +155,7 @@ fn decode_global(mut message: Message) -> Decoded<GlobalConfig> {
         set_umask,
         set_resource_limits,
         diagnostics_http_server,
+        tracing,
         ignored_keys,
     })
 }
@@ -239,6 +246,10 @@ pub(super) fn write_global(f: &mut fmt::Formatter<'_>, global: &GlobalConfig) ->
         writeln!(f, "  setResourceLimits: {{ {} }}", limits.join(", "))?;
     }
     diagnostics::write_diagnostics_http_server(f, &global.diagnostics_http_server)?;
+    match &global.tracing {
+        Some(tracing) => writeln!(f, "  tracing: {tracing}")?,
+        None => writeln!(f, "  tracing: off")?,
+    }
     if global.ignored_keys.is_empty() {
         writeln!(f, "  ignored: none")?;
     } else {
@@ -413,7 +424,6 @@ mod tests {
         assert_eq!(
             config.global.ignored_keys,
             vec![
-                "global.tracing",
                 "global.mutexProfileFraction",
                 "global.prometheusPushgateway",
                 "global.log_paths",

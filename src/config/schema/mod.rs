@@ -14,6 +14,7 @@
 //!   events);
 //! - [`diagnostics`]: `global.diagnosticsHttpServer` and `logFormat`;
 //! - [`isolation`]: rbe-runner's per-action namespaces.
+//! - [`tracing`]: `global.tracing`, OpenTelemetry spans.
 //!
 //! [`display`] prints the whole configuration in the schema's field order.
 
@@ -27,6 +28,7 @@ pub(super) mod isolation;
 pub(super) mod keepalive;
 pub(super) mod serving;
 pub(super) mod tls;
+pub(super) mod tracing;
 
 use super::jsonnet::Json;
 use super::protojson::{Decoded, FieldError, Message};

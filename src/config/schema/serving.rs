@@ -11,6 +11,7 @@ use super::keepalive::{
     decode_keepalive_parameters, decode_window_size, describe_window_size, KeepaliveParameters,
 };
 use super::tls::{decode_tls_server, TlsServerConfig};
+use super::tracing::{decode_server_tracing, ServerTracingConfig};
 use crate::auth::gate::AuthorizersConfig;
 use crate::auth::policy::PolicyConfig;
 use crate::config::protojson::{
@@ -44,6 +45,9 @@ pub struct GrpcServerConfig {
     /// `healthCheckService`: a service name the grpc.health.v1 service
     /// reports SERVING for; empty when unset.
     pub health_check_service: String,
+    /// `tracing`: attributes of the server spans taken from the first
+    /// request and response messages.
+    pub tracing: ServerTracingConfig,
 }
 
 /// The serving fields of the top-level message.
@@ -150,7 +154,6 @@ const UNSUPPORTED_SERVER_FIELDS: &[(&str, &str)] = &[
         "the runner does not police its clients' PINGs; leave it out (grpc-go's default \
          policy is not enforced either)",
     ),
-    ("tracing", "OpenTelemetry tracing is not implemented"),
     (
         "alts",
         "ALTS (Google's transport security) is not implemented; use `tls`",
@@ -192,6 +195,7 @@ fn decode_grpc_server(field: Field) -> Decoded<GrpcServerConfig> {
     let initial_conn_window_size_bytes =
         decode_window_size(message.take("initial_conn_window_size_bytes")?)?;
     let health_check_service = optional(message.take("health_check_service")?, Field::string)?;
+    let tracing = optional(message.take("tracing")?, decode_server_tracing)?;
     for (name, reason) in UNSUPPORTED_SERVER_FIELDS {
         message.reject(name, reason)?;
     }
@@ -215,6 +219,7 @@ fn decode_grpc_server(field: Field) -> Decoded<GrpcServerConfig> {
         initial_window_size_bytes,
         initial_conn_window_size_bytes,
         health_check_service,
+        tracing,
     })
 }
 
@@ -440,7 +445,6 @@ mod tests {
                 "keepaliveEnforcementPolicy: { minTime: '10s' }",
                 "grpcServers[0].keepaliveEnforcementPolicy",
             ),
-            ("tracing: {}", "grpcServers[0].tracing"),
             ("alts: {}", "grpcServers[0].alts"),
             ("relays: []", "grpcServers[0].relays"),
         ];

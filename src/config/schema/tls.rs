@@ -25,6 +25,23 @@ pub struct TlsServerConfig {
     pub tls12_cipher_suites: Option<Vec<CipherSuite>>,
 }
 
+/// `tls` of a gRPC client (bb-storage's `tls.ClientConfiguration`), as
+/// `global.tracing`'s exporter uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsClientConfig {
+    /// `clientKeyPair`: presented to the server when set (mutual TLS);
+    /// files are read once, at startup.
+    pub client_key_pair: Option<KeyPairSource>,
+    /// `serverCertificateAuthorities`: PEM CAs the server's certificate
+    /// must chain to.
+    pub server_certificate_authorities: String,
+    /// `serverName`: the name checked in the server's certificate; the
+    /// address's host when empty.
+    pub server_name: String,
+    /// The TLS 1.2 suites `cipherSuites` allows; `None`: all.
+    pub tls12_cipher_suites: Option<Vec<CipherSuite>>,
+}
+
 /// Where the key pair comes from (`X509KeyPair`'s oneof).
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyPairSource {
@@ -151,6 +168,36 @@ pub(super) fn decode_tls_server(field: Field) -> Decoded<TlsServerConfig> {
         server_key_pair: decode_key_pair(key_pair)?,
         cipher_suite_names,
         tls12_cipher_suites,
+    })
+}
+
+/// Decodes a client's `tls` message at `field`.
+pub(super) fn decode_tls_client(field: Field) -> Decoded<TlsClientConfig> {
+    let mut message = field.message()?;
+    let tls_path = message.path.clone();
+    let cipher_suite_names = repeated(message.take("cipher_suites")?, Field::string)?;
+    let client_key_pair = message.take("client_key_pair")?;
+    let server_certificate_authorities = optional(
+        message.take("server_certificate_authorities")?,
+        Field::string,
+    )?;
+    let server_name = optional(message.take("server_name")?, Field::string)?;
+    message.finish()?;
+    if server_certificate_authorities.trim().is_empty() {
+        return Err(FieldError::missing(
+            &child_path(&tls_path, "serverCertificateAuthorities"),
+            "rbe-runner does not read the system's CAs: give the PEM of the CA that signed \
+             the server's certificate (e.g. importstr 'ca.pem')",
+        ));
+    }
+    Ok(TlsClientConfig {
+        client_key_pair: client_key_pair.map(decode_key_pair).transpose()?,
+        server_certificate_authorities,
+        server_name,
+        tls12_cipher_suites: resolve_cipher_suites(
+            &child_path(&tls_path, "cipherSuites"),
+            &cipher_suite_names,
+        )?,
     })
 }
 
