@@ -149,10 +149,20 @@ struct Planner<'a, I> {
     files: I,
     /// [`PIECE`], but for tests.
     piece_bytes: u64,
-    /// The file being cut: its path, descriptor, next piece and size.
-    file: Option<(&'a Path, Arc<File>, u64, u64)>,
+    /// The file being cut.
+    file: Option<Cutting<'a>>,
     /// Dropped after the last piece, which ends the caller's loop.
     order: Option<SyncSender<PieceReceiver>>,
+}
+
+/// A file being cut into pieces.
+struct Cutting<'a> {
+    path: &'a Path,
+    file: Arc<File>,
+    /// Where its next piece starts.
+    next: u64,
+    /// Its size when it was opened.
+    size: u64,
 }
 
 impl<'a, I: Iterator<Item = &'a PathBuf>> Planner<'a, I> {
@@ -160,16 +170,15 @@ impl<'a, I: Iterator<Item = &'a PathBuf>> Planner<'a, I> {
     /// records go; `None` when there is none or the caller is gone.
     fn next(&mut self) -> Option<(Result<Piece<'a>, ReportError>, Sender)> {
         loop {
-            if let Some((path, file, start, size)) = &mut self.file {
-                let piece_start = *start;
-                let end = piece_start.saturating_add(self.piece_bytes);
+            if let Some(cutting) = &mut self.file {
+                let end = cutting.next.saturating_add(self.piece_bytes);
                 let piece = Piece {
-                    path: *path,
-                    file: Arc::clone(file),
-                    start: piece_start,
-                    end: (end < *size).then_some(end),
+                    path: cutting.path,
+                    file: Arc::clone(&cutting.file),
+                    start: cutting.next,
+                    end: (end < cutting.size).then_some(end),
                 };
-                *start = end;
+                cutting.next = end;
                 if piece.end.is_none() {
                     self.file = None;
                 }
@@ -184,7 +193,14 @@ impl<'a, I: Iterator<Item = &'a PathBuf>> Planner<'a, I> {
                 Ok((file, size))
             });
             match opened {
-                Ok((file, size)) => self.file = Some((path, Arc::new(file), 0, size)),
+                Ok((file, size)) => {
+                    self.file = Some(Cutting {
+                        path,
+                        file: Arc::new(file),
+                        next: 0,
+                        size,
+                    })
+                }
                 Err(source) => {
                     let path = path.to_path_buf();
                     return self.issue(Err(ReportError::Read { path, source }));
@@ -237,27 +253,36 @@ impl Read for FileAt {
     }
 }
 
-/// Consumes `reader` through its next newline (or to its end); the bytes
-/// consumed. Nothing is kept, however long the line.
-fn skip_line(reader: &mut impl BufRead) -> io::Result<u64> {
+/// Consumes `reader` through its next newline, looking no further than
+/// `limit` bytes (or to its end); the bytes consumed, and whether the
+/// newline was found. Nothing is kept, however long the line.
+fn skip_line(reader: &mut impl BufRead, limit: Option<u64>) -> io::Result<(u64, bool)> {
     let mut skipped = 0;
     loop {
+        if limit.is_some_and(|limit| skipped >= limit) {
+            return Ok((skipped, false));
+        }
         let buffer = match reader.fill_buf() {
             Ok(buffer) => buffer,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(err),
         };
         if buffer.is_empty() {
-            return Ok(skipped);
+            return Ok((skipped, false));
         }
-        let (length, found) = match memchr::memchr(b'\n', buffer) {
+        let window = limit.map_or(buffer.len(), |limit| {
+            buffer
+                .len()
+                .min(usize::try_from(limit - skipped).unwrap_or(usize::MAX))
+        });
+        let (length, found) = match memchr::memchr(b'\n', &buffer[..window]) {
             Some(newline) => (newline + 1, true),
-            None => (buffer.len(), false),
+            None => (window, false),
         };
         reader.consume(length);
         skipped += length as u64;
         if found {
-            return Ok(skipped);
+            return Ok((skipped, true));
         }
     }
 }
@@ -276,7 +301,9 @@ fn read_piece(
     };
     // A line starts where the byte before it is a newline: from the byte
     // before the piece, the first line of the piece starts after the next
-    // newline.
+    // newline, if that is before the piece's end (a piece inside a long
+    // line has none: it is not read on to the line's end, which the piece
+    // where the line starts reads).
     let before = piece.start.saturating_sub(1);
     let mut reader = BufReader::with_capacity(
         READ_BUFFER,
@@ -288,8 +315,13 @@ fn read_piece(
     let position = if piece.start == 0 {
         0
     } else {
-        match skip_line(&mut reader) {
-            Ok(skipped) => before + skipped,
+        match skip_line(&mut reader, piece.end.map(|end| end - before)) {
+            Ok((skipped, true)) => before + skipped,
+            Ok((_, false)) if piece.end.is_some() => {
+                return sender.send(Ok(Message::End(Skipped::default())));
+            }
+            // The end of a file that is the piece's end.
+            Ok((skipped, false)) => before + skipped,
             Err(source) => return sender.send(Err(read_error(source))),
         }
     };
