@@ -239,15 +239,23 @@ fn work<'a, I: Iterator<Item = &'a PathBuf>>(planner: &Mutex<Planner<'a, I>>, sp
 }
 
 /// Reads a file from a position of its own, through a descriptor shared
-/// with the workers reading its other pieces.
+/// with the workers reading its other pieces; or, when `stream`, as the
+/// descriptor's own reads give it.
 struct FileAt {
     file: Arc<File>,
     position: u64,
+    /// The piece is the whole file: it is read as a stream, which a pipe
+    /// (`report <(zcat events.jsonl.gz)`) needs, having no positions.
+    stream: bool,
 }
 
 impl Read for FileAt {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        let read = self.file.read_at(buffer, self.position)?;
+        let read = if self.stream {
+            (&*self.file).read(buffer)?
+        } else {
+            self.file.read_at(buffer, self.position)?
+        };
         self.position += read as u64;
         Ok(read)
     }
@@ -310,6 +318,7 @@ fn read_piece(
         FileAt {
             file: Arc::clone(&piece.file),
             position: before,
+            stream: piece.start == 0 && piece.end.is_none(),
         },
     );
     let position = if piece.start == 0 {
@@ -424,6 +433,30 @@ mod tests {
         for piece_bytes in (1..40).chain([97, 128, 1000, 4096]) {
             assert_eq!(read(piece_bytes), whole, "pieces of {piece_bytes} bytes");
         }
+    }
+
+    #[test]
+    fn a_pipe_is_read_as_a_stream() {
+        // Why it matters: analysts read compressed journals through a
+        // pipe (`report <(zcat events.jsonl.gz)`), which has no positions
+        // to read pieces at.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let writer = {
+            let fifo = fifo.clone();
+            thread::spawn(move || {
+                let lines: String = (0..3000)
+                    .map(|line| STARTED.replace("ID", &line.to_string()) + "\n")
+                    .collect();
+                std::fs::write(fifo, lines).unwrap();
+            })
+        };
+        let mut records = Vec::new();
+        read_in_order(&[fifo], |record| records.push(record)).unwrap();
+        writer.join().unwrap();
+        let expected: Vec<String> = (0..3000).map(|line| line.to_string()).collect();
+        assert_eq!(ids(&records), expected);
     }
 
     #[test]
