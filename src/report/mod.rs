@@ -5,6 +5,7 @@
 //!   counted, never fatal.
 //! - [`read`]: several files parsed at once, their records handed on in
 //!   order.
+//! - [`id`]: the short strings records carry, held inline.
 //! - [`stats`]: tallies, per-program distributions, concurrency sums and
 //!   the CPU-pressure knee.
 //! - [`text`], [`json`], [`html`]: the three ways of showing them, each
@@ -12,6 +13,7 @@
 //! - here: which files to read, and reading them into a [`Report`].
 
 pub mod html;
+pub mod id;
 pub mod json;
 pub mod parse;
 pub mod read;

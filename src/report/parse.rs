@@ -10,43 +10,50 @@
 //! [`MAX_LINE_BYTES`] is skipped unread and counted as corrupt.
 //!
 //! Each line is read into the fields the report uses and nothing else
-//! (serde, borrowing from the line), not into a generic JSON tree.
+//! (serde, borrowing from the line), not into a generic JSON tree; the
+//! records hold their short strings inline ([`Id`]) and an argv as one
+//! string ([`Arguments`]), so that a line costs no allocation.
+
+mod arguments;
+mod usage;
+
+pub use arguments::Arguments;
 
 use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, BufRead};
 use std::marker::PhantomData;
 use std::str::FromStr;
-use std::sync::LazyLock;
 
-use prost::Name;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::id::Id;
 use crate::action::TerminationReason;
 use crate::cgroup::attribution::OomVerdict;
-use crate::proto::resourceusage::{CgroupResourceUsage, PosixResourceUsage};
 
 /// An action's start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Started {
     /// The runner instance (8 hex digits).
-    pub instance: String,
+    pub instance: Id,
     /// The action id.
-    pub action_id: String,
+    pub action_id: Id,
     /// Seconds since the epoch.
     pub time: f64,
+    /// Its group by program ([`super::stats::program_group`]).
+    pub program: Id,
     /// The argv.
-    pub arguments: Vec<String>,
+    pub arguments: Arguments,
 }
 
 /// An action's end, with what was measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finished {
     /// The runner instance (8 hex digits).
-    pub instance: String,
+    pub instance: Id,
     /// The action id.
-    pub action_id: String,
+    pub action_id: Id,
     /// Seconds since the epoch.
     pub time: f64,
     /// As in `RunResponse`.
@@ -92,7 +99,7 @@ pub struct Stall {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunnerState {
     /// The runner instance.
-    pub instance: String,
+    pub instance: Id,
     /// Seconds since the epoch.
     pub time: f64,
     /// `memory.max` of the delegated parent; 0: none or unknown.
@@ -107,7 +114,7 @@ pub enum Record {
     /// `actionStarted`.
     Started(Started),
     /// `actionFinished`.
-    Finished(Box<Finished>),
+    Finished(Finished),
     /// `cleanupFailed`, at this time (seconds since the epoch).
     CleanupFailed { time: f64 },
     /// `runnerState`.
@@ -175,6 +182,11 @@ pub struct JournalReader<R> {
     /// The current line is longer than [`MAX_LINE_BYTES`]: the rest of it
     /// is being skipped.
     overlong: bool,
+    /// Where `reader` is in the file.
+    position: u64,
+    /// No line that starts here or later is read (`None`: read to the
+    /// end of the file).
+    end: Option<u64>,
 }
 
 /// How a line ended.
@@ -189,12 +201,25 @@ enum LineEnd {
 impl<R: BufRead> JournalReader<R> {
     /// Reads `reader` from where it is.
     pub fn new(reader: R) -> Self {
+        Self::lines_between(reader, 0, None)
+    }
+
+    /// Reads the lines that start before `end` (`None`: all of them),
+    /// `reader` being at `position` in the file, the start of a line.
+    pub fn lines_between(reader: R, position: u64, end: Option<u64>) -> Self {
         JournalReader {
             reader,
             line: Vec::new(),
             max_line_bytes: MAX_LINE_BYTES,
             overlong: false,
+            position,
+            end,
         }
+    }
+
+    fn consume(&mut self, length: usize) {
+        self.reader.consume(length);
+        self.position += length as u64;
     }
 
     /// The next usable record, counting the lines skipped on the way in
@@ -202,6 +227,10 @@ impl<R: BufRead> JournalReader<R> {
     /// returned.
     pub fn next_record(&mut self, skipped: &mut Skipped) -> io::Result<Option<Record>> {
         loop {
+            let at_line_start = self.line.is_empty() && !self.overlong;
+            if at_line_start && self.end.is_some_and(|end| self.position >= end) {
+                return Ok(None);
+            }
             let buffer = match self.reader.fill_buf() {
                 Ok(buffer) => buffer,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -231,7 +260,7 @@ impl<R: BufRead> JournalReader<R> {
                 if !self.overlong {
                     self.line.extend_from_slice(buffer);
                 }
-                self.reader.consume(length);
+                self.consume(length);
                 continue;
             };
             let record = if std::mem::take(&mut self.overlong)
@@ -246,7 +275,7 @@ impl<R: BufRead> JournalReader<R> {
                 judge(&self.line, LineEnd::Newline, skipped)
             };
             self.line.clear();
-            self.reader.consume(newline + 1);
+            self.consume(newline + 1);
             if let Some(record) = record {
                 return Ok(Some(record));
             }
@@ -318,10 +347,12 @@ fn parse_bytes(line: &[u8]) -> Result<Record, LineError> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct EventLine<'a> {
-    runner_instance: String,
+    #[serde(borrow)]
+    runner_instance: Cow<'a, str>,
     #[serde(borrow)]
     time: Option<Scalar<'a>>,
-    action_started: Option<StartedLine>,
+    #[serde(borrow)]
+    action_started: Option<StartedLine<'a>>,
     #[serde(borrow)]
     action_finished: Option<FinishedLine<'a>>,
     #[serde(borrow)]
@@ -335,17 +366,19 @@ struct EventLine<'a> {
 /// `ActionStarted`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct StartedLine {
-    action_id: String,
-    #[serde(default)]
-    arguments: Vec<String>,
+struct StartedLine<'a> {
+    #[serde(borrow)]
+    action_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    arguments: arguments::RawArguments<'a>,
 }
 
 /// `ActionFinished`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct FinishedLine<'a> {
-    action_id: String,
+    #[serde(borrow)]
+    action_id: Cow<'a, str>,
     #[serde(borrow)]
     exit_code: Option<Scalar<'a>>,
     status: Option<StatusLine<'a>>,
@@ -355,8 +388,8 @@ struct FinishedLine<'a> {
     oom_verdict: Option<Scalar<'a>>,
     #[serde(borrow)]
     termination_reason: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
-    resource_usage: Vec<UsageLine<'a>>,
+    #[serde(default)]
+    resource_usage: usage::UsageList,
 }
 
 /// `google.rpc.Status`: only its code.
@@ -364,29 +397,6 @@ struct FinishedLine<'a> {
 struct StatusLine<'a> {
     #[serde(borrow)]
     code: Option<Scalar<'a>>,
-}
-
-/// One `Any` of `resourceUsage`: the fields of the two messages the
-/// report reads, used according to `@type`.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct UsageLine<'a> {
-    #[serde(rename = "@type", borrow)]
-    type_url: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    maximum_resident_set_size: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    user_time: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    system_time: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    memory_peak: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    cpu_pressure_some_total: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    memory_pressure_some_total: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    io_pressure_some_total: Option<Scalar<'a>>,
 }
 
 /// `RunnerState`.
@@ -488,23 +498,24 @@ impl Scalar<'_> {
 impl EventLine<'_> {
     /// The record of this event, or why there is none.
     fn record(self) -> Result<Record, LineError> {
-        let instance = self.runner_instance;
+        let instance = Id::from(&*self.runner_instance);
         let time = || -> Result<f64, LineError> {
             let text = self.time.as_ref().and_then(Scalar::text);
             timestamp(text.ok_or_else(|| corrupt("time is missing or not a string"))?)
         };
         if let Some(started) = self.action_started {
+            let time = time()?;
+            let (arguments, program) = started.arguments.read()?;
             return Ok(Record::Started(Started {
-                time: time()?,
+                time,
                 instance,
-                action_id: started.action_id,
-                arguments: started.arguments,
+                action_id: Id::from(&*started.action_id),
+                program,
+                arguments,
             }));
         }
         if let Some(finished) = self.action_finished {
-            return Ok(Record::Finished(Box::new(
-                finished.record(instance, time()?)?,
-            )));
+            return Ok(Record::Finished(finished.record(instance, time()?)?));
         }
         if let Some(state) = self.runner_state {
             return Ok(Record::RunnerState(RunnerState {
@@ -542,7 +553,7 @@ impl EventLine<'_> {
 }
 
 impl FinishedLine<'_> {
-    fn record(self, instance: String, time: f64) -> Result<Finished, LineError> {
+    fn record(self, instance: Id, time: f64) -> Result<Finished, LineError> {
         let code = match self.status.and_then(|status| status.code) {
             None => 0,
             Some(Scalar::Integer(code)) => {
@@ -565,49 +576,16 @@ impl FinishedLine<'_> {
         };
         Ok(Finished {
             instance,
-            action_id: self.action_id,
+            action_id: Id::from(&*self.action_id),
             time,
             exit_code: int64(&self.exit_code, "exitCode")?.unwrap_or(0),
             code: tonic::Code::from(code),
             wall_seconds,
             oom_verdict,
             termination_reason,
-            usage: usage(&self.resource_usage)?,
+            usage: self.resource_usage.0?,
         })
     }
-}
-
-/// The `@type`s of the usage messages, as the journal writes them.
-static POSIX_TYPE: LazyLock<String> = LazyLock::new(PosixResourceUsage::type_url);
-static CGROUP_TYPE: LazyLock<String> = LazyLock::new(CgroupResourceUsage::type_url);
-
-fn usage(messages: &[UsageLine]) -> Result<Usage, LineError> {
-    let mut usage = Usage::default();
-    for message in messages {
-        let kind = message.type_url.as_ref().and_then(Scalar::text);
-        if kind == Some(POSIX_TYPE.as_str()) {
-            usage.max_rss_bytes =
-                int64(&message.maximum_resident_set_size, "maximumResidentSetSize")?;
-            let user = optional_duration(&message.user_time, "userTime")?;
-            let system = optional_duration(&message.system_time, "systemTime")?;
-            if user.is_some() || system.is_some() {
-                usage.cpu_seconds = Some(user.unwrap_or(0.0) + system.unwrap_or(0.0));
-            }
-        } else if kind == Some(CGROUP_TYPE.as_str()) {
-            usage.memory_peak_bytes =
-                int64(&message.memory_peak, "memoryPeak")?.filter(|&peak| peak > 0);
-            let pressure = |field, key| optional_duration(field, key).map(|d| d.unwrap_or(0.0));
-            usage.stall = Some(Stall {
-                cpu: pressure(&message.cpu_pressure_some_total, "cpuPressureSomeTotal")?,
-                memory: pressure(
-                    &message.memory_pressure_some_total,
-                    "memoryPressureSomeTotal",
-                )?,
-                io: pressure(&message.io_pressure_some_total, "ioPressureSomeTotal")?,
-            });
-        }
-    }
-    Ok(usage)
 }
 
 fn corrupt(what: &str) -> LineError {
@@ -758,14 +736,51 @@ mod tests {
         let Ok(Record::Started(started)) = parse_line(&escaped) else {
             panic!("not parsed: {escaped}");
         };
-        assert_eq!(started.arguments[2], "javac \"\u{e9}\t");
+        assert_eq!(started.arguments.to_vec()[2], "javac \"\u{e9}\t");
         let mut bytes = STARTED.as_bytes().to_vec();
         let at = STARTED.find("javac").unwrap();
         bytes[at] = 0xff;
         let Ok(Record::Started(started)) = parse_bytes(&bytes) else {
             panic!("a bad byte in argv made the line unreadable");
         };
-        assert_eq!(started.arguments[2], "\u{fffd}avac x");
+        assert_eq!(started.arguments.to_vec()[2], "\u{fffd}avac x");
+    }
+
+    #[test]
+    fn argv_and_usage_that_are_not_what_the_journal_writes_make_the_line_corrupt() {
+        // Why it matters: argv is kept unread until it is shown and usage
+        // is summed as it is read, yet a line must be judged as when it
+        // was read whole: the same lines are counted as corrupt.
+        for arguments in ["null", r#"["a",5]"#, "{}", r#""sh""#] {
+            let line = STARTED.replace(r#"["sh","-c","javac x"]"#, arguments);
+            assert!(
+                matches!(parse_line(&line), Err(LineError::Corrupt(_))),
+                "{line}"
+            );
+        }
+        let without = STARTED.replace(r#""arguments":["sh","-c","javac x"],"#, "");
+        let Ok(Record::Started(started)) = parse_line(&without) else {
+            panic!("not parsed: {without}");
+        };
+        assert_eq!(started.arguments.to_vec(), Vec::<String>::new());
+        assert_eq!(started.program, "(no argv)");
+        let finished = r#"{"time":"2026-01-01T00:00:03Z","runnerInstance":"0badcafe","actionFinished":{"actionId":"a","resourceUsage":USAGE}}"#;
+        for usage in [
+            "null",
+            "[null]",
+            r#"[{"@type":"type.googleapis.com/buildbarn.resourceusage.CgroupResourceUsage","memoryPeak":"many"}]"#,
+        ] {
+            let line = finished.replace("USAGE", usage);
+            assert!(
+                matches!(parse_line(&line), Err(LineError::Corrupt(_))),
+                "{line}"
+            );
+        }
+        let missing_instance = STARTED.replace(r#""runnerInstance":"0badcafe","#, "");
+        assert!(matches!(
+            parse_line(&missing_instance),
+            Err(LineError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -773,7 +788,8 @@ mod tests {
         let Ok(Record::Started(started)) = parse_line(STARTED) else {
             panic!("not parsed as started");
         };
-        assert_eq!(started.arguments, ["sh", "-c", "javac x"]);
+        assert_eq!(started.arguments.to_vec(), ["sh", "-c", "javac x"]);
+        assert_eq!(started.program, "javac");
         assert_eq!(started.time, 1_767_225_601.0);
     }
 }

@@ -7,13 +7,12 @@ use crate::cgroup::attribution::OomVerdict;
 /// One finished action, as kept for the figures.
 #[derive(Debug, Clone)]
 pub struct Action {
-    /// Index into the report's runner instances.
-    pub runner: usize,
+    /// Index into the report's runner instances (`u32`: a few million
+    /// of these are kept, and each byte of them counts).
+    pub runner: u32,
     /// Index into the groups.
-    pub group: usize,
-    /// Start and end, seconds since the epoch.
-    pub start: f64,
-    /// See `start`.
+    pub group: u32,
+    /// The end, seconds since the epoch (see [`Action::start`]).
     pub end: f64,
     /// Wall time in seconds.
     pub wall_seconds: f64,
@@ -27,6 +26,14 @@ pub struct Action {
     pub stall: Option<Stall>,
     /// Whose limit an OOM kill hit.
     pub oom_verdict: OomVerdict,
+}
+
+impl Action {
+    /// The start, seconds since the epoch: the end less the wall time
+    /// (computed, not kept: it is what was kept before).
+    pub fn start(&self) -> f64 {
+        self.end - self.wall_seconds
+    }
 }
 
 /// A runner instance seen in the journals.

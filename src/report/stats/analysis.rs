@@ -3,34 +3,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::thread;
 
-use super::super::parse::{Finished, Record, RunnerState, Skipped, Started};
+use super::super::id::Id;
+use super::super::parse::{Arguments, Finished, Record, RunnerState, Skipped, Started};
 use super::actions::{Action, Runner};
-use super::concurrency::{knee, stall_by_concurrency, sweep, RunnerSizing};
-use super::groups::{group_stats, program_group, GroupBy, NOT_STARTED};
+use super::concurrency::{knee, stall_by_concurrency, sweeps};
+use super::groups::{group_stats, GroupBy, NOT_STARTED};
+use super::top::{enters_top, keep_top, TopAction};
 use super::{nearest_ranks, with_headroom, Report, Sizing};
 use crate::action::ActionResult;
 use crate::cgroup::attribution::OomVerdict;
 use crate::metrics::go_code_name;
-
-/// How many of the largest and longest actions are listed.
-pub const TOP: usize = 10;
-
-/// One of the largest or longest actions.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TopAction {
-    /// Its id.
-    pub action_id: String,
-    /// Its group.
-    pub program: String,
-    /// Its argv (empty when it did not start).
-    pub arguments: Vec<String>,
-    /// See [`Action`].
-    pub memory_bytes: Option<i64>,
-    /// See [`Action`].
-    pub memory_from_rss: bool,
-    /// Wall time in seconds.
-    pub wall_seconds: f64,
-}
 
 /// The tallies of the summary, keyed by the label values the metrics use.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -57,7 +39,7 @@ pub struct Analysis {
     /// left out (`--since`).
     cutoff: Option<f64>,
     /// Started, not yet finished: group and argv by (instance, id).
-    running: HashMap<(String, String), (usize, Vec<String>)>,
+    running: HashMap<(Id, Id), (usize, Arguments)>,
     runner_index: HashMap<String, usize>,
     runners: Vec<Runner>,
     group_index: HashMap<String, usize>,
@@ -94,7 +76,7 @@ impl Analysis {
     pub fn add(&mut self, record: Record) {
         match record {
             Record::Started(started) => self.started(started),
-            Record::Finished(finished) => self.finished(*finished),
+            Record::Finished(finished) => self.finished(finished),
             Record::RunnerState(state) => self.runner_state(state),
             Record::CleanupFailed { time } => {
                 if self.in_window(time) {
@@ -111,22 +93,22 @@ impl Analysis {
 
     fn started(&mut self, started: Started) {
         let group = match self.group_by {
-            GroupBy::Program => program_group(&started.arguments),
-            GroupBy::None => "(all)".into(),
+            GroupBy::Program => self.group(&started.program),
+            GroupBy::None => self.group("(all)"),
         };
-        let group = self.group(group);
         self.running.insert(
             (started.instance, started.action_id),
             (group, started.arguments),
         );
     }
 
-    fn group(&mut self, name: String) -> usize {
-        if let Some(&index) = self.group_index.get(&name) {
+    fn group(&mut self, name: &str) -> usize {
+        if let Some(&index) = self.group_index.get(name) {
             return index;
         }
-        self.groups.push(name.clone());
-        self.group_index.insert(name, self.groups.len() - 1);
+        self.groups.push(name.to_string());
+        self.group_index
+            .insert(name.to_string(), self.groups.len() - 1);
         self.groups.len() - 1
     }
 
@@ -156,10 +138,10 @@ impl Analysis {
             Some(started) => started,
             None => {
                 let name = match self.group_by {
-                    GroupBy::Program => NOT_STARTED.to_string(),
-                    GroupBy::None => "(all)".to_string(),
+                    GroupBy::Program => NOT_STARTED,
+                    GroupBy::None => "(all)",
                 };
-                (self.group(name), Vec::new())
+                (self.group(name), Arguments::default())
             }
         };
         if !self.in_window(finished.time) {
@@ -171,9 +153,8 @@ impl Analysis {
             None => (finished.usage.max_rss_bytes, true),
         };
         let action = Action {
-            runner: self.runner(&finished.instance),
-            group,
-            start: finished.time - finished.wall_seconds,
+            runner: self.runner(&finished.instance) as u32,
+            group: group as u32,
             end: finished.time,
             wall_seconds: finished.wall_seconds,
             memory_bytes,
@@ -182,19 +163,28 @@ impl Analysis {
             stall: finished.usage.stall,
             oom_verdict: finished.oom_verdict,
         };
-        let top = TopAction {
-            action_id: finished.action_id,
-            program: self.groups[group].clone(),
-            arguments,
-            memory_bytes: action.memory_bytes,
-            memory_from_rss: action.memory_from_rss,
-            wall_seconds: action.wall_seconds,
-        };
-        keep_top(&mut self.top_wall, &top, |top| top.wall_seconds);
-        if top.memory_bytes.is_some() {
-            keep_top(&mut self.top_memory, &top, |top| {
-                top.memory_bytes.unwrap_or(0) as f64
-            });
+        // Few actions make a top list: only those are written out whole.
+        let wall_key = |top: &TopAction| top.wall_seconds;
+        let memory_key = |top: &TopAction| top.memory_bytes.unwrap_or(0) as f64;
+        let longest = enters_top(&self.top_wall, action.wall_seconds, wall_key);
+        let largest = action
+            .memory_bytes
+            .is_some_and(|memory| enters_top(&self.top_memory, memory as f64, memory_key));
+        if longest || largest {
+            let top = TopAction {
+                action_id: finished.action_id.to_string(),
+                program: self.groups[group].clone(),
+                arguments: arguments.to_vec(),
+                memory_bytes: action.memory_bytes,
+                memory_from_rss: action.memory_from_rss,
+                wall_seconds: action.wall_seconds,
+            };
+            if longest {
+                keep_top(&mut self.top_wall, &top, wall_key);
+            }
+            if largest {
+                keep_top(&mut self.top_memory, &top, memory_key);
+            }
         }
         self.actions.push(action);
     }
@@ -235,7 +225,7 @@ impl Analysis {
                 let walls: Vec<f64> = actions.iter().map(|a| a.wall_seconds).collect();
                 (group_stats(&self.groups, actions), memory, walls)
             });
-            let sweeps = self.sweeps(headroom);
+            let sweeps = sweeps(actions, &self.runners, headroom);
             let unordered = unordered
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -256,7 +246,7 @@ impl Analysis {
             cpu_pressure_knee: knee(&knee_table),
             headroom,
         };
-        let first_time = actions.iter().map(|a| a.start).reduce(f64::min);
+        let first_time = actions.iter().map(Action::start).reduce(f64::min);
         let last_time = actions.iter().map(|a| a.end).reduce(f64::max);
         Report {
             groups,
@@ -272,38 +262,6 @@ impl Analysis {
             skipped: self.skipped,
         }
     }
-
-    /// Each runner's concurrency figures, and for each action the most
-    /// actions that ran at once during its life.
-    fn sweeps(&self, headroom: f64) -> (Vec<RunnerSizing>, Vec<u32>) {
-        let mut per_runner: Vec<Vec<usize>> = vec![Vec::new(); self.runners.len()];
-        for (index, action) in self.actions.iter().enumerate() {
-            per_runner[action.runner].push(index);
-        }
-        let mut concurrency = vec![1u32; self.actions.len()];
-        let runners = per_runner
-            .iter()
-            .zip(&self.runners)
-            .filter(|(indices, _)| !indices.is_empty())
-            .map(|(indices, runner)| {
-                sweep(&self.actions, indices, &mut concurrency, runner, headroom)
-            })
-            .collect();
-        (runners, concurrency)
-    }
-}
-
-/// Keeps `top` the `TOP` largest by `key`, largest first.
-fn keep_top(top: &mut Vec<TopAction>, candidate: &TopAction, key: impl Fn(&TopAction) -> f64) {
-    if top.len() == TOP && top.last().is_some_and(|last| key(last) >= key(candidate)) {
-        return;
-    }
-    let position = top
-        .iter()
-        .position(|entry| key(entry) < key(candidate))
-        .unwrap_or(top.len());
-    top.insert(position, candidate.clone());
-    top.truncate(TOP);
 }
 
 #[cfg(test)]
@@ -380,35 +338,5 @@ mod tests {
             .find(|g| g.program == NOT_STARTED)
             .unwrap();
         assert_eq!(not_started.count, 3);
-    }
-
-    #[test]
-    fn the_top_lists_keep_the_ten_largest_largest_first() {
-        let journal: String = (0..25)
-            .map(|i| {
-                action(
-                    "aaaaaaaa",
-                    &format!("a{i}"),
-                    f64::from(i),
-                    f64::from(i) + f64::from(i % 7) + 1.0,
-                    "cc",
-                    i64::from(i * 100),
-                    0.0,
-                )
-            })
-            .collect();
-        let report = analyse(&journal, GroupBy::Program, None);
-        let memory: Vec<i64> = report
-            .top_memory
-            .iter()
-            .filter_map(|t| t.memory_bytes)
-            .collect();
-        assert_eq!(
-            memory,
-            [2400, 2300, 2200, 2100, 2000, 1900, 1800, 1700, 1600, 1500]
-        );
-        assert_eq!(report.top_wall.len(), TOP);
-        assert_eq!(report.top_wall[0].wall_seconds, 7.0);
-        assert_eq!(report.top_memory[0].arguments, ["cc"]);
     }
 }

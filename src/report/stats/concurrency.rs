@@ -2,6 +2,9 @@
 //! memory and CPU, the memory timeline, and the CPU-pressure knee.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::thread;
 
 use super::actions::{Action, Runner};
 use super::{nearest_ranks, with_headroom};
@@ -36,11 +39,64 @@ pub struct RunnerSizing {
 /// The most points a timeline keeps.
 pub const TIMELINE_POINTS: usize = 1500;
 
-/// Walks one runner's actions in time order (an end before a start at
-/// the same instant: intervals are half-open), summing the memory and
-/// CPU rate of those running, and records for each action the most
-/// actions that ran at once during its life.
-pub(super) fn sweep(
+/// Each runner's concurrency figures, and for each action the most
+/// actions that ran at once during its life. Runners are swept on up
+/// to one thread per core, each taking the next runner: one runner's
+/// sweep needs memory in proportion to its actions, so no more are
+/// swept at once.
+pub(super) fn sweeps(
+    actions: &[Action],
+    runners: &[Runner],
+    headroom: f64,
+) -> (Vec<RunnerSizing>, Vec<u32>) {
+    let mut per_runner: Vec<Vec<usize>> = vec![Vec::new(); runners.len()];
+    for (index, action) in actions.iter().enumerate() {
+        per_runner[action.runner as usize].push(index);
+    }
+    let swept: Vec<_> = per_runner
+        .iter()
+        .zip(runners)
+        .filter(|(indices, _)| !indices.is_empty())
+        .map(|(indices, runner)| (indices, runner, Mutex::new(None)))
+        .collect();
+    let next = AtomicUsize::new(0);
+    let work = || loop {
+        let Some((indices, runner, result)) = swept.get(next.fetch_add(1, Ordering::Relaxed))
+        else {
+            return;
+        };
+        let mut concurrency = vec![1u32; indices.len()];
+        let sizing = sweep(actions, indices, &mut concurrency, runner, headroom);
+        *result.lock().unwrap_or_else(PoisonError::into_inner) = Some((sizing, concurrency));
+    };
+    let threads = thread::available_parallelism().map_or(1, |cores| cores.get());
+    thread::scope(|scope| {
+        for _ in 1..threads.min(swept.len()) {
+            scope.spawn(work);
+        }
+        work();
+    });
+    let mut concurrency = vec![1u32; actions.len()];
+    let mut sizings = Vec::with_capacity(swept.len());
+    for (indices, _, result) in swept {
+        let (sizing, levels) = result
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .expect("every runner is swept");
+        for (&index, level) in indices.iter().zip(levels) {
+            concurrency[index] = level;
+        }
+        sizings.push(sizing);
+    }
+    (sizings, concurrency)
+}
+
+/// Walks one runner's actions (`indices`, in journal order) in time
+/// order (an end before a start at the same instant: intervals are
+/// half-open), summing the memory and CPU rate of those running, and
+/// records for each action the most actions that ran at once during its
+/// life in `concurrency` (one entry per index, all 1 at first).
+fn sweep(
     actions: &[Action],
     indices: &[usize],
     concurrency: &mut [u32],
@@ -54,12 +110,14 @@ pub(super) fn sweep(
     changes.extend(
         indices
             .iter()
-            .map(|&index| (actions[index].start, true, index)),
+            .enumerate()
+            .map(|(position, &index)| (actions[index].start(), true, position)),
     );
     changes.extend(
         indices
             .iter()
-            .map(|&index| (actions[index].end, false, index)),
+            .enumerate()
+            .map(|(position, &index)| (actions[index].end, false, position)),
     );
     changes.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let rate = |action: &Action| match action.cpu_seconds {
@@ -80,11 +138,11 @@ pub(super) fn sweep(
         oom_kills: Vec::new(),
     };
     let mut timeline = Vec::with_capacity(changes.len());
-    for (time, starts, index) in changes {
-        let action = &actions[index];
+    for (time, starts, position) in changes {
+        let action = &actions[indices[position]];
         let action_memory = action.memory_bytes.unwrap_or(0);
         if starts {
-            running.push(index);
+            running.push(position);
             memory += action_memory;
             cpu += rate(action);
             let now = running.len() as u32;
@@ -98,8 +156,8 @@ pub(super) fn sweep(
             if action.oom_verdict != OomVerdict::None {
                 sizing.oom_kills.push((time, memory, action.oom_verdict));
             }
-            if let Some(position) = running.iter().position(|&r| r == index) {
-                running.swap_remove(position);
+            if let Some(at) = running.iter().position(|&r| r == position) {
+                running.swap_remove(at);
             }
             memory -= action_memory;
             cpu = (cpu - rate(action)).max(0.0);

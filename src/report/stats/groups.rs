@@ -21,13 +21,13 @@ pub enum GroupBy {
 /// The group of an action with this argv, by program: `basename(argv[0])`
 /// (`javac`, `clang`), or for `sh|bash|dash -c SCRIPT` the first word of
 /// the script after variable assignments and `exec`.
-pub fn program_group(arguments: &[String]) -> String {
+pub fn program_group<S: AsRef<str>>(arguments: &[S]) -> &str {
     let Some(program) = arguments.first() else {
-        return "(no argv)".into();
+        return "(no argv)";
     };
-    let program = basename(program);
+    let program = basename(program.as_ref());
     let shell = matches!(program, "sh" | "bash" | "dash");
-    let script_option = arguments.get(1).is_some_and(|option| {
+    let script_option = arguments.get(1).map(AsRef::as_ref).is_some_and(|option| {
         option.len() > 1
             && option.starts_with('-')
             && option[1..].bytes().all(|b| b.is_ascii_alphabetic())
@@ -36,14 +36,15 @@ pub fn program_group(arguments: &[String]) -> String {
     if shell && script_option {
         let first_word = arguments.get(2).and_then(|script| {
             script
+                .as_ref()
                 .split_whitespace()
                 .find(|word| *word != "exec" && !word.contains('='))
         });
         if let Some(word) = first_word {
-            return basename(word).to_string();
+            return basename(word);
         }
     }
-    program.to_string()
+    program
 }
 
 fn basename(path: &str) -> &str {
@@ -80,7 +81,7 @@ pub struct GroupStats {
 pub(super) fn group_stats(names: &[String], actions: &[Action]) -> Vec<GroupStats> {
     let mut sums: Vec<GroupSums> = names.iter().map(|_| GroupSums::default()).collect();
     for action in actions {
-        sums[action.group].add(action);
+        sums[action.group as usize].add(action);
     }
     let mut groups: Vec<GroupStats> = names
         .iter()
@@ -150,8 +151,7 @@ mod tests {
 
     #[test]
     fn actions_are_grouped_by_program_or_the_first_word_of_a_shell_script() {
-        let group =
-            |argv: &[&str]| program_group(&argv.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        let group = |argv: &[&str]| program_group(argv).to_string();
         assert_eq!(group(&["/usr/bin/javac", "-d", "out"]), "javac");
         assert_eq!(group(&["clang"]), "clang");
         assert_eq!(

@@ -12,6 +12,7 @@
 //!   the [`Report`].
 //! - [`actions`]: what is kept of each finished action and each runner.
 //! - [`groups`]: grouping by program and each group's distributions.
+//! - [`top`]: the largest and longest actions, with their argv.
 //! - [`concurrency`]: overlapping actions per runner: concurrent sums,
 //!   the timeline, and the CPU-pressure knee.
 //! - here: what a report shows, and nearest-rank percentiles.
@@ -22,10 +23,12 @@ pub mod concurrency;
 pub mod groups;
 #[cfg(test)]
 mod test_journal;
+pub mod top;
 
-pub use analysis::{Analysis, Tallies, TopAction, TOP};
+pub use analysis::{Analysis, Tallies};
 pub use concurrency::{ConcurrencyStall, RunnerSizing, TIMELINE_POINTS};
-pub use groups::{GroupBy, GroupStats, NOT_STARTED};
+pub use groups::{program_group, GroupBy, GroupStats, NOT_STARTED};
+pub use top::{TopAction, TOP};
 
 use super::parse::Skipped;
 
