@@ -24,7 +24,7 @@ use rbe_runner::cleaner::directory::DirectoryCleaner;
 use rbe_runner::cleaner::process_table::ProcessTableCleaner;
 use rbe_runner::cleaner::Cleaner;
 use rbe_runner::cli;
-use rbe_runner::config::{self, Config, LogFormat};
+use rbe_runner::config::{self, Config, LogFormat, NetworkIsolation, TmpIsolation};
 use rbe_runner::diagnostics::{DiagnosticsServer, Readiness};
 use rbe_runner::events::hub::EventHub;
 use rbe_runner::events::Events;
@@ -32,7 +32,12 @@ use rbe_runner::listener::tls::ServedCertificates;
 use rbe_runner::metrics::Metrics;
 use rbe_runner::output::Output;
 use rbe_runner::process::clone::Method as SpawnMethod;
-use rbe_runner::process::privileges::{self, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT};
+use rbe_runner::process::init;
+use rbe_runner::process::isolation::Isolation;
+use rbe_runner::process::isolation_probe;
+use rbe_runner::process::privileges::{
+    self, CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN, CAP_SYS_CHROOT,
+};
 use rbe_runner::process::reaper::{self, Waiting};
 use rbe_runner::process::spawn::{
     choose_method, choose_waiting, start_spawn_server as start_server, SPAWN_ENVIRONMENT_VARIABLE,
@@ -71,6 +76,7 @@ fn main() -> ExitCode {
         Some("logs") => return cli::logs::main(&args[1..]),
         Some("report") => return cli::report::main(&args[1..]),
         Some(spawn_server::SERVE_ARGUMENT) => return spawn_server::serve(&args[1..]),
+        Some(init::INIT_ARGUMENT) => return init::serve(&args[1..]),
         Some(_) if args.len() == 1 => serve(PathBuf::from(&args[0])),
         Some(_) => Err(anyhow::anyhow!(
             "unexpected arguments {:?}\n{}",
@@ -185,6 +191,21 @@ async fn serve_config(
     // inherits.
     let spawn_server = start_spawn_server(spawn_method).await;
 
+    // isolation: the configured namespaces, created once by the path every
+    // action takes; a kernel or seccomp profile that refuses them stops
+    // the runner here, naming the field.
+    let isolation = isolation_of(&config);
+    if let Some(isolation) = &isolation {
+        isolation_probe::probe(
+            isolation,
+            spawn_method,
+            spawn_server.as_deref(),
+            build_directory.path(),
+        )
+        .await?;
+        tracing::info!(?isolation, "actions run isolated");
+    }
+
     // The event stream of this start of the runner (every action id and
     // event names the instance), with its journal when events.journalPath
     // is set.
@@ -238,6 +259,7 @@ async fn serve_config(
             (action_oom_score_adj, descriptor_limit),
             spawn_method,
             spawn_server,
+            isolation,
         ),
         placement_policy(&config, cgroups, &state),
         ActionIds::new(instance.clone()),
@@ -326,7 +348,29 @@ fn require_privileges(config: &Config, proc_root: &Path) -> anyhow::Result<()> {
     if config.chroot_into_input_root {
         privileges::require(proc_root, "chrootIntoInputRoot", &[CAP_SYS_CHROOT])?;
     }
+    if let Some(field) = config.isolation.first_field() {
+        privileges::require(proc_root, field, &[CAP_SYS_ADMIN]).map_err(|error| {
+            anyhow::anyhow!(
+                "{error}; isolating actions from a runner without CAP_SYS_ADMIN comes with \
+                 part 2 of isolation (the non-root runner)"
+            )
+        })?;
+    }
     Ok(())
+}
+
+/// The namespaces actions get, from `isolation`; `None` when it isolates
+/// nothing.
+fn isolation_of(config: &Config) -> Option<Arc<Isolation>> {
+    let isolation = &config.isolation;
+    let isolation = Isolation {
+        pid: isolation.pid,
+        network_off: isolation.network == NetworkIsolation::Off,
+        private_tmp: isolation.tmp == TmpIsolation::Private,
+        ipc: isolation.ipc,
+        hostname: isolation.hostname.clone(),
+    };
+    isolation.is_enabled().then(|| Arc::new(isolation))
 }
 
 /// The cgroups the configuration asks for, found and taken over
@@ -446,11 +490,13 @@ fn action_options(
     (oom_score_adj, descriptor_limit): (Option<i32>, Option<DescriptorLimit>),
     spawn_method: SpawnMethod,
     spawn_server: Option<Arc<SpawnServer>>,
+    isolation: Option<Arc<Isolation>>,
 ) -> ActionOptions {
     ActionOptions {
         prepare: PrepareOptions {
             set_tmpdir_environment_variable: config.set_tmpdir_environment_variable,
             chroot_into_input_root: config.chroot_into_input_root,
+            private_tmp: config.isolation.tmp == TmpIsolation::Private,
         },
         identity: config.run_commands_as.as_ref().map(|identity| Identity {
             user_id: identity.user_id,
@@ -463,6 +509,7 @@ fn action_options(
         spawn_server,
         stuck_spawn_timeout: config.stuck_spawn_timeout,
         descriptor_limit,
+        isolation,
     }
 }
 

@@ -103,6 +103,8 @@ pub struct ActionOptions {
     /// `RLIMIT_NOFILE` for actions (the soft limit the runner started
     /// with, before raising its own).
     pub descriptor_limit: Option<crate::process::spec::DescriptorLimit>,
+    /// The namespaces each action gets (`isolation`); `None`: the runner's.
+    pub isolation: Option<Arc<crate::process::isolation::Isolation>>,
 }
 
 /// Everything actions of one runner share.
@@ -394,6 +396,8 @@ impl Actions {
             cgroup: placement.take_cgroup_directory(),
             oom_score_adj: self.options.oom_score_adj,
             descriptor_limit: self.options.descriptor_limit,
+            isolation: self.options.isolation.clone(),
+            temporary_directory: prepared.temporary_directory,
         };
         Ready {
             spec,

@@ -14,6 +14,7 @@ use crate::build_directory::{
 };
 use crate::exec_limit::{current_exec_limit, ExecSize};
 use crate::fault::RunnerError;
+use crate::process::isolation::detached_mount;
 use crate::process::lookup::find_program;
 use crate::proto::runner::RunRequest;
 
@@ -24,6 +25,9 @@ pub struct PrepareOptions {
     pub set_tmpdir_environment_variable: bool,
     /// Chroot into the input root before exec.
     pub chroot_into_input_root: bool,
+    /// `isolation.tmp: 'private'`: the action's `temporary_directory` is
+    /// mounted on `/tmp` (required, and TMPDIR, when set, is `/tmp`).
+    pub private_tmp: bool,
 }
 
 /// Where actions are prepared: decided once at startup from the build
@@ -92,6 +96,8 @@ pub struct Prepared {
     pub working_directory: OwnedFd,
     /// The input root, when the child chroots into it.
     pub chroot_directory: Option<OwnedFd>,
+    /// The temporary directory, when it is mounted on the action's `/tmp`.
+    pub temporary_directory: Option<OwnedFd>,
     /// The child's standard output.
     pub stdout: File,
     /// The child's standard error.
@@ -214,15 +220,38 @@ pub fn prepare(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    if options.private_tmp && temporary_directory.is_none() {
+        return Err(RunnerError::InvalidArgument(
+            "temporary_directory is empty; isolation.tmp 'private' mounts it on /tmp and needs one"
+                .into(),
+        ));
+    }
     if let (true, Some(temporary)) = (
         options.set_tmpdir_environment_variable,
         &temporary_directory,
     ) {
-        environment
-            .entry("TMPDIR".into())
-            .or_insert_with(|| temporary.path.to_string_lossy().into_owned());
+        // With a private /tmp, the action sees its temporary directory
+        // there.
+        environment.entry("TMPDIR".into()).or_insert_with(|| {
+            if options.private_tmp {
+                "/tmp".into()
+            } else {
+                temporary.path.to_string_lossy().into_owned()
+            }
+        });
     }
 
+    // The private /tmp: the directory as a mount the child can attach in
+    // its own mount namespace.
+    let temporary_directory = match temporary_directory.filter(|_| options.private_tmp) {
+        Some(temporary) => Some(detached_mount(temporary.fd.as_fd()).map_err(|error| {
+            RunnerError::Internal(format!(
+                "cannot make a mount of temporary_directory {} for the action's /tmp: {error}",
+                quoted(&request.temporary_directory)
+            ))
+        })?),
+        None => None,
+    };
     let root = options
         .chroot_into_input_root
         .then(|| input_root.fd.as_fd());
@@ -245,6 +274,7 @@ pub fn prepare(
         environment: environment.into_iter().collect(),
         working_directory,
         chroot_directory: options.chroot_into_input_root.then_some(input_root.fd),
+        temporary_directory,
         stdout,
         stderr,
         outputs,

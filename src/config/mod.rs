@@ -58,6 +58,7 @@ pub use schema::extensions::{
     ActionCgroupsConfig, EventsConfig, DEFAULT_JOURNAL_MAX_BYTES, DEFAULT_REPLAY_BUFFER_SIZE,
     DEFAULT_STUCK_SPAWN_TIMEOUT, DEFAULT_TERMINATION_GRACE_PERIOD,
 };
+pub use schema::isolation::{IsolationConfig, NetworkIsolation, TmpIsolation};
 pub use schema::keepalive::{KeepaliveParameters, MINIMUM_WINDOW_SIZE_BYTES};
 pub use schema::serving::GrpcServerConfig;
 pub use schema::tls::{KeyPairSource, TlsServerConfig};
@@ -111,6 +112,9 @@ pub struct Config {
     pub events: EventsConfig,
     /// Extension `logFormat`: text (default) or one JSON object per line.
     pub log_format: LogFormat,
+    /// Extension `isolation`: namespaces of each action's own
+    /// (docs/isolation.md); all off by default.
+    pub isolation: IsolationConfig,
 }
 
 // ---------------------------------------------------------------------------

@@ -6,7 +6,9 @@
 //! says it exists, then sets itself up with raw system calls on values
 //! prepared beforehand: its cgroup (unless created in it), signal
 //! dispositions, process group, descriptors, `oom_score_adj`, descriptor
-//! limit, root, directory and identity. Everything it says goes into its status pipe
+//! limit, root, directory and identity; with isolation, first its
+//! namespaces ([`super::isolation`]) and, with a PID namespace, the
+//! action's init ([`super::init`]). Everything it says goes into its status pipe
 //! ([`super::status`]): no allocation in the child, and no one waits for
 //! its exec but whoever reads that pipe.
 
@@ -16,6 +18,8 @@ use std::os::fd::RawFd;
 
 use super::call::SpawnDeadline;
 use super::clone::{self, Creator, Method};
+use super::init;
+use super::isolation::{self, Isolation};
 use super::spec::{DescriptorLimit, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
 use super::status::StatusWriter;
 
@@ -51,15 +55,17 @@ pub(crate) fn create(
         Method::Clone => None,
     };
     let previous = clone::block_all_signals();
+    let namespaces = child.isolation.map_or(0, Isolation::clone_flags);
     // SAFETY: `ChildArgument::main` keeps the contract of `Creator::create`
     // (raw system calls on values prepared above, no allocation, no locks,
     // no unwinding), and `argument` is valid during the call; the child
     // reads its own copy of it.
     let pid = unsafe {
-        creator.create(
+        creator.create_in_namespaces(
             method,
             created_in,
             parent == Parent::CreatorsParent,
+            namespaces,
             ChildArgument::main,
             &argument as *const ChildArgument as *mut c_void,
         )
@@ -86,6 +92,10 @@ pub(crate) struct Child<'a> {
     /// The call's deadline: past it, the child exits instead of exec'ing.
     pub(crate) deadline: Option<SpawnDeadline>,
     pub(crate) descriptor_limit: Option<DescriptorLimit>,
+    /// The namespaces of the action's own, if any.
+    pub(crate) isolation: Option<&'a Isolation>,
+    /// The action's `temporary_directory`, for a private `/tmp`.
+    pub(crate) temporary_directory: Option<RawFd>,
 }
 
 impl<'a> Child<'a> {
@@ -109,7 +119,21 @@ impl<'a> Child<'a> {
             exec,
             deadline: None,
             descriptor_limit: None,
+            isolation: None,
+            temporary_directory: None,
         }
+    }
+
+    /// The same child, in the namespaces of `isolation` (none when it
+    /// isolates nothing), with `temporary_directory` for a private `/tmp`.
+    pub(crate) fn with_isolation(
+        mut self,
+        isolation: Option<&'a Isolation>,
+        temporary_directory: Option<RawFd>,
+    ) -> Self {
+        self.isolation = isolation.filter(|isolation| isolation.is_enabled());
+        self.temporary_directory = temporary_directory;
+        self
     }
 
     /// The same child, exiting instead of exec'ing once `deadline` passed.
@@ -155,8 +179,19 @@ impl ChildArgument<'_> {
         // copy of its creator's, so it stays valid for the child's life.
         let argument = unsafe { &*(arg as *const ChildArgument) };
         // First words, before anything can fail: whoever reads the pipe
-        // learns the pid even when the spawn server does not say it.
-        argument.status.started();
+        // learns the pid even when the spawn server does not say it. In a
+        // PID namespace of its own the child is 1 to itself: its pid as
+        // the runner sees it is read from the host's /proc.
+        match argument.child.isolation.filter(|isolation| isolation.pid) {
+            None => argument.status.started(),
+            Some(_) => match isolation::host_pid() {
+                Ok(pid) => argument.status.started_as(pid),
+                Err(errno) => {
+                    argument.status.failed(SpawnStep::Init, errno);
+                    return 127;
+                }
+            },
+        }
         match argument.set_up_and_exec() {
             Ok(never) => match never {},
             Err((step, errno)) => {
@@ -175,6 +210,14 @@ impl ChildArgument<'_> {
         if let Some(cgroup) = self.joins_cgroup {
             // "0" moves the writing process: this child.
             write_file(cgroup, c"cgroup.procs", b"0", SpawnStep::JoinCgroup)?;
+        }
+        if let Some(isolation) = child.isolation {
+            let host_proc = isolation::enter(isolation, child.temporary_directory)?;
+            if let Some(host_proc) = host_proc {
+                // Returns only in the action; this process becomes its
+                // init.
+                init::start_action(self.status, host_proc, child.standard[0])?;
+            }
         }
         // SAFETY: this is the child, a single thread whose dispositions are
         // its own (created without CLONE_SIGHAND), not its creator's.

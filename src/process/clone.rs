@@ -182,10 +182,28 @@ impl Creator {
         main: ChildMain,
         arg: *mut c_void,
     ) -> io::Result<i32> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.create_in_namespaces(method, cgroup, sibling, 0, main, arg) }
+    }
+
+    /// [`Creator::create`], with the child in new namespaces: `namespaces`
+    /// holds `CLONE_NEW*` flags (see [`super::isolation`]).
+    ///
+    /// # Safety
+    /// As [`Creator::create`].
+    pub unsafe fn create_in_namespaces(
+        &self,
+        method: Method,
+        cgroup: Option<RawFd>,
+        sibling: bool,
+        namespaces: libc::c_int,
+        main: ChildMain,
+        arg: *mut c_void,
+    ) -> io::Result<i32> {
         let area = self.area();
         // A sibling is a child of our parent (the spawn server creates
         // children of the runner).
-        let parent = if sibling { libc::CLONE_PARENT } else { 0 };
+        let parent = if sibling { libc::CLONE_PARENT } else { 0 } | namespaces;
         let pid = match method {
             // SAFETY: forwarded from this function's contract; the stack is
             // ours while the lock is held.

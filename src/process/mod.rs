@@ -10,6 +10,10 @@
 //! - [`child`]: the child between clone and exec (its cgroup, signals,
 //!   process group, descriptors, root, directory and identity, set up with
 //!   raw system calls), and creating it in this process.
+//! - [`isolation`]: the namespaces of an action's own, set up by the
+//!   child; [`init`]: the init of its PID namespace, and the action's exit
+//!   as the runner learns it from there; [`isolation_probe`]: creating the
+//!   configured namespaces once at startup.
 //! - [`clone`]: the mechanism only: `clone3` or glibc's `clone`, and the
 //!   child's stack.
 //! - [`spec`]: what a spawn is asked for and what it answers (the action's
@@ -34,6 +38,9 @@
 pub mod call;
 pub mod child;
 pub mod clone;
+pub mod init;
+pub mod isolation;
+pub mod isolation_probe;
 pub mod lookup;
 pub mod privileges;
 pub mod reaper;

@@ -28,6 +28,11 @@ pub const CAP_SETUID: Capability = Capability {
     name: "CAP_SETUID",
     number: 7,
 };
+/// Needed for mounts and `CLONE_NEW*` namespaces (`isolation`).
+pub const CAP_SYS_ADMIN: Capability = Capability {
+    name: "CAP_SYS_ADMIN",
+    number: 21,
+};
 /// Needed for `chroot`.
 pub const CAP_SYS_CHROOT: Capability = Capability {
     name: "CAP_SYS_CHROOT",

@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use super::call::CallGone;
 use super::child::{self, Child};
 use super::clone::{self, Method};
+use super::init;
 use super::reaper::{self, reaper, ChildExit, Expecting, SpawnedChild, Waiting};
 use super::spawn_server::{self, NotAsked, SpawnServer};
 use super::spec::{ExecArguments, OomScoreAdj, Parent, ProcessSpec, SpawnError, SpawnStep};
@@ -86,7 +87,11 @@ pub async fn spawn(
         &exec,
     )
     .with_deadline(call.spawn_deadline())
-    .with_descriptor_limit(spec.descriptor_limit);
+    .with_descriptor_limit(spec.descriptor_limit)
+    .with_isolation(
+        spec.isolation.as_deref(),
+        spec.temporary_directory.as_ref().map(AsRawFd::as_raw_fd),
+    );
     if let Some(server) = server.filter(|server| server.is_up()) {
         if let Some(spawned) = ask_server(server, &child, method, call, &waiting).await? {
             return Ok(spawned);
@@ -228,6 +233,8 @@ async fn follow(
     waiting: &Waited<'_>,
 ) -> Result<Option<SpawnedChild>, SpawnError> {
     let mut cancelled = false;
+    // An isolated action under an init: its pid as the runner sees it.
+    let mut action = None;
     let stuck_at = waiting.stuck_at();
     let mut stuck = None;
     loop {
@@ -269,7 +276,16 @@ async fn follow(
                     source: io::Error::from_raw_os_error(errno),
                 })
             }
-            None => return Ok(spawned),
+            Some(Status::ActionStarted(pid)) => action = Some(pid),
+            // The init says the exec, and keeps the channel for the exit.
+            Some(Status::Executed) | None => {
+                return Ok(match (spawned, action) {
+                    (Some(init), Some(action)) => Some(init::follow_action(init, action, status)),
+                    (spawned, _) => spawned,
+                })
+            }
+            // Only after the exec, read by `follow_action`.
+            Some(Status::Exited(_)) => {}
         }
     }
 }
@@ -322,6 +338,8 @@ pub async fn start_spawn_server(
         cgroup: None,
         oom_score_adj: None,
         descriptor_limit: None,
+        isolation: None,
+        temporary_directory: None,
     };
     let (_forever, dropped) = oneshot::channel();
     let mut call = CallGone::new(dropped, None);
@@ -499,6 +517,8 @@ mod tests {
             cgroup: None,
             oom_score_adj: None,
             descriptor_limit: None,
+            isolation: None,
+            temporary_directory: None,
         }
     }
 

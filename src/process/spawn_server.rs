@@ -52,6 +52,7 @@ use tokio::sync::{oneshot, Mutex};
 use super::call::{CallGone, SpawnDeadline};
 use super::child::{self, Child};
 use super::clone::{self, Method};
+use super::isolation::Isolation;
 use super::reaper::ChildExit;
 use super::spec::{DescriptorLimit, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
 use super::status::{self, StatusReader, StatusWriter};
@@ -71,8 +72,9 @@ const REQUEST_MAGIC: u32 = 0x5242_5332;
 const READY: &[u8; 4] = b"RDY1";
 
 /// The most descriptors one request carries: the status pipe, stdin,
-/// stdout, stderr, the working directory, the root and the cgroup.
-const MOST_DESCRIPTORS: usize = 7;
+/// stdout, stderr, the working directory, the root, the cgroup and the
+/// temporary directory of a private `/tmp`.
+const MOST_DESCRIPTORS: usize = 8;
 
 /// The largest request: the exec size limit is at most a quarter of an
 /// 8 GiB stack, but requests are measured against the real limit long
@@ -291,6 +293,10 @@ fn encode(child: &Child, method: Method) -> (Vec<u8>, Vec<RawFd>) {
         flags |= FLAG_CGROUP;
         descriptors.push(cgroup);
     }
+    if let Some(temporary_directory) = child.temporary_directory {
+        flags |= FLAG_TEMPORARY_DIRECTORY;
+        descriptors.push(temporary_directory);
+    }
     let mut body = Writer::default();
     body.u32(REQUEST_MAGIC);
     body.u8(match method {
@@ -335,6 +341,11 @@ fn encode(child: &Child, method: Method) -> (Vec<u8>, Vec<RawFd>) {
         body.u64(limit.soft);
         body.u64(limit.hard);
     }
+    if let Some(isolation) = child.isolation {
+        flags |= FLAG_ISOLATION;
+        encode_isolation(&mut body, isolation);
+    }
+    body.0[5] = flags;
     let mut request = (body.0.len() as u32).to_le_bytes().to_vec();
     request.extend(body.0);
     (request, descriptors)
@@ -346,6 +357,38 @@ const FLAG_OOM_SCORE_ADJ: u8 = 4;
 const FLAG_IDENTITY: u8 = 8;
 /// Two u64 (soft, hard) at the end of the body.
 const FLAG_DESCRIPTOR_LIMIT: u8 = 16;
+/// The isolation's options and host name at the end of the body.
+const FLAG_ISOLATION: u8 = 32;
+/// The temporary directory of a private `/tmp`, after the cgroup.
+const FLAG_TEMPORARY_DIRECTORY: u8 = 64;
+
+/// `isolation` as a byte of options, then the host name (empty: none).
+fn encode_isolation(body: &mut Writer, isolation: &Isolation) {
+    let options = [
+        isolation.pid,
+        isolation.network_off,
+        isolation.private_tmp,
+        isolation.ipc,
+    ]
+    .iter()
+    .enumerate()
+    .fold(0u8, |options, (bit, &set)| options | (u8::from(set) << bit));
+    body.u8(options);
+    body.bytes(isolation.hostname.as_deref().unwrap_or("").as_bytes());
+}
+
+fn decode_isolation(reader: &mut Reader) -> Result<Isolation, &'static str> {
+    let options = reader.u8()?;
+    let hostname = reader.cstring()?;
+    let hostname = hostname.into_string().map_err(|_| "host name not UTF-8")?;
+    Ok(Isolation {
+        pid: options & 1 != 0,
+        network_off: options & 2 != 0,
+        private_tmp: options & 4 != 0,
+        ipc: options & 8 != 0,
+        hostname: (!hostname.is_empty()).then_some(hostname),
+    })
+}
 
 /// A request as the server received it, owning what the child needs.
 struct Request {
@@ -355,6 +398,8 @@ struct Request {
     descriptors: Vec<OwnedFd>,
     has_root: bool,
     has_cgroup: bool,
+    has_temporary_directory: bool,
+    isolation: Option<Isolation>,
     oom_score_adj: Option<i32>,
     identity: Option<Identity>,
     exec: ExecArguments,
@@ -399,9 +444,18 @@ impl Request {
         } else {
             None
         };
+        let isolation = if flags & FLAG_ISOLATION != 0 {
+            Some(decode_isolation(&mut reader)?)
+        } else {
+            None
+        };
         let has_root = flags & FLAG_CHROOT != 0;
         let has_cgroup = flags & FLAG_CGROUP != 0;
-        let expected = 4 + usize::from(has_root) + usize::from(has_cgroup);
+        let has_temporary_directory = flags & FLAG_TEMPORARY_DIRECTORY != 0;
+        let expected = 4
+            + usize::from(has_root)
+            + usize::from(has_cgroup)
+            + usize::from(has_temporary_directory);
         if descriptors.len() != expected {
             return Err("wrong number of descriptors");
         }
@@ -410,6 +464,8 @@ impl Request {
             descriptors,
             has_root,
             has_cgroup,
+            has_temporary_directory,
+            isolation,
             oom_score_adj: (flags & FLAG_OOM_SCORE_ADJ != 0).then_some(oom_score_adj),
             identity: (flags & FLAG_IDENTITY != 0).then_some(Identity {
                 user_id,
@@ -433,6 +489,7 @@ impl Request {
         };
         let chroot_directory = take(self.has_root);
         let cgroup = take(self.has_cgroup);
+        let temporary_directory = take(self.has_temporary_directory);
         Child::new(
             cgroup,
             [fd(0), fd(1), fd(2)],
@@ -444,6 +501,7 @@ impl Request {
         )
         .with_deadline(self.deadline)
         .with_descriptor_limit(self.descriptor_limit)
+        .with_isolation(self.isolation.as_ref(), temporary_directory)
     }
 }
 

@@ -57,6 +57,12 @@ pub struct ProcessSpec {
     /// `RLIMIT_NOFILE` the child sets before exec (the runner raises its
     /// own soft limit; actions get back the one it started with).
     pub descriptor_limit: Option<DescriptorLimit>,
+    /// The namespaces of the action's own (`isolation`); `None`: the
+    /// runner's.
+    pub isolation: Option<std::sync::Arc<super::isolation::Isolation>>,
+    /// The action's `temporary_directory` (`O_PATH`), mounted on `/tmp`
+    /// and `/var/tmp` with a private `/tmp`.
+    pub temporary_directory: Option<OwnedFd>,
 }
 
 /// NUL-terminated argv and envp arrays, built before the child is created
@@ -186,6 +192,25 @@ pub enum SpawnStep {
     Cancelled = 10,
     /// Restoring the starting soft `RLIMIT_NOFILE` before the exec.
     DescriptorLimit = 11,
+    /// Making the mounts of the action's mount namespace private, so that
+    /// nothing it mounts reaches the host (`isolation`).
+    MountPropagation = 12,
+    /// Bringing up the loopback of the action's network namespace
+    /// (`isolation.network`).
+    Loopback = 13,
+    /// Setting the host name of the action's UTS namespace
+    /// (`isolation.hostname`).
+    Hostname = 14,
+    /// Mounting the `temporary_directory` on `/tmp` and `/var/tmp`
+    /// (`isolation.tmp`).
+    PrivateTmp = 15,
+    /// Mounting a private tmpfs on `/dev/shm` (`isolation.ipc`).
+    PrivateShm = 16,
+    /// Mounting the PID namespace's `/proc` and its masks (`isolation.pid`).
+    Proc = 17,
+    /// Starting the PID namespace's init and the action under it
+    /// (`isolation.pid`).
+    Init = 18,
 }
 
 impl SpawnStep {
@@ -201,6 +226,13 @@ impl SpawnStep {
             9 => SpawnStep::Deadline,
             10 => SpawnStep::Cancelled,
             11 => SpawnStep::DescriptorLimit,
+            12 => SpawnStep::MountPropagation,
+            13 => SpawnStep::Loopback,
+            14 => SpawnStep::Hostname,
+            15 => SpawnStep::PrivateTmp,
+            16 => SpawnStep::PrivateShm,
+            17 => SpawnStep::Proc,
+            18 => SpawnStep::Init,
             _ => SpawnStep::Exec,
         }
     }
@@ -220,6 +252,17 @@ impl std::fmt::Display for SpawnStep {
             SpawnStep::Deadline => "the call's deadline passed before the exec",
             SpawnStep::Cancelled => "the call was over before the exec",
             SpawnStep::DescriptorLimit => "restoring the action's descriptor limit (RLIMIT_NOFILE)",
+            SpawnStep::MountPropagation => {
+                "making the action's mounts private (isolation: mount namespace)"
+            }
+            SpawnStep::Loopback => "bringing up the action's loopback (isolation.network)",
+            SpawnStep::Hostname => "setting the action's host name (isolation.hostname)",
+            SpawnStep::PrivateTmp => {
+                "mounting the temporary_directory on /tmp and /var/tmp (isolation.tmp)"
+            }
+            SpawnStep::PrivateShm => "mounting a private /dev/shm (isolation.ipc)",
+            SpawnStep::Proc => "mounting the action's /proc (isolation.pid)",
+            SpawnStep::Init => "starting the action's init (isolation.pid)",
         })
     }
 }

@@ -25,7 +25,10 @@
 //! for that child's exec too: it holds [`super::clone::Creator`] from
 //! making the pipe until it has closed its write end.
 //!
-//! Each message is [`MESSAGE_SIZE`] bytes, sent as one packet.
+//! Each message is [`MESSAGE_SIZE`] bytes, sent as one packet; the init of
+//! an isolated action's PID namespace ([`super::init`]) adds three: the
+//! action's pid, its exec (the end of file cannot say it: the init keeps
+//! its end open), and its exit with its rusage, a longer packet.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -41,6 +44,12 @@ const MESSAGE_SIZE: usize = 12;
 const STARTED: u32 = 1;
 const FAILED: u32 = 2;
 const NOT_CREATED: u32 = 3;
+const ACTION_STARTED: u32 = 4;
+const EXECUTED: u32 = 5;
+const EXITED: u32 = 6;
+
+/// The size of an exit message: a message, then the action's rusage.
+const EXIT_MESSAGE_SIZE: usize = MESSAGE_SIZE + std::mem::size_of::<libc::rusage>();
 
 /// What a child, or whoever was asked to create it, reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +60,40 @@ pub(crate) enum Status {
     Failed(SpawnStep, i32),
     /// The child could not be created (the spawn server's answer).
     NotCreated(i32),
+    /// The action under a PID namespace's init exists, with this pid as
+    /// the runner sees it (the child that said [`Status::Started`] is its
+    /// init).
+    ActionStarted(i32),
+    /// The action under an init has exec'd (or exited before).
+    Executed,
+    /// The action under an init has exited: its raw wait status and its
+    /// own rusage, as the init's `wait4` returned them.
+    Exited(ReportedExit),
+}
+
+/// An exit reported by an init, comparable for tests.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReportedExit(pub(crate) super::reaper::ChildExit);
+
+impl PartialEq for ReportedExit {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.status == other.0.status
+            && rusage_bytes(&self.0.rusage) == rusage_bytes(&other.0.rusage)
+    }
+}
+
+impl Eq for ReportedExit {}
+
+/// The bytes of `rusage` (plain integers, no padding), as sent.
+fn rusage_bytes(rusage: &libc::rusage) -> &[u8] {
+    // SAFETY: `rusage` is a live value of plain integer fields; viewing it
+    // as bytes reads nothing beyond it.
+    unsafe {
+        std::slice::from_raw_parts(
+            (rusage as *const libc::rusage).cast::<u8>(),
+            std::mem::size_of::<libc::rusage>(),
+        )
+    }
 }
 
 /// A new status channel: the reader's end (non-blocking, waited for in
@@ -109,6 +152,41 @@ impl StatusWriter {
         self.write(NOT_CREATED, 0, errno);
     }
 
+    /// The first words of a child whose own pid is not what the runner
+    /// sees (the init of a PID namespace is 1 to itself): `pid`.
+    pub(crate) fn started_as(self, pid: i32) {
+        self.write(STARTED, pid, 0);
+    }
+
+    /// The action under an init exists, as `pid` to the runner.
+    pub(crate) fn action_started(self, pid: i32) {
+        self.write(ACTION_STARTED, pid, 0);
+    }
+
+    /// The action under an init has exec'd.
+    pub(crate) fn executed(self) {
+        self.write(EXECUTED, 0, 0);
+    }
+
+    /// The action under an init has exited with the raw wait `status` and
+    /// its own `rusage`. No allocation: the init calls it.
+    pub(crate) fn exited(self, status: i32, rusage: &libc::rusage) {
+        let mut message = [0u8; EXIT_MESSAGE_SIZE];
+        message[0..4].copy_from_slice(&EXITED.to_le_bytes());
+        message[4..8].copy_from_slice(&status.to_le_bytes());
+        message[MESSAGE_SIZE..].copy_from_slice(rusage_bytes(rusage));
+        // SAFETY: the kernel reads the live local array; the descriptor is
+        // a number the kernel checks.
+        unsafe {
+            libc::send(
+                self.0,
+                message.as_ptr().cast(),
+                message.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+    }
+
     /// The runner has cancelled this spawn (its call is over): it shut
     /// down its sending side, or closed its end. One raw `poll`, nothing
     /// allocated (the child calls it).
@@ -156,14 +234,19 @@ impl StatusReader {
     /// child's end is closed: the child has exec'd or exited, or was
     /// never created). Waits in the event loop, blocking no thread.
     pub(crate) async fn next(&mut self) -> io::Result<Option<Status>> {
-        let mut message = [0u8; MESSAGE_SIZE];
+        let mut message = [0u8; EXIT_MESSAGE_SIZE];
         let read = self
             .fd
             .async_io(Interest::READABLE, |fd| {
-                // SAFETY: the kernel writes at most MESSAGE_SIZE bytes into
+                // SAFETY: the kernel writes at most the array's length into
                 // the live local `message`.
                 let read = unsafe {
-                    libc::recv(fd.as_raw_fd(), message.as_mut_ptr().cast(), MESSAGE_SIZE, 0)
+                    libc::recv(
+                        fd.as_raw_fd(),
+                        message.as_mut_ptr().cast(),
+                        message.len(),
+                        0,
+                    )
                 };
                 if read < 0 {
                     Err(io::Error::last_os_error())
@@ -176,6 +259,7 @@ impl StatusReader {
             0 => None,
             // Each packet is one whole message; anything else is not ours.
             MESSAGE_SIZE => Some(decode(&message)),
+            EXIT_MESSAGE_SIZE if kind(&message) == EXITED => Some(decode_exit(&message)),
             _ => Some(Status::NotCreated(libc::EPROTO)),
         })
     }
@@ -187,6 +271,27 @@ impl StatusReader {
         // SAFETY: shutdown takes only a descriptor number of ours.
         unsafe { libc::shutdown(self.fd.get_ref().as_raw_fd(), libc::SHUT_WR) };
     }
+}
+
+fn kind(message: &[u8]) -> u32 {
+    u32::from_le_bytes([message[0], message[1], message[2], message[3]])
+}
+
+/// An [`EXITED`] message of [`EXIT_MESSAGE_SIZE`] bytes.
+fn decode_exit(message: &[u8]) -> Status {
+    let status = i32::from_le_bytes([message[4], message[5], message[6], message[7]]);
+    // SAFETY: all-zero bytes are a valid rusage (plain integers).
+    let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `rusage` is a live local of plain integers, exactly as many
+    // bytes as follow the header; any bytes are valid for it.
+    let target = unsafe {
+        std::slice::from_raw_parts_mut(
+            (&mut rusage as *mut libc::rusage).cast::<u8>(),
+            std::mem::size_of::<libc::rusage>(),
+        )
+    };
+    target.copy_from_slice(&message[MESSAGE_SIZE..EXIT_MESSAGE_SIZE]);
+    Status::Exited(ReportedExit(super::reaper::ChildExit { status, rusage }))
 }
 
 fn decode(message: &[u8]) -> Status {
@@ -201,6 +306,8 @@ fn decode(message: &[u8]) -> Status {
         STARTED => Status::Started(value),
         FAILED => Status::Failed(SpawnStep::from_code(value as u8), errno),
         NOT_CREATED => Status::NotCreated(errno),
+        ACTION_STARTED => Status::ActionStarted(value),
+        EXECUTED => Status::Executed,
         // Only we write to this pipe: a kind of ours that this build does
         // not know says nothing about the child.
         _ => Status::NotCreated(libc::EPROTO),
@@ -256,6 +363,38 @@ mod tests {
         let (reader, writer) = pipe().unwrap();
         drop(reader);
         assert!(StatusWriter(writer.as_raw_fd()).cancelled());
+    }
+
+    /// Why it matters: the Run reports the action's own status and rusage,
+    /// which only its init's wait4 sees, whole.
+    #[tokio::test]
+    async fn an_init_reports_the_action_its_exec_and_its_exit_with_rusage() {
+        let (mut reader, writer) = pipe().unwrap();
+        let status = StatusWriter(writer.as_raw_fd());
+        status.started_as(4242);
+        status.action_started(4243);
+        status.executed();
+        // SAFETY: all-zero bytes are a valid rusage.
+        let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
+        rusage.ru_maxrss = 1234;
+        rusage.ru_utime.tv_usec = 56;
+        status.exited(9, &rusage);
+        drop(writer);
+        assert_eq!(reader.next().await.unwrap(), Some(Status::Started(4242)));
+        assert_eq!(
+            reader.next().await.unwrap(),
+            Some(Status::ActionStarted(4243))
+        );
+        assert_eq!(reader.next().await.unwrap(), Some(Status::Executed));
+        match reader.next().await.unwrap() {
+            Some(Status::Exited(ReportedExit(exit))) => {
+                assert_eq!(exit.signal(), Some(libc::SIGKILL));
+                assert_eq!(exit.rusage.ru_maxrss, 1234);
+                assert_eq!(exit.rusage.ru_utime.tv_usec, 56);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(reader.next().await.unwrap(), None);
     }
 
     /// Why it matters: a child must never pass its status pipe on to the

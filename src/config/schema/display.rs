@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::Path;
 
-use super::{cleaning, diagnostics, environment, extensions, serving};
+use super::{cleaning, diagnostics, environment, extensions, isolation, serving};
 use crate::config::duration::format_duration;
 use crate::config::Config;
 
@@ -74,6 +74,7 @@ impl fmt::Display for Config {
         extensions::write_action_cgroups(f, &self.action_cgroups)?;
         serving::write_listen_path_mode(f, self.listen_path_mode)?;
         extensions::write_events(f, &self.events)?;
+        isolation::write(f, &self.isolation)?;
         diagnostics::write_log_format(f, self.log_format)
     }
 }

@@ -12,7 +12,8 @@
 //! - [`cleaning`]: what is cleaned between actions;
 //! - [`extensions`]: rbe-runner's own fields (grace period, cgroups,
 //!   events);
-//! - [`diagnostics`]: `global.diagnosticsHttpServer` and `logFormat`.
+//! - [`diagnostics`]: `global.diagnosticsHttpServer` and `logFormat`;
+//! - [`isolation`]: rbe-runner's per-action namespaces.
 //!
 //! [`display`] prints the whole configuration in the schema's field order.
 
@@ -22,6 +23,7 @@ pub(super) mod diagnostics;
 mod display;
 pub(super) mod environment;
 pub(super) mod extensions;
+pub(super) mod isolation;
 pub(super) mod keepalive;
 pub(super) mod serving;
 pub(super) mod tls;
@@ -47,11 +49,21 @@ pub(super) fn decode_config(json: Json) -> Decoded<Config> {
     let cleaning = cleaning::decode(&mut message)?;
     let extensions = extensions::decode(&mut message)?;
     let log_format = diagnostics::decode_log_format(&mut message)?;
+    let isolation = message
+        .take("isolation")?
+        .map(isolation::decode)
+        .transpose()?
+        .unwrap_or_default();
 
     // Unknown keys first: a misspelled required field should be reported
     // as the typo it is, not as missing.
     message.finish()?;
     serving.check_required()?;
+    isolation::check_with_other_fields(
+        &isolation,
+        &cleaning.symlink_temporary_directories,
+        environment.chroot_into_input_root,
+    )?;
 
     Ok(Config {
         build_directory_path: serving.build_directory_path,
@@ -73,6 +85,7 @@ pub(super) fn decode_config(json: Json) -> Decoded<Config> {
         listen_path_mode: serving.listen_path_mode,
         events: extensions.events,
         log_format,
+        isolation,
     })
 }
 

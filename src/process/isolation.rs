@@ -1,0 +1,401 @@
+//! Hermetic actions: the namespaces an action gets of its own
+//! ([`Isolation`], from the `isolation` configuration), and the raw steps
+//! that set them up in the child between clone and exec
+//! (docs/isolation.md).
+//!
+//! The namespaces are created by the clone that creates the child
+//! ([`Isolation::clone_flags`]), so every spawn path (the runner, the spawn
+//! server) gets them alike. The child then, before anything of the action
+//! runs ([`enter`]):
+//! 1. makes every mount private (`MS_REC | MS_PRIVATE` on `/`), so that
+//!    nothing mounted below reaches the host, and all of it goes with the
+//!    namespace;
+//! 2. brings up its loopback (`network: 'off'`);
+//! 3. sets its host name (`hostname`);
+//! 4. attaches the action's `temporary_directory` on `/tmp` and binds it
+//!    on `/var/tmp` (`tmp: 'private'`). A directory opened before the
+//!    clone belongs to the runner's mount namespace, which a bind mount
+//!    refuses as its source (EINVAL), so the runner clones it into a
+//!    detached mount first ([`detached_mount`]), which the child moves
+//!    into its own namespace;
+//! 5. mounts a private tmpfs on `/dev/shm` (`ipc`);
+//! 6. mounts a procfs of its PID namespace on `/proc`, with the masks
+//!    container runtimes apply (`pid`).
+//!
+//! With `pid`, the child is the namespace's first process: it forks the
+//! action and becomes its init ([`super::init`]).
+//!
+//! Everything here that runs in the child follows [`super::child`]'s
+//! rules: raw system calls on values prepared beforehand, no allocation,
+//! one `unsafe` block per call.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use super::spec::SpawnStep;
+
+/// The namespaces each action gets, as the process layer does them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Isolation {
+    /// A PID namespace with an init, and its own `/proc`.
+    pub pid: bool,
+    /// A network namespace with only its loopback, up.
+    pub network_off: bool,
+    /// The action's `temporary_directory` on `/tmp` and `/var/tmp`.
+    pub private_tmp: bool,
+    /// An IPC namespace and a private `/dev/shm`.
+    pub ipc: bool,
+    /// A UTS namespace with this host name.
+    pub hostname: Option<String>,
+}
+
+impl Isolation {
+    /// Whether this isolates anything.
+    pub fn is_enabled(&self) -> bool {
+        *self != Isolation::default()
+    }
+
+    /// Whether the action gets a mount namespace: every option but
+    /// `hostname` mounts something.
+    pub fn mounts(&self) -> bool {
+        self.pid || self.network_off || self.private_tmp || self.ipc
+    }
+
+    /// The `CLONE_NEW*` flags that create the child in its namespaces.
+    pub fn clone_flags(&self) -> libc::c_int {
+        let mut flags = 0;
+        if self.mounts() {
+            flags |= libc::CLONE_NEWNS;
+        }
+        if self.pid {
+            flags |= libc::CLONE_NEWPID;
+        }
+        if self.network_off {
+            flags |= libc::CLONE_NEWNET;
+        }
+        if self.ipc {
+            flags |= libc::CLONE_NEWIPC;
+        }
+        if self.hostname.is_some() {
+            flags |= libc::CLONE_NEWUTS;
+        }
+        flags
+    }
+}
+
+/// `open_tree`'s flag for a copy of the mount, detached (Linux 5.2).
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+/// `move_mount`'s flag for a source given by its descriptor alone.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+
+/// A detached bind mount of `directory` (an open directory of the
+/// runner's mount namespace), which a child in a mount namespace of its
+/// own can attach ([`enter`]). Closing it unattached dissolves it. Done by
+/// the runner, before the child exists.
+pub fn detached_mount(directory: BorrowedFd) -> io::Result<OwnedFd> {
+    // SAFETY: open_tree reads an empty NUL-terminated path; the result is
+    // checked and owned below.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            directory.as_raw_fd(),
+            c"".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint,
+        )
+    };
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just made, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(tree as RawFd) })
+}
+
+/// Where the host's process table is, before the action's is mounted.
+const PROC: &CStr = c"/proc";
+/// The link that names the reader's own pid in a procfs.
+const SELF: &CStr = c"self";
+
+/// Read-only in the action's `/proc` (as runc and containerd make them).
+const PROC_READ_ONLY: [&CStr; 4] = [
+    c"/proc/sys",
+    c"/proc/irq",
+    c"/proc/bus",
+    c"/proc/sysrq-trigger",
+];
+/// Masked in the action's `/proc` by binding `/dev/null` over them.
+const PROC_MASKED: [&CStr; 3] = [c"/proc/kcore", c"/proc/keys", c"/proc/timer_list"];
+
+// Everything below runs in the child, between its creation and exec.
+
+/// The pid of the calling process in the procfs open as `proc` (or, with
+/// `AT_FDCWD`, mounted on `/proc`): the host's pid, while the child's
+/// `getpid` is 1 in its own PID namespace.
+pub(super) fn pid_in(proc: RawFd, path: &CStr) -> Result<i32, i32> {
+    let mut link = [0u8; 16];
+    // SAFETY: the kernel writes at most `link.len()` bytes into the live
+    // local array; `path` is NUL-terminated.
+    let length =
+        unsafe { libc::readlinkat(proc, path.as_ptr(), link.as_mut_ptr().cast(), link.len()) };
+    if length <= 0 {
+        return Err(errno());
+    }
+    let mut pid: i32 = 0;
+    for &digit in &link[..length as usize] {
+        if !digit.is_ascii_digit() {
+            return Err(libc::EPROTO);
+        }
+        pid = pid
+            .saturating_mul(10)
+            .saturating_add(i32::from(digit - b'0'));
+    }
+    Ok(pid)
+}
+
+/// The child's pid as the runner sees it, read from the host's `/proc`
+/// before the action's is mounted on it.
+pub(super) fn host_pid() -> Result<i32, i32> {
+    pid_in(libc::AT_FDCWD, c"/proc/self")
+}
+
+/// The host's `/proc`, kept open (close-on-exec) so that the action can
+/// say its pid as the runner sees it once the namespace's is mounted.
+pub(super) fn open_host_proc() -> Result<RawFd, (SpawnStep, i32)> {
+    // SAFETY: a NUL-terminated literal; the kernel checks the flags.
+    let fd = unsafe {
+        libc::open(
+            PROC.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    check(SpawnStep::Proc, fd)?;
+    Ok(fd)
+}
+
+/// The action's pid as the runner sees it, from the host's `/proc` open as
+/// `host_proc`.
+pub(super) fn host_pid_through(host_proc: RawFd) -> Result<i32, i32> {
+    pid_in(host_proc, SELF)
+}
+
+/// Sets up the namespaces the child was created in (see the module's
+/// steps), with `temporary_directory` (a [`detached_mount`]) for a
+/// private `/tmp`. With `pid`, returns the host's `/proc`, kept open for the
+/// action (see [`open_host_proc`]).
+pub(super) fn enter(
+    isolation: &Isolation,
+    temporary_directory: Option<RawFd>,
+) -> Result<Option<RawFd>, (SpawnStep, i32)> {
+    if isolation.mounts() {
+        // SAFETY: NUL-terminated literals and null pointers where the
+        // kernel allows them (no source, type or data for a propagation
+        // change).
+        let made = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+        };
+        check(SpawnStep::MountPropagation, made)?;
+    }
+    if isolation.network_off {
+        bring_up_loopback()?;
+    }
+    if let Some(hostname) = &isolation.hostname {
+        // SAFETY: the kernel reads `hostname.len()` bytes of the child's
+        // copy of the string, prepared before it was created.
+        let set = unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
+        check(SpawnStep::Hostname, set)?;
+    }
+    if isolation.private_tmp {
+        let Some(directory) = temporary_directory else {
+            return Err((SpawnStep::PrivateTmp, libc::EINVAL));
+        };
+        // SAFETY: an empty NUL-terminated path with the descriptor of a
+        // detached mount, and a NUL-terminated literal.
+        let moved = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                directory,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                c"/tmp".as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        check(SpawnStep::PrivateTmp, moved as libc::c_int)?;
+        bind(c"/tmp", c"/var/tmp", SpawnStep::PrivateTmp)?;
+    }
+    if isolation.ipc {
+        // SAFETY: NUL-terminated literals.
+        let mounted = unsafe {
+            libc::mount(
+                c"shm".as_ptr(),
+                c"/dev/shm".as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                c"mode=1777".as_ptr().cast(),
+            )
+        };
+        check(SpawnStep::PrivateShm, mounted)?;
+    }
+    if !isolation.pid {
+        return Ok(None);
+    }
+    let host_proc = open_host_proc()?;
+    mount_proc()?;
+    Ok(Some(host_proc))
+}
+
+/// Mounts the PID namespace's procfs on `/proc` (over the host's), then
+/// makes [`PROC_READ_ONLY`] read-only and masks [`PROC_MASKED`]. A path
+/// this kernel lacks has nothing to protect.
+fn mount_proc() -> Result<(), (SpawnStep, i32)> {
+    // SAFETY: NUL-terminated literals; no data.
+    let mounted = unsafe {
+        libc::mount(
+            c"proc".as_ptr(),
+            PROC.as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
+    check(SpawnStep::Proc, mounted)?;
+    for path in PROC_READ_ONLY {
+        match bind(path, path, SpawnStep::Proc) {
+            Err((_, libc::ENOENT)) => continue,
+            bound => bound?,
+        }
+        // SAFETY: a NUL-terminated literal; no source, type or data for a
+        // remount of a bind mount.
+        let remounted = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
+                std::ptr::null(),
+            )
+        };
+        check(SpawnStep::Proc, remounted)?;
+    }
+    for path in PROC_MASKED {
+        match bind(c"/dev/null", path, SpawnStep::Proc) {
+            Err((_, libc::ENOENT)) => continue,
+            bound => bound?,
+        }
+    }
+    Ok(())
+}
+
+/// Binds `source` on `target`, as `step`.
+fn bind(source: &CStr, target: &CStr, step: SpawnStep) -> Result<(), (SpawnStep, i32)> {
+    // SAFETY: NUL-terminated strings; no type or data for a bind mount.
+    let bound = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    check(step, bound)
+}
+
+/// Sets `IFF_UP` on `lo`, the only interface of a new network namespace,
+/// which starts down.
+fn bring_up_loopback() -> Result<(), (SpawnStep, i32)> {
+    // SAFETY: socket takes only numbers.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    check(SpawnStep::Loopback, socket)?;
+    // SAFETY: all-zero bytes are a valid `ifreq` (a name and a union of
+    // plain integers).
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, &byte) in request.ifr_name.iter_mut().zip(b"lo") {
+        *slot = byte as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS writes the flags into `request`, a live local.
+    let got = unsafe { libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request) };
+    let result = check(SpawnStep::Loopback, got).and_then(|()| {
+        // SAFETY: the kernel filled the flags member of the union just now.
+        let flags = unsafe { request.ifr_ifru.ifru_flags };
+        request.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+        // SAFETY: SIOCSIFFLAGS reads `request`, a live local.
+        let set = unsafe { libc::ioctl(socket, libc::SIOCSIFFLAGS, &request) };
+        check(SpawnStep::Loopback, set)
+    });
+    // SAFETY: `socket` was opened above and nothing else refers to it.
+    unsafe { libc::close(socket) };
+    result
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// `Err((step, errno))` when a system call returned -1.
+fn check(step: SpawnStep, result: libc::c_int) -> Result<(), (SpawnStep, i32)> {
+    if result == -1 {
+        Err((step, errno()))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Why it matters: every option but `hostname` mounts something, which
+    /// must never reach the host; `hostname` alone needs no mounts.
+    #[test]
+    fn every_option_but_hostname_implies_a_mount_namespace() {
+        let hostname = Isolation {
+            hostname: Some("localhost".into()),
+            ..Isolation::default()
+        };
+        assert_eq!(hostname.clone_flags(), libc::CLONE_NEWUTS);
+        for isolation in [
+            Isolation {
+                pid: true,
+                ..Isolation::default()
+            },
+            Isolation {
+                network_off: true,
+                ..Isolation::default()
+            },
+            Isolation {
+                private_tmp: true,
+                ..Isolation::default()
+            },
+            Isolation {
+                ipc: true,
+                ..Isolation::default()
+            },
+        ] {
+            assert_ne!(
+                isolation.clone_flags() & libc::CLONE_NEWNS,
+                0,
+                "{isolation:?}"
+            );
+        }
+        assert_eq!(Isolation::default().clone_flags(), 0);
+        assert!(!Isolation::default().is_enabled());
+    }
+
+    /// Why it matters: the runner registers and signals the pid read here.
+    #[test]
+    fn the_host_pid_is_read_from_proc() {
+        assert_eq!(host_pid(), Ok(std::process::id() as i32));
+    }
+}
