@@ -49,6 +49,9 @@ pub(crate) fn create(
             Method::Clone3 => None,
             Method::Clone => child.cgroup,
         },
+        // A copy of the spawn server is small enough to be the init; a
+        // copy of the runner is not.
+        init_execs: parent == Parent::Creator,
     };
     let created_in = match method {
         Method::Clone3 => child.cgroup,
@@ -159,6 +162,9 @@ struct ChildArgument<'a> {
     /// The cgroup to join by writing `cgroup.procs`, when the child is not
     /// created in it.
     joins_cgroup: Option<RawFd>,
+    /// With a PID namespace, whether the init execs this executable
+    /// rather than staying this copy of its creator (see [`init`]).
+    init_execs: bool,
 }
 
 /// Highest signal number (glibc's `NSIG - 1`, the real-time signals
@@ -216,7 +222,7 @@ impl ChildArgument<'_> {
             if let Some(host_proc) = host_proc {
                 // Returns only in the action; this process becomes its
                 // init.
-                init::start_action(self.status, host_proc, child.standard[0])?;
+                init::start_action(self.status, host_proc, child.standard[0], self.init_execs)?;
             }
         }
         // SAFETY: this is the child, a single thread whose dispositions are

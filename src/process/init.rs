@@ -9,8 +9,13 @@
 //! 1. forks the action, a copy of itself like every action's child (so
 //!    the action's maxrss is what it would be without isolation), which
 //!    says its pid as the runner sees it and goes on to its exec;
-//! 2. execs this executable in init mode ([`serve`]), so that the init
-//!    never carries the resident set of the process it was copied from.
+//! 2. becomes the init ([`supervise`]), small either way: created by the
+//!    spawn server (the normal path), it is a copy of that small process
+//!    and closes every descriptor it does not need; created by the runner
+//!    itself (no spawn server), it execs this executable in init mode
+//!    ([`serve`]), so that it never carries the runner's resident set. The
+//!    exec costs about a millisecond of dynamic loading, which a copy of
+//!    the spawn server spares every action.
 //!
 //! The init then, in a loop on a signalfd and a pipe that ends at the
 //! action's exec: says when the action has exec'd (the status channel's
@@ -55,13 +60,17 @@ const EXEC_FD: RawFd = 4;
 /// In the namespace's first process, once its namespaces are set up
 /// (`host_proc` is the host's `/proc`, open): forks the action. Returns
 /// `Ok` only in the action, which has said its pid as the runner sees
-/// it; the first process execs the init and never returns `Ok`.
+/// it; the first process becomes the init and returns only the error of
+/// failing to.
 /// `quiet` is a descriptor the init may have as its standard ones (the
-/// action's empty stdin).
+/// action's empty stdin). With `exec`, the init is this executable exec'd
+/// in init mode; otherwise this process, with only the descriptors it
+/// needs.
 pub(super) fn start_action(
     status: StatusWriter,
     host_proc: RawFd,
     quiet: RawFd,
+    exec: bool,
 ) -> Result<(), (SpawnStep, i32)> {
     let mut exec_pipe = [0 as RawFd; 2];
     // SAFETY: pipe2 writes two descriptors into the live local array.
@@ -90,25 +99,42 @@ pub(super) fn start_action(
     unsafe { libc::close(exec_write) };
     // SAFETY: as above.
     unsafe { libc::close(host_proc) };
-    let errno = exec_init(status, exec_read, quiet, forked as i32);
+    let errno = match keep_only_init_descriptors(status, exec_read, quiet) {
+        Err(errno) => errno,
+        Ok(()) if exec => exec_init(forked as i32),
+        Ok(()) => {
+            // Nothing but what the init needs stays open: not the
+            // creator's connection, not the action's other descriptors.
+            // SAFETY: close_range takes only numbers; every descriptor
+            // above EXEC_FD is a copy of the creator's, unused here.
+            unsafe { libc::close_range(EXEC_FD as libc::c_uint + 1, libc::c_uint::MAX, 0) };
+            let code = supervise(forked as i32);
+            // SAFETY: _exit ends this process without running anything
+            // of the creator's (no atexit handlers, no unwinding).
+            unsafe { libc::_exit(code) }
+        }
+    };
     // The init could not start: nothing would report or reap the action.
     // SAFETY: kill takes only numbers; the action is this process's child.
     unsafe { libc::kill(forked as i32, libc::SIGKILL) };
     Err((SpawnStep::Init, errno))
 }
 
-/// Execs this executable as the init of `action` (its pid in the
-/// namespace), with the status channel on [`STATUS_FD`] and the exec
-/// pipe's read end on [`EXEC_FD`], nothing else open but `quiet` as its
-/// standard descriptors. Returns only the errno of a failure.
-fn exec_init(status: StatusWriter, exec_read: RawFd, quiet: RawFd, action: i32) -> i32 {
+/// Puts the status channel on [`STATUS_FD`], the exec pipe's read end on
+/// [`EXEC_FD`] and `quiet` on the standard descriptors, all kept across an
+/// exec. `Err`: the errno of a failure.
+fn keep_only_init_descriptors(
+    status: StatusWriter,
+    exec_read: RawFd,
+    quiet: RawFd,
+) -> Result<(), i32> {
     // Above the targets first, so that neither source is a target.
     // SAFETY: fcntl takes only numbers.
     let status_high = unsafe { libc::fcntl(status.0, libc::F_DUPFD_CLOEXEC, 10) };
     // SAFETY: as above.
     let exec_high = unsafe { libc::fcntl(exec_read, libc::F_DUPFD_CLOEXEC, 10) };
     if status_high < 0 || exec_high < 0 {
-        return errno();
+        return Err(errno());
     }
     // dup2 clears close-on-exec on the target: these stay open.
     for (source, target) in [
@@ -120,9 +146,17 @@ fn exec_init(status: StatusWriter, exec_read: RawFd, quiet: RawFd, action: i32) 
     ] {
         // SAFETY: dup2 takes only descriptor numbers.
         if unsafe { libc::dup2(source, target) } < 0 {
-            return errno();
+            return Err(errno());
         }
     }
+    Ok(())
+}
+
+/// Execs this executable as the init of `action` (its pid in the
+/// namespace), its descriptors in place ([`keep_only_init_descriptors`]);
+/// every other descriptor is close-on-exec. Returns only the errno of a
+/// failure.
+fn exec_init(action: i32) -> i32 {
     let mut digits = [0u8; 12];
     format_decimal(action, &mut digits);
     let argv: [*const libc::c_char; 4] = [
@@ -161,14 +195,23 @@ fn format_decimal(value: i32, buffer: &mut [u8; 12]) {
 
 // The init mode: its own process, exec'd.
 
-/// The init's main (see the module). `args` follow [`INIT_ARGUMENT`]: the
-/// action's pid in the namespace.
+/// The exec'd init's main (see the module). `args` follow
+/// [`INIT_ARGUMENT`]: the action's pid in the namespace.
 pub fn serve(args: &[String]) -> ExitCode {
-    // SAFETY: prctl with a NUL-terminated name of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"rbe-init".as_ptr(), 0, 0, 0) };
     let Some(action) = args.first().and_then(|pid| pid.parse::<i32>().ok()) else {
         return ExitCode::FAILURE;
     };
+    ExitCode::from(supervise(action) as u8)
+}
+
+/// The init's loop (see the module), for `action` (its pid in the
+/// namespace), with its descriptors in place
+/// ([`keep_only_init_descriptors`]); returns the init's exit code once the
+/// action is reported. Raw system calls on the stack, nothing allocated:
+/// it also runs in a copy of the spawn server that has not exec'd.
+fn supervise(action: i32) -> libc::c_int {
+    // SAFETY: prctl with a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"rbe-init".as_ptr(), 0, 0, 0) };
     let status = StatusWriter(STATUS_FD);
     // SAFETY: all-zero bytes are a valid `sigset_t`.
     let mut handled: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -186,7 +229,7 @@ pub fn serve(args: &[String]) -> ExitCode {
     // SAFETY: signalfd reads `handled`; -1 makes a new descriptor.
     let signals = unsafe { libc::signalfd(-1, &handled, libc::SFD_CLOEXEC) };
     if signals < 0 {
-        return ExitCode::FAILURE;
+        return 1;
     }
     let mut init = Init {
         action,
@@ -281,7 +324,7 @@ impl Init {
 
     /// Reaps every child that has exited; once the action is among them,
     /// reports it and returns the init's exit code.
-    fn reap(&mut self) -> Option<ExitCode> {
+    fn reap(&mut self) -> Option<libc::c_int> {
         loop {
             let mut status = 0;
             // SAFETY: all-zero bytes are a valid rusage.
@@ -296,7 +339,7 @@ impl Init {
                 // close before its parent can reap it.
                 self.say_executed();
                 self.status.exited(status, &rusage);
-                return Some(ExitCode::SUCCESS);
+                return Some(0);
             }
         }
     }

@@ -398,4 +398,95 @@ mod tests {
     fn the_host_pid_is_read_from_proc() {
         assert_eq!(host_pid(), Ok(std::process::id() as i32));
     }
+
+    /// Why it matters: each option must hold for the action on either
+    /// clone method, and nothing of it may reach the host. (`pid` execs
+    /// the runner's executable as its init, which a unit test's
+    /// executable is not: tests/isolation.rs covers it through the real
+    /// binary.)
+    #[tokio::test]
+    async fn the_child_sets_up_every_option_but_pid_on_both_methods() {
+        use crate::process::clone::Method;
+        use crate::process::spawn::spawn;
+        use crate::process::spec::ProcessSpec;
+        use std::os::fd::AsFd;
+        const TEST: &str = "the_child_sets_up_every_option_but_pid_on_both_methods";
+        if !nix::unistd::geteuid().is_root() {
+            crate::test_support::skip(TEST, "namespaces and mounts need root");
+            return;
+        }
+        let isolation = std::sync::Arc::new(Isolation {
+            pid: false,
+            network_off: true,
+            private_tmp: true,
+            ipc: true,
+            hostname: Some("isolated-host".into()),
+        });
+        for method in [Method::Clone, Method::Clone3] {
+            let dir = tempfile::tempdir().unwrap();
+            let temporary = dir.path().join("tmp");
+            std::fs::create_dir(&temporary).unwrap();
+            std::fs::write(temporary.join("own-file"), "").unwrap();
+            let open = |path: &std::path::Path| {
+                nix::fcntl::open(
+                    path,
+                    nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .unwrap()
+            };
+            let marker = format!("written-by-{}", std::process::id());
+            let spec = ProcessSpec {
+                program: "/bin/sh".into(),
+                arguments: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    format!(
+                        "hostname; grep -c : /proc/net/dev; ls /tmp; ls /var/tmp; \
+                         ls -A /dev/shm | wc -l; touch /tmp/{marker}"
+                    ),
+                ],
+                environment: vec![],
+                working_directory: open(dir.path()),
+                chroot_directory: None,
+                identity: None,
+                stdin: None,
+                stdout: std::fs::File::create(dir.path().join("stdout")).unwrap(),
+                stderr: std::fs::File::create(dir.path().join("stderr")).unwrap(),
+                cgroup: None,
+                oom_score_adj: None,
+                descriptor_limit: None,
+                isolation: Some(isolation.clone()),
+                temporary_directory: Some(detached_mount(open(&temporary).as_fd()).unwrap()),
+            };
+            let (_call, dropped) = tokio::sync::oneshot::channel();
+            let mut call = crate::process::call::CallGone::new(dropped, None);
+            let child = match spawn(spec, method, None, &mut call, None).await {
+                Err(error)
+                    if method == Method::Clone3
+                        && error.step == SpawnStep::Create
+                        && matches!(error.source.raw_os_error(), Some(libc::ENOSYS)) =>
+                {
+                    crate::test_support::skip(TEST, "its clone3 half: clone3 is unavailable");
+                    continue;
+                }
+                spawned => spawned.unwrap(),
+            };
+            let exit = child.exit.await.unwrap();
+            let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+            assert_eq!(exit.exit_code(), Some(0), "{method}: {stderr}");
+            let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
+            // Only the interfaces' lines of /proc/net/dev have a colon:
+            // lo alone.
+            assert_eq!(
+                stdout, "isolated-host\n1\nown-file\nown-file\n0\n",
+                "{method}: {stderr}"
+            );
+            assert!(temporary.join(&marker).exists(), "{method}");
+            assert!(
+                !std::path::Path::new("/tmp").join(&marker).exists(),
+                "{method}: written to the host's /tmp"
+            );
+        }
+    }
 }

@@ -779,6 +779,57 @@ mod tests {
         assert_eq!(rebuilt.descriptor_limit, None);
     }
 
+    /// Why it matters: an action created by the server must get exactly
+    /// the isolation configured, never less.
+    #[test]
+    fn isolation_and_the_temporary_directory_decode_to_what_was_encoded() {
+        let exec = exec();
+        let files: Vec<std::fs::File> = (0..6).map(|_| tempfile::tempfile().unwrap()).collect();
+        let fd = |index: usize| files[index].as_raw_fd();
+        let cases = [
+            Isolation {
+                pid: true,
+                network_off: true,
+                private_tmp: true,
+                ipc: true,
+                hostname: Some("localhost".into()),
+            },
+            Isolation {
+                network_off: true,
+                ..Isolation::default()
+            },
+            Isolation {
+                hostname: Some("h".into()),
+                ..Isolation::default()
+            },
+        ];
+        for isolation in cases {
+            let temporary = isolation.private_tmp.then(|| fd(5));
+            let child = Child::new(
+                Some(fd(4)),
+                [fd(0), fd(1), fd(2)],
+                None,
+                None,
+                fd(3),
+                None,
+                &exec,
+            )
+            .with_isolation(Some(&isolation), temporary);
+            let (request, descriptors) = encode(&child, Method::Clone);
+            assert_eq!(descriptors.len(), 5 + usize::from(isolation.private_tmp));
+            let owned = files[..descriptors.len()]
+                .iter()
+                .map(|file| OwnedFd::from(file.try_clone().unwrap()))
+                .collect();
+            let decoded = Request::decode(&request[4..], owned).unwrap();
+            assert_eq!(decoded.isolation.as_ref(), Some(&isolation));
+            let rebuilt = decoded.child();
+            assert_eq!(rebuilt.isolation, Some(&isolation));
+            assert!(rebuilt.cgroup.is_some());
+            assert_eq!(rebuilt.temporary_directory.is_some(), isolation.private_tmp);
+        }
+    }
+
     #[test]
     fn a_damaged_request_is_refused_not_run() {
         let exec = exec();
