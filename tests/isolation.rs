@@ -1047,6 +1047,23 @@ fn network_namespaces() -> Option<u64> {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
+/// The processes (pid, command) in a network namespace other than this
+/// test's: what holds the namespaces counted, unless only the kernel does.
+fn processes_in_other_network_namespaces() -> Vec<(u32, String)> {
+    let own = std::fs::read_link("/proc/self/ns/net").ok();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let namespace = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+            let command = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (Some(namespace) != own).then(|| (pid, command.trim().to_string()))
+        })
+        .collect()
+}
+
 /// The pids whose parent is `parent`.
 fn children_of(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -1170,7 +1187,9 @@ async fn nothing_is_left_on_the_host_after_1000_actions(test: &str, path: SpawnP
     }
     assert!(
         namespaces.is_some_and(|count| count <= namespaces_before),
-        "net_namespace objects: {namespaces:?} after {actions} actions, {namespaces_before} before"
+        "net_namespace objects: {namespaces:?} after {actions} actions, {namespaces_before} before; \
+         network namespaces processes hold (this machine's other tests among them): {:?}",
+        processes_in_other_network_namespaces()
     );
 }
 
