@@ -464,7 +464,11 @@ async fn measure_isolation(plan: &Plan) {
     for (_, runner) in &runners {
         clients.push(connect(runner).await);
     }
-    let rounds = plan.isolation_rounds;
+    // RBE_BENCH_ISOLATION_ROUNDS=N: another count (a quick look).
+    let rounds = std::env::var("RBE_BENCH_ISOLATION_ROUNDS")
+        .ok()
+        .and_then(|rounds| rounds.parse().ok())
+        .unwrap_or(plan.isolation_rounds);
     let (mut plain_runs, mut floors) = (Vec::new(), Vec::new());
     let mut isolated_runs = vec![Vec::with_capacity(rounds); runners.len()];
     let mut tool_spawns = vec![Vec::with_capacity(rounds); tools.len()];
