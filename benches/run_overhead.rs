@@ -19,6 +19,12 @@
 //! (create, place, measure, kill, remove per action); otherwise that part
 //! is skipped with the reason printed. A measurement, not a test: nothing
 //! is asserted about time. Figures go to BENCHMARKS.md.
+//!
+//! Isolation (issue 26, as root): the median latency of `Run(/bin/true)`
+//! with each `isolation` option alone, all except `network`, and all
+//! together, each sample interleaved with a plain Run, a direct spawn, and
+//! spawns of the same `/bin/true` through bubblewrap and `unshare`;
+//! printed as p50 added over the plain Run of the same round.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,6 +47,8 @@ struct Plan {
     /// How long the delayed exec waits.
     exec_delay: Duration,
     growth: bool,
+    /// Rounds of the isolation comparison (one sample of each per round).
+    isolation_rounds: usize,
 }
 
 const FULL: Plan = Plan {
@@ -48,6 +56,7 @@ const FULL: Plan = Plan {
     throughput_actions: 2000,
     exec_delay: Duration::from_secs(1),
     growth: true,
+    isolation_rounds: 1000,
 };
 
 /// At most a few seconds: `cargo test --all-targets` runs this too.
@@ -56,6 +65,7 @@ const SMOKE: Plan = Plan {
     throughput_actions: 20,
     exec_delay: Duration::from_millis(200),
     growth: false,
+    isolation_rounds: 5,
 };
 
 fn main() {
@@ -108,6 +118,9 @@ fn main() {
             }
             Err(reason) => println!("actionCgroups{suffix}: skipped: {reason}"),
         }
+    }
+    if "isolation".contains(&only) {
+        runtime.block_on(measure_isolation(&plan));
     }
 }
 
@@ -320,6 +333,185 @@ async fn rate_until(
     rate
 }
 
+/// The isolated configurations measured: each option alone, `ipc` and
+/// `hostname` together, everything but `network`, and everything.
+fn isolation_configurations() -> Vec<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    let all_but_network = json!({
+        "pid": true, "tmp": "private", "ipc": true, "hostname": "localhost",
+    });
+    let mut all = all_but_network.clone();
+    all["network"] = json!("off");
+    vec![
+        ("pid", json!({ "pid": true })),
+        ("network off", json!({ "network": "off" })),
+        ("tmp private", json!({ "tmp": "private" })),
+        ("ipc", json!({ "ipc": true })),
+        ("hostname", json!({ "hostname": "localhost" })),
+        (
+            "ipc + hostname",
+            json!({ "ipc": true, "hostname": "localhost" }),
+        ),
+        ("all but network", all_but_network),
+        ("all", all),
+    ]
+}
+
+/// The sandbox tools' spawn of the same `/bin/true`, for comparison.
+fn sandbox_commands() -> Vec<(&'static str, Vec<&'static str>)> {
+    vec![
+        (
+            "bwrap",
+            vec![
+                "bwrap",
+                "--ro-bind",
+                "/",
+                "/",
+                "--unshare-all",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--tmpfs",
+                "/tmp",
+                "/bin/true",
+            ],
+        ),
+        (
+            "unshare",
+            vec![
+                "unshare",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--net",
+                "--ipc",
+                "--uts",
+                "/bin/true",
+            ],
+        ),
+    ]
+}
+
+/// How long one `Run(/bin/true)` on `runner` takes.
+async fn timed_run(client: &mut RunnerClient<Channel>, runner: &Runner) -> Duration {
+    let request = runner.request();
+    let start = Instant::now();
+    let response = client.run(request).await.expect("Run(/bin/true)");
+    let took = start.elapsed();
+    assert_eq!(response.into_inner().exit_code, 0);
+    took
+}
+
+/// One spawn and wait of `command`; None if it cannot run here.
+fn spawn_command(command: &[&str]) -> Option<Duration> {
+    let start = Instant::now();
+    let status = Command::new(command[0])
+        .args(&command[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    let took = start.elapsed();
+    status.success().then_some(took)
+}
+
+/// Issue 26's comparison: per round, one `Run(/bin/true)` on a plain
+/// runner and on each isolated one, one direct spawn and one through each
+/// sandbox tool, so that the machine's noise hits all alike; then each
+/// median and what it adds over the plain Run's (the tools' over the
+/// direct spawn's too).
+async fn measure_isolation(plan: &Plan) {
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("isolation: skipped: namespaces need root (CAP_SYS_ADMIN)");
+        return;
+    }
+    let plain = Runner::start(serde_json::json!({}), "auto");
+    let mut runners = Vec::new();
+    for (name, isolation) in isolation_configurations() {
+        match Runner::try_start(serde_json::json!({ "isolation": isolation }), "auto") {
+            Ok(runner) => runners.push((name, runner)),
+            Err(log) => println!(
+                "isolation {name}: skipped: the runner refused it: {}",
+                log.lines().last().unwrap_or_default()
+            ),
+        }
+    }
+    let mut tools = Vec::new();
+    for (name, command) in sandbox_commands() {
+        match spawn_command(&command) {
+            Some(_) => tools.push((name, command)),
+            None => println!(
+                "isolation {name}: skipped: `{}` fails here",
+                command.join(" ")
+            ),
+        }
+    }
+    let connect = |runner: &Runner| {
+        let socket = runner.socket.clone();
+        async move {
+            RunnerClient::new(
+                client::connect(&Target::Socket(socket))
+                    .await
+                    .expect("connect to the runner"),
+            )
+        }
+    };
+    let mut plain_client = connect(&plain).await;
+    let mut clients = Vec::new();
+    for (_, runner) in &runners {
+        clients.push(connect(runner).await);
+    }
+    // RBE_BENCH_ISOLATION_ROUNDS=N: another count (a quick look).
+    let rounds = std::env::var("RBE_BENCH_ISOLATION_ROUNDS")
+        .ok()
+        .and_then(|rounds| rounds.parse().ok())
+        .unwrap_or(plan.isolation_rounds);
+    let (mut plain_runs, mut floors) = (Vec::new(), Vec::new());
+    let mut isolated_runs = vec![Vec::with_capacity(rounds); runners.len()];
+    let mut tool_spawns = vec![Vec::with_capacity(rounds); tools.len()];
+    for _ in 0..rounds {
+        plain_runs.push(timed_run(&mut plain_client, &plain).await);
+        for (index, (_, runner)) in runners.iter().enumerate() {
+            isolated_runs[index].push(timed_run(&mut clients[index], runner).await);
+        }
+        floors.push(spawn_true());
+        for (index, (_, command)) in tools.iter().enumerate() {
+            tool_spawns[index].push(spawn_command(command).expect("the tool ran before"));
+        }
+    }
+    let (plain_p50, _) = percentiles(&mut plain_runs);
+    let (floor_p50, _) = percentiles(&mut floors);
+    println!(
+        "isolation ({rounds} rounds): plain Run p50 {}, direct spawn p50 {}",
+        micros(plain_p50),
+        micros(floor_p50)
+    );
+    let added = |p50: Duration, over: Duration| p50.as_micros() as i128 - over.as_micros() as i128;
+    for (index, (name, _)) in runners.iter().enumerate() {
+        let (p50, p90) = percentiles(&mut isolated_runs[index]);
+        println!(
+            "isolation {name:<16} Run p50 {:>8} p90 {:>8}: {:+} µs over the plain Run",
+            micros(p50),
+            micros(p90),
+            added(p50, plain_p50)
+        );
+    }
+    for (index, (name, _)) in tools.iter().enumerate() {
+        let (p50, p90) = percentiles(&mut tool_spawns[index]);
+        println!(
+            "isolation {name:<16} spawn p50 {:>8} p90 {:>8}: {:+} µs over the plain Run, \
+             {:+} µs over a direct spawn",
+            micros(p50),
+            micros(p90),
+            added(p50, plain_p50),
+            added(p50, floor_p50)
+        );
+    }
+}
+
 /// This process's CPU time so far (user and system), in microseconds.
 fn own_cpu_micros() -> f64 {
     let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
@@ -455,6 +647,14 @@ struct Runner {
 impl Runner {
     /// `spawn` is the runner's RBE_RUNNER_SPAWN.
     fn start(extra: serde_json::Value, spawn: &str) -> Runner {
+        Runner::try_start(extra, spawn).unwrap_or_else(|log| {
+            panic!("the runner did not start serving: {log}");
+        })
+    }
+
+    /// Like [`Runner::start`]; if the runner exits instead of serving
+    /// (a configuration it refuses here), its log.
+    fn try_start(extra: serde_json::Value, spawn: &str) -> Result<Runner, String> {
         let dir = tempfile::tempdir_in(bench_directory()).expect("a temporary directory");
         let build_dir = dir.path().join("build");
         std::fs::create_dir(&build_dir).expect("the build directory");
@@ -471,7 +671,7 @@ impl Runner {
         // The default log level, as deployed: its line per action is part
         // of the cost.
         let log = dir.path().join("runner.log");
-        let child = Command::new(runner_executable())
+        let mut child = Command::new(runner_executable())
             .arg(&config_path)
             .env("RUST_LOG", "info")
             .env("RBE_RUNNER_SPAWN", spawn)
@@ -482,11 +682,12 @@ impl Runner {
             .expect("start rbe-runner");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the runner did not start serving: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+            let exited = child.try_wait().ok().flatten().is_some();
+            if exited || Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(std::fs::read_to_string(&log).unwrap_or_default());
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -496,12 +697,12 @@ impl Runner {
             .and_then(|line| line.split("reason=").nth(1))
             .unwrap_or("(not logged)");
         println!("  (RBE_RUNNER_SPAWN={spawn}: {method})");
-        Runner {
+        Ok(Runner {
             _dir: dir,
             build_dir,
             socket,
             child,
-        }
+        })
     }
 
     /// A Run of `/bin/true` in a fresh action directory (made before the

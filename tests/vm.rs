@@ -800,3 +800,85 @@ fn diagnostics_metrics_scraped_in_the_guest_show_action_usage_and_the_cgroup_bud
     );
     assert_eq!(run.number("runner.status"), 0);
 }
+
+// ----- isolation (issue 26)
+
+/// Every isolation option together with per-action cgroups and a memory
+/// limit, on the real kernel: an isolated action sees only itself, and an
+/// OOM inside the PID namespace (memory.oom.group kills the namespace's
+/// init with the action) keeps its verdict and its evidence: SIGKILL,
+/// OWN_LIMIT, the cgroup's counters, the diagnosis in the server logs.
+#[test]
+fn an_oom_inside_the_pid_namespace_keeps_its_verdict_and_evidence() {
+    let Some(_vm) =
+        harness::vm_or_skip("an_oom_inside_the_pid_namespace_keeps_its_verdict_and_evidence")
+    else {
+        return;
+    };
+    let run = harness::run_scenario("isolation-oom");
+    let log = format!("runner log:\n{}", run.read("runner.log"));
+    assert!(
+        run.read("uname").starts_with("6.12."),
+        "{}",
+        run.read("uname")
+    );
+
+    // The action's own view: itself (the init, sh, ls, grep at most), its
+    // loopback, an empty /tmp, the configured host name, its own cgroup.
+    let (view, context) = action_json(&run, "view");
+    assert_eq!(view["exitCode"], 0, "{context}\n{log}");
+    let seen = run.read("view.stdout");
+    let section = |name: &str| -> Vec<String> {
+        seen.split(&format!("{name}:\n"))
+            .nth(1)
+            .unwrap_or_default()
+            .lines()
+            .take_while(|line| !line.ends_with(':'))
+            .map(String::from)
+            .collect()
+    };
+    let processes: usize = section("processes")
+        .first()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(processes <= 4, "{seen}");
+    assert_eq!(section("interfaces"), ["lo"], "{seen}");
+    assert!(section("tmp").is_empty(), "the host's /tmp: {seen}");
+    assert_eq!(section("hostname"), ["isolated"], "{seen}");
+    assert!(
+        section("cgroup")
+            .iter()
+            .any(|line| line.starts_with("0::/rbe-runner/actions/")),
+        "{seen}"
+    );
+
+    // The OOM: the whole action ended by SIGKILL (the shell never got to
+    // `exit 3`), a normal response with the action's own verdict.
+    let (oom, context) = action_json(&run, "oom");
+    assert_eq!(run.number("oom.status"), 137, "{context}\n{log}");
+    assert_eq!(oom["exitCode"], -1, "{context}\n{log}");
+    assert_eq!(harness::termination_signal(&oom), Some("KILL"), "{context}");
+    assert!(!run.read("oom.json").contains("survived"), "{context}");
+    let usage = usage_of_type(&oom["resourceUsage"], CGROUP_USAGE_TYPE);
+    assert!(usage["memoryEventsOom"].as_i64() >= Some(1), "{usage}");
+    assert!(usage["memoryEventsOomKill"].as_i64() >= Some(1), "{usage}");
+    let accounting = usage_of_type(&oom["resourceUsage"], ACCOUNTING_TYPE);
+    assert_eq!(
+        accounting["oomVerdict"], "OOM_VERDICT_OWN_LIMIT",
+        "{accounting}\n{log}"
+    );
+    assert_eq!(accounting["memoryMax"], 64 * MIB, "{accounting}");
+    let diagnosis = run.read("oom-diagnosis.txt");
+    assert!(
+        diagnosis.contains("The action reached its own memory limit"),
+        "{diagnosis}"
+    );
+
+    // Afterwards: actions still run isolated, nothing is left behind.
+    let (after, context) = action_json(&run, "after");
+    assert_eq!(after["exitCode"], 4, "{context}");
+    assert_eq!(run.read("actions.left").trim(), "", "action cgroups left");
+    assert_eq!(run.number("inits.left"), 0, "{}", run.read("ps.after"));
+    assert_eq!(run.read("host-file"), "host-file\n");
+    assert_eq!(run.number("runner.status"), 0, "{log}");
+}

@@ -62,7 +62,10 @@ pub async fn spawn(
         program: &spec.program,
         since: Instant::now(),
         stuck,
-        under_init: spec.isolation.as_ref().is_some_and(|isolation| isolation.pid),
+        under_init: spec
+            .isolation
+            .as_ref()
+            .is_some_and(|isolation| isolation.pid),
     };
     if call.is_over() {
         return Err(call.over_error());

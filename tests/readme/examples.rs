@@ -11,7 +11,9 @@
 //!   `serving` line, stopped with SIGTERM at the end of the block, where it
 //!   must exit 0. It must be one simple command, so that the signal reaches
 //!   the program and not a shell around it;
-//! - `# root`: runs only as root (elsewhere it is recorded as skipped).
+//! - `# root`: runs only as root (elsewhere it is recorded as skipped);
+//!   `# server root`: a server that runs only as root. A block with a
+//!   skipped command is not compared with its output.
 //!
 //! The next fenced block whose info string has `output` is what the
 //! runnable block before it prints (its commands' stdout and stderr
@@ -140,7 +142,8 @@ fn command(line: usize, text: String) -> Result<Command, String> {
                     "line {line}: a `# server` must be one simple command, so that SIGTERM reaches it"
                 ));
             }
-            (Expect::Server, false)
+            let root_only = annotation.split_whitespace().nth(1) == Some("root");
+            (Expect::Server, root_only)
         }
         "root" | "root:" => (Expect::Exit(0), true),
         _ => (Expect::Exit(0), false),
@@ -165,7 +168,7 @@ mod tests {
     /// Why it matters: each annotation changes what counts as success.
     #[test]
     fn annotations_set_what_each_command_must_do() {
-        let text = "```sh runnable\n# a comment\nmkdir -p run\nprog serve   # server: Ctrl-C stops it\nfalse   # exit: 1\nid -u  # root\n```\n";
+        let text = "```sh runnable\n# a comment\nmkdir -p run\nprog serve   # server: Ctrl-C stops it\nfalse   # exit: 1\nid -u  # root\nprog isolated   # server root\n```\n";
         let example = &parse(text).unwrap()[0];
         let expects: Vec<_> = example
             .commands
@@ -179,6 +182,7 @@ mod tests {
                 (4, Expect::Server, false),
                 (5, Expect::Exit(1), false),
                 (6, Expect::Exit(0), true),
+                (7, Expect::Server, true),
             ]
         );
     }

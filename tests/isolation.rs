@@ -1,0 +1,1318 @@
+//! Isolated actions (issue 26), proven by escape attempts from inside.
+//!
+//! Every promise of the `isolation` configuration is attacked the way an
+//! action would attack it, as the identity actions really have: through
+//! `runCommandsAs` as nobody (65534), where the point is that an
+//! unprivileged action cannot get out, and as root where the point is
+//! hermeticity (root inside its namespaces cannot reach the host's
+//! processes, loopback, `/tmp` or host name either). Where it makes the
+//! attack meaningful, a control shows the same attempt succeeding without
+//! isolation, so that a test cannot pass because the attack was broken.
+//!
+//! Each test runs on both ways the runner creates an action's process:
+//! through its spawn server, and by the runner itself once the spawn
+//! server is killed; `tests/run-all` runs this file once more with
+//! `RBE_RUNNER_SPAWN=fallback` (clone instead of clone3).
+//!
+//! Namespaces need CAP_SYS_ADMIN: every test needs root and skips loudly
+//! without it (failing under CI).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use futures_util::stream::{self, StreamExt};
+use rbe_runner::cli::exec::ActionDirectory;
+use rbe_runner::proto::runner::RunResponse;
+use serde_json::{json, Value};
+use tokio::sync::RwLock;
+use tonic::Code;
+
+/// The host name isolated actions get: not this machine's.
+const HOSTNAME: &str = "rbe-isolated-action";
+
+/// How long the host may take to release what 1,000 actions held (the
+/// kernel frees network namespaces from a work queue).
+const RELEASE_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long an action may take to get ready (a debug build on a loaded
+/// machine).
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// The count of mounts, namespaces and processes must see no other test's
+/// actions: it holds this for writing, every other test for reading.
+static HOST_COUNTS: RwLock<()> = RwLock::const_new(());
+
+// ---------------------------------------------------------------------------
+// Both spawn paths
+// ---------------------------------------------------------------------------
+
+/// How the runner creates the action's process.
+#[derive(Clone, Copy, Debug)]
+enum SpawnPath {
+    /// Through its spawn server, as it starts.
+    SpawnServer,
+    /// By the runner itself, its spawn server killed (as an operator
+    /// might).
+    Runner,
+}
+
+/// Generates, for each `async fn NAME(test: &str, path: SpawnPath)`, a
+/// module `NAME` with the tests `with_the_spawn_server` and
+/// `without_the_spawn_server`.
+macro_rules! on_both_spawn_paths {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn with_the_spawn_server() {
+                super::$name(
+                    concat!(stringify!($name), "::with_the_spawn_server"),
+                    super::SpawnPath::SpawnServer,
+                )
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn without_the_spawn_server() {
+                super::$name(
+                    concat!(stringify!($name), "::without_the_spawn_server"),
+                    super::SpawnPath::Runner,
+                )
+                .await;
+            }
+        }
+    )* };
+}
+
+on_both_spawn_paths!(
+    the_runner_can_be_neither_killed_nor_read_as_nobody,
+    the_runner_can_be_neither_killed_nor_read_as_root,
+    ps_lists_only_the_actions_processes,
+    another_actions_arguments_are_unreachable,
+    a_listener_on_the_hosts_loopback_is_unreachable,
+    a_dns_lookup_fails,
+    two_concurrent_actions_bind_the_same_port,
+    concurrent_actions_never_see_each_others_tmp,
+    tmpdir_is_tmp_with_a_private_tmp,
+    the_hostname_is_the_configured_one_and_stays_inside,
+    a_non_root_action_can_neither_write_proc_sys_nor_unmount,
+    proc_keeps_the_container_runtimes_masks,
+    exit_codes_and_signals_are_the_actions,
+    the_started_pid_is_the_actions_as_the_runner_sees_it,
+    cancellation_reaches_the_action_and_kills_what_it_left,
+    a_deadline_terminates_the_action_through_the_init,
+    true_reports_the_same_maxrss_as_without_isolation,
+    nothing_is_left_on_the_host_after_1000_actions,
+);
+
+/// Starts a runner with `config` whose actions' processes are created by
+/// `path`; with [`SpawnPath::Runner`] its spawn server is killed first
+/// and the runner has said it noticed.
+async fn start(config: Value, path: SpawnPath) -> TestRunner {
+    start_with(config, path, |_| {}).await
+}
+
+async fn start_with(
+    config: Value,
+    path: SpawnPath,
+    adjust: impl FnOnce(&mut std::process::Command),
+) -> TestRunner {
+    let runner = TestRunner::start_with(config, adjust);
+    if let SpawnPath::Runner = path {
+        let server = spawn_server_of(runner.pid()).expect("the runner's spawn server");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(server),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the spawn server");
+        eventually(
+            "the runner notices its spawn server is gone",
+            SETTLE,
+            || {
+                runner
+                    .log()
+                    .iter()
+                    .any(|line| line.contains("the spawn server is gone"))
+            },
+        )
+        .await;
+    }
+    runner
+}
+
+// ---------------------------------------------------------------------------
+// Configurations
+// ---------------------------------------------------------------------------
+
+/// Every option of the issue, as an operator would write it.
+fn isolated() -> Value {
+    json!({ "isolation": {
+        "pid": true,
+        "network": "off",
+        "tmp": "private",
+        "ipc": true,
+        "hostname": HOSTNAME,
+    } })
+}
+
+/// `config` with actions run as nobody.
+fn as_nobody(mut config: Value) -> Value {
+    merge(
+        &mut config,
+        json!({ "runCommandsAs": { "userId": 65534, "groupId": 65534 } }),
+    );
+    config
+}
+
+/// An action directory whose input root and temporary directory nobody
+/// may write, as bb_worker prepares them for its build user.
+fn writable_action(runner: &TestRunner) -> ActionDirectory {
+    let action = runner.action();
+    for sub in ["root", "tmp"] {
+        std::fs::set_permissions(
+            action.path.join(sub),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+    }
+    action
+}
+
+/// Runs `sh -c script` in a fresh (writable) action directory and returns
+/// the directory and the response; the call must succeed.
+async fn run_script(runner: &TestRunner, script: &str) -> (ActionDirectory, RunResponse) {
+    let action = writable_action(runner);
+    let response = runner
+        .client()
+        .await
+        .run(shell_request(&action, script))
+        .await
+        .unwrap_or_else(|status| panic!("Run of {script:?}: {status:?}"));
+    (action, response.into_inner())
+}
+
+/// What the action printed on stdout and stderr, for messages.
+fn outputs(action: &ActionDirectory) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        std::fs::read_to_string(action.path.join("stdout")).unwrap_or_default(),
+        std::fs::read_to_string(action.path.join("stderr")).unwrap_or_default()
+    )
+}
+
+fn stdout(action: &ActionDirectory) -> String {
+    read(&action.path.join("stdout"))
+}
+
+/// Starts `request` as a call of its own and waits until the action
+/// created `ready` (relative to its input root).
+async fn start_and_wait_for(
+    runner: &TestRunner,
+    action: &ActionDirectory,
+    request: rbe_runner::proto::runner::RunRequest,
+    ready: &str,
+) -> tokio::task::JoinHandle<Result<tonic::Response<RunResponse>, tonic::Status>> {
+    let mut client = runner.client().await;
+    let call = tokio::spawn(async move { client.run(request).await });
+    let ready = action.path.join("root").join(ready);
+    eventually(&format!("{} to exist", ready.display()), SETTLE, || {
+        ready.exists()
+    })
+    .await;
+    call
+}
+
+/// A shell loop that waits until `go` exists in the working directory.
+const WAIT_FOR_GO: &str = "while [ ! -e go ]; do sleep 0.05; done";
+
+/// A token unique to this test process and call.
+fn unique(what: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!(
+        "{what}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
+}
+
+/// `token` as a grep pattern that does not match its own command line.
+fn pattern_of(token: &str) -> String {
+    let (first, rest) = token.split_at(1);
+    format!("[{first}]{rest}")
+}
+
+// ---------------------------------------------------------------------------
+// The runner and other processes (pid)
+// ---------------------------------------------------------------------------
+
+/// The environment variable the runner is started with, standing for the
+/// credentials a real runner's environment holds.
+const SECRET_VARIABLE: &str = "RBE_ISOLATION_TEST_SECRET";
+
+/// The attack: signal the runner, read its environment, and look for its
+/// secret in every `/proc/*/environ` and `/proc/*/cmdline` visible (the
+/// namespace's init among them: an init that is a copy of the runner
+/// would show the runner's environment).
+fn attack_on_the_runner(runner_pid: u32, signal: &str, secret: &str) -> String {
+    let pattern = pattern_of(secret);
+    format!(
+        "kill -{signal} {runner_pid}; echo kill=$?; \
+         cat /proc/{runner_pid}/environ; echo environ=$?; \
+         echo found=$(grep -l '{pattern}' /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null)"
+    )
+}
+
+async fn the_runner_can_be_neither_killed_nor_read(test: &str, path: SpawnPath, nobody: bool) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    let secret = unique("runner-secret");
+    let config = match nobody {
+        true => as_nobody(isolated()),
+        false => isolated(),
+    };
+    let runner = start_with(config.clone(), path, |command| {
+        command.env(SECRET_VARIABLE, &secret);
+    })
+    .await;
+    let (action, response) =
+        run_script(&runner, &attack_on_the_runner(runner.pid(), "9", &secret)).await;
+    assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+    let seen = stdout(&action);
+    assert!(seen.contains("kill=1"), "the kill must fail: {seen}");
+    assert!(seen.contains("environ=1"), "the read must fail: {seen}");
+    assert!(
+        !seen.contains(&secret),
+        "the runner's secret leaked: {seen}"
+    );
+    assert!(seen.contains("found=\n"), "the secret was found: {seen}");
+    // The runner lives and serves.
+    assert!(process_exists(runner.pid() as i32));
+    let (action, response) = run_script(&runner, "exit 4").await;
+    assert_eq!(response.exit_code, 4, "{}", outputs(&action));
+
+    // Control: the same identity without isolation reaches the runner
+    // (signal 0 only checks that it could be signalled). Nobody cannot
+    // signal or read root's runner anyway: only root's control means
+    // something.
+    if !nobody {
+        let mut plain = config;
+        plain.as_object_mut().unwrap().remove("isolation");
+        let control = start_with(plain, path, |command| {
+            command.env(SECRET_VARIABLE, &secret);
+        })
+        .await;
+        let (action, response) =
+            run_script(&control, &attack_on_the_runner(control.pid(), "0", &secret)).await;
+        assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+        let seen = stdout(&action);
+        assert!(seen.contains("kill=0"), "control: {seen}");
+        assert!(seen.contains(&secret), "control: {seen}");
+    }
+}
+
+async fn the_runner_can_be_neither_killed_nor_read_as_nobody(test: &str, path: SpawnPath) {
+    the_runner_can_be_neither_killed_nor_read(test, path, true).await;
+}
+
+async fn the_runner_can_be_neither_killed_nor_read_as_root(test: &str, path: SpawnPath) {
+    the_runner_can_be_neither_killed_nor_read(test, path, false).await;
+}
+
+/// The processes `ps -eo pid=,comm=,args=` printed: pid to (comm, args).
+fn parse_ps(output: &str) -> BTreeMap<u32, (String, String)> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let pid = fields.next()?.parse().ok()?;
+            let comm = fields.next()?.to_string();
+            let args = fields.collect::<Vec<_>>().join(" ");
+            Some((pid, (comm, args)))
+        })
+        .collect()
+}
+
+async fn ps_lists_only_the_actions_processes(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    // A process of the host's that the action must not see.
+    let marker = format!("3600.{}", std::process::id());
+    let mut outside = std::process::Command::new("sleep")
+        .arg(&marker)
+        .spawn()
+        .unwrap();
+    let script = "sleep 1000.25 & ps -eo pid=,comm=,args=; kill $!";
+
+    let runner = start(as_nobody(isolated()), path).await;
+    let (action, response) = run_script(&runner, script).await;
+    let isolated_view = stdout(&action);
+    let control = start(as_nobody(json!({})), path).await;
+    let (control_action, control_response) = run_script(&control, script).await;
+    let _ = outside.kill();
+    let _ = outside.wait();
+
+    assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+    let processes = parse_ps(&isolated_view);
+    assert!(
+        processes.contains_key(&1),
+        "the namespace's init is pid 1: {isolated_view}"
+    );
+    for (pid, (comm, args)) in &processes {
+        assert!(
+            *pid == 1 || ["sh", "sleep", "ps"].contains(&comm.as_str()),
+            "pid {pid} ({comm}: {args}) is not the action's:\n{isolated_view}"
+        );
+    }
+    assert!(
+        processes.len() <= 4,
+        "init, sh, sleep and ps at most:\n{isolated_view}"
+    );
+    assert!(
+        processes.values().any(|(_, args)| args == "sleep 1000.25"),
+        "{isolated_view}"
+    );
+    assert!(!isolated_view.contains(&marker), "{isolated_view}");
+    // Control: without isolation the host's process is listed.
+    assert_eq!(control_response.exit_code, 0);
+    let control_view = stdout(&control_action);
+    assert!(control_view.contains(&marker), "control: {control_view}");
+}
+
+async fn another_actions_arguments_are_unreachable(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    let runner = start(as_nobody(isolated()), path).await;
+    // The target: an isolated action whose arguments hold a secret.
+    let secret = unique("argument-secret");
+    let target = writable_action(&runner);
+    let request = target.request(
+        vec![
+            "sh".into(),
+            "-c".into(),
+            format!("touch ready; {WAIT_FOR_GO}"),
+            secret.clone(),
+        ],
+        vec![("PATH".into(), TEST_PATH.into())],
+    );
+    let call = start_and_wait_for(&runner, &target, request, "ready").await;
+    let target_pid = host_pid_with_argument(&secret).expect("the target's pid on the host");
+
+    let attack = format!(
+        "cat /proc/{target_pid}/cmdline; echo cmdline=$?; \
+         echo found=$(grep -l '{}' /proc/[0-9]*/cmdline 2>/dev/null)",
+        pattern_of(&secret)
+    );
+    let (attacker, response) = run_script(&runner, &attack).await;
+    // Control: the same identity without isolation reads them.
+    let control = start(as_nobody(json!({})), path).await;
+    let (control_attacker, control_response) = run_script(&control, &attack).await;
+    std::fs::write(target.path.join("root/go"), "").unwrap();
+    let target_response = call.await.unwrap().unwrap().into_inner();
+
+    assert_eq!(target_response.exit_code, 0, "{}", outputs(&target));
+    assert_eq!(response.exit_code, 0, "{}", outputs(&attacker));
+    let seen = stdout(&attacker);
+    assert!(
+        !seen.contains(&secret),
+        "another action's arguments: {seen}"
+    );
+    assert!(seen.contains("found=\n"), "{seen}");
+    assert_eq!(control_response.exit_code, 0);
+    let control_seen = stdout(&control_attacker);
+    assert!(control_seen.contains(&secret), "control: {control_seen}");
+}
+
+/// The host pid of the process one of whose arguments is `argument`.
+fn host_pid_with_argument(argument: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        cmdline
+            .split(|byte| *byte == 0)
+            .any(|word| word == argument.as_bytes())
+            .then_some(pid)
+    })
+}
+
+/// Host pids of the processes whose command line contains `token`.
+fn host_pids_mentioning(token: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(token)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// network: 'off'
+// ---------------------------------------------------------------------------
+
+async fn a_listener_on_the_hosts_loopback_is_unreachable(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // bash's /dev/tcp: one connect(2), its error on stderr. Then the
+    // interfaces the action has.
+    let attack = format!(
+        "bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'; echo connect=$?; \
+         tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"
+    );
+    let runner = start(isolated(), path).await;
+    let (action, response) = run_script(&runner, &attack).await;
+    assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+    let seen = stdout(&action);
+    assert!(seen.contains("connect=1"), "{}", outputs(&action));
+    // Refused, not unreachable: the action's own loopback is up, and
+    // nothing listens on it.
+    assert!(
+        read(&action.path.join("stderr")).contains("Connection refused"),
+        "{}",
+        outputs(&action)
+    );
+    let interfaces: Vec<&str> = seen.lines().skip(1).collect();
+    assert_eq!(interfaces, ["lo"], "{}", outputs(&action));
+    assert_eq!(
+        listener.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the host's listener was reached"
+    );
+
+    // Control: without isolation the connection is made.
+    let control = start(json!({}), path).await;
+    let (action, response) = run_script(&control, &attack).await;
+    assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+    assert!(
+        stdout(&action).contains("connect=0"),
+        "control: {}",
+        outputs(&action)
+    );
+    assert!(listener.accept().is_ok(), "control: no connection arrived");
+}
+
+async fn a_dns_lookup_fails(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    let runner = start(isolated(), path).await;
+    // getent exits 2 for a name it could not resolve. Without a network
+    // the resolver's datagrams fail at once (the deadline below would end
+    // a resolver that waited for its timeouts).
+    let action = writable_action(&runner);
+    let mut request = tonic::Request::new(shell_request(
+        &action,
+        "getent hosts example.com; echo getent=$?",
+    ));
+    request.set_timeout(Duration::from_secs(60));
+    let response = runner
+        .untimed_client()
+        .await
+        .run(request)
+        .await
+        .unwrap_or_else(|status| panic!("the lookup hung or failed: {status:?}"))
+        .into_inner();
+    assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+    assert!(stdout(&action).contains("getent=2"), "{}", outputs(&action));
+}
+
+/// Binds 127.0.0.1:8080, connects to it and accepts; with `hold`, then
+/// creates `bound` and holds the port until `go` exists.
+const BIND_8080: &str = r#"
+import os, socket, sys, time
+server = socket.socket()
+server.bind(("127.0.0.1", 8080))
+server.listen()
+client = socket.create_connection(("127.0.0.1", 8080))
+server.accept()
+print("bound")
+sys.stdout.flush()
+if sys.argv[1] == "hold":
+    open("bound", "w").close()
+    while not os.path.exists("go"):
+        time.sleep(0.05)
+"#;
+
+async fn two_concurrent_actions_bind_the_same_port(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    let runner = start(isolated(), path).await;
+    let python = |action: &ActionDirectory, mode: &str| {
+        action.request(
+            vec!["python3".into(), "-c".into(), BIND_8080.into(), mode.into()],
+            vec![("PATH".into(), TEST_PATH.into())],
+        )
+    };
+    let holder = writable_action(&runner);
+    let call = start_and_wait_for(&runner, &holder, python(&holder, "hold"), "bound").await;
+    let second = writable_action(&runner);
+    let response = runner
+        .client()
+        .await
+        .run(python(&second, "once"))
+        .await
+        .unwrap()
+        .into_inner();
+    std::fs::write(holder.path.join("root/go"), "").unwrap();
+    let held = call.await.unwrap().unwrap().into_inner();
+    assert_eq!(response.exit_code, 0, "{}", outputs(&second));
+    assert_eq!(stdout(&second), "bound\n");
+    assert_eq!(held.exit_code, 0, "{}", outputs(&holder));
+}
+
+// ---------------------------------------------------------------------------
+// tmp: 'private'
+// ---------------------------------------------------------------------------
+
+async fn concurrent_actions_never_see_each_others_tmp(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    let runner = start(isolated(), path).await;
+    let (in_tmp, in_var_tmp) = (unique("in-tmp"), unique("in-var-tmp"));
+    let writer = writable_action(&runner);
+    let request = shell_request(
+        &writer,
+        &format!(
+            "echo mine > /tmp/{in_tmp} && echo mine > /var/tmp/{in_var_tmp} && touch ready; \
+             {WAIT_FOR_GO}"
+        ),
+    );
+    let call = start_and_wait_for(&runner, &writer, request, "ready").await;
+    let (looker, response) = run_script(
+        &runner,
+        &format!(
+            "echo tmp:; ls -A /tmp; echo var-tmp:; ls -A /var/tmp; \
+             cat /tmp/{in_tmp} /var/tmp/{in_var_tmp}; echo cat=$?"
+        ),
+    )
+    .await;
+    std::fs::write(writer.path.join("root/go"), "").unwrap();
+    let written = call.await.unwrap().unwrap().into_inner();
+
+    assert_eq!(written.exit_code, 0, "{}", outputs(&writer));
+    assert_eq!(response.exit_code, 0, "{}", outputs(&looker));
+    // The looker's own /tmp and /var/tmp are its empty temporary directory.
+    assert_eq!(
+        stdout(&looker),
+        "tmp:\nvar-tmp:\ncat=1\n",
+        "{}",
+        outputs(&looker)
+    );
+    // The writer's files are in its temporary directory, not the host's.
+    let temporary = writer.path.join("tmp");
+    assert_eq!(read(&temporary.join(&in_tmp)), "mine\n");
+    assert_eq!(read(&temporary.join(&in_var_tmp)), "mine\n");
+    for host in ["/tmp", "/var/tmp"] {
+        for name in [&in_tmp, &in_var_tmp] {
+            let path = Path::new(host).join(name);
+            assert!(!path.exists(), "written to the host: {}", path.display());
+        }
+    }
+    // bb_worker's removal of the action directory removes them.
+    std::fs::remove_dir_all(&writer.path).unwrap();
+    assert!(!temporary.join(&in_tmp).exists());
+}
+
+async fn tmpdir_is_tmp_with_a_private_tmp(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    let mut config = as_nobody(isolated());
+    merge(&mut config, json!({ "setTmpdirEnvironmentVariable": true }));
+    let runner = start(config, path).await;
+    let (action, response) = run_script(&runner, "echo \"$TMPDIR\"; touch \"$TMPDIR/made\"").await;
+    assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+    assert_eq!(stdout(&action), "/tmp\n");
+    assert!(action.path.join("tmp/made").exists());
+}
+
+// ---------------------------------------------------------------------------
+// hostname
+// ---------------------------------------------------------------------------
+
+async fn the_hostname_is_the_configured_one_and_stays_inside(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    let host = nix::unistd::gethostname().unwrap();
+    let runner = start(isolated(), path).await;
+    // As root, the action may rename its own UTS namespace, never the host.
+    let (action, response) =
+        run_script(&runner, "hostname; hostname renamed-inside; hostname").await;
+    assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+    assert_eq!(stdout(&action), format!("{HOSTNAME}\nrenamed-inside\n"));
+    assert_eq!(nix::unistd::gethostname().unwrap(), host);
+    // The next action has a namespace of its own again.
+    let (action, response) = run_script(&runner, "hostname").await;
+    assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+    assert_eq!(stdout(&action), format!("{HOSTNAME}\n"));
+}
+
+// ---------------------------------------------------------------------------
+// /proc
+// ---------------------------------------------------------------------------
+
+async fn a_non_root_action_can_neither_write_proc_sys_nor_unmount(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    let runner = start(as_nobody(isolated()), path).await;
+    let (action, response) = run_script(
+        &runner,
+        "echo 3 > /proc/sys/vm/drop_caches; echo drop_caches=$?; \
+         umount /proc; echo umount-proc=$?; \
+         umount /tmp; echo umount-tmp=$?; \
+         umount -l /proc; echo umount-lazy=$?; \
+         cat /proc/1/environ > /dev/null; echo init-environ=$?",
+    )
+    .await;
+    assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+    let seen = stdout(&action);
+    for attempt in [
+        "drop_caches",
+        "umount-proc",
+        "umount-tmp",
+        "umount-lazy",
+        "init-environ",
+    ] {
+        let line = seen
+            .lines()
+            .find(|line| line.starts_with(&format!("{attempt}=")))
+            .unwrap_or_else(|| panic!("no {attempt} line: {seen}"));
+        assert_ne!(line, format!("{attempt}=0"), "{}", outputs(&action));
+    }
+}
+
+/// The mount points of a mountinfo text with their mount options.
+fn mount_options(mountinfo: &str) -> BTreeMap<String, String> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let point = fields.nth(4)?.to_string();
+            let options = fields.next()?.to_string();
+            Some((point, options))
+        })
+        .collect()
+}
+
+async fn proc_keeps_the_container_runtimes_masks(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    let runner = start(isolated(), path).await;
+    // As root: the masks hold for root as well; writes go nowhere (the
+    // values written are the ones already there, should a mask be
+    // missing).
+    let (action, response) = run_script(
+        &runner,
+        "cat /proc/self/mountinfo > mountinfo; \
+         echo 1 > /proc/sys/vm/drop_caches; echo drop_caches=$?; \
+         cat /proc/irq/default_smp_affinity > affinity; \
+         cat affinity > /proc/irq/default_smp_affinity; echo irq=$?; \
+         for masked in kcore keys timer_list; do \
+             echo $masked=$(head -c 64 /proc/$masked 2>/dev/null | wc -c); \
+         done",
+    )
+    .await;
+    assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+    let seen = stdout(&action);
+    // The shell says why a redirection failed on stderr (and exits 2).
+    for write in ["drop_caches", "irq"] {
+        assert!(
+            seen.contains(&format!("{write}=")) && !seen.contains(&format!("{write}=0")),
+            "{}",
+            outputs(&action)
+        );
+    }
+    let stderr = read(&action.path.join("stderr"));
+    assert_eq!(
+        stderr.matches("Read-only file system").count(),
+        2,
+        "{}",
+        outputs(&action)
+    );
+    for masked in ["kcore", "keys", "timer_list"] {
+        assert!(
+            seen.contains(&format!("{masked}=0\n")),
+            "/proc/{masked} is readable: {seen}"
+        );
+    }
+    let mounts = mount_options(&read(&action.path.join("root/mountinfo")));
+    assert!(mounts.contains_key("/proc"), "no /proc: {mounts:?}");
+    for read_only in ["/proc/sys", "/proc/irq", "/proc/bus", "/proc/sysrq-trigger"] {
+        if !Path::new(read_only).exists() {
+            continue; // not in this kernel's procfs (no buses, no sysrq)
+        }
+        let options = mounts
+            .get(read_only)
+            .unwrap_or_else(|| panic!("{read_only} is not mounted read-only: {mounts:?}"));
+        assert!(
+            options.split(',').any(|option| option == "ro"),
+            "{read_only} {options}"
+        );
+    }
+    for masked in ["/proc/kcore", "/proc/keys", "/proc/timer_list"] {
+        if !Path::new(masked).exists() {
+            continue; // not in this kernel's procfs (no kcore)
+        }
+        assert!(
+            mounts.contains_key(masked),
+            "{masked} is not masked: {mounts:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Unchanged: exit codes, signals, pids, termination, resource usage
+// ---------------------------------------------------------------------------
+
+async fn exit_codes_and_signals_are_the_actions(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    let runner = start(as_nobody(isolated()), path).await;
+    let (action, response) = run_script(&runner, "exit 3").await;
+    assert_eq!(response.exit_code, 3, "{}", outputs(&action));
+    assert_eq!(posix_usage(&response).termination_signal, "");
+    // The action's own signal, which an init could not re-raise on itself.
+    for (signal, name) in [("SEGV", "SEGV"), ("KILL", "KILL"), ("TERM", "TERM")] {
+        let (action, response) = run_script(&runner, &format!("kill -{signal} $$")).await;
+        assert_eq!(response.exit_code, -1, "{signal}: {}", outputs(&action));
+        assert_eq!(posix_usage(&response).termination_signal, name);
+    }
+}
+
+/// The `NSpid:` of a process: its pid in each PID namespace, outermost
+/// first.
+fn namespace_pids(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))
+        .map(|pids| {
+            pids.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn the_started_pid_is_the_actions_as_the_runner_sees_it(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    // The observer logs each action's pid when it starts (at debug).
+    let runner = start_with(as_nobody(isolated()), path, |command| {
+        command.env("RUST_LOG", "info,rbe_runner::action::observer=debug");
+    })
+    .await;
+    let token = unique("started-pid");
+    let action = writable_action(&runner);
+    let request = action.request(
+        vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo $$ > inner-pid; touch ready; {WAIT_FOR_GO}"),
+            token.clone(),
+        ],
+        vec![("PATH".into(), TEST_PATH.into())],
+    );
+    let call = start_and_wait_for(&runner, &action, request, "ready").await;
+    let started_line = || {
+        runner
+            .log()
+            .into_iter()
+            .find(|line| line.contains("action started"))
+    };
+    eventually("the `action started` line", SETTLE, || {
+        started_line().is_some()
+    })
+    .await;
+    let started = started_line().unwrap_or_default();
+    let pid: u32 = started
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("pid="))
+        .and_then(|pid| pid.trim_matches('"').parse().ok())
+        .unwrap_or(0);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let inner: u32 = read(&action.path.join("root/inner-pid"))
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let namespaced = namespace_pids(pid);
+    // Let the action end before asserting: a failed test leaves nothing.
+    std::fs::write(action.path.join("root/go"), "").unwrap();
+    let response = call.await.unwrap().unwrap().into_inner();
+    assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+    assert_ne!(pid, 0, "no pid in {started:?}");
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains(&token),
+        "pid {pid} of {started:?} is not the action: {:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    // The action in its namespace, not the init (pid 1 there).
+    assert_eq!(namespaced.len(), 2, "NSpid of {pid}: {namespaced:?}");
+    assert_eq!(namespaced, [pid, inner]);
+    assert_ne!(inner, 1);
+}
+
+async fn cancellation_reaches_the_action_and_kills_what_it_left(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    let runner = start(as_nobody(isolated()), path).await;
+    let token = unique("left-behind");
+    // The action traps SIGTERM (forwarded by the init); a process in a
+    // session of its own ignoring SIGTERM is left behind, for the end of
+    // the namespace.
+    let action = writable_action(&runner);
+    let script = format!(
+        "trap 'echo got-TERM > term; exit 0' TERM; \
+         setsid sh -c 'trap \"\" TERM; sleep 1000; :' {token} & \
+         touch ready; sleep 1000 & wait"
+    );
+    runner
+        .run_and_cancel_when(
+            shell_request(&action, &script),
+            &action.path.join("root/ready"),
+        )
+        .await;
+    let term = action.path.join("root/term");
+    eventually("the action's SIGTERM handler runs", SETTLE, || {
+        term.exists()
+    })
+    .await;
+    assert_eq!(read(&term), "got-TERM\n");
+    eventually("the process the action left behind is gone", SETTLE, || {
+        host_pids_mentioning(&token).is_empty()
+    })
+    .await;
+}
+
+async fn a_deadline_terminates_the_action_through_the_init(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    let runner = start(as_nobody(isolated()), path).await;
+    let action = writable_action(&runner);
+    let root = action.path.join("root");
+    let request = shell_request(
+        &action,
+        "trap 'echo got-TERM > term; exit 0' TERM; touch ready; sleep 1000 & wait",
+    );
+    let mut client = runner.untimed_client().await;
+    let call = tokio::spawn(async move {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(Duration::from_secs(5));
+        client.run(request).await
+    });
+    let status = call.await.unwrap().expect_err("the deadline passes");
+    assert!(root.join("ready").exists(), "the action never started");
+    assert_eq!(
+        status.code(),
+        Code::DeadlineExceeded,
+        "{}",
+        status.message()
+    );
+    // The call is answered at its deadline; the action is stopped after.
+    let term = root.join("term");
+    eventually("the action's SIGTERM handler runs", SETTLE, || {
+        term.exists()
+    })
+    .await;
+    assert_eq!(read(&term), "got-TERM\n");
+}
+
+/// The median maxrss (bytes) of `/bin/true` over `runs` Runs.
+async fn median_maxrss_of_true(runner: &TestRunner, runs: usize) -> i64 {
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let action = runner.action();
+        let response = runner
+            .client()
+            .await
+            .run(action.request(vec!["/bin/true".into()], vec![]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+        samples.push(posix_usage(&response).maximum_resident_set_size);
+    }
+    samples.sort_unstable();
+    samples[runs / 2]
+}
+
+async fn true_reports_the_same_maxrss_as_without_isolation(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    const WITHIN: i64 = 512 * 1024;
+    let plain = start(json!({}), path).await;
+    let without = median_maxrss_of_true(&plain, 5).await;
+    let isolated_runner = start(isolated(), path).await;
+    let with = median_maxrss_of_true(&isolated_runner, 5).await;
+    assert!(without > 0 && with > 0, "{without} {with}");
+    assert!(
+        (with - without).abs() <= WITHIN,
+        "/bin/true's maxrss: {with} bytes isolated, {without} without (more than 512 KiB apart)"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 1,000 actions: nothing left on the host
+// ---------------------------------------------------------------------------
+
+/// Actions in the count, unless `RBE_ISOLATION_ACTIONS` says otherwise.
+const DEFAULT_ACTIONS: usize = 1000;
+
+/// Calls in flight at once: the concurrency the issue promises.
+const IN_FLIGHT: usize = 8;
+
+/// Every how many actions one leaves a process behind.
+const LEAVE_ONE_EVERY: usize = 100;
+
+/// The mounts an isolated action's could show up as on the host, had they
+/// propagated: on the places the isolation mounts over, and anywhere
+/// under the runner's directory. (Other mounts may come and go: the
+/// machine runs other tests.) As (mount point, filesystem type, root)
+/// with their counts.
+fn host_mounts_that_matter(runner_dir: &Path) -> BTreeMap<(String, String, String), usize> {
+    let mountinfo = read(Path::new("/proc/self/mountinfo"));
+    let runner_dir = runner_dir.to_string_lossy().into_owned();
+    let mut mounts = BTreeMap::new();
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some(separator) = fields.iter().position(|field| *field == "-") else {
+            continue;
+        };
+        let (root, point) = (fields[3], fields[4]);
+        let fstype = fields.get(separator + 1).copied().unwrap_or_default();
+        let matters = ["/proc", "/tmp", "/var/tmp", "/dev/shm"].contains(&point)
+            || point.starts_with("/proc/")
+            || point.starts_with(&runner_dir)
+            || root.starts_with(&runner_dir);
+        if matters {
+            *mounts
+                .entry((point.to_string(), fstype.to_string(), root.to_string()))
+                .or_insert(0) += 1;
+        }
+    }
+    mounts
+}
+
+/// The active `net_namespace` objects in `/proc/slabinfo` (the host's own
+/// namespace is not among them), or None where the kernel merged the
+/// cache into another one. SLUB counts the free objects of a CPU's slabs
+/// as active: the cache is shrunk first (which flushes them), else
+/// namespaces freed long ago would count as held.
+fn network_namespaces() -> Option<u64> {
+    let _ = std::fs::write("/sys/kernel/slab/net_namespace/shrink", "1");
+    read(Path::new("/proc/slabinfo"))
+        .lines()
+        .find_map(|line| line.strip_prefix("net_namespace "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+/// The processes (pid, command) in a network namespace other than this
+/// test's: what holds the namespaces counted, unless only the kernel does.
+fn processes_in_other_network_namespaces() -> Vec<(u32, String)> {
+    let own = std::fs::read_link("/proc/self/ns/net").ok();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let namespace = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+            let command = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (Some(namespace) != own).then(|| (pid, command.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The pids whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
+async fn nothing_is_left_on_the_host_after_1000_actions(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.write().await;
+    let Some(namespaces_before) = network_namespaces() else {
+        skip(test, "/proc/slabinfo has no net_namespace cache (merged)");
+        return;
+    };
+    let runner = start(as_nobody(isolated()), path).await;
+    let mounts_before = host_mounts_that_matter(runner.dir.path());
+    let spawn_server = spawn_server_of(runner.pid());
+    let actions = std::env::var("RBE_ISOLATION_ACTIONS")
+        .ok()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(DEFAULT_ACTIONS);
+    let token = unique("left-by-an-action");
+
+    // As many action directories as Runs in flight, each used by one Run
+    // at a time.
+    let slots = std::sync::Mutex::new(
+        (0..IN_FLIGHT)
+            .map(|_| writable_action(&runner))
+            .collect::<Vec<_>>(),
+    );
+    let client = runner.client().await;
+    let problems = stream::iter(0..actions)
+        .map(|index| {
+            let (slots, mut client, token) = (&slots, client.clone(), token.clone());
+            async move {
+                let slot = slots.lock().unwrap().pop().expect("a free slot");
+                // Most actions are /bin/true; some leave a process behind
+                // in a session of its own, which only the end of the
+                // namespace reaches.
+                let arguments = match index % LEAVE_ONE_EVERY {
+                    0 => vec![
+                        "sh".into(),
+                        "-c".into(),
+                        format!("setsid sh -c 'sleep 1000; :' {token} & echo $! > /tmp/left"),
+                    ],
+                    _ => vec!["/bin/true".into()],
+                };
+                let mut request = slot.request(arguments, vec![("PATH".into(), TEST_PATH.into())]);
+                request.stdout_path = format!("{}/stdout-{index}", slot.relative);
+                request.stderr_path = format!("{}/stderr-{index}", slot.relative);
+                let answer = client.run(request).await.map(tonic::Response::into_inner);
+                let problem = match answer {
+                    Ok(response) if response.exit_code == 0 => None,
+                    other => Some(format!(
+                        "{index}: {other:?} {}",
+                        std::fs::read_to_string(slot.path.join(format!("stderr-{index}")))
+                            .unwrap_or_default()
+                    )),
+                };
+                for output in ["stdout", "stderr"] {
+                    let _ = std::fs::remove_file(slot.path.join(format!("{output}-{index}")));
+                }
+                slots.lock().unwrap().push(slot);
+                problem
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .filter_map(|problem| async move { problem })
+        .collect::<Vec<String>>()
+        .await;
+    assert!(
+        problems.is_empty(),
+        "{} of {actions} isolated Runs failed:\n{}",
+        problems.len(),
+        problems[..problems.len().min(20)].join("\n")
+    );
+
+    // No process: nothing an action left, nothing of the runner's but its
+    // spawn server.
+    eventually(
+        "every process an action left is gone",
+        RELEASE_LIMIT,
+        || host_pids_mentioning(&token).is_empty(),
+    )
+    .await;
+    let children: Vec<u32> = children_of(runner.pid())
+        .into_iter()
+        .filter(|pid| Some(*pid as i32) != spawn_server)
+        .collect();
+    assert!(
+        children.is_empty(),
+        "the runner still has children {children:?}"
+    );
+    // No mount.
+    assert_eq!(host_mounts_that_matter(runner.dir.path()), mounts_before);
+    // No namespace held open: polled, the kernel frees them from a work
+    // queue.
+    let mut namespaces = network_namespaces();
+    let deadline = tokio::time::Instant::now() + RELEASE_LIMIT;
+    while namespaces.is_some_and(|count| count > namespaces_before)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        namespaces = network_namespaces();
+    }
+    assert!(
+        namespaces.is_some_and(|count| count <= namespaces_before),
+        "net_namespace objects: {namespaces:?} after {actions} actions, {namespaces_before} before; \
+         network namespaces processes hold (this machine's other tests among them): {:?}",
+        processes_in_other_network_namespaces()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Startup refusals
+// ---------------------------------------------------------------------------
+
+/// Starts the runner with `extra` merged into a minimal configuration
+/// (as uid `user`, root if None) and returns what it said on stderr; it
+/// must refuse to start, without serving.
+fn startup_refusal(extra: Value, user: Option<u32>) -> String {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let build = dir.path().join("build");
+    std::fs::create_dir(&build).unwrap();
+    let socket = dir.path().join("runner.sock");
+    let mut config = json!({
+        "buildDirectoryPath": build,
+        "grpcServers": [{
+            "listenPaths": [socket],
+            "authenticationPolicy": { "allow": {} },
+        }],
+    });
+    merge(&mut config, extra);
+    let config_path = dir.path().join("runner.jsonnet");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let mut command = std::process::Command::new(runner_under_test());
+    command
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if let Some(user) = user {
+        command.uid(user).gid(user);
+    }
+    let mut child = command.spawn().expect("start rbe-runner");
+    // Read until it exits (stderr closes) or says it serves.
+    let mut said = Vec::new();
+    let mut served = false;
+    for line in std::io::BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        served |= line.contains("serving");
+        said.push(line);
+        if served {
+            break;
+        }
+    }
+    if served {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    let said = said.join("\n");
+    assert!(!served, "the runner started with {config}:\n{said}");
+    assert!(!status.success(), "exit 0 with {config}:\n{said}");
+    assert!(!socket.exists(), "it must not serve");
+    said
+}
+
+#[test]
+fn unknown_isolation_keys_stop_startup_naming_the_field() {
+    let said = startup_refusal(json!({ "isolation": { "pids": true } }), None);
+    assert!(said.contains("pids"), "{said}");
+}
+
+#[test]
+fn bad_isolation_values_stop_startup_naming_the_field() {
+    for (field, value) in [
+        ("pid", json!("yes")),
+        ("network", json!("none")),
+        ("network", json!(true)),
+        ("tmp", json!("shared")),
+        ("ipc", json!(1)),
+        ("hostname", json!(5)),
+    ] {
+        let said = startup_refusal(json!({ "isolation": { field: value } }), None);
+        assert!(said.contains(field), "{field}: {value}: {said}");
+    }
+}
+
+#[test]
+fn symlinking_temporary_directories_and_a_private_tmp_are_refused_together() {
+    let host = tempfile::tempdir().unwrap();
+    let said = startup_refusal(
+        json!({
+            "symlinkTemporaryDirectories": [host.path().join("tmp")],
+            "isolation": { "tmp": "private" },
+        }),
+        None,
+    );
+    assert!(said.contains("symlinkTemporaryDirectories"), "{said}");
+    assert!(said.contains("tmp"), "{said}");
+}
+
+#[test]
+fn chroot_into_input_root_with_isolation_is_refused() {
+    for isolation in [
+        json!({ "pid": true }),
+        json!({ "tmp": "private" }),
+        json!({ "network": "off" }),
+    ] {
+        let said = startup_refusal(
+            json!({ "chrootIntoInputRoot": true, "isolation": isolation }),
+            None,
+        );
+        assert!(said.contains("chrootIntoInputRoot"), "{isolation}: {said}");
+        assert!(said.contains("isolation"), "{isolation}: {said}");
+    }
+}
+
+#[test]
+fn isolation_without_cap_sys_admin_is_refused_at_startup() {
+    let test = "isolation_without_cap_sys_admin_is_refused_at_startup";
+    if !running_as_root(test) {
+        return;
+    }
+    // Started as root, the test starts the runner as nobody, which has
+    // no CAP_SYS_ADMIN: it must refuse rather than run actions with less
+    // isolation than configured.
+    let said = startup_refusal(json!({ "isolation": { "pid": true } }), Some(65534));
+    assert!(said.contains("isolation"), "{said}");
+}
