@@ -302,14 +302,15 @@ pub fn hint_subjects_from_pem(pem: &[u8]) -> Vec<DistinguishedName> {
         .collect()
 }
 
-/// The crypto provider, with the TLS 1.2 suites `config` allows (all
-/// TLS 1.3 ones always).
-fn provider_for(config: &TlsServerConfig) -> CryptoProvider {
+/// The crypto provider, with the TLS 1.2 suites `allowed` (all when
+/// `None`; all TLS 1.3 ones always): the listeners' and the trace
+/// exporter's.
+pub(crate) fn crypto_provider(allowed: Option<&[rustls::CipherSuite]>) -> CryptoProvider {
     // ring, for a build without cmake or Go; its only lack, post-quantum
     // key exchange, is what rustls deprecates it for.
     #[allow(deprecated)]
     let mut provider = rustls::crypto::ring::default_provider();
-    if let Some(allowed) = &config.tls12_cipher_suites {
+    if let Some(allowed) = allowed {
         provider.cipher_suites.retain(|suite| match suite {
             rustls::SupportedCipherSuite::Tls13(_) => true,
             rustls::SupportedCipherSuite::Tls12(_) => allowed.contains(&suite.suite()),
@@ -329,7 +330,7 @@ pub fn acceptor(
     hint_subjects: Vec<DistinguishedName>,
     served: &ServedCertificates,
 ) -> Result<TlsAcceptor, TlsError> {
-    let provider = Arc::new(provider_for(config));
+    let provider = Arc::new(crypto_provider(config.tls12_cipher_suites.as_deref()));
     let (key, facts, files) = match &config.server_key_pair {
         KeyPairSource::Inline {
             certificate,

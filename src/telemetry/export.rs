@@ -237,15 +237,8 @@ fn server_name(
 
 /// rustls' client settings from a Buildbarn `tls.ClientConfiguration`.
 fn tls_client_config(config: &TlsClientConfig) -> Result<rustls::ClientConfig, TelemetryError> {
-    // ring, as the listeners use.
-    #[allow(deprecated)]
-    let mut provider = rustls::crypto::ring::default_provider();
-    if let Some(allowed) = &config.tls12_cipher_suites {
-        provider.cipher_suites.retain(|suite| match suite {
-            rustls::SupportedCipherSuite::Tls13(_) => true,
-            rustls::SupportedCipherSuite::Tls12(_) => allowed.contains(&suite.suite()),
-        });
-    }
+    let provider =
+        crate::listener::tls::crypto_provider(config.tls12_cipher_suites.as_deref());
     let tls_error =
         |what: &str, err: &dyn std::fmt::Display| TelemetryError::Tls(format!("{what}: {err}"));
     let mut roots = rustls::RootCertStore::empty();
