@@ -180,7 +180,7 @@ fn traced_run(
     request: &RunRequest,
     metadata: &[(&str, String)],
 ) -> Result<RunResponse, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/traced_call.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/grpc_call.py");
     let mut command = Command::new(python);
     command
         .arg(script)

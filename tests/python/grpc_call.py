@@ -3,8 +3,10 @@ an operator's script would: default channel options, the socket as target
 (`unix:/path`). Messages travel as hex of their protobuf encoding, so no
 generated code is needed.
 
-usage: grpc_call.py TARGET METHOD < REQUEST_HEX
-(the request on stdin: a long one would not fit in an argument); prints `OK <response hex>`, or `ERROR <code> <details>` and exits 1.
+usage: grpc_call.py TARGET METHOD [KEY=VALUE ...] < REQUEST_HEX
+(the request on stdin: a long one would not fit in an argument; each
+KEY=VALUE is sent as call metadata, as bb_worker sends its trace context);
+prints `OK <response hex>`, or `ERROR <code> <details>` and exits 1.
 """
 
 import sys
@@ -14,6 +16,7 @@ import grpc
 
 def main() -> int:
     target, method = sys.argv[1:3]
+    metadata = [tuple(pair.split("=", 1)) for pair in sys.argv[3:]]
     request_hex = sys.stdin.read().strip()
     with grpc.insecure_channel(target) as channel:
         call = channel.unary_unary(
@@ -22,7 +25,7 @@ def main() -> int:
             response_deserializer=None,
         )
         try:
-            response = call(bytes.fromhex(request_hex))
+            response = call(bytes.fromhex(request_hex), metadata=metadata)
         except grpc.RpcError as error:
             print("ERROR", error.code().name, error.details())
             return 1
