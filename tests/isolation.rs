@@ -123,23 +123,7 @@ async fn start_with(
 ) -> TestRunner {
     let runner = TestRunner::start_with(config, adjust);
     if let SpawnPath::Runner = path {
-        let server = spawn_server_of(runner.pid()).expect("the runner's spawn server");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(server),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .expect("kill the spawn server");
-        eventually(
-            "the runner notices its spawn server is gone",
-            SETTLE,
-            || {
-                runner
-                    .log()
-                    .iter()
-                    .any(|line| line.contains("the spawn server is gone"))
-            },
-        )
-        .await;
+        runner.without_spawn_server(SETTLE).await;
     }
     runner
 }

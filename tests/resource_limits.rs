@@ -9,7 +9,7 @@ mod common;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use common::{read, spawn_server_of, TestRunner};
+use common::{read, TestRunner};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use serde_json::json;
 
@@ -93,26 +93,12 @@ async fn actions_get_the_soft_descriptor_limit_the_runner_started_with() {
     );
 
     // Through the spawn server.
-    let server = spawn_server_of(runner.pid()).expect("the runner's spawn server");
     assert_eq!(action_descriptor_limits(&runner).await, expected);
 
     // By the runner itself, once the spawn server is gone.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    common::eventually(
-        "the runner notices that the spawn server is gone",
-        std::time::Duration::from_secs(30),
-        || {
-            runner
-                .log()
-                .iter()
-                .any(|line| line.contains("the spawn server is gone"))
-        },
-    )
-    .await;
+    runner
+        .without_spawn_server(std::time::Duration::from_secs(30))
+        .await;
     assert_eq!(action_descriptor_limits(&runner).await, expected);
 }
 

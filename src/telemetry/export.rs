@@ -237,8 +237,7 @@ fn server_name(
 
 /// rustls' client settings from a Buildbarn `tls.ClientConfiguration`.
 fn tls_client_config(config: &TlsClientConfig) -> Result<rustls::ClientConfig, TelemetryError> {
-    let provider =
-        crate::listener::tls::crypto_provider(config.tls12_cipher_suites.as_deref());
+    let provider = crate::listener::tls::crypto_provider(config.tls12_cipher_suites.as_deref());
     let tls_error =
         |what: &str, err: &dyn std::fmt::Display| TelemetryError::Tls(format!("{what}: {err}"));
     let mut roots = rustls::RootCertStore::empty();

@@ -125,6 +125,24 @@ impl TestRunner {
         self.log.lock().unwrap().clone()
     }
 
+    /// Kills the runner's spawn server and waits (up to `limit`) until the
+    /// runner logs that it is gone, so that its next actions are created
+    /// by the runner itself.
+    pub async fn without_spawn_server(&self, limit: Duration) {
+        let server = spawn_server_of(self.pid()).expect("the runner's spawn server");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(server),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the spawn server");
+        eventually("the runner notices its spawn server is gone", limit, || {
+            self.log()
+                .iter()
+                .any(|line| line.contains("the spawn server is gone"))
+        })
+        .await;
+    }
+
     pub async fn channel(&self) -> Channel {
         client::connect(&Target::Socket(self.socket.clone()))
             .await
