@@ -355,8 +355,15 @@ async fn serve_config(
     wait_for_terminating_actions(&actions_running, &shutdown_signal, &bound).await;
     // Every event published; the journal writes what it was given.
     events.finish(&bound).await;
-    // The last spans exported, for a few seconds at most.
-    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    // The last spans exported, for a few seconds at most and within the
+    // shutdown bound; a second signal abandons the export, logged.
+    if bound
+        .bounded(tokio::task::spawn_blocking(move || telemetry.shutdown()))
+        .await
+        .is_err()
+    {
+        tracing::warn!("tracing: the last spans were abandoned at shutdown");
+    }
     served?;
     tracing::info!("stopped");
     Ok(())
