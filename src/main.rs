@@ -528,7 +528,9 @@ fn action_options(
         prepare: PrepareOptions {
             set_tmpdir_environment_variable: config.set_tmpdir_environment_variable,
             chroot_into_input_root: config.chroot_into_input_root,
-            private_tmp: config.isolation.tmp == TmpIsolation::Private,
+            private_tmp: isolation
+                .as_ref()
+                .is_some_and(|isolation| isolation.private_tmp),
         },
         identity: config.run_commands_as.as_ref().map(|identity| Identity {
             user_id: identity.user_id,
