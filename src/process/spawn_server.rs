@@ -942,37 +942,39 @@ mod tests {
                 })
                 .collect()
         };
+        // What the server says of `child`, its call cancelled first or not.
+        let answer = |child: Child<'_>, cancelled: bool| {
+            let (request, _) = encode(&child, Method::Clone);
+            let (mut reader, writer) = crate::process::status::pipe().unwrap();
+            if cancelled {
+                reader.cancel();
+            }
+            let mut all = vec![writer];
+            all.extend(descriptors());
+            serve_one(&request[4..], all);
+            async move {
+                let first = reader.next().await.unwrap();
+                assert_eq!(reader.next().await.unwrap(), None, "then the end");
+                first
+            }
+        };
         let past = SpawnDeadline::at(tokio::time::Instant::now());
         let child =
             Child::new(None, [fd; 3], None, None, cwd, None, &exec).with_deadline(Some(past));
-        let (request, _) = encode(&child, Method::Clone);
-        let (mut reader, writer) = crate::process::status::pipe().unwrap();
-        let mut all = vec![writer];
-        all.extend(descriptors());
-        serve_one(&request[4..], all);
         assert_eq!(
-            reader.next().await.unwrap(),
+            answer(child, false).await,
             Some(crate::process::status::Status::Failed(
                 SpawnStep::Deadline,
                 libc::ETIMEDOUT
             ))
         );
-        assert_eq!(reader.next().await.unwrap(), None);
-
         let child = Child::new(None, [fd; 3], None, None, cwd, None, &exec);
-        let (request, _) = encode(&child, Method::Clone);
-        let (mut reader, writer) = crate::process::status::pipe().unwrap();
-        reader.cancel();
-        let mut all = vec![writer];
-        all.extend(descriptors());
-        serve_one(&request[4..], all);
         assert_eq!(
-            reader.next().await.unwrap(),
+            answer(child, true).await,
             Some(crate::process::status::Status::Failed(
                 SpawnStep::Cancelled,
                 libc::ECANCELED
             ))
         );
-        assert_eq!(reader.next().await.unwrap(), None);
     }
 }
