@@ -32,6 +32,7 @@ use rbe_runner::listener::tls::ServedCertificates;
 use rbe_runner::metrics::Metrics;
 use rbe_runner::output::Output;
 use rbe_runner::process::clone::Method as SpawnMethod;
+use rbe_runner::process::descriptors;
 use rbe_runner::process::init;
 use rbe_runner::process::isolation::Isolation;
 use rbe_runner::process::isolation_probe;
@@ -135,6 +136,14 @@ fn serve(config_file: PathBuf) -> anyhow::Result<()> {
 /// Returns the descriptor limit actions get back (see
 /// src/resource_limits.rs).
 fn apply_process_settings(config: &Config) -> anyhow::Result<Option<DescriptorLimit>> {
+    let inherited = descriptors::close_inherited_at_exec()
+        .context("cannot mark inherited descriptors close-on-exec")?;
+    if inherited > 0 {
+        tracing::info!(
+            count = inherited,
+            "descriptors inherited beyond stderr are closed at every exec: no action gets them"
+        );
+    }
     if let Some(umask) = config.global.set_umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
         tracing::info!(

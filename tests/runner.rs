@@ -918,3 +918,47 @@ async fn the_spawn_server_outlives_the_thread_that_started_it() {
     let log = runner.log().join("\n");
     assert!(!log.contains("the spawn server is gone"), "{log}");
 }
+
+// ---- descriptors the runner inherited ----
+
+/// The descriptor number the runner inherits in the test below.
+const INHERITED_FD: i32 = 7;
+
+/// Why it matters: a runner started by a shell or supervisor that leaks a
+/// descriptor (`exec 7<file`) would hand it to every action, on both
+/// spawn paths: an action could read or write what the runner's parent
+/// opened.
+#[tokio::test]
+async fn a_descriptor_the_runner_inherited_reaches_no_action() {
+    let inherited = std::fs::File::open("/etc/hostname").unwrap();
+    let runner = TestRunner::start_with(json!({}), |command| {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let source = inherited.as_raw_fd();
+        let place = move || {
+            // SAFETY: dup2 takes only numbers; it leaves the copy without
+            // close-on-exec, as a shell's `exec 7<file` does.
+            if unsafe { libc::dup2(source, INHERITED_FD) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        // SAFETY: the closure runs in the forked child before exec and
+        // calls only dup2, which is async-signal-safe.
+        unsafe { command.pre_exec(place) };
+    });
+    let in_runner = format!("/proc/{}/fd/{INHERITED_FD}", runner.pid());
+    assert!(
+        std::fs::read_link(&in_runner).is_ok(),
+        "the runner inherited descriptor {INHERITED_FD}"
+    );
+    let script = format!("if [ -e /proc/$$/fd/{INHERITED_FD} ]; then echo leaked; fi");
+    for path in ["spawn server", "runner itself"] {
+        if path == "runner itself" {
+            runner.without_spawn_server(SETTLE).await;
+        }
+        let (action, response) = runner.run_shell(&script).await;
+        assert_eq!(response.unwrap().exit_code, 0, "{path}");
+        assert_eq!(read(&action.path.join("stdout")), "", "{path}");
+    }
+}

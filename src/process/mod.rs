@@ -32,12 +32,15 @@
 //! - [`reaper`]: the single place that waits for children (exit status and
 //!   each child's own rusage), which also reaps adopted orphans.
 //! - [`terminate`]: graceful termination of a process group.
+//! - [`descriptors`]: descriptors inherited from the runner's parent,
+//!   closed at every exec so that no action gets them.
 //! - [`privileges`]: whether the runner may do what its configuration asks
 //!   of the kernel (switching identity, chroot).
 
 pub mod call;
 pub mod child;
 pub mod clone;
+pub mod descriptors;
 pub mod init;
 pub mod isolation;
 pub mod isolation_probe;
