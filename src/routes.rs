@@ -66,36 +66,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
 
     /// A service that answers with its `name` in a header.
-    fn named(
-        name: &'static str,
-    ) -> impl Service<
-        Request<()>,
-        Response = Response<Body>,
-        Error = Infallible,
-        Future = impl Future<Output = Result<Response<Body>, Infallible>>,
-    > + Clone {
-        tower::service_fn(move |_request: Request<()>| async move {
-            let mut response = Response::new(Body::empty());
-            response
-                .headers_mut()
-                .insert("served-by", name.parse().unwrap());
-            Ok(response)
-        })
-    }
+    #[derive(Clone)]
+    struct Named(&'static str);
 
-    async fn served_by(
-        service: &mut (impl Service<Request<()>, Response = Response<Body>, Error = Infallible> + Clone),
-        path: &str,
-    ) -> String {
-        use tower::ServiceExt;
-        let request = Request::post(path).body(()).unwrap();
-        let response = service.ready().await.unwrap().call(request).await.unwrap();
-        response.headers()["served-by"]
-            .to_str()
-            .unwrap()
-            .to_string()
+    impl Service<Request<()>> for Named {
+        type Response = Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: Request<()>) -> Self::Future {
+            let mut response = Response::new(Body::empty());
+            let name = http::HeaderValue::from_static(self.0);
+            response.headers_mut().insert("served-by", name);
+            std::future::ready(Ok(response))
+        }
     }
 
     #[tokio::test]
@@ -103,7 +94,7 @@ mod tests {
         // Why it matters: a call sent to the wrong service is answered
         // UNIMPLEMENTED; a service merely named like the Runner (a prefix
         // of its name) is not the Runner.
-        let mut routes = RunnerFirst::new(named("runner"), named("others"));
+        let mut routes = RunnerFirst::new(Named("runner"), Named("others"));
         for (path, expected) in [
             ("/buildbarn.runner.Runner/Run", "runner"),
             ("/buildbarn.runner.Runner/CheckReadiness", "runner"),
@@ -113,7 +104,9 @@ mod tests {
             ("/rbe_runner.events.v1.Events/Watch", "others"),
             ("/", "others"),
         ] {
-            assert_eq!(served_by(&mut routes, path).await, expected, "{path}");
+            let request = Request::post(path).body(()).unwrap();
+            let response = routes.ready().await.unwrap().call(request).await.unwrap();
+            assert_eq!(response.headers()["served-by"], expected, "{path}");
         }
     }
 }
