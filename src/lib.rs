@@ -17,6 +17,7 @@
 //! - [`process`]: spawning processes (front door, spawn server, pre-exec child, clone mechanism), reaping, and graceful termination of process trees.
 //! - [`cleaner`]: restoring the host between actions (leftover processes, temporary directories, a command).
 //! - [`cgroup`]: the cgroup v2 model: locating cgroups, pure parsers of kernel files, counters, per-action limits, the OOM verdict.
+//! - [`routes`]: Runner calls straight to the Runner service, the rest through tonic's router.
 //! - [`server`]: serving the runner, shutdown, and the one mapping from runner errors to gRPC statuses.
 //! - [`shutdown`]: the one deadline every wait at shutdown ends by, and the second signal that abandons waits on others.
 //! - [`streams`]: the cap on long-lived streams, event subscriptions and output followers together.
@@ -57,6 +58,7 @@ pub mod proto;
 pub mod report;
 pub mod request_decoding;
 pub mod resource_limits;
+pub mod routes;
 pub mod runner;
 pub mod runtime;
 pub mod server;

@@ -1,15 +1,20 @@
 //! The runner's async runtime: how many threads, and which of them the
 //! kernel interrupts when a child exits.
 //!
-//! - **One async worker thread**, whatever the cores. The runner's async
-//!   work per action is tens of microseconds (HTTP/2, gRPC, the outcome).
-//!   With a second worker, tokio wakes the idle one for every task spawned
-//!   or woken from another thread, and a call is handed back and forth
-//!   between the two: 14.7 context switches per action against 9.4 with
-//!   one, for no throughput even at 8 calls at once (BENCHMARKS.md). One
-//!   thread serves a few thousand actions a second; nothing may block it
-//!   (preparation on a filesystem that may block, and spawns, which wait
-//!   for the exec, go to the blocking pool).
+//! - **One async worker thread**, whatever the cores: the thread that
+//!   calls [`build`] and then `block_on`, with tokio's current-thread
+//!   scheduler. The runner's async work per action is tens of
+//!   microseconds (HTTP/2, gRPC, the outcome). With a second worker, tokio
+//!   wakes the idle one for every task spawned or woken from another
+//!   thread, and a call is handed back and forth between the two: 14.7
+//!   context switches per action against 9.4 with one, for no throughput
+//!   even at 8 calls at once (BENCHMARKS.md). The multi-thread scheduler
+//!   with one worker still paid for what a second one would need (work
+//!   stealing's atomics, the inject queue, waking through the worker's
+//!   condition variable); the current-thread scheduler is the same single
+//!   loop without them. One thread serves a few thousand actions a
+//!   second; nothing may block it (preparation on a filesystem that may
+//!   block, and spawns, which wait for the exec, go to the blocking pool).
 //! - **A blocking pool of at most [`BLOCKING_THREADS`]**, tokio's default,
 //!   stated.
 //! - **`SIGCHLD` goes to no thread.** Every child that has called exec
@@ -29,16 +34,13 @@ use tokio::runtime::Runtime;
 /// The blocking pool's size.
 pub const BLOCKING_THREADS: usize = 512;
 
-/// Async worker threads.
-const WORKER_THREADS: usize = 1;
-
-/// Builds the runtime. Call from the main thread before any other thread
+/// Builds the runtime, whose async worker is the calling thread while it
+/// is in `block_on`. Call from the main thread before any other thread
 /// starts: it blocks `SIGCHLD` in the calling thread, and so in every
 /// thread started later (each of the runtime's blocks it again).
 pub fn build() -> io::Result<Runtime> {
     child_signal(SigmaskHow::SIG_BLOCK)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(WORKER_THREADS)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(BLOCKING_THREADS)
         .on_thread_start(|| {
             let _ = child_signal(SigmaskHow::SIG_BLOCK);

@@ -48,6 +48,7 @@ use crate::proto::rbe_runner::output::v1::output_server::OutputServer;
 use crate::proto::rpc;
 use crate::proto::runner::runner_server::{Runner as RunnerService, RunnerServer};
 use crate::proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
+use crate::routes::RunnerFirst;
 use crate::runner::{CallContext, SharedRunner};
 use crate::shutdown::{Cut, ShutdownBound};
 use crate::telemetry::message_attributes::MessageAttributes;
@@ -386,8 +387,7 @@ impl BoundServers {
             }
             // Health and reflection decode with their own codec, which
             // answers INTERNAL for what the client got wrong.
-            let routes = Routes::new(runner_service)
-                .add_service(events.clone())
+            let routes = Routes::new(events.clone())
                 .add_service(output.clone())
                 .add_service(CheckedRequests::<_, HealthCheckRequest>::new(
                     health_service.clone(),
@@ -396,6 +396,8 @@ impl BoundServers {
                     reflection_service.clone(),
                 ))
                 .prepare();
+            // Runner calls, one per action, skip the router (src/routes.rs).
+            let routes = RunnerFirst::new(runner_service, routes);
             // Every call passes the server's gate (authentication, then the
             // authorizer of its service) inside the metrics, which count
             // its refusals by their code.
