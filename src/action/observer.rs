@@ -309,10 +309,11 @@ pub fn report_dirty_cgroups(manager: &ActionCgroupManager, state: Arc<RunnerStat
 
 /// Reports the spawns whose exec has not returned within
 /// `stuckSpawnTimeout` to `state`, as [`report_dirty_cgroups`] does dirty
-/// cgroups: the runner refuses work while one is stuck. The reporting task
-/// ends when `spawns` is gone.
+/// cgroups: the runner refuses work while one is stuck. Starts the
+/// watchdog that finds them; both tasks run for the runner's life.
 pub fn report_stuck_spawns(spawns: Arc<StuckSpawns>, state: Arc<RunnerStateReporter>) {
     let mut stuck = spawns.count();
+    tokio::spawn(spawns.clone().watch());
     tokio::spawn(async move {
         while stuck.changed().await.is_ok() {
             let count = *stuck.borrow_and_update();

@@ -217,10 +217,10 @@ struct Waited<'a> {
 }
 
 impl Waited<'_> {
-    /// When the spawn counts as stuck, if it ever does.
-    fn stuck_at(&self) -> Option<tokio::time::Instant> {
-        let timeout = self.stuck?.timeout()?;
-        Some(tokio::time::Instant::from_std(self.since) + timeout)
+    /// Registers the spawn with the watchdog of stuck spawns while it
+    /// waits for its exec.
+    fn register(&self) -> Option<super::stuck::WaitingSpawn<'_>> {
+        self.stuck?.waiting(self.program, self.since)
     }
 }
 
@@ -258,8 +258,9 @@ async fn follow(
         status.wake_for_messages().map_err(setup)?;
         eager = true;
     }
-    let stuck_at = waiting.stuck_at();
-    let mut stuck = None;
+    // Counted as stuck by the watchdog if it waits too long, until this
+    // returns.
+    let _waiting = waiting.register();
     loop {
         let hurried = reaper().hurried();
         tokio::pin!(hurried);
@@ -277,12 +278,6 @@ async fn follow(
             _ = call.gone(), if !cancelled => {
                 status.cancel();
                 cancelled = true;
-                continue;
-            }
-            _ = sleep_until_some(stuck_at), if stuck.is_none() => {
-                stuck = waiting
-                    .stuck
-                    .map(|spawns| spawns.stuck(waiting.program, waiting.since));
                 continue;
             }
             _ = &mut hurried, if wanted => continue,
@@ -318,14 +313,6 @@ async fn follow(
             // Only after the exec, read by `follow_action`.
             Some(Status::Exited(_)) => {}
         }
-    }
-}
-
-/// Resolves at `at`; never without one.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
