@@ -39,6 +39,7 @@ pub mod call;
 pub mod child;
 pub mod clone;
 pub mod init;
+pub mod input_root_mounts;
 pub mod isolation;
 pub mod isolation_probe;
 pub mod lookup;
