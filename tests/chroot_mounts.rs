@@ -80,6 +80,8 @@ on_both_spawn_paths!(
     a_pty_works_and_a_read_only_bind_refuses_writes,
     a_missing_mountpoint_is_invalid_argument_naming_it,
     nothing_is_left_on_the_host_after_1000_actions,
+    relative_paths_from_the_working_directory_see_only_the_actions_mounts,
+    a_chrooted_action_cannot_climb_out_of_its_root,
 );
 
 /// The static busybox, or `None` after a loud skip.
@@ -443,4 +445,74 @@ fn mounts_that_matter(runner_dir: &Path) -> BTreeMap<(String, String, String), u
         }
     }
     mounts
+}
+
+/// Why it matters: the runner opens the working directory in its own
+/// mount namespace; left there, `../../..` from it walked the runner's
+/// mounts, to the host's `/tmp` and the host's processes in `/proc`,
+/// past a private `/tmp` and a PID namespace (no chroot here).
+async fn relative_paths_from_the_working_directory_see_only_the_actions_mounts(
+    test: &str,
+    path: SpawnPath,
+) {
+    if !running_as_root(test) {
+        return;
+    }
+    let marker = std::env::temp_dir().join(format!("host-only-{}", std::process::id()));
+    std::fs::write(&marker, "").unwrap();
+    let runner = start(
+        json!({ "isolation": { "pid": true, "tmp": "private" } }),
+        path,
+    )
+    .await;
+    let action = runner.action();
+    let up = "../".repeat(Path::new(&action.path).components().count() + 4);
+    let name = marker.file_name().unwrap().to_string_lossy().into_owned();
+    let script = format!(
+        "ls -A {up}tmp | grep -c '^{name}$'; ls {up}proc | grep -c '^[0-9]' ; \
+         ls /proc | grep -c '^[0-9]'"
+    );
+    let response = runner
+        .client()
+        .await
+        .run(shell_request(&action, &script))
+        .await
+        .unwrap_or_else(|status| panic!("{status:?}"))
+        .into_inner();
+    let stdout = read(&action.path.join("stdout"));
+    let _ = std::fs::remove_file(&marker);
+    let counts: Vec<&str> = stdout.lines().collect();
+    // Not the host's file; the same handful of processes either way.
+    assert_eq!(counts.first(), Some(&"0"), "{}", outputs(&action));
+    assert_eq!(counts.get(1), counts.get(2), "{}", outputs(&action));
+    assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+}
+
+/// Why it matters: a chroot whose working directory stayed in the
+/// runner's mount namespace would let `..` climb past the root.
+async fn a_chrooted_action_cannot_climb_out_of_its_root(test: &str, path: SpawnPath) {
+    let Some(busybox) = static_busybox(test) else {
+        return;
+    };
+    let runner = start(chrooted(json!({ "isolation": { "pid": true } })), path).await;
+    let action = busybox_root(&runner, &busybox, &["proc", "work/deep"]);
+    let mut request = busybox_request(
+        &action,
+        "cd ../../../../../../../..; ls -A | tr '\\n' ' '; echo; pwd -P",
+    );
+    request.working_directory = "work/deep".into();
+    let response = runner
+        .client()
+        .await
+        .run(request)
+        .await
+        .unwrap_or_else(|status| panic!("{status:?}"))
+        .into_inner();
+    assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+    assert_eq!(
+        read(&action.path.join("stdout")),
+        "bin proc work \n/\n",
+        "{}",
+        outputs(&action)
+    );
 }

@@ -14,12 +14,14 @@
 //!
 //! A directory opened before the clone belongs to the runner's mount
 //! namespace: a mount onto it is refused (EINVAL), and a root or working
-//! directory left there would not show what the child mounts, and would
-//! let `..` climb out of the chroot through the runner's mounts. So the
-//! child first opens the input root and the working directory again, by
-//! their paths, in its own namespace, checks that they are the same
-//! directories (device and inode), and puts them in place of the
-//! descriptors the runner gave ([`enter`]); the chroot and the change of
+//! directory left there would not show what the child mounts: relative
+//! paths from it walk the runner's mounts (`../../../tmp` is the host's
+//! `/tmp`, not the private one; `../../../proc` the host's processes),
+//! and `..` climbs out of a chroot. So every child with a mount namespace
+//! first opens its working directory (and input root, when chrooted)
+//! again, by their paths, in its own namespace, checks that they are the
+//! same directories (device and inode), and puts them in place of the
+//! descriptors the runner gave ([`reopen`]); the chroot and the change of
 //! directory that follow use those.
 //!
 //! Mountpoints are resolved beneath the input root as the action would
@@ -258,11 +260,11 @@ impl InputRootMounts {
     }
 }
 
-/// The child's input root and working directory, as the runner opened
-/// them (in its mount namespace).
+/// The action's working directory and, when it is chrooted, its input
+/// root, as the runner opened them (in its mount namespace).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct ChrootDirectories {
-    pub(super) root: RawFd,
+pub(super) struct ActionDirectories {
+    pub(super) root: Option<RawFd>,
     pub(super) working_directory: RawFd,
 }
 
@@ -313,19 +315,27 @@ const DEV_LINKS: [(&CStr, &CStr); 5] = [
     (c"ptmx", c"pts/ptmx"),
 ];
 
-/// Opens the input root and working directory again in the child's
-/// mount namespace in place of `directories` (see the module), then makes
-/// every mount of `mounts` beneath the root.
-pub(super) fn enter(
-    mounts: &InputRootMounts,
-    directories: ChrootDirectories,
-) -> Result<(), (SpawnStep, i32)> {
+/// Opens the input root (when chrooted) and the working directory again
+/// in the child's mount namespace, in place of the runner's descriptors
+/// (see the module). Done first, before anything is mounted over their
+/// paths.
+pub(super) fn reopen(directories: ActionDirectories) -> Result<(), (SpawnStep, i32)> {
     let mut path = [0u8; 4097];
-    reopen_in_place(directories.root, &mut path)?;
-    reopen_in_place(directories.working_directory, &mut path)?;
+    if let Some(root) = directories.root {
+        reopen_in_place(root, &mut path, SpawnStep::Chroot)?;
+    }
+    reopen_in_place(
+        directories.working_directory,
+        &mut path,
+        SpawnStep::WorkingDirectory,
+    )
+}
+
+/// Makes every mount of `mounts` beneath `root` (already [`reopen`]ed).
+pub(super) fn enter(mounts: &InputRootMounts, root: RawFd) -> Result<(), (SpawnStep, i32)> {
     for mount in &mounts.mounts {
         let step = mount.origin.step();
-        let target = open_beneath(directories.root, &mount.mountpoint, step)?;
+        let target = open_beneath(root, &mount.mountpoint, step)?;
         let made = match &mount.kind {
             MountKind::Bind { source, read_only } => bind(source, *read_only, target, step),
             MountKind::Filesystem {
@@ -343,8 +353,13 @@ pub(super) fn enter(
 
 /// Puts in place of `fd` (a directory of the runner's mount namespace)
 /// the same directory opened by its path in the child's, refusing one
-/// whose path now leads elsewhere (ESTALE). `path` is scratch space.
-fn reopen_in_place(fd: RawFd, path: &mut [u8; 4097]) -> Result<(), (SpawnStep, i32)> {
+/// whose path now leads elsewhere (ESTALE), as `step`. `path` is scratch
+/// space.
+fn reopen_in_place(
+    fd: RawFd,
+    path: &mut [u8; 4097],
+    step: SpawnStep,
+) -> Result<(), (SpawnStep, i32)> {
     // "/proc/self/fd/" and up to 10 digits.
     let mut link = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
     let mut digits = [0u8; 10];
@@ -372,11 +387,11 @@ fn reopen_in_place(fd: RawFd, path: &mut [u8; 4097]) -> Result<(), (SpawnStep, i
         )
     };
     if length < 0 {
-        return Err((SpawnStep::Chroot, errno()));
+        return Err((step, errno()));
     }
     let length = length as usize;
     if length >= path.len() - 1 || path[0] != b'/' {
-        return Err((SpawnStep::Chroot, libc::ENAMETOOLONG));
+        return Err((step, libc::ENAMETOOLONG));
     }
     path[length] = 0;
     // SAFETY: all-zero bytes are a valid `open_how` (plain integers).
@@ -396,7 +411,7 @@ fn reopen_in_place(fd: RawFd, path: &mut [u8; 4097]) -> Result<(), (SpawnStep, i
         )
     } as RawFd;
     if reopened < 0 {
-        return Err((SpawnStep::Chroot, errno()));
+        return Err((step, errno()));
     }
     let same = identity(fd).and_then(|old| identity(reopened).map(|new| old == new));
     let result = match same {
@@ -404,10 +419,10 @@ fn reopen_in_place(fd: RawFd, path: &mut [u8; 4097]) -> Result<(), (SpawnStep, i
             // SAFETY: dup3 takes only descriptor numbers; `fd` is the
             // child's copy, which nothing else in it uses meanwhile.
             let duplicated = unsafe { libc::dup3(reopened, fd, libc::O_CLOEXEC) };
-            check(SpawnStep::Chroot, duplicated)
+            check(step, duplicated)
         }
-        Ok(false) => Err((SpawnStep::Chroot, libc::ESTALE)),
-        Err(errno) => Err((SpawnStep::Chroot, errno)),
+        Ok(false) => Err((step, libc::ESTALE)),
+        Err(errno) => Err((step, errno)),
     };
     close(reopened);
     result

@@ -33,7 +33,7 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use super::input_root_mounts::{self, ChrootDirectories, InputRootMounts};
+use super::input_root_mounts::{self, ActionDirectories, InputRootMounts};
 use super::spec::SpawnStep;
 
 /// The namespaces each action gets, as the process layer does them.
@@ -188,13 +188,14 @@ pub(super) fn host_pid_through(host_proc: RawFd) -> Result<i32, i32> {
 
 /// Sets up the namespaces the child was created in (see the module's
 /// steps), with `temporary_directory` (a [`detached_mount`]) for a
-/// private `/tmp`, and `chroot` (the input root and working directory)
-/// for the mounts in a chrooted action's root. With `pid`, returns the
-/// host's `/proc`, kept open for the action (see [`open_host_proc`]).
+/// private `/tmp`, and `directories` (the working directory and input
+/// root), which are opened again in the action's mount namespace. With
+/// `pid`, returns the host's `/proc`, kept open for the action (see
+/// [`open_host_proc`]).
 pub(super) fn enter(
     isolation: &Isolation,
     temporary_directory: Option<RawFd>,
-    chroot: Option<ChrootDirectories>,
+    directories: ActionDirectories,
 ) -> Result<Option<RawFd>, (SpawnStep, i32)> {
     if isolation.mounts() {
         // SAFETY: NUL-terminated literals and null pointers where the
@@ -210,6 +211,7 @@ pub(super) fn enter(
             )
         };
         check(SpawnStep::MountPropagation, made)?;
+        input_root_mounts::reopen(directories)?;
     }
     if isolation.network_off {
         bring_up_loopback()?;
@@ -252,8 +254,8 @@ pub(super) fn enter(
         };
         check(SpawnStep::PrivateShm, mounted)?;
     }
-    if let (Some(mounts), Some(chroot)) = (&isolation.input_root_mounts, chroot) {
-        input_root_mounts::enter(mounts, chroot)?;
+    if let (Some(mounts), Some(root)) = (&isolation.input_root_mounts, directories.root) {
+        input_root_mounts::enter(mounts, root)?;
     }
     if !isolation.pid {
         return Ok(None);
