@@ -206,6 +206,10 @@ async fn proc_and_dev_work_in_a_busybox_root(test: &str, path: SpawnPath) {
     )
     .await;
     let action = busybox_root(&runner, &busybox, &["proc", "dev"]);
+    // What bb_worker's inputRootCharacterDeviceNodes would have made,
+    // which the action's /dev covers.
+    std::fs::write(action.path.join("root/dev/null"), "not the null device").unwrap();
+    std::fs::write(action.path.join("root/dev/left-by-bb-worker"), "").unwrap();
     let stdout = run_ok(
         &runner,
         &action,
