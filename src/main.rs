@@ -24,7 +24,7 @@ use rbe_runner::cleaner::directory::DirectoryCleaner;
 use rbe_runner::cleaner::process_table::ProcessTableCleaner;
 use rbe_runner::cleaner::Cleaner;
 use rbe_runner::cli;
-use rbe_runner::config::{self, Config, LogFormat, NetworkIsolation, TmpIsolation};
+use rbe_runner::config::{self, Config, DevIsolation, LogFormat, NetworkIsolation, TmpIsolation};
 use rbe_runner::diagnostics::{DiagnosticsServer, Readiness};
 use rbe_runner::events::hub::EventHub;
 use rbe_runner::events::Events;
@@ -34,6 +34,7 @@ use rbe_runner::output::Output;
 use rbe_runner::process::clone::Method as SpawnMethod;
 use rbe_runner::process::descriptors;
 use rbe_runner::process::init;
+use rbe_runner::process::input_root_mounts::{Entry, InputRootMounts};
 use rbe_runner::process::isolation::Isolation;
 use rbe_runner::process::isolation_probe;
 use rbe_runner::process::privileges::{
@@ -387,6 +388,9 @@ fn require_privileges(config: &Config, proc_root: &Path) -> anyhow::Result<()> {
     if config.chroot_into_input_root {
         privileges::require(proc_root, "chrootIntoInputRoot", &[CAP_SYS_CHROOT])?;
     }
+    if !config.input_root_mounts.is_empty() {
+        privileges::require(proc_root, "inputRootMounts", &[CAP_SYS_ADMIN])?;
+    }
     if let Some(field) = config.isolation.first_field() {
         privileges::require(proc_root, field, &[CAP_SYS_ADMIN]).map_err(|error| {
             anyhow::anyhow!(
@@ -408,8 +412,29 @@ fn isolation_of(config: &Config) -> Option<Arc<Isolation>> {
         private_tmp: isolation.tmp == TmpIsolation::Private,
         ipc: isolation.ipc,
         hostname: isolation.hostname.clone(),
+        input_root_mounts: input_root_mounts_of(config),
     };
     isolation.is_enabled().then(|| Arc::new(isolation))
+}
+
+/// The mounts in a chrooted action's input root, from `isolation.pid`,
+/// `isolation.dev` and `inputRootMounts`; `None` without a chroot.
+fn input_root_mounts_of(config: &Config) -> Option<Arc<InputRootMounts>> {
+    if !config.chroot_into_input_root {
+        return None;
+    }
+    let entries = config.input_root_mounts.iter().map(|mount| Entry {
+        mountpoint: &mount.mountpoint,
+        source: &mount.source,
+        filesystem_type: &mount.filesystem_type,
+        read_only: mount.read_only,
+    });
+    InputRootMounts::new(
+        config.isolation.pid,
+        config.isolation.dev == DevIsolation::Minimal,
+        entries,
+    )
+    .map(Arc::new)
 }
 
 /// The cgroups the configuration asks for, found and taken over
@@ -540,6 +565,9 @@ fn action_options(
             private_tmp: isolation
                 .as_ref()
                 .is_some_and(|isolation| isolation.private_tmp),
+            input_root_mounts: isolation
+                .as_ref()
+                .and_then(|isolation| isolation.input_root_mounts.clone()),
         },
         identity: config.run_commands_as.as_ref().map(|identity| Identity {
             user_id: identity.user_id,

@@ -1290,20 +1290,17 @@ fn symlinking_temporary_directories_and_a_private_tmp_are_refused_together() {
     assert!(said.contains("tmp"), "{said}");
 }
 
+/// A private /tmp is mounted on the host's /tmp, which a chrooted action
+/// does not see; every other option works in a chroot
+/// (tests/chroot_mounts.rs).
 #[test]
-fn chroot_into_input_root_with_isolation_is_refused() {
-    for isolation in [
-        json!({ "pid": true }),
-        json!({ "tmp": "private" }),
-        json!({ "network": "off" }),
-    ] {
-        let said = startup_refusal(
-            json!({ "chrootIntoInputRoot": true, "isolation": isolation }),
-            None,
-        );
-        assert!(said.contains("chrootIntoInputRoot"), "{isolation}: {said}");
-        assert!(said.contains("isolation"), "{isolation}: {said}");
-    }
+fn chroot_into_input_root_with_a_private_tmp_is_refused() {
+    let said = startup_refusal(
+        json!({ "chrootIntoInputRoot": true, "isolation": { "tmp": "private" } }),
+        None,
+    );
+    assert!(said.contains("chrootIntoInputRoot"), "{said}");
+    assert!(said.contains("isolation.tmp"), "{said}");
 }
 
 #[test]

@@ -882,3 +882,102 @@ fn an_oom_inside_the_pid_namespace_keeps_its_verdict_and_evidence() {
     assert_eq!(run.read("host-file"), "host-file\n");
     assert_eq!(run.number("runner.status"), 0, "{log}");
 }
+
+// ----- chrooted actions: /proc, /dev and inputRootMounts (issue 27)
+
+/// A chrooted action on the real 6.12 kernel, in an input root holding
+/// only a static busybox (prepared on the host, in the build directory
+/// `serve` shares with the guest): its own `/proc` (`isolation.pid`), a
+/// minimal `/dev` (`isolation.dev`, a devpts of its own), a tmpfs from
+/// `inputRootMounts`, and a missing mountpoint answered INVALID_ARGUMENT.
+#[test]
+fn a_chrooted_action_has_its_proc_and_dev_on_the_guest_kernel() {
+    let test = "a_chrooted_action_has_its_proc_and_dev_on_the_guest_kernel";
+    let Some(_vm) = harness::vm_or_skip(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let build_dir = dir.path().join("build");
+    let config_dir = dir.path().join("config");
+    std::fs::create_dir_all(&config_dir).expect("create config dir");
+    std::fs::write(
+        config_dir.join("runner.jsonnet"),
+        "{\n  buildDirectoryPath: '/nonexistent',\n  grpcServers: [],\n  \
+         chrootIntoInputRoot: true,\n  isolation: { pid: true, dev: 'minimal' },\n  \
+         inputRootMounts: [{ mountpoint: 'scratch', source: 'scratch', filesystemType: 'tmpfs' }],\n}\n",
+    )
+    .expect("write config");
+    let serve = Serve::start(&config_dir.join("runner.jsonnet"), &build_dir, &[]);
+
+    let busybox_root = |mountpoints: &[&str]| {
+        let action = rbe_runner::cli::exec::ActionDirectory::create(&build_dir).unwrap();
+        let root = action.path.join("root");
+        std::fs::create_dir(root.join("bin")).unwrap();
+        // tests/vm/lib.sh makes sure /bin/busybox is the static one.
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+        for mountpoint in mountpoints {
+            std::fs::create_dir_all(root.join(mountpoint)).unwrap();
+        }
+        action
+    };
+    let script = "export PATH=/bin; busybox --install -s /bin; uname -r; \
+                  sh -c 'ls /proc/self >/dev/null && echo ok 2>/dev/null </dev/null'; \
+                  echo through-stdin | cat /dev/stdin; ls /dev | tr '\\n' ' '; echo; \
+                  ls -d /proc/[0-9]* | wc -l; grep -c devpts /proc/self/mountinfo; \
+                  touch /scratch/written && echo scratch";
+    let request = |action: &rbe_runner::cli::exec::ActionDirectory| {
+        action.request(
+            vec![
+                "/bin/busybox".into(),
+                "sh".into(),
+                "-c".into(),
+                script.into(),
+            ],
+            vec![],
+        )
+    };
+    let complete = busybox_root(&["proc", "dev", "scratch"]);
+    let missing = busybox_root(&["proc", "dev"]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (answer, refused) = runtime.block_on(async {
+        let target = rbe_runner::cli::client::Target::Address(serve.address());
+        let channel = rbe_runner::cli::client::connect(&target)
+            .await
+            .expect("connect to the guest runner");
+        let mut client = rbe_runner::proto::runner::runner_client::RunnerClient::new(channel);
+        let answer = client.run(request(&complete)).await;
+        let refused = client.run(request(&missing)).await;
+        (answer, refused)
+    });
+    let outputs = format!(
+        "stdout:\n{}\nstderr:\n{}",
+        std::fs::read_to_string(complete.path.join("stdout")).unwrap_or_default(),
+        std::fs::read_to_string(complete.path.join("stderr")).unwrap_or_default()
+    );
+    let response = answer.unwrap_or_else(|status| panic!("{status:?}\n{outputs}"));
+    assert_eq!(response.get_ref().exit_code, 0, "{outputs}");
+    let stdout = std::fs::read_to_string(complete.path.join("stdout")).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("6.12."),
+        "not the guest's kernel: {outputs}"
+    );
+    assert_eq!(lines[1..3], ["ok", "through-stdin"], "{outputs}");
+    assert_eq!(
+        lines[3].trim(),
+        "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero",
+        "{outputs}"
+    );
+    let pids: usize = lines[4].trim().parse().unwrap_or(usize::MAX);
+    assert!(pids <= 5, "{outputs}");
+    assert_eq!(lines[5..], ["1", "scratch"], "{outputs}");
+    assert!(!complete.path.join("root/scratch/written").exists());
+
+    let status = refused.expect_err("no scratch in the input root");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("\"scratch\""), "{status:?}");
+
+    let status = serve.stop();
+    assert!(status.success(), "serve exited with {status} after SIGTERM");
+}

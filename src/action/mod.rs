@@ -5,6 +5,8 @@
 //!   named after it and every log line about it carries it.
 //! - [`prepare`]: the request's paths resolved beneath the build
 //!   directory, its environment, its program, its outputs.
+//! - [`mountpoints`]: the mountpoints a chrooted action's input root must
+//!   have for the mounts it gets there.
 //! - [`placement`]: where its processes live (a process group, or a cgroup
 //!   of its own, the place limits are applied), and what measures it.
 //! - [`lifecycle`]: prepare, place, spawn, supervise and terminate,
@@ -26,6 +28,7 @@
 
 pub mod id;
 pub mod lifecycle;
+pub mod mountpoints;
 pub mod observer;
 pub mod oom_diagnosis;
 pub mod outcome;

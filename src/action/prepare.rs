@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 
+use super::mountpoints::check_mountpoints;
 use super::observer::{OutputFile, OutputFiles};
 use crate::bounded::quoted;
 use crate::build_directory::{
@@ -14,6 +15,7 @@ use crate::build_directory::{
 };
 use crate::exec_limit::{current_exec_limit, ExecSize};
 use crate::fault::RunnerError;
+use crate::process::input_root_mounts::InputRootMounts;
 use crate::process::isolation::detached_mount;
 use crate::process::lookup::find_program;
 use crate::proto::runner::RunRequest;
@@ -28,6 +30,9 @@ pub struct PrepareOptions {
     /// `isolation.tmp: 'private'`: the action's `temporary_directory` is
     /// mounted on `/tmp` (required, and TMPDIR, when set, is `/tmp`).
     pub private_tmp: bool,
+    /// The mounts a chrooted action gets in its input root, whose
+    /// mountpoints the input root must have.
+    pub input_root_mounts: Option<std::sync::Arc<InputRootMounts>>,
 }
 
 /// Where actions are prepared: decided once at startup from the build
@@ -200,6 +205,9 @@ pub fn prepare(
     // child also chroots into it, one descriptor serves (one `openat2` and
     // one `close` fewer per action).
     let (working_directory, chroot_directory) = if options.chroot_into_input_root {
+        if let Some(mounts) = &options.input_root_mounts {
+            check_mountpoints(input_root.fd.as_fd(), mounts)?;
+        }
         let working_directory = open_directory_beneath(
             input_root.fd.as_fd(),
             &request.working_directory,

@@ -58,7 +58,8 @@ pub use schema::extensions::{
     ActionCgroupsConfig, EventsConfig, DEFAULT_JOURNAL_MAX_BYTES, DEFAULT_REPLAY_BUFFER_SIZE,
     DEFAULT_STUCK_SPAWN_TIMEOUT, DEFAULT_TERMINATION_GRACE_PERIOD,
 };
-pub use schema::isolation::{IsolationConfig, NetworkIsolation, TmpIsolation};
+pub use schema::input_root_mounts::InputRootMount;
+pub use schema::isolation::{DevIsolation, IsolationConfig, NetworkIsolation, TmpIsolation};
 pub use schema::keepalive::{KeepaliveParameters, MINIMUM_WINDOW_SIZE_BYTES};
 pub use schema::serving::GrpcServerConfig;
 pub use schema::tls::{KeyPairSource, TlsClientConfig, TlsServerConfig};
@@ -119,6 +120,9 @@ pub struct Config {
     /// Extension `isolation`: namespaces of each action's own
     /// (docs/isolation.md); all off by default.
     pub isolation: IsolationConfig,
+    /// Extension `inputRootMounts`: mounts inside a chrooted action's
+    /// input root (docs/isolation.md); none by default.
+    pub input_root_mounts: Vec<InputRootMount>,
 }
 
 // ---------------------------------------------------------------------------

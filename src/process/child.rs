@@ -19,6 +19,7 @@ use std::os::fd::RawFd;
 use super::call::SpawnDeadline;
 use super::clone::{self, Creator, Method};
 use super::init;
+use super::input_root_mounts::ActionDirectories;
 use super::isolation::{self, Isolation};
 use super::spec::{DescriptorLimit, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
 use super::status::StatusWriter;
@@ -218,7 +219,11 @@ impl ChildArgument<'_> {
             write_file(cgroup, c"cgroup.procs", b"0", SpawnStep::JoinCgroup)?;
         }
         if let Some(isolation) = child.isolation {
-            let host_proc = isolation::enter(isolation, child.temporary_directory)?;
+            let directories = ActionDirectories {
+                root: child.chroot_directory,
+                working_directory: child.working_directory,
+            };
+            let host_proc = isolation::enter(isolation, child.temporary_directory, directories)?;
             if let Some(host_proc) = host_proc {
                 // Returns only in the action; this process becomes its
                 // init.

@@ -33,6 +33,7 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use super::input_root_mounts::{self, ActionDirectories, InputRootMounts};
 use super::spec::SpawnStep;
 
 /// The namespaces each action gets, as the process layer does them.
@@ -48,6 +49,9 @@ pub struct Isolation {
     pub ipc: bool,
     /// A UTS namespace with this host name.
     pub hostname: Option<String>,
+    /// Mounts inside a chrooted action's input root (`isolation.dev`,
+    /// `inputRootMounts`, `pid`'s `/proc`): see [`input_root_mounts`].
+    pub input_root_mounts: Option<std::sync::Arc<InputRootMounts>>,
 }
 
 impl Isolation {
@@ -59,7 +63,11 @@ impl Isolation {
     /// Whether the action gets a mount namespace: every option but
     /// `hostname` mounts something.
     pub fn mounts(&self) -> bool {
-        self.pid || self.network_off || self.private_tmp || self.ipc
+        self.pid
+            || self.network_off
+            || self.private_tmp
+            || self.ipc
+            || self.input_root_mounts.is_some()
     }
 
     /// The `CLONE_NEW*` flags that create the child in its namespaces.
@@ -117,14 +125,14 @@ const PROC: &CStr = c"/proc";
 const SELF: &CStr = c"self";
 
 /// Read-only in the action's `/proc` (as runc and containerd make them).
-const PROC_READ_ONLY: [&CStr; 4] = [
+pub(super) const PROC_READ_ONLY: [&CStr; 4] = [
     c"/proc/sys",
     c"/proc/irq",
     c"/proc/bus",
     c"/proc/sysrq-trigger",
 ];
 /// Masked in the action's `/proc` by binding `/dev/null` over them.
-const PROC_MASKED: [&CStr; 3] = [c"/proc/kcore", c"/proc/keys", c"/proc/timer_list"];
+pub(super) const PROC_MASKED: [&CStr; 3] = [c"/proc/kcore", c"/proc/keys", c"/proc/timer_list"];
 
 // Everything below runs in the child, between its creation and exec.
 
@@ -180,11 +188,14 @@ pub(super) fn host_pid_through(host_proc: RawFd) -> Result<i32, i32> {
 
 /// Sets up the namespaces the child was created in (see the module's
 /// steps), with `temporary_directory` (a [`detached_mount`]) for a
-/// private `/tmp`. With `pid`, returns the host's `/proc`, kept open for the
-/// action (see [`open_host_proc`]).
+/// private `/tmp`, and `directories` (the working directory and input
+/// root), which are opened again in the action's mount namespace. With
+/// `pid`, returns the host's `/proc`, kept open for the action (see
+/// [`open_host_proc`]).
 pub(super) fn enter(
     isolation: &Isolation,
     temporary_directory: Option<RawFd>,
+    directories: ActionDirectories,
 ) -> Result<Option<RawFd>, (SpawnStep, i32)> {
     if isolation.mounts() {
         // SAFETY: NUL-terminated literals and null pointers where the
@@ -200,6 +211,7 @@ pub(super) fn enter(
             )
         };
         check(SpawnStep::MountPropagation, made)?;
+        input_root_mounts::reopen(directories)?;
     }
     if isolation.network_off {
         bring_up_loopback()?;
@@ -241,6 +253,9 @@ pub(super) fn enter(
             )
         };
         check(SpawnStep::PrivateShm, mounted)?;
+    }
+    if let (Some(mounts), Some(root)) = (&isolation.input_root_mounts, directories.root) {
+        input_root_mounts::enter(mounts, root)?;
     }
     if !isolation.pid {
         return Ok(None);
@@ -421,6 +436,7 @@ mod tests {
             private_tmp: true,
             ipc: true,
             hostname: Some("isolated-host".into()),
+            input_root_mounts: None,
         });
         for method in [Method::Clone, Method::Clone3] {
             let dir = tempfile::tempdir().unwrap();

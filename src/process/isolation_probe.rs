@@ -62,7 +62,9 @@ fn field_of(step: SpawnStep, isolation: &Isolation) -> &'static str {
         SpawnStep::Hostname => "isolation.hostname",
         SpawnStep::PrivateTmp => "isolation.tmp",
         SpawnStep::PrivateShm => "isolation.ipc",
-        SpawnStep::Proc | SpawnStep::Init => "isolation.pid",
+        SpawnStep::Proc | SpawnStep::Init | SpawnStep::InputRootProc => "isolation.pid",
+        SpawnStep::InputRootDev => "isolation.dev",
+        SpawnStep::InputRootMount => "inputRootMounts",
         _ => first_field(isolation),
     }
 }
@@ -77,8 +79,10 @@ fn first_field(isolation: &Isolation) -> &'static str {
         "isolation.tmp"
     } else if isolation.ipc {
         "isolation.ipc"
-    } else {
+    } else if isolation.hostname.is_some() {
         "isolation.hostname"
+    } else {
+        "inputRootMounts"
     }
 }
 

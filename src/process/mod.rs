@@ -42,6 +42,7 @@ pub mod child;
 pub mod clone;
 pub mod descriptors;
 pub mod init;
+pub mod input_root_mounts;
 pub mod isolation;
 pub mod isolation_probe;
 pub mod lookup;

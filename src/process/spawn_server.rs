@@ -52,6 +52,7 @@ use tokio::sync::{oneshot, Mutex};
 use super::call::{CallGone, SpawnDeadline};
 use super::child::{self, Child};
 use super::clone::{self, Method};
+use super::input_root_mounts::InputRootMounts;
 use super::isolation::Isolation;
 use super::reaper::ChildExit;
 use super::spec::{DescriptorLimit, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
@@ -369,24 +370,36 @@ fn encode_isolation(body: &mut Writer, isolation: &Isolation) {
         isolation.network_off,
         isolation.private_tmp,
         isolation.ipc,
+        isolation.input_root_mounts.is_some(),
     ]
     .iter()
     .enumerate()
     .fold(0u8, |options, (bit, &set)| options | (u8::from(set) << bit));
     body.u8(options);
     body.bytes(isolation.hostname.as_deref().unwrap_or("").as_bytes());
+    if let Some(mounts) = &isolation.input_root_mounts {
+        body.bytes(&mounts.encode());
+    }
 }
 
 fn decode_isolation(reader: &mut Reader) -> Result<Isolation, &'static str> {
     let options = reader.u8()?;
     let hostname = reader.cstring()?;
     let hostname = hostname.into_string().map_err(|_| "host name not UTF-8")?;
+    let input_root_mounts = if options & 16 != 0 {
+        let length = reader.u32()? as usize;
+        let mounts = InputRootMounts::decode(reader.take(length)?)?;
+        Some(std::sync::Arc::new(mounts))
+    } else {
+        None
+    };
     Ok(Isolation {
         pid: options & 1 != 0,
         network_off: options & 2 != 0,
         private_tmp: options & 4 != 0,
         ipc: options & 8 != 0,
         hostname: (!hostname.is_empty()).then_some(hostname),
+        input_root_mounts,
     })
 }
 
@@ -793,6 +806,21 @@ mod tests {
                 private_tmp: true,
                 ipc: true,
                 hostname: Some("localhost".into()),
+                input_root_mounts: None,
+            },
+            Isolation {
+                input_root_mounts: InputRootMounts::new(
+                    true,
+                    true,
+                    [crate::process::input_root_mounts::Entry {
+                        mountpoint: "opt",
+                        source: "/opt",
+                        filesystem_type: "bind",
+                        read_only: true,
+                    }],
+                )
+                .map(std::sync::Arc::new),
+                ..Isolation::default()
             },
             Isolation {
                 network_off: true,

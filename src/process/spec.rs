@@ -211,6 +211,13 @@ pub enum SpawnStep {
     /// Starting the PID namespace's init and the action under it
     /// (`isolation.pid`).
     Init = 18,
+    /// Mounting the action's `/proc` in its input root (`isolation.pid`
+    /// with `chrootIntoInputRoot`).
+    InputRootProc = 30,
+    /// Mounting the minimal `/dev` in the input root (`isolation.dev`).
+    InputRootDev = 31,
+    /// Mounting an `inputRootMounts` entry.
+    InputRootMount = 32,
 }
 
 impl SpawnStep {
@@ -233,6 +240,9 @@ impl SpawnStep {
             16 => SpawnStep::PrivateShm,
             17 => SpawnStep::Proc,
             18 => SpawnStep::Init,
+            30 => SpawnStep::InputRootProc,
+            31 => SpawnStep::InputRootDev,
+            32 => SpawnStep::InputRootMount,
             _ => SpawnStep::Exec,
         }
     }
@@ -263,6 +273,13 @@ impl std::fmt::Display for SpawnStep {
             SpawnStep::PrivateShm => "mounting a private /dev/shm (isolation.ipc)",
             SpawnStep::Proc => "mounting the action's /proc (isolation.pid)",
             SpawnStep::Init => "starting the action's init (isolation.pid)",
+            SpawnStep::InputRootProc => {
+                "mounting the action's /proc in the input root (isolation.pid)"
+            }
+            SpawnStep::InputRootDev => {
+                "mounting the minimal /dev in the input root (isolation.dev)"
+            }
+            SpawnStep::InputRootMount => "mounting an inputRootMounts entry in the input root",
         })
     }
 }

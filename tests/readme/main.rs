@@ -194,6 +194,10 @@ fn configuration_with_every_field() -> serde_json::Value {
             "runnerName": "runner-0",
         },
         "logFormat": "json",
+        "isolation": { "pid": true, "dev": "minimal" },
+        "inputRootMounts": [
+            { "mountpoint": "opt/toolchain", "source": "/opt/toolchain", "filesystemType": "bind" },
+        ],
     })
 }
 

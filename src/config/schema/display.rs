@@ -5,7 +5,9 @@
 use std::fmt;
 use std::path::Path;
 
-use super::{cleaning, diagnostics, environment, extensions, isolation, serving};
+use super::{
+    cleaning, diagnostics, environment, extensions, input_root_mounts, isolation, serving,
+};
 use crate::config::duration::format_duration;
 use crate::config::Config;
 
@@ -75,6 +77,7 @@ impl fmt::Display for Config {
         serving::write_listen_path_mode(f, self.listen_path_mode)?;
         extensions::write_events(f, &self.events)?;
         isolation::write(f, &self.isolation)?;
+        input_root_mounts::write(f, &self.input_root_mounts)?;
         diagnostics::write_log_format(f, self.log_format)
     }
 }

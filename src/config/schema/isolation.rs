@@ -31,6 +31,21 @@ pub struct IsolationConfig {
     pub ipc: bool,
     /// `hostname`: a UTS namespace with this host name; `None`: the host's.
     pub hostname: Option<String>,
+    /// `dev`: with `chrootIntoInputRoot`, what the input root's `dev` holds
+    /// (see `input_root_mounts.rs`).
+    pub dev: DevIsolation,
+}
+
+/// `isolation.dev`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DevIsolation {
+    /// Not set: whatever the input root has in `dev`.
+    #[default]
+    InputRoot,
+    /// `'minimal'`: a tmpfs on the root's `dev` with the host's `null`,
+    /// `zero`, `full`, `random`, `urandom` and `tty` bound in, a `devpts`
+    /// of the action's own, a private `shm`, and the `/proc/self` links.
+    Minimal,
 }
 
 /// `isolation.network`.
@@ -71,6 +86,8 @@ impl IsolationConfig {
             Some("isolation.ipc")
         } else if self.hostname.is_some() {
             Some("isolation.hostname")
+        } else if self.dev == DevIsolation::Minimal {
+            Some("isolation.dev")
         } else {
             None
         }
@@ -115,6 +132,25 @@ pub(super) fn decode(field: Field) -> Decoded<IsolationConfig> {
     };
     let ipc = message.take("ipc")?.map(Field::bool).transpose()?;
     let hostname = message.take("hostname")?.map(decode_hostname).transpose()?;
+    let dev = match message.take("dev")? {
+        None => DevIsolation::InputRoot,
+        Some(field) => {
+            let path = field.path.clone();
+            match field.string()?.as_str() {
+                "minimal" => DevIsolation::Minimal,
+                other => {
+                    return Err(FieldError::invalid(
+                        &path,
+                        format!(
+                            "{:?} is not \"minimal\" (leave the field out to keep the input \
+                             root's dev)",
+                            bounded(other)
+                        ),
+                    ))
+                }
+            }
+        }
+    };
     message.finish()?;
     Ok(IsolationConfig {
         pid: pid.unwrap_or(false),
@@ -122,6 +158,7 @@ pub(super) fn decode(field: Field) -> Decoded<IsolationConfig> {
         tmp,
         ipc: ipc.unwrap_or(false),
         hostname,
+        dev,
     })
 }
 
@@ -162,11 +199,12 @@ pub(super) fn check_with_other_fields(
              symlinkTemporaryDirectories",
         ));
     }
-    if let (true, Some(field)) = (chroot_into_input_root, isolation.first_field()) {
+    if chroot_into_input_root && isolation.tmp == TmpIsolation::Private {
         return Err(FieldError::invalid(
-            field,
-            "cannot be combined with chrootIntoInputRoot yet: isolation inside the input \
-             root comes with part 2 (isolation's inputRootMounts and isolation.dev)",
+            "isolation.tmp",
+            "'private' cannot be combined with chrootIntoInputRoot: it mounts the \
+             temporary_directory on the host's /tmp, which a chrooted action does not see; \
+             bind what the action needs through inputRootMounts",
         ));
     }
     Ok(())
@@ -194,8 +232,12 @@ pub(super) fn write(f: &mut fmt::Formatter<'_>, isolation: &IsolationConfig) -> 
     )?;
     writeln!(f, "  ipc: {}", isolation.ipc)?;
     match &isolation.hostname {
-        Some(hostname) => writeln!(f, "  hostname: {hostname:?}"),
-        None => writeln!(f, "  hostname: not set (the host's)"),
+        Some(hostname) => writeln!(f, "  hostname: {hostname:?}")?,
+        None => writeln!(f, "  hostname: not set (the host's)")?,
+    }
+    match isolation.dev {
+        DevIsolation::InputRoot => writeln!(f, "  dev: not set (the input root's)"),
+        DevIsolation::Minimal => writeln!(f, "  dev: 'minimal'"),
     }
 }
 
@@ -232,6 +274,7 @@ mod tests {
                 tmp: TmpIsolation::Private,
                 ipc: true,
                 hostname: Some("localhost".into()),
+                dev: DevIsolation::InputRoot,
             }
         );
         let config = load_with("isolation: { network: 'host', tmp: 'host' }").expect("decodes");
@@ -268,13 +311,19 @@ mod tests {
                 "64 bytes",
             ),
             ("isolation: true", "isolation", ""),
+            (
+                "isolation: { dev: 'host' }",
+                "isolation.dev",
+                "\"host\" is not \"minimal\"",
+            ),
         ]);
     }
 
     /// Why it matters: symlinking `/tmp` and a private `/tmp` contradict
-    /// each other; chroot with isolation is part 2's.
+    /// each other; a private `/tmp` on the host's `/tmp` is not what a
+    /// chrooted action sees, while every other option holds in a chroot.
     #[test]
-    fn combinations_this_part_cannot_honour_are_refused_naming_both_fields() {
+    fn combinations_that_cannot_be_honoured_are_refused_naming_both_fields() {
         assert_invalid_fields(&[
             (
                 "isolation: { tmp: 'private' }, symlinkTemporaryDirectories: ['/tmp']",
@@ -282,16 +331,16 @@ mod tests {
                 "symlinkTemporaryDirectories",
             ),
             (
-                "isolation: { network: 'off' }, chrootIntoInputRoot: true",
-                "isolation.network",
-                "inputRootMounts",
-            ),
-            (
-                "isolation: { hostname: 'a' }, chrootIntoInputRoot: true",
-                "isolation.hostname",
-                "isolation.dev",
+                "isolation: { tmp: 'private' }, chrootIntoInputRoot: true",
+                "isolation.tmp",
+                "chrootIntoInputRoot",
             ),
         ]);
+        load_with(
+            "isolation: { pid: true, network: 'off', ipc: true, hostname: 'a' }, \
+             chrootIntoInputRoot: true",
+        )
+        .expect("every other option holds in a chroot");
         load_with("isolation: { pid: true }, symlinkTemporaryDirectories: ['/tmp']")
             .expect("a host /tmp may still be symlinked");
     }

@@ -14,6 +14,8 @@
 //!   events);
 //! - [`diagnostics`]: `global.diagnosticsHttpServer` and `logFormat`;
 //! - [`isolation`]: rbe-runner's per-action namespaces.
+//! - [`input_root_mounts`]: `inputRootMounts`, mounts inside a chrooted
+//!   action's input root.
 //! - [`tracing`]: `global.tracing`, OpenTelemetry spans.
 //!
 //! [`display`] prints the whole configuration in the schema's field order.
@@ -24,6 +26,7 @@ pub(super) mod diagnostics;
 mod display;
 pub(super) mod environment;
 pub(super) mod extensions;
+pub(super) mod input_root_mounts;
 pub(super) mod isolation;
 pub(super) mod keepalive;
 pub(super) mod serving;
@@ -56,6 +59,7 @@ pub(super) fn decode_config(json: Json) -> Decoded<Config> {
         .map(isolation::decode)
         .transpose()?
         .unwrap_or_default();
+    let input_root_mounts = input_root_mounts::decode(message.take("input_root_mounts")?)?;
 
     // Unknown keys first: a misspelled required field should be reported
     // as the typo it is, not as missing.
@@ -64,6 +68,11 @@ pub(super) fn decode_config(json: Json) -> Decoded<Config> {
     isolation::check_with_other_fields(
         &isolation,
         &cleaning.symlink_temporary_directories,
+        environment.chroot_into_input_root,
+    )?;
+    input_root_mounts::check_with_other_fields(
+        &input_root_mounts,
+        &isolation,
         environment.chroot_into_input_root,
     )?;
 
@@ -88,6 +97,7 @@ pub(super) fn decode_config(json: Json) -> Decoded<Config> {
         events: extensions.events,
         log_format,
         isolation,
+        input_root_mounts,
     })
 }
 
