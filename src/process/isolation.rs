@@ -34,6 +34,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use super::spec::SpawnStep;
+use super::user_namespace::UserNamespace;
 
 /// The namespaces each action gets, as the process layer does them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,12 +49,16 @@ pub struct Isolation {
     pub ipc: bool,
     /// A UTS namespace with this host name.
     pub hostname: Option<String>,
+    /// Made inside a user namespace of the action's own, for a runner
+    /// without CAP_SYS_ADMIN ([`super::user_namespace`]); `None`: by the
+    /// runner itself.
+    pub user_namespace: Option<UserNamespace>,
 }
 
 impl Isolation {
     /// Whether this isolates anything.
     pub fn is_enabled(&self) -> bool {
-        *self != Isolation::default()
+        self.mounts() || self.hostname.is_some()
     }
 
     /// Whether the action gets a mount namespace: every option but
@@ -63,9 +68,16 @@ impl Isolation {
     }
 
     /// The `CLONE_NEW*` flags that create the child in its namespaces.
+    /// In a user namespace, the child creates its mount namespace itself
+    /// (see [`super::user_namespace`]).
     pub fn clone_flags(&self) -> libc::c_int {
         let mut flags = 0;
-        if self.mounts() {
+        if !self.is_enabled() {
+            return flags;
+        }
+        if self.user_namespace.is_some() {
+            flags |= libc::CLONE_NEWUSER;
+        } else if self.mounts() {
             flags |= libc::CLONE_NEWNS;
         }
         if self.pid {
@@ -109,6 +121,20 @@ pub fn detached_mount(directory: BorrowedFd) -> io::Result<OwnedFd> {
     }
     // SAFETY: a descriptor just made, owned by nothing else.
     Ok(unsafe { OwnedFd::from_raw_fd(tree as RawFd) })
+}
+
+/// What the child is handed for a private `/tmp`: a [`detached_mount`]
+/// of `directory`, or, made inside a user namespace, the directory itself
+/// (a runner without CAP_SYS_ADMIN cannot make the detached mount; the
+/// child binds it, see [`super::user_namespace`]).
+pub fn temporary_directory_for_child(
+    directory: BorrowedFd,
+    in_user_namespace: bool,
+) -> io::Result<OwnedFd> {
+    match in_user_namespace {
+        false => detached_mount(directory),
+        true => directory.try_clone_to_owned(),
+    }
 }
 
 /// Where the host's process table is, before the action's is mounted.
@@ -214,19 +240,26 @@ pub(super) fn enter(
         let Some(directory) = temporary_directory else {
             return Err((SpawnStep::PrivateTmp, libc::EINVAL));
         };
-        // SAFETY: an empty NUL-terminated path with the descriptor of a
-        // detached mount, and a NUL-terminated literal.
-        let moved = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                directory,
-                c"".as_ptr(),
-                libc::AT_FDCWD,
-                c"/tmp".as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
-            )
-        };
-        check(SpawnStep::PrivateTmp, moved as libc::c_int)?;
+        if isolation.user_namespace.is_some() {
+            // The child created its mount namespace standing in the
+            // directory (a plain one: see `super::user_namespace`), which
+            // `.` therefore is in this namespace.
+            bind(c".", c"/tmp", SpawnStep::PrivateTmp)?;
+        } else {
+            // SAFETY: an empty NUL-terminated path with the descriptor of
+            // a detached mount, and a NUL-terminated literal.
+            let moved = unsafe {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    directory,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    c"/tmp".as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                )
+            };
+            check(SpawnStep::PrivateTmp, moved as libc::c_int)?;
+        }
         bind(c"/tmp", c"/var/tmp", SpawnStep::PrivateTmp)?;
     }
     if isolation.ipc {
@@ -421,6 +454,7 @@ mod tests {
             private_tmp: true,
             ipc: true,
             hostname: Some("isolated-host".into()),
+            user_namespace: None,
         });
         for method in [Method::Clone, Method::Clone3] {
             let dir = tempfile::tempdir().unwrap();

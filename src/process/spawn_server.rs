@@ -56,6 +56,7 @@ use super::isolation::Isolation;
 use super::reaper::ChildExit;
 use super::spec::{DescriptorLimit, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
 use super::status::{self, StatusReader, StatusWriter};
+use super::user_namespace::{MapWriter, UserNamespace};
 
 /// This executable, as the kernel knows it: still there when the file was
 /// replaced since (`rbe-runner install` over a running copy).
@@ -362,31 +363,58 @@ const FLAG_ISOLATION: u8 = 32;
 /// The temporary directory of a private `/tmp`, after the cgroup.
 const FLAG_TEMPORARY_DIRECTORY: u8 = 64;
 
-/// `isolation` as a byte of options, then the host name (empty: none).
+/// `isolation` as a byte of options, then the host name (empty: none),
+/// then, in a user namespace, who writes its maps and the maps.
 fn encode_isolation(body: &mut Writer, isolation: &Isolation) {
     let options = [
         isolation.pid,
         isolation.network_off,
         isolation.private_tmp,
         isolation.ipc,
+        isolation.user_namespace.is_some(),
     ]
     .iter()
     .enumerate()
     .fold(0u8, |options, (bit, &set)| options | (u8::from(set) << bit));
     body.u8(options);
     body.bytes(isolation.hostname.as_deref().unwrap_or("").as_bytes());
+    if let Some(namespace) = &isolation.user_namespace {
+        body.u8(match namespace.writer {
+            MapWriter::Child => 1,
+            MapWriter::Creator => 2,
+        });
+        body.bytes(namespace.uid_map.as_bytes());
+        body.bytes(namespace.gid_map.as_bytes());
+    }
 }
 
 fn decode_isolation(reader: &mut Reader) -> Result<Isolation, &'static str> {
     let options = reader.u8()?;
     let hostname = reader.cstring()?;
     let hostname = hostname.into_string().map_err(|_| "host name not UTF-8")?;
+    let user_namespace = match options & 16 != 0 {
+        false => None,
+        true => {
+            let writer = match reader.u8()? {
+                1 => MapWriter::Child,
+                2 => MapWriter::Creator,
+                _ => return Err("unknown writer of the user namespace's maps"),
+            };
+            let mut map = || reader.cstring()?.into_string().map_err(|_| "map not UTF-8");
+            Some(UserNamespace {
+                writer,
+                uid_map: map()?,
+                gid_map: map()?,
+            })
+        }
+    };
     Ok(Isolation {
         pid: options & 1 != 0,
         network_off: options & 2 != 0,
         private_tmp: options & 4 != 0,
         ipc: options & 8 != 0,
         hostname: (!hostname.is_empty()).then_some(hostname),
+        user_namespace,
     })
 }
 
@@ -793,9 +821,21 @@ mod tests {
                 private_tmp: true,
                 ipc: true,
                 hostname: Some("localhost".into()),
+                user_namespace: None,
             },
             Isolation {
                 network_off: true,
+                ..Isolation::default()
+            },
+            Isolation {
+                pid: true,
+                private_tmp: true,
+                user_namespace: Some(UserNamespace::of_runner(65534, 65533)),
+                ..Isolation::default()
+            },
+            Isolation {
+                hostname: Some("h".into()),
+                user_namespace: Some(UserNamespace::of_runner_and_action((0, 0), (7, 8))),
                 ..Isolation::default()
             },
             Isolation {

@@ -211,6 +211,9 @@ pub enum SpawnStep {
     /// Starting the PID namespace's init and the action under it
     /// (`isolation.pid`).
     Init = 18,
+    /// Writing the uid and gid maps of the action's user namespace, or
+    /// waiting for the runner to (a runner without CAP_SYS_ADMIN).
+    UserNamespace = 19,
 }
 
 impl SpawnStep {
@@ -233,6 +236,7 @@ impl SpawnStep {
             16 => SpawnStep::PrivateShm,
             17 => SpawnStep::Proc,
             18 => SpawnStep::Init,
+            19 => SpawnStep::UserNamespace,
             _ => SpawnStep::Exec,
         }
     }
@@ -263,6 +267,10 @@ impl std::fmt::Display for SpawnStep {
             SpawnStep::PrivateShm => "mounting a private /dev/shm (isolation.ipc)",
             SpawnStep::Proc => "mounting the action's /proc (isolation.pid)",
             SpawnStep::Init => "starting the action's init (isolation.pid)",
+            SpawnStep::UserNamespace => {
+                "mapping the runner's uid and gid in the action's user namespace (isolation \
+                 without CAP_SYS_ADMIN)"
+            }
         })
     }
 }
