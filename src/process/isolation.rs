@@ -424,6 +424,24 @@ mod tests {
         }
         assert_eq!(Isolation::default().clone_flags(), 0);
         assert!(!Isolation::default().is_enabled());
+        // Inside a user namespace, the child makes its mount namespace
+        // itself; a user namespace alone isolates nothing.
+        let user_namespace = Some(UserNamespace::of_runner(65534, 65534));
+        let in_user_namespace = Isolation {
+            pid: true,
+            user_namespace: user_namespace.clone(),
+            ..Isolation::default()
+        };
+        assert_eq!(
+            in_user_namespace.clone_flags(),
+            libc::CLONE_NEWUSER | libc::CLONE_NEWPID
+        );
+        let nothing = Isolation {
+            user_namespace,
+            ..Isolation::default()
+        };
+        assert!(!nothing.is_enabled());
+        assert_eq!(nothing.clone_flags(), 0);
     }
 
     /// Why it matters: the runner registers and signals the pid read here.
@@ -433,7 +451,8 @@ mod tests {
     }
 
     /// Why it matters: each option must hold for the action on either
-    /// clone method, and nothing of it may reach the host. (`pid` execs
+    /// clone method, made by the runner or inside a user namespace, and
+    /// nothing of it may reach the host. (`pid` execs
     /// the runner's executable as its init, which a unit test's
     /// executable is not: tests/isolation.rs covers it through the real
     /// binary.)
@@ -448,15 +467,33 @@ mod tests {
             crate::test_support::skip(TEST, "namespaces and mounts need root");
             return;
         }
-        let isolation = std::sync::Arc::new(Isolation {
-            pid: false,
-            network_off: true,
-            private_tmp: true,
-            ipc: true,
-            hostname: Some("isolated-host".into()),
-            user_namespace: None,
-        });
-        for method in [Method::Clone, Method::Clone3] {
+        // As root itself, and inside a user namespace whose maps the child
+        // or the creator writes (what a runner without CAP_SYS_ADMIN does).
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let namespaces = [
+            None,
+            Some(UserNamespace::of_runner(uid, gid)),
+            Some(UserNamespace::of_runner_and_action(
+                (uid, gid),
+                (65534, 65534),
+            )),
+        ];
+        for (method, user_namespace) in [Method::Clone, Method::Clone3]
+            .into_iter()
+            .flat_map(|method| namespaces.clone().map(|namespace| (method, namespace)))
+        {
+            let in_user_namespace = user_namespace.is_some();
+            let isolation = std::sync::Arc::new(Isolation {
+                pid: false,
+                network_off: true,
+                private_tmp: true,
+                ipc: true,
+                hostname: Some("isolated-host".into()),
+                user_namespace,
+            });
             let dir = tempfile::tempdir().unwrap();
             let temporary = dir.path().join("tmp");
             std::fs::create_dir(&temporary).unwrap();
@@ -491,7 +528,10 @@ mod tests {
                 oom_score_adj: None,
                 descriptor_limit: None,
                 isolation: Some(isolation.clone()),
-                temporary_directory: Some(detached_mount(open(&temporary).as_fd()).unwrap()),
+                temporary_directory: Some(
+                    temporary_directory_for_child(open(&temporary).as_fd(), in_user_namespace)
+                        .unwrap(),
+                ),
             };
             let (_call, dropped) = tokio::sync::oneshot::channel();
             let mut call = crate::process::call::CallGone::new(dropped, None);

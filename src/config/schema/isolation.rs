@@ -194,9 +194,20 @@ pub(super) fn write(f: &mut fmt::Formatter<'_>, isolation: &IsolationConfig) -> 
     )?;
     writeln!(f, "  ipc: {}", isolation.ipc)?;
     match &isolation.hostname {
-        Some(hostname) => writeln!(f, "  hostname: {hostname:?}"),
-        None => writeln!(f, "  hostname: not set (the host's)"),
+        Some(hostname) => writeln!(f, "  hostname: {hostname:?}")?,
+        None => writeln!(f, "  hostname: not set (the host's)")?,
     }
+    if isolation.is_enabled() {
+        // Chosen at startup from the runner's capabilities, which the
+        // configuration cannot say.
+        writeln!(
+            f,
+            "  (made by a runner with CAP_SYS_ADMIN itself; by one without, inside a user \
+             namespace per action, where runCommandsAs needs CAP_SETUID and CAP_SETGID and \
+             additionalGroupIds is refused: docs/isolation.md)"
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -269,6 +280,21 @@ mod tests {
             ),
             ("isolation: true", "isolation", ""),
         ]);
+    }
+
+    /// Why it matters: how the namespaces are made depends on the
+    /// runner's capabilities, which the operator checking a configuration
+    /// must learn along with what a runner without root refuses.
+    #[test]
+    fn check_config_says_how_the_namespaces_are_made() {
+        let printed = load_with("isolation: { pid: true }").unwrap().to_string();
+        assert!(printed.contains("inside a user namespace"), "{printed}");
+        assert!(
+            printed.contains("additionalGroupIds is refused"),
+            "{printed}"
+        );
+        let printed = load_with("").unwrap().to_string();
+        assert!(!printed.contains("user namespace"), "{printed}");
     }
 
     /// Why it matters: symlinking `/tmp` and a private `/tmp` contradict
