@@ -1369,6 +1369,8 @@ fn run_commands_as_with_isolation_without_capabilities_is_refused_naming_both_fi
     if !running_as_root(test) {
         return;
     }
+    // Its runner creates processes and namespaces the counts must not see.
+    let _counts = HOST_COUNTS.blocking_read();
     let said = startup_refusal(
         json!({
             "isolation": { "network": "off" },
@@ -1394,6 +1396,8 @@ fn additional_group_ids_with_isolation_in_a_user_namespace_are_refused_naming_th
     if !running_as_root(test) {
         return;
     }
+    // Its runner creates processes and namespaces the counts must not see.
+    let _counts = HOST_COUNTS.blocking_read();
     let said = startup_refusal(
         json!({
             "isolation": { "pid": true },
@@ -1437,6 +1441,8 @@ fn no_user_namespaces_allowed_stops_startup_naming_the_sysctl() {
     if !running_as_root(test) {
         return;
     }
+    // Its runner creates processes and namespaces the counts must not see.
+    let _counts = HOST_COUNTS.blocking_read();
     let said = refusal_in_a_namespace_of_its_own(
         json!({ "pid": true, "network": "off" }),
         "echo 0 >/proc/sys/user/max_user_namespaces",
@@ -1460,6 +1466,8 @@ fn a_masked_proc_stops_startup_naming_proc_mount_unmasked() {
     if !running_as_root(test) {
         return;
     }
+    // Its runner creates processes and namespaces the counts must not see.
+    let _counts = HOST_COUNTS.blocking_read();
     // Masked as container runtimes mask it: /dev/null over a file.
     let Some(masked) = ["/proc/kcore", "/proc/keys", "/proc/timer_list"]
         .into_iter()
