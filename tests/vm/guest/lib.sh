@@ -95,7 +95,8 @@ as_nobody() {
     grep -q "^nobody:" /etc/passwd 2>/dev/null ||
         echo "nobody:x:$NOBODY:$NOBODY:nobody:/:/bin/sh" >>/etc/passwd
     grep -q "^nogroup:" /etc/group 2>/dev/null || echo "nogroup:x:$NOBODY:" >>/etc/group
-    su -p -s /bin/sh nobody -c 'exec "$0" "$@"' "$@"
+    # Options first and `--`: su's option parser would take CMD's own.
+    su -p -s /bin/sh -c 'exec "$0" "$@"' -- nobody "$@"
 }
 
 # start_runner_as_nobody CONFIG LOG: start_runner's runner as nobody,
@@ -108,7 +109,7 @@ start_runner_as_nobody() {
         chown "$NOBODY:$NOBODY" "$RUNNER_CGROUP$delegated" || return 1
     done
     as_nobody true || return 1
-    NO_COLOR=1 sh -c 'echo $$ >"$0/cgroup.procs" && exec su -p -s /bin/sh nobody -c "exec rbe-runner \"\$0\"" "$1"' \
+    NO_COLOR=1 sh -c 'echo $$ >"$0/cgroup.procs" && exec su -p -s /bin/sh -c "exec rbe-runner \"\$0\"" -- nobody "$1"' \
         "$RUNNER_CGROUP" "$1" </dev/null >>"$2" 2>&1 &
     RUNNER_PID=$!
 }

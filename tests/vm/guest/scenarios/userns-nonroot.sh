@@ -36,6 +36,10 @@ uname -r >"$RESULTS/uname"
 # Refused: no user namespaces allowed.
 max=$(cat /proc/sys/user/max_user_namespaces)
 echo 0 >/proc/sys/user/max_user_namespaces || exit 1
+# In a cgroup of its own: the runner takes over the one it starts in, which
+# then holds no process (its controllers enabled below it).
+SERVING_CGROUP=$RUNNER_CGROUP
+RUNNER_CGROUP=$CGROUP_ROOT/rbe-runner-refused
 start_runner_as_nobody "$CONFIG" "$RESULTS/refused.log" || exit 1
 served=no
 wait_listening unix "$SOCKET" 60 && served=yes
@@ -43,6 +47,7 @@ echo "$served" >"$RESULTS/refused.served"
 stop_runner 20
 echo "$RUNNER_STATUS" >"$RESULTS/refused.status"
 echo "$max" >/proc/sys/user/max_user_namespaces || exit 1
+RUNNER_CGROUP=$SERVING_CGROUP
 
 # Allowed: the same runner serves isolated actions.
 start_runner_as_nobody "$CONFIG" "$RESULTS/runner.log" || exit 1
