@@ -47,6 +47,7 @@ use rbe_runner::process::spawn::{
 };
 use rbe_runner::process::spawn_server::{self, SpawnServer};
 use rbe_runner::process::spec::Identity;
+use rbe_runner::process::user_namespace::{self, ActionIdentity, RunnerPrivileges, UserNamespace};
 use rbe_runner::process::{LoweredOomScoreAdj, OomScoreAdjError, DEFAULT_PROC_ROOT};
 use rbe_runner::resource_limits::{self, DescriptorLimit};
 use rbe_runner::runner::local::LocalRunner;
@@ -176,6 +177,10 @@ async fn serve_config(
 ) -> anyhow::Result<()> {
     let signals = ShutdownSignals::install()?;
     let proc_root = Path::new(DEFAULT_PROC_ROOT);
+    // isolation without CAP_SYS_ADMIN: actions' namespaces made inside a
+    // user namespace, chosen once here (refused, naming the fields, where
+    // a user namespace cannot give what the configuration asks).
+    let user_namespace = choose_user_namespace(&config, proc_root)?;
     require_privileges(&config, proc_root)?;
     let build_directory =
         Arc::new(BuildDirectory::open(&config.build_directory_path).context("buildDirectoryPath")?);
@@ -208,7 +213,7 @@ async fn serve_config(
     // isolation: the configured namespaces, created once by the path every
     // action takes; a kernel or seccomp profile that refuses them stops
     // the runner here, naming the field.
-    let isolation = isolation_of(&config);
+    let isolation = isolation_of(&config, user_namespace);
     if let Some(isolation) = &isolation {
         isolation_probe::probe(
             isolation,
@@ -217,7 +222,11 @@ async fn serve_config(
             build_directory.path(),
         )
         .await?;
-        tracing::info!(?isolation, "actions run isolated");
+        tracing::info!(
+            ?isolation,
+            namespaces = user_namespace::describe(isolation.user_namespace.as_ref()),
+            "actions run isolated"
+        );
     }
 
     // The event stream of this start of the runner (every action id and
@@ -391,20 +400,34 @@ fn require_privileges(config: &Config, proc_root: &Path) -> anyhow::Result<()> {
     if !config.input_root_mounts.is_empty() {
         privileges::require(proc_root, "inputRootMounts", &[CAP_SYS_ADMIN])?;
     }
-    if let Some(field) = config.isolation.first_field() {
-        privileges::require(proc_root, field, &[CAP_SYS_ADMIN]).map_err(|error| {
-            anyhow::anyhow!(
-                "{error}; isolating actions from a runner without CAP_SYS_ADMIN comes with \
-                 part 2 of isolation (the non-root runner)"
-            )
-        })?;
-    }
     Ok(())
 }
 
-/// The namespaces actions get, from `isolation`; `None` when it isolates
-/// nothing.
-fn isolation_of(config: &Config) -> Option<Arc<Isolation>> {
+/// Whether actions' namespaces (`isolation`) are made inside a user
+/// namespace: by a runner without CAP_SYS_ADMIN (docs/isolation.md,
+/// "Without root").
+fn choose_user_namespace(
+    config: &Config,
+    proc_root: &Path,
+) -> anyhow::Result<Option<UserNamespace>> {
+    let Some(field) = config.isolation.first_field() else {
+        return Ok(None);
+    };
+    let identity = config
+        .run_commands_as
+        .as_ref()
+        .map(|identity| ActionIdentity {
+            user_id: identity.user_id,
+            group_id: identity.group_id,
+            additional_group_ids: &identity.additional_group_ids,
+        });
+    let runner = RunnerPrivileges::of_this_process(proc_root)?;
+    Ok(user_namespace::choose(runner, field, identity)?)
+}
+
+/// The namespaces actions get, from `isolation`, made inside
+/// `user_namespace` when there is one; `None` when it isolates nothing.
+fn isolation_of(config: &Config, user_namespace: Option<UserNamespace>) -> Option<Arc<Isolation>> {
     let isolation = &config.isolation;
     let isolation = Isolation {
         pid: isolation.pid,
@@ -413,6 +436,7 @@ fn isolation_of(config: &Config) -> Option<Arc<Isolation>> {
         ipc: isolation.ipc,
         hostname: isolation.hostname.clone(),
         input_root_mounts: input_root_mounts_of(config),
+        user_namespace,
     };
     isolation.is_enabled().then(|| Arc::new(isolation))
 }
@@ -568,6 +592,9 @@ fn action_options(
             input_root_mounts: isolation
                 .as_ref()
                 .and_then(|isolation| isolation.input_root_mounts.clone()),
+            private_tmp_in_user_namespace: isolation
+                .as_ref()
+                .is_some_and(|isolation| isolation.user_namespace.is_some()),
         },
         identity: config.run_commands_as.as_ref().map(|identity| Identity {
             user_id: identity.user_id,

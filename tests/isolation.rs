@@ -14,8 +14,18 @@
 //! server is killed; `tests/run-all` runs this file once more with
 //! `RBE_RUNNER_SPAWN=fallback` (clone instead of clone3).
 //!
-//! Namespaces need CAP_SYS_ADMIN: every test needs root and skips loudly
-//! without it (failing under CI).
+//! The same attacks hold against a runner without root (issue 27), which
+//! makes the namespaces inside a user namespace: `tests/run-all` runs this
+//! file once more with `RBE_TEST_UNPRIVILEGED_RUNNER=1`, where every
+//! runner a test starts is nobody (65534) without capabilities (see
+//! `common::unprivileged_runner`). There `runCommandsAs` is left out
+//! ([`as_nobody`]): the runner is nobody, and its actions with it. Every
+//! test applies to both runners; the section "Without root" at the end
+//! has what only a runner without CAP_SYS_ADMIN shows (its refusals, and
+//! `runCommandsAs` mapped by a root runner without it).
+//!
+//! The tests start runners as root or switch to nobody themselves: every
+//! test needs root and skips loudly without it (failing under CI).
 
 mod common;
 
@@ -143,8 +153,14 @@ fn isolated() -> Value {
     } })
 }
 
-/// `config` with actions run as nobody.
+/// `config` with actions run as nobody: through `runCommandsAs` from a
+/// root runner. An unprivileged runner is nobody already, and its actions
+/// with it (it could not honour `runCommandsAs`, which needs CAP_SETUID
+/// and CAP_SETGID).
 fn as_nobody(mut config: Value) -> Value {
+    if unprivileged_runner() {
+        return config;
+    }
     merge(
         &mut config,
         json!({ "runCommandsAs": { "userId": 65534, "groupId": 65534 } }),
@@ -657,11 +673,20 @@ async fn the_hostname_is_the_configured_one_and_stays_inside(test: &str, path: S
     let _counts = HOST_COUNTS.read().await;
     let host = nix::unistd::gethostname().unwrap();
     let runner = start(isolated(), path).await;
-    // As root, the action may rename its own UTS namespace, never the host.
-    let (action, response) =
-        run_script(&runner, "hostname; hostname renamed-inside; hostname").await;
+    // As root, the action may rename its own UTS namespace, never the
+    // host. Under an unprivileged runner it is nobody, even in its
+    // namespaces, and may not rename it at all.
+    let (action, response) = run_script(
+        &runner,
+        "hostname; hostname renamed-inside 2>/dev/null; hostname",
+    )
+    .await;
     assert_eq!(response.exit_code, 0, "{}", outputs(&action));
-    assert_eq!(stdout(&action), format!("{HOSTNAME}\nrenamed-inside\n"));
+    let renamed = match unprivileged_runner() {
+        false => "renamed-inside",
+        true => HOSTNAME,
+    };
+    assert_eq!(stdout(&action), format!("{HOSTNAME}\n{renamed}\n"));
     assert_eq!(nix::unistd::gethostname().unwrap(), host);
     // The next action has a namespace of its own again.
     let (action, response) = run_script(&runner, "hostname").await;
@@ -1200,11 +1225,12 @@ async fn nothing_is_left_on_the_host_after_1000_actions(test: &str, path: SpawnP
 // ---------------------------------------------------------------------------
 
 /// Starts the runner with `extra` merged into a minimal configuration
-/// (as uid `user`, root if None) and returns what it said on stderr; it
-/// must refuse to start, without serving.
-fn startup_refusal(extra: Value, user: Option<u32>) -> String {
+/// (through `wrapper`, a program and its arguments to which the runner
+/// and its configuration file are appended; none: directly, as root) and
+/// returns what it said on stderr; it must refuse to start, without
+/// serving.
+fn startup_refusal(extra: Value, wrapper: &[&str]) -> String {
     use std::io::BufRead;
-    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let build = dir.path().join("build");
@@ -1220,16 +1246,20 @@ fn startup_refusal(extra: Value, user: Option<u32>) -> String {
     merge(&mut config, extra);
     let config_path = dir.path().join("runner.jsonnet");
     std::fs::write(&config_path, config.to_string()).unwrap();
-    let mut command = std::process::Command::new(runner_under_test());
+    let mut command = match wrapper {
+        [] => std::process::Command::new(runner_under_test()),
+        [program, arguments @ ..] => {
+            let mut command = std::process::Command::new(program);
+            command.args(arguments).arg(runner_under_test());
+            command
+        }
+    };
     command
         .arg(&config_path)
         .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    if let Some(user) = user {
-        command.uid(user).gid(user);
-    }
     let mut child = command.spawn().expect("start rbe-runner");
     // Read until it exits (stderr closes) or says it serves.
     let mut said = Vec::new();
@@ -1257,7 +1287,7 @@ fn startup_refusal(extra: Value, user: Option<u32>) -> String {
 
 #[test]
 fn unknown_isolation_keys_stop_startup_naming_the_field() {
-    let said = startup_refusal(json!({ "isolation": { "pids": true } }), None);
+    let said = startup_refusal(json!({ "isolation": { "pids": true } }), &[]);
     assert!(said.contains("pids"), "{said}");
 }
 
@@ -1271,7 +1301,7 @@ fn bad_isolation_values_stop_startup_naming_the_field() {
         ("ipc", json!(1)),
         ("hostname", json!(5)),
     ] {
-        let said = startup_refusal(json!({ "isolation": { field: value } }), None);
+        let said = startup_refusal(json!({ "isolation": { field: value } }), &[]);
         assert!(said.contains(field), "{field}: {value}: {said}");
     }
 }
@@ -1284,7 +1314,7 @@ fn symlinking_temporary_directories_and_a_private_tmp_are_refused_together() {
             "symlinkTemporaryDirectories": [host.path().join("tmp")],
             "isolation": { "tmp": "private" },
         }),
-        None,
+        &[],
     );
     assert!(said.contains("symlinkTemporaryDirectories"), "{said}");
     assert!(said.contains("tmp"), "{said}");
@@ -1297,21 +1327,216 @@ fn symlinking_temporary_directories_and_a_private_tmp_are_refused_together() {
 fn chroot_into_input_root_with_a_private_tmp_is_refused() {
     let said = startup_refusal(
         json!({ "chrootIntoInputRoot": true, "isolation": { "tmp": "private" } }),
-        None,
+        &[],
     );
     assert!(said.contains("chrootIntoInputRoot"), "{said}");
     assert!(said.contains("isolation.tmp"), "{said}");
 }
 
+// ---------------------------------------------------------------------------
+// Without root: a runner without CAP_SYS_ADMIN (issue 27)
+// ---------------------------------------------------------------------------
+
+/// `setpriv` making the runner nobody without capabilities, as
+/// bb-deployments runs it.
+const AS_NOBODY: &[&str] = &[
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all",
+    "--",
+];
+
+/// `setpriv` keeping root but dropping CAP_SYS_ADMIN, as a container
+/// runtime's default capabilities do (CAP_SETUID and CAP_SETGID kept).
+const ROOT_WITHOUT_CAP_SYS_ADMIN: &[&str] = &[
+    "setpriv",
+    "--bounding-set=-sys_admin",
+    "--inh-caps=-all",
+    "--",
+];
+
+/// Why it matters: mapping runCommandsAs's uid needs CAP_SETUID and
+/// CAP_SETGID outside the user namespace; without them the runner must
+/// not start (its actions would all fail), and must say both fields.
 #[test]
-fn isolation_without_cap_sys_admin_is_refused_at_startup() {
-    let test = "isolation_without_cap_sys_admin_is_refused_at_startup";
+fn run_commands_as_with_isolation_without_capabilities_is_refused_naming_both_fields() {
+    let test = "run_commands_as_with_isolation_without_capabilities_is_refused_naming_both_fields";
     if !running_as_root(test) {
         return;
     }
-    // Started as root, the test starts the runner as nobody, which has
-    // no CAP_SYS_ADMIN: it must refuse rather than run actions with less
-    // isolation than configured.
-    let said = startup_refusal(json!({ "isolation": { "pid": true } }), Some(65534));
-    assert!(said.contains("isolation"), "{said}");
+    // Its runner creates processes and namespaces the counts must not see.
+    let _counts = HOST_COUNTS.blocking_read();
+    let said = startup_refusal(
+        json!({
+            "isolation": { "network": "off" },
+            "runCommandsAs": { "userId": 65534, "groupId": 65534 },
+        }),
+        AS_NOBODY,
+    );
+    for needed in [
+        "runCommandsAs",
+        "isolation.network",
+        "CAP_SETUID and CAP_SETGID",
+    ] {
+        assert!(said.contains(needed), "{needed}: {said}");
+    }
 }
+
+/// Why it matters: supplementary groups cannot be kept in the user
+/// namespace; running actions without them would be running them as
+/// another identity than configured.
+#[test]
+fn additional_group_ids_with_isolation_in_a_user_namespace_are_refused_naming_them() {
+    let test = "additional_group_ids_with_isolation_in_a_user_namespace_are_refused_naming_them";
+    if !running_as_root(test) {
+        return;
+    }
+    // Its runner creates processes and namespaces the counts must not see.
+    let _counts = HOST_COUNTS.blocking_read();
+    let said = startup_refusal(
+        json!({
+            "isolation": { "pid": true },
+            "runCommandsAs": { "userId": 65534, "groupId": 65534, "additionalGroupIds": [100] },
+        }),
+        ROOT_WITHOUT_CAP_SYS_ADMIN,
+    );
+    for needed in ["runCommandsAs.additionalGroupIds", "isolation.pid"] {
+        assert!(said.contains(needed), "{needed}: {said}");
+    }
+}
+
+/// Runs the runner (root, without CAP_SYS_ADMIN) inside a user namespace
+/// of the test's own, after `prepare` (shell commands run there as its
+/// root), so that what the host must not change for everyone (a sysctl of
+/// user namespaces, a masked `/proc`) is changed for it alone.
+fn refusal_in_a_namespace_of_its_own(isolation: Value, prepare: &str) -> String {
+    let script = format!("{prepare} && exec \"$@\"");
+    let mut wrapper = vec![
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ];
+    wrapper.extend(ROOT_WITHOUT_CAP_SYS_ADMIN);
+    startup_refusal(json!({ "isolation": isolation }), &wrapper)
+}
+
+/// Why it matters: with user.max_user_namespaces 0 no action could be
+/// isolated; the runner must say so and how to fix it. (The limit is
+/// set in a user namespace of the test's own, which governs the user
+/// namespaces created in it; the VM scenario userns-refusal sets the
+/// host's.)
+#[test]
+fn no_user_namespaces_allowed_stops_startup_naming_the_sysctl() {
+    let test = "no_user_namespaces_allowed_stops_startup_naming_the_sysctl";
+    if !running_as_root(test) {
+        return;
+    }
+    // Its runner creates processes and namespaces the counts must not see.
+    let _counts = HOST_COUNTS.blocking_read();
+    let said = refusal_in_a_namespace_of_its_own(
+        json!({ "pid": true, "network": "off" }),
+        "echo 0 >/proc/sys/user/max_user_namespaces",
+    );
+    for needed in [
+        "isolation.pid",
+        "user namespace",
+        "user.max_user_namespaces is 0",
+        "sysctl -w user.max_user_namespaces=",
+    ] {
+        assert!(said.contains(needed), "{needed}: {said}");
+    }
+}
+
+/// Why it matters: a container's masked `/proc` keeps the kernel from
+/// mounting a fresh one in a user namespace; the runner must name the
+/// pod's fix rather than run actions without their own `/proc`.
+#[test]
+fn a_masked_proc_stops_startup_naming_proc_mount_unmasked() {
+    let test = "a_masked_proc_stops_startup_naming_proc_mount_unmasked";
+    if !running_as_root(test) {
+        return;
+    }
+    // Its runner creates processes and namespaces the counts must not see.
+    let _counts = HOST_COUNTS.blocking_read();
+    // Masked as container runtimes mask it: /dev/null over a file.
+    let Some(masked) = ["/proc/kcore", "/proc/keys", "/proc/timer_list"]
+        .into_iter()
+        .find(|path| Path::new(path).exists())
+    else {
+        skip(
+            test,
+            "none of /proc/kcore, /proc/keys, /proc/timer_list exists to mask",
+        );
+        return;
+    };
+    let said = refusal_in_a_namespace_of_its_own(
+        json!({ "pid": true }),
+        &format!("mount --bind /dev/null {masked}"),
+    );
+    for needed in [
+        "isolation.pid",
+        "procMount: Unmasked",
+        "hostUsers: false",
+        masked,
+    ] {
+        assert!(said.contains(needed), "{needed}: {said}");
+    }
+}
+
+/// Why it matters: a root runner without CAP_SYS_ADMIN (a container
+/// runtime's default capabilities) maps runCommandsAs's identity into the
+/// user namespace itself, on either spawn path: the action is that
+/// identity, in its own namespaces, with a private /tmp.
+async fn run_commands_as_is_mapped_by_a_runner_without_cap_sys_admin(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    let mut config = isolated();
+    merge(
+        &mut config,
+        json!({ "runCommandsAs": { "userId": 65534, "groupId": 65534 } }),
+    );
+    let runner = TestRunner::start_through(config, ROOT_WITHOUT_CAP_SYS_ADMIN, |_| {});
+    if let SpawnPath::Runner = path {
+        runner.without_spawn_server(SETTLE).await;
+    }
+    assert!(
+        runner
+            .log()
+            .iter()
+            .any(|line| line.contains("inside a user namespace")),
+        "the startup line names the user namespace: {:?}",
+        runner.log()
+    );
+    let (action, response) = run_script(
+        &runner,
+        "id -u; id -g; hostname; ps -eo pid= | wc -l; touch /tmp/mine; \
+         kill -0 1 2>/dev/null; echo kill=$?",
+    )
+    .await;
+    assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+    let seen = stdout(&action);
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines[..3], ["65534", "65534", HOSTNAME], "{seen}");
+    let processes: usize = lines[3].trim().parse().unwrap();
+    assert!(processes <= 4, "init, sh, ps and wc at most: {seen}");
+    assert_eq!(
+        lines[4], "kill=1",
+        "its init is not nobody's to signal: {seen}"
+    );
+    assert!(
+        action.path.join("tmp/mine").exists(),
+        "{}",
+        outputs(&action)
+    );
+}
+
+on_both_spawn_paths!(run_commands_as_is_mapped_by_a_runner_without_cap_sys_admin);

@@ -828,15 +828,7 @@ fn an_oom_inside_the_pid_namespace_keeps_its_verdict_and_evidence() {
     let (view, context) = action_json(&run, "view");
     assert_eq!(view["exitCode"], 0, "{context}\n{log}");
     let seen = run.read("view.stdout");
-    let section = |name: &str| -> Vec<String> {
-        seen.split(&format!("{name}:\n"))
-            .nth(1)
-            .unwrap_or_default()
-            .lines()
-            .take_while(|line| !line.ends_with(':'))
-            .map(String::from)
-            .collect()
-    };
+    let section = |name: &str| section(&seen, name);
     let processes: usize = section("processes")
         .first()
         .and_then(|count| count.parse().ok())
@@ -852,9 +844,28 @@ fn an_oom_inside_the_pid_namespace_keeps_its_verdict_and_evidence() {
         "{seen}"
     );
 
+    the_oom_keeps_its_verdict_and_nothing_is_left(&run, &log);
+    assert_eq!(run.number("runner.status"), 0, "{log}");
+}
+
+/// The lines of `seen` under the heading `name:`, up to the next heading.
+fn section(seen: &str, name: &str) -> Vec<String> {
+    seen.split(&format!("{name}:\n"))
+        .nth(1)
+        .unwrap_or_default()
+        .lines()
+        .take_while(|line| !line.ends_with(':'))
+        .map(String::from)
+        .collect()
+}
+
+/// The `oom` and `after` actions of an isolated scenario (isolation-oom,
+/// userns-nonroot): an OOM inside the PID namespace keeps its verdict and
+/// evidence, and afterwards actions still run, nothing is left behind.
+fn the_oom_keeps_its_verdict_and_nothing_is_left(run: &harness::ScenarioRun, log: &str) {
     // The OOM: the whole action ended by SIGKILL (the shell never got to
     // `exit 3`), a normal response with the action's own verdict.
-    let (oom, context) = action_json(&run, "oom");
+    let (oom, context) = action_json(run, "oom");
     assert_eq!(run.number("oom.status"), 137, "{context}\n{log}");
     assert_eq!(oom["exitCode"], -1, "{context}\n{log}");
     assert_eq!(harness::termination_signal(&oom), Some("KILL"), "{context}");
@@ -875,11 +886,76 @@ fn an_oom_inside_the_pid_namespace_keeps_its_verdict_and_evidence() {
     );
 
     // Afterwards: actions still run isolated, nothing is left behind.
-    let (after, context) = action_json(&run, "after");
+    let (after, context) = action_json(run, "after");
     assert_eq!(after["exitCode"], 4, "{context}");
     assert_eq!(run.read("actions.left").trim(), "", "action cgroups left");
     assert_eq!(run.number("inits.left"), 0, "{}", run.read("ps.after"));
     assert_eq!(run.read("host-file"), "host-file\n");
+}
+
+// ----- isolation without root (issue 27)
+
+/// A runner started as nobody, without capabilities, makes actions'
+/// namespaces inside user namespaces on the real kernel: with
+/// user.max_user_namespaces 0 it refuses to start saying why and how to
+/// fix it; with the sysctl back, every isolation option holds, and with
+/// actionCgroups in a subtree delegated to nobody an OOM inside the PID
+/// namespace keeps its verdict (OWN_LIMIT) and evidence.
+#[test]
+fn a_non_root_runner_isolates_in_user_namespaces_or_refuses_to_start() {
+    let Some(_vm) =
+        harness::vm_or_skip("a_non_root_runner_isolates_in_user_namespaces_or_refuses_to_start")
+    else {
+        return;
+    };
+    let run = harness::run_scenario("userns-nonroot");
+    let refused = run.read("refused.log");
+    assert_eq!(
+        run.read("refused.served"),
+        "no\n",
+        "it served with user.max_user_namespaces 0:\n{refused}"
+    );
+    assert_ne!(run.number("refused.status"), 0, "{refused}");
+    for needed in [
+        "user namespace",
+        "user.max_user_namespaces is 0",
+        "sysctl -w user.max_user_namespaces=",
+    ] {
+        assert!(refused.contains(needed), "{needed}: {refused}");
+    }
+
+    let log = format!("runner log:\n{}", run.read("runner.log"));
+    assert!(
+        run.read("uname").starts_with("6.12."),
+        "{}",
+        run.read("uname")
+    );
+    assert!(
+        run.read("runner.ps").starts_with("nobody"),
+        "{}",
+        run.read("runner.ps")
+    );
+    assert!(log.contains("inside a user namespace"), "{log}");
+    let (view, context) = action_json(&run, "view");
+    assert_eq!(view["exitCode"], 0, "{context}\n{log}");
+    let seen = run.read("view.stdout");
+    let section = |name: &str| section(&seen, name);
+    assert_eq!(section("identity"), ["65534", "65534"], "{seen}");
+    let processes: usize = section("processes")
+        .first()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(processes <= 4, "{seen}");
+    assert_eq!(section("interfaces"), ["lo"], "{seen}");
+    assert!(section("tmp").is_empty(), "the host's /tmp: {seen}");
+    assert_eq!(section("hostname"), ["isolated"], "{seen}");
+    assert!(
+        section("cgroup")
+            .iter()
+            .any(|line| line.starts_with("0::/rbe-runner/actions/")),
+        "{seen}"
+    );
+    the_oom_keeps_its_verdict_and_nothing_is_left(&run, &log);
     assert_eq!(run.number("runner.status"), 0, "{log}");
 }
 

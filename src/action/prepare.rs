@@ -16,7 +16,7 @@ use crate::build_directory::{
 use crate::exec_limit::{current_exec_limit, ExecSize};
 use crate::fault::RunnerError;
 use crate::process::input_root_mounts::InputRootMounts;
-use crate::process::isolation::detached_mount;
+use crate::process::isolation::temporary_directory_for_child;
 use crate::process::lookup::find_program;
 use crate::proto::runner::RunRequest;
 
@@ -33,6 +33,10 @@ pub struct PrepareOptions {
     /// The mounts a chrooted action gets in its input root, whose
     /// mountpoints the input root must have.
     pub input_root_mounts: Option<std::sync::Arc<InputRootMounts>>,
+    /// Actions' namespaces are made inside a user namespace (a runner
+    /// without CAP_SYS_ADMIN): the child gets the directory itself for its
+    /// private `/tmp`, not a detached mount.
+    pub private_tmp_in_user_namespace: bool,
 }
 
 /// Where actions are prepared: decided once at startup from the build
@@ -267,12 +271,18 @@ pub fn prepare(
     // The private /tmp: the directory as a mount the child can attach in
     // its own mount namespace.
     let temporary_directory = match temporary_directory.filter(|_| options.private_tmp) {
-        Some(temporary) => Some(detached_mount(temporary.fd.as_fd()).map_err(|error| {
-            RunnerError::Internal(format!(
-                "cannot make a mount of temporary_directory {} for the action's /tmp: {error}",
-                quoted(&request.temporary_directory)
-            ))
-        })?),
+        Some(temporary) => Some(
+            temporary_directory_for_child(
+                temporary.fd.as_fd(),
+                options.private_tmp_in_user_namespace,
+            )
+            .map_err(|error| {
+                RunnerError::Internal(format!(
+                    "cannot make a mount of temporary_directory {} for the action's /tmp: {error}",
+                    quoted(&request.temporary_directory)
+                ))
+            })?,
+        ),
         None => None,
     };
     let root = chroot_directory.as_ref().map(AsFd::as_fd);

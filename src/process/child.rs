@@ -15,6 +15,7 @@
 use std::ffi::c_void;
 use std::io;
 use std::os::fd::RawFd;
+use std::path::Path;
 
 use super::call::SpawnDeadline;
 use super::clone::{self, Creator, Method};
@@ -23,6 +24,7 @@ use super::input_root_mounts::ActionDirectories;
 use super::isolation::{self, Isolation};
 use super::spec::{DescriptorLimit, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
 use super::status::StatusWriter;
+use super::user_namespace::{self, MapWriter, MapsWritten};
 
 /// Where a process sets its own OOM-killer preference. Opened by the child,
 /// so `self` is the child.
@@ -43,6 +45,15 @@ pub(crate) fn create(
     parent: Parent,
     status: RawFd,
 ) -> io::Result<i32> {
+    // In a user namespace whose maps the creator writes, the child waits
+    // on this until they are.
+    let user_namespace = child
+        .isolation
+        .and_then(|isolation| isolation.user_namespace.as_ref());
+    let maps_written = match user_namespace {
+        Some(namespace) if namespace.writer == MapWriter::Creator => Some(MapsWritten::new()?),
+        _ => None,
+    };
     let argument = ChildArgument {
         child: *child,
         status: StatusWriter(status),
@@ -53,6 +64,7 @@ pub(crate) fn create(
         // A copy of the spawn server is small enough to be the init; a
         // copy of the runner is not.
         init_execs: parent == Parent::Creator,
+        maps_written: maps_written.as_ref().map(MapsWritten::ends),
     };
     let created_in = match method {
         Method::Clone3 => child.cgroup,
@@ -75,6 +87,9 @@ pub(crate) fn create(
         )
     };
     clone::restore_signals(&previous);
+    if let (Ok(pid), Some(maps_written), Some(namespace)) = (&pid, maps_written, user_namespace) {
+        maps_written.write_for(Path::new(super::DEFAULT_PROC_ROOT), *pid, namespace);
+    }
     pid
 }
 
@@ -166,6 +181,9 @@ struct ChildArgument<'a> {
     /// With a PID namespace, whether the init execs this executable
     /// rather than staying this copy of its creator (see [`init`]).
     init_execs: bool,
+    /// In a user namespace whose maps the creator writes: the pipe on
+    /// which it says they are (see [`user_namespace::enter`]).
+    maps_written: Option<[RawFd; 2]>,
 }
 
 /// Highest signal number (glibc's `NSIG - 1`, the real-time signals
@@ -219,6 +237,14 @@ impl ChildArgument<'_> {
             write_file(cgroup, c"cgroup.procs", b"0", SpawnStep::JoinCgroup)?;
         }
         if let Some(isolation) = child.isolation {
+            if let Some(namespace) = &isolation.user_namespace {
+                user_namespace::enter(
+                    namespace,
+                    self.maps_written,
+                    isolation.mounts(),
+                    child.temporary_directory.filter(|_| isolation.private_tmp),
+                )?;
+            }
             let directories = ActionDirectories {
                 root: child.chroot_directory,
                 working_directory: child.working_directory,

@@ -212,6 +212,11 @@ pub fn serve(args: &[String]) -> ExitCode {
 fn supervise(action: i32) -> libc::c_int {
     // SAFETY: prctl with a NUL-terminated name of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"rbe-init".as_ptr(), 0, 0, 0) };
+    // Under a runner without root, the action has its init's uid: not
+    // dumpable, the init can be neither traced nor read by it (a traced
+    // init would report whatever the action likes).
+    // SAFETY: prctl takes only numbers.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let status = StatusWriter(STATUS_FD);
     // SAFETY: all-zero bytes are a valid `sigset_t`.
     let mut handled: libc::sigset_t = unsafe { std::mem::zeroed() };

@@ -35,6 +35,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use super::input_root_mounts::{self, ActionDirectories, InputRootMounts};
 use super::spec::SpawnStep;
+use super::user_namespace::UserNamespace;
 
 /// The namespaces each action gets, as the process layer does them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,12 +53,16 @@ pub struct Isolation {
     /// Mounts inside a chrooted action's input root (`isolation.dev`,
     /// `inputRootMounts`, `pid`'s `/proc`): see [`input_root_mounts`].
     pub input_root_mounts: Option<std::sync::Arc<InputRootMounts>>,
+    /// Made inside a user namespace of the action's own, for a runner
+    /// without CAP_SYS_ADMIN ([`super::user_namespace`]); `None`: by the
+    /// runner itself.
+    pub user_namespace: Option<UserNamespace>,
 }
 
 impl Isolation {
     /// Whether this isolates anything.
     pub fn is_enabled(&self) -> bool {
-        *self != Isolation::default()
+        self.mounts() || self.hostname.is_some()
     }
 
     /// Whether the action gets a mount namespace: every option but
@@ -71,9 +76,16 @@ impl Isolation {
     }
 
     /// The `CLONE_NEW*` flags that create the child in its namespaces.
+    /// In a user namespace, the child creates its mount namespace itself
+    /// (see [`super::user_namespace`]).
     pub fn clone_flags(&self) -> libc::c_int {
         let mut flags = 0;
-        if self.mounts() {
+        if !self.is_enabled() {
+            return flags;
+        }
+        if self.user_namespace.is_some() {
+            flags |= libc::CLONE_NEWUSER;
+        } else if self.mounts() {
             flags |= libc::CLONE_NEWNS;
         }
         if self.pid {
@@ -117,6 +129,20 @@ pub fn detached_mount(directory: BorrowedFd) -> io::Result<OwnedFd> {
     }
     // SAFETY: a descriptor just made, owned by nothing else.
     Ok(unsafe { OwnedFd::from_raw_fd(tree as RawFd) })
+}
+
+/// What the child is handed for a private `/tmp`: a [`detached_mount`]
+/// of `directory`, or, made inside a user namespace, the directory itself
+/// (a runner without CAP_SYS_ADMIN cannot make the detached mount; the
+/// child binds it, see [`super::user_namespace`]).
+pub fn temporary_directory_for_child(
+    directory: BorrowedFd,
+    in_user_namespace: bool,
+) -> io::Result<OwnedFd> {
+    match in_user_namespace {
+        false => detached_mount(directory),
+        true => directory.try_clone_to_owned(),
+    }
 }
 
 /// Where the host's process table is, before the action's is mounted.
@@ -226,19 +252,26 @@ pub(super) fn enter(
         let Some(directory) = temporary_directory else {
             return Err((SpawnStep::PrivateTmp, libc::EINVAL));
         };
-        // SAFETY: an empty NUL-terminated path with the descriptor of a
-        // detached mount, and a NUL-terminated literal.
-        let moved = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                directory,
-                c"".as_ptr(),
-                libc::AT_FDCWD,
-                c"/tmp".as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
-            )
-        };
-        check(SpawnStep::PrivateTmp, moved as libc::c_int)?;
+        if isolation.user_namespace.is_some() {
+            // The child created its mount namespace standing in the
+            // directory (a plain one: see `super::user_namespace`), which
+            // `.` therefore is in this namespace.
+            bind(c".", c"/tmp", SpawnStep::PrivateTmp)?;
+        } else {
+            // SAFETY: an empty NUL-terminated path with the descriptor of
+            // a detached mount, and a NUL-terminated literal.
+            let moved = unsafe {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    directory,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    c"/tmp".as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                )
+            };
+            check(SpawnStep::PrivateTmp, moved as libc::c_int)?;
+        }
         bind(c"/tmp", c"/var/tmp", SpawnStep::PrivateTmp)?;
     }
     if isolation.ipc {
@@ -406,6 +439,24 @@ mod tests {
         }
         assert_eq!(Isolation::default().clone_flags(), 0);
         assert!(!Isolation::default().is_enabled());
+        // Inside a user namespace, the child makes its mount namespace
+        // itself; a user namespace alone isolates nothing.
+        let user_namespace = Some(UserNamespace::of_runner(65534, 65534));
+        let in_user_namespace = Isolation {
+            pid: true,
+            user_namespace: user_namespace.clone(),
+            ..Isolation::default()
+        };
+        assert_eq!(
+            in_user_namespace.clone_flags(),
+            libc::CLONE_NEWUSER | libc::CLONE_NEWPID
+        );
+        let nothing = Isolation {
+            user_namespace,
+            ..Isolation::default()
+        };
+        assert!(!nothing.is_enabled());
+        assert_eq!(nothing.clone_flags(), 0);
     }
 
     /// Why it matters: the runner registers and signals the pid read here.
@@ -415,7 +466,8 @@ mod tests {
     }
 
     /// Why it matters: each option must hold for the action on either
-    /// clone method, and nothing of it may reach the host. (`pid` execs
+    /// clone method, made by the runner or inside a user namespace, and
+    /// nothing of it may reach the host. (`pid` execs
     /// the runner's executable as its init, which a unit test's
     /// executable is not: tests/isolation.rs covers it through the real
     /// binary.)
@@ -430,15 +482,34 @@ mod tests {
             crate::test_support::skip(TEST, "namespaces and mounts need root");
             return;
         }
-        let isolation = std::sync::Arc::new(Isolation {
-            pid: false,
-            network_off: true,
-            private_tmp: true,
-            ipc: true,
-            hostname: Some("isolated-host".into()),
-            input_root_mounts: None,
-        });
-        for method in [Method::Clone, Method::Clone3] {
+        // As root itself, and inside a user namespace whose maps the child
+        // or the creator writes (what a runner without CAP_SYS_ADMIN does).
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let namespaces = [
+            None,
+            Some(UserNamespace::of_runner(uid, gid)),
+            Some(UserNamespace::of_runner_and_action(
+                (uid, gid),
+                (65534, 65534),
+            )),
+        ];
+        for (method, user_namespace) in [Method::Clone, Method::Clone3]
+            .into_iter()
+            .flat_map(|method| namespaces.clone().map(|namespace| (method, namespace)))
+        {
+            let in_user_namespace = user_namespace.is_some();
+            let isolation = std::sync::Arc::new(Isolation {
+                pid: false,
+                network_off: true,
+                private_tmp: true,
+                ipc: true,
+                hostname: Some("isolated-host".into()),
+                input_root_mounts: None,
+                user_namespace,
+            });
             let dir = tempfile::tempdir().unwrap();
             let temporary = dir.path().join("tmp");
             std::fs::create_dir(&temporary).unwrap();
@@ -473,7 +544,10 @@ mod tests {
                 oom_score_adj: None,
                 descriptor_limit: None,
                 isolation: Some(isolation.clone()),
-                temporary_directory: Some(detached_mount(open(&temporary).as_fd()).unwrap()),
+                temporary_directory: Some(
+                    temporary_directory_for_child(open(&temporary).as_fd(), in_user_namespace)
+                        .unwrap(),
+                ),
             };
             let (_call, dropped) = tokio::sync::oneshot::channel();
             let mut call = crate::process::call::CallGone::new(dropped, None);

@@ -4,7 +4,9 @@
 //! that a kernel or a seccomp profile that refuses them stops the runner
 //! once, naming the field and the kernel's answer, instead of failing
 //! every action, and no action ever runs with less isolation than
-//! configured.
+//! configured. Made inside a user namespace (a runner without
+//! CAP_SYS_ADMIN), a refusal is explained with its cause and its fix
+//! ([`super::user_namespace::explain`]).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -15,10 +17,11 @@ use tokio::sync::oneshot;
 
 use super::call::CallGone;
 use super::clone::Method;
-use super::isolation::{detached_mount, Isolation};
+use super::isolation::{temporary_directory_for_child, Isolation};
 use super::spawn::spawn;
 use super::spawn_server::SpawnServer;
 use super::spec::{ProcessSpec, SpawnError, SpawnStep};
+use super::user_namespace::{self, HostFacts};
 
 /// How long the probe may take; a kernel that takes longer to create a
 /// process has a problem an operator should see.
@@ -28,13 +31,12 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum IsolationProbeError {
     /// The kernel refused a step (an errno, from the child or the clone).
-    #[error(
-        "{field}: the runner cannot give actions this isolation here: {error}{hint}",
-        hint = hint(error)
-    )]
+    #[error("{field}: the runner cannot give actions this isolation here: {error}{hint}")]
     Refused {
         field: &'static str,
         error: SpawnError,
+        /// What commonly causes it, and the fix.
+        hint: String,
     },
     /// The probe could not be prepared, or its action did not succeed.
     #[error("{field}: the startup probe of isolation failed: {message}")]
@@ -44,14 +46,26 @@ pub enum IsolationProbeError {
     },
 }
 
-/// Says what commonly refuses namespaces.
-fn hint(error: &SpawnError) -> &'static str {
-    match (error.step, error.source.raw_os_error()) {
-        (SpawnStep::Create, Some(libc::EPERM | libc::ENOSYS)) => {
+/// Says what commonly refuses namespaces; inside a user namespace, what
+/// of the host ([`HostFacts`]) refused it and how to change it.
+fn hint(error: &SpawnError, isolation: &Isolation) -> String {
+    let errno = error.source.raw_os_error().unwrap_or(0);
+    if isolation.user_namespace.is_some() {
+        let host = HostFacts::read(Path::new(super::DEFAULT_PROC_ROOT));
+        let made = " (the runner lacks CAP_SYS_ADMIN, so actions' namespaces are made inside a \
+                    user namespace)";
+        return match user_namespace::explain(error.step, errno, &host) {
+            Some(explanation) => format!("{made}: {explanation}"),
+            None => made.into(),
+        };
+    }
+    match (error.step, errno) {
+        (SpawnStep::Create, libc::EPERM | libc::ENOSYS) => {
             " (container runtimes' default seccomp profiles refuse every CLONE_NEW* flag \
              without CAP_SYS_ADMIN)"
+                .into()
         }
-        _ => "",
+        _ => String::new(),
     }
 }
 
@@ -88,7 +102,10 @@ fn first_field(isolation: &Isolation) -> &'static str {
 
 /// Each option of `isolation` alone, to tell which one the kernel refuses.
 fn alone(isolation: &Isolation) -> Vec<Isolation> {
-    let none = Isolation::default;
+    let none = || Isolation {
+        user_namespace: isolation.user_namespace.clone(),
+        ..Isolation::default()
+    };
     let mut options = Vec::new();
     if isolation.pid {
         options.push(Isolation {
@@ -152,11 +169,13 @@ pub async fn probe(
             }
             Err(IsolationProbeError::Refused {
                 field: named.unwrap_or_else(|| first_field(isolation)),
+                hint: hint(&error, isolation),
                 error,
             })
         }
         Err(Probed::Refused(error)) => Err(IsolationProbeError::Refused {
             field: field_of(error.step, isolation),
+            hint: hint(&error, isolation),
             error,
         }),
         Err(Probed::Failed(message)) => Err(IsolationProbeError::Failed {
@@ -209,7 +228,11 @@ async fn run(
         descriptor_limit: None,
         temporary_directory: match isolation.private_tmp {
             true => Some(
-                detached_mount(open_directory(scratch)?.as_fd()).map_err(|error| {
+                temporary_directory_for_child(
+                    open_directory(scratch)?.as_fd(),
+                    isolation.user_namespace.is_some(),
+                )
+                .map_err(|error| {
                     Probed::Refused(SpawnError {
                         step: SpawnStep::PrivateTmp,
                         source: error,

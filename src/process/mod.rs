@@ -13,7 +13,8 @@
 //! - [`isolation`]: the namespaces of an action's own, set up by the
 //!   child; [`init`]: the init of its PID namespace, and the action's exit
 //!   as the runner learns it from there; [`isolation_probe`]: creating the
-//!   configured namespaces once at startup.
+//!   configured namespaces once at startup; [`user_namespace`]: making
+//!   them inside a user namespace, for a runner without CAP_SYS_ADMIN.
 //! - [`clone`]: the mechanism only: `clone3` or glibc's `clone`, and the
 //!   child's stack.
 //! - [`spec`]: what a spawn is asked for and what it answers (the action's
@@ -54,6 +55,7 @@ pub mod spec;
 pub mod status;
 pub mod stuck;
 pub mod terminate;
+pub mod user_namespace;
 
 use std::path::{Path, PathBuf};
 

@@ -72,6 +72,19 @@ pub fn missing_capabilities(effective: u64, wanted: &[Capability]) -> Vec<Capabi
         .collect()
 }
 
+/// The runner's effective capability set (`CapEff`), read from its own
+/// status under `proc_root`.
+pub fn effective(proc_root: &Path) -> Result<u64, PrivilegeError> {
+    let own = proc_root.join(std::process::id().to_string());
+    Process::new_with_root(own.clone())
+        .and_then(|process| process.status())
+        .map(|status| status.capeff)
+        .map_err(|err| PrivilegeError::Unreadable {
+            path: own.display().to_string(),
+            message: err.to_string(),
+        })
+}
+
 /// Fails unless the runner holds every capability in `wanted`, which the
 /// configuration field `field` needs. Reads the runner's own status from
 /// `proc_root` (normally [`super::DEFAULT_PROC_ROOT`]).
@@ -80,14 +93,7 @@ pub fn require(
     field: &'static str,
     wanted: &[Capability],
 ) -> Result<(), PrivilegeError> {
-    let own = proc_root.join(std::process::id().to_string());
-    let status = Process::new_with_root(own.clone())
-        .and_then(|process| process.status())
-        .map_err(|err| PrivilegeError::Unreadable {
-            path: own.display().to_string(),
-            message: err.to_string(),
-        })?;
-    let missing = missing_capabilities(status.capeff, wanted);
+    let missing = missing_capabilities(effective(proc_root)?, wanted);
     if missing.is_empty() {
         return Ok(());
     }

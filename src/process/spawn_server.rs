@@ -57,6 +57,7 @@ use super::isolation::Isolation;
 use super::reaper::ChildExit;
 use super::spec::{DescriptorLimit, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
 use super::status::{self, StatusReader, StatusWriter};
+use super::user_namespace::{MapWriter, UserNamespace};
 
 /// This executable, as the kernel knows it: still there when the file was
 /// replaced since (`rbe-runner install` over a running copy).
@@ -363,7 +364,9 @@ const FLAG_ISOLATION: u8 = 32;
 /// The temporary directory of a private `/tmp`, after the cgroup.
 const FLAG_TEMPORARY_DIRECTORY: u8 = 64;
 
-/// `isolation` as a byte of options, then the host name (empty: none).
+/// `isolation` as a byte of options, then the host name (empty: none),
+/// then the input root's mounts if any, then, in a user namespace, who
+/// writes its maps and the maps.
 fn encode_isolation(body: &mut Writer, isolation: &Isolation) {
     let options = [
         isolation.pid,
@@ -371,6 +374,7 @@ fn encode_isolation(body: &mut Writer, isolation: &Isolation) {
         isolation.private_tmp,
         isolation.ipc,
         isolation.input_root_mounts.is_some(),
+        isolation.user_namespace.is_some(),
     ]
     .iter()
     .enumerate()
@@ -379,6 +383,14 @@ fn encode_isolation(body: &mut Writer, isolation: &Isolation) {
     body.bytes(isolation.hostname.as_deref().unwrap_or("").as_bytes());
     if let Some(mounts) = &isolation.input_root_mounts {
         body.bytes(&mounts.encode());
+    }
+    if let Some(namespace) = &isolation.user_namespace {
+        body.u8(match namespace.writer {
+            MapWriter::Child => 1,
+            MapWriter::Creator => 2,
+        });
+        body.bytes(namespace.uid_map.as_bytes());
+        body.bytes(namespace.gid_map.as_bytes());
     }
 }
 
@@ -393,6 +405,22 @@ fn decode_isolation(reader: &mut Reader) -> Result<Isolation, &'static str> {
     } else {
         None
     };
+    let user_namespace = match options & 32 != 0 {
+        false => None,
+        true => {
+            let writer = match reader.u8()? {
+                1 => MapWriter::Child,
+                2 => MapWriter::Creator,
+                _ => return Err("unknown writer of the user namespace's maps"),
+            };
+            let mut map = || reader.cstring()?.into_string().map_err(|_| "map not UTF-8");
+            Some(UserNamespace {
+                writer,
+                uid_map: map()?,
+                gid_map: map()?,
+            })
+        }
+    };
     Ok(Isolation {
         pid: options & 1 != 0,
         network_off: options & 2 != 0,
@@ -400,6 +428,7 @@ fn decode_isolation(reader: &mut Reader) -> Result<Isolation, &'static str> {
         ipc: options & 8 != 0,
         hostname: (!hostname.is_empty()).then_some(hostname),
         input_root_mounts,
+        user_namespace,
     })
 }
 
@@ -807,6 +836,7 @@ mod tests {
                 ipc: true,
                 hostname: Some("localhost".into()),
                 input_root_mounts: None,
+                user_namespace: None,
             },
             Isolation {
                 input_root_mounts: InputRootMounts::new(
@@ -820,10 +850,22 @@ mod tests {
                     }],
                 )
                 .map(std::sync::Arc::new),
+                user_namespace: Some(UserNamespace::of_runner(65534, 65533)),
                 ..Isolation::default()
             },
             Isolation {
                 network_off: true,
+                ..Isolation::default()
+            },
+            Isolation {
+                pid: true,
+                private_tmp: true,
+                user_namespace: Some(UserNamespace::of_runner(65534, 65533)),
+                ..Isolation::default()
+            },
+            Isolation {
+                hostname: Some("h".into()),
+                user_namespace: Some(UserNamespace::of_runner_and_action((0, 0), (7, 8))),
                 ..Isolation::default()
             },
             Isolation {

@@ -218,6 +218,9 @@ pub enum SpawnStep {
     InputRootDev = 31,
     /// Mounting an `inputRootMounts` entry.
     InputRootMount = 32,
+    /// Writing the uid and gid maps of the action's user namespace, or
+    /// waiting for the runner to (a runner without CAP_SYS_ADMIN).
+    UserNamespace = 19,
 }
 
 impl SpawnStep {
@@ -243,6 +246,7 @@ impl SpawnStep {
             30 => SpawnStep::InputRootProc,
             31 => SpawnStep::InputRootDev,
             32 => SpawnStep::InputRootMount,
+            19 => SpawnStep::UserNamespace,
             _ => SpawnStep::Exec,
         }
     }
@@ -280,6 +284,10 @@ impl std::fmt::Display for SpawnStep {
                 "mounting the minimal /dev in the input root (isolation.dev)"
             }
             SpawnStep::InputRootMount => "mounting an inputRootMounts entry in the input root",
+            SpawnStep::UserNamespace => {
+                "mapping the runner's uid and gid in the action's user namespace (isolation \
+                 without CAP_SYS_ADMIN)"
+            }
         })
     }
 }

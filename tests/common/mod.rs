@@ -41,6 +41,46 @@ pub fn runner_under_test() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(BIN))
 }
 
+/// Set to `1`, [`TestRunner`] starts the runner as nobody (65534) without
+/// capabilities, owning its directories and the action directories the
+/// tests make: the non-root runner of docs/isolation.md, for tests/run-all's
+/// extra pass of tests/isolation.rs.
+pub const UNPRIVILEGED_RUNNER_VARIABLE: &str = "RBE_TEST_UNPRIVILEGED_RUNNER";
+
+/// The uid and gid the runner has with [`UNPRIVILEGED_RUNNER_VARIABLE`].
+pub const UNPRIVILEGED_RUNNER_ID: u32 = 65534;
+
+/// Whether [`TestRunner`] starts the runner unprivileged (see
+/// [`UNPRIVILEGED_RUNNER_VARIABLE`]).
+pub fn unprivileged_runner() -> bool {
+    std::env::var_os(UNPRIVILEGED_RUNNER_VARIABLE).is_some_and(|value| value == "1")
+}
+
+/// `command` (a program and its arguments) as run by an unprivileged
+/// runner: uid and gid [`UNPRIVILEGED_RUNNER_ID`], no supplementary group,
+/// no capability (util-linux's `setpriv`).
+pub fn unprivileged(program: &Path) -> Command {
+    let id = UNPRIVILEGED_RUNNER_ID;
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--reuid={id}"))
+        .arg(format!("--regid={id}"))
+        .args(["--clear-groups", "--inh-caps=-all", "--"])
+        .arg(program);
+    command
+}
+
+/// Gives `path` and everything beneath it to the unprivileged runner.
+pub fn give_to_unprivileged_runner(path: &Path) {
+    let id = Some(UNPRIVILEGED_RUNNER_ID);
+    std::os::unix::fs::lchown(path, id, id).expect("chown to the unprivileged runner");
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).expect("read_dir") {
+            give_to_unprivileged_runner(&entry.expect("entry").path());
+        }
+    }
+}
+
 /// PATH for actions started by tests.
 pub const TEST_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
@@ -63,6 +103,18 @@ impl TestRunner {
     /// Like [`TestRunner::start`], letting the caller adjust the command
     /// (environment, ...).
     pub fn start_with(extra: Value, adjust: impl FnOnce(&mut Command)) -> TestRunner {
+        Self::start_through(extra, &[], adjust)
+    }
+
+    /// Like [`TestRunner::start_with`], the runner started through
+    /// `wrapper` (a program and its arguments, to which the runner and
+    /// its arguments are appended: `setpriv` with options, say); none:
+    /// directly, or unprivileged (see [`UNPRIVILEGED_RUNNER_VARIABLE`]).
+    pub fn start_through(
+        extra: Value,
+        wrapper: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> TestRunner {
         let dir = tempfile::tempdir().expect("tempdir");
         let build_dir = dir.path().join("build");
         std::fs::create_dir(&build_dir).expect("create build dir");
@@ -79,7 +131,18 @@ impl TestRunner {
         let config_path = dir.path().join("runner.jsonnet");
         std::fs::write(&config_path, config.to_string()).expect("write config");
 
-        let mut command = Command::new(runner_under_test());
+        let mut command = match (wrapper, unprivileged_runner()) {
+            ([program, arguments @ ..], _) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(runner_under_test());
+                command
+            }
+            ([], false) => Command::new(runner_under_test()),
+            ([], true) => {
+                give_to_unprivileged_runner(dir.path());
+                unprivileged(&runner_under_test())
+            }
+        };
         command
             .arg(&config_path)
             .env("RUST_LOG", "info")
@@ -178,7 +241,11 @@ impl TestRunner {
 
     /// A fresh action directory, as bb_worker would prepare it.
     pub fn action(&self) -> ActionDirectory {
-        ActionDirectory::create(&self.build_dir).expect("create action directory")
+        let action = ActionDirectory::create(&self.build_dir).expect("create action directory");
+        if unprivileged_runner() {
+            give_to_unprivileged_runner(&action.path);
+        }
+        action
     }
 
     /// Runs `sh -c script` in a fresh action directory.

@@ -236,9 +236,20 @@ pub(super) fn write(f: &mut fmt::Formatter<'_>, isolation: &IsolationConfig) -> 
         None => writeln!(f, "  hostname: not set (the host's)")?,
     }
     match isolation.dev {
-        DevIsolation::InputRoot => writeln!(f, "  dev: not set (the input root's)"),
-        DevIsolation::Minimal => writeln!(f, "  dev: 'minimal'"),
+        DevIsolation::InputRoot => writeln!(f, "  dev: not set (the input root's)")?,
+        DevIsolation::Minimal => writeln!(f, "  dev: 'minimal'")?,
     }
+    if isolation.is_enabled() {
+        // Chosen at startup from the runner's capabilities, which the
+        // configuration cannot say.
+        writeln!(
+            f,
+            "  (made by a runner with CAP_SYS_ADMIN itself; by one without, inside a user \
+             namespace per action, where runCommandsAs needs CAP_SETUID and CAP_SETGID and \
+             additionalGroupIds is refused: docs/isolation.md)"
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -317,6 +328,21 @@ mod tests {
                 "\"host\" is not \"minimal\"",
             ),
         ]);
+    }
+
+    /// Why it matters: how the namespaces are made depends on the
+    /// runner's capabilities, which the operator checking a configuration
+    /// must learn along with what a runner without root refuses.
+    #[test]
+    fn check_config_says_how_the_namespaces_are_made() {
+        let printed = load_with("isolation: { pid: true }").unwrap().to_string();
+        assert!(printed.contains("inside a user namespace"), "{printed}");
+        assert!(
+            printed.contains("additionalGroupIds is refused"),
+            "{printed}"
+        );
+        let printed = load_with("").unwrap().to_string();
+        assert!(!printed.contains("user namespace"), "{printed}");
     }
 
     /// Why it matters: symlinking `/tmp` and a private `/tmp` contradict

@@ -83,3 +83,33 @@ stop_runner() {
     wait "$RUNNER_PID"
     RUNNER_STATUS=$?
 }
+
+# The identity bb-deployments runs the runner as, for the non-root
+# scenarios (issue 27).
+NOBODY=65534
+
+# as_nobody CMD ARGS...: runs CMD as nobody (uid and gid 65534, no
+# supplementary group, no capability). Through busybox su, whose setpriv
+# cannot change the uid; su needs the user in /etc/passwd.
+as_nobody() {
+    grep -q "^nobody:" /etc/passwd 2>/dev/null ||
+        echo "nobody:x:$NOBODY:$NOBODY:nobody:/:/bin/sh" >>/etc/passwd
+    grep -q "^nogroup:" /etc/group 2>/dev/null || echo "nogroup:x:$NOBODY:" >>/etc/group
+    # Options first and `--`: su's option parser would take CMD's own.
+    su -p -s /bin/sh -c 'exec "$0" "$@"' -- nobody "$@"
+}
+
+# start_runner_as_nobody CONFIG LOG: start_runner's runner as nobody,
+# RUNNER_CGROUP delegated to it as systemd's Delegate=yes does (the
+# directory and the files that move processes and enable controllers
+# chowned). Sets RUNNER_PID.
+start_runner_as_nobody() {
+    mkdir -p "$RUNNER_CGROUP" /etc || return 1
+    for delegated in "" /cgroup.procs /cgroup.subtree_control /cgroup.threads; do
+        chown "$NOBODY:$NOBODY" "$RUNNER_CGROUP$delegated" || return 1
+    done
+    as_nobody true || return 1
+    NO_COLOR=1 sh -c 'echo $$ >"$0/cgroup.procs" && exec su -p -s /bin/sh -c "exec rbe-runner \"\$0\"" -- nobody "$1"' \
+        "$RUNNER_CGROUP" "$1" </dev/null >>"$2" 2>&1 &
+    RUNNER_PID=$!
+}
