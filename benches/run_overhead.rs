@@ -429,8 +429,18 @@ async fn measure_isolation(plan: &Plan) {
         return;
     }
     let plain = Runner::start(serde_json::json!({}), "auto");
+    // RBE_BENCH_ISOLATION_ONLY=WORD,WORD: only the configurations whose
+    // name contains one of them, and no sandbox tools (an A/B look at one
+    // change).
+    let only = std::env::var("RBE_BENCH_ISOLATION_ONLY").ok();
     let mut runners = Vec::new();
     for (name, isolation) in isolation_configurations() {
+        if only
+            .as_ref()
+            .is_some_and(|only| !only.split(',').any(|word| name.contains(word)))
+        {
+            continue;
+        }
         match Runner::try_start(serde_json::json!({ "isolation": isolation }), "auto") {
             Ok(runner) => runners.push((name, runner)),
             Err(log) => println!(
@@ -440,7 +450,7 @@ async fn measure_isolation(plan: &Plan) {
         }
     }
     let mut tools = Vec::new();
-    for (name, command) in sandbox_commands() {
+    for (name, command) in sandbox_commands().into_iter().filter(|_| only.is_none()) {
         match spawn_command(&command) {
             Some(_) => tools.push((name, command)),
             None => println!(
