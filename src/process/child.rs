@@ -115,6 +115,9 @@ pub(crate) struct Child<'a> {
     pub(crate) isolation: Option<&'a Isolation>,
     /// The action's `temporary_directory`, for a private `/tmp`.
     pub(crate) temporary_directory: Option<RawFd>,
+    /// With a PID namespace, the write end of the pipe through which its
+    /// init reports the action's exit ([`super::exit_report`]).
+    pub(crate) report: Option<RawFd>,
 }
 
 impl<'a> Child<'a> {
@@ -140,6 +143,7 @@ impl<'a> Child<'a> {
             descriptor_limit: None,
             isolation: None,
             temporary_directory: None,
+            report: None,
         }
     }
 
@@ -153,6 +157,19 @@ impl<'a> Child<'a> {
         self.isolation = isolation.filter(|isolation| isolation.is_enabled());
         self.temporary_directory = temporary_directory;
         self
+    }
+
+    /// The same child, its init (with a PID namespace) reporting the
+    /// action's exit to `report`.
+    pub(crate) fn with_report(mut self, report: Option<RawFd>) -> Self {
+        self.report = report;
+        self
+    }
+
+    /// Whether the child will be the init of its action, in a PID
+    /// namespace of its own: then it needs a report pipe.
+    pub(crate) fn is_init(&self) -> bool {
+        self.isolation.is_some_and(|isolation| isolation.pid)
     }
 
     /// The same child, exiting instead of exec'ing once `deadline` passed.
@@ -230,6 +247,8 @@ impl ChildArgument<'_> {
     /// `setuid`, whose wrapper would signal the copies of the runner's
     /// threads it believes exist; raw system calls instead). Every
     /// descriptor and pointer used is the child's copy of the creator's.
+    /// With a PID namespace, this process becomes the init and the action
+    /// goes on in [`ChildArgument::action_main`].
     fn set_up_and_exec(&self) -> Result<std::convert::Infallible, (SpawnStep, i32)> {
         let child = &self.child;
         if let Some(cgroup) = self.joins_cgroup {
@@ -251,13 +270,40 @@ impl ChildArgument<'_> {
             };
             let host_proc = isolation::enter(isolation, child.temporary_directory, directories)?;
             if let Some(host_proc) = host_proc {
-                // Returns only in the action; this process becomes its
-                // init.
-                init::start_action(self.status, host_proc, child.standard[0], self.init_execs)?;
+                let report = child.report.ok_or((SpawnStep::Init, libc::EINVAL))?;
+                let action = UnderInit {
+                    argument: self,
+                    host_proc,
+                };
+                let start = init::ActionStart {
+                    host_proc,
+                    status: self.status,
+                    main: UnderInit::main,
+                    arg: &action as *const UnderInit as *mut c_void,
+                };
+                // Returns only the failure to start the init.
+                return Err(init::start_action(
+                    &start,
+                    report,
+                    child.standard[0],
+                    self.init_execs,
+                ));
             }
         }
-        // SAFETY: this is the child, a single thread whose dispositions are
-        // its own (created without CLONE_SIGHAND), not its creator's.
+        self.set_up_action_and_exec()
+    }
+
+    /// The action's own setup, after its namespaces: signals, process
+    /// group, descriptors, OOM score, limits, root, directory, identity,
+    /// then exec. Never inlined: a plain child and the action under an
+    /// init run the very same code, so that each faults in the same pages
+    /// of this executable before its exec, which its maxrss counts.
+    #[inline(never)]
+    fn set_up_action_and_exec(&self) -> Result<std::convert::Infallible, (SpawnStep, i32)> {
+        let child = &self.child;
+        // SAFETY: this is the child (or the action under its init), a
+        // single thread whose dispositions are its own (created without
+        // CLONE_SIGHAND), not its creator's.
         unsafe { reset_signal_handlers() };
         // The action leads its own process group, so that termination
         // reaches every process it forked without touching the runner.
@@ -336,6 +382,44 @@ impl ChildArgument<'_> {
         // before the child was created; the child has its copy of them.
         unsafe { libc::execve(exec.program.as_ptr(), exec.argv(), exec.envp()) };
         Err((SpawnStep::Exec, errno()))
+    }
+}
+
+/// What the action under an init is handed (its copy of it).
+struct UnderInit<'a> {
+    argument: &'a ChildArgument<'a>,
+    /// The host's `/proc`, open: the action says its pid as the runner
+    /// sees it, then closes it.
+    host_proc: RawFd,
+}
+
+impl UnderInit<'_> {
+    /// The action under an init, forked by it (see [`init::start_action`])
+    /// onto a stack of its own: says its pid, then sets itself up and
+    /// execs as every action does. Returns (becoming the exit status) only
+    /// when a step failed; the failure is written first.
+    extern "C" fn main(arg: *mut c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `UnderInit` `set_up_and_exec` made; the
+        // action's memory is a copy of the init's.
+        let action = unsafe { &*(arg as *const UnderInit) };
+        let status = action.argument.status;
+        match isolation::host_pid_through(action.host_proc) {
+            Ok(pid) => status.action_started(pid),
+            Err(errno) => {
+                status.failed(SpawnStep::Init, errno);
+                return 127;
+            }
+        }
+        // The action must not keep the host's /proc.
+        // SAFETY: close takes only a descriptor number of this process.
+        unsafe { libc::close(action.host_proc) };
+        match action.argument.set_up_action_and_exec() {
+            Ok(never) => match never {},
+            Err((step, errno)) => {
+                status.failed(step, errno);
+                127
+            }
+        }
     }
 }
 

@@ -6,40 +6,57 @@
 //! it exits. So the action is never that process: the child the runner (or
 //! the spawn server) creates in the new namespace is, and it
 //! ([`start_action`]):
-//! 1. forks the action, a copy of itself like every action's child (so
-//!    the action's maxrss is what it would be without isolation), which
-//!    says its pid as the runner sees it and goes on to its exec;
-//! 2. becomes the init ([`supervise`]), small either way: created by the
+//! 1. forks the action, a copy of itself, and so of its creator, as every
+//!    action's child is: the kernel folds the peak RSS of the action's
+//!    memory before its exec into its maxrss, and a fork copies the page
+//!    tables of the first process's written memory only, not the code it
+//!    faulted in to set up the namespaces (its mounts and `/proc`: about
+//!    1.7 MiB of a debug build's text, mapped 64 KiB around each fault).
+//!    So the action starts from the copy a plain action starts from.
+//!    (Sharing the first process's memory until the exec, as `vfork`
+//!    does, measured 1.9 MiB more, that text included.) The action says
+//!    its pid as the runner sees it, then runs the very function a plain
+//!    child runs for its setup and exec ([`super::child`]), so that it
+//!    faults in the same pages of this executable before its exec as a
+//!    plain action (running code of its own there measured 300 KiB more);
+//!    a step that fails says so through the status channel;
+//! 2. closes its copies of the status channel and the host's `/proc` at
+//!    once: the channel then ends at the action's exec as every child's
+//!    does (the runner wakes once for the spawn's outcome), with nothing
+//!    of the init's in between; it keeps only the exit report's pipe
+//!    ([`super::exit_report`]) and an empty stdin;
+//! 3. becomes the init ([`supervise`]), small either way: created by the
 //!    spawn server (the normal path), it is a copy of that small process
-//!    and closes every descriptor it does not need; created by the runner
-//!    itself (no spawn server), it execs this executable in init mode
-//!    ([`serve`]), so that it never carries the runner's resident set. The
-//!    exec costs about a millisecond of dynamic loading, which a copy of
-//!    the spawn server spares every action.
+//!    with every other descriptor closed; created by the runner itself (no
+//!    spawn server), it execs this executable in init mode ([`serve`]), so
+//!    that it never carries the runner's resident set.
 //!
-//! The init then, in a loop on a signalfd and a pipe that ends at the
-//! action's exec: says when the action has exec'd (the status channel's
-//! end of file cannot say it, since the init keeps the channel open);
-//! forwards SIGTERM, SIGINT and SIGHUP to the action's process group;
-//! reaps orphans; and once `wait4` returns the action, sends its raw wait
-//! status and its own rusage through the channel, and exits, which ends
-//! the namespace.
+//! The init then blocks every signal and reads, from a signalfd, SIGTERM,
+//! SIGINT and SIGHUP, which it forwards to the action's process group, and
+//! SIGCHLD, on which it reaps orphans; once `wait4` returns the action, it
+//! writes the action's raw wait status and its own rusage to the report
+//! pipe and exits, which ends the namespace.
 //!
 //! On the runner's side, [`follow_action`] makes of the init and that
-//! report the action as the rest of the runner knows a child: its pid,
-//! and its exit. An init killed before it reported (an OOM group kill, a
-//! `cgroup.kill`) means the action was killed too: SIGKILL.
+//! report the action as the rest of the runner knows a child: its pid, and
+//! its exit, known as soon as the report arrives. The init's own exit,
+//! which comes once the kernel has dismantled the namespaces (150–275 µs
+//! measured under load), is not waited for, as a plain action's leftover processes are not; the
+//! reaper collects it. An init that ended without
+//! reporting (an OOM group kill, a `cgroup.kill`) means the action was
+//! killed too: SIGKILL.
 
-use std::ffi::CStr;
+use std::ffi::{c_void, CStr};
+use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 use std::process::ExitCode;
 
 use tokio::sync::oneshot;
 
-use super::isolation;
+use super::exit_report::{ReportReader, ReportWriter};
 use super::reaper::{ChildExit, SpawnedChild};
 use super::spec::SpawnStep;
-use super::status::{ReportedExit, Status, StatusReader, StatusWriter};
+use super::status::StatusWriter;
 
 /// The hidden first argument that makes the executable an action's init.
 pub const INIT_ARGUMENT: &str = "__action-init";
@@ -50,104 +67,108 @@ const INIT_ARGUMENT_C: &CStr = c"__action-init";
 /// child that execs the init (the runner's or the spawn server's copy).
 const SELF_EXE: &CStr = c"/proc/self/exe";
 
-/// Where the init finds the status channel.
-const STATUS_FD: RawFd = 3;
-/// Where the init finds the pipe that ends at the action's exec.
-const EXEC_FD: RawFd = 4;
+/// Where the init finds the exit report's pipe.
+const REPORT_FD: RawFd = 3;
+
+/// The action's stack until its exec: the frames of its setup (a few
+/// hundred bytes of locals, glibc's thin system call wrappers), in its copy
+/// of the first process's stack (the creator's 64 KiB), where the first
+/// process left it unused.
+const ACTION_STACK_SIZE: usize = 16 * 1024;
 
 // The child's side: runs between clone and exec (see `super::child`).
 
-/// In the namespace's first process, once its namespaces are set up
-/// (`host_proc` is the host's `/proc`, open): forks the action. Returns
-/// `Ok` only in the action, which has said its pid as the runner sees
-/// it; the first process becomes the init and returns only the error of
+/// How the action starts, and what the init closes once it has.
+pub(super) struct ActionStart {
+    /// The host's `/proc`, open (for the action's pid as the runner sees
+    /// it).
+    pub(super) host_proc: RawFd,
+    /// The child's status channel.
+    pub(super) status: StatusWriter,
+    /// The action: says its pid as the runner sees it, sets itself up and
+    /// execs, called with `arg` on the action's stack; returns only the
+    /// exit status of a failed step, which it has written to the status
+    /// channel.
+    pub(super) main: extern "C" fn(*mut c_void) -> libc::c_int,
+    pub(super) arg: *mut c_void,
+}
+
+/// In the namespace's first process, once its namespaces are set up:
+/// creates the action from `start` and becomes its init (see the module),
+/// reporting its exit to `report`. `quiet` is a descriptor the init may
+/// have as its standard ones (the action's empty stdin). With `exec`, the
+/// init is this executable exec'd in init mode; otherwise this process,
+/// with only the descriptors it needs. Returns only the step and errno of
 /// failing to.
-/// `quiet` is a descriptor the init may have as its standard ones (the
-/// action's empty stdin). With `exec`, the init is this executable exec'd
-/// in init mode; otherwise this process, with only the descriptors it
-/// needs.
 pub(super) fn start_action(
-    status: StatusWriter,
-    host_proc: RawFd,
+    start: &ActionStart,
+    report: RawFd,
     quiet: RawFd,
     exec: bool,
-) -> Result<(), (SpawnStep, i32)> {
-    let mut exec_pipe = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two descriptors into the live local array.
-    let made = unsafe { libc::pipe2(exec_pipe.as_mut_ptr(), libc::O_CLOEXEC) };
-    check(made)?;
-    let [exec_read, exec_write] = exec_pipe;
-    // A plain fork (a copy of this process, on its copy of this stack),
-    // which ends the action's life as this process's child with SIGCHLD.
-    // SAFETY: this process is single-threaded and between clone and exec:
-    // the copy goes on from here with its own memory, as with fork().
-    let forked = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
-    if forked < 0 {
-        return Err((SpawnStep::Init, errno()));
+) -> (SpawnStep, i32) {
+    let mut stack = MaybeUninit::<[u8; ACTION_STACK_SIZE]>::uninit();
+    // The top, 16-byte aligned as the ABI requires.
+    let top = (stack.as_mut_ptr() as usize + ACTION_STACK_SIZE) & !15;
+    // A fork (no CLONE_VM): the action runs `start.main` on its copy of
+    // `stack`, which this frame leaves unused, with its copy of
+    // `start.arg`; SIGCHLD tells the init of its exit.
+    // SAFETY: `start.main` keeps the contract of a child between clone and
+    // exec (raw system calls on values prepared beforehand, no
+    // allocation, no locks, no unwinding; see `super::child`), on its own
+    // copy of this single-threaded process, every signal blocked.
+    let action = unsafe { libc::clone(start.main, top as *mut c_void, libc::SIGCHLD, start.arg) };
+    if action < 0 {
+        return (SpawnStep::Init, errno());
     }
-    if forked == 0 {
-        // The action. Its end of the pipe closes at its exec.
-        // SAFETY: close takes only a descriptor number of this process.
-        unsafe { libc::close(exec_read) };
-        let pid = isolation::host_pid_through(host_proc).map_err(|errno| (SpawnStep::Init, errno));
-        // SAFETY: as above; the action must not keep the host's /proc.
-        unsafe { libc::close(host_proc) };
-        status.action_started(pid?);
-        return Ok(());
-    }
+    // The action's copies close at its exec: the status channel ends
+    // there, as every child's does.
     // SAFETY: close takes only descriptor numbers of this process.
-    unsafe { libc::close(exec_write) };
+    unsafe { libc::close(start.status.0) };
     // SAFETY: as above.
-    unsafe { libc::close(host_proc) };
-    let errno = match keep_only_init_descriptors(status, exec_read, quiet) {
+    unsafe { libc::close(start.host_proc) };
+    let errno = match keep_only_init_descriptors(report, quiet) {
         Err(errno) => errno,
-        Ok(()) if exec => exec_init(forked as i32),
+        Ok(()) if exec => exec_init(action),
         Ok(()) => {
             // Nothing but what the init needs stays open: not the
             // creator's connection, not the action's other descriptors.
             // SAFETY: close_range takes only numbers; every descriptor
-            // above EXEC_FD is a copy of the creator's, unused here.
-            unsafe { libc::close_range(EXEC_FD as libc::c_uint + 1, libc::c_uint::MAX, 0) };
-            let code = supervise(forked as i32);
+            // above REPORT_FD is a copy of the creator's, unused here.
+            unsafe { libc::close_range(REPORT_FD as libc::c_uint + 1, libc::c_uint::MAX, 0) };
+            let code = supervise(action);
             // SAFETY: _exit ends this process without running anything
             // of the creator's (no atexit handlers, no unwinding).
             unsafe { libc::_exit(code) }
         }
     };
-    // The init could not start: nothing would report or reap the action.
+    // The init could not start: nothing would report or reap the action,
+    // which is reported killed (the report's end of file).
     // SAFETY: kill takes only numbers; the action is this process's child.
-    unsafe { libc::kill(forked as i32, libc::SIGKILL) };
-    Err((SpawnStep::Init, errno))
+    unsafe { libc::kill(action, libc::SIGKILL) };
+    (SpawnStep::Init, errno)
 }
 
-/// Puts the status channel on [`STATUS_FD`], the exec pipe's read end on
-/// [`EXEC_FD`] and `quiet` on the standard descriptors, all kept across an
-/// exec. `Err`: the errno of a failure.
-fn keep_only_init_descriptors(
-    status: StatusWriter,
-    exec_read: RawFd,
-    quiet: RawFd,
-) -> Result<(), i32> {
-    // Above the targets first, so that neither source is a target.
-    // SAFETY: fcntl takes only numbers.
-    let status_high = unsafe { libc::fcntl(status.0, libc::F_DUPFD_CLOEXEC, 10) };
-    // SAFETY: as above.
-    let exec_high = unsafe { libc::fcntl(exec_read, libc::F_DUPFD_CLOEXEC, 10) };
-    if status_high < 0 || exec_high < 0 {
-        return Err(errno());
-    }
-    // dup2 clears close-on-exec on the target: these stay open.
-    for (source, target) in [
-        (status_high, STATUS_FD),
-        (exec_high, EXEC_FD),
-        (quiet, 0),
-        (quiet, 1),
-        (quiet, 2),
-    ] {
+/// Puts `quiet` on the standard descriptors and the report pipe on
+/// [`REPORT_FD`], all kept across an exec. `Err`: the errno of a failure.
+fn keep_only_init_descriptors(report: RawFd, quiet: RawFd) -> Result<(), i32> {
+    // Neither source is a standard descriptor (the creator's are always
+    // open), so the standard ones go first; the report is moved above the
+    // target first, so that it is not the target.
+    for target in 0..3 {
         // SAFETY: dup2 takes only descriptor numbers.
-        if unsafe { libc::dup2(source, target) } < 0 {
+        if unsafe { libc::dup2(quiet, target) } < 0 {
             return Err(errno());
         }
+    }
+    // SAFETY: fcntl takes only numbers.
+    let report_high = unsafe { libc::fcntl(report, libc::F_DUPFD_CLOEXEC, 10) };
+    if report_high < 0 {
+        return Err(errno());
+    }
+    // dup2 clears close-on-exec on the target: it stays open.
+    // SAFETY: dup2 takes only descriptor numbers.
+    if unsafe { libc::dup2(report_high, REPORT_FD) } < 0 {
+        return Err(errno());
     }
     Ok(())
 }
@@ -205,10 +226,10 @@ pub fn serve(args: &[String]) -> ExitCode {
 }
 
 /// The init's loop (see the module), for `action` (its pid in the
-/// namespace), with its descriptors in place
-/// ([`keep_only_init_descriptors`]); returns the init's exit code once the
-/// action is reported. Raw system calls on the stack, nothing allocated:
-/// it also runs in a copy of the spawn server that has not exec'd.
+/// namespace), with the report pipe on [`REPORT_FD`]; returns the init's
+/// exit code once the action is reported. Raw system calls on the stack,
+/// nothing allocated: it also runs in a copy of the spawn server that has
+/// not exec'd.
 fn supervise(action: i32) -> libc::c_int {
     // SAFETY: prctl with a NUL-terminated name of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"rbe-init".as_ptr(), 0, 0, 0) };
@@ -217,7 +238,15 @@ fn supervise(action: i32) -> libc::c_int {
     // init would report whatever the action likes).
     // SAFETY: prctl takes only numbers.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    let status = StatusWriter(STATUS_FD);
+    let report = ReportWriter(REPORT_FD);
+    // SAFETY: all-zero bytes are a valid `sigset_t`.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigfillset writes only `all`, a live local.
+    unsafe { libc::sigfillset(&mut all) };
+    // Every signal stays blocked (as its creator left them), pending ones
+    // included: a SIGCHLD of an action quicker than this is read below.
+    // SAFETY: sigprocmask reads `all`, a live local.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut()) };
     // SAFETY: all-zero bytes are a valid `sigset_t`.
     let mut handled: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: sigemptyset writes only `handled`, a live local.
@@ -226,127 +255,63 @@ fn supervise(action: i32) -> libc::c_int {
         // SAFETY: as above.
         unsafe { libc::sigaddset(&mut handled, signal) };
     }
-    // Exactly these stay blocked (pending ones included, a SIGCHLD of an
-    // action that was quicker than this exec among them), taken through
-    // the signalfd.
-    // SAFETY: sigprocmask reads `handled`, a live local.
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &handled, std::ptr::null_mut()) };
     // SAFETY: signalfd reads `handled`; -1 makes a new descriptor.
     let signals = unsafe { libc::signalfd(-1, &handled, libc::SFD_CLOEXEC) };
-    if signals < 0 {
-        return 1;
-    }
-    let mut init = Init {
-        action,
-        status,
-        exec_pipe_open: true,
-        executed: false,
-    };
     loop {
-        if let Some(code) = init.reap() {
+        // Without a signalfd, the init still reaps and reports: it waits
+        // for its children one at a time, forwarding nothing.
+        if let Some(code) = reap(action, report, signals < 0) {
             return code;
         }
-        let mut ready = [
-            libc::pollfd {
-                fd: signals,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: if init.exec_pipe_open { EXEC_FD } else { -1 },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: poll reads and writes the live local array of two.
-        if unsafe { libc::poll(ready.as_mut_ptr(), 2, -1) } < 0 {
-            continue;
-        }
-        if ready[1].revents != 0 {
-            init.exec_pipe_ready();
-        }
-        if ready[0].revents != 0 {
-            init.signal(signals);
+        if signals >= 0 {
+            forward_one(signals, action);
         }
     }
 }
 
-/// What the init knows.
-struct Init {
-    /// The action's pid (in the namespace), which leads its process group.
-    action: i32,
-    status: StatusWriter,
-    exec_pipe_open: bool,
-    executed: bool,
+/// Reads one signal from the signalfd `signals`: forwarded to the
+/// action's group, or SIGCHLD (reaped by the loop).
+fn forward_one(signals: RawFd, action: i32) {
+    // SAFETY: all-zero bytes are a valid `signalfd_siginfo`.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: reads at most `size` bytes into the live local.
+    let read = unsafe {
+        libc::read(
+            signals,
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            size,
+        )
+    };
+    if read as usize != size {
+        return;
+    }
+    let signal = info.ssi_signo as i32;
+    if signal != libc::SIGCHLD {
+        // SAFETY: kill takes only numbers: the action's process group.
+        unsafe { libc::kill(-action, signal) };
+    }
 }
 
-impl Init {
-    /// The exec pipe is readable: its end of file is the action's exec (or
-    /// exit).
-    fn exec_pipe_ready(&mut self) {
-        let mut byte = 0u8;
-        // SAFETY: reads at most one byte into a live local.
-        let read = unsafe { libc::read(EXEC_FD, (&mut byte as *mut u8).cast(), 1) };
-        if read > 0 {
-            return;
+/// Reaps every child that has exited (with `block`, waits for one);
+/// once the action is among them, reports it to `report` and returns the
+/// init's exit code.
+fn reap(action: i32, report: ReportWriter, block: bool) -> Option<libc::c_int> {
+    let mut options = if block { 0 } else { libc::WNOHANG };
+    loop {
+        let mut status = 0;
+        // SAFETY: all-zero bytes are a valid rusage.
+        let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 writes the status and rusage into live locals.
+        let pid = unsafe { libc::wait4(-1, &mut status, options, &mut rusage) };
+        if pid == action {
+            report.exited(status, &rusage);
+            return Some(0);
         }
-        // SAFETY: close takes only a descriptor number of ours.
-        unsafe { libc::close(EXEC_FD) };
-        self.exec_pipe_open = false;
-        self.say_executed();
-    }
-
-    fn say_executed(&mut self) {
-        if !self.executed {
-            self.executed = true;
-            self.status.executed();
+        if pid <= 0 {
+            return None;
         }
-    }
-
-    /// One signal from the signalfd: forwarded to the action's group, or
-    /// SIGCHLD (reaped by the loop).
-    fn signal(&mut self, signals: RawFd) {
-        // SAFETY: all-zero bytes are a valid `signalfd_siginfo`.
-        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-        let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        // SAFETY: reads at most `size` bytes into the live local.
-        let read = unsafe {
-            libc::read(
-                signals,
-                (&mut info as *mut libc::signalfd_siginfo).cast(),
-                size,
-            )
-        };
-        if read as usize != size {
-            return;
-        }
-        let signal = info.ssi_signo as i32;
-        if signal != libc::SIGCHLD {
-            // SAFETY: kill takes only numbers: the action's process group.
-            unsafe { libc::kill(-self.action, signal) };
-        }
-    }
-
-    /// Reaps every child that has exited; once the action is among them,
-    /// reports it and returns the init's exit code.
-    fn reap(&mut self) -> Option<libc::c_int> {
-        loop {
-            let mut status = 0;
-            // SAFETY: all-zero bytes are a valid rusage.
-            let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
-            // SAFETY: wait4 writes the status and rusage into live locals.
-            let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut rusage) };
-            if pid <= 0 {
-                return None;
-            }
-            if pid == self.action {
-                // Its exec pipe has ended by now: a process's descriptors
-                // close before its parent can reap it.
-                self.say_executed();
-                self.status.exited(status, &rusage);
-                return Some(0);
-            }
-        }
+        options = libc::WNOHANG;
     }
 }
 
@@ -354,45 +319,30 @@ impl Init {
 
 /// The action under the init `init` (the child the runner created, and
 /// registered), whose pid as the runner sees it is `action`, and whose
-/// exit comes through `status` (read on after the action's exec): its
-/// exit is the action's raw status and own rusage, once the init has
-/// exited too; SIGKILL with the init's rusage when the init was killed
-/// before it reported.
-pub(crate) fn follow_action(
-    init: SpawnedChild,
-    action: i32,
-    mut status: StatusReader,
-) -> SpawnedChild {
+/// exit the init reports through `report`: the action's raw status and
+/// own rusage as soon as they arrive; SIGKILL with the init's rusage when
+/// the init ended without reporting.
+pub(crate) fn follow_action(init: SpawnedChild, action: i32, report: ReportReader) -> SpawnedChild {
     let (exited, exit) = oneshot::channel();
     tokio::spawn(async move {
-        let mut reported = None;
-        while let Ok(Some(told)) = status.next().await {
-            if let Status::Exited(ReportedExit(exit)) = told {
-                reported = Some(exit);
-            }
-        }
-        let Ok(init_exit) = init.exit.await else {
-            // The init's exit was lost; so is the action's.
-            return;
+        let exit = match report.exit().await {
+            Ok(Some(exit)) => exit,
+            _ => match init.exit.await {
+                Ok(init_exit) => ChildExit {
+                    status: libc::SIGKILL,
+                    rusage: init_exit.rusage,
+                },
+                // The init's exit was lost; so is the action's.
+                Err(_) => return,
+            },
         };
-        let _ = exited.send(reported.unwrap_or(ChildExit {
-            status: libc::SIGKILL,
-            rusage: init_exit.rusage,
-        }));
+        let _ = exited.send(exit);
     });
     SpawnedChild { pid: action, exit }
 }
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-fn check(result: libc::c_int) -> Result<(), (SpawnStep, i32)> {
-    if result == -1 {
-        Err((SpawnStep::Init, errno()))
-    } else {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

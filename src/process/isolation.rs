@@ -164,7 +164,9 @@ pub(super) const PROC_MASKED: [&CStr; 3] = [c"/proc/kcore", c"/proc/keys", c"/pr
 
 /// The pid of the calling process in the procfs open as `proc` (or, with
 /// `AT_FDCWD`, mounted on `/proc`): the host's pid, while the child's
-/// `getpid` is 1 in its own PID namespace.
+/// `getpid` is 1 in its own PID namespace. Inlined, so that the action
+/// under an init runs it among its own code (see `super::child`).
+#[inline]
 pub(super) fn pid_in(proc: RawFd, path: &CStr) -> Result<i32, i32> {
     let mut link = [0u8; 16];
     // SAFETY: the kernel writes at most `link.len()` bytes into the live
@@ -208,6 +210,7 @@ pub(super) fn open_host_proc() -> Result<RawFd, (SpawnStep, i32)> {
 
 /// The action's pid as the runner sees it, from the host's `/proc` open as
 /// `host_proc`.
+#[inline]
 pub(super) fn host_pid_through(host_proc: RawFd) -> Result<i32, i32> {
     pid_in(host_proc, SELF)
 }

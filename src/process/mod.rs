@@ -22,7 +22,8 @@
 //!   shared by the front door, the spawn server and the child.
 //! - [`status`]: the channel of each child through which it says its pid
 //!   and the step that failed, whose end of file is its exec, and through
-//!   which the runner cancels it.
+//!   which the runner cancels it; [`exit_report`]: the pipe through which
+//!   an isolated action's init reports the action's exit.
 //! - [`stuck`]: spawns whose exec has not returned within
 //!   `stuckSpawnTimeout`, which make the runner refuse work.
 //! - [`call`]: what a spawn knows of its Run call: its deadline (on the
@@ -42,6 +43,7 @@ pub mod call;
 pub mod child;
 pub mod clone;
 pub mod descriptors;
+pub mod exit_report;
 pub mod init;
 pub mod input_root_mounts;
 pub mod isolation;

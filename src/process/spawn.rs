@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use super::call::CallGone;
 use super::child::{self, Child};
 use super::clone::{self, Method};
+use super::exit_report;
 use super::init;
 use super::reaper::{self, reaper, ChildExit, Expecting, SpawnedChild, Waiting};
 use super::spawn_server::{self, NotAsked, SpawnServer};
@@ -62,10 +63,6 @@ pub async fn spawn(
         program: &spec.program,
         since: Instant::now(),
         stuck,
-        under_init: spec
-            .isolation
-            .as_ref()
-            .is_some_and(|isolation| isolation.pid),
     };
     if call.is_over() {
         return Err(call.over_error());
@@ -181,8 +178,22 @@ fn create_here(
     let (created, status) = {
         let creator = clone::creator().map_err(setup)?;
         let (status, writer) = status::pipe().map_err(setup)?;
-        let created = child::create(&creator, child, method, Parent::Creator, writer.as_raw_fd());
+        let (status, report) = if child.is_init() {
+            let (reader, writer) = exit_report::pipe().map_err(setup)?;
+            (status.with_report(reader), Some(writer))
+        } else {
+            (status, None)
+        };
+        let child = child.with_report(report.as_ref().map(AsRawFd::as_raw_fd));
+        let created = child::create(
+            &creator,
+            &child,
+            method,
+            Parent::Creator,
+            writer.as_raw_fd(),
+        );
         drop(writer);
+        drop(report);
         (created, status)
     };
     let pid = created.map_err(|source| creation_error(method, child, source))?;
@@ -211,9 +222,6 @@ struct Waited<'a> {
     since: Instant,
     /// Where a spawn that waits too long is counted.
     stuck: Option<&'a StuckSpawns>,
-    /// Whether the child is an init ([`super::init`]), which says the
-    /// action's exec and keeps its channel open until the action exits.
-    under_init: bool,
 }
 
 impl Waited<'_> {
@@ -251,13 +259,7 @@ async fn follow(
     let mut cancelled = false;
     // An isolated action under an init: its pid as the runner sees it.
     let mut action = None;
-    // An init keeps the channel open past the exec, so its messages must
-    // each wake this: the end of file comes only with the action's exit.
     let mut eager = false;
-    if waiting.under_init {
-        status.wake_for_messages().map_err(setup)?;
-        eager = true;
-    }
     // Counted as stuck by the watchdog if it waits too long, until this
     // returns.
     let _waiting = waiting.register();
@@ -303,15 +305,16 @@ async fn follow(
                 })
             }
             Some(Status::ActionStarted(pid)) => action = Some(pid),
-            // The init says the exec, and keeps the channel for the exit.
-            Some(Status::Executed) | None => {
-                return Ok(match (spawned, action) {
-                    (Some(init), Some(action)) => Some(init::follow_action(init, action, status)),
-                    (spawned, _) => spawned,
+            // The exec (an init closes its end once its action has
+            // exec'd), or a child that ended without a word.
+            None => {
+                return Ok(match (spawned, action, status.take_report()) {
+                    (Some(init), Some(action), Some(report)) => {
+                        Some(init::follow_action(init, action, report))
+                    }
+                    (spawned, _, _) => spawned,
                 })
             }
-            // Only after the exec, read by `follow_action`.
-            Some(Status::Exited(_)) => {}
         }
     }
 }

@@ -52,6 +52,7 @@ use tokio::sync::{oneshot, Mutex};
 use super::call::{CallGone, SpawnDeadline};
 use super::child::{self, Child};
 use super::clone::{self, Method};
+use super::exit_report;
 use super::input_root_mounts::InputRootMounts;
 use super::isolation::Isolation;
 use super::reaper::ChildExit;
@@ -74,9 +75,10 @@ const REQUEST_MAGIC: u32 = 0x5242_5332;
 const READY: &[u8; 4] = b"RDY1";
 
 /// The most descriptors one request carries: the status pipe, stdin,
-/// stdout, stderr, the working directory, the root, the cgroup and the
-/// temporary directory of a private `/tmp`.
-const MOST_DESCRIPTORS: usize = 8;
+/// stdout, stderr, the working directory, the root, the cgroup, the
+/// temporary directory of a private `/tmp` and the exit report of an
+/// init.
+const MOST_DESCRIPTORS: usize = 9;
 
 /// The largest request: the exec size limit is at most a quarter of an
 /// 8 GiB stack, but requests are measured against the real limit long
@@ -205,7 +207,10 @@ impl SpawnServer {
                 ready = connection.writable() => ready.map_err(|error| self.lost(&error))?,
                 _ = call.gone() => return Err(NotAsked::CallOver),
             };
-            match ready.try_io(|socket| send_first(socket.get_ref(), &request, &descriptors)) {
+            let sending = |socket: &AsyncFd<UnixStream>| {
+                send_first(socket.get_ref(), &request, &descriptors, child.is_init())
+            };
+            match ready.try_io(sending) {
                 Ok(Ok(Ok(first))) => break first,
                 Ok(Ok(Err(setup))) => return Err(NotAsked::Setup(setup)),
                 Ok(Err(error)) => return Err(self.lost(&error)),
@@ -246,24 +251,37 @@ impl SpawnServer {
 }
 
 /// Sends the first part of `request` with its `descriptors`, the child's
-/// end of a new status channel first, never waiting: `Err` is the
-/// connection's error (`WouldBlock` when full), `Ok(Err)` a failure to
-/// make the channel. Done holding the [`clone::Creator`], so that no child
-/// of ours inherits the channel's end: it is closed on return, in flight
-/// to the server with the request.
+/// end of a new status channel first (and, for an `init`, its exit
+/// report's last), never waiting: `Err` is the connection's error
+/// (`WouldBlock` when full), `Ok(Err)` a failure to make the channel.
+/// Done holding the [`clone::Creator`], so that no child of ours inherits
+/// the channel's end: it is closed on return, in flight to the server
+/// with the request.
 fn send_first(
     socket: &UnixStream,
     request: &[u8],
     descriptors: &[RawFd],
+    init: bool,
 ) -> io::Result<io::Result<(StatusReader, usize)>> {
-    let made = clone::creator().and_then(|creator| Ok((creator, status::pipe()?)));
-    let (_creator, (status, writer)) = match made {
+    let made = clone::creator().and_then(|creator| {
+        let (status, writer) = status::pipe()?;
+        let report = init.then(exit_report::pipe).transpose()?;
+        Ok((creator, status, writer, report))
+    });
+    let (_creator, status, writer, report) = match made {
         Ok(made) => made,
         Err(error) => return Ok(Err(error)),
     };
-    let mut attached = Vec::with_capacity(descriptors.len() + 1);
+    let mut attached = Vec::with_capacity(descriptors.len() + 2);
     attached.push(writer.as_raw_fd());
     attached.extend_from_slice(descriptors);
+    let (status, _report_writer) = match report {
+        Some((reader, writer)) => {
+            attached.push(writer.as_raw_fd());
+            (status.with_report(reader), Some(writer))
+        }
+        None => (status, None),
+    };
     let rights = [ControlMessage::ScmRights(&attached)];
     loop {
         match sendmsg::<UnixAddr>(
@@ -441,6 +459,8 @@ struct Request {
     has_root: bool,
     has_cgroup: bool,
     has_temporary_directory: bool,
+    /// The exit report's write end, last: the child is an init.
+    has_report: bool,
     isolation: Option<Isolation>,
     oom_score_adj: Option<i32>,
     identity: Option<Identity>,
@@ -494,10 +514,12 @@ impl Request {
         let has_root = flags & FLAG_CHROOT != 0;
         let has_cgroup = flags & FLAG_CGROUP != 0;
         let has_temporary_directory = flags & FLAG_TEMPORARY_DIRECTORY != 0;
+        let has_report = isolation.as_ref().is_some_and(|isolation| isolation.pid);
         let expected = 4
             + usize::from(has_root)
             + usize::from(has_cgroup)
-            + usize::from(has_temporary_directory);
+            + usize::from(has_temporary_directory)
+            + usize::from(has_report);
         if descriptors.len() != expected {
             return Err("wrong number of descriptors");
         }
@@ -507,6 +529,7 @@ impl Request {
             has_root,
             has_cgroup,
             has_temporary_directory,
+            has_report,
             isolation,
             oom_score_adj: (flags & FLAG_OOM_SCORE_ADJ != 0).then_some(oom_score_adj),
             identity: (flags & FLAG_IDENTITY != 0).then_some(Identity {
@@ -532,6 +555,7 @@ impl Request {
         let chroot_directory = take(self.has_root);
         let cgroup = take(self.has_cgroup);
         let temporary_directory = take(self.has_temporary_directory);
+        let report = take(self.has_report);
         Child::new(
             cgroup,
             [fd(0), fd(1), fd(2)],
@@ -544,6 +568,7 @@ impl Request {
         .with_deadline(self.deadline)
         .with_descriptor_limit(self.descriptor_limit)
         .with_isolation(self.isolation.as_ref(), temporary_directory)
+        .with_report(report)
     }
 }
 
@@ -826,7 +851,7 @@ mod tests {
     #[test]
     fn isolation_and_the_temporary_directory_decode_to_what_was_encoded() {
         let exec = exec();
-        let files: Vec<std::fs::File> = (0..6).map(|_| tempfile::tempfile().unwrap()).collect();
+        let files: Vec<std::fs::File> = (0..7).map(|_| tempfile::tempfile().unwrap()).collect();
         let fd = |index: usize| files[index].as_raw_fd();
         let cases = [
             Isolation {
@@ -887,7 +912,8 @@ mod tests {
             .with_isolation(Some(&isolation), temporary);
             let (request, descriptors) = encode(&child, Method::Clone);
             assert_eq!(descriptors.len(), 5 + usize::from(isolation.private_tmp));
-            let owned = files[..descriptors.len()]
+            // An init's exit report comes last, attached when sent.
+            let owned = files[..descriptors.len() + usize::from(isolation.pid)]
                 .iter()
                 .map(|file| OwnedFd::from(file.try_clone().unwrap()))
                 .collect();
@@ -897,6 +923,7 @@ mod tests {
             assert_eq!(rebuilt.isolation, Some(&isolation));
             assert!(rebuilt.cgroup.is_some());
             assert_eq!(rebuilt.temporary_directory.is_some(), isolation.private_tmp);
+            assert_eq!(rebuilt.report.is_some(), isolation.pid);
         }
     }
 

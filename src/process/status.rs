@@ -25,10 +25,13 @@
 //! for that child's exec too: it holds [`super::clone::Creator`] from
 //! making the pipe until it has closed its write end.
 //!
-//! Each message is [`MESSAGE_SIZE`] bytes, sent as one packet; the init of
-//! an isolated action's PID namespace ([`super::init`]) adds three: the
-//! action's pid, its exec (the end of file cannot say it: the init keeps
-//! its end open), and its exit with its rusage, a longer packet.
+//! Each message is [`MESSAGE_SIZE`] bytes, sent as one packet; the
+//! action under an isolated PID namespace's init ([`super::init`]) adds
+//! one, its pid as the runner sees it. The init closes its end once the
+//! action has exec'd, so the end of file is the action's exec there too;
+//! the action's exit comes through a pipe of its own
+//! ([`super::exit_report`]), which the runner attaches to the reader
+//! ([`StatusReader::with_report`]).
 //!
 //! The reader is woken by the hang-up alone, not by each message: the
 //! child's pid comes a few microseconds after its creation and its exec
@@ -46,6 +49,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use super::exit_report::ReportReader;
 use super::spec::SpawnStep;
 
 /// The size of one message: its kind and two numbers.
@@ -55,11 +59,6 @@ const STARTED: u32 = 1;
 const FAILED: u32 = 2;
 const NOT_CREATED: u32 = 3;
 const ACTION_STARTED: u32 = 4;
-const EXECUTED: u32 = 5;
-const EXITED: u32 = 6;
-
-/// The size of an exit message: a message, then the action's rusage.
-const EXIT_MESSAGE_SIZE: usize = MESSAGE_SIZE + std::mem::size_of::<libc::rusage>();
 
 /// What a child, or whoever was asked to create it, reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,36 +73,6 @@ pub(crate) enum Status {
     /// the runner sees it (the child that said [`Status::Started`] is its
     /// init).
     ActionStarted(i32),
-    /// The action under an init has exec'd (or exited before).
-    Executed,
-    /// The action under an init has exited: its raw wait status and its
-    /// own rusage, as the init's `wait4` returned them.
-    Exited(ReportedExit),
-}
-
-/// An exit reported by an init, comparable for tests.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ReportedExit(pub(crate) super::reaper::ChildExit);
-
-impl PartialEq for ReportedExit {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.status == other.0.status
-            && rusage_bytes(&self.0.rusage) == rusage_bytes(&other.0.rusage)
-    }
-}
-
-impl Eq for ReportedExit {}
-
-/// The bytes of `rusage` (plain integers, no padding), as sent.
-fn rusage_bytes(rusage: &libc::rusage) -> &[u8] {
-    // SAFETY: `rusage` is a live value of plain integer fields; viewing it
-    // as bytes reads nothing beyond it.
-    unsafe {
-        std::slice::from_raw_parts(
-            (rusage as *const libc::rusage).cast::<u8>(),
-            std::mem::size_of::<libc::rusage>(),
-        )
-    }
 }
 
 /// A new status channel: the reader's end (non-blocking, waited for in
@@ -133,7 +102,14 @@ pub(crate) fn pipe() -> io::Result<(StatusReader, OwnedFd)> {
         return Err(io::Error::last_os_error());
     }
     let watch = Watch::new(&read)?;
-    Ok((StatusReader { fd: read, watch }, write))
+    Ok((
+        StatusReader {
+            fd: read,
+            watch,
+            report: None,
+        },
+        write,
+    ))
 }
 
 /// The epoll instance of one reader's end, registered with the event
@@ -217,30 +193,6 @@ impl StatusWriter {
         self.write(ACTION_STARTED, pid, 0);
     }
 
-    /// The action under an init has exec'd.
-    pub(crate) fn executed(self) {
-        self.write(EXECUTED, 0, 0);
-    }
-
-    /// The action under an init has exited with the raw wait `status` and
-    /// its own `rusage`. No allocation: the init calls it.
-    pub(crate) fn exited(self, status: i32, rusage: &libc::rusage) {
-        let mut message = [0u8; EXIT_MESSAGE_SIZE];
-        message[0..4].copy_from_slice(&EXITED.to_le_bytes());
-        message[4..8].copy_from_slice(&status.to_le_bytes());
-        message[MESSAGE_SIZE..].copy_from_slice(rusage_bytes(rusage));
-        // SAFETY: the kernel reads the live local array; the descriptor is
-        // a number the kernel checks.
-        unsafe {
-            libc::send(
-                self.0,
-                message.as_ptr().cast(),
-                message.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-    }
-
     /// The runner has cancelled this spawn (its call is over): it shut
     /// down its sending side, or closed its end. One raw `poll`, nothing
     /// allocated (the child calls it).
@@ -283,6 +235,8 @@ pub(crate) struct StatusReader {
     /// Closed first (which takes it out of the watch).
     fd: OwnedFd,
     watch: Watch,
+    /// The exit report of the action under an init, if the child is one.
+    report: Option<ReportReader>,
 }
 
 /// What one non-blocking read found.
@@ -293,6 +247,18 @@ enum Heard {
 }
 
 impl StatusReader {
+    /// The same reader, carrying the runner's end of the exit report of
+    /// the action under the init this child will be.
+    pub(crate) fn with_report(mut self, report: ReportReader) -> Self {
+        self.report = Some(report);
+        self
+    }
+
+    /// The exit report attached with [`Self::with_report`], once.
+    pub(crate) fn take_report(&mut self) -> Option<ReportReader> {
+        self.report.take()
+    }
+
     /// The next message, or `None` at the end of file (every copy of the
     /// child's end is closed: the child has exec'd or exited, or was
     /// never created). Waits in the event loop, blocking no thread, for
@@ -329,7 +295,7 @@ impl StatusReader {
 
     /// One message if there is one, without waiting.
     fn read_now(&self) -> io::Result<Heard> {
-        let mut message = [0u8; EXIT_MESSAGE_SIZE];
+        let mut message = [0u8; MESSAGE_SIZE];
         loop {
             // SAFETY: the kernel writes at most the array's length into the
             // live local `message`.
@@ -345,9 +311,6 @@ impl StatusReader {
                 0 => Heard::End,
                 // Each packet is one whole message; anything else is not ours.
                 n if n as usize == MESSAGE_SIZE => Heard::Message(decode(&message)),
-                n if n as usize == EXIT_MESSAGE_SIZE && kind(&message) == EXITED => {
-                    Heard::Message(decode_exit(&message))
-                }
                 n if n > 0 => Heard::Message(Status::NotCreated(libc::EPROTO)),
                 _ => match io::Error::last_os_error() {
                     error if error.kind() == io::ErrorKind::WouldBlock => Heard::Nothing,
@@ -367,27 +330,6 @@ impl StatusReader {
     }
 }
 
-fn kind(message: &[u8]) -> u32 {
-    u32::from_le_bytes([message[0], message[1], message[2], message[3]])
-}
-
-/// An [`EXITED`] message of [`EXIT_MESSAGE_SIZE`] bytes.
-fn decode_exit(message: &[u8]) -> Status {
-    let status = i32::from_le_bytes([message[4], message[5], message[6], message[7]]);
-    // SAFETY: all-zero bytes are a valid rusage (plain integers).
-    let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `rusage` is a live local of plain integers, exactly as many
-    // bytes as follow the header; any bytes are valid for it.
-    let target = unsafe {
-        std::slice::from_raw_parts_mut(
-            (&mut rusage as *mut libc::rusage).cast::<u8>(),
-            std::mem::size_of::<libc::rusage>(),
-        )
-    };
-    target.copy_from_slice(&message[MESSAGE_SIZE..EXIT_MESSAGE_SIZE]);
-    Status::Exited(ReportedExit(super::reaper::ChildExit { status, rusage }))
-}
-
 fn decode(message: &[u8]) -> Status {
     let number = |at: usize| {
         let mut bytes = [0u8; 4];
@@ -401,7 +343,6 @@ fn decode(message: &[u8]) -> Status {
         FAILED => Status::Failed(SpawnStep::from_code(value as u8), errno),
         NOT_CREATED => Status::NotCreated(errno),
         ACTION_STARTED => Status::ActionStarted(value),
-        EXECUTED => Status::Executed,
         // Only we write to this pipe: a kind of ours that this build does
         // not know says nothing about the child.
         _ => Status::NotCreated(libc::EPROTO),
@@ -459,35 +400,20 @@ mod tests {
         assert!(StatusWriter(writer.as_raw_fd()).cancelled());
     }
 
-    /// Why it matters: the Run reports the action's own status and rusage,
-    /// which only its init's wait4 sees, whole.
+    /// Why it matters: the runner learns the pid of the action under an
+    /// init, which is not the child it created.
     #[tokio::test]
-    async fn an_init_reports_the_action_its_exec_and_its_exit_with_rusage() {
+    async fn an_init_says_its_pid_and_the_actions() {
         let (mut reader, writer) = pipe().unwrap();
         let status = StatusWriter(writer.as_raw_fd());
         status.started_as(4242);
         status.action_started(4243);
-        status.executed();
-        // SAFETY: all-zero bytes are a valid rusage.
-        let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
-        rusage.ru_maxrss = 1234;
-        rusage.ru_utime.tv_usec = 56;
-        status.exited(9, &rusage);
         drop(writer);
         assert_eq!(reader.next().await.unwrap(), Some(Status::Started(4242)));
         assert_eq!(
             reader.next().await.unwrap(),
             Some(Status::ActionStarted(4243))
         );
-        assert_eq!(reader.next().await.unwrap(), Some(Status::Executed));
-        match reader.next().await.unwrap() {
-            Some(Status::Exited(ReportedExit(exit))) => {
-                assert_eq!(exit.signal(), Some(libc::SIGKILL));
-                assert_eq!(exit.rusage.ru_maxrss, 1234);
-                assert_eq!(exit.rusage.ru_utime.tv_usec, 56);
-            }
-            other => panic!("{other:?}"),
-        }
         assert_eq!(reader.next().await.unwrap(), None);
     }
 
