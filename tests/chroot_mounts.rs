@@ -14,12 +14,14 @@
 //! root and skips loudly without it (failing under CI), as without the
 //! static busybox (Debian's `busybox-static`, installed by tests/run-all).
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::spawn_paths::SpawnPath;
 use common::*;
 use futures_util::stream::{self, StreamExt};
 use rbe_runner::cli::exec::ActionDirectory;
@@ -38,42 +40,7 @@ const DEFAULT_ACTIONS: usize = 1000;
 /// Runs in flight at once in that test.
 const IN_FLIGHT: usize = 8;
 
-/// How the runner creates the action's process.
-#[derive(Clone, Copy, Debug)]
-enum SpawnPath {
-    /// Through its spawn server, as it starts.
-    SpawnServer,
-    /// By the runner itself, its spawn server killed.
-    Runner,
-}
-
-/// Generates, for each `async fn NAME(test: &str, path: SpawnPath)`, a
-/// module `NAME` with the tests `with_the_spawn_server` and
-/// `without_the_spawn_server`.
-macro_rules! on_both_spawn_paths {
-    ($($name:ident),* $(,)?) => { $(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread")]
-            async fn with_the_spawn_server() {
-                super::$name(
-                    concat!(stringify!($name), "::with_the_spawn_server"),
-                    super::SpawnPath::SpawnServer,
-                )
-                .await;
-            }
-
-            #[tokio::test(flavor = "multi_thread")]
-            async fn without_the_spawn_server() {
-                super::$name(
-                    concat!(stringify!($name), "::without_the_spawn_server"),
-                    super::SpawnPath::Runner,
-                )
-                .await;
-            }
-        }
-    )* };
-}
-
+// Each test below runs on both spawn paths (tests/common/spawn_paths.rs).
 on_both_spawn_paths!(
     proc_and_dev_work_in_a_busybox_root,
     a_proc_entry_gives_dev_its_proc,

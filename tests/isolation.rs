@@ -27,6 +27,7 @@
 //! The tests start runners as root or switch to nobody themselves: every
 //! test needs root and skips loudly without it (failing under CI).
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use common::spawn_paths::SpawnPath;
 use common::*;
 use futures_util::stream::{self, StreamExt};
 use rbe_runner::cli::exec::ActionDirectory;
@@ -61,43 +63,7 @@ static HOST_COUNTS: RwLock<()> = RwLock::const_new(());
 // Both spawn paths
 // ---------------------------------------------------------------------------
 
-/// How the runner creates the action's process.
-#[derive(Clone, Copy, Debug)]
-enum SpawnPath {
-    /// Through its spawn server, as it starts.
-    SpawnServer,
-    /// By the runner itself, its spawn server killed (as an operator
-    /// might).
-    Runner,
-}
-
-/// Generates, for each `async fn NAME(test: &str, path: SpawnPath)`, a
-/// module `NAME` with the tests `with_the_spawn_server` and
-/// `without_the_spawn_server`.
-macro_rules! on_both_spawn_paths {
-    ($($name:ident),* $(,)?) => { $(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread")]
-            async fn with_the_spawn_server() {
-                super::$name(
-                    concat!(stringify!($name), "::with_the_spawn_server"),
-                    super::SpawnPath::SpawnServer,
-                )
-                .await;
-            }
-
-            #[tokio::test(flavor = "multi_thread")]
-            async fn without_the_spawn_server() {
-                super::$name(
-                    concat!(stringify!($name), "::without_the_spawn_server"),
-                    super::SpawnPath::Runner,
-                )
-                .await;
-            }
-        }
-    )* };
-}
-
+// Each test below runs on both spawn paths (tests/common/spawn_paths.rs).
 on_both_spawn_paths!(
     the_runner_can_be_neither_killed_nor_read_as_nobody,
     the_runner_can_be_neither_killed_nor_read_as_root,

@@ -3,6 +3,8 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod slow_fuse;
+#[macro_use]
+pub mod spawn_paths;
 pub mod test_cgroup;
 
 use std::io::{BufRead, BufReader, Read, Write};
