@@ -490,12 +490,15 @@ unsafe fn reset_signal_handlers() {
     }
 }
 
-fn errno() -> i32 {
+/// The errno of the last system call that failed. The helpers of the
+/// code between clone and exec (here, `isolation`, `input_root_mounts`,
+/// `user_namespace`, `init`) share these two.
+pub(super) fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 /// `Err((step, errno))` when a system call returned -1.
-fn check(step: SpawnStep, result: libc::c_int) -> Result<(), (SpawnStep, i32)> {
+pub(super) fn check(step: SpawnStep, result: libc::c_int) -> Result<(), (SpawnStep, i32)> {
     if result == -1 {
         Err((step, errno()))
     } else {

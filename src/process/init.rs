@@ -53,6 +53,7 @@ use std::process::ExitCode;
 
 use tokio::sync::oneshot;
 
+use super::child::errno;
 use super::exit_report::{ReportReader, ReportWriter};
 use super::reaper::{ChildExit, SpawnedChild};
 use super::spec::SpawnStep;
@@ -339,10 +340,6 @@ pub(crate) fn follow_action(init: SpawnedChild, action: i32, report: ReportReade
         let _ = exited.send(exit);
     });
     SpawnedChild { pid: action, exit }
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 #[cfg(test)]

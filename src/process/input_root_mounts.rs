@@ -33,6 +33,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
+use super::child::{check, errno};
 use super::isolation::{PROC_MASKED, PROC_READ_ONLY};
 use super::spec::SpawnStep;
 
@@ -776,19 +777,6 @@ fn mount(
 fn close(fd: RawFd) {
     // SAFETY: `fd` was opened by this child and nothing else refers to it.
     unsafe { libc::close(fd) };
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-/// `Err((step, errno))` when a system call returned -1.
-fn check(step: SpawnStep, result: libc::c_int) -> Result<(), (SpawnStep, i32)> {
-    if result == -1 {
-        Err((step, errno()))
-    } else {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

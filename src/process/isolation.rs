@@ -33,6 +33,7 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use super::child::{check, errno};
 use super::input_root_mounts::{self, ActionDirectories, InputRootMounts};
 use super::spec::SpawnStep;
 use super::user_namespace::UserNamespace;
@@ -388,19 +389,6 @@ fn bring_up_loopback() -> Result<(), (SpawnStep, i32)> {
     // SAFETY: `socket` was opened above and nothing else refers to it.
     unsafe { libc::close(socket) };
     result
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-/// `Err((step, errno))` when a system call returned -1.
-fn check(step: SpawnStep, result: libc::c_int) -> Result<(), (SpawnStep, i32)> {
-    if result == -1 {
-        Err((step, errno()))
-    } else {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
+use super::child::{check, errno};
 use super::privileges::{self, Capability, CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN};
 use super::spec::SpawnStep;
 
@@ -328,19 +329,6 @@ fn write_own(path: &std::ffi::CStr, bytes: &[u8]) -> Result<(), (SpawnStep, i32)
         return Err((SpawnStep::UserNamespace, written_errno));
     }
     Ok(())
-}
-
-fn errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-/// `Err((step, errno))` when a system call returned -1.
-fn check(step: SpawnStep, result: libc::c_int) -> Result<(), (SpawnStep, i32)> {
-    if result == -1 {
-        Err((step, errno()))
-    } else {
-        Ok(())
-    }
 }
 
 // ---------------------------------------------------------------------------
