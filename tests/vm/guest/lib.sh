@@ -113,3 +113,16 @@ start_runner_as_nobody() {
         "$RUNNER_CGROUP" "$1" </dev/null >>"$2" 2>&1 &
     RUNNER_PID=$!
 }
+
+# exec_action NAME ARGS...: runs one action (ARGS) through the runner at
+# $SOCKET with /build as its build directory, recording NAME.json,
+# NAME.stderr and NAME.status in $RESULTS. With EXEC_AS set (as_nobody),
+# the client runs through that command.
+exec_action() {
+    name=$1
+    shift
+    # shellcheck disable=SC2086 # EXEC_AS is one word or none.
+    $EXEC_AS rbe-runner exec --socket "$SOCKET" --build-dir /build --timeout 120s -- "$@" \
+        >"$RESULTS/$name.json" 2>"$RESULTS/$name.stderr"
+    echo $? >"$RESULTS/$name.status"
+}

@@ -15,15 +15,6 @@ set -u
 . /lib/rbe-vm.sh
 
 SOCKET=/run/runner.sock
-# exec_action NAME ARGS...: runs one action, recording NAME.json,
-# NAME.stderr and NAME.status.
-exec_action() {
-    name=$1
-    shift
-    rbe-runner exec --socket "$SOCKET" --build-dir /build --timeout 120s -- "$@" \
-        >"$RESULTS/$name.json" 2>"$RESULTS/$name.stderr"
-    echo $? >"$RESULTS/$name.status"
-}
 
 # What a container has and a private /tmp mounts over.
 mkdir -p /build /tmp /var/tmp /dev/shm

@@ -17,16 +17,9 @@ set -u
 
 SOCKET=/run/rbe/runner.sock
 CONFIG=/scenarios/userns-nonroot.jsonnet
-# exec_action NAME ARGS...: runs one action as nobody (bb_worker's user,
-# which owns the build directory), recording NAME.json, NAME.stderr and
-# NAME.status.
-exec_action() {
-    name=$1
-    shift
-    as_nobody rbe-runner exec --socket "$SOCKET" --build-dir /build --timeout 120s -- "$@" \
-        >"$RESULTS/$name.json" 2>"$RESULTS/$name.stderr"
-    echo $? >"$RESULTS/$name.status"
-}
+# Actions are sent as nobody too (exec_action in lib.sh): bb_worker's
+# user, which owns the build directory.
+EXEC_AS=as_nobody
 
 mkdir -p /build /run/rbe /tmp /var/tmp /dev/shm
 chown "$NOBODY:$NOBODY" /build /run/rbe
