@@ -343,3 +343,32 @@ async fn tcp_listener_serves_the_runner_health_and_reflection() {
         "{names:?}"
     );
 }
+
+/// Why it matters: `tests/run-all` ends with this summary; it must
+/// count what `record` wrote, once each, and say `0 skipped` for none.
+/// (Here rather than with `record`'s unit tests: the crate's unit-test
+/// process also runs the runner's reaper, which takes unknown zombies for
+/// orphans, so a unit test's own `Command` can lose its child's status.)
+#[test]
+fn run_alls_summary_lists_the_recorded_skips() {
+    let summary = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/skip-summary");
+    let summarize = |log: &std::path::Path| {
+        let output = std::process::Command::new(&summary)
+            .arg(log)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("skips.txt");
+    assert_eq!(summarize(&log), "0 skipped\n");
+    common::skip::record(&log, "decorators", "a_chrooted_action", "needs root").unwrap();
+    common::skip::record(&log, "vm", "cgroup_oom", "no VM (qemu missing)").unwrap();
+    common::skip::record(&log, "decorators", "a_chrooted_action", "needs root").unwrap();
+    assert_eq!(
+        summarize(&log),
+        "2 skipped:\n  decorators: a_chrooted_action (needs root)\n  \
+         vm: cgroup_oom (no VM (qemu missing))\n"
+    );
+}

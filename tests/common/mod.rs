@@ -25,7 +25,7 @@ use tonic::transport::Channel;
 
 // The one way a test skips, shared with the crate's unit tests.
 #[path = "../../src/test_support/skip.rs"]
-mod skip;
+pub mod skip;
 #[allow(unused_imports)] // like the rest of this module, used by some binaries
 pub use skip::{running_as_root, skip};
 
