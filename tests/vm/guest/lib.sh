@@ -121,8 +121,8 @@ start_runner_as_nobody() {
 exec_action() {
     name=$1
     shift
-    # shellcheck disable=SC2086 # EXEC_AS is one word or none.
-    $EXEC_AS rbe-runner exec --socket "$SOCKET" --build-dir /build --timeout 120s -- "$@" \
+    # shellcheck disable=SC2086 # EXEC_AS is one word or none (set -u: unset is none).
+    ${EXEC_AS:-} rbe-runner exec --socket "$SOCKET" --build-dir /build --timeout 120s -- "$@" \
         >"$RESULTS/$name.json" 2>"$RESULTS/$name.stderr"
     echo $? >"$RESULTS/$name.status"
 }
