@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use common::spawn_paths::SpawnPath;
 use common::*;
-use futures_util::stream::{self, StreamExt};
 use rbe_runner::cli::exec::ActionDirectory;
 use rbe_runner::proto::runner::RunRequest;
 use serde_json::{json, Value};
@@ -337,46 +336,19 @@ async fn nothing_is_left_on_the_host_after_1000_actions(test: &str, path: SpawnP
         .ok()
         .and_then(|count| count.parse().ok())
         .unwrap_or(DEFAULT_ACTIONS);
-    let slots = std::sync::Mutex::new(
-        (0..IN_FLIGHT)
-            .map(|_| busybox_root(&runner, &busybox, &["proc", "dev", "usr", "scratch"]))
-            .collect::<Vec<_>>(),
-    );
+    let slots = (0..IN_FLIGHT)
+        .map(|_| busybox_root(&runner, &busybox, &["proc", "dev", "usr", "scratch"]))
+        .collect();
     let before = mounts_that_matter(runner.dir.path());
-    let client = runner.client().await;
-    let problems = stream::iter(0..actions)
-        .map(|index| {
-            let (slots, mut client) = (&slots, client.clone());
-            async move {
-                let slot = slots.lock().unwrap().pop().expect("a free slot");
-                // Some actions try to undo or add mounts themselves.
-                let script = match index % 4 {
-                    0 => "umount -l /proc 2>/dev/null; mount -t tmpfs t /scratch; true",
-                    _ => "true </dev/null >/dev/null",
-                };
-                let mut request = busybox_request(&slot, script);
-                request.stdout_path = format!("{}/stdout-{index}", slot.relative);
-                request.stderr_path = format!("{}/stderr-{index}", slot.relative);
-                let answer = client.run(request).await.map(tonic::Response::into_inner);
-                let problem = match answer {
-                    Ok(response) if response.exit_code == 0 => None,
-                    other => Some(format!(
-                        "{index}: {other:?} {}",
-                        std::fs::read_to_string(slot.path.join(format!("stderr-{index}")))
-                            .unwrap_or_default()
-                    )),
-                };
-                for output in ["stdout", "stderr"] {
-                    let _ = std::fs::remove_file(slot.path.join(format!("{output}-{index}")));
-                }
-                slots.lock().unwrap().push(slot);
-                problem
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .filter_map(|problem| async move { problem })
-        .collect::<Vec<String>>()
-        .await;
+    let problems = run_in_slots(&runner, slots, actions, |slot, index| {
+        // Some actions try to undo or add mounts themselves.
+        let script = match index % 4 {
+            0 => "umount -l /proc 2>/dev/null; mount -t tmpfs t /scratch; true",
+            _ => "true </dev/null >/dev/null",
+        };
+        busybox_request(slot, script)
+    })
+    .await;
     assert!(
         problems.is_empty(),
         "{} of {actions} chrooted Runs failed:\n{}",

@@ -37,7 +37,6 @@ use std::time::Duration;
 
 use common::spawn_paths::SpawnPath;
 use common::*;
-use futures_util::stream::{self, StreamExt};
 use rbe_runner::cli::exec::ActionDirectory;
 use rbe_runner::proto::runner::RunResponse;
 use serde_json::{json, Value};
@@ -1099,51 +1098,21 @@ async fn nothing_is_left_on_the_host_after_1000_actions(test: &str, path: SpawnP
 
     // As many action directories as Runs in flight, each used by one Run
     // at a time.
-    let slots = std::sync::Mutex::new(
-        (0..IN_FLIGHT)
-            .map(|_| writable_action(&runner))
-            .collect::<Vec<_>>(),
-    );
-    let client = runner.client().await;
-    let problems = stream::iter(0..actions)
-        .map(|index| {
-            let (slots, mut client, token) = (&slots, client.clone(), token.clone());
-            async move {
-                let slot = slots.lock().unwrap().pop().expect("a free slot");
-                // Most actions are /bin/true; some leave a process behind
-                // in a session of its own, which only the end of the
-                // namespace reaches.
-                let arguments = match index % LEAVE_ONE_EVERY {
-                    0 => vec![
-                        "sh".into(),
-                        "-c".into(),
-                        format!("setsid sh -c 'sleep 1000; :' {token} & echo $! > /tmp/left"),
-                    ],
-                    _ => vec!["/bin/true".into()],
-                };
-                let mut request = slot.request(arguments, vec![("PATH".into(), TEST_PATH.into())]);
-                request.stdout_path = format!("{}/stdout-{index}", slot.relative);
-                request.stderr_path = format!("{}/stderr-{index}", slot.relative);
-                let answer = client.run(request).await.map(tonic::Response::into_inner);
-                let problem = match answer {
-                    Ok(response) if response.exit_code == 0 => None,
-                    other => Some(format!(
-                        "{index}: {other:?} {}",
-                        std::fs::read_to_string(slot.path.join(format!("stderr-{index}")))
-                            .unwrap_or_default()
-                    )),
-                };
-                for output in ["stdout", "stderr"] {
-                    let _ = std::fs::remove_file(slot.path.join(format!("{output}-{index}")));
-                }
-                slots.lock().unwrap().push(slot);
-                problem
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .filter_map(|problem| async move { problem })
-        .collect::<Vec<String>>()
-        .await;
+    let slots = (0..IN_FLIGHT).map(|_| writable_action(&runner)).collect();
+    let problems = run_in_slots(&runner, slots, actions, |slot, index| {
+        // Most actions are /bin/true; some leave a process behind in a
+        // session of its own, which only the end of the namespace reaches.
+        let arguments = match index % LEAVE_ONE_EVERY {
+            0 => vec![
+                "sh".into(),
+                "-c".into(),
+                format!("setsid sh -c 'sleep 1000; :' {token} & echo $! > /tmp/left"),
+            ],
+            _ => vec!["/bin/true".into()],
+        };
+        slot.request(arguments, vec![("PATH".into(), TEST_PATH.into())])
+    })
+    .await;
     assert!(
         problems.is_empty(),
         "{} of {actions} isolated Runs failed:\n{}",

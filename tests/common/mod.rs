@@ -635,3 +635,49 @@ pub fn diagnostics_on_loopback() -> Value {
         } },
     })
 }
+
+/// Sends `actions` Runs to `runner`, as many at once as there are
+/// `slots` (action directories, each used by one Run at a time), the
+/// request for Run `index` in `slot` made by `request`; each Run's
+/// stdout and stderr are `stdout-INDEX`/`stderr-INDEX` in its slot,
+/// removed after it. Returns a line for each Run that failed or did not
+/// exit 0, with its stderr.
+pub async fn run_in_slots(
+    runner: &TestRunner,
+    slots: Vec<ActionDirectory>,
+    actions: usize,
+    request: impl Fn(&ActionDirectory, usize) -> RunRequest,
+) -> Vec<String> {
+    use futures_util::stream::{self, StreamExt};
+    let in_flight = slots.len();
+    let slots = Mutex::new(slots);
+    let client = runner.client().await;
+    stream::iter(0..actions)
+        .map(|index| {
+            let (slots, mut client, request) = (&slots, client.clone(), &request);
+            async move {
+                let slot = slots.lock().unwrap().pop().expect("a free slot");
+                let mut request = request(&slot, index);
+                request.stdout_path = format!("{}/stdout-{index}", slot.relative);
+                request.stderr_path = format!("{}/stderr-{index}", slot.relative);
+                let answer = client.run(request).await.map(tonic::Response::into_inner);
+                let problem = match answer {
+                    Ok(response) if response.exit_code == 0 => None,
+                    other => Some(format!(
+                        "{index}: {other:?} {}",
+                        std::fs::read_to_string(slot.path.join(format!("stderr-{index}")))
+                            .unwrap_or_default()
+                    )),
+                };
+                for output in ["stdout", "stderr"] {
+                    let _ = std::fs::remove_file(slot.path.join(format!("{output}-{index}")));
+                }
+                slots.lock().unwrap().push(slot);
+                problem
+            }
+        })
+        .buffer_unordered(in_flight)
+        .filter_map(|problem| async move { problem })
+        .collect::<Vec<String>>()
+        .await
+}
