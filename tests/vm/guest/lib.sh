@@ -126,3 +126,30 @@ exec_action() {
         >"$RESULTS/$name.json" 2>"$RESULTS/$name.stderr"
     echo $? >"$RESULTS/$name.status"
 }
+
+# isolated_view_oom_after [VIEW_PREFIX]: the isolation scenarios' three
+# actions, through the runner already serving at $SOCKET, recorded for
+# tests/vm.rs: `view`, the action's own view (VIEW_PREFIX, shell commands,
+# runs first; then processes, interfaces, /tmp, host name, cgroup);
+# `oom`, a hog reaching the action's limit inside its PID namespace; and
+# `after`, an action once the OOM is over. Then what is left (action
+# cgroups, inits, the host's /tmp file), and the runner's exit status.
+isolated_view_oom_after() {
+    exec_action view /bin/sh -c "${1:-}"'echo processes:; ls /proc | grep -c "^[0-9]"; echo interfaces:; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d " "; echo tmp:; ls -A /tmp; echo hostname:; hostname; echo cgroup:; cat /proc/self/cgroup'
+    cp /build/*/stdout "$RESULTS/view.stdout" 2>/dev/null
+
+    exec_action oom /bin/sh -c '/bin/hog 96; echo the shell survived; exit 3'
+    for diagnosis in /build/*/server_logs/rbe-runner-oom.txt; do
+        [ -f "$diagnosis" ] && cat "$diagnosis" >>"$RESULTS/oom-diagnosis.txt"
+    done
+
+    exec_action after /bin/sh -c 'hostname; exit 4'
+    find "$RUNNER_CGROUP/actions" -mindepth 1 -maxdepth 1 -type d >"$RESULTS/actions.left"
+    # Processes besides the runner and this script's: busybox ps lists
+    # them all.
+    ps -o pid,args >"$RESULTS/ps.after"
+    grep -c "__action-init" "$RESULTS/ps.after" >"$RESULTS/inits.left"
+    cat /tmp/host-file >"$RESULTS/host-file"
+    stop_runner 20
+    echo "$RUNNER_STATUS" >"$RESULTS/runner.status"
+}

@@ -47,18 +47,4 @@ start_runner_as_nobody "$CONFIG" "$RESULTS/runner.log" || exit 1
 wait_listening unix "$SOCKET" 60 || exit 1
 ps -o user,args | grep "[r]be-runner $CONFIG" >"$RESULTS/runner.ps"
 
-exec_action view /bin/sh -c 'echo identity:; id -u; id -g; echo processes:; ls /proc | grep -c "^[0-9]"; echo interfaces:; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d " "; echo tmp:; ls -A /tmp; echo hostname:; hostname; echo cgroup:; cat /proc/self/cgroup'
-cp /build/*/stdout "$RESULTS/view.stdout" 2>/dev/null
-
-exec_action oom /bin/sh -c '/bin/hog 96; echo the shell survived; exit 3'
-for diagnosis in /build/*/server_logs/rbe-runner-oom.txt; do
-    [ -f "$diagnosis" ] && cat "$diagnosis" >>"$RESULTS/oom-diagnosis.txt"
-done
-
-exec_action after /bin/sh -c 'hostname; exit 4'
-find "$RUNNER_CGROUP/actions" -mindepth 1 -maxdepth 1 -type d >"$RESULTS/actions.left"
-ps -o pid,args >"$RESULTS/ps.after"
-grep -c "__action-init" "$RESULTS/ps.after" >"$RESULTS/inits.left"
-cat /tmp/host-file >"$RESULTS/host-file"
-stop_runner 20
-echo "$RUNNER_STATUS" >"$RESULTS/runner.status"
+isolated_view_oom_after 'echo identity:; id -u; id -g; '
