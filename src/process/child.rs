@@ -65,6 +65,8 @@ pub(crate) fn create(
         // copy of the runner is not.
         init_execs: parent == Parent::Creator,
         maps_written: maps_written.as_ref().map(MapsWritten::ends),
+        method,
+        says_pid_on: StatusWriter(status),
     };
     let created_in = match method {
         Method::Clone3 => child.cgroup,
@@ -201,6 +203,13 @@ struct ChildArgument<'a> {
     /// In a user namespace whose maps the creator writes: the pipe on
     /// which it says they are (see [`user_namespace::enter`]).
     maps_written: Option<[RawFd; 2]>,
+    /// How it was created.
+    method: Method,
+    /// Where the child says its pid: `status`, except for the action
+    /// under an init (see [`init`]), whose init says it: there -1, so that
+    /// the action makes the very calls a plain child makes (one fails with
+    /// EBADF), and so faults in the same pages before its exec.
+    says_pid_on: StatusWriter,
 }
 
 /// Highest signal number (glibc's `NSIG - 1`, the real-time signals
@@ -225,7 +234,7 @@ impl ChildArgument<'_> {
         // PID namespace of its own the child is 1 to itself: its pid as
         // the runner sees it is read from the host's /proc.
         match argument.child.isolation.filter(|isolation| isolation.pid) {
-            None => argument.status.started(),
+            None => argument.says_pid_on.started(),
             Some(_) => match isolation::host_pid() {
                 Ok(pid) => argument.status.started_as(pid),
                 Err(errno) => {
@@ -271,15 +280,26 @@ impl ChildArgument<'_> {
             let host_proc = isolation::enter(isolation, child.temporary_directory, directories)?;
             if let Some(host_proc) = host_proc {
                 let report = child.report.ok_or((SpawnStep::Init, libc::EINVAL))?;
-                let action = UnderInit {
-                    argument: self,
-                    host_proc,
+                // The action enters here as every child does, so that it
+                // runs the very code a plain child runs (see `init`).
+                let action = ChildArgument {
+                    child: Child {
+                        isolation: None,
+                        ..self.child
+                    },
+                    status: self.status,
+                    joins_cgroup: None,
+                    init_execs: self.init_execs,
+                    maps_written: None,
+                    method: self.method,
+                    says_pid_on: StatusWriter(-1),
                 };
                 let start = init::ActionStart {
                     host_proc,
                     status: self.status,
-                    main: UnderInit::main,
-                    arg: &action as *const UnderInit as *mut c_void,
+                    main: ChildArgument::main,
+                    arg: &action as *const ChildArgument as *mut c_void,
+                    method: self.method,
                 };
                 // Returns only the failure to start the init.
                 return Err(init::start_action(
@@ -382,44 +402,6 @@ impl ChildArgument<'_> {
         // before the child was created; the child has its copy of them.
         unsafe { libc::execve(exec.program.as_ptr(), exec.argv(), exec.envp()) };
         Err((SpawnStep::Exec, errno()))
-    }
-}
-
-/// What the action under an init is handed (its copy of it).
-struct UnderInit<'a> {
-    argument: &'a ChildArgument<'a>,
-    /// The host's `/proc`, open: the action says its pid as the runner
-    /// sees it, then closes it.
-    host_proc: RawFd,
-}
-
-impl UnderInit<'_> {
-    /// The action under an init, forked by it (see [`init::start_action`])
-    /// onto a stack of its own: says its pid, then sets itself up and
-    /// execs as every action does. Returns (becoming the exit status) only
-    /// when a step failed; the failure is written first.
-    extern "C" fn main(arg: *mut c_void) -> libc::c_int {
-        // SAFETY: `arg` is the `UnderInit` `set_up_and_exec` made; the
-        // action's memory is a copy of the init's.
-        let action = unsafe { &*(arg as *const UnderInit) };
-        let status = action.argument.status;
-        match isolation::host_pid_through(action.host_proc) {
-            Ok(pid) => status.action_started(pid),
-            Err(errno) => {
-                status.failed(SpawnStep::Init, errno);
-                return 127;
-            }
-        }
-        // The action must not keep the host's /proc.
-        // SAFETY: close takes only a descriptor number of this process.
-        unsafe { libc::close(action.host_proc) };
-        match action.argument.set_up_action_and_exec() {
-            Ok(never) => match never {},
-            Err((step, errno)) => {
-                status.failed(step, errno);
-                127
-            }
-        }
     }
 }
 

@@ -251,7 +251,6 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 ///
 /// # Safety
 /// As [`create`]; `stack` must be unused by anything else.
-#[cfg(target_arch = "x86_64")]
 unsafe fn clone3_on_stack(
     stack: &Area,
     cgroup: Option<RawFd>,
@@ -272,9 +271,44 @@ unsafe fn clone3_on_stack(
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = fd as u64;
     }
+    // SAFETY: forwarded from this function's contract.
+    unsafe { clone3_with(&args, main, arg) }
+}
+
+/// A fork (no flags) that runs `main(arg)` on `stack` (the lowest address
+/// and the size) and sends `SIGCHLD` when it ends, as glibc's `clone`
+/// would, but through the same first instructions as every child that
+/// [`Creator::create`] makes with [`Method::Clone3`]: the init of an
+/// isolated action forks its action with it, so that the action runs the
+/// very code a plain child runs (see `super::init`). Returns the child's
+/// pid, or minus the errno.
+///
+/// # Safety
+/// As [`Creator::create`]; `stack` must be memory of this process that
+/// nothing else uses while the child runs (its copy of it, that is).
+pub(super) unsafe fn fork_onto(stack: (usize, usize), main: ChildMain, arg: *mut c_void) -> isize {
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack.0 as u64,
+        stack_size: stack.1 as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { clone3_with(&args, main, arg) }
+}
+
+/// `clone3(args)`, the child calling `main(arg)` on the stack `args`
+/// gives. Returns the child's pid, or minus the errno.
+///
+/// # Safety
+/// As [`Creator::create`]; the stack in `args` must be unused by anything
+/// else.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_with(args: &CloneArgs, main: ChildMain, arg: *mut c_void) -> isize {
     let result: isize;
     // SAFETY: the system call creates a child (a copy of us) that starts on
-    // its copy of `stack` (the kernel sets its stack pointer to the top).
+    // its copy of the stack in `args` (the kernel sets its stack pointer to
+    // the top).
     // The parent's path is a plain system call: rcx and r11 are clobbered
     // by `syscall`, rax holds the result. The child's path never returns
     // into Rust code: it calls `main(arg)` (a C-ABI function, with the
@@ -297,7 +331,7 @@ unsafe fn clone3_on_stack(
             "2:",
             exit = const libc::SYS_exit,
             inlateout("rax") libc::SYS_clone3 as isize => result,
-            in("rdi") &args as *const CloneArgs,
+            in("rdi") args as *const CloneArgs,
             in("rsi") std::mem::size_of::<CloneArgs>(),
             in("r12") main,
             in("r13") arg,
@@ -313,13 +347,7 @@ unsafe fn clone3_on_stack(
 /// # Safety
 /// Always safe; kept `unsafe` for the same signature.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn clone3_on_stack(
-    _stack: &Area,
-    _cgroup: Option<RawFd>,
-    _flags: u64,
-    _main: ChildMain,
-    _arg: *mut c_void,
-) -> isize {
+unsafe fn clone3_with(_args: &CloneArgs, _main: ChildMain, _arg: *mut c_void) -> isize {
     -(libc::ENOSYS as isize)
 }
 

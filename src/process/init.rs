@@ -14,17 +14,23 @@
 //!    1.7 MiB of a debug build's text, mapped 64 KiB around each fault).
 //!    So the action starts from the copy a plain action starts from.
 //!    (Sharing the first process's memory until the exec, as `vfork`
-//!    does, measured 1.9 MiB more, that text included.) The action says
-//!    its pid as the runner sees it, then runs the very function a plain
-//!    child runs for its setup and exec ([`super::child`]), so that it
-//!    faults in the same pages of this executable before its exec as a
-//!    plain action (running code of its own there measured 300 KiB more);
-//!    a step that fails says so through the status channel;
-//! 2. closes its copies of the status channel and the host's `/proc` at
-//!    once: the channel then ends at the action's exec as every child's
-//!    does (the runner wakes once for the spawn's outcome), with nothing
-//!    of the init's in between; it keeps only the exit report's pipe
-//!    ([`super::exit_report`]) and an empty stdin;
+//!    does, measured 1.9 MiB more, that text included.) The action is
+//!    forked the way its creator made the first process (`clone3`'s first
+//!    instructions or glibc's `clone`) and enters through the very
+//!    function every child does, as a plain child whose namespaces and
+//!    cgroup are set already ([`super::child`]), so that it faults in the
+//!    same pages of this executable before its exec as a plain action.
+//!    (Code of its own there, reading its pid from the host's `/proc`,
+//!    measured 150 KiB to 1 MiB more, depending on where the build and
+//!    the address space layout put it.) A step that fails says so
+//!    through the status channel;
+//! 2. says the action's pid as the runner sees it, read from the host's
+//!    `/proc` (`thread-self/children`), then closes its copies of the
+//!    status channel and the host's `/proc`: the channel then ends at the
+//!    action's exec as every child's does (the runner wakes once for the
+//!    spawn's outcome), with nothing of the init's in between; it keeps
+//!    only the exit report's pipe ([`super::exit_report`]) and an empty
+//!    stdin;
 //! 3. becomes the init ([`supervise`]), small either way: created by the
 //!    spawn server (the normal path), it is a copy of that small process
 //!    with every other descriptor closed; created by the runner itself (no
@@ -54,7 +60,9 @@ use std::process::ExitCode;
 use tokio::sync::oneshot;
 
 use super::child::errno;
+use super::clone::{self, Method};
 use super::exit_report::{ReportReader, ReportWriter};
+use super::isolation;
 use super::reaper::{ChildExit, SpawnedChild};
 use super::spec::SpawnStep;
 use super::status::StatusWriter;
@@ -86,12 +94,14 @@ pub(super) struct ActionStart {
     pub(super) host_proc: RawFd,
     /// The child's status channel.
     pub(super) status: StatusWriter,
-    /// The action: says its pid as the runner sees it, sets itself up and
-    /// execs, called with `arg` on the action's stack; returns only the
+    /// The action: sets itself up and execs, called with `arg` on the action's stack; returns only the
     /// exit status of a failed step, which it has written to the status
     /// channel.
     pub(super) main: extern "C" fn(*mut c_void) -> libc::c_int,
     pub(super) arg: *mut c_void,
+    /// How the init's creator created it: the action is forked the same
+    /// way, so that it starts through the same first instructions.
+    pub(super) method: Method,
 }
 
 /// In the namespace's first process, once its namespaces are set up:
@@ -108,18 +118,46 @@ pub(super) fn start_action(
     exec: bool,
 ) -> (SpawnStep, i32) {
     let mut stack = MaybeUninit::<[u8; ACTION_STACK_SIZE]>::uninit();
-    // The top, 16-byte aligned as the ABI requires.
+    // Its bottom and top, 16-byte aligned as the ABI requires.
+    let low = (stack.as_mut_ptr() as usize + 15) & !15;
     let top = (stack.as_mut_ptr() as usize + ACTION_STACK_SIZE) & !15;
     // A fork (no CLONE_VM): the action runs `start.main` on its copy of
     // `stack`, which this frame leaves unused, with its copy of
     // `start.arg`; SIGCHLD tells the init of its exit.
-    // SAFETY: `start.main` keeps the contract of a child between clone and
-    // exec (raw system calls on values prepared beforehand, no
-    // allocation, no locks, no unwinding; see `super::child`), on its own
-    // copy of this single-threaded process, every signal blocked.
-    let action = unsafe { libc::clone(start.main, top as *mut c_void, libc::SIGCHLD, start.arg) };
-    if action < 0 {
-        return (SpawnStep::Init, errno());
+    let action = match start.method {
+        Method::Clone3 => {
+            // SAFETY: `start.main` keeps the contract of a child between
+            // clone and exec (raw system calls on values prepared
+            // beforehand, no allocation, no locks, no unwinding; see
+            // `super::child`), on its own copy of this single-threaded
+            // process, every signal blocked; `stack` is unused here.
+            let pid = unsafe { clone::fork_onto((low, top - low), start.main, start.arg) };
+            if pid < 0 {
+                return (SpawnStep::Init, -pid as i32);
+            }
+            pid as i32
+        }
+        Method::Clone => {
+            // SAFETY: as above.
+            let pid =
+                unsafe { libc::clone(start.main, top as *mut c_void, libc::SIGCHLD, start.arg) };
+            if pid < 0 {
+                return (SpawnStep::Init, errno());
+            }
+            pid
+        }
+    };
+    // The init, not the action, says the action's pid as the runner sees
+    // it: the action runs nothing before its setup that a plain child
+    // does not.
+    match isolation::only_child_through(start.host_proc) {
+        Ok(pid) => start.status.action_started(pid),
+        Err(errno) => {
+            // SAFETY: kill takes only numbers; the action is this
+            // process's child, not yet reaped.
+            unsafe { libc::kill(action, libc::SIGKILL) };
+            return (SpawnStep::Init, errno);
+        }
     }
     // The action's copies close at its exec: the status channel ends
     // there, as every child's does.

@@ -148,8 +148,6 @@ pub fn temporary_directory_for_child(
 
 /// Where the host's process table is, before the action's is mounted.
 const PROC: &CStr = c"/proc";
-/// The link that names the reader's own pid in a procfs.
-const SELF: &CStr = c"self";
 
 /// Read-only in the action's `/proc` (as runc and containerd make them).
 pub(super) const PROC_READ_ONLY: [&CStr; 4] = [
@@ -163,40 +161,43 @@ pub(super) const PROC_MASKED: [&CStr; 3] = [c"/proc/kcore", c"/proc/keys", c"/pr
 
 // Everything below runs in the child, between its creation and exec.
 
-/// The pid of the calling process in the procfs open as `proc` (or, with
-/// `AT_FDCWD`, mounted on `/proc`): the host's pid, while the child's
-/// `getpid` is 1 in its own PID namespace. Inlined, so that the action
-/// under an init runs it among its own code (see `super::child`).
-#[inline]
-pub(super) fn pid_in(proc: RawFd, path: &CStr) -> Result<i32, i32> {
+/// The child's pid as the runner sees it, read from the host's `/proc`
+/// (the link `self`) before the action's is mounted on it: its `getpid`
+/// is 1 in its own PID namespace.
+pub(super) fn host_pid() -> Result<i32, i32> {
     let mut link = [0u8; 16];
     // SAFETY: the kernel writes at most `link.len()` bytes into the live
-    // local array; `path` is NUL-terminated.
-    let length =
-        unsafe { libc::readlinkat(proc, path.as_ptr(), link.as_mut_ptr().cast(), link.len()) };
-    if length <= 0 {
+    // local array; the path is a NUL-terminated literal.
+    let length = unsafe {
+        libc::readlinkat(
+            libc::AT_FDCWD,
+            c"/proc/self".as_ptr(),
+            link.as_mut_ptr().cast(),
+            link.len(),
+        )
+    };
+    if length < 0 {
         return Err(errno());
     }
+    parse_pid(&link[..length as usize]).ok_or(libc::EPROTO)
+}
+
+/// The decimal pid that is all of `digits`.
+fn parse_pid(digits: &[u8]) -> Option<i32> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
     let mut pid: i32 = 0;
-    for &digit in &link[..length as usize] {
-        if !digit.is_ascii_digit() {
-            return Err(libc::EPROTO);
-        }
+    for &digit in digits {
         pid = pid
             .saturating_mul(10)
             .saturating_add(i32::from(digit - b'0'));
     }
-    Ok(pid)
+    Some(pid)
 }
 
-/// The child's pid as the runner sees it, read from the host's `/proc`
-/// before the action's is mounted on it.
-pub(super) fn host_pid() -> Result<i32, i32> {
-    pid_in(libc::AT_FDCWD, c"/proc/self")
-}
-
-/// The host's `/proc`, kept open (close-on-exec) so that the action can
-/// say its pid as the runner sees it once the namespace's is mounted.
+/// The host's `/proc`, kept open (close-on-exec) so that the init can say
+/// the action's pid as the runner sees it once the namespace's is mounted.
 pub(super) fn open_host_proc() -> Result<RawFd, (SpawnStep, i32)> {
     // SAFETY: a NUL-terminated literal; the kernel checks the flags.
     let fd = unsafe {
@@ -209,18 +210,44 @@ pub(super) fn open_host_proc() -> Result<RawFd, (SpawnStep, i32)> {
     Ok(fd)
 }
 
-/// The action's pid as the runner sees it, from the host's `/proc` open as
-/// `host_proc`.
-#[inline]
-pub(super) fn host_pid_through(host_proc: RawFd) -> Result<i32, i32> {
-    pid_in(host_proc, SELF)
+/// The pid, as the runner sees it, of the only child of the calling thread
+/// (the action, to its init), from the host's `/proc` open as
+/// `host_proc`: `thread-self/children` there lists the thread's children
+/// by their pids in the host's PID namespace, each followed by a space.
+pub(super) fn only_child_through(host_proc: RawFd) -> Result<i32, i32> {
+    // SAFETY: a NUL-terminated literal; the kernel checks the flags.
+    let fd = unsafe {
+        libc::openat(
+            host_proc,
+            c"thread-self/children".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(errno());
+    }
+    let mut listed = [0u8; 16];
+    // SAFETY: the kernel writes at most `listed.len()` bytes into the live
+    // local array.
+    let length = unsafe { libc::read(fd, listed.as_mut_ptr().cast(), listed.len()) };
+    let read_errno = errno();
+    // SAFETY: close takes only the descriptor opened above.
+    unsafe { libc::close(fd) };
+    if length < 0 {
+        return Err(read_errno);
+    }
+    // One pid, then its space: anything else is not the one child.
+    match &listed[..length as usize] {
+        [pid @ .., b' '] => parse_pid(pid).ok_or(libc::EPROTO),
+        _ => Err(libc::EPROTO),
+    }
 }
 
 /// Sets up the namespaces the child was created in (see the module's
 /// steps), with `temporary_directory` (a [`detached_mount`]) for a
 /// private `/tmp`, and `directories` (the working directory and input
 /// root), which are opened again in the action's mount namespace. With
-/// `pid`, returns the host's `/proc`, kept open for the action (see
+/// `pid`, returns the host's `/proc`, kept open for the init (see
 /// [`open_host_proc`]).
 pub(super) fn enter(
     isolation: &Isolation,
@@ -394,6 +421,17 @@ fn bring_up_loopback() -> Result<(), (SpawnStep, i32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Why it matters: the action's pid as the runner sees it is read from
+    /// procfs text; anything but plain digits is no pid.
+    #[test]
+    fn a_pid_is_digits_only() {
+        assert_eq!(parse_pid(b"4242"), Some(4242));
+        assert_eq!(parse_pid(b""), None);
+        assert_eq!(parse_pid(b"42 "), None);
+        assert_eq!(parse_pid(b"-1"), None);
+        assert_eq!(parse_pid(b"99999999999"), Some(i32::MAX));
+    }
 
     /// Why it matters: every option but `hostname` mounts something, which
     /// must never reach the host; `hostname` alone needs no mounts.

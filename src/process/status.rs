@@ -26,8 +26,8 @@
 //! making the pipe until it has closed its write end.
 //!
 //! Each message is [`MESSAGE_SIZE`] bytes, sent as one packet; the
-//! action under an isolated PID namespace's init ([`super::init`]) adds
-//! one, its pid as the runner sees it. The init closes its end once the
+//! init of an isolated PID namespace ([`super::init`]) adds one, its
+//! action's pid as the runner sees it. The init closes its end once the
 //! action has exec'd, so the end of file is the action's exec there too;
 //! the action's exit comes through a pipe of its own
 //! ([`super::exit_report`]), which the runner attaches to the reader
