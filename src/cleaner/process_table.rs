@@ -401,6 +401,11 @@ mod tests {
         let cleaner =
             ProcessTableCleaner::new(Path::new(crate::process::DEFAULT_PROC_ROOT), USER_ID)
                 .unwrap();
+        // Start times count clock ticks (10 ms): a process started in the
+        // tick the test process (the "runner") started in is not told
+        // apart from processes older than it, which a test run early in
+        // its binary does (it failed so, leaving its `sleep` behind).
+        std::thread::sleep(Duration::from_millis(20));
         let mut command = std::process::Command::new("sleep");
         command
             .arg("1000")
@@ -412,10 +417,13 @@ mod tests {
             .unwrap()
             .unwrap();
         cleaner.clean().await.unwrap();
-        let exit = tokio::time::timeout(Duration::from_secs(10), child.exit)
-            .await
-            .expect("the leftover was reaped")
-            .unwrap();
+        let Ok(exit) = tokio::time::timeout(Duration::from_secs(10), child.exit).await else {
+            // Not left behind by a failure.
+            // SAFETY: kill takes only numbers: the leftover's process group.
+            unsafe { libc::kill(-child.pid, libc::SIGKILL) };
+            panic!("the cleaner did not kill the leftover {}", child.pid);
+        };
+        let exit = exit.unwrap();
         assert_eq!(exit.signal(), Some(libc::SIGKILL));
     }
 }
