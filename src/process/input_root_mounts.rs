@@ -18,11 +18,14 @@
 //! paths from it walk the runner's mounts (`../../../tmp` is the host's
 //! `/tmp`, not the private one; `../../../proc` the host's processes),
 //! and `..` climbs out of a chroot. So every child with a mount namespace
-//! first opens its working directory (and input root, when chrooted)
-//! again, by their paths, in its own namespace, checks that they are the
-//! same directories (device and inode), and puts them in place of the
-//! descriptors the runner gave ([`reopen`]); the chroot and the change of
-//! directory that follow use those.
+//! finds its working directory and input root again in its own namespace
+//! and puts them in place of the descriptors the runner gave ([`reopen`]);
+//! the chroot and the change of directory that follow use those. The
+//! working directory costs nothing to find when the child made its mount
+//! namespace standing in it (the kernel moved it along: the normal case,
+//! see `super::isolation`); otherwise (the input root, and in a user
+//! namespace the working directory) each is opened again by its path,
+//! checked to be the same directory (device and inode).
 //!
 //! Mountpoints are resolved beneath the input root as the action would
 //! see them (`openat2` with `RESOLVE_IN_ROOT`), and mounts are attached to
@@ -319,17 +322,43 @@ const DEV_LINKS: [(&CStr, &CStr); 5] = [
 /// Opens the input root (when chrooted) and the working directory again
 /// in the child's mount namespace, in place of the runner's descriptors
 /// (see the module). Done first, before anything is mounted over their
-/// paths.
-pub(super) fn reopen(directories: ActionDirectories) -> Result<(), (SpawnStep, i32)> {
+/// paths. A child `standing_in_working_directory` made its mount
+/// namespace there: its working directory already is the action's (the
+/// kernel moved it into the new namespace), and is taken as it is.
+pub(super) fn reopen(
+    directories: ActionDirectories,
+    standing_in_working_directory: bool,
+) -> Result<(), (SpawnStep, i32)> {
     let mut path = [0u8; 4097];
     if let Some(root) = directories.root {
         reopen_in_place(root, &mut path, SpawnStep::Chroot)?;
+    }
+    if standing_in_working_directory {
+        return take_current_directory(directories.working_directory);
     }
     reopen_in_place(
         directories.working_directory,
         &mut path,
         SpawnStep::WorkingDirectory,
     )
+}
+
+/// Puts the current directory in place of `fd`.
+fn take_current_directory(fd: RawFd) -> Result<(), (SpawnStep, i32)> {
+    let step = SpawnStep::WorkingDirectory;
+    // SAFETY: a NUL-terminated literal; the kernel checks the flags.
+    let current = unsafe {
+        libc::open(
+            c".".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    check(step, current)?;
+    // SAFETY: dup3 takes only descriptor numbers; `fd` is the child's
+    // copy, which nothing else in it uses meanwhile.
+    let duplicated = check(step, unsafe { libc::dup3(current, fd, libc::O_CLOEXEC) });
+    close(current);
+    duplicated
 }
 
 /// Makes every mount of `mounts` beneath `root` (already [`reopen`]ed).

@@ -5,11 +5,18 @@
 //!
 //! The namespaces are created by the clone that creates the child
 //! ([`Isolation::clone_flags`]), so every spawn path (the runner, the spawn
-//! server) gets them alike. The child then, before anything of the action
-//! runs ([`enter`]):
-//! 1. makes every mount private (`MS_REC | MS_PRIVATE` on `/`), so that
-//!    nothing mounted below reaches the host, and all of it goes with the
-//!    namespace;
+//! server) gets them alike, except the mount namespace, which the child
+//! makes itself. The child then, before anything of the action runs
+//! ([`enter`]):
+//! 1. changes into its working directory and makes its mount namespace
+//!    (`unshare`) there: the kernel moves a process's working directory
+//!    into the new namespace's copy of its mount, so relative paths from
+//!    it see the action's mounts, not the runner's (a directory opened
+//!    before would stay in the runner's namespace: see
+//!    [`input_root_mounts`] for a chrooted action's root, found again by
+//!    its path); then makes every mount private (`MS_REC | MS_PRIVATE` on
+//!    `/`), so that nothing mounted below reaches the host, and all of it
+//!    goes with the namespace;
 //! 2. brings up its loopback (`network: 'off'`);
 //! 3. sets its host name (`hostname`);
 //! 4. attaches the action's `temporary_directory` on `/tmp` and binds it
@@ -77,8 +84,9 @@ impl Isolation {
     }
 
     /// The `CLONE_NEW*` flags that create the child in its namespaces.
-    /// In a user namespace, the child creates its mount namespace itself
-    /// (see [`super::user_namespace`]).
+    /// The child creates its mount namespace itself, once it stands in its
+    /// working directory (see [`enter`]), or, in a user namespace, in its
+    /// temporary directory (see [`super::user_namespace`]).
     pub fn clone_flags(&self) -> libc::c_int {
         let mut flags = 0;
         if !self.is_enabled() {
@@ -86,8 +94,6 @@ impl Isolation {
         }
         if self.user_namespace.is_some() {
             flags |= libc::CLONE_NEWUSER;
-        } else if self.mounts() {
-            flags |= libc::CLONE_NEWNS;
         }
         if self.pid {
             flags |= libc::CLONE_NEWPID;
@@ -254,6 +260,20 @@ pub(super) fn enter(
     temporary_directory: Option<RawFd>,
     directories: ActionDirectories,
 ) -> Result<Option<RawFd>, (SpawnStep, i32)> {
+    // Outside a user namespace, the child makes its mount namespace
+    // standing in its working directory: the kernel moves a process's
+    // working directory (and root) into the copy of their mounts, so the
+    // directory is the action's at once, with no path to look up again.
+    let standing_in_working_directory = isolation.mounts() && isolation.user_namespace.is_none();
+    if standing_in_working_directory {
+        // SAFETY: fchdir takes only a descriptor number (the creator's
+        // open working directory).
+        let entered = unsafe { libc::fchdir(directories.working_directory) };
+        check(SpawnStep::WorkingDirectory, entered)?;
+        // SAFETY: unshare takes only flags.
+        let unshared = unsafe { libc::unshare(libc::CLONE_NEWNS) };
+        check(SpawnStep::MountPropagation, unshared)?;
+    }
     if isolation.mounts() {
         // SAFETY: NUL-terminated literals and null pointers where the
         // kernel allows them (no source, type or data for a propagation
@@ -268,7 +288,7 @@ pub(super) fn enter(
             )
         };
         check(SpawnStep::MountPropagation, made)?;
-        input_root_mounts::reopen(directories)?;
+        input_root_mounts::reopen(directories, standing_in_working_directory)?;
     }
     if isolation.network_off {
         bring_up_loopback()?;
@@ -460,7 +480,9 @@ mod tests {
                 ..Isolation::default()
             },
         ] {
-            assert_ne!(
+            // The child makes its mount namespace itself (`enter`).
+            assert!(isolation.mounts(), "{isolation:?}");
+            assert_eq!(
                 isolation.clone_flags() & libc::CLONE_NEWNS,
                 0,
                 "{isolation:?}"
