@@ -66,6 +66,7 @@ pub(crate) fn create(
         init_execs: parent == Parent::Creator,
         maps_written: maps_written.as_ref().map(MapsWritten::ends),
         method,
+        waits_for_init: -1,
         says_pid_on: StatusWriter(status),
     };
     let created_in = match method {
@@ -205,6 +206,11 @@ struct ChildArgument<'a> {
     maps_written: Option<[RawFd; 2]>,
     /// How it was created.
     method: Method,
+    /// The action under an init that execs (see [`init`]): the pipe on
+    /// which the init says it is ready; -1 for every other child, which
+    /// makes the same call (failing at once with EBADF), so that both
+    /// fault in the same pages before their exec.
+    waits_for_init: RawFd,
     /// Where the child says its pid: `status`, except for the action
     /// under an init (see [`init`]), whose init says it: there -1, so that
     /// the action makes the very calls a plain child makes (one fails with
@@ -229,6 +235,10 @@ impl ChildArgument<'_> {
         // `Creator::create`, non-null and aligned; the child's memory is a
         // copy of its creator's, so it stays valid for the child's life.
         let argument = unsafe { &*(arg as *const ChildArgument) };
+        if let Err(errno) = init::wait_until_ready(argument.waits_for_init) {
+            argument.status.failed(SpawnStep::Init, errno);
+            return 127;
+        }
         // First words, before anything can fail: whoever reads the pipe
         // learns the pid even when the spawn server does not say it. In a
         // PID namespace of its own the child is 1 to itself: its pid as
@@ -280,6 +290,13 @@ impl ChildArgument<'_> {
             let host_proc = isolation::enter(isolation, child.temporary_directory, directories)?;
             if let Some(host_proc) = host_proc {
                 let report = child.report.ok_or((SpawnStep::Init, libc::EINVAL))?;
+                // An init that execs is readable until it says it is
+                // ready: the action waits for its word (see `init`).
+                let ready = if self.init_execs {
+                    Some(init::ready_pipe().map_err(|errno| (SpawnStep::Init, errno))?)
+                } else {
+                    None
+                };
                 // The action enters here as every child does, so that it
                 // runs the very code a plain child runs (see `init`).
                 let action = ChildArgument {
@@ -292,6 +309,7 @@ impl ChildArgument<'_> {
                     init_execs: self.init_execs,
                     maps_written: None,
                     method: self.method,
+                    waits_for_init: ready.map_or(-1, |[reader, _]| reader),
                     says_pid_on: StatusWriter(-1),
                 };
                 let start = init::ActionStart {
@@ -300,6 +318,7 @@ impl ChildArgument<'_> {
                     main: ChildArgument::main,
                     arg: &action as *const ChildArgument as *mut c_void,
                     method: self.method,
+                    ready: ready.map(|[reader, writer]| (reader, writer)),
                 };
                 // Returns only the failure to start the init.
                 return Err(init::start_action(

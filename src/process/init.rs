@@ -78,6 +78,8 @@ const SELF_EXE: &CStr = c"/proc/self/exe";
 
 /// Where the init finds the exit report's pipe.
 const REPORT_FD: RawFd = 3;
+/// Where the exec'd init finds the pipe on which it says it is ready.
+const READY_FD: RawFd = 4;
 
 /// The action's stack until its exec: the frames of its setup (a few
 /// hundred bytes of locals, glibc's thin system call wrappers), in its copy
@@ -102,6 +104,38 @@ pub(super) struct ActionStart {
     /// How the init's creator created it: the action is forked the same
     /// way, so that it starts through the same first instructions.
     pub(super) method: Method,
+    /// For an init that execs: the ends (read, write) of the pipe on which
+    /// it says it is ready ([`ready_pipe`]).
+    pub(super) ready: Option<(RawFd, RawFd)>,
+}
+
+/// A pipe (read end, write end) for an init that execs to say it is
+/// ready, both close-on-exec. `Err`: the errno.
+pub(super) fn ready_pipe() -> Result<[RawFd; 2], i32> {
+    let mut ends = [-1; 2];
+    // SAFETY: pipe2 writes two descriptors into `ends`, a live local array
+    // of two.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(errno());
+    }
+    Ok(ends)
+}
+
+/// In the action, first thing: with `ready` (the read end of
+/// [`ready_pipe`]), waits for its init's word that it can no longer be
+/// read or traced (an init that execs is until then). Every other child
+/// passes -1 and makes the same call, which fails at once. `Err`: the
+/// init ended without its word (the errno, or EPIPE).
+pub(super) fn wait_until_ready(ready: RawFd) -> Result<(), i32> {
+    let mut word = 0u8;
+    // SAFETY: the kernel writes at most one byte into the live local.
+    let read = unsafe { libc::read(ready, (&mut word as *mut u8).cast(), 1) };
+    match read {
+        _ if ready < 0 => Ok(()),
+        1 => Ok(()),
+        0 => Err(libc::EPIPE),
+        _ => Err(errno()),
+    }
 }
 
 /// In the namespace's first process, once its namespaces are set up:
@@ -121,6 +155,14 @@ pub(super) fn start_action(
     // Its bottom and top, 16-byte aligned as the ABI requires.
     let low = (stack.as_mut_ptr() as usize + 15) & !15;
     let top = (stack.as_mut_ptr() as usize + ACTION_STACK_SIZE) & !15;
+    // Under a runner without root, the action has its init's uid: not
+    // dumpable, the init can be neither traced nor read by it (a traced
+    // init would report whatever the action likes). Made so before the
+    // action exists; an exec makes a process dumpable again, so an init
+    // that execs says when it is so once more, and its action waits for
+    // that ([`wait_until_ready`]).
+    // SAFETY: prctl takes only numbers.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // A fork (no CLONE_VM): the action runs `start.main` on its copy of
     // `stack`, which this frame leaves unused, with its copy of
     // `start.arg`; SIGCHLD tells the init of its exit.
@@ -165,7 +207,12 @@ pub(super) fn start_action(
     unsafe { libc::close(start.status.0) };
     // SAFETY: as above.
     unsafe { libc::close(start.host_proc) };
-    let errno = match keep_only_init_descriptors(report, quiet) {
+    let ready = start.ready.map(|(reader, writer)| {
+        // SAFETY: as above: the action's end.
+        unsafe { libc::close(reader) };
+        writer
+    });
+    let errno = match keep_only_init_descriptors(report, quiet, ready) {
         Err(errno) => errno,
         Ok(()) if exec => exec_init(action),
         Ok(()) => {
@@ -174,7 +221,7 @@ pub(super) fn start_action(
             // SAFETY: close_range takes only numbers; every descriptor
             // above REPORT_FD is a copy of the creator's, unused here.
             unsafe { libc::close_range(REPORT_FD as libc::c_uint + 1, libc::c_uint::MAX, 0) };
-            let code = supervise(action);
+            let code = supervise(action, None);
             // SAFETY: _exit ends this process without running anything
             // of the creator's (no atexit handlers, no unwinding).
             unsafe { libc::_exit(code) }
@@ -187,9 +234,14 @@ pub(super) fn start_action(
     (SpawnStep::Init, errno)
 }
 
-/// Puts `quiet` on the standard descriptors and the report pipe on
-/// [`REPORT_FD`], all kept across an exec. `Err`: the errno of a failure.
-fn keep_only_init_descriptors(report: RawFd, quiet: RawFd) -> Result<(), i32> {
+/// Puts `quiet` on the standard descriptors, the report pipe on
+/// [`REPORT_FD`] and `ready`'s write end on [`READY_FD`], all kept across
+/// an exec. `Err`: the errno of a failure.
+fn keep_only_init_descriptors(
+    report: RawFd,
+    quiet: RawFd,
+    ready: Option<RawFd>,
+) -> Result<(), i32> {
     // Neither source is a standard descriptor (the creator's are always
     // open), so the standard ones go first; the report is moved above the
     // target first, so that it is not the target.
@@ -204,10 +256,21 @@ fn keep_only_init_descriptors(report: RawFd, quiet: RawFd) -> Result<(), i32> {
     if report_high < 0 {
         return Err(errno());
     }
+    // SAFETY: fcntl takes only numbers.
+    let ready_high = ready.map(|ready| unsafe { libc::fcntl(ready, libc::F_DUPFD_CLOEXEC, 10) });
+    if ready_high.is_some_and(|high| high < 0) {
+        return Err(errno());
+    }
     // dup2 clears close-on-exec on the target: it stays open.
     // SAFETY: dup2 takes only descriptor numbers.
     if unsafe { libc::dup2(report_high, REPORT_FD) } < 0 {
         return Err(errno());
+    }
+    if let Some(high) = ready_high {
+        // SAFETY: as above.
+        if unsafe { libc::dup2(high, READY_FD) } < 0 {
+            return Err(errno());
+        }
     }
     Ok(())
 }
@@ -261,7 +324,7 @@ pub fn serve(args: &[String]) -> ExitCode {
     let Some(action) = args.first().and_then(|pid| pid.parse::<i32>().ok()) else {
         return ExitCode::FAILURE;
     };
-    ExitCode::from(supervise(action) as u8)
+    ExitCode::from(supervise(action, Some(READY_FD)) as u8)
 }
 
 /// The init's loop (see the module), for `action` (its pid in the
@@ -269,14 +332,20 @@ pub fn serve(args: &[String]) -> ExitCode {
 /// exit code once the action is reported. Raw system calls on the stack,
 /// nothing allocated: it also runs in a copy of the spawn server that has
 /// not exec'd.
-fn supervise(action: i32) -> libc::c_int {
+fn supervise(action: i32, ready: Option<RawFd>) -> libc::c_int {
     // SAFETY: prctl with a NUL-terminated name of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"rbe-init".as_ptr(), 0, 0, 0) };
-    // Under a runner without root, the action has its init's uid: not
-    // dumpable, the init can be neither traced nor read by it (a traced
-    // init would report whatever the action likes).
+    // Not dumpable (see `start_action`); after an exec, again, and then
+    // the action may go on.
     // SAFETY: prctl takes only numbers.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if let Some(ready) = ready {
+        // SAFETY: writes one byte of a literal; a failure leaves the
+        // action waiting until the namespace ends with this process.
+        unsafe { libc::write(ready, b"r".as_ptr().cast(), 1) };
+        // SAFETY: close takes only a descriptor number.
+        unsafe { libc::close(ready) };
+    }
     let report = ReportWriter(REPORT_FD);
     // SAFETY: all-zero bytes are a valid `sigset_t`.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
