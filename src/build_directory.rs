@@ -943,21 +943,21 @@ mod tests {
                 return None;
             }
             let dir = tempfile::tempdir().unwrap();
-            let status = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(status.success(), "mount -t tmpfs -o {options}: {status}");
+            let mounted = crate::test_support::command_succeeds(
+                std::process::Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+                    .arg(dir.path()),
+            );
+            assert!(mounted, "mount -t tmpfs -o {options} failed");
             Some(SmallTmpfs { dir })
         }
     }
 
     impl Drop for SmallTmpfs {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg(self.dir.path())
-                .status();
+            let _ = crate::test_support::command_succeeds(
+                std::process::Command::new("umount").arg(self.dir.path()),
+            );
         }
     }
 

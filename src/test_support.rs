@@ -3,10 +3,27 @@
 //! [`skip`] is the one way a test says it cannot run here (see
 //! `test_support/skip.rs`); the integration tests include the same file
 //! from `tests/common/mod.rs`, so its tests are here, where they run once.
+//! [`command_succeeds`] is the one way a unit test runs a command.
 
 mod skip;
 
 pub(crate) use skip::{running_as_root, skip};
+
+/// Runs `command` to its end; whether it exited 0. Through the runner's
+/// reaper: in the unit tests' process, a reaper that another test started
+/// waits for every child and takes an unknown one for an orphan, so a
+/// std `Command` waited on directly could lose its status (ECHILD; CI
+/// failed once so). The wait is on a thread of its own, so that callers
+/// on a runtime's thread may call this too.
+pub(crate) fn command_succeeds(command: &mut std::process::Command) -> bool {
+    let Ok(child) = crate::process::reaper::reaper().spawn(command) else {
+        return false;
+    };
+    std::thread::scope(|scope| scope.spawn(move || child.exit.blocking_recv()).join())
+        .ok()
+        .and_then(Result::ok)
+        .is_some_and(|exit| exit.exit_code() == Some(0))
+}
 
 #[cfg(test)]
 mod tests {

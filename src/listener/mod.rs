@@ -669,12 +669,13 @@ mod tests {
                 openssl x509 -req -in $name.csr -CA ca.pem -CAkey ca.key -set_serial 7 \
                     -days 2 -extfile $name.ext -out $name.pem
             done";
-        let made = std::process::Command::new("sh")
-            .args(["-c", script])
-            .current_dir(dir)
-            .stderr(std::process::Stdio::null())
-            .status();
-        if !made.is_ok_and(|status| status.success()) {
+        let made = crate::test_support::command_succeeds(
+            std::process::Command::new("sh")
+                .args(["-c", script])
+                .current_dir(dir)
+                .stderr(std::process::Stdio::null()),
+        );
+        if !made {
             crate::test_support::skip(test, "the openssl command cannot make certificates");
             return None;
         }
