@@ -23,8 +23,9 @@
 //! Isolation (issue 26, as root): the median latency of `Run(/bin/true)`
 //! with each `isolation` option alone, all except `network`, and all
 //! together, each sample interleaved with a plain Run, a direct spawn, and
-//! spawns of the same `/bin/true` through bubblewrap and `unshare`;
-//! printed as p50 added over the plain Run of the same round.
+//! spawns of the same `/bin/true` through bubblewrap and `unshare` (the
+//! Runs of a round in an order that rotates from round to round);
+//! printed as p50 added over the plain Run of the same rounds.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -482,10 +483,22 @@ async fn measure_isolation(plan: &Plan) {
     let (mut plain_runs, mut floors) = (Vec::new(), Vec::new());
     let mut isolated_runs = vec![Vec::with_capacity(rounds); runners.len()];
     let mut tool_spawns = vec![Vec::with_capacity(rounds); tools.len()];
-    for _ in 0..rounds {
-        plain_runs.push(timed_run(&mut plain_client, &plain).await);
-        for (index, (_, runner)) in runners.iter().enumerate() {
-            isolated_runs[index].push(timed_run(&mut clients[index], runner).await);
+    for round in 0..rounds {
+        // The Runs in turns, starting one further each round: a Run that
+        // follows a namespace's end (the tools', an isolated action's)
+        // shares the cores with the kernel dismantling it, and a fixed
+        // order gave that to the plain Run every round (`hostname` alone
+        // came out below it).
+        let turns = runners.len() + 1;
+        for turn in 0..turns {
+            match (round + turn) % turns {
+                0 => plain_runs.push(timed_run(&mut plain_client, &plain).await),
+                index => {
+                    let (_, runner) = &runners[index - 1];
+                    let took = timed_run(&mut clients[index - 1], runner).await;
+                    isolated_runs[index - 1].push(took);
+                }
+            }
         }
         floors.push(spawn_true());
         for (index, (_, command)) in tools.iter().enumerate() {
