@@ -325,7 +325,10 @@ async fn ps_lists_only_the_actions_processes(test: &str, path: SpawnPath) {
         .arg(&marker)
         .spawn()
         .unwrap();
-    let script = "sleep 1000.25 & ps -eo pid=,comm=,args=; kill $!";
+    // ps only once the background sleep has exec'd (until then it is a
+    // copy of sh, and under load ps saw it so).
+    let script = "sleep 1000.25 & until [ \"$(cat /proc/$!/comm)\" = sleep ]; do :; done; \
+                  ps -eo pid=,comm=,args=; kill $!";
 
     let runner = start(as_nobody(isolated()), path).await;
     let (action, response) = run_script(&runner, script).await;
@@ -997,8 +1000,10 @@ async fn true_reports_the_same_maxrss_as_without_isolation(test: &str, path: Spa
     // Issue 26's promise. The action is forked by its init (a copy of the
     // process that cloned it, as a plain action is) and then enters
     // through the very code a plain child runs, so that its memory before
-    // its exec, which maxrss counts, is the plain one's. What is left:
-    // what the first process wrote before the fork (under 100 KiB), and
+    // its exec, which maxrss counts, is the plain one's, down to its stack
+    // (it goes on below the first process's frames, as a plain child goes
+    // on in its own copy of the same stack area). What is left: what the
+    // first process wrote before the fork (0 to 50 KiB measured), and
     // the kernel's own imprecision: it reads the peak from per-CPU
     // counters without summing them (up to 31 pages per CPU for file and
     // for anonymous pages), so single samples of the same action differ

@@ -62,9 +62,13 @@ impl std::fmt::Display for Method {
 /// status.
 pub type ChildMain = extern "C" fn(arg: *mut c_void) -> libc::c_int;
 
-/// Size of the child's stack. It holds the frames of the child's setup
-/// (a few hundred bytes of locals, glibc's thin system call wrappers).
-const STACK_SIZE: usize = 64 * 1024;
+/// Size of the child's stack. It holds the frames of the child's setup:
+/// in a release build about 17 KiB for the first function, its callees
+/// inlined with their buffers (a path of 4 KiB among them), and, for an
+/// isolated action's first process, those of its action too, which goes
+/// on below them (see [`fork_into`]). Only the pages a child touches
+/// become its memory; the creator touches none.
+const STACK_SIZE: usize = 256 * 1024;
 
 /// The child's stack, made once.
 static AREA: Mutex<Option<Area>> = Mutex::new(None);
@@ -275,22 +279,21 @@ unsafe fn clone3_on_stack(
     unsafe { clone3_with(&args, main, arg) }
 }
 
-/// A fork (no flags) that runs `main(arg)` on `stack` (the lowest address
-/// and the size) and sends `SIGCHLD` when it ends, as glibc's `clone`
-/// would, but through the same first instructions as every child that
+/// A fork (no flags) that runs `main(arg)` and sends `SIGCHLD` when it
+/// ends, through the same first instructions as every child that
 /// [`Creator::create`] makes with [`Method::Clone3`]: the init of an
 /// isolated action forks its action with it, so that the action runs the
-/// very code a plain child runs (see `super::init`). Returns the child's
-/// pid, or minus the errno.
+/// very code a plain child runs (see `super::init`). The child goes on on
+/// its copy of the caller's stack, below the caller's frames, as after a
+/// `fork` (no stack is given: `main`'s frame may be larger than any stack
+/// carved out of the caller's). Returns the child's pid, or minus the
+/// errno.
 ///
 /// # Safety
-/// As [`Creator::create`]; `stack` must be memory of this process that
-/// nothing else uses while the child runs (its copy of it, that is).
-pub(super) unsafe fn fork_onto(stack: (usize, usize), main: ChildMain, arg: *mut c_void) -> isize {
+/// As [`Creator::create`].
+pub(super) unsafe fn fork_into(main: ChildMain, arg: *mut c_void) -> isize {
     let args = CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
-        stack: stack.0 as u64,
-        stack_size: stack.1 as u64,
         ..CloneArgs::default()
     };
     // SAFETY: forwarded from this function's contract.
@@ -298,7 +301,8 @@ pub(super) unsafe fn fork_onto(stack: (usize, usize), main: ChildMain, arg: *mut
 }
 
 /// `clone3(args)`, the child calling `main(arg)` on the stack `args`
-/// gives. Returns the child's pid, or minus the errno.
+/// gives (or, with none, below the caller's). Returns the child's pid, or
+/// minus the errno.
 ///
 /// # Safety
 /// As [`Creator::create`]; the stack in `args` must be unused by anything
@@ -308,7 +312,8 @@ unsafe fn clone3_with(args: &CloneArgs, main: ChildMain, arg: *mut c_void) -> is
     let result: isize;
     // SAFETY: the system call creates a child (a copy of us) that starts on
     // its copy of the stack in `args` (the kernel sets its stack pointer to
-    // the top).
+    // the top), or, with none, of ours, where the stack pointer is aligned
+    // for a call on entry to this block and nothing below it is in use.
     // The parent's path is a plain system call: rcx and r11 are clobbered
     // by `syscall`, rax holds the result. The child's path never returns
     // into Rust code: it calls `main(arg)` (a C-ABI function, with the

@@ -53,7 +53,6 @@
 //! killed too: SIGKILL.
 
 use std::ffi::{c_void, CStr};
-use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 use std::process::ExitCode;
 
@@ -80,12 +79,6 @@ const SELF_EXE: &CStr = c"/proc/self/exe";
 const REPORT_FD: RawFd = 3;
 /// Where the exec'd init finds the pipe on which it says it is ready.
 const READY_FD: RawFd = 4;
-
-/// The action's stack until its exec: the frames of its setup (a few
-/// hundred bytes of locals, glibc's thin system call wrappers), in its copy
-/// of the first process's stack (the creator's 64 KiB), where the first
-/// process left it unused.
-const ACTION_STACK_SIZE: usize = 16 * 1024;
 
 // The child's side: runs between clone and exec (see `super::child`).
 
@@ -151,10 +144,6 @@ pub(super) fn start_action(
     quiet: RawFd,
     exec: bool,
 ) -> (SpawnStep, i32) {
-    let mut stack = MaybeUninit::<[u8; ACTION_STACK_SIZE]>::uninit();
-    // Its bottom and top, 16-byte aligned as the ABI requires.
-    let low = (stack.as_mut_ptr() as usize + 15) & !15;
-    let top = (stack.as_mut_ptr() as usize + ACTION_STACK_SIZE) & !15;
     // Under a runner without root, the action has its init's uid: not
     // dumpable, the init can be neither traced nor read by it (a traced
     // init would report whatever the action likes). Made so before the
@@ -163,26 +152,47 @@ pub(super) fn start_action(
     // that ([`wait_until_ready`]).
     // SAFETY: prctl takes only numbers.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    // A fork (no CLONE_VM): the action runs `start.main` on its copy of
-    // `stack`, which this frame leaves unused, with its copy of
-    // `start.arg`; SIGCHLD tells the init of its exit.
+    // A fork (no CLONE_VM): the action runs `start.main` with its copy of
+    // `start.arg`, on its copy of this stack, below this frame (a stack
+    // carved out of this frame was too small in a release build, whose
+    // first function of a child has a 17 KiB frame); SIGCHLD tells the
+    // init of its exit.
     let action = match start.method {
         Method::Clone3 => {
             // SAFETY: `start.main` keeps the contract of a child between
             // clone and exec (raw system calls on values prepared
             // beforehand, no allocation, no locks, no unwinding; see
             // `super::child`), on its own copy of this single-threaded
-            // process, every signal blocked; `stack` is unused here.
-            let pid = unsafe { clone::fork_onto((low, top - low), start.main, start.arg) };
+            // process, every signal blocked.
+            let pid = unsafe { clone::fork_into(start.main, start.arg) };
             if pid < 0 {
                 return (SpawnStep::Init, -pid as i32);
             }
             pid as i32
         }
         Method::Clone => {
-            // SAFETY: as above.
-            let pid =
-                unsafe { libc::clone(start.main, top as *mut c_void, libc::SIGCHLD, start.arg) };
+            // The raw system call, not glibc's `fork` (whose handlers take
+            // locks another thread of the creator may have held when this
+            // copy was made) nor its `clone` (which needs a stack).
+            // SAFETY: a fork: the child returns here with its own copy of
+            // this single-threaded process's memory and goes on only to
+            // `start.main`, as above, and `_exit`.
+            let pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    libc::SIGCHLD as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                )
+            } as i32;
+            if pid == 0 {
+                let code = (start.main)(start.arg);
+                // SAFETY: _exit ends the child without running anything of
+                // its creator's.
+                unsafe { libc::_exit(code) }
+            }
             if pid < 0 {
                 return (SpawnStep::Init, errno());
             }
