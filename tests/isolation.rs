@@ -81,6 +81,7 @@ on_both_spawn_paths!(
     cancellation_reaches_the_action_and_kills_what_it_left,
     a_deadline_terminates_the_action_through_the_init,
     true_reports_the_same_maxrss_as_without_isolation,
+    the_runner_holds_an_actions_mount_namespace_while_it_runs,
     nothing_is_left_on_the_host_after_1000_actions,
 );
 
@@ -946,6 +947,46 @@ async fn maxrss_of_true(runner: &TestRunner) -> i64 {
         .into_inner();
     assert_eq!(response.exit_code, 0, "{}", outputs(&action));
     posix_usage(&response).maximum_resident_set_size
+}
+
+/// Why it matters: the last process of a mount namespace dismantles it as
+/// it exits, before its Run can be answered; the runner holds a plain
+/// isolated action's namespace while the action runs and lets it go once
+/// its exit is known, so that nothing of it outlives the Run either.
+async fn the_runner_holds_an_actions_mount_namespace_while_it_runs(test: &str, path: SpawnPath) {
+    if !running_as_root(test) {
+        return;
+    }
+    let runner = start(json!({ "isolation": { "tmp": "private" } }), path).await;
+    let action = writable_action(&runner);
+    let request = shell_request(
+        &action,
+        &format!("readlink /proc/self/ns/mnt > namespace; touch ready; {WAIT_FOR_GO}"),
+    );
+    let call = start_and_wait_for(&runner, &action, request, "ready").await;
+    let namespace = read(&action.path.join("root/namespace")).trim().to_string();
+    assert!(namespace.starts_with("mnt:["), "{namespace}");
+    let holds = || holds_a_link_to(runner.pid(), &namespace);
+    eventually(
+        "the runner holds the action's mount namespace",
+        SETTLE,
+        holds,
+    )
+    .await;
+    std::fs::write(action.path.join("root/go"), "").unwrap();
+    let response = call.await.unwrap().unwrap().into_inner();
+    assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+    assert!(!holds(), "the runner still holds {namespace} after the Run");
+}
+
+/// Whether process `pid` has a descriptor open on `target` (a link's text,
+/// such as a namespace's `mnt:[...]`).
+fn holds_a_link_to(pid: u32, target: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| std::fs::read_link(entry.path()).is_ok_and(|link| link.as_os_str() == target))
 }
 
 /// The median of `samples`.

@@ -456,7 +456,13 @@ pub(crate) fn follow_action(init: SpawnedChild, action: i32, report: ReportReade
         };
         let _ = exited.send(exit);
     });
-    SpawnedChild { pid: action, exit }
+    SpawnedChild {
+        pid: action,
+        exit,
+        // The init holds the action's namespaces, and dismantles them
+        // when it exits, after its report.
+        mount_namespace: None,
+    }
 }
 
 #[cfg(test)]

@@ -100,6 +100,9 @@ pub struct SpawnedChild {
     pub pid: i32,
     /// Receives the child's exit once it has been reaped.
     pub exit: oneshot::Receiver<ChildExit>,
+    /// The child's own mount namespace, held open while this value lives
+    /// (see `spawn::holding_mount_namespace`).
+    pub mount_namespace: Option<OwnedFd>,
 }
 
 /// How children's exits are learned; see the module's documentation.
@@ -151,7 +154,11 @@ impl Expecting {
         if let (Mode::Pidfd(runtime), Some(pidfd)) = (&reaper.mode, pidfd) {
             runtime.spawn(reaper.wait_on_pidfd(pid, pidfd));
         }
-        SpawnedChild { pid, exit }
+        SpawnedChild {
+            pid,
+            exit,
+            mount_namespace: None,
+        }
     }
 }
 

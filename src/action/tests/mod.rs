@@ -212,6 +212,7 @@ impl Spawner for FakeSpawner {
         Ok(SpawnedChild {
             pid: FAKE_PID,
             exit,
+            mount_namespace: None,
         })
     }
 }
