@@ -937,14 +937,8 @@ async fn a_deadline_terminates_the_action_through_the_init(test: &str, path: Spa
 
 /// The maxrss (bytes) `runner` reports for `/bin/true`.
 async fn maxrss_of_true(runner: &TestRunner) -> i64 {
-    let action = runner.action();
-    let response = runner
-        .client()
-        .await
-        .run(action.request(vec!["/bin/true".into()], vec![]))
-        .await
-        .unwrap()
-        .into_inner();
+    let (action, response) = runner.run_true().await;
+    let response = response.unwrap();
     assert_eq!(response.exit_code, 0, "{}", outputs(&action));
     posix_usage(&response).maximum_resident_set_size
 }

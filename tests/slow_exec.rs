@@ -531,10 +531,9 @@ async fn a_hung_exec_makes_the_runner_not_ready_until_it_returns() {
         "no RunnerState with reason stuck spawn"
     );
     let refused = runner
-        .client()
+        .run_true()
         .await
-        .run(runner.action().request(vec!["/bin/true".into()], vec![]))
-        .await
+        .1
         .expect_err("work is refused while a spawn is stuck");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
 
@@ -623,15 +622,8 @@ async fn a_hung_exec_ended_by_aborting_the_fuse_connection_fails_and_the_runner_
         "{failed:?}"
     );
     check_readiness(&runner).await.expect("ready again");
-    let action = runner.action();
-    let response = runner
-        .client()
-        .await
-        .run(action.request(vec!["/bin/true".into()], vec![]))
-        .await
-        .expect("runs again")
-        .into_inner();
-    assert_eq!(response.exit_code, 0);
+    let (_, response) = runner.run_true().await;
+    assert_eq!(response.expect("runs again").exit_code, 0);
     drop(fuse);
 }
 

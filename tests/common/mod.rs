@@ -266,6 +266,19 @@ impl TestRunner {
         (action, result)
     }
 
+    /// Runs `/bin/true` in a fresh action directory.
+    pub async fn run_true(&self) -> (ActionDirectory, Result<RunResponse, tonic::Status>) {
+        let action = self.action();
+        let request = action.request(vec!["/bin/true".into()], vec![]);
+        let result = self
+            .client()
+            .await
+            .run(request)
+            .await
+            .map(|r| r.into_inner());
+        (action, result)
+    }
+
     /// Runs `request` (for `action`) and asserts that it exited 0, showing
     /// the action's stderr otherwise.
     pub async fn run_successfully(
