@@ -751,15 +751,7 @@ async fn a_second_signal_terminates_actions_a_graceful_stop_waits_for() {
 #[tokio::test]
 async fn a_tiny_actions_maxrss_does_not_include_the_runners_resident_set() {
     let runner = TestRunner::start(json!({}));
-    let action = runner.action();
-    let request = action.request(vec!["/bin/true".into()], vec![]);
-    let response = runner
-        .client()
-        .await
-        .run(request)
-        .await
-        .unwrap()
-        .into_inner();
+    let response = runner.run_true().await.1.unwrap();
     let maxrss = posix_usage(&response).maximum_resident_set_size as u64;
     let (resident, anonymous) = (
         status_bytes(runner.pid(), "VmRSS:"),

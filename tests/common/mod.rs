@@ -255,21 +255,23 @@ impl TestRunner {
         &self,
         script: &str,
     ) -> (ActionDirectory, Result<RunResponse, tonic::Status>) {
-        let action = self.action();
-        let request = shell_request(&action, script);
-        let result = self
-            .client()
+        self.run_in_fresh_action(|action| shell_request(action, script))
             .await
-            .run(request)
-            .await
-            .map(|r| r.into_inner());
-        (action, result)
     }
 
     /// Runs `/bin/true` in a fresh action directory.
     pub async fn run_true(&self) -> (ActionDirectory, Result<RunResponse, tonic::Status>) {
+        self.run_in_fresh_action(|action| action.request(vec!["/bin/true".into()], vec![]))
+            .await
+    }
+
+    /// Runs the request `for_action` makes for a fresh action directory.
+    async fn run_in_fresh_action(
+        &self,
+        for_action: impl FnOnce(&ActionDirectory) -> RunRequest,
+    ) -> (ActionDirectory, Result<RunResponse, tonic::Status>) {
         let action = self.action();
-        let request = action.request(vec!["/bin/true".into()], vec![]);
+        let request = for_action(&action);
         let result = self
             .client()
             .await
