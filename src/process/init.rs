@@ -89,9 +89,9 @@ pub(super) struct ActionStart {
     pub(super) host_proc: RawFd,
     /// The child's status channel.
     pub(super) status: StatusWriter,
-    /// The action: sets itself up and execs, called with `arg` on the action's stack; returns only the
-    /// exit status of a failed step, which it has written to the status
-    /// channel.
+    /// The action: sets itself up and execs, called with `arg` on its
+    /// copy of the init's stack; returns only the exit status of a failed
+    /// step, which it has written to the status channel.
     pub(super) main: extern "C" fn(*mut c_void) -> libc::c_int,
     pub(super) arg: *mut c_void,
     /// How the init's creator created it: the action is forked the same
@@ -117,8 +117,9 @@ pub(super) fn ready_pipe() -> Result<[RawFd; 2], i32> {
 /// In the action, first thing: with `ready` (the read end of
 /// [`ready_pipe`]), waits for its init's word that it can no longer be
 /// read or traced (an init that execs is until then). Every other child
-/// passes -1 and makes the same call, which fails at once. `Err`: the
-/// init ended without its word (the errno, or EPIPE).
+/// passes -1 and makes the same call, which fails at once. An init that
+/// ends without its word ends the namespace, and the action with it;
+/// `Err` is a read that failed otherwise.
 pub(super) fn wait_until_ready(ready: RawFd) -> Result<(), i32> {
     let mut word = 0u8;
     // SAFETY: the kernel writes at most one byte into the live local.
