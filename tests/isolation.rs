@@ -1258,67 +1258,6 @@ async fn nothing_is_left_on_the_host_after_1000_actions(test: &str, path: SpawnP
 // Startup refusals
 // ---------------------------------------------------------------------------
 
-/// Starts the runner with `extra` merged into a minimal configuration
-/// (through `wrapper`, a program and its arguments to which the runner
-/// and its configuration file are appended; none: directly, as root) and
-/// returns what it said on stderr; it must refuse to start, without
-/// serving.
-fn startup_refusal(extra: Value, wrapper: &[&str]) -> String {
-    use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let build = dir.path().join("build");
-    std::fs::create_dir(&build).unwrap();
-    let socket = dir.path().join("runner.sock");
-    let mut config = json!({
-        "buildDirectoryPath": build,
-        "grpcServers": [{
-            "listenPaths": [socket],
-            "authenticationPolicy": { "allow": {} },
-        }],
-    });
-    merge(&mut config, extra);
-    let config_path = dir.path().join("runner.jsonnet");
-    std::fs::write(&config_path, config.to_string()).unwrap();
-    let mut command = match wrapper {
-        [] => std::process::Command::new(runner_under_test()),
-        [program, arguments @ ..] => {
-            let mut command = std::process::Command::new(program);
-            command.args(arguments).arg(runner_under_test());
-            command
-        }
-    };
-    command
-        .arg(&config_path)
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = command.spawn().expect("start rbe-runner");
-    // Read until it exits (stderr closes) or says it serves.
-    let mut said = Vec::new();
-    let mut served = false;
-    for line in std::io::BufReader::new(child.stderr.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-    {
-        served |= line.contains("serving");
-        said.push(line);
-        if served {
-            break;
-        }
-    }
-    if served {
-        let _ = child.kill();
-    }
-    let status = child.wait().unwrap();
-    let said = said.join("\n");
-    assert!(!served, "the runner started with {config}:\n{said}");
-    assert!(!status.success(), "exit 0 with {config}:\n{said}");
-    assert!(!socket.exists(), "it must not serve");
-    said
-}
-
 #[test]
 fn unknown_isolation_keys_stop_startup_naming_the_field() {
     let said = startup_refusal(json!({ "isolation": { "pids": true } }), &[]);

@@ -56,9 +56,18 @@ impl MountOrigin {
     /// The field of the configuration that asks for this mount.
     pub fn field(self) -> String {
         match self {
+            MountOrigin::Entry(_) => format!("{}.mountpoint", self.setting()),
+            _ => self.setting(),
+        }
+    }
+
+    /// The setting that asks for this mount: the option, or the whole
+    /// `inputRootMounts` entry.
+    pub fn setting(self) -> String {
+        match self {
             MountOrigin::Pid => "isolation.pid".into(),
             MountOrigin::Dev => "isolation.dev".into(),
-            MountOrigin::Entry(index) => format!("inputRootMounts[{index}].mountpoint"),
+            MountOrigin::Entry(index) => format!("inputRootMounts[{index}]"),
         }
     }
 

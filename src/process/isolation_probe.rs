@@ -7,6 +7,14 @@
 //! configured. Made inside a user namespace (a runner without
 //! CAP_SYS_ADMIN), a refusal is explained with its cause and its fix
 //! ([`super::user_namespace::explain`]).
+//!
+//! With mounts in a chrooted action's input root (`inputRootMounts`,
+//! `isolation.dev`, `pid`'s `/proc` there), the probe chroots into an
+//! input root of its own holding just their mountpoints, so that a mount
+//! the kernel refuses (an unknown `filesystemType`, a bind source that is
+//! missing) stops the runner naming its entry, not every Run. Its
+//! program cannot run in that root (there is no dynamic loader there), so
+//! there reaching the exec is success: every mount was made.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -17,6 +25,7 @@ use tokio::sync::oneshot;
 
 use super::call::CallGone;
 use super::clone::Method;
+use super::input_root_mounts::{InputRootMounts, MountKind};
 use super::isolation::{temporary_directory_for_child, Isolation};
 use super::spawn::spawn;
 use super::spawn_server::SpawnServer;
@@ -33,7 +42,7 @@ pub enum IsolationProbeError {
     /// The kernel refused a step (an errno, from the child or the clone).
     #[error("{field}: the runner cannot give actions this isolation here: {error}{hint}")]
     Refused {
-        field: &'static str,
+        field: String,
         error: SpawnError,
         /// What commonly causes it, and the fix.
         hint: String,
@@ -168,13 +177,30 @@ pub async fn probe(
                 }
             }
             Err(IsolationProbeError::Refused {
-                field: named.unwrap_or_else(|| first_field(isolation)),
+                field: named.unwrap_or_else(|| first_field(isolation)).into(),
+                hint: hint(&error, isolation),
+                error,
+            })
+        }
+        Err(Probed::Refused(error))
+            if matches!(
+                error.step,
+                SpawnStep::InputRootMount | SpawnStep::InputRootDev | SpawnStep::InputRootProc
+            ) =>
+        {
+            // Which mount does the kernel refuse? They are made in order:
+            // the first whose prefix fails.
+            let field = failing_mount(isolation, method, server, &scratch.0)
+                .await
+                .unwrap_or_else(|| field_of(error.step, isolation).into());
+            Err(IsolationProbeError::Refused {
+                field,
                 hint: hint(&error, isolation),
                 error,
             })
         }
         Err(Probed::Refused(error)) => Err(IsolationProbeError::Refused {
-            field: field_of(error.step, isolation),
+            field: field_of(error.step, isolation).into(),
             hint: hint(&error, isolation),
             error,
         }),
@@ -193,12 +219,73 @@ enum Probed {
     Failed(String),
 }
 
+/// The field of the first mount in the input root that the kernel
+/// refuses, found by probing ever longer prefixes of them.
+async fn failing_mount(
+    isolation: &Isolation,
+    method: Method,
+    server: Option<&SpawnServer>,
+    scratch: &Path,
+) -> Option<String> {
+    let mounts = isolation.input_root_mounts.as_ref()?;
+    for end in 1..=mounts.mounts.len() {
+        let prefix = Isolation {
+            input_root_mounts: Some(Arc::new(InputRootMounts {
+                mounts: mounts.mounts[..end].to_vec(),
+            })),
+            ..isolation.clone()
+        };
+        if let Err(Probed::Refused(_)) = run(Arc::new(prefix), method, server, scratch).await {
+            return Some(mounts.mounts[end - 1].origin.setting());
+        }
+    }
+    None
+}
+
+/// An input root beneath `scratch` (emptied first) holding the
+/// mountpoints of `mounts`: a file where a bind's source is not a
+/// directory, a directory everywhere else.
+fn input_root_with_mountpoints(
+    scratch: &Path,
+    mounts: &InputRootMounts,
+) -> Result<PathBuf, Probed> {
+    use std::os::unix::ffi::OsStrExt;
+    let root = scratch.join("root");
+    let made = |path: &Path, error: std::io::Error| {
+        Probed::Failed(format!("cannot make {}: {error}", path.display()))
+    };
+    if root.exists() {
+        std::fs::remove_dir_all(&root).map_err(|error| made(&root, error))?;
+    }
+    std::fs::create_dir(&root).map_err(|error| made(&root, error))?;
+    for mount in &mounts.mounts {
+        let path = root.join(std::ffi::OsStr::from_bytes(mount.mountpoint.as_bytes()));
+        let a_file = match &mount.kind {
+            MountKind::Bind { source, .. } => {
+                !Path::new(std::ffi::OsStr::from_bytes(source.as_bytes())).is_dir()
+            }
+            _ => false,
+        };
+        let result = match (a_file, path.parent()) {
+            (true, Some(parent)) => std::fs::create_dir_all(parent)
+                .and_then(|()| std::fs::File::create(&path).map(drop)),
+            _ => std::fs::create_dir_all(&path),
+        };
+        result.map_err(|error| made(&path, error))?;
+    }
+    Ok(root)
+}
+
 async fn run(
     isolation: Arc<Isolation>,
     method: Method,
     server: Option<&SpawnServer>,
     scratch: &Path,
 ) -> Result<(), Probed> {
+    let root = match &isolation.input_root_mounts {
+        Some(mounts) => Some(input_root_with_mountpoints(scratch, mounts)?),
+        None => None,
+    };
     let open_directory = |path: &Path| -> Result<OwnedFd, Probed> {
         nix::fcntl::open(
             path,
@@ -217,8 +304,8 @@ async fn run(
         program: super::spawn_server::DEFAULT_PROC_SELF_EXE.into(),
         arguments: vec!["rbe-runner".into(), "--version".into()],
         environment: Vec::new(),
-        working_directory: open_directory(scratch)?,
-        chroot_directory: None,
+        working_directory: open_directory(root.as_deref().unwrap_or(scratch))?,
+        chroot_directory: root.as_deref().map(open_directory).transpose()?,
         identity: None,
         stdin: None,
         stdout: output("stdout")?,
@@ -245,9 +332,12 @@ async fn run(
     };
     let (_forever, dropped) = oneshot::channel();
     let mut call = CallGone::new(dropped, Some(tokio::time::Instant::now() + PROBE_TIMEOUT));
-    let child = spawn(&spec, method, server, &mut call, None)
-        .await
-        .map_err(Probed::Refused)?;
+    let child = match spawn(&spec, method, server, &mut call, None).await {
+        Ok(child) => child,
+        // Chrooted, reaching the exec is success (see the module).
+        Err(error) if root.is_some() && error.step == SpawnStep::Exec => return Ok(()),
+        Err(error) => return Err(Probed::Refused(error)),
+    };
     let exit = tokio::time::timeout(PROBE_TIMEOUT, child.exit)
         .await
         .map_err(|_| {
