@@ -1015,10 +1015,13 @@ fn same_layout(command: &mut std::process::Command) {
 }
 
 /// Puts every page of the runner's executable in the page cache, written
-/// back: the kernel maps the code a child faults in 64 KiB around each
-/// fault, but only pages that are there and not busy, so a binary the
-/// linker has just written (as in CI) is mapped in smaller pieces, and
-/// differently from one moment to the next, until it has been written back.
+/// back, before either runner starts: the kernel maps around a fault only
+/// the pages that are there and not busy, and how the executable's pages
+/// sit in the page cache changes what a child's faults map (a binary the
+/// linker had just written reported 5 to 6 MiB here, where the same code
+/// reported 3.5 MiB later). Both runners execute the same file, and are
+/// sampled in turns, so they see the same pages either way; this only
+/// keeps the pages from changing while the samples are taken.
 fn settle_the_runners_pages() {
     use std::io::Read;
     let mut binary = std::fs::File::open(BIN).unwrap();
@@ -1044,7 +1047,7 @@ async fn true_reports_the_same_maxrss_as_without_isolation(test: &str, path: Spa
     // for anonymous pages), so single samples of the same action differ
     // by a few hundred KiB; the medians of 9 taken in turns much less. A
     // debug build's text, mapped 64 KiB around each fault, is most of the
-    // 3-6 MiB both report (see `settle_the_runners_pages`).
+    // 3-6 MiB both report (see `same_layout`).
     const WITHIN: i64 = 512 * 1024;
     settle_the_runners_pages();
     let plain = start_with(json!({}), path, same_layout).await;
