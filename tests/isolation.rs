@@ -1042,12 +1042,10 @@ async fn true_reports_the_same_maxrss_as_without_isolation(test: &str, path: Spa
     // (it goes on below the first process's frames, as a plain child goes
     // on in its own copy of the same stack area). What is left: what the
     // first process wrote before the fork (0 to 50 KiB measured), and
-    // the kernel's own imprecision: it reads the peak from per-CPU
-    // counters without summing them (up to 31 pages per CPU for file and
-    // for anonymous pages), so single samples of the same action differ
-    // by a few hundred KiB; the medians of 9 taken in turns much less. A
-    // debug build's text, mapped 64 KiB around each fault, is most of the
-    // 3-6 MiB both report (see `same_layout`).
+    // the spread of samples of one runner (up to about 50 KiB: the kernel
+    // reads the peak from per-CPU counters), which the medians of 9 taken
+    // in turns smooth. A debug build's text, mapped 64 KiB around each
+    // fault, is most of the 3-6 MiB both report (see `same_layout`).
     const WITHIN: i64 = 512 * 1024;
     settle_the_runners_pages();
     let plain = start_with(json!({}), path, same_layout).await;
