@@ -118,20 +118,14 @@ impl TestRunner {
         adjust: impl FnOnce(&mut Command),
     ) -> TestRunner {
         let dir = tempfile::tempdir().expect("tempdir");
-        let build_dir = dir.path().join("build");
-        std::fs::create_dir(&build_dir).expect("create build dir");
-        let socket = dir.path().join("runner.sock");
-        let mut config = json!({
-            "buildDirectoryPath": build_dir,
-            "grpcServers": [{
-                "listenPaths": [socket],
-                "authenticationPolicy": { "allow": {} },
-            }],
-            "terminationGracePeriod": "2s",
-        });
-        merge(&mut config, extra);
-        let config_path = dir.path().join("runner.jsonnet");
-        std::fs::write(&config_path, config.to_string()).expect("write config");
+        let mut quick = json!({ "terminationGracePeriod": "2s" });
+        merge(&mut quick, extra);
+        let MinimalConfig {
+            path: config_path,
+            build_dir,
+            socket,
+            ..
+        } = MinimalConfig::write(dir.path(), quick);
 
         let mut command = match (wrapper, unprivileged_runner()) {
             ([program, arguments @ ..], _) => {
@@ -697,6 +691,41 @@ pub async fn run_in_slots(
         .await
 }
 
+/// A runner's configuration written beneath a directory: a build directory
+/// and one socket there, with `extra` merged in.
+pub struct MinimalConfig {
+    /// The configuration file.
+    pub path: PathBuf,
+    pub build_dir: PathBuf,
+    pub socket: PathBuf,
+    pub config: Value,
+}
+
+impl MinimalConfig {
+    /// Makes `dir/build` and writes `dir/runner.jsonnet`.
+    pub fn write(dir: &Path, extra: Value) -> MinimalConfig {
+        let build_dir = dir.join("build");
+        std::fs::create_dir(&build_dir).expect("create build dir");
+        let socket = dir.join("runner.sock");
+        let mut config = json!({
+            "buildDirectoryPath": build_dir,
+            "grpcServers": [{
+                "listenPaths": [socket],
+                "authenticationPolicy": { "allow": {} },
+            }],
+        });
+        merge(&mut config, extra);
+        let path = dir.join("runner.jsonnet");
+        std::fs::write(&path, config.to_string()).expect("write config");
+        MinimalConfig {
+            path,
+            build_dir,
+            socket,
+            config,
+        }
+    }
+}
+
 /// Starts the runner with `extra` merged into a minimal configuration
 /// (through `wrapper`, a program and its arguments to which the runner
 /// and its configuration file are appended; none: directly, as root) and
@@ -709,19 +738,12 @@ pub fn startup_refusal(extra: Value, wrapper: &[&str]) -> String {
         <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
     )
     .unwrap();
-    let build = dir.path().join("build");
-    std::fs::create_dir(&build).unwrap();
-    let socket = dir.path().join("runner.sock");
-    let mut config = json!({
-        "buildDirectoryPath": build,
-        "grpcServers": [{
-            "listenPaths": [socket],
-            "authenticationPolicy": { "allow": {} },
-        }],
-    });
-    merge(&mut config, extra);
-    let config_path = dir.path().join("runner.jsonnet");
-    std::fs::write(&config_path, config.to_string()).unwrap();
+    let MinimalConfig {
+        path: config_path,
+        socket,
+        config,
+        ..
+    } = MinimalConfig::write(dir.path(), extra);
     let mut command = match wrapper {
         [] => std::process::Command::new(runner_under_test()),
         [program, arguments @ ..] => {
