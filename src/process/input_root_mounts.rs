@@ -37,7 +37,7 @@ use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
 use super::child::{check, errno};
-use super::isolation::{PROC_MASKED, PROC_READ_ONLY};
+use super::isolation::{PROC_MASKED, PROC_READ_ONLY, READ_ONLY_REMOUNT};
 use super::spec::SpawnStep;
 
 /// Whose mount a [`Mount`] is, which names the field in messages and the
@@ -675,19 +675,7 @@ fn mask_proc(proc: RawFd, step: SpawnStep) -> Result<(), (SpawnStep, i32)> {
             Err((_, libc::ENOENT)) => continue,
             bound => bound?,
         }
-        mount(
-            c"",
-            name,
-            None,
-            libc::MS_BIND
-                | libc::MS_REMOUNT
-                | libc::MS_RDONLY
-                | libc::MS_NOSUID
-                | libc::MS_NODEV
-                | libc::MS_NOEXEC,
-            None,
-            step,
-        )?;
+        mount(c"", name, None, READ_ONLY_REMOUNT, None, step)?;
     }
     for path in PROC_MASKED {
         match mount(

@@ -162,6 +162,14 @@ pub(super) const PROC_READ_ONLY: [&CStr; 4] = [
     c"/proc/bus",
     c"/proc/sysrq-trigger",
 ];
+/// The flags that make a bind mount of [`PROC_READ_ONLY`] read-only (and
+/// nosuid, nodev, noexec): a remount of the bind.
+pub(super) const READ_ONLY_REMOUNT: libc::c_ulong = libc::MS_BIND
+    | libc::MS_REMOUNT
+    | libc::MS_RDONLY
+    | libc::MS_NOSUID
+    | libc::MS_NODEV
+    | libc::MS_NOEXEC;
 /// Masked in the action's `/proc` by binding `/dev/null` over them.
 pub(super) const PROC_MASKED: [&CStr; 3] = [c"/proc/kcore", c"/proc/keys", c"/proc/timer_list"];
 
@@ -376,12 +384,7 @@ fn mount_proc() -> Result<(), (SpawnStep, i32)> {
                 std::ptr::null(),
                 path.as_ptr(),
                 std::ptr::null(),
-                libc::MS_BIND
-                    | libc::MS_REMOUNT
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV
-                    | libc::MS_NOEXEC,
+                READ_ONLY_REMOUNT,
                 std::ptr::null(),
             )
         };
