@@ -367,27 +367,13 @@ async fn nothing_is_left_on_the_host_after_1000_actions(test: &str, path: SpawnP
 /// and mount of the host's `/usr` or `/dev` nodes, counted by mountpoint,
 /// type and root.
 fn mounts_that_matter(runner_dir: &Path) -> BTreeMap<(String, String, String), usize> {
-    let mountinfo = read(Path::new("/proc/self/mountinfo"));
     let runner_dir = runner_dir.to_string_lossy().into_owned();
-    let mut mounts = BTreeMap::new();
-    for line in mountinfo.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let Some(separator) = fields.iter().position(|field| *field == "-") else {
-            continue;
-        };
-        let (root, point) = (fields[3], fields[4]);
-        let fstype = fields.get(separator + 1).copied().unwrap_or_default();
-        let matters = point.starts_with(&runner_dir)
+    host_mounts_where(|point, fstype, root| {
+        point.starts_with(&runner_dir)
             || ["proc", "devpts"].contains(&fstype)
             || root.starts_with("/usr")
-            || ["/null", "/zero", "/full", "/random", "/urandom", "/tty"].contains(&root);
-        if matters {
-            *mounts
-                .entry((point.to_string(), fstype.to_string(), root.to_string()))
-                .or_insert(0) += 1;
-        }
-    }
-    mounts
+            || ["/null", "/zero", "/full", "/random", "/urandom", "/tty"].contains(&root)
+    })
 }
 
 /// Why it matters: the runner opens the working directory in its own

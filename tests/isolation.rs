@@ -1085,27 +1085,13 @@ const LEAVE_ONE_EVERY: usize = 100;
 /// machine runs other tests.) As (mount point, filesystem type, root)
 /// with their counts.
 fn host_mounts_that_matter(runner_dir: &Path) -> BTreeMap<(String, String, String), usize> {
-    let mountinfo = read(Path::new("/proc/self/mountinfo"));
     let runner_dir = runner_dir.to_string_lossy().into_owned();
-    let mut mounts = BTreeMap::new();
-    for line in mountinfo.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let Some(separator) = fields.iter().position(|field| *field == "-") else {
-            continue;
-        };
-        let (root, point) = (fields[3], fields[4]);
-        let fstype = fields.get(separator + 1).copied().unwrap_or_default();
-        let matters = ["/proc", "/tmp", "/var/tmp", "/dev/shm"].contains(&point)
+    host_mounts_where(|point, _, root| {
+        ["/proc", "/tmp", "/var/tmp", "/dev/shm"].contains(&point)
             || point.starts_with("/proc/")
             || point.starts_with(&runner_dir)
-            || root.starts_with(&runner_dir);
-        if matters {
-            *mounts
-                .entry((point.to_string(), fstype.to_string(), root.to_string()))
-                .or_insert(0) += 1;
-        }
-    }
-    mounts
+            || root.starts_with(&runner_dir)
+    })
 }
 
 /// The active `net_namespace` objects in `/proc/slabinfo` (the host's own

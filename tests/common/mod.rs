@@ -782,3 +782,27 @@ pub fn startup_refusal(extra: Value, wrapper: &[&str]) -> String {
     assert!(!socket.exists(), "it must not serve");
     said
 }
+
+/// The host's mounts (`/proc/self/mountinfo`) for which `matters(mount
+/// point, filesystem type, root)` holds, counted by (mount point, type,
+/// root): what a test compares before and after actions that mount.
+pub fn host_mounts_where(
+    matters: impl Fn(&str, &str, &str) -> bool,
+) -> std::collections::BTreeMap<(String, String, String), usize> {
+    let mountinfo = read(Path::new("/proc/self/mountinfo"));
+    let mut mounts = std::collections::BTreeMap::new();
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some(separator) = fields.iter().position(|field| *field == "-") else {
+            continue;
+        };
+        let (root, point) = (fields[3], fields[4]);
+        let fstype = fields.get(separator + 1).copied().unwrap_or_default();
+        if matters(point, fstype, root) {
+            *mounts
+                .entry((point.to_string(), fstype.to_string(), root.to_string()))
+                .or_insert(0) += 1;
+        }
+    }
+    mounts
+}
