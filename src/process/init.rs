@@ -203,7 +203,7 @@ pub(super) fn start_action(
     // The init, not the action, says the action's pid as the runner sees
     // it: the action runs nothing before its setup that a plain child
     // does not.
-    match isolation::only_child_through(start.host_proc) {
+    match isolation::first_child_through(start.host_proc) {
         Ok(pid) => start.status.action_started(pid),
         Err(errno) => {
             // SAFETY: kill takes only numbers; the action is this

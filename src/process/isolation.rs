@@ -224,11 +224,21 @@ pub(super) fn open_host_proc() -> Result<RawFd, (SpawnStep, i32)> {
     Ok(fd)
 }
 
-/// The pid, as the runner sees it, of the only child of the calling thread
-/// (the action, to its init), from the host's `/proc` open as
+/// The pid, as the runner sees it, of the first child of the calling
+/// thread (the action, to its init), from the host's `/proc` open as
 /// `host_proc`: `thread-self/children` there lists the thread's children
 /// by their pids in the host's PID namespace, each followed by a space.
-pub(super) fn only_child_through(host_proc: RawFd) -> Result<i32, i32> {
+///
+/// The action is not always the only child. By the time the init reads,
+/// a quick action may have exec'd, started a background process and
+/// exited; the kernel hands that orphan to the namespace's init, its
+/// reaper. But the list keeps the order in which children joined it: a
+/// fork appends the new child (`copy_process`), a dying process's
+/// children are spliced onto the reaper's list at its end
+/// (`forget_original_parent`), and the action, a zombie until the init
+/// waits for it, keeps its place. The init forks only the action, so the
+/// action is first.
+pub(super) fn first_child_through(host_proc: RawFd) -> Result<i32, i32> {
     // SAFETY: a NUL-terminated literal; the kernel checks the flags.
     let fd = unsafe {
         libc::openat(
@@ -250,11 +260,15 @@ pub(super) fn only_child_through(host_proc: RawFd) -> Result<i32, i32> {
     if length < 0 {
         return Err(read_errno);
     }
-    // One pid, then its space: anything else is not the one child.
-    match &listed[..length as usize] {
-        [pid @ .., b' '] => parse_pid(pid).ok_or(libc::EPROTO),
-        _ => Err(libc::EPROTO),
-    }
+    first_listed_pid(&listed[..length as usize]).ok_or(libc::EPROTO)
+}
+
+/// The first pid of a `children` list, which ends with its space; the
+/// buffer holds at least one whole entry (a pid has at most 7 digits, as
+/// `pid_max` is at most 2^22), the others may be cut off.
+fn first_listed_pid(listed: &[u8]) -> Option<i32> {
+    let end = listed.iter().position(|&byte| byte == b' ')?;
+    parse_pid(&listed[..end])
 }
 
 /// Sets up the namespaces the child was created in (see the module's
@@ -454,6 +468,21 @@ mod tests {
         assert_eq!(parse_pid(b"42 "), None);
         assert_eq!(parse_pid(b"-1"), None);
         assert_eq!(parse_pid(b"99999999999"), Some(i32::MAX));
+    }
+
+    /// Why it matters: an action that leaves a background process and
+    /// exits before its init reads `children` gives the init a second
+    /// child; the action is the first entry, whatever follows it (a whole
+    /// pid or one cut off by the buffer), and an entry without its space
+    /// is not yet whole.
+    #[test]
+    fn the_first_entry_of_a_children_list_is_the_action() {
+        assert_eq!(first_listed_pid(b"4242 "), Some(4242));
+        assert_eq!(first_listed_pid(b"4242 4250 "), Some(4242));
+        assert_eq!(first_listed_pid(b"4242 4250 42"), Some(4242));
+        assert_eq!(first_listed_pid(b"4242"), None);
+        assert_eq!(first_listed_pid(b""), None);
+        assert_eq!(first_listed_pid(b" 4242 "), None);
     }
 
     /// Why it matters: every option but `hostname` mounts something, which
