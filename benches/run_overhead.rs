@@ -154,6 +154,19 @@ async fn measure(name: &str, extra: serde_json::Value, spawn: &str, plan: &Plan)
     let (run_p50, run_p90) = percentiles(&mut runs);
     let (floor_p50, floor_p90) = percentiles(&mut floors);
 
+    // The server path alone: the same client and connection, a unary call
+    // the runner answers without an action (CheckReadiness of the build
+    // directory's default path). What the Run costs above this is the
+    // action's.
+    let readiness_before = runner.work();
+    for _ in 0..plan.latency_samples {
+        client
+            .check_readiness(rbe_runner::proto::runner::CheckReadinessRequest::default())
+            .await
+            .expect("CheckReadiness");
+    }
+    let readiness = runner.work().since(&readiness_before, plan.latency_samples);
+
     let client_before = own_cpu_micros();
     let runner_before = runner.work();
     let concurrent_2 = throughput(&runner, &channel, 2, plan.throughput_actions).await;
@@ -182,6 +195,11 @@ async fn measure(name: &str, extra: serde_json::Value, spawn: &str, plan: &Plan)
     println!(
         "{name:<22} runner per action (sequential): {:.0} µs of CPU, {:.1} context switches",
         work.cpu_micros, work.context_switches
+    );
+    println!(
+        "{name:<22} runner per CheckReadiness (sequential, no action): {:.0} µs of CPU, \
+         {:.1} context switches",
+        readiness.cpu_micros, readiness.context_switches
     );
     println!(
         "{name:<22} at c=2: runner {:.0} µs of CPU and {:.1} context switches per action, \

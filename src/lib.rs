@@ -29,6 +29,7 @@
 //! - [`listener`]: the connection edge: socket files, handshake limit, `:authority` rewriting, deadlines.
 //! - [`bounded`]: request values quoted in error messages, bounded in length.
 //! - [`resource_limits`]: `global.setResourceLimits`, and the descriptor limit the runner raises for itself while actions get back the one it started with.
+//! - [`room_to_write`]: writing to a socket the event loop watches for reading only, registered for writing only while a write waits for room.
 //! - [`sync`]: locking state that a panic cannot leave inconsistent.
 //! - [`runtime`]: the async runtime: one worker, the blocking pool's cap, and the one thread SIGCHLD interrupts.
 //! - `test_support` (unit tests only): the one way a test skips, shared with `tests/`.
@@ -58,6 +59,7 @@ pub mod proto;
 pub mod report;
 pub mod request_decoding;
 pub mod resource_limits;
+pub mod room_to_write;
 pub mod routes;
 pub mod runner;
 pub mod runtime;

@@ -23,6 +23,8 @@
 //! - [`deadline`]: an expired `grpc-timeout` answers `DEADLINE_EXCEEDED`.
 //! - [`peer`]: who the client is (Unix credentials, TCP address, TLS
 //!   certificates), attached to each of its requests.
+//! - [`unix_connection`]: a Unix connection watched by the event loop for
+//!   reading only, so that a client reading an answer does not wake it.
 //! - [`keep_alive`]: the header-read and idle timeouts of the diagnostics
 //!   server's HTTP/1 connections.
 //!
@@ -83,6 +85,7 @@ pub mod keep_alive;
 pub mod peer;
 pub mod socket;
 pub mod tls;
+pub mod unix_connection;
 
 use std::convert::Infallible;
 use std::io;
@@ -97,6 +100,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
+use unix_connection::UnixConnection;
 
 use crate::config::{GrpcServerConfig, KeepaliveParameters, MINIMUM_WINDOW_SIZE_BYTES};
 
@@ -331,6 +335,13 @@ async fn serve_connection<S>(
         Accepted::Unix(stream) => {
             let peer = ConnectionPeer::unix(&stream);
             let transport = Transport::Unix;
+            let stream = match UnixConnection::new(stream) {
+                Ok(stream) => stream,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot watch an accepted Unix connection; closing it");
+                    return;
+                }
+            };
             serve_stream(stream, peer, transport, deadline, service, stop, limits).await
         }
         Accepted::Tcp(stream) => {

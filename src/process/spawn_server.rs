@@ -38,7 +38,7 @@
 
 use std::ffi::CString;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +59,7 @@ use super::reaper::ChildExit;
 use super::spec::{DescriptorLimit, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
 use super::status::{self, StatusReader, StatusWriter};
 use super::user_namespace::{MapWriter, UserNamespace};
+use crate::room_to_write::RoomToWrite;
 
 /// This executable, as the kernel knows it: still there when the file was
 /// replaced since (`rbe-runner install` over a running copy).
@@ -91,11 +92,21 @@ pub struct SpawnServer {
     /// Where requests are written (non-blocking), one whole request at a
     /// time: held only while a request is written, which waits only while
     /// the socket is full.
-    connection: Mutex<AsyncFd<UnixStream>>,
+    connection: Mutex<Connection>,
     /// Whether the server is still there, as far as the runner knows;
     /// read without a lock, by `/metrics` too.
     up: AtomicBool,
     pid: u32,
+}
+
+/// The socket requests are written to. The event loop does not watch it
+/// (nothing is read from it once the server is ready): only a request
+/// that finds it full waits for room ([`RoomToWrite`]), so that the
+/// server reading each request does not wake the runner.
+#[derive(Debug)]
+struct Connection {
+    socket: UnixStream,
+    room: RoomToWrite,
 }
 
 /// Why a request was not sent.
@@ -114,12 +125,11 @@ impl SpawnServer {
     /// server has said that it is ready. Needs a Tokio runtime.
     pub(crate) async fn connect(connection: UnixStream, pid: u32) -> io::Result<SpawnServer> {
         connection.set_nonblocking(true)?;
+        // Watched for reading only until the server says it is ready.
         // SAFETY: the AsyncFd owns the socket, which stays open and the
         // same until it is dropped.
-        let connection = unsafe {
-            AsyncFd::register_with_interest(connection, Interest::READABLE | Interest::WRITABLE)
-        }
-        .map_err(io::Error::from)?;
+        let connection = unsafe { AsyncFd::register_with_interest(connection, Interest::READABLE) }
+            .map_err(io::Error::from)?;
         let mut ready = [0u8; 4];
         let mut filled = 0;
         while filled < ready.len() {
@@ -143,7 +153,10 @@ impl SpawnServer {
             ));
         }
         Ok(SpawnServer {
-            connection: Mutex::new(connection),
+            connection: Mutex::new(Connection {
+                socket: connection.into_inner(),
+                room: RoomToWrite::default(),
+            }),
             up: AtomicBool::new(true),
             pid,
         })
@@ -198,38 +211,31 @@ impl SpawnServer {
             return Err(NotAsked::Gone);
         }
         let (request, descriptors) = encode(child, method);
-        let connection = tokio::select! {
+        let mut connection = tokio::select! {
             connection = self.connection.lock() => connection,
             _ = call.gone() => return Err(NotAsked::CallOver),
         };
-        let (status, sent) = loop {
-            let mut ready = tokio::select! {
-                ready = connection.writable() => ready.map_err(|error| self.lost(&error))?,
-                _ = call.gone() => return Err(NotAsked::CallOver),
-            };
-            let sending = |socket: &AsyncFd<UnixStream>| {
-                send_first(socket.get_ref(), &request, &descriptors, child.is_init())
-            };
-            match ready.try_io(sending) {
-                Ok(Ok(Ok(first))) => break first,
-                Ok(Ok(Err(setup))) => return Err(NotAsked::Setup(setup)),
-                Ok(Err(error)) => return Err(self.lost(&error)),
-                Err(_would_block) => continue,
-            }
+        let Connection { socket, room } = &mut *connection;
+        let sending = || send_first(socket, &request, &descriptors, child.is_init());
+        let first = tokio::select! {
+            first = room.write(socket.as_fd(), sending) => first,
+            _ = call.gone() => return Err(NotAsked::CallOver),
         };
-        let mut sent = sent;
+        let (status, mut sent) = match first {
+            Ok(Ok(first)) => first,
+            Ok(Err(setup)) => return Err(NotAsked::Setup(setup)),
+            Err(error) => return Err(self.lost(&error)),
+        };
         while sent < request.len() {
-            let written = connection
-                .async_io(Interest::WRITABLE, |socket| {
-                    nix::sys::socket::send(
-                        socket.as_raw_fd(),
-                        &request[sent..],
-                        MsgFlags::MSG_NOSIGNAL,
-                    )
-                    .map_err(io::Error::from)
-                })
-                .await;
-            match written {
+            let rest = || {
+                nix::sys::socket::send(
+                    socket.as_raw_fd(),
+                    &request[sent..],
+                    MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                )
+                .map_err(io::Error::from)
+            };
+            match room.write(socket.as_fd(), rest).await {
                 Ok(written) => sent += written,
                 // The server has the first part (and the status channel):
                 // it dies without creating the child, which the channel's
