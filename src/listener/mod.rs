@@ -23,7 +23,7 @@
 //! - [`deadline`]: an expired `grpc-timeout` answers `DEADLINE_EXCEEDED`.
 //! - [`peer`]: who the client is (Unix credentials, TCP address, TLS
 //!   certificates), attached to each of its requests.
-//! - [`unix_connection`]: a Unix connection watched by the event loop for
+//! - [`connection`]: an accepted connection, watched by the event loop for
 //!   reading only, so that a client reading an answer does not wake it.
 //! - [`keep_alive`]: the header-read and idle timeouts of the diagnostics
 //!   server's HTTP/1 connections.
@@ -77,6 +77,7 @@ macro_rules! write_through_to_inner {
 
 pub mod accept;
 pub mod authority;
+pub mod connection;
 pub mod deadline;
 pub mod handshake;
 pub mod huffman;
@@ -85,12 +86,12 @@ pub mod keep_alive;
 pub mod peer;
 pub mod socket;
 pub mod tls;
-pub mod unix_connection;
 
 use std::convert::Infallible;
 use std::io;
 use std::time::Duration;
 
+use connection::Connection;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -100,7 +101,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
-use unix_connection::UnixConnection;
 
 use crate::config::{GrpcServerConfig, KeepaliveParameters, MINIMUM_WINDOW_SIZE_BYTES};
 
@@ -335,21 +335,28 @@ async fn serve_connection<S>(
         Accepted::Unix(stream) => {
             let peer = ConnectionPeer::unix(&stream);
             let transport = Transport::Unix;
-            let stream = match UnixConnection::new(stream) {
+            let stream = match Connection::unix(stream) {
                 Ok(stream) => stream,
-                Err(err) => {
-                    tracing::warn!(%err, "cannot watch an accepted Unix connection; closing it");
-                    return;
-                }
+                Err(err) => return not_watched(&err),
             };
             serve_stream(stream, peer, transport, deadline, service, stop, limits).await
         }
         Accepted::Tcp(stream) => {
             let peer = ConnectionPeer::tcp(&stream);
             let transport = Transport::Tcp;
+            let stream = match Connection::tcp(stream) {
+                Ok(stream) => stream,
+                Err(err) => return not_watched(&err),
+            };
             serve_stream(stream, peer, transport, deadline, service, stop, limits).await
         }
     }
+}
+
+/// An accepted connection the event loop cannot watch is closed, saying
+/// why (out of descriptors or memory).
+fn not_watched(err: &io::Error) {
+    tracing::warn!(%err, "cannot watch an accepted connection; closing it");
 }
 
 /// Which socket a stream came from: on a Unix socket, request authorities

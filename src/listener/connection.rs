@@ -1,17 +1,17 @@
-//! An accepted Unix connection that wakes the event loop only for what
-//! the client sends.
+//! An accepted connection that wakes the event loop only for what the
+//! client sends.
 //!
-//! Tokio's `UnixStream` is registered for reading and writing, so each
-//! time bb_worker read an answer, the kernel's report that the socket had
-//! room again woke the runner's event loop: one wake-up per action for
-//! nothing, measured as one of the runner's five per sequential action.
-//! This connection is registered for reading only; writes are tried at
-//! once and wait for room only when the socket is full, through
-//! [`RoomToWrite`].
+//! Tokio's streams are registered for reading and writing, so each time
+//! bb_worker read an answer, the kernel's report that the socket had room
+//! again woke the runner's event loop: one wake-up per action for nothing,
+//! measured as one of the runner's five per sequential action. This
+//! connection is registered for reading only; writes are tried at once
+//! and wait for room only when the socket is full, through
+//! [`RoomToWrite`]. Unix and TCP connections alike.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::net::Shutdown;
-use std::os::fd::AsFd;
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -21,31 +21,72 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 use crate::room_to_write::RoomToWrite;
 
-/// An accepted Unix connection, watched by the event loop for reading
-/// only.
+/// An accepted connection (`S`: a std `UnixStream` or `TcpStream`),
+/// watched by the event loop for reading only.
 #[derive(Debug)]
-pub struct UnixConnection {
-    socket: AsyncFd<UnixStream>,
+pub struct Connection<S: AsRawFd> {
+    socket: AsyncFd<S>,
     room: RoomToWrite,
 }
 
-impl UnixConnection {
-    /// Takes over an accepted stream: it leaves Tokio's registration for
-    /// one for reading only.
-    pub fn new(stream: tokio::net::UnixStream) -> io::Result<UnixConnection> {
-        let stream = stream.into_std()?;
-        // SAFETY: the AsyncFd owns the stream, which stays open and the
+/// What a socket of a [`Connection`] must do: read, write, and shut down
+/// its writing side, through a shared reference (as std's sockets do).
+pub trait Socket: AsFd + AsRawFd + Send + Unpin + 'static
+where
+    for<'a> &'a Self: Read + Write,
+{
+    /// Shuts down the writing side.
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl Socket for UnixStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+impl Socket for TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+impl Connection<UnixStream> {
+    /// Takes over an accepted Unix stream: it leaves Tokio's registration
+    /// for one for reading only.
+    pub fn unix(stream: tokio::net::UnixStream) -> io::Result<Self> {
+        Connection::watching(stream.into_std()?)
+    }
+}
+
+impl Connection<TcpStream> {
+    /// Takes over an accepted TCP stream, as [`Connection::unix`].
+    pub fn tcp(stream: tokio::net::TcpStream) -> io::Result<Self> {
+        Connection::watching(stream.into_std()?)
+    }
+}
+
+impl<S: Socket> Connection<S>
+where
+    for<'a> &'a S: Read + Write,
+{
+    /// Watches `socket` (non-blocking already) for reading only.
+    fn watching(socket: S) -> io::Result<Self> {
+        // SAFETY: the AsyncFd owns the socket, which stays open and the
         // same until it is dropped.
-        let socket = unsafe { AsyncFd::register_with_interest(stream, Interest::READABLE) }
+        let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
             .map_err(io::Error::from)?;
-        Ok(UnixConnection {
+        Ok(Connection {
             socket,
             room: RoomToWrite::default(),
         })
     }
 }
 
-impl AsyncRead for UnixConnection {
+impl<S: Socket> AsyncRead for Connection<S>
+where
+    for<'a> &'a S: Read + Write,
+{
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -54,7 +95,7 @@ impl AsyncRead for UnixConnection {
         loop {
             let mut guard = ready!(self.socket.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|socket| socket.get_ref().read(unfilled)) {
+            match guard.try_io(|socket| (&*socket.get_ref()).read(unfilled)) {
                 Ok(Ok(read)) => {
                     buf.advance(read);
                     return Poll::Ready(Ok(()));
@@ -66,7 +107,10 @@ impl AsyncRead for UnixConnection {
     }
 }
 
-impl AsyncWrite for UnixConnection {
+impl<S: Socket> AsyncWrite for Connection<S>
+where
+    for<'a> &'a S: Read + Write,
+{
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -99,7 +143,7 @@ impl AsyncWrite for UnixConnection {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.socket.get_ref().shutdown(Shutdown::Write))
+        Poll::Ready(self.socket.get_ref().shutdown_write())
     }
 }
 
@@ -109,11 +153,11 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A connected pair: ours, taken over, and the peer's plain end.
-    fn pair() -> (UnixConnection, UnixStream) {
+    fn pair() -> (Connection<UnixStream>, UnixStream) {
         let (ours, theirs) = UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
         let ours = tokio::net::UnixStream::from_std(ours).unwrap();
-        (UnixConnection::new(ours).unwrap(), theirs)
+        (Connection::unix(ours).unwrap(), theirs)
     }
 
     /// Why it matters: bb_worker's requests and the runner's answers go
@@ -143,6 +187,30 @@ mod tests {
         let mut rest = Vec::new();
         ours.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
+    }
+
+    /// Why it matters: TCP connections (remote workers, TLS) go through
+    /// the same type; an answer larger than the socket's buffers must
+    /// arrive whole there too.
+    #[tokio::test]
+    async fn a_tcp_connection_carries_more_than_its_buffers_hold() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut theirs = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut ours = Connection::tcp(tokio::net::TcpStream::from_std(ours).unwrap()).unwrap();
+        let answer: Vec<u8> = (0..16u32 << 20).map(|i| (i % 253) as u8).collect();
+        let length = answer.len();
+        let peer = std::thread::spawn(move || {
+            let mut received = vec![0u8; length];
+            theirs.read_exact(&mut received).unwrap();
+            received
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(30), ours.write_all(&answer))
+            .await
+            .expect("the answer is written once the peer reads")
+            .unwrap();
+        assert_eq!(peer.join().unwrap(), answer);
     }
 
     /// The event masks with which the process's epoll instances watch
