@@ -95,7 +95,7 @@ where
         loop {
             let mut guard = ready!(self.socket.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|socket| (&*socket.get_ref()).read(unfilled)) {
+            match guard.try_io(|socket| socket.get_ref().read(unfilled)) {
                 Ok(Ok(read)) => {
                     buf.advance(read);
                     return Poll::Ready(Ok(()));
