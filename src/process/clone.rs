@@ -279,25 +279,78 @@ unsafe fn clone3_on_stack(
     unsafe { clone3_with(&args, main, arg) }
 }
 
-/// A fork (no flags) that runs `main(arg)` and sends `SIGCHLD` when it
-/// ends, through the same first instructions as every child that
-/// [`Creator::create`] makes with [`Method::Clone3`]: the init of an
-/// isolated action forks its action with it, so that the action runs the
-/// very code a plain child runs (see `super::init`). The child goes on on
-/// its copy of the caller's stack, below the caller's frames, as after a
-/// `fork` (no stack is given: `main`'s frame may be larger than any stack
-/// carved out of the caller's). Returns the child's pid, or minus the
-/// errno.
+/// A fork that runs `main(arg)`, made the way `method` makes every child
+/// (`clone3`'s own first instructions, or the raw `clone` system call, not
+/// glibc's `fork`, whose handlers take locks another thread of the
+/// creator may have held when this copy was made, nor its `clone`, which
+/// needs a stack). The child goes on on its copy of the caller's stack,
+/// below the caller's frames, as after a `fork` (no stack is given:
+/// `main`'s frame may be larger than any stack carved out of the
+/// caller's), and ends with `main`'s value. A `sibling` is a child of the
+/// caller's parent (`CLONE_PARENT`) and takes the caller's exit signal;
+/// otherwise the caller is its parent and `SIGCHLD` says it ended.
+///
+/// Used by the process that sets up an isolated action's namespaces to
+/// fork the action itself, so that the action runs the very code a plain
+/// child runs from its first instruction (see `super::init` and
+/// `super::child`). Returns the child's pid, or the errno.
 ///
 /// # Safety
-/// As [`Creator::create`].
-pub(super) unsafe fn fork_into(main: ChildMain, arg: *mut c_void) -> isize {
-    let args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
-        ..CloneArgs::default()
+/// As [`Creator::create`]: `main` keeps the contract of a child between
+/// clone and exec, in a single-threaded caller.
+pub(super) unsafe fn fork_into(
+    method: Method,
+    main: ChildMain,
+    arg: *mut c_void,
+    sibling: bool,
+) -> Result<i32, i32> {
+    let (flags, exit_signal) = if sibling {
+        (libc::CLONE_PARENT as u64, 0)
+    } else {
+        (0, libc::SIGCHLD as u64)
     };
-    // SAFETY: forwarded from this function's contract.
-    unsafe { clone3_with(&args, main, arg) }
+    match method {
+        Method::Clone3 => {
+            let args = CloneArgs {
+                flags,
+                exit_signal,
+                ..CloneArgs::default()
+            };
+            // SAFETY: forwarded from this function's contract.
+            let pid = unsafe { clone3_with(&args, main, arg) };
+            if pid < 0 {
+                Err(-pid as i32)
+            } else {
+                Ok(pid as i32)
+            }
+        }
+        Method::Clone => {
+            // SAFETY: a fork (no CLONE_VM, no stack): the child returns
+            // here with its own copy of this single-threaded process's
+            // memory and goes on only to `main` and `_exit`.
+            let pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    (flags | exit_signal) as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                )
+            } as i32;
+            if pid == 0 {
+                let code = main(arg);
+                // SAFETY: _exit ends the child without running anything
+                // of its creator's.
+                unsafe { libc::_exit(code) }
+            }
+            if pid < 0 {
+                Err(super::child::errno())
+            } else {
+                Ok(pid)
+            }
+        }
+    }
 }
 
 /// `clone3(args)`, the child calling `main(arg)` on the stack `args`

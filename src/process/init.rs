@@ -16,7 +16,9 @@
 //!    (Sharing the first process's memory until the exec, as `vfork`
 //!    does, measured 1.9 MiB more, that text included.) The action is
 //!    forked the way its creator made the first process (`clone3`'s first
-//!    instructions or glibc's `clone`) and enters through the very
+//!    instructions or the raw `clone` system call: [`clone::fork_into`],
+//!    which also forks the action of an isolated child without a PID
+//!    namespace) and enters through the very
 //!    function every child does, as a plain child whose namespaces and
 //!    cgroup are set already ([`super::child`]), so that it faults in the
 //!    same pages of this executable before its exec as a plain action.
@@ -158,47 +160,13 @@ pub(super) fn start_action(
     // carved out of this frame was too small in a release build, whose
     // first function of a child has a 17 KiB frame); SIGCHLD tells the
     // init of its exit.
-    let action = match start.method {
-        Method::Clone3 => {
-            // SAFETY: `start.main` keeps the contract of a child between
-            // clone and exec (raw system calls on values prepared
-            // beforehand, no allocation, no locks, no unwinding; see
-            // `super::child`), on its own copy of this single-threaded
-            // process, every signal blocked.
-            let pid = unsafe { clone::fork_into(start.main, start.arg) };
-            if pid < 0 {
-                return (SpawnStep::Init, -pid as i32);
-            }
-            pid as i32
-        }
-        Method::Clone => {
-            // The raw system call, not glibc's `fork` (whose handlers take
-            // locks another thread of the creator may have held when this
-            // copy was made) nor its `clone` (which needs a stack).
-            // SAFETY: a fork: the child returns here with its own copy of
-            // this single-threaded process's memory and goes on only to
-            // `start.main`, as above, and `_exit`.
-            let pid = unsafe {
-                libc::syscall(
-                    libc::SYS_clone,
-                    libc::SIGCHLD as libc::c_ulong,
-                    0 as libc::c_ulong,
-                    0 as libc::c_ulong,
-                    0 as libc::c_ulong,
-                    0 as libc::c_ulong,
-                )
-            } as i32;
-            if pid == 0 {
-                let code = (start.main)(start.arg);
-                // SAFETY: _exit ends the child without running anything of
-                // its creator's.
-                unsafe { libc::_exit(code) }
-            }
-            if pid < 0 {
-                return (SpawnStep::Init, errno());
-            }
-            pid
-        }
+    // SAFETY: `start.main` keeps the contract of a child between clone
+    // and exec (raw system calls on values prepared beforehand, no
+    // allocation, no locks, no unwinding; see `super::child`), on its own
+    // copy of this single-threaded process, every signal blocked.
+    let action = match unsafe { clone::fork_into(start.method, start.main, start.arg, false) } {
+        Ok(pid) => pid,
+        Err(errno) => return (SpawnStep::Init, errno),
     };
     // The init, not the action, says the action's pid as the runner sees
     // it: the action runs nothing before its setup that a plain child

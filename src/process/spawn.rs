@@ -99,15 +99,27 @@ pub async fn spawn(
             return Ok(holding_mount_namespace(spawned, isolation));
         }
     }
+    let handed_over = hands_over(isolation);
     let (spawned, status) = create_here(&child, method, reaper().expecting())?;
     let pid = spawned.pid;
-    let spawned = follow(status, None, Some(spawned), call, &waiting)
+    let spawned = follow(status, None, Some(spawned), handed_over, call, &waiting)
         .await?
         .ok_or_else(|| SpawnError {
             step: SpawnStep::Create,
             source: io::Error::other(format!("child {pid} lost")),
         })?;
     Ok(holding_mount_namespace(spawned, isolation))
+}
+
+/// The reservation for the action that an isolated child without a PID
+/// namespace forks once it has set up the namespaces (see
+/// `super::child`): taken before the child is created, so that the
+/// action, created under it, cannot be taken for an orphan before it is
+/// registered.
+fn hands_over(isolation: Option<&super::isolation::Isolation>) -> Option<Expecting> {
+    isolation
+        .is_some_and(|isolation| !isolation.pid)
+        .then(|| reaper().expecting())
 }
 
 /// `spawned`, which has exec'd, holding its mount namespace when it has
@@ -161,6 +173,7 @@ async fn ask_server(
     waiting: &Waited<'_>,
 ) -> Result<Option<SpawnedChild>, SpawnError> {
     let expecting = reaper().expecting();
+    let handed_over = hands_over(child.isolation);
     let status = match server.ask(child, method, call).await {
         Ok(status) => status,
         Err(NotAsked::Gone) => return Ok(None),
@@ -172,7 +185,7 @@ async fn ask_server(
             })
         }
     };
-    let spawned = follow(status, Some(expecting), None, call, waiting).await?;
+    let spawned = follow(status, Some(expecting), None, handed_over, call, waiting).await?;
     if spawned.is_none() {
         if call.is_over() {
             // The server saw the cancel before it read the request.
@@ -259,7 +272,10 @@ impl Waited<'_> {
 
 /// Reads a child's status channel up to its exec, in the event loop:
 /// registers the child under `expecting` once it has said its pid,
-/// unless it is `spawned` already. When `call` ends meanwhile, cancels
+/// unless it is `spawned` already. A child that hands its action over
+/// (`handed_over`: isolated, no PID namespace) says the action's pid too,
+/// registered under that reservation: the action is what the call waits
+/// for; the child, which exits, is reaped. When `call` ends meanwhile, cancels
 /// (the child exits before its exec; the server creates nothing) and goes
 /// on reading, so that a child created anyway is known and stopped. Still
 /// waiting after the stuck-spawn timeout, counts itself as stuck until it
@@ -274,6 +290,7 @@ async fn follow(
     mut status: StatusReader,
     mut expecting: Option<Expecting>,
     mut spawned: Option<SpawnedChild>,
+    mut handed_over: Option<Expecting>,
     call: &mut CallGone,
     waiting: &Waited<'_>,
 ) -> Result<Option<SpawnedChild>, SpawnError> {
@@ -284,6 +301,8 @@ async fn follow(
     let mut cancelled = false;
     // An isolated action under an init: its pid as the runner sees it.
     let mut action = None;
+    // An isolated action handed over by the child that set it up.
+    let mut handed = None;
     let mut eager = false;
     // Counted as stuck by the watchdog if it waits too long, until this
     // returns.
@@ -291,7 +310,7 @@ async fn follow(
     loop {
         let hurried = reaper().hurried();
         tokio::pin!(hurried);
-        let wanted = expecting.is_some() && !eager;
+        let wanted = (expecting.is_some() || handed_over.is_some()) && !eager;
         if wanted {
             hurried.as_mut().enable();
             if reaper().is_hurrying() {
@@ -329,7 +348,10 @@ async fn follow(
                     source: io::Error::from_raw_os_error(errno),
                 })
             }
-            Some(Status::ActionStarted(pid)) => action = Some(pid),
+            Some(Status::ActionStarted(pid)) => match handed_over.take() {
+                Some(expecting) => handed = Some(expecting.register(pid)),
+                None => action = Some(pid),
+            },
             // The exec (an init closes its end once its action has
             // exec'd), or a child that ended without a word.
             None => {
@@ -337,8 +359,10 @@ async fn follow(
                     (Some(init), Some(action), Some(report)) => {
                         Some(init::follow_action(init, action, report))
                     }
-                    (spawned, _, _) => spawned,
-                })
+                    // The child that handed its action over is reaped
+                    // as it exits; the call waits for the action.
+                    (spawned, _, _) => handed.or(spawned),
+                });
             }
         }
     }

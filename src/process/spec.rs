@@ -221,6 +221,9 @@ pub enum SpawnStep {
     /// Writing the uid and gid maps of the action's user namespace, or
     /// waiting for the runner to (a runner without CAP_SYS_ADMIN).
     UserNamespace = 19,
+    /// Forking the action from the process that set up its namespaces
+    /// (`isolation` without `pid`; see `super::child`).
+    Handover = 20,
 }
 
 impl SpawnStep {
@@ -247,6 +250,7 @@ impl SpawnStep {
             31 => SpawnStep::InputRootDev,
             32 => SpawnStep::InputRootMount,
             19 => SpawnStep::UserNamespace,
+            20 => SpawnStep::Handover,
             _ => SpawnStep::Exec,
         }
     }
@@ -284,6 +288,9 @@ impl std::fmt::Display for SpawnStep {
                 "mounting the minimal /dev in the input root (isolation.dev)"
             }
             SpawnStep::InputRootMount => "mounting an inputRootMounts entry in the input root",
+            SpawnStep::Handover => {
+                "forking the action from the process that set up its namespaces (isolation)"
+            }
             SpawnStep::UserNamespace => {
                 "mapping the runner's uid and gid in the action's user namespace (isolation \
                  without CAP_SYS_ADMIN)"
