@@ -372,6 +372,13 @@ impl ChildArgument<'_> {
         match unsafe { clone::fork_into(self.method, ChildArgument::main, arg, true) } {
             Ok(pid) => {
                 self.status.action_started(pid);
+                // Its copy of the status channel closed now, the channel
+                // ends at the action's exec, not after this process's
+                // address space is torn down (an exit closes descriptors
+                // last).
+                // SAFETY: close takes only a descriptor number of this
+                // process, used by nothing after it.
+                unsafe { libc::close(self.status.0) };
                 // SAFETY: _exit ends this process without running anything
                 // of its creator's (no atexit handlers, no unwinding).
                 unsafe { libc::_exit(0) }
