@@ -1122,7 +1122,7 @@ async fn true_reports_the_same_maxrss_without_a_pid_namespace(test: &str, path: 
     }
     // Without an init, the child that set up the namespaces forks the
     // action and exits: had the action been that child, its maxrss would
-    // count the setup's pages too (0.3 to 0.8 MiB more, measured in a
+    // count the setup's pages too (0.1 to 0.8 MiB more, measured in a
     // release build).
     same_maxrss_as_without_isolation(test, path, isolated_without_pid()).await;
 }

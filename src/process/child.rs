@@ -341,7 +341,7 @@ impl ChildArgument<'_> {
     ///
     /// Why: the setup's code ran here, faulting in pages of this
     /// executable and of libc (64 KiB around each fault), which the
-    /// action's maxrss would count: 0.3 to 0.8 MiB more than a plain
+    /// action's maxrss would count: 0.1 to 0.8 MiB more than a plain
     /// action's for `/bin/true`, depending on where the build put that
     /// code. A fork copies no page table entries of the executable's
     /// code, so the action, entering [`ChildArgument::main`] as a plain
