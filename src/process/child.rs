@@ -299,19 +299,7 @@ impl ChildArgument<'_> {
                 };
                 // The action enters here as every child does, so that it
                 // runs the very code a plain child runs (see `init`).
-                let action = ChildArgument {
-                    child: Child {
-                        isolation: None,
-                        ..self.child
-                    },
-                    status: self.status,
-                    joins_cgroup: None,
-                    init_execs: self.init_execs,
-                    maps_written: None,
-                    method: self.method,
-                    waits_for_init: ready.map_or(-1, |[reader, _]| reader),
-                    says_pid_on: StatusWriter(-1),
-                };
+                let action = self.forked_action(ready.map_or(-1, |[reader, _]| reader));
                 let start = init::ActionStart {
                     host_proc,
                     status: self.status,
@@ -334,6 +322,28 @@ impl ChildArgument<'_> {
         self.set_up_action_and_exec()
     }
 
+    /// The argument of the action that this child forks once it has set
+    /// up the namespaces (under an init, or handed over): a plain child
+    /// whose namespaces and cgroup are set already, which does not say its
+    /// own pid (its forker says it, as the runner sees it; the action
+    /// makes the plain child's call all the same, on descriptor -1) and
+    /// waits for `waits_for_init` (-1: nothing to wait for).
+    fn forked_action(&self, waits_for_init: RawFd) -> Self {
+        ChildArgument {
+            child: Child {
+                isolation: None,
+                ..self.child
+            },
+            status: self.status,
+            joins_cgroup: None,
+            init_execs: self.init_execs,
+            maps_written: None,
+            method: self.method,
+            waits_for_init,
+            says_pid_on: StatusWriter(-1),
+        }
+    }
+
     /// Forks the action as a sibling (a child of the runner, as this
     /// process is) once this process has set up the namespaces they
     /// share, says the action's pid and exits. Returns only the failure
@@ -351,19 +361,7 @@ impl ChildArgument<'_> {
     /// own rusage), and reaps this process, which exits at once (see
     /// `spawn::follow`).
     fn hand_over(&self) -> (SpawnStep, i32) {
-        let action = ChildArgument {
-            child: Child {
-                isolation: None,
-                ..self.child
-            },
-            status: self.status,
-            joins_cgroup: None,
-            init_execs: self.init_execs,
-            maps_written: None,
-            method: self.method,
-            waits_for_init: -1,
-            says_pid_on: StatusWriter(-1),
-        };
+        let action = self.forked_action(-1);
         let arg = &action as *const ChildArgument as *mut c_void;
         // SAFETY: `ChildArgument::main` keeps the contract of a child
         // between clone and exec (raw system calls on values prepared
