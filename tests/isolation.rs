@@ -79,6 +79,7 @@ on_both_spawn_paths!(
     exit_codes_and_signals_are_the_actions,
     the_started_pid_is_the_actions_as_the_runner_sees_it,
     the_started_pid_of_an_action_without_a_pid_namespace_is_the_runners_child,
+    a_handed_over_action_that_cannot_exec_fails_and_leaves_no_process,
     cancellation_reaches_the_action_and_kills_what_it_left,
     a_deadline_terminates_the_action_through_the_init,
     true_reports_the_same_maxrss_as_without_isolation,
@@ -869,6 +870,59 @@ async fn the_started_pid_of_an_action_without_a_pid_namespace_is_the_runners_chi
         "the action {} is not the runner's child",
         started.pid
     );
+}
+
+async fn a_handed_over_action_that_cannot_exec_fails_and_leaves_no_process(
+    test: &str,
+    path: SpawnPath,
+) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    // The action forked by the child that set up its namespaces fails its
+    // exec, maybe before that child has said the action's pid: the Run
+    // fails naming the exec, and both processes are reaped (the action,
+    // which never exec'd, sends no SIGCHLD: only its registration gets it
+    // reaped).
+    let runner = start(isolated_without_pid(), path).await;
+    for _ in 0..10 {
+        let action = writable_action(&runner);
+        let program = action.path.join("root/not-a-program");
+        std::fs::write(&program, b"\x01\x02 neither ELF nor a script\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let request = action.request(
+            vec!["./not-a-program".into()],
+            vec![("PATH".into(), TEST_PATH.into())],
+        );
+        let status = runner
+            .client()
+            .await
+            .run(request)
+            .await
+            .expect_err("a program the kernel cannot execute");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("cannot execute \"./not-a-program\"")
+                && status.message().contains("Exec format error"),
+            "{status:?}"
+        );
+    }
+    let runner_pid = runner.pid();
+    eventually(
+        "the runner's children are only its spawn server",
+        SETTLE,
+        || {
+            children_of(runner_pid).iter().all(|child| {
+                std::fs::read(format!("/proc/{child}/cmdline")).is_ok_and(|cmdline| {
+                    String::from_utf8_lossy(&cmdline).contains("__spawn-server")
+                })
+            })
+        },
+    )
+    .await;
 }
 
 /// What a test learned about the pid an isolated action was started as.

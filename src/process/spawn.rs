@@ -303,6 +303,8 @@ async fn follow(
     let mut action = None;
     // An isolated action handed over by the child that set it up.
     let mut handed = None;
+    // A failure said before the handed-over action's pid.
+    let mut failure = None;
     let mut eager = false;
     // Counted as stuck by the watchdog if it waits too long, until this
     // returns.
@@ -337,10 +339,18 @@ async fn follow(
             // Registered already (it said its pid first): the reaper
             // reaps it once it has exited.
             Some(Status::Failed(step, errno)) => {
-                return Err(SpawnError {
+                let failed = SpawnError {
                     step,
                     source: io::Error::from_raw_os_error(errno),
-                })
+                };
+                if handed_over.is_none() {
+                    return Err(failed);
+                }
+                // A handed-over action can fail before the child that
+                // forked it has said its pid: read on to the end, so that
+                // it is registered (and reaped: never having exec'd, its
+                // exit sends no SIGCHLD for the orphan sweep to see).
+                failure.get_or_insert(failed);
             }
             Some(Status::NotCreated(errno)) => {
                 return Err(SpawnError {
@@ -355,6 +365,9 @@ async fn follow(
             // The exec (an init closes its end once its action has
             // exec'd), or a child that ended without a word.
             None => {
+                if let Some(failed) = failure {
+                    return Err(failed);
+                }
                 return Ok(match (spawned, action, status.take_report()) {
                     (Some(init), Some(action), Some(report)) => {
                         Some(init::follow_action(init, action, report))
