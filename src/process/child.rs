@@ -288,6 +288,10 @@ impl ChildArgument<'_> {
                 working_directory: child.working_directory,
             };
             let host_proc = isolation::enter(isolation, child.temporary_directory, directories)?;
+            if isolation.hands_over_action() {
+                // Returns only the failure to fork the action.
+                return Err(self.hand_over());
+            }
             if let Some(host_proc) = host_proc {
                 let report = child.report.ok_or((SpawnStep::Init, libc::EINVAL))?;
                 // An init that execs is readable until it says it is
@@ -316,8 +320,6 @@ impl ChildArgument<'_> {
                     self.init_execs,
                 ));
             }
-            // Returns only the failure to fork the action.
-            return Err(self.hand_over());
         }
         self.set_up_action_and_exec()
     }

@@ -83,6 +83,13 @@ impl Isolation {
             || self.input_root_mounts.is_some()
     }
 
+    /// Whether the child that sets up the namespaces forks the action as
+    /// a sibling and exits (see `super::child`): without a PID namespace.
+    /// With one, the namespace's init forks the action and stays.
+    pub fn hands_over_action(&self) -> bool {
+        !self.pid
+    }
+
     /// The `CLONE_NEW*` flags that create the child in its namespaces.
     /// The child creates its mount namespace itself, once it stands in its
     /// working directory (see [`enter`]), or, in a user namespace, in its

@@ -99,7 +99,7 @@ pub async fn spawn(
             return Ok(holding_mount_namespace(spawned, isolation));
         }
     }
-    let handed_over = hands_over(isolation);
+    let handed_over = handover_reservation(isolation);
     let (spawned, status) = create_here(&child, method, reaper().expecting())?;
     let pid = spawned.pid;
     let spawned = follow(status, None, Some(spawned), handed_over, call, &waiting)
@@ -116,9 +116,9 @@ pub async fn spawn(
 /// `super::child`): taken before the child is created, so that the
 /// action, created under it, cannot be taken for an orphan before it is
 /// registered.
-fn hands_over(isolation: Option<&super::isolation::Isolation>) -> Option<Expecting> {
+fn handover_reservation(isolation: Option<&super::isolation::Isolation>) -> Option<Expecting> {
     isolation
-        .is_some_and(|isolation| !isolation.pid)
+        .is_some_and(super::isolation::Isolation::hands_over_action)
         .then(|| reaper().expecting())
 }
 
@@ -173,7 +173,7 @@ async fn ask_server(
     waiting: &Waited<'_>,
 ) -> Result<Option<SpawnedChild>, SpawnError> {
     let expecting = reaper().expecting();
-    let handed_over = hands_over(child.isolation);
+    let handed_over = handover_reservation(child.isolation);
     let status = match server.ask(child, method, call).await {
         Ok(status) => status,
         Err(NotAsked::Gone) => return Ok(None),
