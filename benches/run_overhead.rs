@@ -193,18 +193,19 @@ async fn measure(name: &str, extra: serde_json::Value, spawn: &str, plan: &Plan)
     );
 
     println!(
-        "{name:<22} runner per action (sequential): {:.0} µs of CPU, {:.1} context switches",
-        work.cpu_micros, work.context_switches
+        "{name:<22} runner per action (sequential): {:.0} µs of CPU, {:.1} context switches \
+         ({:.1} of them preemptions)",
+        work.cpu_micros, work.context_switches, work.involuntary
     );
     println!(
         "{name:<22} runner per CheckReadiness (sequential, no action): {:.0} µs of CPU, \
-         {:.1} context switches",
-        readiness.cpu_micros, readiness.context_switches
+         {:.1} context switches ({:.1} of them preemptions)",
+        readiness.cpu_micros, readiness.context_switches, readiness.involuntary
     );
     println!(
-        "{name:<22} at c=2: runner {:.0} µs of CPU and {:.1} context switches per action, \
-         client (this benchmark) {client_cpu:.0} µs of CPU per action",
-        concurrent_work.cpu_micros, concurrent_work.context_switches
+        "{name:<22} at c=2: runner {:.0} µs of CPU and {:.1} context switches per action \
+         ({:.1} of them preemptions), client (this benchmark) {client_cpu:.0} µs of CPU per action",
+        concurrent_work.cpu_micros, concurrent_work.context_switches, concurrent_work.involuntary
     );
     match delayed_exec(&runner, &channel, plan).await {
         Ok((undelayed, delayed)) => println!(
@@ -616,6 +617,9 @@ impl InstructionCount {
 struct Work {
     cpu_micros: f64,
     context_switches: f64,
+    /// Of those, the ones where the runner was preempted rather than
+    /// going to sleep itself.
+    involuntary: f64,
 }
 
 impl Work {
@@ -625,6 +629,7 @@ impl Work {
         Work {
             cpu_micros: (self.cpu_micros - before.cpu_micros) / actions,
             context_switches: (self.context_switches - before.context_switches) / actions,
+            involuntary: (self.involuntary - before.involuntary) / actions,
         }
     }
 }
@@ -776,6 +781,7 @@ impl Runner {
         // SAFETY: sysconf has no preconditions.
         let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let mut context_switches = 0;
+        let mut involuntary = 0;
         if let Ok(tasks) = std::fs::read_dir(proc.join("task")) {
             for task in tasks.flatten() {
                 let status =
@@ -785,11 +791,17 @@ impl Runner {
                     .filter(|line| line.contains("ctxt_switches:"))
                     .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
                     .sum::<u64>();
+                involuntary += status
+                    .lines()
+                    .filter(|line| line.starts_with("nonvoluntary_ctxt_switches:"))
+                    .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum::<u64>();
             }
         }
         Work {
             cpu_micros: ticks as f64 / per_second * 1e6,
             context_switches: context_switches as f64,
+            involuntary: involuntary as f64,
         }
     }
 
