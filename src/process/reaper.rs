@@ -577,23 +577,44 @@ impl ChildSignals {
     }
 
     /// Waits until `SIGCHLD` was sent since the last call, and takes it.
-    /// A standard signal is pending at most once, so one read takes every
-    /// exit since: the sweep that follows finds them all.
+    /// A standard signal is pending at most once (once for the process,
+    /// once more if it was sent to this thread), so one read with room
+    /// for both takes every exit since: the sweep that follows finds them
+    /// all.
+    ///
+    /// A read that took what was pending leaves the signalfd empty, so its
+    /// readiness is cleared then, rather than found out by one more read
+    /// that fails with `EAGAIN` on every action. Tokio keeps the readiness
+    /// if an exit was reported since this read began (its tick moved on).
     async fn next(&self) -> io::Result<()> {
-        self.fd
-            .async_io(Interest::READABLE, |fd| {
-                let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit();
-                let size = std::mem::size_of::<libc::signalfd_siginfo>();
-                // SAFETY: the kernel writes at most `size` bytes into
-                // `info`, which is that large and outlives the call.
-                let read = unsafe { libc::read(fd.as_raw_fd(), info.as_mut_ptr().cast(), size) };
-                if read < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
+        const ROOM: usize = 2;
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let mut info = std::mem::MaybeUninit::<[libc::signalfd_siginfo; ROOM]>::uninit();
+            let size = std::mem::size_of::<[libc::signalfd_siginfo; ROOM]>();
+            // SAFETY: the kernel writes at most `size` bytes into `info`,
+            // which is that large and outlives the call.
+            let read = unsafe {
+                libc::read(
+                    self.fd.get_ref().as_raw_fd(),
+                    info.as_mut_ptr().cast(),
+                    size,
+                )
+            };
+            if read >= 0 {
+                // Fewer than `ROOM` entries: nothing is left pending.
+                if (read as usize) < size {
+                    ready.clear_ready();
                 }
-            })
-            .await
+                return Ok(());
+            }
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                io::ErrorKind::WouldBlock => ready.clear_ready(),
+                io::ErrorKind::Interrupted => {}
+                _ => return Err(error),
+            }
+        }
     }
 }
 
