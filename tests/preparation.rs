@@ -67,3 +67,78 @@ async fn a_build_directory_on_fuse_is_prepared_on_the_blocking_pool() {
     assert!(line.contains("filesystem=fuse"), "{line}");
     assert!(line.contains("blocking_threads=512"), "{line}");
 }
+
+/// The context switches of each of the runner's threads but its first
+/// (the async worker), by thread id.
+fn other_threads_switches(runner: &TestRunner) -> std::collections::BTreeMap<u32, u64> {
+    let pid = runner.pid();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid: u32 = task.file_name().to_str()?.parse().ok()?;
+            if tid == pid {
+                return None;
+            }
+            // A thread that has just exited has no status left to read.
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            let switches = status
+                .lines()
+                .filter(|line| line.contains("ctxt_switches:"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
+            Some((tid, switches))
+        })
+        .collect()
+}
+
+/// Why it matters: bb_worker asks CheckReadiness before every action it
+/// takes. On a local build directory the path is looked up on the async
+/// worker, as actions are prepared there: no other thread of the runner
+/// is started or woken for it (a hand-off to the blocking pool and back
+/// cost two thread switches per call).
+#[tokio::test(flavor = "multi_thread")]
+async fn check_readiness_on_tmpfs_wakes_no_other_thread() {
+    if !running_as_root("check_readiness_on_tmpfs_wakes_no_other_thread") {
+        return;
+    }
+    let tmpfs = Tmpfs::mount("size=16m");
+    let runner = TestRunner::start(json!({ "buildDirectoryPath": tmpfs.dir.path() }));
+    let action = ActionDirectory::create(tmpfs.dir.path()).unwrap();
+    let mut client = runner.client().await;
+    let request =
+        |path: &str| rbe_runner::proto::runner::CheckReadinessRequest { path: path.into() };
+    // Startup's own work on other threads is done by the first answer.
+    client.check_readiness(request("")).await.unwrap();
+
+    let before = other_threads_switches(&runner);
+    let name = action
+        .path
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..100 {
+        client.check_readiness(request(&name)).await.unwrap();
+        let missing = client
+            .check_readiness(request(&format!("{name}/missing")))
+            .await
+            .unwrap_err();
+        // bb_runner's answer for a path that does not exist.
+        assert_eq!(missing.code(), tonic::Code::Internal, "{missing:?}");
+        assert!(missing.message().contains("missing"), "{missing:?}");
+    }
+    let after = other_threads_switches(&runner);
+    // A thread present before and after did nothing meanwhile, and none
+    // was started (a blocking thread that ended after idling is gone from
+    // `after`, and is not counted).
+    let woken: Vec<_> = after
+        .iter()
+        .filter(|(tid, switches)| before.get(tid) != Some(switches))
+        .collect();
+    assert!(
+        woken.is_empty(),
+        "threads other than the async worker ran for CheckReadiness: {woken:?} (before: {before:?})"
+    );
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use crate::action::prepare::check_request;
+use crate::action::prepare::{check_request, Preparation};
 use crate::action::{Actions, CallGone, PlacementPolicy};
 use crate::build_directory::{BuildDirectory, PathError};
 use crate::fault::{blocking, RunnerError};
@@ -90,6 +90,16 @@ impl LocalRunner {
     }
 }
 
+/// CheckReadiness's answer for `path`: bb_runner answers INTERNAL for a
+/// readiness path that does not exist.
+fn path_exists(build_directory: &BuildDirectory, path: &str) -> Result<(), RunnerError> {
+    match build_directory.check_exists(path, "path") {
+        Ok(()) => Ok(()),
+        Err(err @ PathError::NotFound { .. }) => Err(RunnerError::Internal(err.to_string())),
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// Marks an action as being sampled until dropped, which also happens when
 /// the Run future is dropped because its call was cancelled.
 struct SamplingSlot<'a>(&'a AtomicBool);
@@ -104,18 +114,17 @@ impl Drop for SamplingSlot<'_> {
 impl Runner for LocalRunner {
     async fn check_readiness(&self, request: CheckReadinessRequest) -> Result<(), RunnerError> {
         self.refuse_if_dirty()?;
-        let build_directory = self.build_directory.clone();
-        blocking(
-            move || match build_directory.check_exists(&request.path, "path") {
-                Ok(()) => Ok(()),
-                // bb_runner answers INTERNAL for a missing readiness path.
-                Err(err @ PathError::NotFound { .. }) => {
-                    Err(RunnerError::Internal(err.to_string()))
-                }
-                Err(err) => Err(err.into()),
-            },
-        )
-        .await
+        // Where actions are prepared on the async worker (a local build
+        // directory, which cannot block for long), the path is looked up
+        // there too: bb_worker asks before every action it takes, and the
+        // blocking pool's hand-off cost each call two more thread switches.
+        match Preparation::of(&self.build_directory) {
+            Preparation::OnWorker => path_exists(&self.build_directory, &request.path),
+            Preparation::OnBlockingPool => {
+                let build_directory = self.build_directory.clone();
+                blocking(move || path_exists(&build_directory, &request.path)).await
+            }
+        }
     }
 
     async fn run(
