@@ -172,7 +172,10 @@ async fn measure(name: &str, extra: serde_json::Value, spawn: &str, plan: &Plan)
     let concurrent_2 = throughput(&runner, &channel, 2, plan.throughput_actions).await;
     let client_cpu = (own_cpu_micros() - client_before) / plan.throughput_actions as f64;
     let concurrent_work = runner.work().since(&runner_before, plan.throughput_actions);
+    let before_8 = runner.work();
     let concurrent_8 = throughput(&runner, &channel, 8, plan.throughput_actions).await;
+    // Eight at once: the shape of a worker pod (bb_worker's concurrency 8).
+    let work_8 = runner.work().since(&before_8, plan.throughput_actions);
     let floor_rate = {
         let start = Instant::now();
         for _ in 0..plan.throughput_actions {
@@ -206,6 +209,11 @@ async fn measure(name: &str, extra: serde_json::Value, spawn: &str, plan: &Plan)
         "{name:<22} at c=2: runner {:.0} µs of CPU and {:.1} context switches per action \
          ({:.1} of them preemptions), client (this benchmark) {client_cpu:.0} µs of CPU per action",
         concurrent_work.cpu_micros, concurrent_work.context_switches, concurrent_work.involuntary
+    );
+    println!(
+        "{name:<22} at c=8: runner {:.0} µs of CPU and {:.1} context switches per action \
+         ({:.1} of them preemptions)",
+        work_8.cpu_micros, work_8.context_switches, work_8.involuntary
     );
     match delayed_exec(&runner, &channel, plan).await {
         Ok((undelayed, delayed)) => println!(
