@@ -349,7 +349,10 @@ impl ChildArgument<'_> {
     /// Forks the action as a sibling (a child of the runner, as this
     /// process is) once this process has set up the namespaces they
     /// share, says the action's pid and exits. Returns only the failure
-    /// to fork.
+    /// to fork. The spawn server sets most such namespaces up itself
+    /// instead, and creates a plain child in them
+    /// ([`Isolation::entered_by_spawn_server`]): this serves the runner's
+    /// own path and what the server leaves to the child.
     ///
     /// Why: the setup's code ran here, faulting in pages of this
     /// executable and of libc (64 KiB around each fault), which the

@@ -30,7 +30,13 @@
 //!    container runtimes apply (`pid`).
 //!
 //! With `pid`, the child is the namespace's first process: it forks the
-//! action and becomes its init ([`super::init`]).
+//! action and becomes its init ([`super::init`]). Without, the spawn server
+//! makes the namespaces and takes these steps itself, creates the action
+//! in them as a plain child and goes back to its own
+//! (`CreatorNamespaces`, where [`Isolation::entered_by_spawn_server`]);
+//! on the runner's own path the child takes them and hands the action over
+//! ([`Isolation::hands_over_action`]). Either way the action is a copy of
+//! its creator that ran no setup code, so its maxrss is a plain action's.
 //!
 //! Everything here that runs in the child follows [`super::child`]'s
 //! rules: raw system calls on values prepared beforehand, no allocation,
@@ -85,9 +91,30 @@ impl Isolation {
 
     /// Whether the child that sets up the namespaces forks the action as
     /// a sibling and exits (see `super::child`): without a PID namespace.
-    /// With one, the namespace's init forks the action and stays.
+    /// With one, the namespace's init forks the action and stays. A child
+    /// of the spawn server is created in namespaces set up already where
+    /// [`Self::entered_by_spawn_server`], with no isolation of its own to
+    /// set up, so it hands nothing over.
     pub fn hands_over_action(&self) -> bool {
         !self.pid
+    }
+
+    /// Whether the spawn server sets these namespaces up itself, then
+    /// creates the action in them as a plain child and goes back to its
+    /// own ([`CreatorNamespaces`]): without a PID namespace (whose first
+    /// process must be the action's init) and without a user namespace
+    /// (which a process cannot leave), and without mounts inside a
+    /// chrooted input root (whose paths, on bb_worker's FUSE build
+    /// directory, may make a lookup wait: the server must never wait on
+    /// one action's storage). Then the action is a fresh copy of the
+    /// server that ran no setup code, as a plain action is (its maxrss
+    /// unchanged), and no second process is created and ended per action
+    /// as with [`Self::hands_over_action`] (BENCHMARKS.md, issue 26).
+    pub fn entered_by_spawn_server(&self) -> bool {
+        self.is_enabled()
+            && !self.pid
+            && self.user_namespace.is_none()
+            && self.input_root_mounts.is_none()
     }
 
     /// The `CLONE_NEW*` flags that create the child in its namespaces.
@@ -276,6 +303,80 @@ pub(super) fn first_child_through(host_proc: RawFd) -> Result<i32, i32> {
 fn first_listed_pid(listed: &[u8]) -> Option<i32> {
     let end = listed.iter().position(|&byte| byte == b' ')?;
     parse_pid(&listed[..end])
+}
+
+/// The namespaces a creator (the spawn server's one thread) stands in,
+/// held open so that it can go back to them after setting up an action's
+/// ([`Isolation::entered_by_spawn_server`]).
+#[derive(Debug)]
+pub(super) struct CreatorNamespaces {
+    mount: OwnedFd,
+    network: OwnedFd,
+    ipc: OwnedFd,
+    uts: OwnedFd,
+}
+
+impl CreatorNamespaces {
+    /// The calling thread's namespaces, from `proc` (the host's `/proc`).
+    pub(super) fn current(proc: &str) -> io::Result<CreatorNamespaces> {
+        let open = |name: &str| -> io::Result<OwnedFd> {
+            let path = format!("{proc}/thread-self/ns/{name}");
+            std::fs::File::open(&path)
+                .map(OwnedFd::from)
+                .map_err(|error| io::Error::new(error.kind(), format!("{path}: {error}")))
+        };
+        Ok(CreatorNamespaces {
+            mount: open("mnt")?,
+            network: open("net")?,
+            ipc: open("ipc")?,
+            uts: open("uts")?,
+        })
+    }
+
+    /// Makes `isolation`'s namespaces (which
+    /// [`Isolation::entered_by_spawn_server`]) and sets them up as a
+    /// child would ([`enter`]), on the calling thread, which must be its
+    /// process's only one: the child it creates next starts in them.
+    /// `directories` are opened again in the new mount namespace, in place
+    /// (the same descriptor numbers). Whatever happens, call
+    /// [`Self::go_back`] after.
+    pub(super) fn enter(
+        &self,
+        isolation: &Isolation,
+        temporary_directory: Option<RawFd>,
+        directories: ActionDirectories,
+    ) -> Result<(), (SpawnStep, i32)> {
+        debug_assert!(isolation.entered_by_spawn_server());
+        // SAFETY: unshare takes only flags.
+        let unshared = unsafe { libc::unshare(isolation.clone_flags()) };
+        check(SpawnStep::Create, unshared)?;
+        enter(isolation, temporary_directory, directories).map(drop)
+    }
+
+    /// Returns the calling thread to these namespaces after
+    /// [`Self::enter`] of `isolation`, failed or not, leaving the ones it
+    /// made to the child created in them (the last to hold them; going
+    /// back to the mount namespace also moves the thread's working
+    /// directory to its root). An error means the thread may still stand
+    /// in an action's namespaces: it must create nothing more.
+    pub(super) fn go_back(&self, isolation: &Isolation) -> io::Result<()> {
+        for (namespace, kind, entered) in [
+            (&self.mount, libc::CLONE_NEWNS, isolation.mounts()),
+            (&self.network, libc::CLONE_NEWNET, isolation.network_off),
+            (&self.ipc, libc::CLONE_NEWIPC, isolation.ipc),
+            (&self.uts, libc::CLONE_NEWUTS, isolation.hostname.is_some()),
+        ] {
+            if !entered {
+                continue;
+            }
+            // SAFETY: setns takes a descriptor of ours and a flag; it
+            // changes only the calling thread's namespaces.
+            if unsafe { libc::setns(namespace.as_raw_fd(), kind) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Sets up the namespaces the child was created in (see the module's

@@ -173,7 +173,13 @@ async fn ask_server(
     waiting: &Waited<'_>,
 ) -> Result<Option<SpawnedChild>, SpawnError> {
     let expecting = reaper().expecting();
-    let handed_over = handover_reservation(child.isolation);
+    // The server sets up namespaces it can leave again itself, and
+    // creates the action in them: nothing is handed over then.
+    let handed_over = handover_reservation(
+        child
+            .isolation
+            .filter(|isolation| !isolation.entered_by_spawn_server()),
+    );
     let status = match server.ask(child, method, call).await {
         Ok(status) => status,
         Err(NotAsked::Gone) => return Ok(None),

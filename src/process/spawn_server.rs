@@ -53,8 +53,8 @@ use super::call::{CallGone, SpawnDeadline};
 use super::child::{self, Child};
 use super::clone::{self, Method};
 use super::exit_report;
-use super::input_root_mounts::InputRootMounts;
-use super::isolation::Isolation;
+use super::input_root_mounts::{ActionDirectories, InputRootMounts};
+use super::isolation::{CreatorNamespaces, Isolation};
 use super::reaper::ChildExit;
 use super::spec::{DescriptorLimit, ExecArguments, Identity, OomScoreAdj, Parent, SpawnStep};
 use super::status::{self, StatusReader, StatusWriter};
@@ -649,17 +649,81 @@ fn serve_one(body: &[u8], mut descriptors: Vec<OwnedFd>) {
                 return Ok(0);
             }
             let creator = clone::creator()?;
-            child::create(
-                &creator,
-                &request.child(),
-                request.method,
-                Parent::CreatorsParent,
-                status.0,
-            )
+            let child = request.child();
+            match request
+                .isolation
+                .as_ref()
+                .filter(|isolation| isolation.entered_by_spawn_server())
+            {
+                Some(isolation) => {
+                    create_in_namespaces(&creator, &child, isolation, request.method, status)
+                }
+                None => child::create(
+                    &creator,
+                    &child,
+                    request.method,
+                    Parent::CreatorsParent,
+                    status.0,
+                ),
+            }
         });
     if let Err(error) = created {
         status.not_created(error.raw_os_error().unwrap_or(libc::EIO));
     }
+}
+
+/// Creates `child` in namespaces of its own that this server sets up
+/// first and leaves after ([`Isolation::entered_by_spawn_server`]): the
+/// child is then a plain copy of the server, with nothing of the isolation
+/// left for it to do. A step that fails is told on `status`, as the child
+/// would have told it; no child is created then (`Ok(0)`). A server that
+/// cannot go back to its own namespaces exits, never to create another
+/// child in an action's: the runner then creates actions itself.
+fn create_in_namespaces(
+    creator: &clone::Creator,
+    child: &Child,
+    isolation: &Isolation,
+    method: Method,
+    status: StatusWriter,
+) -> io::Result<i32> {
+    static OWN: std::sync::OnceLock<Result<CreatorNamespaces, i32>> = std::sync::OnceLock::new();
+    // Opened at the first such request, while this process still stands
+    // in its own (it always goes back).
+    let own = OWN
+        .get_or_init(|| {
+            CreatorNamespaces::current(super::DEFAULT_PROC_ROOT).map_err(|error| {
+                eprintln!("rbe-runner {SERVE_ARGUMENT}: {error}");
+                error.raw_os_error().unwrap_or(libc::EIO)
+            })
+        })
+        .as_ref()
+        .map_err(|errno| io::Error::from_raw_os_error(*errno))?;
+    let directories = ActionDirectories {
+        root: child.chroot_directory,
+        working_directory: child.working_directory,
+    };
+    let created = match own.enter(isolation, child.temporary_directory, directories) {
+        Ok(()) => {
+            let plain = Child {
+                isolation: None,
+                temporary_directory: None,
+                ..*child
+            };
+            child::create(creator, &plain, method, Parent::CreatorsParent, status.0)
+        }
+        Err((step, errno)) => {
+            status.failed(step, errno);
+            Ok(0)
+        }
+    };
+    if let Err(error) = own.go_back(isolation) {
+        eprintln!(
+            "rbe-runner {SERVE_ARGUMENT}: cannot go back to its own namespaces after setting up \
+             an action's ({error}); exiting, so that no other action is created in them"
+        );
+        std::process::exit(1);
+    }
+    created
 }
 
 /// One request: its body and descriptors, or `None` at the end.
