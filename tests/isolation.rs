@@ -85,6 +85,7 @@ on_both_spawn_paths!(
     true_reports_the_same_maxrss_as_without_isolation,
     true_reports_the_same_maxrss_without_a_pid_namespace,
     the_runner_holds_an_actions_mount_namespace_while_it_runs,
+    every_action_without_a_pid_namespace_gets_new_namespaces_and_its_creator_keeps_its_own,
     nothing_is_left_on_the_host_after_1000_actions,
 );
 
@@ -1104,6 +1105,98 @@ async fn the_runner_holds_an_actions_mount_namespace_while_it_runs(test: &str, p
     let response = call.await.unwrap().unwrap().into_inner();
     assert_eq!(response.exit_code, 0, "{}", outputs(&action));
     assert!(!holds(), "the runner still holds {namespace} after the Run");
+}
+
+/// The namespaces of process `pid` that isolation makes, as the kernel
+/// names them (`net:[4026532176]`), by kind.
+fn isolated_namespaces_of(pid: impl std::fmt::Display) -> BTreeMap<String, String> {
+    ["mnt", "net", "ipc", "uts"]
+        .into_iter()
+        .map(|kind| {
+            let link = std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+                .unwrap_or_else(|error| panic!("/proc/{pid}/ns/{kind}: {error}"));
+            (kind.to_string(), link.to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// Why it matters: without `pid`, the spawn server makes an action's
+/// namespaces itself, creates the action in them and goes back to its own
+/// (the runner's own path hands the action over instead). An action
+/// created in an earlier action's namespaces would share its network,
+/// `/tmp` and host name; a server left in them would give them to the
+/// next one. So each action gets namespaces no other has, and the
+/// creator stands in the runner's own after each.
+async fn every_action_without_a_pid_namespace_gets_new_namespaces_and_its_creator_keeps_its_own(
+    test: &str,
+    path: SpawnPath,
+) {
+    if !running_as_root(test) {
+        return;
+    }
+    let _counts = HOST_COUNTS.read().await;
+    let runner = start(isolated_without_pid(), path).await;
+    let runners_own = isolated_namespaces_of(runner.pid());
+    let print =
+        "for kind in mnt net ipc uts; do echo $kind $(readlink /proc/self/ns/$kind); done; \
+                 hostname; ls -A /tmp";
+    // The namespaces `printed` names, checked against the runner's.
+    let namespaces_in = |printed: &str, index: usize| -> Vec<String> {
+        let mut lines = printed.lines();
+        let namespaces = ["mnt", "net", "ipc", "uts"].map(|kind| {
+            let line = lines.next().unwrap_or_default();
+            let namespace = line
+                .strip_prefix(&format!("{kind} "))
+                .unwrap_or_else(|| panic!("action {index}: {printed}"));
+            assert_ne!(
+                Some(namespace),
+                runners_own.get(kind).map(String::as_str),
+                "action {index} runs in the runner's {kind} namespace: {printed}"
+            );
+            namespace.to_string()
+        });
+        assert_eq!(lines.next(), Some(HOSTNAME), "action {index}: {printed}");
+        // A private /tmp: this action's temporary directory, empty.
+        assert_eq!(lines.next(), None, "action {index}: {printed}");
+        namespaces.to_vec()
+    };
+    for index in 0..5 {
+        let (action, response) = run_script(&runner, print).await;
+        assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+        namespaces_in(&stdout(&action), index);
+        if let Some(server) = spawn_server_of(runner.pid()) {
+            assert_eq!(
+                isolated_namespaces_of(server),
+                runners_own,
+                "the spawn server stands in other namespaces than the runner after action {index}"
+            );
+        }
+    }
+    // Alive together (the kernel gives a namespace's number to a new one
+    // once the namespace is gone), no two actions share one.
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let action = writable_action(&runner);
+        let request = shell_request(&action, &format!("{print}; touch ready; {WAIT_FOR_GO}"));
+        let call = start_and_wait_for(&runner, &action, request, "ready").await;
+        calls.push((action, call));
+    }
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (index, (action, _)) in calls.iter().enumerate() {
+        for namespace in namespaces_in(&stdout(action), index) {
+            *seen.entry(namespace).or_default() += 1;
+        }
+    }
+    for (action, call) in calls {
+        std::fs::write(action.path.join("root/go"), "").unwrap();
+        let response = call.await.unwrap().unwrap().into_inner();
+        assert_eq!(response.exit_code, 0, "{}", outputs(&action));
+    }
+    let shared: Vec<_> = seen.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(
+        shared.is_empty(),
+        "namespaces concurrent actions shared: {shared:?}"
+    );
 }
 
 /// Whether process `pid` has a descriptor open on `target` (a link's text,
