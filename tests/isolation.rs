@@ -881,11 +881,13 @@ async fn a_handed_over_action_that_cannot_exec_fails_and_leaves_no_process(
         return;
     }
     let _counts = HOST_COUNTS.read().await;
-    // The action forked by the child that set up its namespaces fails its
-    // exec, maybe before that child has said the action's pid: the Run
-    // fails naming the exec, and both processes are reaped (the action,
-    // which never exec'd, sends no SIGCHLD: only its registration gets it
-    // reaped).
+    // On the runner's own path, the action forked by the child that set
+    // up its namespaces fails its exec, maybe before that child has said
+    // the action's pid: the Run fails naming the exec, and both processes
+    // are reaped (the action, which never exec'd, sends no SIGCHLD: only
+    // its registration gets it reaped). On the spawn server's, the action
+    // is created in namespaces the server set up, and must fail and be
+    // reaped alike.
     let runner = start(isolated_without_pid(), path).await;
     for _ in 0..10 {
         let action = writable_action(&runner);
