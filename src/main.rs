@@ -213,7 +213,7 @@ async fn serve_config(
     // isolation: the configured namespaces, created once by the path every
     // action takes; a kernel or seccomp profile that refuses them stops
     // the runner here, naming the field.
-    let isolation = isolation_of(&config, user_namespace);
+    let isolation = isolation_of(&config, user_namespace, &build_directory);
     if let Some(isolation) = &isolation {
         isolation_probe::probe(
             isolation,
@@ -225,6 +225,7 @@ async fn serve_config(
         tracing::info!(
             ?isolation,
             namespaces = user_namespace::describe(isolation.user_namespace.as_ref()),
+            set_up_by_spawn_server = isolation.entered_by_spawn_server(),
             "actions run isolated"
         );
     }
@@ -427,9 +428,17 @@ fn choose_user_namespace(
 
 /// The namespaces actions get, from `isolation`, made inside
 /// `user_namespace` when there is one; `None` when it isolates nothing.
-fn isolation_of(config: &Config, user_namespace: Option<UserNamespace>) -> Option<Arc<Isolation>> {
+fn isolation_of(
+    config: &Config,
+    user_namespace: Option<UserNamespace>,
+    build_directory: &BuildDirectory,
+) -> Option<Arc<Isolation>> {
     let isolation = &config.isolation;
     let isolation = Isolation {
+        spawn_server_may_enter: Isolation::spawn_server_may_enter_for(
+            build_directory.filesystem(),
+            config.chroot_into_input_root,
+        ),
         pid: isolation.pid,
         network_off: isolation.network == NetworkIsolation::Off,
         private_tmp: isolation.tmp == TmpIsolation::Private,

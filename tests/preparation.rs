@@ -142,3 +142,45 @@ async fn check_readiness_on_tmpfs_wakes_no_other_thread() {
         "threads other than the async worker ran for CheckReadiness: {woken:?} (before: {before:?})"
     );
 }
+
+/// The startup line about isolation.
+fn isolation_line(runner: &TestRunner) -> String {
+    runner
+        .log()
+        .into_iter()
+        .find(|line| line.contains("actions run isolated"))
+        .unwrap_or_else(|| panic!("no isolation line in {:#?}", runner.log()))
+}
+
+/// Why it matters: without `pid`, the spawn server sets an action's
+/// namespaces up itself, changing into the action's working directory;
+/// on tmpfs that cannot wait, and the action runs in them.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_tmpfs_the_spawn_server_sets_up_namespaces_without_pid() {
+    if !running_as_root("on_tmpfs_the_spawn_server_sets_up_namespaces_without_pid") {
+        return;
+    }
+    let tmpfs = Tmpfs::mount("size=16m");
+    let runner = TestRunner::start(json!({
+        "buildDirectoryPath": tmpfs.dir.path(),
+        "isolation": { "hostname": "set-up-by-the-server", "tmp": "private" },
+    }));
+    let line = isolation_line(&runner);
+    assert!(line.contains("set_up_by_spawn_server=true"), "{line}");
+    let action = ActionDirectory::create(tmpfs.dir.path()).unwrap();
+    let request = shell_request(&action, "hostname; ls -A /tmp");
+    let response = runner
+        .client()
+        .await
+        .run(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        response.exit_code,
+        0,
+        "{}",
+        read(&action.path.join("stderr"))
+    );
+    assert_eq!(read(&action.path.join("stdout")), "set-up-by-the-server\n");
+}

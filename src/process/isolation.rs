@@ -50,6 +50,8 @@ use super::child::{check, errno};
 use super::input_root_mounts::{self, ActionDirectories, InputRootMounts};
 use super::spec::SpawnStep;
 use super::user_namespace::UserNamespace;
+use crate::action::prepare::Preparation;
+use crate::build_directory::Filesystem;
 
 /// The namespaces each action gets, as the process layer does them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,6 +73,16 @@ pub struct Isolation {
     /// without CAP_SYS_ADMIN ([`super::user_namespace`]); `None`: by the
     /// runner itself.
     pub user_namespace: Option<UserNamespace>,
+    /// Whether the spawn server may set the namespaces up itself
+    /// ([`Self::entered_by_spawn_server`]), decided once at startup: where
+    /// the build directory is on a local filesystem and actions are not
+    /// chrooted. The server changes into the action's working directory to
+    /// make its mount namespace there, which on FUSE (bb_worker's virtual
+    /// build directory) may wait for the FUSE server (a permission check
+    /// refreshing the directory's attributes), and a chrooted action's
+    /// root is found again by its path; the server must never wait on one
+    /// action's storage, so there the child does it.
+    pub spawn_server_may_enter: bool,
 }
 
 impl Isolation {
@@ -99,19 +111,28 @@ impl Isolation {
         !self.pid
     }
 
+    /// [`Self::spawn_server_may_enter`] for a build directory on
+    /// `filesystem`, with actions `chrooted` into their input roots or
+    /// not: only where actions are prepared on the async worker, because
+    /// their directories' filesystem cannot make anyone wait for long
+    /// ([`crate::action::prepare::Preparation`]), and not chrooted.
+    pub fn spawn_server_may_enter_for(filesystem: Filesystem, chrooted: bool) -> bool {
+        Preparation::for_filesystem(filesystem) == Preparation::OnWorker && !chrooted
+    }
+
     /// Whether the spawn server sets these namespaces up itself, then
     /// creates the action in them as a plain child and goes back to its
-    /// own ([`CreatorNamespaces`]): without a PID namespace (whose first
-    /// process must be the action's init) and without a user namespace
+    /// own ([`CreatorNamespaces`]): where it may
+    /// ([`Self::spawn_server_may_enter`]), without a PID namespace (whose
+    /// first process must be the action's init), without a user namespace
     /// (which a process cannot leave), and without mounts inside a
-    /// chrooted input root (whose paths, on bb_worker's FUSE build
-    /// directory, may make a lookup wait: the server must never wait on
-    /// one action's storage). Then the action is a fresh copy of the
+    /// chrooted input root. Then the action is a fresh copy of the
     /// server that ran no setup code, as a plain action is (its maxrss
     /// unchanged), and no second process is created and ended per action
     /// as with [`Self::hands_over_action`] (BENCHMARKS.md, issue 26).
     pub fn entered_by_spawn_server(&self) -> bool {
-        self.is_enabled()
+        self.spawn_server_may_enter
+            && self.is_enabled()
             && !self.pid
             && self.user_namespace.is_none()
             && self.input_root_mounts.is_none()
@@ -583,6 +604,52 @@ mod tests {
     /// child; the action is the first entry, whatever follows it (a whole
     /// pid or one cut off by the buffer), and an entry without its space
     /// is not yet whole.
+    /// Why it matters: the spawn server serves every action's creation;
+    /// changing into one action's directory on FUSE or NFS may wait for
+    /// their servers, so there each action's first process sets up its
+    /// namespaces instead.
+    #[test]
+    fn the_spawn_server_enters_namespaces_only_on_a_local_filesystem_unchrooted() {
+        for filesystem in [
+            Filesystem::Tmpfs,
+            Filesystem::Ext4,
+            Filesystem::Xfs,
+            Filesystem::Btrfs,
+        ] {
+            assert!(
+                Isolation::spawn_server_may_enter_for(filesystem, false),
+                "{filesystem}"
+            );
+            assert!(
+                !Isolation::spawn_server_may_enter_for(filesystem, true),
+                "{filesystem}"
+            );
+        }
+        for filesystem in [
+            Filesystem::Fuse,
+            Filesystem::Nfs,
+            Filesystem::Other(0x1234),
+            Filesystem::Unknown,
+        ] {
+            assert!(
+                !Isolation::spawn_server_may_enter_for(filesystem, false),
+                "{filesystem}"
+            );
+        }
+        let hostname = |may_enter| Isolation {
+            hostname: Some("h".into()),
+            spawn_server_may_enter: may_enter,
+            ..Isolation::default()
+        };
+        assert!(hostname(true).entered_by_spawn_server());
+        assert!(!hostname(false).entered_by_spawn_server());
+        let with_pid = Isolation {
+            pid: true,
+            ..hostname(true)
+        };
+        assert!(!with_pid.entered_by_spawn_server());
+    }
+
     #[test]
     fn the_first_entry_of_a_children_list_is_the_action() {
         assert_eq!(first_listed_pid(b"4242 "), Some(4242));
@@ -700,6 +767,7 @@ mod tests {
                 hostname: Some("isolated-host".into()),
                 input_root_mounts: None,
                 user_namespace,
+                spawn_server_may_enter: true,
             });
             let dir = tempfile::tempdir().unwrap();
             let temporary = dir.path().join("tmp");

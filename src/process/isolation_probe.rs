@@ -113,6 +113,7 @@ fn first_field(isolation: &Isolation) -> &'static str {
 fn alone(isolation: &Isolation) -> Vec<Isolation> {
     let none = || Isolation {
         user_namespace: isolation.user_namespace.clone(),
+        spawn_server_may_enter: isolation.spawn_server_may_enter,
         ..Isolation::default()
     };
     let mut options = Vec::new();

@@ -399,6 +399,7 @@ fn encode_isolation(body: &mut Writer, isolation: &Isolation) {
         isolation.ipc,
         isolation.input_root_mounts.is_some(),
         isolation.user_namespace.is_some(),
+        isolation.spawn_server_may_enter,
     ]
     .iter()
     .enumerate()
@@ -453,6 +454,7 @@ fn decode_isolation(reader: &mut Reader) -> Result<Isolation, &'static str> {
         hostname: (!hostname.is_empty()).then_some(hostname),
         input_root_mounts,
         user_namespace,
+        spawn_server_may_enter: options & 64 != 0,
     })
 }
 
@@ -932,6 +934,7 @@ mod tests {
                 hostname: Some("localhost".into()),
                 input_root_mounts: None,
                 user_namespace: None,
+                spawn_server_may_enter: true,
             },
             Isolation {
                 input_root_mounts: InputRootMounts::new(
@@ -950,6 +953,7 @@ mod tests {
             },
             Isolation {
                 network_off: true,
+                spawn_server_may_enter: true,
                 ..Isolation::default()
             },
             Isolation {
