@@ -102,18 +102,25 @@ fn main() {
     // RBE_BENCH_ONLY=WORD measures only the configurations whose name
     // contains it ("plain", "actionCgroups", "clone"), for profiles.
     let only = std::env::var("RBE_BENCH_ONLY").unwrap_or_default();
+    // RBE_BENCH_CONFIG=JSON: merged into every configuration measured
+    // here, such as `{"isolation":{"network":"off"}}` for the sequential
+    // and concurrent figures of isolated actions.
+    let config: serde_json::Value = std::env::var("RBE_BENCH_CONFIG")
+        .ok()
+        .map(|json| serde_json::from_str(&json).expect("RBE_BENCH_CONFIG is JSON"))
+        .unwrap_or_else(|| serde_json::json!({}));
     for (spawn, suffix) in [("auto", ""), ("fallback", " (clone)")] {
         let name = format!("plain{suffix}");
         if name.contains(&only) {
-            runtime.block_on(measure(&name, serde_json::json!({}), spawn, &plan));
+            runtime.block_on(measure(&name, config.clone(), spawn, &plan));
         }
         if !format!("actionCgroups{suffix}").contains(&only) {
             continue;
         }
         match TestCgroup::create() {
             Ok(cgroup) => {
-                let extra =
-                    serde_json::json!({ "actionCgroups": { "parentPath": cgroup.relative } });
+                let mut extra = config.clone();
+                extra["actionCgroups"] = serde_json::json!({ "parentPath": cgroup.relative });
                 let name = format!("actionCgroups{suffix}");
                 runtime.block_on(measure(&name, extra, spawn, &plan));
             }
