@@ -50,7 +50,6 @@ use super::child::{check, errno};
 use super::input_root_mounts::{self, ActionDirectories, InputRootMounts};
 use super::spec::SpawnStep;
 use super::user_namespace::UserNamespace;
-use crate::action::prepare::Preparation;
 use crate::build_directory::Filesystem;
 
 /// The namespaces each action gets, as the process layer does them.
@@ -113,11 +112,11 @@ impl Isolation {
 
     /// [`Self::spawn_server_may_enter`] for a build directory on
     /// `filesystem`, with actions `chrooted` into their input roots or
-    /// not: only where actions are prepared on the async worker, because
-    /// their directories' filesystem cannot make anyone wait for long
-    /// ([`crate::action::prepare::Preparation`]), and not chrooted.
+    /// not: only on a local filesystem, which cannot make anyone wait for
+    /// long (the rule that also prepares actions on the async worker), and
+    /// not chrooted.
     pub fn spawn_server_may_enter_for(filesystem: Filesystem, chrooted: bool) -> bool {
-        Preparation::for_filesystem(filesystem) == Preparation::OnWorker && !chrooted
+        filesystem.is_local() && !chrooted
     }
 
     /// Whether the spawn server sets these namespaces up itself, then
