@@ -10,13 +10,18 @@ use common::*;
 use rbe_runner::cli::exec::ActionDirectory;
 use serde_json::json;
 
-/// The startup line about preparation.
-fn preparation_line(runner: &TestRunner) -> String {
+/// The runner's startup line that says `what`.
+fn startup_line(runner: &TestRunner, what: &str) -> String {
     runner
         .log()
         .into_iter()
-        .find(|line| line.contains("preparing actions on"))
-        .unwrap_or_else(|| panic!("no preparation line in {:#?}", runner.log()))
+        .find(|line| line.contains(what))
+        .unwrap_or_else(|| panic!("no line with {what:?} in {:#?}", runner.log()))
+}
+
+/// The startup line about preparation.
+fn preparation_line(runner: &TestRunner) -> String {
+    startup_line(runner, "preparing actions on")
 }
 
 /// Why it matters: on tmpfs preparing takes microseconds, less than a
@@ -35,17 +40,28 @@ async fn a_build_directory_on_tmpfs_is_prepared_on_the_async_workers() {
     );
     assert!(line.contains("filesystem=tmpfs"), "{line}");
 
-    let action = ActionDirectory::create(tmpfs.dir.path()).unwrap();
-    let request = shell_request(&action, "echo prepared here");
+    let stdout = run_shell_in(&runner, tmpfs.dir.path(), "echo prepared here").await;
+    assert_eq!(stdout, "prepared here\n");
+}
+
+/// Runs `sh -c script` in a fresh action directory beneath `directory`
+/// (the runner's build directory), which must succeed; returns its stdout.
+async fn run_shell_in(runner: &TestRunner, directory: &std::path::Path, script: &str) -> String {
+    let action = ActionDirectory::create(directory).unwrap();
     let response = runner
         .client()
         .await
-        .run(request)
+        .run(shell_request(&action, script))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(response.exit_code, 0);
-    assert_eq!(read(&action.path.join("stdout")), "prepared here\n");
+    assert_eq!(
+        response.exit_code,
+        0,
+        "{script}: {}",
+        read(&action.path.join("stderr"))
+    );
+    read(&action.path.join("stdout"))
 }
 
 /// Why it matters: on FUSE a lookup or a create may wait for the server as
@@ -143,15 +159,6 @@ async fn check_readiness_on_tmpfs_wakes_no_other_thread() {
     );
 }
 
-/// The startup line about isolation.
-fn isolation_line(runner: &TestRunner) -> String {
-    runner
-        .log()
-        .into_iter()
-        .find(|line| line.contains("actions run isolated"))
-        .unwrap_or_else(|| panic!("no isolation line in {:#?}", runner.log()))
-}
-
 /// Why it matters: without `pid`, the spawn server sets an action's
 /// namespaces up itself, changing into the action's working directory;
 /// on tmpfs that cannot wait, and the action runs in them.
@@ -165,22 +172,9 @@ async fn on_tmpfs_the_spawn_server_sets_up_namespaces_without_pid() {
         "buildDirectoryPath": tmpfs.dir.path(),
         "isolation": { "hostname": "set-up-by-the-server", "tmp": "private" },
     }));
-    let line = isolation_line(&runner);
+    let line = startup_line(&runner, "actions run isolated");
     assert!(line.contains("set_up_by_spawn_server=true"), "{line}");
-    let action = ActionDirectory::create(tmpfs.dir.path()).unwrap();
-    let request = shell_request(&action, "hostname; ls -A /tmp");
-    let response = runner
-        .client()
-        .await
-        .run(request)
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        response.exit_code,
-        0,
-        "{}",
-        read(&action.path.join("stderr"))
-    );
-    assert_eq!(read(&action.path.join("stdout")), "set-up-by-the-server\n");
+    let stdout = run_shell_in(&runner, tmpfs.dir.path(), "hostname; ls -A /tmp").await;
+    // Its own host name, and a private /tmp: its temporary directory, empty.
+    assert_eq!(stdout, "set-up-by-the-server\n");
 }
