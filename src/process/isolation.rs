@@ -380,13 +380,21 @@ impl CreatorNamespaces {
     /// directory to its root). An error means the thread may still stand
     /// in an action's namespaces: it must create nothing more.
     pub(super) fn go_back(&self, isolation: &Isolation) -> io::Result<()> {
-        for (namespace, kind, entered) in [
-            (&self.mount, libc::CLONE_NEWNS, isolation.mounts()),
-            (&self.network, libc::CLONE_NEWNET, isolation.network_off),
-            (&self.ipc, libc::CLONE_NEWIPC, isolation.ipc),
-            (&self.uts, libc::CLONE_NEWUTS, isolation.hostname.is_some()),
+        // What `enter` made: the clone's namespaces, and the mount
+        // namespace [`enter`] makes itself.
+        let mount = if isolation.mounts() {
+            libc::CLONE_NEWNS
+        } else {
+            0
+        };
+        let entered = isolation.clone_flags() | mount;
+        for (namespace, kind) in [
+            (&self.mount, libc::CLONE_NEWNS),
+            (&self.network, libc::CLONE_NEWNET),
+            (&self.ipc, libc::CLONE_NEWIPC),
+            (&self.uts, libc::CLONE_NEWUTS),
         ] {
-            if !entered {
+            if entered & kind == 0 {
                 continue;
             }
             // SAFETY: setns takes a descriptor of ours and a flag; it
