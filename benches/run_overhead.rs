@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use rbe_runner::cli::client::{self, Target};
 use rbe_runner::cli::exec::ActionDirectory;
+use rbe_runner::process::spawn_server::SERVE_ARGUMENT;
 use rbe_runner::proto::runner::runner_client::RunnerClient;
 use tonic::transport::Channel;
 
@@ -174,6 +175,19 @@ async fn measure(name: &str, extra: serde_json::Value, spawn: &str, plan: &Plan)
     }
     let readiness = runner.work().since(&readiness_before, plan.latency_samples);
 
+    // The same Runs one after another with nothing in between: the runner
+    // alone, its caches warm. The sequential phase above spawns the floor's
+    // `/bin/true` between Runs, which costs the runner CPU of its own
+    // (caches and TLB refilled after each spawn of the benchmark's).
+    let back_to_back_before = runner.work();
+    for _ in 0..plan.latency_samples {
+        let request = runner.request();
+        client.run(request).await.expect("Run(/bin/true)");
+    }
+    let back_to_back = runner
+        .work()
+        .since(&back_to_back_before, plan.latency_samples);
+
     let client_before = own_cpu_micros();
     let runner_before = runner.work();
     let concurrent_2 = throughput(&runner, &channel, 2, plan.throughput_actions).await;
@@ -204,8 +218,16 @@ async fn measure(name: &str, extra: serde_json::Value, spawn: &str, plan: &Plan)
 
     println!(
         "{name:<22} runner per action (sequential): {:.0} µs of CPU, {:.1} context switches \
-         ({:.1} of them preemptions)",
-        work.cpu_micros, work.context_switches, work.involuntary
+         ({:.1} of them preemptions); spawn server {:.0} µs",
+        work.cpu_micros, work.context_switches, work.involuntary, work.spawn_server_micros
+    );
+    println!(
+        "{name:<22} runner per action (sequential, back to back): {:.0} µs of CPU, \
+         {:.1} context switches ({:.1} of them preemptions); spawn server {:.0} µs",
+        back_to_back.cpu_micros,
+        back_to_back.context_switches,
+        back_to_back.involuntary,
+        back_to_back.spawn_server_micros
     );
     println!(
         "{name:<22} runner per CheckReadiness (sequential, no action): {:.0} µs of CPU, \
@@ -214,13 +236,17 @@ async fn measure(name: &str, extra: serde_json::Value, spawn: &str, plan: &Plan)
     );
     println!(
         "{name:<22} at c=2: runner {:.0} µs of CPU and {:.1} context switches per action \
-         ({:.1} of them preemptions), client (this benchmark) {client_cpu:.0} µs of CPU per action",
-        concurrent_work.cpu_micros, concurrent_work.context_switches, concurrent_work.involuntary
+         ({:.1} of them preemptions), spawn server {:.0} µs, client (this benchmark) \
+         {client_cpu:.0} µs of CPU per action",
+        concurrent_work.cpu_micros,
+        concurrent_work.context_switches,
+        concurrent_work.involuntary,
+        concurrent_work.spawn_server_micros
     );
     println!(
         "{name:<22} at c=8: runner {:.0} µs of CPU and {:.1} context switches per action \
-         ({:.1} of them preemptions)",
-        work_8.cpu_micros, work_8.context_switches, work_8.involuntary
+         ({:.1} of them preemptions), spawn server {:.0} µs",
+        work_8.cpu_micros, work_8.context_switches, work_8.involuntary, work_8.spawn_server_micros
     );
     match delayed_exec(&runner, &channel, plan).await {
         Ok((undelayed, delayed)) => println!(
@@ -635,6 +661,10 @@ struct Work {
     /// Of those, the ones where the runner was preempted rather than
     /// going to sleep itself.
     involuntary: f64,
+    /// CPU time of the runner's spawn server (its helper process that
+    /// creates actions' processes), not in `cpu_micros`: what the runner
+    /// costs per action is the two together.
+    spawn_server_micros: f64,
 }
 
 impl Work {
@@ -645,6 +675,7 @@ impl Work {
             cpu_micros: (self.cpu_micros - before.cpu_micros) / actions,
             context_switches: (self.context_switches - before.context_switches) / actions,
             involuntary: (self.involuntary - before.involuntary) / actions,
+            spawn_server_micros: (self.spawn_server_micros - before.spawn_server_micros) / actions,
         }
     }
 }
@@ -699,6 +730,47 @@ fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
     (at(0.5), at(0.9))
 }
 
+/// The CPU time (user and system) of the process at `proc` (`/proc/PID`),
+/// in microseconds; 0 once it is gone.
+fn cpu_micros_of(proc: &Path) -> f64 {
+    let stat = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
+    // utime and stime are fields 14 and 15, counted after the
+    // parenthesised command name (which may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks: u64 = fields.get(11..13).map_or(0, |pair| {
+        pair.iter()
+            .filter_map(|value| value.parse::<u64>().ok())
+            .sum()
+    });
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / per_second * 1e6
+}
+
+/// `/proc/PID` of the spawn server among the children of `runner`: the
+/// one started with [`rbe_runner::process::spawn_server::SERVE_ARGUMENT`].
+fn spawn_server_of(runner: u32) -> Option<PathBuf> {
+    let tasks = std::fs::read_dir(format!("/proc/{runner}/task")).ok()?;
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|children| {
+            children
+                .split_whitespace()
+                .map(|pid| Path::new("/proc").join(pid))
+                .collect::<Vec<_>>()
+        })
+        .find(|proc| {
+            std::fs::read(proc.join("cmdline")).is_ok_and(|cmdline| {
+                cmdline
+                    .split(|byte| *byte == 0)
+                    .any(|argument| argument == SERVE_ARGUMENT.as_bytes())
+            })
+        })
+}
+
 fn micros(duration: Duration) -> String {
     format!("{} µs", duration.as_micros())
 }
@@ -709,6 +781,8 @@ struct Runner {
     build_dir: PathBuf,
     socket: PathBuf,
     child: Child,
+    /// `/proc/PID` of the runner's spawn server, when it has one.
+    spawn_server: Option<PathBuf>,
 }
 
 impl Runner {
@@ -764,11 +838,13 @@ impl Runner {
             .and_then(|line| line.split("reason=").nth(1))
             .unwrap_or("(not logged)");
         println!("  (RBE_RUNNER_SPAWN={spawn}: {method})");
+        let spawn_server = spawn_server_of(child.id());
         Ok(Runner {
             _dir: dir,
             build_dir,
             socket,
             child,
+            spawn_server,
         })
     }
 
@@ -782,19 +858,6 @@ impl Runner {
     /// The runner's CPU time and its threads' context switches so far.
     fn work(&self) -> Work {
         let proc = Path::new("/proc").join(self.child.id().to_string());
-        let stat = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
-        // utime and stime are fields 14 and 15, counted after the
-        // parenthesised command name (which may hold spaces).
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-        let ticks: u64 = fields.get(11..13).map_or(0, |pair| {
-            pair.iter()
-                .filter_map(|value| value.parse::<u64>().ok())
-                .sum()
-        });
-        // SAFETY: sysconf has no preconditions.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let mut context_switches = 0;
         let mut involuntary = 0;
         if let Ok(tasks) = std::fs::read_dir(proc.join("task")) {
@@ -814,9 +877,13 @@ impl Runner {
             }
         }
         Work {
-            cpu_micros: ticks as f64 / per_second * 1e6,
+            cpu_micros: cpu_micros_of(&proc),
             context_switches: context_switches as f64,
             involuntary: involuntary as f64,
+            spawn_server_micros: self
+                .spawn_server
+                .as_ref()
+                .map_or(0.0, |server| cpu_micros_of(server)),
         }
     }
 
