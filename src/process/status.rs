@@ -417,6 +417,115 @@ mod tests {
         assert_eq!(reader.next().await.unwrap(), None);
     }
 
+    use std::future::Future;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::task::{Poll, Waker};
+
+    /// Counts its wake-ups.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits (at most 5 s) until `waker` was woken.
+    async fn until_woken(waker: &CountingWaker) {
+        for _ in 0..500 {
+            if waker.0.load(Ordering::SeqCst) > 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("never woken");
+    }
+
+    /// Why it matters: waking for the child's pid, a few microseconds
+    /// before its exec, cost every action one more sleep and wake-up of
+    /// the event loop; only the hang-up (the exec) may wake the reader.
+    #[tokio::test]
+    async fn a_waiting_reader_is_woken_by_the_hang_up_not_by_a_message() {
+        let (mut reader, writer) = pipe().unwrap();
+        let counting = Arc::new(CountingWaker(Default::default()));
+        let waker = Waker::from(counting.clone());
+        let mut context = std::task::Context::from_waker(&waker);
+        let mut next = Box::pin(reader.next());
+        assert!(next.as_mut().poll(&mut context).is_pending());
+        StatusWriter(writer.as_raw_fd()).started();
+        // Time for the event loop to see whatever there is to see.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(counting.0.load(Ordering::SeqCst), 0, "woken by a message");
+        drop(writer);
+        until_woken(&counting).await;
+        let Poll::Ready(heard) = next.as_mut().poll(&mut context) else {
+            panic!("woken, yet not ready");
+        };
+        assert_eq!(
+            heard.unwrap(),
+            Some(Status::Started(std::process::id() as i32))
+        );
+    }
+
+    /// Why it matters: many spawns are in flight at once; each reader
+    /// must be told of its own hang-up, in whatever order they come, and
+    /// the others must wait on.
+    #[tokio::test]
+    async fn readers_waiting_at_once_each_hear_their_own_hang_up() {
+        let mut channels: Vec<_> = (0..5).map(|_| pipe().unwrap()).collect();
+        let mut waiting: Vec<_> = channels
+            .drain(..)
+            .map(|(mut reader, writer)| {
+                let task = tokio::spawn(async move { reader.next().await.map_err(|e| e.kind()) });
+                (task, writer)
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        for index in [3, 0, 4, 1, 2] {
+            let (task, writer) = waiting.remove(index.min(waiting.len() - 1));
+            drop(writer);
+            let heard = tokio::time::timeout(std::time::Duration::from_secs(5), task)
+                .await
+                .expect("the reader whose end hung up returns")
+                .unwrap();
+            assert_eq!(heard, Ok(None));
+            for (others, _) in &waiting {
+                assert!(
+                    !others.is_finished(),
+                    "a reader returned before its hang-up"
+                );
+            }
+        }
+    }
+
+    /// Why it matters: the runner's own cancel wakes the reader's end
+    /// without a hang-up; the reader must ask again and still hear the
+    /// hang-up that follows.
+    #[tokio::test]
+    async fn a_reader_woken_by_its_own_cancel_still_hears_the_hang_up() {
+        let (mut reader, writer) = pipe().unwrap();
+        tokio::select! {
+            heard = reader.next() => panic!("returned before the hang-up: {heard:?}"),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+        }
+        reader.cancel();
+        tokio::select! {
+            heard = reader.next() => panic!("returned before the hang-up: {heard:?}"),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+        }
+        assert!(StatusWriter(writer.as_raw_fd()).cancelled());
+        let hang_up = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            drop(writer);
+        });
+        let heard = tokio::time::timeout(std::time::Duration::from_secs(5), reader.next())
+            .await
+            .expect("the hang-up is heard");
+        assert_eq!(heard.unwrap(), None);
+        hang_up.await.unwrap();
+    }
+
     /// Why it matters: a child must never pass its status pipe on to the
     /// program it executes, or the reader would wait for that program.
     #[tokio::test]
