@@ -63,7 +63,7 @@ fn documented_names() -> BTreeSet<String> {
 
 /// Why it matters: the README is the front door, and a command in it that
 /// fails for a new user is the first thing they learn about us. Costs the
-/// release build when it is not there yet (about 3.5 minutes on 2 cores).
+/// release build when it is not there yet (about 4.5 minutes on 2 cores).
 #[test]
 fn readme_examples_run_verbatim_in_a_fresh_copy() {
     let readme = common::read(&repository().join("README.md"));
