@@ -606,11 +606,6 @@ mod tests {
         assert_eq!(parse_pid(b"99999999999"), Some(i32::MAX));
     }
 
-    /// Why it matters: an action that leaves a background process and
-    /// exits before its init reads `children` gives the init a second
-    /// child; the action is the first entry, whatever follows it (a whole
-    /// pid or one cut off by the buffer), and an entry without its space
-    /// is not yet whole.
     /// Why it matters: the spawn server serves every action's creation;
     /// changing into one action's directory on FUSE or NFS may wait for
     /// their servers, so there each action's first process sets up its
@@ -657,6 +652,11 @@ mod tests {
         assert!(!with_pid.entered_by_spawn_server());
     }
 
+    /// Why it matters: an action that leaves a background process and
+    /// exits before its init reads `children` gives the init a second
+    /// child; the action is the first entry, whatever follows it (a whole
+    /// pid or one cut off by the buffer), and an entry without its space
+    /// is not yet whole.
     #[test]
     fn the_first_entry_of_a_children_list_is_the_action() {
         assert_eq!(first_listed_pid(b"4242 "), Some(4242));

@@ -351,6 +351,11 @@ fn decode(message: &[u8]) -> Status {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::task::{Poll, Waker};
+
     use super::*;
 
     /// Why it matters: the reader must see each message whole and in
@@ -417,11 +422,6 @@ mod tests {
         assert_eq!(reader.next().await.unwrap(), None);
     }
 
-    use std::future::Future;
-    use std::sync::atomic::Ordering;
-    use std::sync::Arc;
-    use std::task::{Poll, Waker};
-
     /// Counts its wake-ups.
     struct CountingWaker(std::sync::atomic::AtomicUsize);
 
@@ -473,24 +473,23 @@ mod tests {
     /// the others must wait on.
     #[tokio::test]
     async fn readers_waiting_at_once_each_hear_their_own_hang_up() {
-        let mut channels: Vec<_> = (0..5).map(|_| pipe().unwrap()).collect();
-        let mut waiting: Vec<_> = channels
-            .drain(..)
-            .map(|(mut reader, writer)| {
+        let mut waiting: Vec<_> = (0..5)
+            .map(|_| {
+                let (mut reader, writer) = pipe().unwrap();
                 let task = tokio::spawn(async move { reader.next().await.map_err(|e| e.kind()) });
-                (task, writer)
+                Some((task, writer))
             })
             .collect();
         tokio::task::yield_now().await;
         for index in [3, 0, 4, 1, 2] {
-            let (task, writer) = waiting.remove(index.min(waiting.len() - 1));
+            let (task, writer) = waiting[index].take().unwrap();
             drop(writer);
             let heard = tokio::time::timeout(std::time::Duration::from_secs(5), task)
                 .await
                 .expect("the reader whose end hung up returns")
                 .unwrap();
             assert_eq!(heard, Ok(None));
-            for (others, _) in &waiting {
+            for (others, _) in waiting.iter().flatten() {
                 assert!(
                     !others.is_finished(),
                     "a reader returned before its hang-up"
